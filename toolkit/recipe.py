@@ -1,0 +1,281 @@
+"""Recipes: one YAML file per task, typed, with profiles and `key=value` overrides.
+
+A recipe is validated as a whole after the profile and the overrides are applied, and every error names the
+file, the key (with its line when it came from the file) and what was expected.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message says where and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+Normaliser = Literal["strip", "width", "digits", "lower", "nospace"]
+
+
+class FieldSpec(_Strict):
+    name: str
+    type: Literal["str"] = "str"
+    description: str
+    normalise: list[Normaliser] = Field(default_factory=lambda: ["strip", "width"])
+    # A grounded value must occur in the input after normalisation, else the teacher's label is rejected.
+    grounded: bool = False
+
+
+class Prompts(_Strict):
+    teacher: str
+    base: str  # the detailed prompt, for models that were not fine-tuned
+    student: str  # the short prompt the student is trained and evaluated with
+
+
+class DataSpec(_Strict):
+    generator: str | None = None
+    pool: str  # JSONL {id, text}: raw strings for labelling and training
+    pool_gold: str | None = None  # JSONL {id, label}: the generator's labels, to check a teacher against
+    test: list[str]
+    train_records: int = Field(gt=0)
+    val_fraction: float = Field(ge=0, lt=1)
+    seed: int = 42
+
+
+class TeacherSpec(_Strict):
+    base_url: str
+    model: str
+    api_key_env: str  # the key is read from this variable and never written anywhere
+    concurrency: int = Field(default=16, gt=0)
+    max_retries: int = Field(default=6, ge=0)
+    timeout_s: float = Field(default=120, gt=0)
+    max_tokens: int = Field(default=512, gt=0)
+    temperature: float = 0.0
+    enable_thinking: bool | None = False  # sent as extra_body for Qwen3 teachers; None sends nothing
+    price_in_per_mtok: float = 0.0
+    price_out_per_mtok: float = 0.0
+
+
+class StudentSpec(_Strict):
+    model: str  # an embedded name (`xtk models list`), a local folder or a hub id
+    model_type: str | None = None
+    template: str | None = None
+    trust_remote_code: bool = False
+
+
+class TrainSpec(_Strict):
+    tuner_type: Literal["lora", "full"] = "lora"
+    lora_rank: int = Field(gt=0)
+    lora_alpha: int = Field(gt=0)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: str = "all-linear"
+    num_train_epochs: float = Field(gt=0)
+    max_steps: int = -1  # > 0 overrides the epochs
+    per_device_train_batch_size: int = Field(gt=0)
+    per_device_eval_batch_size: int = Field(gt=0)
+    gradient_accumulation_steps: int = Field(gt=0)
+    learning_rate: float = Field(gt=0)
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(default=0.1, ge=0)
+    max_length: int = Field(gt=0)
+    torch_dtype: Literal["bfloat16", "float16", "float32"]
+    gradient_checkpointing: bool = True
+    packing: bool = False
+    eval_steps: int = Field(gt=0)
+    save_steps: int = Field(gt=0)
+    save_total_limit: int = Field(gt=0)
+    logging_steps: int = Field(gt=0)
+    dataloader_num_workers: int = Field(ge=0)
+    seed: int = 42
+    # Threads per training process; 1 is ~10x faster than 2 on this 2-core machine (DESIGN.md §7).
+    omp_num_threads: int | None = None
+    nproc_per_node: int = Field(default=1, gt=0)
+    deepspeed: str | None = None
+    extra_args: list[str] = Field(default_factory=list)
+
+
+class VllmSpec(_Strict):
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    max_model_len: int = Field(default=4096, gt=0)
+    cpu_kvcache_gib: int = Field(default=4, gt=0)
+    dtype: str = "auto"
+
+
+class EvalSpec(_Strict):
+    backend: Literal["auto", "vllm", "transformers", "openai"] = "auto"
+    batch_size: int = Field(default=16, gt=0)
+    max_new_tokens: int = Field(default=256, gt=0)
+    guided_json: bool = False
+    limit: int | None = Field(default=None, gt=0)  # first N records of each test file
+    # The base model before training is scored on fewer records where generation is costly (CPU): it answers
+    # with long non-JSON text to max_new_tokens, and its figure is near 0 with a tight interval anyway.
+    base_limit: int | None = Field(default=None, gt=0)
+    vllm: VllmSpec = Field(default_factory=VllmSpec)
+
+
+class Recipe(_Strict):
+    name: str
+    description: str = ""
+    fields: list[FieldSpec]
+    prompts: Prompts
+    data: DataSpec
+    teacher: TeacherSpec
+    student: StudentSpec
+    train: TrainSpec
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    # Set by `load_recipe`: where relative paths in the recipe are resolved from, and what was applied.
+    root: Path = Path(".")
+    profile: str | None = None
+
+    @field_validator("fields")
+    @classmethod
+    def _unique_fields(cls, fields: list[FieldSpec]) -> list[FieldSpec]:
+        names = [f.name for f in fields]
+        if len(set(names)) != len(names) or not names:
+            raise ValueError(f"field names must be unique and non-empty, got {names}")
+        return fields
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    def path(self, relative: str) -> Path:
+        """A path named in the recipe, resolved against the project root the recipe lives in."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    def prompt(self, which: Literal["teacher", "base", "student"]) -> str:
+        return self.path(getattr(self.prompts, which)).read_text(encoding="utf-8").strip()
+
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON schema of one answer, for guided decoding and for validating labels."""
+        return {
+            "type": "object",
+            "properties": {f.name: {"type": "string", "description": f.description} for f in self.fields},
+            "required": self.field_names,
+            "additionalProperties": False,
+        }
+
+    def public_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"root"})
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.max_steps=5` -> (['train', 'max_steps'], 5); the value is read as YAML, so types survive."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"override {text!r}: expected key=value, e.g. train.max_steps=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    return key.strip().split("."), value
+
+
+def _apply_override(data: dict, keys: list[str], value: Any) -> None:
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"override {'.'.join(keys)}: '{k}' is not a section")
+    node[keys[-1]] = value
+
+
+def _key_lines(path: Path) -> dict[tuple, int]:
+    """Line number (1-based) of every mapping key in a YAML file, by its key path."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, prefix: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = prefix + (k.value,)
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                lines[prefix + (i,)] = v.start_mark.line + 1
+                walk(v, prefix + (i,))
+
+    root = yaml.compose(path.read_text(encoding="utf-8"))
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+_EXPECTED = {
+    "extra_forbidden": "unknown key (misspelt?)",
+    "missing": "required key is missing",
+}
+
+
+def _describe(err: dict) -> str:
+    if err["type"] in _EXPECTED:
+        return _EXPECTED[err["type"]]
+    return f"expected {err['msg'].removeprefix('Input should be ').removeprefix('Value error, ')}, got {err.get('input')!r}"
+
+
+def _format_errors(path: Path, exc: ValidationError, lines: dict[tuple, int], profile: str | None,
+                   overridden: set[tuple]) -> str:
+    out = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        dotted = ".".join(str(p) for p in loc)
+        if loc in overridden:
+            where = f"{path}: key '{dotted}' (from a command-line override)"
+        else:
+            line = (lines.get(("profiles", profile) + loc) if profile else None) or lines.get(loc)
+            if line is None and err["type"] == "missing":
+                line = lines.get(loc[:-1])
+            where = f"{path}:{line}: key '{dotted}'" if line else f"{path}: key '{dotted}'"
+        out.append(f"{where}: {_describe(err)}")
+    return "invalid recipe\n  " + "\n  ".join(out)
+
+
+def load_recipe(path: str | Path, profile: str | None = None, overrides: list[str] = ()) -> Recipe:
+    """Read a recipe, apply a profile and `key=value` overrides, and validate the result."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: no such recipe file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    profiles = raw.pop("profiles", None) or {}
+    if profile is not None:
+        if profile not in profiles:
+            raise RecipeError(f"{path}: no profile {profile!r}; the recipe has: {', '.join(profiles) or 'none'}")
+        raw = _deep_merge(raw, profiles[profile])
+    overridden: set[tuple] = set()
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply_override(raw, keys, value)
+        overridden.add(tuple(keys))
+    # Relative paths in a recipe are relative to the project root: the parent of recipes/.
+    root = path.resolve().parent.parent if path.resolve().parent.name == "recipes" else path.resolve().parent
+    try:
+        return Recipe(**raw, root=root, profile=profile)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(path, exc, _key_lines(path), profile, overridden)) from None
+    except TypeError as exc:  # e.g. a duplicate of root/profile in the file
+        raise RecipeError(f"{path}: {exc}") from None
