@@ -1,0 +1,65 @@
+"""Run an external command (swift sft, swift export) as an argv list, its whole output kept in a log file;
+on failure show the log's last lines and raise StageError."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from toolkit.errors import StageError
+
+SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+
+
+def tail(path: Path, n: int = 40) -> str:
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        return "".join(deque(fh, maxlen=n))
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment an external command gets: ours, minus secrets it has no use for, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not any(w in k.upper() for w in SECRET_WORDS)}
+    env.update(extra or {})
+    return env
+
+
+def executable(name: str) -> str:
+    """A console script of this Python's environment (e.g. `swift`), even when that venv is not activated."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    if not found:
+        raise StageError(f"`{name}` is not installed in this environment; run `bash setup.sh`")
+    return found
+
+
+def run_logged(argv: list[str], log_path: Path, env: Mapping[str, str] | None = None,
+               poll: Callable[[], None] | None = None, what: str | None = None) -> None:
+    """Run argv with stdout+stderr appended to log_path, calling poll() about once a second."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    what = what or " ".join(Path(argv[0]).name.split() + argv[1:2])
+    with log_path.open("a", encoding="utf-8") as log:
+        log.write(f"\n$ {' '.join(argv)}\n")
+        log.flush()
+        # Same process group as ours: Ctrl-C in a terminal, or killing the job, reaches the child too.
+        proc = subprocess.Popen([executable(argv[0]), *argv[1:]], stdout=log, stderr=subprocess.STDOUT,
+                                env=child_env(env))
+        try:
+            while proc.poll() is None:
+                if poll:
+                    poll()
+                time.sleep(1.0)
+        except BaseException:
+            proc.terminate()  # an exception of ours (not a signal to the group): don't leave the child running
+            proc.wait(timeout=60)
+            raise
+        if poll:
+            poll()
+    if proc.returncode != 0:
+        raise StageError(f"{what} failed with exit code {proc.returncode}. Last lines of {log_path}:\n"
+                         f"{tail(log_path)}")

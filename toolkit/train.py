@@ -1,0 +1,200 @@
+"""train: `swift sft` from a recipe, every hyper-parameter explicit, progress from logging.jsonl, resumable.
+
+ms-swift silently picks hyper-parameters it is not given (gradient_accumulation_steps among them), so the
+argv names all of them. The argv is a list, never a shell string, and is recorded in the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.errors import StageError
+from toolkit.models import ResolvedModel
+from toolkit.progress import Bar
+from toolkit.recipe import Recipe
+
+
+def _flag(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def sft_argv(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: Path | None, output_dir: Path,
+             resume_from: Path | None = None) -> list[str]:
+    """The `swift sft` command line (ms-swift 4.x names) for a recipe."""
+    t = recipe.train
+    opts: dict[str, object] = {"model": model.ref}
+    if model.model_type:
+        opts["model_type"] = model.model_type
+    if model.template:
+        opts["template"] = model.template
+    if (model.model_type or "").startswith("qwen3"):
+        opts["enable_thinking"] = False  # hybrid-thinking students train on answers with thinking off
+    opts.update(dataset=train_file, split_dataset_ratio=0)
+    if val_file is not None:
+        opts["val_dataset"] = val_file
+    opts["tuner_type"] = t.tuner_type
+    if t.tuner_type == "lora":
+        opts.update(lora_rank=t.lora_rank, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
+                    target_modules=t.target_modules)
+    opts.update(
+        torch_dtype=t.torch_dtype, num_train_epochs=t.num_train_epochs, max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type, warmup_ratio=t.warmup_ratio, weight_decay=t.weight_decay,
+        max_length=t.max_length, truncation_strategy="delete", gradient_checkpointing=t.gradient_checkpointing,
+        packing=t.packing, eval_strategy="steps" if val_file is not None else "no", eval_steps=t.eval_steps,
+        save_steps=t.save_steps, save_total_limit=t.save_total_limit, logging_steps=t.logging_steps,
+        dataloader_num_workers=t.dataloader_num_workers, dataset_num_proc=1, seed=t.seed, data_seed=t.seed,
+        output_dir=output_dir, add_version=False, report_to="tensorboard",
+    )
+    if t.deepspeed:
+        opts["deepspeed"] = t.deepspeed
+    if resume_from is not None:
+        opts["resume_from_checkpoint"] = resume_from
+    argv = ["swift", "sft"]
+    for key, value in opts.items():
+        argv += [f"--{key}", _flag(value)]
+    return argv + list(t.extra_args)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sft_env(recipe: Recipe) -> dict[str, str]:
+    env = {}
+    if recipe.train.omp_num_threads:
+        env["OMP_NUM_THREADS"] = str(recipe.train.omp_num_threads)
+    if recipe.train.nproc_per_node > 1:
+        env["NPROC_PER_NODE"] = str(recipe.train.nproc_per_node)
+        # torchrun's default port 29500 is shared by every job on the machine: a second DDP training would
+        # join the first one's rendezvous and stall both. A port of its own unless the user chose one.
+        env["MASTER_PORT"] = os.environ.get("MASTER_PORT") or str(free_port())
+    return env
+
+
+def read_log(output_dir: Path) -> list[dict]:
+    """ms-swift's logging.jsonl: one dict per logging step, eval, and a final summary."""
+    path = output_dir / "logging.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line being written right now
+            pass
+    return rows
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints (trainer_state.json is written last), by step."""
+    found = [p for p in output_dir.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
+             and (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def finished_checkpoint(output_dir: Path) -> Path | None:
+    """The last checkpoint named by a finished run's summary line in logging.jsonl."""
+    for row in reversed(read_log(output_dir)):
+        if row.get("last_model_checkpoint"):
+            path = Path(row["last_model_checkpoint"])
+            return path if path.is_dir() else None
+    return None
+
+
+def rows_trained(output_dir: Path) -> int | None:
+    """How many training rows ms-swift kept after encoding, from the summary line of logging.jsonl."""
+    for row in reversed(read_log(output_dir)):
+        m = re.search(r"size=(\d+)", str(row.get("train_dataset", "")))
+        if m:
+            return int(m.group(1))
+    return None
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    argv: list[str]
+    resumed_from: Path | None
+    train_rows: int | None
+
+
+class _ProgressFeed:
+    """Feeds the progress bar (step, loss, ETA) from logging.jsonl while swift runs."""
+
+    def __init__(self, output_dir: Path, bar: Bar):
+        self.output_dir, self.bar = output_dir, bar
+        self.seen = 0
+
+    def __call__(self) -> None:
+        rows = read_log(self.output_dir)
+        for row in rows[self.seen:]:
+            step = row.get("global_step/max_steps")
+            note = next((f"{k} {row[k]:.4f}" for k in ("loss", "eval_loss") if k in row), None)
+            if step:
+                done, total = (int(x) for x in step.split("/"))
+                self.bar.update(done, total=total, note=note)
+        self.seen = len(rows)
+
+
+def run_train(recipe: Recipe, model: ResolvedModel, data_dir: Path, output_dir: Path) -> TrainResult:
+    """Train (or resume, or skip when finished) into output_dir; returns the last checkpoint."""
+    from toolkit.prepare import check_messages_file
+    from toolkit.runner import run_logged
+
+    train_file, val_file = data_dir / "train.jsonl", data_dir / "val.jsonl"
+    n_train = check_messages_file(recipe, train_file)
+    has_val = val_file.is_file() and val_file.stat().st_size > 0
+    if has_val:
+        check_messages_file(recipe, val_file)
+    done = finished_checkpoint(output_dir)
+    if done is not None:
+        return TrainResult(done, [], None, None)
+    resume = checkpoints(output_dir)[-1] if checkpoints(output_dir) else None
+    argv = sft_argv(recipe, model, train_file.resolve(), val_file.resolve() if has_val else None,
+                    output_dir.resolve(), resume.resolve() if resume else None)
+    log_path = output_dir / "train.log"
+    with Bar("swift sft") as bar:
+        run_logged(argv, log_path, env=sft_env(recipe), poll=_ProgressFeed(output_dir, bar), what="swift sft")
+    rows = rows_trained(output_dir)
+    if rows is not None and rows != n_train:
+        raise StageError(f"ms-swift trained on {rows} rows but {train_file} has {n_train}: rows were dropped "
+                         f"(too long for max_length {recipe.train.max_length}?). See {log_path}.")
+    ckpt = finished_checkpoint(output_dir)
+    if ckpt is None:
+        raise StageError(f"swift sft finished but named no checkpoint in {output_dir / 'logging.jsonl'}")
+    return TrainResult(ckpt, argv, resume, rows)
+
+
+def merge_argv(checkpoint: Path, output_dir: Path) -> list[str]:
+    return ["swift", "export", "--adapters", str(checkpoint), "--merge_lora", "true",
+            "--output_dir", str(output_dir)]
+
+
+def run_merge(checkpoint: Path, merged_dir: Path, log_path: Path) -> list[str]:
+    """swift export --merge_lora into merged_dir (written aside, then moved, so a crash leaves no half model)."""
+    import shutil
+
+    from toolkit.runner import run_logged
+
+    if not (checkpoint / "adapter_config.json").is_file():
+        raise StageError(f"{checkpoint}: not a LoRA checkpoint (no adapter_config.json)")
+    partial = merged_dir.with_name(merged_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    argv = merge_argv(checkpoint.resolve(), partial.resolve())
+    run_logged(argv, log_path, what="swift export")
+    if not (partial / "config.json").is_file():
+        raise StageError(f"swift export wrote no model into {partial}; see {log_path}")
+    shutil.rmtree(merged_dir, ignore_errors=True)
+    partial.rename(merged_dir)
+    return argv
