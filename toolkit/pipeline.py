@@ -1,0 +1,250 @@
+"""The stages of a run and the order `xtk run` chains them in. Each stage reads and writes files in one run
+folder and records itself in the manifest; a stage whose recorded outputs are intact is skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from toolkit.manifest import Manifest
+from toolkit.recipe import Recipe
+
+console = Console(stderr=True)
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    run_dir: Path
+    manifest: Manifest
+    labelled: Path | None = None  # `xtk prepare --labelled FILE`: records from elsewhere than the data stage
+
+    @property
+    def data_dir(self) -> Path:
+        return self.run_dir / "data"
+
+    @property
+    def train_dir(self) -> Path:
+        return self.run_dir / "train"
+
+    @property
+    def merged_dir(self) -> Path:
+        return self.run_dir / "merged"
+
+    def student(self):
+        from toolkit.models import resolve_model
+
+        s = self.recipe.student
+        return resolve_model(s.model, s.model_type, s.template, s.trust_remote_code)
+
+
+def context(recipe: Recipe, run_dir: str | Path) -> Context:
+    ctx = Context(recipe, Path(run_dir), Manifest(run_dir))
+    ctx.manifest.set_recipe(recipe)
+    return ctx
+
+
+# --- stages ------------------------------------------------------------------------------------------------
+
+def stage_data(ctx: Context) -> list[Path]:
+    """data/labelled.jsonl: teacher labels when a teacher key is set, otherwise the generator's gold labels."""
+    from toolkit.jsonl import write_jsonl
+    from toolkit.prepare import gold_records
+
+    out = ctx.data_dir / "labelled.jsonl"
+    if os.environ.get(ctx.recipe.teacher.api_key_env):
+        from toolkit.label import run_label
+
+        summary = run_label(ctx.recipe, ctx.recipe.path(ctx.recipe.data.pool), ctx.data_dir)
+        ctx.manifest.record("data", source=f"teacher {ctx.recipe.teacher.model}", summary=summary)
+        return [out, ctx.data_dir / "rejects.jsonl"]
+    write_jsonl(out, gold_records(ctx.recipe))
+    ctx.manifest.record("data", source="generator gold labels (no teacher key in "
+                        f"${ctx.recipe.teacher.api_key_env})")
+    return [out]
+
+
+def stage_prepare(ctx: Context) -> list[Path]:
+    from toolkit.prepare import read_records, run_prepare
+
+    labelled = ctx.labelled or ctx.data_dir / "labelled.jsonl"
+    if not labelled.is_file() and ctx.labelled is None:
+        stage_data(ctx)
+    records = read_records(ctx.recipe, labelled)
+    stats = run_prepare(ctx.recipe, records, ctx.data_dir, ctx.student().ref)
+    ctx.manifest.record("prepare", stats=stats)
+    console.print(f"prepare: {stats['train']} train / {stats['val']} val rows, dropped {stats['dropped']}")
+    return [ctx.data_dir / n for n in ("train.jsonl", "val.jsonl", "stats.json")]
+
+
+def stage_train(ctx: Context) -> list[Path]:
+    from toolkit.losschart import plot_loss
+    from toolkit.manifest import versions
+    from toolkit.train import read_log, run_train
+
+    if not (ctx.data_dir / "train.jsonl").is_file():
+        stage_prepare(ctx)
+    result = run_train(ctx.recipe, ctx.student(), ctx.data_dir, ctx.train_dir)
+    verdict = plot_loss(read_log(ctx.train_dir), ctx.run_dir / "loss.png")
+    info = {"checkpoint": str(result.checkpoint), "diagnosis": verdict, "versions": versions()}
+    if result.argv:
+        info.update(argv=result.argv, resumed_from=str(result.resumed_from) if result.resumed_from else None,
+                    train_rows_seen_by_swift=result.train_rows)
+    ctx.manifest.record("train", **info)
+    console.print(f"train: {result.checkpoint}\n  {verdict}")
+    return [result.checkpoint, ctx.run_dir / "loss.png"]
+
+
+def stage_merge(ctx: Context) -> list[Path]:
+    from toolkit.models import MARKER
+    from toolkit.train import finished_checkpoint, run_merge
+
+    ckpt = finished_checkpoint(ctx.train_dir)
+    if ckpt is None:
+        stage_train(ctx)
+        ckpt = finished_checkpoint(ctx.train_dir)
+    argv = run_merge(ckpt, ctx.merged_dir, ctx.run_dir / "merge.log")
+    student = ctx.student()
+    # What ms-swift and xtk need to serve it again: type and template survive the merge here.
+    (ctx.merged_dir / MARKER).write_text(json.dumps(
+        {"name": f"{ctx.recipe.name} student", "base": student.ref, "checkpoint": str(ckpt),
+         "model_type": student.model_type, "template": student.template}, indent=2) + "\n")
+    ctx.manifest.record("merge", argv=argv)
+    console.print(f"merge: {ctx.merged_dir}")
+    return [ctx.merged_dir]
+
+
+def evaluate_model(ctx: Context, who: str, model: str, prompt: str, backend: str, *, base_url: str | None = None,
+                   api_key_env: str | None = None, guided_json: bool | None = None,
+                   tests: list[str] | None = None, limit: int | None = None) -> list[Path]:
+    """Evaluate one model on each test file (the model is loaded once), into eval/<who>-<test name>/."""
+    import gc
+    import time
+
+    from toolkit.evaluate import run_eval
+    from toolkit.infer import make_backend
+
+    recipe = ctx.recipe
+    guided = recipe.eval.guided_json if guided_json is None else guided_json
+    start = time.perf_counter()
+    engine = make_backend(recipe, backend, model, base_url=base_url, api_key_env=api_key_env, guided_json=guided)
+    load = time.perf_counter() - start
+    outputs = []
+    for test in tests or recipe.data.test:
+        out = ctx.run_dir / "eval" / f"{who}-{Path(test).stem}"
+        m = run_eval(recipe, engine, recipe.path(test), prompt, out, model, limit or recipe.eval.limit, load)
+        console.print(f"eval {out.name}: exact match {100 * m['exact_match']['value']:.1f}% "
+                      f"(n={m['n']}, {m['records_per_s']} rec/s, {m['backend']})")
+        outputs += [out / "predictions.jsonl", out / "metrics.json"]
+    del engine  # frees a vLLM engine (and its worker process) before the next model is loaded
+    gc.collect()
+    return outputs
+
+
+def stage_eval_base(ctx: Context) -> list[Path]:
+    e = ctx.recipe.eval
+    limit = min(x for x in (e.limit, e.base_limit) if x) if (e.limit or e.base_limit) else None
+    return evaluate_model(ctx, "base", ctx.recipe.student.model, "base", e.backend, limit=limit)
+
+
+def stage_eval_student(ctx: Context) -> list[Path]:
+    if not (ctx.merged_dir / "config.json").is_file():
+        stage_merge(ctx)
+    return evaluate_model(ctx, "student", str(ctx.merged_dir), "student", ctx.recipe.eval.backend)
+
+
+def stage_eval_rules(ctx: Context) -> list[Path]:
+    return evaluate_model(ctx, "rules", "rules", "student", "rules")
+
+
+def stage_eval_teacher(ctx: Context) -> list[Path]:
+    t = ctx.recipe.teacher
+    if not os.environ.get(t.api_key_env):
+        console.print(f"[dim]eval_teacher: ${t.api_key_env} is not set, the teacher is not evaluated[/]")
+        return []
+    return evaluate_model(ctx, "teacher", t.model, "teacher", "openai", base_url=t.base_url,
+                          api_key_env=t.api_key_env, guided_json=False)
+
+
+def stage_report(ctx: Context) -> list[Path]:
+    from toolkit.report import run_report
+
+    stages = ctx.manifest.data["stages"]
+    return run_report(ctx.recipe, ctx.run_dir, data_source=stages.get("data", {}).get("source"),
+                      loss_diagnosis=stages.get("train", {}).get("diagnosis"))
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[Context], list[Path]]
+    needs: tuple[str, ...]  # stages whose re-run makes this one stale
+    config: tuple[str, ...]  # recipe sections (dotted) whose change makes this one stale
+
+
+EVAL_CONFIG = ("eval", "prompts", "fields", "data.test")
+STAGES: tuple[Stage, ...] = (
+    Stage("data", stage_data, (), ("data.pool", "data.pool_gold", "teacher", "prompts.teacher", "fields")),
+    Stage("prepare", stage_prepare, ("data",), ("data", "prompts.student", "fields", "student", "train.max_length")),
+    Stage("eval_base", stage_eval_base, (), EVAL_CONFIG + ("student",)),
+    Stage("train", stage_train, ("prepare",), ("student", "train")),
+    Stage("merge", stage_merge, ("train",), ()),
+    Stage("eval_student", stage_eval_student, ("merge",), EVAL_CONFIG),
+    Stage("eval_rules", stage_eval_rules, (), EVAL_CONFIG),
+    Stage("eval_teacher", stage_eval_teacher, (), EVAL_CONFIG + ("teacher",)),
+    Stage("report", stage_report, ("eval_base", "train", "eval_student", "eval_rules", "eval_teacher"), ()),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def config_digest(recipe: Recipe, sections: tuple[str, ...]) -> str:
+    import hashlib
+
+    data = recipe.public_dict()
+    picked = {}
+    for dotted in sections:
+        node = data
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        picked[dotted] = node
+    return hashlib.sha256(json.dumps(picked, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def run_stage(ctx: Context, name: str) -> list[Path]:
+    """Run one stage now and record it (with the digest of the recipe sections it depends on)."""
+    stage = next(s for s in STAGES if s.name == name)
+    ctx.manifest.start(name)
+    outputs = stage.run(ctx)
+    ctx.manifest.done(name, outputs, config=config_digest(ctx.recipe, stage.config))
+    return outputs
+
+
+def run_all(ctx: Context, from_stage: str | None = None, only: str | None = None) -> list[str]:
+    """`xtk run`: every stage in order; a stage is skipped when its outputs are intact, its recipe sections
+    unchanged and nothing it needs re-ran. --from re-runs a stage and all after it; --only runs one stage.
+    Returns the names of the stages that ran."""
+    for given in (from_stage, only):
+        if given and given not in STAGE_NAMES:
+            raise KeyError(f"no stage {given!r}; stages: {', '.join(STAGE_NAMES)}")
+    if only:
+        run_stage(ctx, only)
+        return [only]
+    forced = set(STAGE_NAMES[STAGE_NAMES.index(from_stage):]) if from_stage else set()
+    ran: list[str] = []
+    for stage in STAGES:
+        entry = ctx.manifest.data["stages"].get(stage.name, {})
+        stale = (stage.name in forced or not ctx.manifest.is_complete(stage.name)
+                 or entry.get("config") != config_digest(ctx.recipe, stage.config)
+                 or any(n in ran for n in stage.needs))
+        if not stale:
+            console.print(f"[dim]{stage.name}: complete, skipped[/]")
+            continue
+        console.print(f"[bold cyan]stage {stage.name}[/]")
+        run_stage(ctx, stage.name)
+        ran.append(stage.name)
+    return ran
