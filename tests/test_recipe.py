@@ -1,0 +1,78 @@
+import pytest
+import yaml
+
+from conftest import RECIPE, ROOT
+from toolkit.recipe import RecipeError, load_recipe, parse_override
+
+
+def shipped_recipes() -> list:
+    return list(_shipped())
+
+
+def _shipped():
+    for path in sorted((ROOT / "recipes").glob("*.yaml")):
+        profiles = [None] + list((yaml.safe_load(path.read_text()).get("profiles") or {}))
+        for profile in profiles:
+            yield pytest.param(path, profile, id=f"{path.stem}-{profile}")
+
+
+@pytest.mark.parametrize("path,profile", shipped_recipes())
+def test_every_shipped_recipe_loads_and_its_files_exist(path, profile):
+    recipe = load_recipe(path, profile)
+    for which in ("teacher", "base", "student"):
+        assert recipe.prompt(which), f"{which} prompt is empty"
+    assert recipe.path(recipe.data.pool).is_file()
+    for test_file in recipe.data.test:
+        assert recipe.path(test_file).is_file()
+    assert recipe.json_schema()["required"] == recipe.field_names
+
+
+def test_profiles_override_only_what_they_name():
+    gpu, cpu = load_recipe(RECIPE, "gpu"), load_recipe(RECIPE, "cpu")
+    assert gpu.student.model == "Qwen/Qwen3-0.6B" and cpu.student.model == "smollm2-135m-instruct"
+    assert cpu.train.lora_rank == gpu.train.lora_rank == 8  # not named in the cpu profile
+    assert cpu.train.torch_dtype == "float32" and gpu.train.torch_dtype == "bfloat16"
+
+
+def test_gpu_profile_is_the_tutorial():
+    t = load_recipe(RECIPE, "gpu").train
+    assert (t.tuner_type, t.lora_rank, t.lora_alpha, t.target_modules) == ("lora", 8, 32, "all-linear")
+    assert (t.num_train_epochs, t.per_device_train_batch_size, t.gradient_accumulation_steps) == (10, 20, 16)
+    assert (t.learning_rate, t.max_length, t.warmup_ratio, t.torch_dtype) == (1e-4, 2048, 0.05, "bfloat16")
+
+
+def test_overrides_are_typed_and_nested():
+    r = load_recipe(RECIPE, "cpu", ["train.max_steps=5", "eval.vllm.cpu_kvcache_gib=3", "teacher.model=x/y"])
+    assert r.train.max_steps == 5 and r.eval.vllm.cpu_kvcache_gib == 3 and r.teacher.model == "x/y"
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+    with pytest.raises(RecipeError, match="expected key=value"):
+        parse_override("train.max_steps")
+
+
+def test_misspelt_key_names_file_line_and_key(tmp_path):
+    bad = tmp_path / "recipes" / "bad.yaml"
+    bad.parent.mkdir()
+    text = RECIPE.read_text().replace("  lora_alpha: 32", "  lora_alpah: 32")
+    bad.write_text(text)
+    line = text.splitlines().index("  lora_alpah: 32") + 1
+    with pytest.raises(RecipeError) as err:
+        load_recipe(bad)
+    msg = str(err.value)
+    assert f"{bad}:{line}: key 'train.lora_alpah': unknown key" in msg
+    assert "key 'train.lora_alpha': required key is missing" in msg
+
+
+def test_wrong_type_names_key_and_what_was_expected(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(RECIPE.read_text().replace("  lora_rank: 8", "  lora_rank: eight"))
+    with pytest.raises(RecipeError, match=r"bad.yaml:\d+: key 'train.lora_rank': expected a valid integer.*'eight'"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match=r"key 'train.torch_dtype' \(from a command-line override\): expected"):
+        load_recipe(RECIPE, "cpu", ["train.torch_dtype=float64"])
+
+
+def test_unknown_profile_and_missing_file():
+    with pytest.raises(RecipeError, match="no profile 'tpu'.*gpu, cpu"):
+        load_recipe(RECIPE, "tpu")
+    with pytest.raises(RecipeError, match="no such recipe file"):
+        load_recipe(ROOT / "recipes" / "nope.yaml")

@@ -1,0 +1,56 @@
+"""`xtk run` end to end on the embedded student with a tiny override, then its skip and resume rules."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import RECIPE, ROOT
+
+pytestmark = pytest.mark.slow
+TINY = ["data.train_records=12", "data.val_fraction=0.2", "train.max_steps=3", "train.save_steps=3",
+        "train.eval_steps=3", "train.per_device_train_batch_size=2", "eval.backend=transformers", "eval.limit=3",
+        "eval.max_new_tokens=48"]
+
+
+def xtk_run(run, *extra):
+    res = subprocess.run([sys.executable, "-m", "toolkit", "run", str(RECIPE), "--profile", "cpu", "--run-dir",
+                          str(run), *TINY, *extra], cwd=ROOT, capture_output=True, text=True,
+                         env={**__import__("os").environ, "DASHSCOPE_API_KEY": ""})
+    assert res.returncode == 0, res.stderr[-4000:]
+    return res
+
+
+def ran(res):
+    return re.findall(r"^stage (\w+)$", res.stderr, re.M)
+
+
+def test_run_makes_every_artifact_then_skips_and_resumes_precisely(tmp_path, smollm2):
+    run = tmp_path / "run"
+    xtk_run(run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    stages = manifest["stages"]
+    assert all(stages[s]["status"] == "done" for s in
+               ("data", "prepare", "eval_base", "train", "merge", "eval_student", "eval_rules", "report"))
+    assert "generator gold labels" in stages["data"]["source"]
+    assert stages["train"]["argv"][:2] == ["swift", "sft"] and stages["merge"]["argv"][:2] == ["swift", "export"]
+    assert manifest["versions"]["ms-swift"].startswith("4.")
+    for f in ("data/labelled.jsonl", "data/train.jsonl", "data/val.jsonl", "data/stats.json", "loss.png",
+              "merged/config.json", "merged/model.safetensors", "report.md", "accuracy.png"):
+        assert (run / f).is_file(), f
+    for who in ("base", "student", "rules"):
+        for test in ("test", "test_unseen"):
+            m = json.loads((run / "eval" / f"{who}-{test}" / "metrics.json").read_text())
+            assert m["n"] == 3
+    report = (run / "report.md").read_text()
+    assert "generator gold labels" in report and "rule baseline" in report and "loss.png" in report
+
+    res = xtk_run(run)
+    assert res.stderr.count("complete, skipped") == 9 and not ran(res)
+
+    shutil.rmtree(run / "merged")
+    res = xtk_run(run)
+    assert ran(res) == ["merge", "eval_student", "report"]

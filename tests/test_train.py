@@ -1,0 +1,73 @@
+from pathlib import Path
+
+from conftest import RECIPE
+from toolkit.losschart import diagnose
+from toolkit.models import ResolvedModel
+from toolkit.recipe import load_recipe
+from toolkit.train import merge_argv, sft_argv
+
+
+def as_options(argv):
+    assert argv[:2] == ["swift", "sft"]
+    pairs = argv[2:]
+    return dict(zip(pairs[::2], pairs[1::2]))
+
+
+def test_gpu_argv_is_the_tutorials_command_in_4x_names():
+    recipe = load_recipe(RECIPE, "gpu")
+    model = ResolvedModel("Qwen/Qwen3-0.6B", "qwen3", "qwen3_nothinking", local=False)
+    argv = sft_argv(recipe, model, Path("/d/train.jsonl"), Path("/d/val.jsonl"), Path("/r/train"))
+    opts = as_options(argv)
+    tutorial = {
+        "--model": "Qwen/Qwen3-0.6B", "--tuner_type": "lora", "--lora_rank": "8", "--lora_alpha": "32",
+        "--target_modules": "all-linear", "--num_train_epochs": "10.0", "--per_device_train_batch_size": "20",
+        "--per_device_eval_batch_size": "20", "--gradient_accumulation_steps": "16", "--learning_rate": "0.0001",
+        "--max_length": "2048", "--warmup_ratio": "0.05", "--torch_dtype": "bfloat16",
+        "--dataset": "/d/train.jsonl", "--val_dataset": "/d/val.jsonl",
+    }
+    assert {k: opts[k] for k in tutorial} == tutorial
+    assert "--train_type" not in opts  # the 3.x name, rejected by 4.x
+    assert opts["--template"] == "qwen3_nothinking" and opts["--enable_thinking"] == "false"
+    assert opts["--report_to"] == "tensorboard" and opts["--add_version"] == "false"
+    # every hyper-parameter ms-swift would otherwise pick itself is explicit
+    for key in ("--lr_scheduler_type", "--weight_decay", "--lora_dropout", "--save_steps", "--eval_steps",
+                "--logging_steps", "--seed", "--gradient_checkpointing", "--dataloader_num_workers"):
+        assert key in opts
+    assert len(argv) == 2 + 2 * len(opts)  # strictly --key value pairs, no stray words
+
+
+def test_cpu_argv_uses_the_embedded_student_settings_and_resume():
+    recipe = load_recipe(RECIPE, "cpu", ["train.max_steps=7"])
+    model = ResolvedModel("/cache/smollm2", "llama", "chatml", local=True)
+    opts = as_options(sft_argv(recipe, model, Path("t"), None, Path("o"), resume_from=Path("o/checkpoint-2")))
+    assert (opts["--model_type"], opts["--template"], opts["--torch_dtype"]) == ("llama", "chatml", "float32")
+    assert opts["--max_steps"] == "7" and opts["--resume_from_checkpoint"] == "o/checkpoint-2"
+    assert opts["--eval_strategy"] == "no" and "--val_dataset" not in opts and "--enable_thinking" not in opts
+    assert merge_argv(Path("/c"), Path("/m")) == ["swift", "export", "--adapters", "/c", "--merge_lora", "true",
+                                                   "--output_dir", "/m"]
+
+
+def test_ddp_training_gets_a_rendezvous_port_of_its_own(monkeypatch):
+    from toolkit.train import sft_env
+
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    env = sft_env(load_recipe(RECIPE, "cpu"))
+    assert env["NPROC_PER_NODE"] == "2" and env["OMP_NUM_THREADS"] == "1"
+    assert env["MASTER_PORT"] != "29500" and int(env["MASTER_PORT"]) > 0
+    monkeypatch.setenv("MASTER_PORT", "31337")
+    assert sft_env(load_recipe(RECIPE, "cpu"))["MASTER_PORT"] == "31337"
+    assert "MASTER_PORT" not in sft_env(load_recipe(RECIPE, "cpu", ["train.nproc_per_node=1"]))
+
+
+def series(values):
+    return list(enumerate(values))
+
+
+def test_fit_diagnosis_follows_the_tutorials_rule():
+    falling = series([2.0, 1.6, 1.3, 1.0, 0.8, 0.6, 0.45, 0.35])
+    flat = series([2.0, 0.5, 0.30, 0.30, 0.31, 0.30, 0.30, 0.30])
+    rising = series([0.9, 0.7, 0.6, 0.62, 0.7, 0.8, 0.9, 1.0])
+    assert diagnose(falling, falling).startswith("under-fit")
+    assert diagnose(falling, rising).startswith("over-fit")
+    assert diagnose(flat, flat).startswith("good fit")
+    assert diagnose(series([1.0]), []).startswith("too few")

@@ -1,0 +1,77 @@
+"""Real ms-swift training and merging of the embedded SmolLM2 student on CPU (slow: minutes)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import RECIPE, ROOT
+from toolkit.train import checkpoints, read_log
+
+pytestmark = pytest.mark.slow
+TINY = ["data.train_records=24", "data.val_fraction=0.1", "train.per_device_train_batch_size=2",
+        "train.per_device_eval_batch_size=2", "train.logging_steps=1"]
+
+
+def xtk(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "toolkit", *args], cwd=ROOT, capture_output=True, text=True,
+                          **kwargs)
+
+
+def test_train_then_merge_for_real(tmp_path):
+    run = tmp_path / "run"
+    res = xtk("train", str(RECIPE), "--profile", "cpu", "--run-dir", str(run), *TINY,
+              "train.max_steps=8", "train.save_steps=4", "train.eval_steps=4")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = read_log(run / "train")
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 8 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # it learned
+    assert any("eval_loss" in r for r in rows)
+    assert (run / "loss.png").stat().st_size > 10_000
+    assert (run / "train" / "images" / "train_loss.png").is_file()
+    manifest = json.loads((run / "manifest.json").read_text())
+    train = manifest["stages"]["train"]
+    assert train["status"] == "done" and "--tuner_type" in train["argv"]
+    stats = json.loads((run / "data" / "stats.json").read_text())
+    assert train["train_rows_seen_by_swift"] == stats["train"] == 22  # no row silently dropped
+
+    res = xtk("merge", str(RECIPE), "--profile", "cpu", "--run-dir", str(run), *TINY)
+    assert res.returncode == 0, res.stderr[-3000:]
+    merged = run / "merged"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok, model = AutoTokenizer.from_pretrained(merged), AutoModelForCausalLM.from_pretrained(merged)
+    assert not (merged / "adapter_config.json").exists()  # a plain model, LoRA folded in
+    ids = tok.apply_chat_template([{"role": "user", "content": "张三 13812345678 北京市朝阳区建国路1号"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert len(tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()) > 0
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", str(RECIPE), "--profile", "cpu", "--run-dir", str(run), *TINY, "data.val_fraction=0",
+            "train.max_steps=6", "train.save_steps=2"]
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit", *args], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not checkpoints(run / "train") and time.monotonic() < deadline:
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)  # xtk and swift, as a crash or `kill -9` of the job would
+    proc.wait()
+    done = checkpoints(run / "train")
+    assert done, "no checkpoint was written before the deadline"
+    first = int(done[-1].name.split("-")[1])
+    assert first < 6
+
+    res = xtk(*args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    train = json.loads((run / "manifest.json").read_text())["stages"]["train"]
+    assert train["resumed_from"] == str(done[-1].resolve())
+    steps = [int(r["global_step/max_steps"].split("/")[0]) for r in read_log(run / "train") if "loss" in r]
+    assert steps[-1] == 6 and steps.count(1) == 1  # continued after the checkpoint, did not start over
+    assert checkpoints(run / "train")[-1].name == "checkpoint-6"
