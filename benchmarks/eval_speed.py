@@ -1,0 +1,101 @@
+"""Inference throughput of `xtk eval`: vLLM, ms-swift's TransformersEngine, and a naive one-record-at-a-time
+transformers `generate` loop, on the same model and the same records, in one run.
+
+    .venv/bin/python benchmarks/eval_speed.py [--model PATH] [--records 200] [--max-new-tokens 64]
+
+Records per second exclude model loading (reported apart). Ratios are against the naive loop of this run.
+Goal on this CPU: vLLM at least 5x the naive loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RECIPE = ROOT / "recipes" / "logistics_zh.yaml"
+
+
+def naive_loop(model_dir: str, chats: list, max_new_tokens: int) -> tuple[float, float, list[str]]:
+    """(load seconds, generate seconds, texts): plain transformers, batch of one, greedy."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    t1 = time.perf_counter()
+    texts = []
+    with torch.inference_mode():
+        for chat in chats:
+            ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
+            texts.append(tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True))
+    return t1 - t0, time.perf_counter() - t1, texts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model folder (default: the embedded SmolLM2)")
+    parser.add_argument("--records", type=int, default=200)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "eval_speed.json"))
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+    from toolkit.infer import TransformersBackend, VllmBackend
+    from toolkit.jsonl import read_jsonl, write_json
+    from toolkit.models import resolve_model
+    from toolkit.recipe import load_recipe
+
+    recipe = load_recipe(RECIPE, "cpu", [f"eval.max_new_tokens={args.max_new_tokens}",
+                                         f"eval.batch_size={args.batch_size}"])
+    model = resolve_model(args.model or recipe.student.model, recipe.student.model_type, recipe.student.template)
+    rows = read_jsonl(recipe.path(recipe.data.test[0]))[:args.records]
+    system = recipe.prompt("student")
+    chats = [[{"role": "system", "content": system}, {"role": "user", "content": r["text"]}] for r in rows]
+    results: dict[str, dict] = {}
+    outputs: dict[str, list[str]] = {}
+
+    def timed(name: str, make, generate) -> None:
+        t0 = time.perf_counter()
+        engine = make()
+        t1 = time.perf_counter()
+        texts = []
+        for i in range(0, len(chats), args.batch_size):
+            texts += [g.text for g in generate(engine, chats[i:i + args.batch_size])]
+        t2 = time.perf_counter()
+        outputs[name] = texts
+        results[name] = {"load_s": round(t1 - t0, 1), "generate_s": round(t2 - t1, 1),
+                         "records_per_s": round(len(chats) / (t2 - t1), 3)}
+        print(name, results[name], flush=True)
+        del engine
+
+    timed("vllm", lambda: VllmBackend(recipe, model.ref),
+          lambda e, batch: e.generate(batch, args.max_new_tokens))
+    timed("transformers engine", lambda: TransformersBackend(recipe, model.ref, model.model_type, model.template,
+                                                             args.batch_size),
+          lambda e, batch: e.generate(batch, args.max_new_tokens))
+    load, gen, texts = naive_loop(model.ref, chats, args.max_new_tokens)
+    outputs["naive loop"] = texts
+    results["naive loop"] = {"load_s": round(load, 1), "generate_s": round(gen, 1),
+                             "records_per_s": round(len(chats) / gen, 3)}
+    naive = results["naive loop"]["records_per_s"]
+    for name, r in results.items():
+        r["ratio_vs_naive_loop"] = round(r["records_per_s"] / naive, 2)
+        r["outputs_identical_to_naive"] = sum(a.strip() == b.strip() for a, b in zip(outputs[name],
+                                                                                    outputs["naive loop"]))
+    write_json(args.out, {"model": model.ref, "records": len(chats), "max_new_tokens": args.max_new_tokens,
+                          "batch_size": args.batch_size, "machine": "2 CPU cores", "results": results})
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
