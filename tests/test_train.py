@@ -1,10 +1,16 @@
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import RECIPE
+from toolkit.errors import StageError
 from toolkit.losschart import diagnose
 from toolkit.models import ResolvedModel
 from toolkit.recipe import load_recipe
-from toolkit.train import merge_argv, sft_argv
+from toolkit.runner import tail
+from toolkit.train import merge_argv, sft_argv, stale_trainers, training_lock
 
 
 def as_options(argv):
@@ -71,3 +77,35 @@ def test_fit_diagnosis_follows_the_tutorials_rule():
     assert diagnose(falling, rising).startswith("over-fit")
     assert diagnose(flat, flat).startswith("good fit")
     assert diagnose(series([1.0]), []).startswith("too few")
+
+
+def test_a_second_xtk_cannot_train_into_the_same_folder(tmp_path):
+    with training_lock(tmp_path):
+        with pytest.raises(StageError, match=r"being trained by another xtk \(pid \d+\)"):
+            with training_lock(tmp_path):
+                pass
+    with training_lock(tmp_path):  # released on exit
+        pass
+
+
+def test_a_process_training_into_the_folder_is_found_and_stopped(tmp_path):
+    """A sleeping Python stands in for an orphaned swift worker: only its argv matters here."""
+    out = tmp_path / "train"
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--output_dir", str(out)])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--output_dir", str(out) + "x"])
+    try:
+        assert stale_trainers(out) == [orphan.pid]
+        with training_lock(out):
+            assert orphan.wait(timeout=10) is not None and other.poll() is None
+    finally:
+        other.kill()
+        orphan.kill()
+
+
+def test_a_torchrun_failure_names_the_workers_error(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("[rank1]: Traceback (most recent call last):\n"
+                   "[rank1]: ValueError: Can't find a valid checkpoint at /r/checkpoint-2\n"
+                   + "torchrun summary\n" * 60)
+    shown = tail(log)
+    assert shown.count("torchrun summary") == 40 and shown.endswith("checkpoint at /r/checkpoint-2\n")

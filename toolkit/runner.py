@@ -4,6 +4,7 @@ on failure show the log's last lines and raise StageError."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,9 +18,19 @@ from toolkit.errors import StageError
 SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 
 
+RANK_ERROR = re.compile(r"^\[rank\d+\]: \w[\w.]*(Error|Exception)\b")
+
+
 def tail(path: Path, n: int = 40) -> str:
+    """The log's last n lines; under torchrun those are its own summary, so a worker's error line is added."""
     with path.open(encoding="utf-8", errors="replace") as fh:
-        return "".join(deque(fh, maxlen=n))
+        last, cause = deque(maxlen=n), None
+        for line in fh:
+            last.append(line)
+            if RANK_ERROR.match(line):
+                cause = line
+    text = "".join(last)
+    return text if cause is None or cause in last else f"{text}Cause: {cause}"
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -6,9 +6,15 @@ argv names all of them. The argv is a list, never a shell string, and is recorde
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +127,60 @@ def rows_trained(output_dir: Path) -> int | None:
     return None
 
 
+def stale_trainers(output_dir: Path) -> list[int]:
+    """Processes still training into output_dir. torchrun starts its workers in sessions of their own, so a
+    `kill -9` of xtk (and of its process group) leaves them training, rotating away the checkpoint a re-run
+    would resume from. Linux only (/proc); elsewhere none are found."""
+    target, pids = str(output_dir.resolve()), []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if "--output_dir" in args[:-1] and args[args.index("--output_dir") + 1] == target:
+            pids.append(int(proc.name))
+    return pids
+
+
+def stop_stale_trainers(output_dir: Path, grace_s: float = 30.0) -> None:
+    pids = stale_trainers(output_dir)
+    if not pids:
+        return
+    print(f"xtk: stopping {len(pids)} processes still training into {output_dir} for an xtk that is gone "
+          f"(pids {' '.join(map(str, pids))})", file=sys.stderr)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while stale_trainers(output_dir) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if not stale_trainers(output_dir):
+            return
+    raise StageError(f"processes {pids} keep training into {output_dir} and would not stop")
+
+
+@contextmanager
+def training_lock(output_dir: Path) -> Iterator[None]:
+    """One xtk per training folder. Holding the lock also proves that whatever else trains there is stale."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with (output_dir / ".xtk-train.lock").open("a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            raise StageError(f"{output_dir} is being trained by another xtk (pid {fh.read().strip() or '?'}); "
+                             "wait for it or stop it first") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        stop_stale_trainers(output_dir)
+        yield
+
+
 @dataclass
 class TrainResult:
     checkpoint: Path
@@ -160,12 +220,14 @@ def run_train(recipe: Recipe, model: ResolvedModel, data_dir: Path, output_dir: 
     done = finished_checkpoint(output_dir)
     if done is not None:
         return TrainResult(done, [], None, None)
-    resume = checkpoints(output_dir)[-1] if checkpoints(output_dir) else None
-    argv = sft_argv(recipe, model, train_file.resolve(), val_file.resolve() if has_val else None,
-                    output_dir.resolve(), resume.resolve() if resume else None)
-    log_path = output_dir / "train.log"
-    with Bar("swift sft") as bar:
-        run_logged(argv, log_path, env=sft_env(recipe), poll=_ProgressFeed(output_dir, bar), what="swift sft")
+    with training_lock(output_dir):
+        resume = checkpoints(output_dir)[-1] if checkpoints(output_dir) else None
+        argv = sft_argv(recipe, model, train_file.resolve(), val_file.resolve() if has_val else None,
+                        output_dir.resolve(), resume.resolve() if resume else None)
+        log_path = output_dir / "train.log"
+        with Bar("swift sft") as bar:
+            run_logged(argv, log_path, env=sft_env(recipe), poll=_ProgressFeed(output_dir, bar),
+                       what="swift sft")
     rows = rows_trained(output_dir)
     if rows is not None and rows != n_train:
         raise StageError(f"ms-swift trained on {rows} rows but {train_file} has {n_train}: rows were dropped "
