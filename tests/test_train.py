@@ -79,6 +79,16 @@ def test_fit_diagnosis_follows_the_tutorials_rule():
     assert diagnose(series([1.0]), []).startswith("too few")
 
 
+def test_fit_diagnosis_reads_small_batch_noise_as_flat():
+    import random
+
+    rng = random.Random(7)  # per-step losses of batch 4: spikes 3x the level, no trend
+    noisy = series([0.1 * rng.choice([0.2, 0.6, 1.0, 1.4, 3.0]) for _ in range(120)])
+    assert diagnose(noisy, series([0.20, 0.12, 0.10, 0.10, 0.10, 0.10])).startswith("good fit")
+    assert diagnose(noisy, series([0.16, 0.12, 0.10, 0.09, 0.088, 0.084, 0.082, 0.080])).startswith("under-fit")
+    assert diagnose(noisy, []).startswith("good fit")
+
+
 def test_a_second_xtk_cannot_train_into_the_same_folder(tmp_path):
     with training_lock(tmp_path):
         with pytest.raises(StageError, match=r"being trained by another xtk \(pid \d+\)"):

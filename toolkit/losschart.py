@@ -21,30 +21,48 @@ def loss_series(log_rows: list[dict]) -> tuple[list[tuple[int, float]], list[tup
 
 
 def _trend(values: list[float], tolerance: float = 0.05) -> str:
-    """falling / rising / flat over the last third of the run (at least 4 points), by relative change."""
+    """falling / rising / flat over the last third of the run (at least 4 points): the least-squares slope,
+    counted only when the change it predicts over that window exceeds `tolerance` (relative) and the slope is
+    at least three times its standard error, so per-step noise of small batches reads as flat."""
     tail = values[-max(4, len(values) // 3):]
-    if len(tail) < 2:
+    n = len(tail)
+    if n < 2:
         return "flat"
-    half = len(tail) // 2
-    before, after = sum(tail[:half]) / half, sum(tail[half:]) / (len(tail) - half)
-    change = (after - before) / max(abs(before), 1e-8)
+    xm, ym = (n - 1) / 2, sum(tail) / n
+    sxx = sum((x - xm) ** 2 for x in range(n))
+    slope = sum((x - xm) * (y - ym) for x, y in enumerate(tail)) / sxx
+    change = slope * (n - 1) / max(abs(ym), 1e-8)
+    if n > 2:
+        residual = sum((y - ym - slope * (x - xm)) ** 2 for x, y in enumerate(tail)) / (n - 2)
+        if abs(slope) < 3 * (residual / sxx) ** 0.5:
+            return "flat"
     return "falling" if change < -tolerance else "rising" if change > tolerance else "flat"
 
 
 def diagnose(train: list[tuple[int, float]], evals: list[tuple[int, float]]) -> str:
-    """The tutorial's rule: both still falling -> under-fit; eval rising while train falls -> over-fit;
-    both flat -> good."""
+    """The tutorial's rule: loss still falling -> under-fit; eval rising while train does not -> over-fit;
+    levelled off -> good. Eval loss, averaged over many rows, is the steadier signal and decides when there
+    is one."""
     if len(train) < 2:
         return "too few logged steps to judge the fit"
     t = _trend([v for _, v in train])
     e = _trend([v for _, v in evals]) if len(evals) >= 2 else None
     if e == "rising" and t != "rising":
-        return "over-fit: eval loss rises while train loss falls; use fewer epochs, more data or a lower rank"
-    if t == "falling" and e in ("falling", None):
+        return "over-fit: eval loss rises while train loss does not; use fewer epochs, more data or a lower rank"
+    if (e or t) == "falling":
         return "under-fit: loss is still falling at the end; add epochs (or steps) or LoRA rank"
-    if t == "flat" and e in ("flat", None):
-        return "good fit: train and eval loss have levelled off"
+    if (e or t) == "flat" and t != "rising":
+        return "good fit: loss has levelled off"
     return f"unclear: train loss {t}, eval loss {e or 'not measured'}"
+
+
+def _smooth(values: list[float], weight: float = 0.9) -> list[float]:
+    """Exponential moving average (TensorBoard's smoothing), debiased at the start."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight ** i))
+    return out
 
 
 def plot_loss(log_rows: list[dict], out_png: Path) -> str:
@@ -58,7 +76,9 @@ def plot_loss(log_rows: list[dict], out_png: Path) -> str:
     verdict = diagnose(train, evals)
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     if train:
-        ax.plot(*zip(*train), label="train loss", color="tab:blue")
+        steps, values = zip(*train)
+        ax.plot(steps, values, color="tab:blue", alpha=0.25, linewidth=0.8)
+        ax.plot(steps, _smooth(list(values)), label="train loss (smoothed)", color="tab:blue")
     if evals:
         ax.plot(*zip(*evals), "o-", label="eval loss", color="tab:orange")
     ax.set_xlabel("step")
