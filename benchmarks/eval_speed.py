@@ -80,7 +80,7 @@ def main() -> None:
 
     timed("vllm", lambda: VllmBackend(recipe, model.ref),
           lambda e, batch: e.generate(batch, args.max_new_tokens))
-    timed("transformers engine", lambda: TransformersBackend(recipe, model.ref, model.model_type, model.template,
+    timed("transformers engine", lambda: TransformersBackend(model.ref, model.model_type, model.template,
                                                              args.batch_size),
           lambda e, batch: e.generate(batch, args.max_new_tokens))
     load, gen, texts = naive_loop(model.ref, chats, args.max_new_tokens)

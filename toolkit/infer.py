@@ -80,8 +80,8 @@ class VllmBackend:
 class TransformersBackend:
     name = "transformers"
 
-    def __init__(self, recipe: Recipe, model: str, model_type: str | None, template: str | None,
-                 batch_size: int, thinking_off: bool = False):
+    def __init__(self, model: str, model_type: str | None, template: str | None, batch_size: int,
+                 thinking_off: bool = False):
         from swift.infer_engine import TransformersEngine
 
         self.engine = TransformersEngine(model, model_type=model_type, template_type=template,
@@ -174,5 +174,5 @@ def make_backend(recipe: Recipe, backend: str, model: str, *, base_url: str | No
         if not vllm_available():
             raise StageError("vLLM is not installed here: use --backend transformers, or `bash setup.sh`")
         return VllmBackend(recipe, resolved.ref, guided_json, thinking_off)
-    return TransformersBackend(recipe, resolved.ref, resolved.model_type, resolved.template,
+    return TransformersBackend(resolved.ref, resolved.model_type, resolved.template,
                                recipe.eval.batch_size, thinking_off)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.errors import StageError
-from toolkit.progress import Bar
 from toolkit.jsonl import DataError, append_jsonl, iter_jsonl, read_jsonl, write_json, write_jsonl
+from toolkit.progress import Bar
 from toolkit.recipe import Recipe
 from toolkit.scoring import compute_metrics, extract_json, normalise
 
