@@ -245,10 +245,10 @@ def run_label(recipe: Recipe, inputs: str | Path, out_dir: str | Path, *, base_u
     done = {r["key"] for r in labelled} | {r["key"] for r in rejects if r.get("reason") != GAVE_UP}
     todo = [r for r in rows if keys[r["id"]] not in done]
     summary = Summary(total=len(rows), cached=len(rows) - len(todo))
+    teacher = Teacher(recipe, base_url or t.base_url, model, api_key, summary)  # imports openai: ~1 s
     start = time.perf_counter()
     with Bar("label", total=len(rows), note="0 rejected") as bar:
         bar.update(summary.cached)
-        teacher = Teacher(recipe, base_url or t.base_url, model, api_key, summary)
         asyncio.run(_label_all(recipe, todo, teacher, prompt, votes, keys, out, summary, bar))
     summary.seconds = time.perf_counter() - start
     result = summary.as_dict(recipe)
