@@ -48,3 +48,29 @@ def test_transformers_engine_gives_the_same_greedy_outputs_as_vllm(run):
     assert metrics["backend"] == "transformers"
     same = sum(vllm_preds[p["id"]].strip() == p["raw"].strip() for p in preds)
     assert same >= 18, f"only {same}/20 identical greedy outputs"
+
+
+def test_guided_json_makes_the_base_model_answer_the_recipes_schema(run):
+    """Unguided, the 135M base model mostly answers prose (the vLLM run above); with the recipe's JSON schema
+    as vLLM structured output every answer must parse and carry exactly the recipe's keys. Run in a process
+    of its own that then lists its children: a finished evaluation must leave no vLLM process behind (they
+    would slow the training that `xtk run` starts next)."""
+    code = (
+        "import json, sys, psutil\n"
+        "from toolkit.pipeline import context, evaluate_model\n"
+        "from toolkit.recipe import load_recipe\n"
+        "recipe = load_recipe(sys.argv[1], 'cpu', sys.argv[4:])\n"
+        "evaluate_model(context(recipe, sys.argv[2]), 'base-guided', recipe.student.model, 'base', 'vllm',\n"
+        "               guided_json=True, tests=[sys.argv[3]])\n"
+        "kids = [c for c in psutil.Process().children(recursive=True) if c.status() != 'zombie']\n"
+        "print(json.dumps([c.name() for c in kids if c.name().startswith('VLLM')]))\n")
+    res = subprocess.run([sys.executable, "-c", code, str(RECIPE), str(run), TEST, *SMALL,
+                          "eval.max_new_tokens=320"], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == []  # no engine core, no worker left running
+    unguided = json.loads((run / "eval" / "base-vllm-test" / "metrics.json").read_text())
+    out = run / "eval" / "base-guided-test"
+    preds, metrics = read_jsonl(out / "predictions.jsonl"), json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 20 and metrics["json_parse_rate"]["value"] == 1.0 > unguided["json_parse_rate"]["value"]
+    keys = load_recipe(RECIPE, "cpu").field_names
+    assert all(sorted(p["parsed"]) == sorted(keys) for p in preds)

@@ -76,3 +76,12 @@ def test_unknown_profile_and_missing_file():
         load_recipe(RECIPE, "tpu")
     with pytest.raises(RecipeError, match="no such recipe file"):
         load_recipe(ROOT / "recipes" / "nope.yaml")
+
+
+def test_json_schema_bounds_every_string_the_recipe_bounds():
+    recipe = load_recipe(RECIPE, "cpu")
+    schema = recipe.json_schema()
+    assert schema["required"] == recipe.field_names and schema["additionalProperties"] is False
+    assert {k: v.get("maxLength") for k, v in schema["properties"].items()} == {
+        f.name: f.max_chars for f in recipe.fields}
+    assert schema["properties"]["phone"]["maxLength"] == 11

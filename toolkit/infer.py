@@ -54,6 +54,10 @@ class VllmBackend:
         cpu = _cpu_only()
         if cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(spec.cpu_kvcache_gib))
+            # vLLM keeps one core for its scheduler process; on a small machine that is half of it, while
+            # offline batches leave the scheduler idle during each forward pass: 1.8x faster on 2 cores.
+            if len(os.sched_getaffinity(0)) <= 4:
+                os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         from vllm import LLM
 
         dtype = "float32" if cpu and spec.dtype == "auto" else spec.dtype  # no native bf16 on this CPU: 6x slower
@@ -71,10 +75,17 @@ class VllmBackend:
         if self.guided_json:
             from vllm.sampling_params import StructuredOutputsParams
 
-            params["structured_outputs"] = StructuredOutputsParams(json=self.recipe.json_schema())
+            # No free whitespace between JSON tokens: a small model can loop on newlines as on any string.
+            params["structured_outputs"] = StructuredOutputsParams(json=self.recipe.json_schema(),
+                                                                   disable_any_whitespace=True)
         kwargs = {"chat_template_kwargs": {"enable_thinking": False}} if self.thinking_off else {}
         outs = self.llm.chat(batch, SamplingParams(**params), use_tqdm=False, **kwargs)
         return [Generation(o.outputs[0].text, len(o.outputs[0].token_ids)) for o in outs]
+
+    def close(self) -> None:
+        """Stop the engine-core and worker processes now: dropping the LLM leaves them alive until garbage
+        collection, polling at half a core, which slowed whatever ran next (training, another model)."""
+        self.llm.llm_engine.engine_core.shutdown()
 
 
 class TransformersBackend:

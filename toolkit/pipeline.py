@@ -141,7 +141,9 @@ def evaluate_model(ctx: Context, who: str, model: str, prompt: str, backend: str
         console.print(f"eval {out.name}: exact match {100 * m['exact_match']['value']:.1f}% "
                       f"(n={m['n']}, {m['records_per_s']} rec/s, {m['backend']})")
         outputs += [out / "predictions.jsonl", out / "metrics.json"]
-    del engine  # frees a vLLM engine (and its worker process) before the next model is loaded
+    if hasattr(engine, "close"):
+        engine.close()  # a vLLM engine's processes, before the next model is loaded or trained
+    del engine
     gc.collect()
     return outputs
 

@@ -32,6 +32,9 @@ class FieldSpec(_Strict):
     normalise: list[Normaliser] = Field(default_factory=lambda: ["strip", "width"])
     # A grounded value must occur in the input after normalisation, else the teacher's label is rejected.
     grounded: bool = False
+    # The longest sensible value: the schema's maxLength, so guided decoding ends a string a looping model
+    # would otherwise run on until max_new_tokens, leaving unparseable JSON.
+    max_chars: int | None = Field(default=None, gt=0)
 
 
 class Prompts(_Strict):
@@ -160,7 +163,8 @@ class Recipe(_Strict):
         """The JSON schema of one answer, for guided decoding and for validating labels."""
         return {
             "type": "object",
-            "properties": {f.name: {"type": "string", "description": f.description} for f in self.fields},
+            "properties": {f.name: {"type": "string", "description": f.description}
+                           | ({"maxLength": f.max_chars} if f.max_chars else {}) for f in self.fields},
             "required": self.field_names,
             "additionalProperties": False,
         }
