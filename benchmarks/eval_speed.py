@@ -76,8 +76,7 @@ def main() -> None:
         results[name] = {"load_s": round(t1 - t0, 1), "generate_s": round(t2 - t1, 1),
                          "records_per_s": round(len(chats) / (t2 - t1), 3)}
         print(name, results[name], flush=True)
-        if hasattr(engine, "close"):
-            engine.close()  # vLLM's worker would otherwise poll on a core during the next measurement
+        engine.close()  # vLLM's worker would otherwise poll on a core during the next measurement
 
     timed("vllm", lambda: VllmBackend(recipe, model.ref),
           lambda e, batch: e.generate(batch, args.max_new_tokens))

@@ -43,7 +43,19 @@ def _cpu_only() -> bool:
     return not torch.cuda.is_available()
 
 
-class VllmBackend:
+class Backend:
+    """One inference engine: `generate` answers a batch of chats; `close` frees what would outlive the object."""
+
+    name = ""
+
+    def generate(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass  # nothing outlives the object by default
+
+
+class VllmBackend(Backend):
     name = "vllm"
 
     def __init__(self, recipe: Recipe, model: str, guided_json: bool = False, thinking_off: bool = False):
@@ -88,7 +100,7 @@ class VllmBackend:
         self.llm.llm_engine.engine_core.shutdown()
 
 
-class TransformersBackend:
+class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(self, model: str, model_type: str | None, template: str | None, batch_size: int,
@@ -110,7 +122,7 @@ class TransformersBackend:
                 for r in responses]
 
 
-class OpenAIBackend:
+class OpenAIBackend(Backend):
     name = "openai"
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None, concurrency: int = 16,
@@ -145,7 +157,7 @@ class OpenAIBackend:
         return asyncio.run(self._all(batch, max_tokens))
 
 
-class RulesBackend:
+class RulesBackend(Backend):
     name = "rules"
 
     def __init__(self, recipe: Recipe):
@@ -161,7 +173,7 @@ class RulesBackend:
 
 
 def make_backend(recipe: Recipe, backend: str, model: str, *, base_url: str | None = None,
-                 api_key_env: str | None = None, guided_json: bool = False):
+                 api_key_env: str | None = None, guided_json: bool = False) -> Backend:
     """Build the backend that will serve `model` ('rules' needs none)."""
     from toolkit.models import resolve_model
 

@@ -141,8 +141,7 @@ def evaluate_model(ctx: Context, who: str, model: str, prompt: str, backend: str
         console.print(f"eval {out.name}: exact match {100 * m['exact_match']['value']:.1f}% "
                       f"(n={m['n']}, {m['records_per_s']} rec/s, {m['backend']})")
         outputs += [out / "predictions.jsonl", out / "metrics.json"]
-    if hasattr(engine, "close"):
-        engine.close()  # a vLLM engine's processes, before the next model is loaded or trained
+    engine.close()  # a vLLM engine's processes, before the next model is loaded or trained
     del engine
     gc.collect()
     return outputs

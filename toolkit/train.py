@@ -155,9 +155,9 @@ def stop_stale_trainers(output_dir: Path, grace_s: float = 30.0) -> None:
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + grace_s
-        while stale_trainers(output_dir) and time.monotonic() < deadline:
+        while (left := stale_trainers(output_dir)) and time.monotonic() < deadline:
             time.sleep(0.5)
-        if not stale_trainers(output_dir):
+        if not left:
             return
     raise StageError(f"processes {pids} keep training into {output_dir} and would not stop")
 
