@@ -8,15 +8,14 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from toolkit.errors import StageError
-
-SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
-
+from toolkit.secrets import child_env, redact, redact_argv, secret_arg_values
 
 RANK_ERROR = re.compile(r"^\[rank\d+\]: \w[\w.]*(Error|Exception)\b")
 
@@ -33,13 +32,6 @@ def tail(path: Path, n: int = 40) -> str:
     return text if cause is None or cause in last else f"{text}Cause: {cause}"
 
 
-def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment an external command gets: ours, minus secrets it has no use for, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not any(w in k.upper() for w in SECRET_WORDS)}
-    env.update(extra or {})
-    return env
-
-
 def executable(name: str) -> str:
     """A console script of this Python's environment (e.g. `swift`), even when that venv is not activated."""
     beside = Path(sys.executable).parent / name
@@ -51,15 +43,26 @@ def executable(name: str) -> str:
 
 def run_logged(argv: list[str], log_path: Path, env: Mapping[str, str] | None = None,
                poll: Callable[[], None] | None = None, what: str | None = None) -> None:
-    """Run argv with stdout+stderr appended to log_path, calling poll() about once a second."""
+    """Run argv with stdout+stderr appended to log_path, calling poll() about once a second. The output goes
+    through us on its way to the log so that secrets (a token in the argv, which ms-swift prints with its
+    arguments, or in the environment) are redacted before they reach the disk."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     what = what or " ".join(Path(argv[0]).name.split() + argv[1:2])
+    hidden = secret_arg_values(argv)
     with log_path.open("a", encoding="utf-8") as log:
-        log.write(f"\n$ {' '.join(argv)}\n")
+        log.write(f"\n$ {' '.join(redact_argv(argv))}\n")
         log.flush()
         # Same process group as ours: Ctrl-C in a terminal, or killing the job, reaches the child too.
-        proc = subprocess.Popen([executable(argv[0]), *argv[1:]], stdout=log, stderr=subprocess.STDOUT,
-                                env=child_env(env))
+        proc = subprocess.Popen([executable(argv[0]), *argv[1:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=child_env(env), text=True, encoding="utf-8", errors="replace", bufsize=1)
+
+        def copy() -> None:
+            for line in proc.stdout:
+                log.write(redact(line, hidden))
+                log.flush()
+
+        copier = threading.Thread(target=copy, daemon=True)
+        copier.start()
         try:
             while proc.poll() is None:
                 if poll:
@@ -69,6 +72,8 @@ def run_logged(argv: list[str], log_path: Path, env: Mapping[str, str] | None = 
             proc.terminate()  # an exception of ours (not a signal to the group): don't leave the child running
             proc.wait(timeout=60)
             raise
+        finally:
+            copier.join(timeout=30)  # torchrun's workers may hold the pipe a moment after torchrun exits
         if poll:
             poll()
     if proc.returncode != 0:

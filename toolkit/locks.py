@@ -1,0 +1,40 @@
+"""One writer per output folder: an exclusive lock held for as long as a command writes there."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from toolkit.errors import StageError
+
+
+@contextmanager
+def folder_lock(folder: Path, what: str, name: str = ".xtk.lock", shown: Path | None = None) -> Iterator[None]:
+    """Hold `folder/name` exclusively; a second holder is refused at once with the first one's pid. The lock
+    dies with its process, so a crashed or killed command never leaves a stale lock behind. `shown` is the
+    folder named in the refusal, where the lock file guards another one than it sits in."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / name).open("a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            raise StageError(f"{shown or folder} is in use by another xtk {what} (pid {fh.read().strip() or '?'}): "
+                             "wait for it to finish or stop it first") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """A short blocking lock around one read-modify-write of a shared file (the manifest)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.with_name(path.name + ".lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
