@@ -3,6 +3,8 @@ import time
 
 import pytest
 
+from conftest import ROOT
+
 from toolkit.models import MARKER, ModelError, check_custom_code, pull_embedded, resolve_model
 
 
@@ -48,5 +50,17 @@ def test_unknown_references_get_a_clear_error(tmp_path):
         resolve_model(str(tmp_path / "missing"))
     with pytest.raises(ModelError, match="neither an embedded model"):
         resolve_model("not-a-model")
-    hub = resolve_model("Qwen/Qwen3-0.6B", "qwen3", "qwen3_nothinking")
-    assert (hub.ref, hub.local, hub.template) == ("Qwen/Qwen3-0.6B", False, "qwen3_nothinking")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ModelError, match="is a file, expected a model folder"):
+        resolve_model(str(tmp_path / "file"))
+
+
+@pytest.mark.slow
+def test_a_hub_id_is_downloaded_and_checked_before_use_and_a_failure_is_one_line(tmp_path, capsys):
+    """No model hub is reachable here: the download fails, and that failure is one clear line, exit 2."""
+    from toolkit.cli import main
+
+    code = main(["eval", str(ROOT / "recipes" / "logistics_zh.yaml"), "--run-dir", str(tmp_path), "--model",
+                 "nobody-xtk/no-such-model", "--backend", "transformers", "eval.limit=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: could not download nobody-xtk/no-such-model" in err and "Traceback" not in err

@@ -91,7 +91,7 @@ def test_fit_diagnosis_reads_small_batch_noise_as_flat():
 
 def test_a_second_xtk_cannot_train_into_the_same_folder(tmp_path):
     with training_lock(tmp_path):
-        with pytest.raises(StageError, match=r"being trained by another xtk \(pid \d+\)"):
+        with pytest.raises(StageError, match=r"in use by another xtk training \(pid \d+\)"):
             with training_lock(tmp_path):
                 pass
     with training_lock(tmp_path):  # released on exit

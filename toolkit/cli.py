@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,19 +39,31 @@ RECIPE = (
     A("recipe", help="recipe YAML, e.g. recipes/logistics_zh.yaml"),
     A("--profile", help="a profile of the recipe, e.g. cpu or gpu"),
 )  # plus any number of key=value overrides anywhere on the line, e.g. train.max_steps=5
-RUN_DIR = (A("--run-dir", help="run folder (default runs/<recipe>/<profile or default>)"),)
+RUN_DIR = (A("--run-dir", help="run folder (default runs/<recipe>/<profile or default>/<student>)"),)
+TRUST = (A("--trust-remote-code", action="store_true",
+           help="allow model folders that ship their own Python code (same as student.trust_remote_code=true)"),)
 
 
 def _recipe(args):
     from toolkit.recipe import load_recipe
 
-    return load_recipe(args.recipe, args.profile, args.overrides)
+    overrides = list(args.overrides)
+    if getattr(args, "trust_remote_code", False):
+        overrides.append("student.trust_remote_code=true")
+    return load_recipe(args.recipe, args.profile, overrides)
 
 
 def _run_dir(args, recipe):
     from toolkit.manifest import default_run_dir
 
     return default_run_dir(recipe) if not getattr(args, "run_dir", None) else args.run_dir
+
+
+def _open_run(args):
+    from toolkit.pipeline import open_run
+
+    recipe = _recipe(args)
+    return open_run(recipe, _run_dir(args, recipe))
 
 
 # --- handlers: thin; the work lives in the stage modules -------------------------------------------------
@@ -86,21 +99,30 @@ def cmd_data_generate(args) -> None:
         print(path)
 
 
-def cmd_eval(args) -> None:
-    from toolkit.pipeline import context, evaluate_model
+EVAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._]{0,63}")
 
-    recipe = _recipe(args)
-    ctx = context(recipe, _run_dir(args, recipe))
-    model = {"base": recipe.student.model, "student": str(ctx.merged_dir)}.get(args.model, args.model)
-    backend = "rules" if args.model == "rules" else args.backend or recipe.eval.backend
-    if args.model == "teacher":
-        model, backend = recipe.teacher.model, "openai"
-        args.base_url, args.api_key_env = args.base_url or recipe.teacher.base_url, recipe.teacher.api_key_env
-    prompt = args.prompt or {"base": "base", "teacher": "teacher"}.get(args.model, "student")
-    who = args.name or (args.model if args.model in ("base", "student", "rules", "teacher") else
-                        Path(args.model.rstrip("/")).name)
-    evaluate_model(ctx, who, model, prompt, backend, base_url=args.base_url, api_key_env=args.api_key_env,
-                   guided_json=args.guided_json or None, tests=args.test)
+
+def cmd_eval(args) -> None:
+    from dataclasses import replace
+
+    from toolkit.errors import StageError
+    from toolkit.manifest import slug
+    from toolkit.pipeline import ROLES, Role, evaluate_model, role
+
+    # "-" separates the evaluation's name from the test file's in eval/<name>-<test>/: not allowed in --name.
+    if args.name and not EVAL_NAME.fullmatch(args.name):
+        raise StageError(f"--name {args.name!r}: use letters, digits, '.' and '_' (at most 64, no path parts)")
+    with _open_run(args) as ctx:
+        if args.model in ROLES:
+            r = role(ctx, args.model)
+        else:
+            r = Role(slug(args.model).replace("-", "_"), args.model, "student", args.backend or ctx.recipe.eval.backend,
+                     limit=ctx.recipe.eval.limit)
+        r = replace(r, who=args.name or r.who, prompt=args.prompt or r.prompt,
+                    backend=r.backend if args.model in ("rules", "teacher") else args.backend or r.backend,
+                    base_url=args.base_url or r.base_url, api_key_env=args.api_key_env or r.api_key_env,
+                    guided_json=True if args.guided_json else r.guided_json)
+        evaluate_model(ctx, r, tests=args.test)
 
 
 def cmd_label(args) -> None:
@@ -111,7 +133,7 @@ def cmd_label(args) -> None:
     recipe = _recipe(args)
     out = Path(args.out) if args.out else Path(_run_dir(args, recipe)) / "data"
     summary = run_label(recipe, args.input or recipe.path(recipe.data.pool), out, base_url=args.base_url,
-                        model=args.model, votes=args.votes)
+                        model=args.model, votes=args.votes, retry_rejects=args.retry_rejects)
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     if args.check_gold:
         m = check_gold(recipe, out / "labelled.jsonl", args.check_gold, out / "label_check.json")
@@ -120,40 +142,38 @@ def cmd_label(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from toolkit.pipeline import context, run_all
+    from toolkit.pipeline import run_all
 
-    recipe = _recipe(args)
-    run_dir = Path(_run_dir(args, recipe))
-    run_all(context(recipe, run_dir), args.from_stage, args.only)
+    with _open_run(args) as ctx:
+        run_all(ctx, args.from_stage, args.only)
     for label, name in (("report", "report.md"), ("accuracy", "accuracy.png"), ("loss", "loss.png")):
-        if (run_dir / name).is_file():
-            print(f"{label + ':':<10}{run_dir / name}")
+        if (ctx.run_dir / name).is_file():
+            print(f"{label + ':':<10}{ctx.run_dir / name}")
 
 
 def cmd_report(args) -> None:
-    from toolkit.pipeline import context, run_stage
+    from toolkit.pipeline import run_stage
 
-    recipe = _recipe(args)
-    for path in run_stage(context(recipe, _run_dir(args, recipe)), "report"):
-        print(path)
+    with _open_run(args) as ctx:
+        for path in run_stage(ctx, "report"):
+            print(path)
 
 
 def _stage(name: str):
     def handler(args) -> None:
-        from toolkit.pipeline import context, run_stage
+        from toolkit.pipeline import run_stage
 
-        recipe = _recipe(args)
-        ctx = context(recipe, _run_dir(args, recipe))
-        if getattr(args, "labelled", None):
-            ctx.labelled = Path(args.labelled)
-        run_stage(ctx, name)
+        with _open_run(args) as ctx:
+            if getattr(args, "labelled", None):
+                ctx.labelled = Path(args.labelled)
+            run_stage(ctx, name)
 
     return handler
 
 
 COMMANDS: tuple[Command, ...] = (
     Command("run", "the whole flow: data, prepare, eval base, train, merge, eval student and rules, report",
-            cmd_run, RECIPE + RUN_DIR + (
+            cmd_run, RECIPE + RUN_DIR + TRUST + (
                 A("--from", dest="from_stage", metavar="STAGE", help="re-run this stage and every one after it"),
                 A("--only", metavar="STAGE", help="run just this stage"),
             )),
@@ -165,20 +185,20 @@ COMMANDS: tuple[Command, ...] = (
     Command("models list", "list the embedded models and whether they are pulled", cmd_models_list),
     Command("recipe show", "print a recipe as resolved (profile and overrides applied)", cmd_recipe_show, RECIPE),
     Command("prepare", "labelled records -> ms-swift messages JSONL, validated, de-duplicated, split",
-            _stage("prepare"), RECIPE + RUN_DIR + (
+            _stage("prepare"), RECIPE + RUN_DIR + TRUST + (
                 A("--labelled", help="labelled JSONL ({id,text,label} or {messages}); default: the run's data"),)),
     Command("train", "LoRA-train the student with swift sft (resumes an interrupted run)", _stage("train"),
-            RECIPE + RUN_DIR),
+            RECIPE + RUN_DIR + TRUST),
     Command("merge", "merge the last checkpoint's LoRA into the run's merged/ with swift export", _stage("merge"),
-            RECIPE + RUN_DIR),
+            RECIPE + RUN_DIR + TRUST),
     Command("eval", "score a model on the recipe's test files: predictions.jsonl and metrics.json", cmd_eval,
-            RECIPE + RUN_DIR + (
+            RECIPE + RUN_DIR + TRUST + (
                 A("--model", required=True, help="base | student (the run's merged model) | rules | teacher | "
                   "an embedded name, a folder, a hub id, or a served model name with --backend openai"),
                 A("--test", action="append", help="test JSONL with gold labels (default: the recipe's test files)"),
                 A("--prompt", choices=["base", "student", "teacher"],
                   help="which recipe prompt (default: base for base, teacher for teacher, else student)"),
-                A("--name", help="evaluation name under eval/ (default from --model)"),
+                A("--name", help="evaluation name under eval/: letters, digits, '.', '_' (default from --model)"),
                 A("--backend", choices=["auto", "vllm", "transformers", "openai", "rules"],
                   help="default: the recipe's eval.backend (auto = vllm when it imports)"),
                 A("--base-url", help="OpenAI-compatible endpoint, with --backend openai"),
@@ -192,6 +212,8 @@ COMMANDS: tuple[Command, ...] = (
                 A("--base-url", help="OpenAI-compatible endpoint (default: teacher.base_url)"),
                 A("--model", help="served model name (default: teacher.model)"),
                 A("--votes", type=int, default=1, help="k samples per input, field-wise majority kept"),
+                A("--retry-rejects", action="store_true",
+                  help="ask again for the records whose answers were rejected (they are paid for again)"),
                 A("--check-gold", metavar="FILE", help="score the labels against gold {id, label} JSONL"),
             )),
     Command("report", "report.md and accuracy.png from the run's evaluations", cmd_report, RECIPE + RUN_DIR),

@@ -9,4 +9,6 @@ class StageError(RuntimeError):
     """A stage that could not finish (an external command failed, an endpoint is unreachable)."""
 
 
-USER_ERRORS = (RecipeError, DataError, ModelError, StageError, FileNotFoundError, KeyError)
+# Only errors raised on purpose, with a message for the user: anything else (a KeyError, an AttributeError) is
+# a bug in xtk and shows its traceback.
+USER_ERRORS = (RecipeError, DataError, ModelError, StageError)

@@ -31,8 +31,9 @@ def load_test(recipe: Recipe, path: str | Path, limit: int | None = None) -> lis
 
 
 def run_eval(recipe: Recipe, backend, test_path: str | Path, prompt: str, out_dir: str | Path,
-             model_label: str, limit: int | None = None, load_seconds: float = 0.0) -> dict:
-    """Generate for every test row in batches, score, and write predictions.jsonl and metrics.json."""
+             model_label: str, limit: int | None = None, load_seconds: float = 0.0, extra: dict | None = None) -> dict:
+    """Generate for every test row in batches, score, and write predictions.jsonl and metrics.json (with
+    `extra`: what was evaluated, for the report)."""
     out = Path(out_dir)
     rows = load_test(recipe, test_path, limit)
     system = recipe.prompt(prompt)
@@ -62,6 +63,6 @@ def run_eval(recipe: Recipe, backend, test_path: str | Path, prompt: str, out_di
                    seconds=round(seconds, 2), load_seconds=round(load_seconds, 2),
                    records_per_s=round(len(rows) / seconds, 3) if seconds else None,
                    tokens_per_s=round(tokens / seconds, 2) if seconds and tokens else None,
-                   completion_tokens=tokens)
+                   completion_tokens=tokens, **(extra or {}))
     write_json(out / "metrics.json", metrics)
     return metrics

@@ -123,38 +123,72 @@ class TransformersBackend(Backend):
 
 
 class OpenAIBackend(Backend):
+    """An OpenAI-compatible endpoint, with labelling's retries and an answer journal: every answer paid for is
+    appended to `cache` as it arrives, so a re-run (after a crash, or with another limit) pays only for the
+    requests it has no answer to. One client and one event loop for the whole evaluation."""
+
     name = "openai"
 
-    def __init__(self, base_url: str, model: str, api_key_env: str | None, concurrency: int = 16,
-                 timeout_s: float = 120, thinking_off: bool = False):
-        from openai import AsyncOpenAI
+    def __init__(self, base_url: str, model: str, api_key_env: str | None, *, cache: Path | None,
+                 concurrency: int = 16, timeout_s: float = 120, max_retries: int = 6, thinking_off: bool = False):
+        from toolkit.endpoint import Endpoint
+        from toolkit.journal import load_journal
 
         key = os.environ.get(api_key_env, "") if api_key_env else ""
-        self.client = AsyncOpenAI(base_url=base_url, api_key=key or "EMPTY", timeout=timeout_s, max_retries=3)
-        self.model, self.concurrency, self.base_url = model, concurrency, base_url
-        self.extra_body = {"enable_thinking": False} if thinking_off else None
+        extra = {"enable_thinking": False} if thinking_off else {}
+        self.loop = asyncio.new_event_loop()  # the client's connections belong to the loop they were made on
+        self.endpoint = Endpoint(base_url, model, key, api_key_env, timeout_s, max_retries, extra)
+        self.concurrency, self.reused = concurrency, 0
+        self.cache = {r["key"]: r for r in load_journal(cache)} if cache else {}
+        if cache:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+        self.journal = cache.open("a", encoding="utf-8") if cache else None
 
     async def _all(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
-        import openai
+        from toolkit.endpoint import EndpointError, GaveUp, request_key
+        from toolkit.jsonl import append_jsonl
 
         gate = asyncio.Semaphore(self.concurrency)
+        e = self.endpoint
 
         async def one(messages: Messages) -> Generation:
-            async with gate:
-                r = await self.client.chat.completions.create(model=self.model, messages=messages,
-                                                              max_tokens=max_tokens, temperature=0,
-                                                              extra_body=self.extra_body)
-            return Generation(r.choices[0].message.content or "", r.usage.completion_tokens if r.usage else 0)
+            key = request_key(e.base_url, e.model, messages, max_tokens, e.extra_body)
+            if key in self.cache:
+                self.reused += 1
+            else:
+                async with gate:
+                    answer = await e.ask(messages, max_tokens)
+                # A malformed response is scored as no answer (its raw body is kept for a person to read).
+                row = {"key": key, "text": answer.content or "", "problem": answer.problem,
+                       "raw": e.redact(answer.raw), "completion_tokens": answer.completion_tokens}
+                if self.journal:
+                    append_jsonl(self.journal, row)
+                self.cache[key] = row
+            row = self.cache[key]
+            return Generation(row["text"], row.get("completion_tokens") or 0)
 
-        try:
-            return await asyncio.gather(*(one(m) for m in batch))
-        except openai.APIConnectionError:
-            raise StageError(f"cannot reach the endpoint {self.base_url}: is the server running?") from None
-        finally:
-            await self.client.close()
+        results = await asyncio.gather(*(one(m) for m in batch), return_exceptions=True)
+        for r in results:
+            if isinstance(r, EndpointError):
+                raise r
+            if isinstance(r, BaseException) and not isinstance(r, GaveUp):
+                raise r
+        missing = [r for r in results if isinstance(r, GaveUp)]
+        if missing:
+            kept = f"; the answers that came are kept in {self.journal.name}" if self.journal else ""
+            raise StageError(f"{len(missing)} of {len(batch)} requests to {e.base_url} got no answer after "
+                             f"{e.max_retries} retries (e.g. {missing[0]}){kept}: re-run to ask only for the "
+                             "missing ones")
+        return results
 
     def generate(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
-        return asyncio.run(self._all(batch, max_tokens))
+        return self.loop.run_until_complete(self._all(batch, max_tokens))
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.endpoint.aclose())
+        self.loop.close()
+        if self.journal:
+            self.journal.close()
 
 
 class RulesBackend(Backend):
@@ -173,8 +207,8 @@ class RulesBackend(Backend):
 
 
 def make_backend(recipe: Recipe, backend: str, model: str, *, base_url: str | None = None,
-                 api_key_env: str | None = None, guided_json: bool = False) -> Backend:
-    """Build the backend that will serve `model` ('rules' needs none)."""
+                 api_key_env: str | None = None, guided_json: bool = False, cache: Path | None = None) -> Backend:
+    """Build the backend that will serve `model` ('rules' needs none); `cache` journals an endpoint's answers."""
     from toolkit.models import resolve_model
 
     backend = pick_backend(backend)
@@ -183,8 +217,9 @@ def make_backend(recipe: Recipe, backend: str, model: str, *, base_url: str | No
     if backend == "openai":
         if not base_url:
             raise StageError("the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-        return OpenAIBackend(base_url, model, api_key_env, recipe.teacher.concurrency, recipe.teacher.timeout_s,
-                             thinking_off="qwen3" in model.lower())
+        t = recipe.teacher
+        return OpenAIBackend(base_url, model, api_key_env, cache=cache, concurrency=t.concurrency,
+                             timeout_s=t.timeout_s, max_retries=t.max_retries, thinking_off="qwen3" in model.lower())
     if guided_json and backend != "vllm":
         raise StageError("--guided-json needs the vllm backend")
     s = recipe.student

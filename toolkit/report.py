@@ -4,6 +4,7 @@ the loss chart and its diagnosis) and accuracy.png (grouped bars with interval w
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from toolkit.jsonl import read_jsonl
@@ -64,11 +65,17 @@ def plot_accuracy(results: list[tuple[str, dict]], field_names: list[str], out_p
     plt.close(fig)
 
 
-def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None,
-               loss_diagnosis: str | None = None) -> list[Path]:
-    results = collect(run_dir / "eval")
+def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, loss_diagnosis: str | None = None,
+               stale: Callable[[dict], str | None] = lambda m: None) -> list[Path]:
+    """`stale(metrics)` says why an evaluation no longer describes its model (it is then listed, not shown)."""
+    from toolkit.errors import StageError
+
+    found = collect(run_dir / "eval")
+    left_out = [(name, why) for name, m in found if (why := stale(m))]
+    results = [(name, m) for name, m in found if not stale(m)]
     if not results:
-        raise FileNotFoundError(f"no evaluations under {run_dir / 'eval'}: run `xtk eval` first")
+        raise StageError(f"no current evaluations under {run_dir / 'eval'}: run `xtk eval` or `xtk run` first"
+                         + "".join(f"\n  {name}: {why}" for name, why in left_out))
     fields = recipe.field_names
     lines = [f"# {recipe.name}: distillation report", ""]
     if recipe.description:
@@ -87,6 +94,9 @@ def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None,
                  f"{100 * f1['value']:.1f} [{100 * f1['ci95'][0]:.0f}–{100 * f1['ci95'][1]:.0f}]",
                  *(_pct(m["fields"][f]) for f in fields), f"{m['records_per_s'] or 0:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    if left_out:
+        lines += ["", "Left out, as they describe another model or configuration than this run's: "
+                  + "; ".join(f"`{name}` ({why})" for name, why in left_out) + "."]
     lines += ["", "![accuracy](accuracy.png)", ""]
     if (run_dir / "loss.png").is_file():
         lines += ["## Training", "", "![loss](loss.png)", "", f"Fit: {loss_diagnosis or 'see the chart'}.", ""]

@@ -6,7 +6,6 @@ argv names all of them. The argv is a list, never a shell string, and is recorde
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -164,21 +163,43 @@ def stop_stale_trainers(output_dir: Path, grace_s: float = 30.0) -> None:
 
 @contextmanager
 def training_lock(output_dir: Path) -> Iterator[None]:
-    """One xtk per training folder. Holding the lock also proves that whatever else trains there is stale."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with (output_dir / ".xtk-train.lock").open("a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            raise StageError(f"{output_dir} is being trained by another xtk (pid {fh.read().strip() or '?'}); "
-                             "wait for it or stop it first") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
+    """One xtk per training folder. Holding the lock also proves that whatever else trains there is stale.
+    The lock sits beside the folder, not in it, so that a folder of other settings can be moved aside."""
+    from toolkit.locks import folder_lock
+
+    with folder_lock(output_dir.parent, "training", f".{output_dir.name}.lock", shown=output_dir):
         stop_stale_trainers(output_dir)
         yield
+
+
+OWNER = "xtk-train.json"
+
+
+def train_key(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: Path | None) -> str:
+    """What makes a trained adapter what it is: the whole `swift sft` command (model, type, template, every
+    hyper-parameter), its environment and the bytes of the data. A folder trained under another key holds
+    another model."""
+    from toolkit.endpoint import request_key
+    from toolkit.manifest import file_digest
+
+    argv = sft_argv(recipe, model, Path("TRAIN"), Path("VAL") if val_file else None, Path("OUT"))
+    env = {k: v for k, v in sft_env(recipe).items() if k != "MASTER_PORT"}
+    data = [file_digest(f) for f in (train_file, val_file) if f is not None]
+    return request_key(argv, env, data)
+
+
+def trained_checkpoint(output_dir: Path, key: str) -> Path | None:
+    """The finished checkpoint in output_dir if it was trained under `key`, else None."""
+    owner = output_dir / OWNER
+    if not owner.is_file() or json.loads(owner.read_text()).get("key") != key:
+        return None
+    return finished_checkpoint(output_dir)
+
+
+def _move_aside(output_dir: Path) -> Path:
+    aside = output_dir.with_name(f"{output_dir.name}.superseded-{time.strftime('%Y%m%d-%H%M%S')}")
+    output_dir.rename(aside)
+    return aside
 
 
 @dataclass
@@ -187,6 +208,8 @@ class TrainResult:
     argv: list[str]
     resumed_from: Path | None
     train_rows: int | None
+    key: str
+    moved_aside: Path | None = None
 
 
 class _ProgressFeed:
@@ -207,27 +230,43 @@ class _ProgressFeed:
         self.seen = len(rows)
 
 
-def run_train(recipe: Recipe, model: ResolvedModel, data_dir: Path, output_dir: Path) -> TrainResult:
-    """Train (or resume, or skip when finished) into output_dir; returns the last checkpoint."""
+def run_train(recipe: Recipe, model: ResolvedModel, data_dir: Path, output_dir: Path,
+              fresh: bool = False) -> TrainResult:
+    """Train into output_dir: skip when it holds a finished training of these very settings, resume an
+    unfinished one of them, and otherwise (other settings, or `fresh`) move the folder aside and start over."""
     from toolkit.prepare import check_messages_file
     from toolkit.runner import run_logged
+    from toolkit.secrets import redact_argv, scrub_files, secret_arg_values
 
     train_file, val_file = data_dir / "train.jsonl", data_dir / "val.jsonl"
     n_train = check_messages_file(recipe, train_file)
     has_val = val_file.is_file() and val_file.stat().st_size > 0
     if has_val:
         check_messages_file(recipe, val_file)
-    done = finished_checkpoint(output_dir)
-    if done is not None:
-        return TrainResult(done, [], None, None)
+    key = train_key(recipe, model, train_file, val_file if has_val else None)
     with training_lock(output_dir):
+        aside = None
+        owner = output_dir / OWNER
+        same = owner.is_file() and json.loads(owner.read_text()).get("key") == key
+        if output_dir.is_dir() and any(output_dir.iterdir()) and (fresh or not same):
+            aside = _move_aside(output_dir)
+            why = "a re-train was asked for" if same else "it was trained with other settings or data"
+            print(f"xtk: {output_dir} moved to {aside.name} ({why}); training afresh", file=sys.stderr)
+        done = finished_checkpoint(output_dir) if not aside else None
+        if done is not None:
+            return TrainResult(done, [], None, None, key)
         resume = checkpoints(output_dir)[-1] if checkpoints(output_dir) else None
         argv = sft_argv(recipe, model, train_file.resolve(), val_file.resolve() if has_val else None,
                         output_dir.resolve(), resume.resolve() if resume else None)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        owner.write_text(json.dumps({"key": key, "argv": redact_argv(argv)}, indent=2, ensure_ascii=False) + "\n")
         log_path = output_dir / "train.log"
-        with Bar("swift sft") as bar:
-            run_logged(argv, log_path, env=sft_env(recipe), poll=_ProgressFeed(output_dir, bar),
-                       what="swift sft")
+        try:
+            with Bar("swift sft") as bar:
+                run_logged(argv, log_path, env=sft_env(recipe), poll=_ProgressFeed(output_dir, bar),
+                           what="swift sft")
+        finally:  # ms-swift writes its arguments, secrets included, into args.json files
+            scrub_files(output_dir.rglob("args.json"), secret_arg_values(argv))
     rows = rows_trained(output_dir)
     if rows is not None and rows != n_train:
         raise StageError(f"ms-swift trained on {rows} rows but {train_file} has {n_train}: rows were dropped "
@@ -235,7 +274,7 @@ def run_train(recipe: Recipe, model: ResolvedModel, data_dir: Path, output_dir: 
     ckpt = finished_checkpoint(output_dir)
     if ckpt is None:
         raise StageError(f"swift sft finished but named no checkpoint in {output_dir / 'logging.jsonl'}")
-    return TrainResult(ckpt, argv, resume, rows)
+    return TrainResult(ckpt, redact_argv(argv), resume, rows, key, aside)
 
 
 def merge_argv(checkpoint: Path, output_dir: Path) -> list[str]:
