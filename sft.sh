@@ -20,7 +20,7 @@ if [ -z "$profile" ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then profile=gpu; else profile=cpu; fi
   args=(--profile "$profile" "${args[@]}")
 fi
-# On CPU one torch thread per process is ~10x faster than two on 2 cores (measured, DESIGN.md §7).
+# On CPU one torch thread per process is ~10x faster than two on 2 cores for generation (measured here).
 [ "$profile" = cpu ] && export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 # xtk run ends by printing where report.md, accuracy.png and loss.png are.

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-# One torch thread is ~10x faster than two on the 2-core machines this runs on (DESIGN.md §7).
+# One torch thread is ~10x faster than two for generation on the 2-core machines this runs on.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

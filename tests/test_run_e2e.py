@@ -54,3 +54,17 @@ def test_run_makes_every_artifact_then_skips_and_resumes_precisely(tmp_path, smo
     shutil.rmtree(run / "merged")
     res = xtk_run(run)
     assert ran(res) == ["merge", "eval_student", "report"]
+
+    # another training setting: trained afresh (the old adapter moved aside, never resumed or reused), and
+    # merge, the student's evaluation and the report all describe the new model
+    old_key = json.loads((run / "manifest.json").read_text())["stages"]["train"]["key"]
+    res = xtk_run(run, "train.learning_rate=0.001")
+    assert ran(res) == ["train", "merge", "eval_student", "report"]
+    assert len(list(run.glob("train.superseded-*"))) == 1
+    manifest = json.loads((run / "manifest.json").read_text())
+    new_key = manifest["stages"]["train"]["key"]
+    assert new_key != old_key and manifest["stages"]["train"]["resumed_from"] is None
+    assert json.loads((run / "merged" / "xtk-model.json").read_text())["train_key"] == new_key
+    for test in ("test", "test_unseen"):
+        m = json.loads((run / "eval" / f"student-{test}" / "metrics.json").read_text())
+        assert m["identity"]["train_key"] == new_key

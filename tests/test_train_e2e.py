@@ -70,11 +70,13 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     assert done, "no checkpoint was written before the deadline"
     first = int(done[-1].name.split("-")[1])
     assert first < 6
-    assert stale_trainers(run / "train"), "expected torchrun's workers to outlive the killed job"
+    # Workers that outlived the job (torchrun starts them in sessions of their own) may keep training and
+    # rotating checkpoints away, or die on their next write to the dead job's pipe: either way the re-run
+    # must find none left and resume.
 
     res = xtk(*args)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "still training into" in res.stderr and not stale_trainers(run / "train")
+    assert not stale_trainers(run / "train")
     train = json.loads((run / "manifest.json").read_text())["stages"]["train"]
     resumed = int(Path(train["resumed_from"]).name.split("-")[1])  # the orphans may have saved one more
     assert first <= resumed < 6

@@ -104,6 +104,16 @@ def test_a_finished_training_of_other_settings_is_moved_aside_and_never_returned
     assert not (out / "checkpoint-5").exists()
     log = (out / "train.log").read_text()
     assert "--resume_from_checkpoint" not in log
+    # same settings: an unfinished folder is resumed, not moved; `xtk run --from train` (fresh) moves it too
+    ckpt = out / "checkpoint-1"
+    ckpt.mkdir()
+    (ckpt / "trainer_state.json").write_text("{}")
+    with pytest.raises(StageError):
+        run_train(recipe, broken, data, out)
+    assert "--resume_from_checkpoint" in (out / "train.log").read_text()
+    with pytest.raises(StageError):
+        run_train(recipe, broken, data, out, fresh=True)
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("train.superseded-")]) == 2
 
 
 @pytest.fixture(scope="module")
