@@ -332,6 +332,10 @@ def test_children_get_the_hub_tokens_they_need_and_logs_show_none(tmp_path, monk
     log = (tmp_path / "log").read_text()
     assert "hf ***" in log and "teacher None" in log  # passed on, yet never written
     assert "hf_abcdefghijklmnop" not in log and "ms-hubtoken-123456" not in log and KEY not in log
+    from toolkit.secrets import child_env
+
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # a setting, not a secret: children keep it
+    assert child_env()["TOKENIZERS_PARALLELISM"] == "false" and "DASHSCOPE_API_KEY" not in child_env()
 
 
 def test_secret_extra_args_never_reach_the_manifest(tmp_path, monkeypatch):

@@ -16,7 +16,8 @@ _SECRET_FLAG = re.compile(r"^--?[\w-]*(token|key|secret|password)[\w-]*$", re.I)
 
 
 def looks_secret(name: str) -> bool:
-    return any(w in name.upper() for w in SECRET_WORDS)
+    """HF_TOKEN, DASHSCOPE_API_KEY, PGPASSWORD: yes; TOKENIZERS_PARALLELISM: no."""
+    return any(part.endswith(w) for part in name.upper().split("_") for w in SECRET_WORDS)
 
 
 def secret_values(extra: Iterable[str] = ()) -> list[str]:
