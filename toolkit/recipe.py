@@ -99,7 +99,8 @@ class TrainSpec(_Strict):
     logging_steps: int = Field(gt=0)
     dataloader_num_workers: int = Field(ge=0)
     seed: int = 42
-    # Threads per training process; 1 is ~10x faster than 2 on this 2-core machine (DESIGN.md §7).
+    # Threads per training process: on 2 cores two processes of one thread each trained fastest (measured:
+    # benchmarks/train_speed.py).
     omp_num_threads: int | None = None
     nproc_per_node: int = Field(default=1, gt=0)
     deepspeed: str | None = None
