@@ -21,22 +21,56 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
+def file_problem(path: Path, expected: str) -> str | None:
+    """Why `path` cannot be read as `expected` (e.g. "a JSONL file"), or None when it is a regular file."""
+    if path.is_dir():
+        return f"is a directory, expected {expected}"
+    if not path.exists():
+        return "no such file"
+    if not path.is_file():
+        return f"is not a regular file, expected {expected}"
+    return None
+
+
+def iter_lines(path: str | Path, expected: str) -> Iterator[tuple[int, str]]:
+    """(line number, line with its ending) of a UTF-8 text file. A directory, an unreadable file or a line
+    that is not UTF-8 raises DataError naming the file (and the line)."""
+    path = Path(path)
+    problem = file_problem(path, expected)
+    if problem:
+        raise DataError(path, None, problem)
+    try:
+        fh = path.open("rb")  # bytes, decoded line by line, so an encoding error names its line
+    except OSError as exc:
+        raise DataError(path, None, f"cannot read: {exc.strerror}") from None
+    with fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(path, lineno, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte "
+                                f"{exc.start + 1} of the line); save the file as UTF-8") from None
+            yield lineno, line
+
+
+def read_text(path: str | Path, expected: str) -> str:
+    """A whole UTF-8 text file, with iter_lines' errors."""
+    return "".join(line for _, line in iter_lines(path, expected))
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line; a line that is not a JSON object raises DataError."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, None, "no such file")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(path, lineno, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    for lineno, line in iter_lines(path, "a JSONL file"):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(path, lineno, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -32,25 +32,30 @@ GAVE_UP = "gave up after retries"
 FAIL_FAST_AFTER = 8
 
 
-def read_inputs(path: str | Path) -> list[dict]:
-    """Raw texts: .txt one per line (id = line number), or JSONL with a text field (and an optional id)."""
+def read_inputs(path: str | Path, max_chars: int) -> list[dict]:
+    """Raw texts: .txt one per line (id = line number), or JSONL with a text field (and an optional id).
+    A text over max_chars is refused: it would go to the teacher, and be paid for, as one request."""
+    from toolkit.jsonl import iter_lines
+
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, None, "no such file")
-    rows, ids = [], set()
-    if path.suffix == ".txt":
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                rows.append({"id": f"line-{n}", "text": line.strip()})
-    else:
-        for n, row in iter_jsonl(path):
-            if not isinstance(row.get("text"), str) or not row["text"].strip():
-                raise DataError(path, n, "expected a JSON object with a non-empty text field")
-            rows.append({"id": str(row.get("id", f"line-{n}")), "text": row["text"]})
-    for n, r in enumerate(rows, 1):
-        if r["id"] in ids:
-            raise DataError(path, n, f"duplicate id {r['id']!r}")
-        ids.add(r["id"])
+    rows, first_line = [], {}
+    for n, item in iter_lines(path, "a text file") if path.suffix == ".txt" else iter_jsonl(path):
+        if isinstance(item, str):  # a .txt line
+            if not item.strip():
+                continue
+            row = {"id": f"line-{n}", "text": item.strip()}
+        elif not isinstance(item.get("text"), str) or not item["text"].strip():
+            raise DataError(path, n, "expected a JSON object with a non-empty text field")
+        else:
+            row = {"id": str(item.get("id", f"line-{n}")), "text": item["text"]}
+        if row["id"] in first_line:
+            raise DataError(path, n, f"duplicate id {row['id']!r} (first on line {first_line[row['id']]})")
+        if len(row["text"]) > max_chars:
+            raise DataError(path, n, f"text is {len(row['text'])} characters, over data.max_input_chars={max_chars}")
+        first_line[row["id"]] = n
+        rows.append(row)
+    if not rows:
+        raise DataError(path, None, "no texts: the file is empty or has only blank lines")
     return rows
 
 
@@ -187,7 +192,7 @@ def run_label(recipe: Recipe, inputs: str | Path, out_dir: str | Path, *, base_u
     if not api_key:
         raise StageError(f"set ${t.api_key_env} to the teacher's API key (any value for a local server)")
     out = Path(out_dir)
-    rows = read_inputs(inputs)
+    rows = read_inputs(inputs, recipe.data.max_input_chars)
     prompt = recipe.prompt("teacher")
     model = model or t.model
     keys = {r["id"]: cache_key(model, prompt, r["text"], votes) for r in rows}

@@ -66,12 +66,18 @@ def read_record(recipe: Recipe, row: dict, path: Path, line: int) -> dict:
         text, rid, label = row["text"], row["id"], row["label"]
     if not isinstance(text, str) or not text.strip():
         raise DataError(path, line, "the input text is empty")
+    if len(text) > recipe.data.max_input_chars:
+        raise DataError(path, line, f"text is {len(text)} characters, over data.max_input_chars="
+                        f"{recipe.data.max_input_chars}")
     return {"id": str(rid), "text": text, "label": check_label(recipe, label, path, line)}
 
 
 def read_records(recipe: Recipe, path: str | Path) -> list[dict]:
     path = Path(path)
-    return [read_record(recipe, row, path, line) for line, row in iter_jsonl(path)]
+    records = [read_record(recipe, row, path, line) for line, row in iter_jsonl(path)]
+    if not records:
+        raise DataError(path, None, "no records: the file is empty or has only blank lines")
+    return records
 
 
 def to_messages(recipe: Recipe, record: dict, system: str) -> dict:

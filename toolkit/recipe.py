@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from toolkit.jsonl import DataError, file_problem, read_text
+
 
 class RecipeError(ValueError):
     """A recipe that cannot be used; the message says where and why."""
@@ -51,6 +53,9 @@ class DataSpec(_Strict):
     train_records: int = Field(gt=0)
     val_fraction: float = Field(ge=0, lt=1)
     seed: int = 42
+    # The longest input text accepted for labelling and training: a runaway text must not reach the teacher
+    # as one (paid) request, nor the student's training data.
+    max_input_chars: int = Field(default=4000, gt=0)
 
 
 class TeacherSpec(_Strict):
@@ -174,6 +179,30 @@ class Recipe(_Strict):
         return self.model_dump(mode="json", exclude={"root"})
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int):
+        self.line = line
+        self.problem = f"duplicate key {key!r} (first given on line {first}): give each key once"
+        super().__init__(f"line {line}: {self.problem}")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping, where PyYAML silently keeps the last."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` may be overridden by design
+                    continue
+                if isinstance(key_node, yaml.ScalarNode):  # a complex key is refused by PyYAML anyway
+                    key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                    if key in first:
+                        raise _DuplicateKey(key, line, first[key])
+                    first[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def _deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
@@ -190,7 +219,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise RecipeError(f"override {text!r}: expected key=value, e.g. train.max_steps=5")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise RecipeError(f"override {text!r}: value is not valid YAML ({exc})") from None
     return key.strip().split("."), value
@@ -205,7 +234,7 @@ def _apply_override(data: dict, keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
-def _key_lines(path: Path) -> dict[tuple, int]:
+def _key_lines(text: str) -> dict[tuple, int]:
     """Line number (1-based) of every mapping key in a YAML file, by its key path."""
     lines: dict[tuple, int] = {}
 
@@ -220,7 +249,7 @@ def _key_lines(path: Path) -> dict[tuple, int]:
                 lines[prefix + (i,)] = v.start_mark.line + 1
                 walk(v, prefix + (i,))
 
-    root = yaml.compose(path.read_text(encoding="utf-8"))
+    root = yaml.compose(text)
     if root is not None:
         walk(root, ())
     return lines
@@ -238,30 +267,49 @@ def _describe(err: dict) -> str:
     return f"expected {err['msg'].removeprefix('Input should be ').removeprefix('Value error, ')}, got {err.get('input')!r}"
 
 
+def _where(path: Path, loc: tuple, lines: dict[tuple, int], profile: str | None, overridden: set[tuple],
+           missing: bool = False) -> str:
+    """`file:line: key 'a.b'` for a key of the recipe, the line taken from the profile where it set the key."""
+    dotted = ".".join(str(p) for p in loc)
+    if loc in overridden:
+        return f"{path}: key '{dotted}' (from a command-line override)"
+    line = (lines.get(("profiles", profile) + loc) if profile else None) or lines.get(loc)
+    if line is None and missing:
+        line = lines.get(loc[:-1])
+    return f"{path}:{line}: key '{dotted}'" if line else f"{path}: key '{dotted}'"
+
+
 def _format_errors(path: Path, exc: ValidationError, lines: dict[tuple, int], profile: str | None,
                    overridden: set[tuple]) -> str:
-    out = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        dotted = ".".join(str(p) for p in loc)
-        if loc in overridden:
-            where = f"{path}: key '{dotted}' (from a command-line override)"
-        else:
-            line = (lines.get(("profiles", profile) + loc) if profile else None) or lines.get(loc)
-            if line is None and err["type"] == "missing":
-                line = lines.get(loc[:-1])
-            where = f"{path}:{line}: key '{dotted}'" if line else f"{path}: key '{dotted}'"
-        out.append(f"{where}: {_describe(err)}")
+    out = [f"{_where(path, tuple(err['loc']), lines, profile, overridden, err['type'] == 'missing')}: {_describe(err)}"
+           for err in exc.errors()]
     return "invalid recipe\n  " + "\n  ".join(out)
+
+
+def _check_files(recipe: Recipe, path: Path, text: str, overridden: set[tuple]) -> None:
+    """Every file the recipe names for itself exists now, not when a stage first reads it."""
+    named = [(("prompts", which), getattr(recipe.prompts, which), "a prompt file")
+             for which in ("teacher", "base", "student")]
+    for loc, relative, expected in named:
+        problem = file_problem(recipe.path(relative), expected)
+        if problem:
+            where = _where(path, loc, _key_lines(text), recipe.profile, overridden)
+            raise RecipeError(f"{where}: {recipe.path(relative)}: {problem}")
 
 
 def load_recipe(path: str | Path, profile: str | None = None, overrides: list[str] = ()) -> Recipe:
     """Read a recipe, apply a profile and `key=value` overrides, and validate the result."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise RecipeError(f"{path}: no such recipe file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = read_text(path, "a recipe YAML file")
+    except DataError as exc:  # a directory, unreadable, not UTF-8: the recipe is what cannot be used
+        raise RecipeError(str(exc)) from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise RecipeError(f"{path}:{exc.line}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
@@ -279,8 +327,10 @@ def load_recipe(path: str | Path, profile: str | None = None, overrides: list[st
     # Relative paths in a recipe are relative to the project root: the parent of recipes/.
     root = path.resolve().parent.parent if path.resolve().parent.name == "recipes" else path.resolve().parent
     try:
-        return Recipe(**raw, root=root, profile=profile)
+        recipe = Recipe(**raw, root=root, profile=profile)
     except ValidationError as exc:
-        raise RecipeError(_format_errors(path, exc, _key_lines(path), profile, overridden)) from None
+        raise RecipeError(_format_errors(path, exc, _key_lines(text), profile, overridden)) from None
     except TypeError as exc:  # e.g. a duplicate of root/profile in the file
         raise RecipeError(f"{path}: {exc}") from None
+    _check_files(recipe, path, text, overridden)
+    return recipe
