@@ -88,6 +88,15 @@ def test_missing_prompt_fails_at_load_naming_key_line_and_path(tmp_path, capsys)
     assert "is a directory, expected a prompt file" in err
 
 
+def test_missing_choices_file_fails_at_load(tmp_path):
+    text = RECIPE.read_text(encoding="utf-8").replace("datasets/logistics_zh/cities.txt", "datasets/cities.txt")
+    path = recipe_copy(tmp_path, text)
+    line = line_of(text, "    choices_file: datasets/cities.txt")
+    with pytest.raises(RecipeError, match=rf"r.yaml:{line}: key 'fields.1.choices_file': .*datasets/cities.txt: "
+                                          "no such file"):
+        load_recipe(path)
+
+
 # --- JSONL files: prepare --labelled, eval --test, label --input ------------------------------------------
 
 def test_labelled_file_not_utf8_names_file_and_line(tmp_path, capsys):

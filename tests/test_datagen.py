@@ -74,8 +74,27 @@ def test_shipped_files_sizes_and_no_leakage():
     assert len({normalise_text(r["text"]) for r in pool}) == len(pool)
 
 
+def read_lines(path):
+    lines = path.read_text(encoding="utf-8").split("\n")
+    assert lines[-1] == "" and lines[:-1] == sorted(lines[:-1]), path  # sorted, one a line
+    return lines[:-1]
+
+
+def test_every_shipped_label_is_in_the_allowed_values():
+    allowed = {f: set(read_lines(DATA / f"{name}.txt"))
+               for f, name in (("province", "provinces"), ("city", "cities"), ("district", "districts"))}
+    labels = [r["label"] for name in ("test.jsonl", "test_unseen.jsonl", "pool_gold.jsonl")
+              for r in read_jsonl(DATA / name)]
+    for field, values in allowed.items():
+        assert {lb[field] for lb in labels} <= values, field
+        assert values == {getattr(p, field) for p in places()}, field
+    assert "天津市" in allowed["city"] and "济源市" in allowed["city"] and "东莞市" in allowed["city"]
+    assert "" in allowed["district"] and "" not in allowed["city"]
+
+
 def test_generate_reproduces_the_shipped_files_byte_for_byte(tmp_path):
     written = generate("logistics_zh", tmp_path)
-    assert sorted(p.name for p in written) == sorted(p.name for p in DATA.glob("*.jsonl"))
+    assert sorted(p.name for p in written) == sorted(p.name for p in [*DATA.glob("*.jsonl"), *DATA.glob("*.txt")])
+    assert {"provinces.txt", "cities.txt", "districts.txt"} <= {p.name for p in written}
     for p in written:
         assert p.read_bytes() == (DATA / p.name).read_bytes(), p.name

@@ -35,6 +35,10 @@ def record(i, text=None):
     ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "not json"}]}',
      "assistant turn is not JSON"),
     (json.dumps({"id": "x", "text": "  ", "label": LABEL}), "input text is empty"),
+    (json.dumps({"id": "x", "text": "abc", "label": {**LABEL, "province": "火星省"}}, ensure_ascii=False),
+     r"province '火星省' is not one of the allowed values \(datasets/logistics_zh/provinces.txt\)"),
+    (json.dumps({"id": "x", "text": "abc", "label": {**LABEL, "city": ""}}),
+     r"city '' is not one of the allowed values \(datasets/logistics_zh/cities.txt\)"),
     ('["a list"]', "expected a JSON object"),
 ])
 def test_a_malformed_row_names_file_and_line(recipe, tmp_path, bad, reason):

@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from conftest import RECIPE, ROOT
-from toolkit.recipe import RecipeError, load_recipe, parse_override
+from toolkit.recipe import Recipe, RecipeError, load_recipe, parse_override
 
 
 def shipped_recipes() -> list:
@@ -85,3 +85,43 @@ def test_json_schema_bounds_every_string_the_recipe_bounds():
     assert {k: v.get("maxLength") for k, v in schema["properties"].items()} == {
         f.name: f.max_chars for f in recipe.fields}
     assert schema["properties"]["phone"]["maxLength"] == 11
+
+
+def with_fields(recipe: Recipe, **changes: dict) -> Recipe:
+    """The recipe with some fields' keys changed, validated as a new recipe."""
+    data = recipe.public_dict()
+    data["fields"] = [f | changes.get(f["name"], {}) for f in data["fields"]]
+    return Recipe(**data, root=recipe.root)
+
+
+def test_allowed_values_come_from_the_recipe_normalised_with_the_fields_normalisers():
+    recipe = load_recipe(RECIPE, "cpu")
+    provinces = recipe.path("datasets/logistics_zh/provinces.txt").read_text(encoding="utf-8").splitlines()
+    assert recipe.allowed_values("province") == frozenset(provinces) and "天津市" in provinces
+    assert "" in recipe.allowed_values("district") and "" not in recipe.allowed_values("city")
+    assert recipe.allowed_values("name") is None  # an open field
+    inline = with_fields(recipe, province={"choices_file": None, "choices": [" 天津市 ", "ＡＢ省", ""]})
+    assert inline.allowed_values("province") == frozenset({"天津市", "AB省", ""})  # strip, width
+
+
+def test_small_closed_sets_become_the_schemas_enum():
+    recipe = load_recipe(RECIPE, "cpu")
+    props = recipe.json_schema()["properties"]
+    assert props["province"]["enum"] == recipe.path("datasets/logistics_zh/provinces.txt").read_text(
+        encoding="utf-8").splitlines()
+    assert len(props["city"]["enum"]) == len(recipe.allowed_values("city"))
+    assert "enum" not in props["district"]  # ~2,800 counties: checked after decoding, not in the grammar
+    assert "enum" not in props["name"]
+    inline = with_fields(recipe, phone={"choices": ["1", "2", "1"]})
+    assert inline.json_schema()["properties"]["phone"]["enum"] == ["1", "2"]
+
+
+def test_choices_and_choices_file_together_are_refused(tmp_path):
+    text = RECIPE.read_text(encoding="utf-8")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("    choices_file: datasets/logistics_zh/cities.txt",
+                                "    choices_file: datasets/logistics_zh/cities.txt\n    choices: [天津市]"))
+    line = text.splitlines().index("  - name: city") + 1
+    with pytest.raises(RecipeError, match=rf"bad.yaml:{line}: key 'fields.1': expected either choices or "
+                                          r"choices_file, not both$"):
+        load_recipe(bad)

@@ -96,10 +96,15 @@ def append_jsonl(fh, row: dict) -> None:
     os.fsync(fh.fileno())
 
 
-def write_json(path: str | Path, obj: Any) -> Path:
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a UTF-8 text file, replacing the old one only once the new one is complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8", newline="\n")
     os.replace(tmp, path)
     return path
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from toolkit.jsonl import DataError, iter_jsonl, read_jsonl, write_json, write_jsonl
 from toolkit.recipe import Recipe
+from toolkit.scoring import normalise
 
 
 def normalise_input(text: str) -> str:
@@ -69,7 +70,13 @@ def read_record(recipe: Recipe, row: dict, path: Path, line: int) -> dict:
     if len(text) > recipe.data.max_input_chars:
         raise DataError(path, line, f"text is {len(text)} characters, over data.max_input_chars="
                         f"{recipe.data.max_input_chars}")
-    return {"id": str(rid), "text": text, "label": check_label(recipe, label, path, line)}
+    check_label(recipe, label, path, line)
+    for f in recipe.fields:
+        allowed = recipe.allowed_values(f.name)
+        if allowed is not None and normalise(label[f.name], f.normalise) not in allowed:
+            raise DataError(path, line, f"{f.name} {label[f.name]!r} is not one of the allowed values "
+                            f"({recipe.choices_source(f.name)})")
+    return {"id": str(rid), "text": text, "label": label}
 
 
 def read_records(recipe: Recipe, path: str | Path) -> list[dict]:

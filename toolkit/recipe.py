@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from toolkit.jsonl import DataError, file_problem, read_text
+from toolkit.jsonl import DataError, file_problem, iter_lines, read_text
 
 
 class RecipeError(ValueError):
@@ -37,6 +37,16 @@ class FieldSpec(_Strict):
     # The longest sensible value: the schema's maxLength, so guided decoding ends a string a looping model
     # would otherwise run on until max_new_tokens, leaving unparseable JSON.
     max_chars: int | None = Field(default=None, gt=0)
+    # A closed set: the values a label may take, inline or one a line in a UTF-8 file (recipe-relative; an
+    # empty line allows ""). Labels outside it are refused; small sets become the schema's enum.
+    choices: list[str] | None = None
+    choices_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source_of_choices(self) -> FieldSpec:
+        if self.choices is not None and self.choices_file is not None:
+            raise ValueError("either choices or choices_file, not both")
+        return self
 
 
 class Prompts(_Strict):
@@ -144,6 +154,8 @@ class Recipe(_Strict):
     # Set by `load_recipe`: where relative paths in the recipe are resolved from, and what was applied.
     root: Path = Path(".")
     profile: str | None = None
+    _choices_cache: dict[str, list[str] | None] = PrivateAttr(default_factory=dict)
+    _allowed_cache: dict[str, frozenset[str] | None] = PrivateAttr(default_factory=dict)
 
     @field_validator("fields")
     @classmethod
@@ -165,18 +177,62 @@ class Recipe(_Strict):
     def prompt(self, which: Literal["teacher", "base", "student"]) -> str:
         return self.path(getattr(self.prompts, which)).read_text(encoding="utf-8").strip()
 
+    def field(self, name: str) -> FieldSpec:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(f"no field {name!r}; the recipe has {self.field_names}")
+
+    def _choices(self, field_name: str) -> list[str] | None:
+        """A field's allowed values as written (inline or read from its choices_file, once), or None."""
+        if field_name not in self._choices_cache:
+            f = self.field(field_name)
+            if f.choices_file is not None:
+                # Line endings only: the field's normalisers decide what else is insignificant.
+                values = [line.rstrip("\r\n") for _, line in iter_lines(self.path(f.choices_file), "a text file")]
+            else:
+                values = f.choices
+            self._choices_cache[field_name] = None if values is None else list(dict.fromkeys(values))
+        return self._choices_cache[field_name]
+
+    def allowed_values(self, field_name: str) -> frozenset[str] | None:
+        """The values a field's label may take, normalised with the field's normalisers; None: any value."""
+        if field_name not in self._allowed_cache:
+            from toolkit.scoring import normalise  # scoring imports this module
+
+            values, steps = self._choices(field_name), self.field(field_name).normalise
+            self._allowed_cache[field_name] = None if values is None else frozenset(normalise(v, steps) for v in values)
+        return self._allowed_cache[field_name]
+
+    def choices_source(self, field_name: str) -> str:
+        """Where a field's allowed values come from, for messages."""
+        return self.field(field_name).choices_file or f"fields.{field_name}.choices"
+
     def json_schema(self) -> dict[str, Any]:
         """The JSON schema of one answer, for guided decoding and for validating labels."""
+        def prop(f: FieldSpec) -> dict[str, Any]:
+            out: dict[str, Any] = {"type": "string", "description": f.description}
+            if f.max_chars:
+                out["maxLength"] = f.max_chars
+            choices = self._choices(f.name)
+            if choices is not None and len(choices) <= MAX_ENUM:
+                out["enum"] = choices
+            return out
+
         return {
             "type": "object",
-            "properties": {f.name: {"type": "string", "description": f.description}
-                           | ({"maxLength": f.max_chars} if f.max_chars else {}) for f in self.fields},
+            "properties": {f.name: prop(f) for f in self.fields},
             "required": self.field_names,
             "additionalProperties": False,
         }
 
     def public_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"root"})
+
+
+# A larger closed set (every county) is checked after decoding but left out of the schema: an enum that size
+# makes guided decoding's grammar slow to build.
+MAX_ENUM = 512
 
 
 class _DuplicateKey(yaml.YAMLError):
@@ -264,7 +320,9 @@ _EXPECTED = {
 def _describe(err: dict) -> str:
     if err["type"] in _EXPECTED:
         return _EXPECTED[err["type"]]
-    return f"expected {err['msg'].removeprefix('Input should be ').removeprefix('Value error, ')}, got {err.get('input')!r}"
+    expected = f"expected {err['msg'].removeprefix('Input should be ').removeprefix('Value error, ')}"
+    # A whole section as the input (from a check across its keys) would bury the message.
+    return expected if isinstance(err.get("input"), dict) else f"{expected}, got {err.get('input')!r}"
 
 
 def _where(path: Path, loc: tuple, lines: dict[tuple, int], profile: str | None, overridden: set[tuple],
@@ -287,9 +345,11 @@ def _format_errors(path: Path, exc: ValidationError, lines: dict[tuple, int], pr
 
 
 def _check_files(recipe: Recipe, path: Path, text: str, overridden: set[tuple]) -> None:
-    """Every file the recipe names for itself exists now, not when a stage first reads it."""
+    """Every file the recipe names for itself (prompts, choices) exists now, not when a stage first reads it."""
     named = [(("prompts", which), getattr(recipe.prompts, which), "a prompt file")
              for which in ("teacher", "base", "student")]
+    named += [(("fields", i, "choices_file"), f.choices_file, "a text file of allowed values")
+              for i, f in enumerate(recipe.fields) if f.choices_file is not None]
     for loc, relative, expected in named:
         problem = file_problem(recipe.path(relative), expected)
         if problem:

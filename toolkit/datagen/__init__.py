@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from toolkit.jsonl import write_jsonl
+from toolkit.jsonl import write_jsonl, write_text
 
 GENERATORS = {
-    # name: (module with build(seed) -> {filename: rows}, seed the shipped files were made with)
+    # name: (module with build(seed) -> {filename: JSONL rows or text}, seed the shipped files were made with)
     "logistics_zh": ("toolkit.datagen.logistics_zh", 20260101),
 }
 
@@ -22,4 +22,5 @@ def generate(name: str, out_dir: str | Path) -> list[Path]:
     files = importlib.import_module(module).build(seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return [write_jsonl(out / filename, rows) for filename, rows in files.items()]
+    return [write_text(out / filename, content) if isinstance(content, str) else write_jsonl(out / filename, content)
+            for filename, content in files.items()]

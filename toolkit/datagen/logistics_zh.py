@@ -254,8 +254,17 @@ def normalise_text(text: str) -> str:
     return re.sub(r"\s+", "", text)
 
 
-def build(seed: int, pool_size: int = 3000, test_size: int = 400) -> dict[str, list[dict]]:
-    """The shipped files: test (normal format), test_unseen, and the training pool with gold kept apart.
+def allowed_value_files() -> dict[str, str]:
+    """provinces.txt, cities.txt, districts.txt: every value the label convention gives a field, one a line,
+    sorted; the recipe's closed sets. districts.txt starts with an empty line: "" is a valid district."""
+    return {filename: "".join(value + "\n" for value in sorted({getattr(p, attr) for p in places()}))
+            for filename, attr in (("provinces.txt", "province"), ("cities.txt", "city"),
+                                   ("districts.txt", "district"))}
+
+
+def build(seed: int, pool_size: int = 3000, test_size: int = 400) -> dict[str, list[dict] | str]:
+    """The shipped files: test (normal format), test_unseen, the training pool with gold kept apart, and the
+    allowed values of province, city and district.
 
     No pool text equals a test text after normalisation, and no text repeats within a file.
     """
@@ -280,4 +289,5 @@ def build(seed: int, pool_size: int = 3000, test_size: int = 400) -> dict[str, l
         "test_unseen.jsonl": unseen,
         "pool.jsonl": [{"id": r["id"], "text": r["text"]} for r in pool],
         "pool_gold.jsonl": [{"id": r["id"], "label": r["label"]} for r in pool],
+        **allowed_value_files(),
     }
