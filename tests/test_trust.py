@@ -277,16 +277,14 @@ def test_an_unreachable_endpoint_stops_the_run_at_once(tmp_path, pool, key):
     assert time.monotonic() - start < 15
 
 
-def test_an_error_text_that_echoes_the_key_is_redacted_in_rejects(tmp_path, pool, key):
-    """Answers first (so the run is not stopped as a whole), then an endpoint error page echoing headers."""
-    rows = pool[:3]
+def test_an_error_text_that_echoes_the_key_is_redacted_in_rejects_and_in_the_error(tmp_path, pool, key):
     recipe = load_recipe(RECIPE, None, ["teacher.max_retries=0"])
-    with TeacherServer({r["text"]: r["label"] for r in rows}) as good:
-        run_label(recipe, raw_file(tmp_path, rows[:1]), tmp_path, base_url=good.base_url)
     with StatusServer(500) as server:
-        run_label(recipe, raw_file(tmp_path, rows), tmp_path, base_url=server.base_url)
+        with pytest.raises(StageError) as error:
+            run_label(recipe, raw_file(tmp_path, pool[:2]), tmp_path, base_url=server.base_url)
     rejects = (tmp_path / "rejects.jsonl").read_text()
-    assert "denied for Bearer ***" in rejects and KEY not in rejects
+    assert rejects.count("denied for Bearer ***") == 2 and KEY not in rejects
+    assert "denied for Bearer ***" in str(error.value) and KEY not in str(error.value)
 
 
 # --- 5. one writer per folder ----------------------------------------------------------------------------
