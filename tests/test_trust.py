@@ -27,14 +27,6 @@ def key(monkeypatch):
     monkeypatch.setenv("DASHSCOPE_API_KEY", KEY)
 
 
-@pytest.fixture(scope="module")
-def pool():
-    recipe = load_recipe(RECIPE)
-    texts = read_jsonl(recipe.path(recipe.data.pool))
-    gold = {r["id"]: r["label"] for r in read_jsonl(recipe.path(recipe.data.pool_gold))}
-    return [{"id": r["id"], "text": r["text"], "label": gold[r["id"]]} for r in texts]
-
-
 def raw_file(tmp_path, rows):
     return write_jsonl(tmp_path / "raw.jsonl", [{"id": r["id"], "text": r["text"]} for r in rows])
 

@@ -3,7 +3,6 @@ on failure show the log's last lines and raise StageError."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
