@@ -110,6 +110,8 @@ class Endpoint:
     def __post_init__(self) -> None:
         import openai
 
+        self.fatal: EndpointError | None = None  # once the endpoint is known unusable, no request is sent
+
         self.openai = openai
         self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key or "EMPTY",
                                          timeout=self.timeout_s, max_retries=0)
@@ -154,6 +156,8 @@ class Endpoint:
         body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
                 **self.extra_body}
         for attempt in range(self.max_retries + 1):
+            if self.fatal:
+                raise self.fatal
             self.usage.requests += 1
             try:
                 # The client's raw post (its documented way to custom requests: same auth, errors, time-outs):
@@ -163,14 +167,14 @@ class Endpoint:
             except Exception as exc:
                 if not isinstance(exc, self.openai.APIError):
                     raise
-                fatal = self._fatal(exc)
-                if fatal:
-                    raise fatal from None
+                self.fatal = self._fatal(exc)
                 unreached = not self.usage.answered and isinstance(exc, self.openai.APIConnectionError) \
                     and not isinstance(exc, self.openai.APITimeoutError)
                 if unreached and attempt + 1 >= UNREACHED_TRIES:
-                    raise EndpointError(f"cannot reach {self.base_url}: {self.describe(exc)}. Is the server "
-                                        "running, and is the URL right?") from None
+                    self.fatal = EndpointError(f"cannot reach {self.base_url}: {self.describe(exc)}. Is the "
+                                               "server running, and is the URL right?")
+                if self.fatal:
+                    raise self.fatal from None
                 if not self._transient(exc) or attempt == self.max_retries:
                     raise GaveUp(self.describe(exc)) from None
                 self.usage.retries += 1

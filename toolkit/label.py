@@ -25,7 +25,8 @@ from toolkit.jsonl import DataError, append_jsonl, iter_jsonl, read_jsonl, write
 from toolkit.locks import folder_lock
 from toolkit.progress import Bar
 from toolkit.recipe import Recipe
-from toolkit.scoring import compute_metrics, extract_json, normalise
+from toolkit.fields import disallowed, is_empty, type_problem, ungrounded, vote_key, voted_value
+from toolkit.scoring import compute_metrics, extract_json
 
 GAVE_UP = "gave up after retries"
 # Nothing answered among this many first records, all failing alike: the endpoint, not the records, is wrong.
@@ -74,29 +75,30 @@ def check_answer(recipe: Recipe, text: str, answer: Answer) -> tuple[dict | None
     if parsed is None:
         return None, "unparseable", "no complete JSON object in the answer"
     names = recipe.field_names
-    if set(parsed) != set(names) or not all(isinstance(parsed[k], str) for k in names):
-        return None, "schema", f"expected string fields {names}, got {json.dumps(parsed, ensure_ascii=False)[:200]}"
+    problems = [f"{f.name} {p}" for f in recipe.fields if f.name in parsed and (p := type_problem(f, parsed[f.name]))]
+    if set(parsed) != set(names) or problems:
+        return None, "schema", (f"expected fields {names}{': ' + '; '.join(problems) if problems else ''}, got "
+                                f"{json.dumps(parsed, ensure_ascii=False)[:200]}")
     label = {k: parsed[k] for k in names}
-    if not any(v.strip() for v in label.values()):
+    if all(is_empty(f, label[f.name]) for f in recipe.fields):
         return None, "empty", "every field is empty"
     for f in recipe.fields:
-        value = normalise(label[f.name], f.normalise)
-        allowed = recipe.allowed_values(f.name)
-        if allowed is not None and value not in allowed:
-            return None, "not allowed", f"{f.name}={label[f.name]!r} is not one of the recipe's allowed values"
-        if f.grounded and value and value not in normalise(text, f.normalise):
-            return None, "ungrounded", f"{f.name}={label[f.name]!r} does not occur in the input"
+        if outside := disallowed(recipe, f, label[f.name]):
+            return None, "not allowed", f"{f.name}={outside[0]!r} is not one of the recipe's allowed values"
+        if missing := ungrounded(f, label[f.name], text):
+            return None, "ungrounded", f"{f.name}={missing[0]!r} does not occur in the input"
     return label, None, ""
 
 
 def majority(recipe: Recipe, labels: list[dict]) -> tuple[dict | None, str]:
     """Field-wise majority of k labels; None (and the field) when a field has no strict majority."""
     out = {}
-    for f in recipe.field_names:
-        value, count = Counter(normalise(lb[f], ["strip"]) for lb in labels).most_common(1)[0]
+    for f in recipe.fields:
+        keys = [vote_key(f, lb[f.name]) for lb in labels]
+        key, count = Counter(keys).most_common(1)[0]
         if count * 2 <= len(labels):
-            return None, f
-        out[f] = value
+            return None, f.name
+        out[f.name] = voted_value(f, labels[keys.index(key)][f.name])
     return out, ""
 
 
@@ -130,8 +132,9 @@ class _FailFast:
             return
         self.reasons[reason] += 1
         if sum(self.reasons.values()) >= self.need and len(self.reasons) == 1:
-            raise EndpointError(f"the first {self.need} records all failed without a single answer from "
-                                f"{self.endpoint.base_url}: {reason}")
+            self.endpoint.fatal = EndpointError(f"the first {self.need} records all failed without a single "
+                                                f"answer from {self.endpoint.base_url}: {reason}")
+            raise self.endpoint.fatal
 
 
 async def _label_all(recipe: Recipe, todo: list[dict], endpoint: Endpoint, prompt: str, votes: int,
