@@ -15,7 +15,7 @@ from pathlib import Path
 
 from toolkit.jsonl import DataError, iter_jsonl, read_jsonl, write_json, write_jsonl
 from toolkit.recipe import Recipe
-from toolkit.scoring import normalise
+from toolkit.fields import disallowed, type_problem
 
 
 def normalise_input(text: str) -> str:
@@ -36,9 +36,14 @@ def check_label(recipe: Recipe, label, path: Path, line: int) -> dict:
     if missing or extra:
         raise DataError(path, line, f"label fields must be exactly {recipe.field_names}; "
                         f"missing {missing}, unexpected {extra}")
-    for k in recipe.field_names:
-        if not isinstance(label[k], str):
-            raise DataError(path, line, f"field {k!r} must be a string, got {json.dumps(label[k], ensure_ascii=False)}")
+    for f in recipe.fields:
+        problem = type_problem(f, label[f.name])
+        if problem:
+            raise DataError(path, line, f"field {f.name!r} {problem}")
+        outside = disallowed(recipe, f, label[f.name])
+        if outside:
+            raise DataError(path, line, f"{f.name} {outside[0]!r} is not one of the allowed values "
+                            f"({recipe.choices_source(f.name)})")
     return label
 
 
@@ -71,11 +76,6 @@ def read_record(recipe: Recipe, row: dict, path: Path, line: int) -> dict:
         raise DataError(path, line, f"text is {len(text)} characters, over data.max_input_chars="
                         f"{recipe.data.max_input_chars}")
     check_label(recipe, label, path, line)
-    for f in recipe.fields:
-        allowed = recipe.allowed_values(f.name)
-        if allowed is not None and normalise(label[f.name], f.normalise) not in allowed:
-            raise DataError(path, line, f"{f.name} {label[f.name]!r} is not one of the allowed values "
-                            f"({recipe.choices_source(f.name)})")
     return {"id": str(rid), "text": text, "label": label}
 
 

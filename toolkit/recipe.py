@@ -29,7 +29,9 @@ Normaliser = Literal["strip", "width", "digits", "lower", "nospace"]
 
 class FieldSpec(_Strict):
     name: str
-    type: Literal["str"] = "str"
+    # What the field holds (toolkit/fields.py): str, enum (one of its choices: classification), list[str]
+    # (entities, compared order-free), int, float or bool.
+    type: Literal["str", "enum", "list[str]", "int", "float", "bool"] = "str"
     description: str
     normalise: list[Normaliser] = Field(default_factory=lambda: ["strip", "width"])
     # A grounded value must occur in the input after normalisation, else the teacher's label is rejected.
@@ -37,6 +39,8 @@ class FieldSpec(_Strict):
     # The longest sensible value: the schema's maxLength, so guided decoding ends a string a looping model
     # would otherwise run on until max_new_tokens, leaving unparseable JSON.
     max_chars: int | None = Field(default=None, gt=0)
+    # A list's most items: the schema's maxItems, which ends a list a looping model would run on.
+    max_items: int | None = Field(default=None, gt=0)
     # A closed set: the values a label may take, inline or one a line in a UTF-8 file (recipe-relative; an
     # empty line allows ""). Labels outside it are refused; small sets become the schema's enum.
     choices: list[str] | None = None
@@ -44,8 +48,18 @@ class FieldSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_source_of_choices(self) -> FieldSpec:
+        from toolkit.fields import GROUNDABLE, TEXT_TYPES
+
         if self.choices is not None and self.choices_file is not None:
             raise ValueError("either choices or choices_file, not both")
+        if self.type == "enum" and self.choices is None and self.choices_file is None:
+            raise ValueError("an enum field needs its choices (choices or choices_file)")
+        if self.type not in TEXT_TYPES and (self.choices is not None or self.choices_file is not None):
+            raise ValueError(f"choices apply to text fields, not to type {self.type}")
+        if self.grounded and self.type not in GROUNDABLE:
+            raise ValueError(f"grounded applies to str and list[str] fields, not to type {self.type}")
+        if self.max_items is not None and self.type != "list[str]":
+            raise ValueError("max_items applies to list[str] fields only")
         return self
 
 
@@ -183,7 +197,7 @@ class Recipe(_Strict):
                 return f
         raise KeyError(f"no field {name!r}; the recipe has {self.field_names}")
 
-    def _choices(self, field_name: str) -> list[str] | None:
+    def choices(self, field_name: str) -> list[str] | None:
         """A field's allowed values as written (inline or read from its choices_file, once), or None."""
         if field_name not in self._choices_cache:
             f = self.field(field_name)
@@ -198,9 +212,9 @@ class Recipe(_Strict):
     def allowed_values(self, field_name: str) -> frozenset[str] | None:
         """The values a field's label may take, normalised with the field's normalisers; None: any value."""
         if field_name not in self._allowed_cache:
-            from toolkit.scoring import normalise  # scoring imports this module
+            from toolkit.fields import normalise
 
-            values, steps = self._choices(field_name), self.field(field_name).normalise
+            values, steps = self.choices(field_name), self.field(field_name).normalise
             self._allowed_cache[field_name] = None if values is None else frozenset(normalise(v, steps) for v in values)
         return self._allowed_cache[field_name]
 
@@ -210,18 +224,11 @@ class Recipe(_Strict):
 
     def json_schema(self) -> dict[str, Any]:
         """The JSON schema of one answer, for guided decoding and for validating labels."""
-        def prop(f: FieldSpec) -> dict[str, Any]:
-            out: dict[str, Any] = {"type": "string", "description": f.description}
-            if f.max_chars:
-                out["maxLength"] = f.max_chars
-            choices = self._choices(f.name)
-            if choices is not None and len(choices) <= MAX_ENUM:
-                out["enum"] = choices
-            return out
+        from toolkit.fields import schema
 
         return {
             "type": "object",
-            "properties": {f.name: prop(f) for f in self.fields},
+            "properties": {f.name: schema(f, self.choices(f.name), MAX_ENUM) for f in self.fields},
             "required": self.field_names,
             "additionalProperties": False,
         }

@@ -1,5 +1,6 @@
-"""report: the metrics of several evaluations -> report.md (one table, per field, intervals, worst errors,
-the loss chart and its diagnosis) and accuracy.png (grouped bars with interval whiskers)."""
+"""report: the metrics of several evaluations -> report.md (one table, per field, intervals; sections by
+field type; worst errors, the loss chart and its diagnosis), accuracy.png (grouped bars with interval
+whiskers) and a confusion-<field>.png per enum field."""
 
 from __future__ import annotations
 
@@ -30,6 +31,76 @@ def collect(eval_dir: Path) -> list[tuple[str, dict]]:
 def _pct(m: dict) -> str:
     lo, hi = m["ci95"]
     return f"{100 * m['value']:.1f} [{100 * lo:.0f}–{100 * hi:.0f}]"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def by_type(results: list[tuple[str, dict]], run_dir: Path) -> tuple[list[str], list[Path]]:
+    """The sections (and charts) for the recipe's field types: entity precision/recall/F1 of list fields,
+    macro-F1 and confusion matrices of enum fields, similarity of long free text. A section appears when its
+    type does."""
+    lines, charts = [], []
+    with_entities = [(name, m["entities"]) for name, m in results if "entities" in m]
+    if with_entities:
+        names = list(with_entities[0][1])
+        lines += ["## Entities (list fields, micro over records)", "",
+                  "Each list is compared as a multiset: order-free, one match per gold item.", "",
+                  *_table(["evaluation", *(f"{f} {k}" for f in names for k in ("P", "R", "F1"))],
+                          [[name, *(_pct(e[f][k]) for f in names for k in ("precision", "recall", "f1"))]
+                           for name, e in with_entities]), ""]
+    with_enums = [(name, m["enums"]) for name, m in results if "enums" in m]
+    if with_enums:
+        names = list(with_enums[0][1])
+        lines += ["## Classes (enum fields)", "",
+                  *_table(["evaluation", *(f"{f} macro-F1" for f in names)],
+                          [[name, *(_pct(e[f]["macro_f1"]) for f in names)] for name, e in with_enums]), ""]
+        for field in names:
+            png = run_dir / f"confusion-{field}.png"
+            plot_confusion([(name, e[field]["confusion"]) for name, e in with_enums], field, png)
+            charts.append(png)
+            lines += [f"![confusion {field}]({png.name})", ""]
+            for name, e in with_enums:
+                cm = e[field]["confusion"]
+                lines += [f"{field}, {name} (rows gold, columns predicted):", "",
+                          *_table(["gold \\ predicted", *cm["predicted"]],
+                                  [[gold, *map(str, row)] for gold, row in zip(cm["gold"], cm["counts"])]), ""]
+    with_similarity = [(name, m["similarity"]) for name, m in results if "similarity" in m]
+    if with_similarity:
+        names = list(with_similarity[0][1])
+        lines += ["## Similarity (long free text)", "",
+                  "Partial credit beside exact match: 1 − edit distance / the longer length, after the field's "
+                  "normalisers, averaged over records (an unparseable answer scores 0).", "",
+                  *_table(["evaluation", *names], [[name, *(_pct(sim[f]) for f in names)]
+                                                   for name, sim in with_similarity]), ""]
+    return lines, charts
+
+
+def plot_confusion(matrices: list[tuple[str, dict]], field: str, out_png: Path) -> None:
+    """One confusion matrix per evaluation (rows gold, columns predicted), side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 4), dpi=110, squeeze=False)
+    for ax, (name, cm) in zip(axes[0], matrices):
+        ax.imshow(cm["counts"], cmap="Blues")
+        for i, row in enumerate(cm["counts"]):
+            for j, count in enumerate(row):
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=8)
+        # Class names in scripts the chart's font may lack (CJK) become their numbers in the report's table.
+        ticks = [c if c.isascii() else str(i + 1) for i, c in enumerate(cm["predicted"])]
+        ax.set_xticks(range(len(ticks)), ticks, fontsize=7, rotation=45, ha="right")
+        ax.set_yticks(range(len(cm["gold"])), ticks[:len(cm["gold"])], fontsize=7)
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("gold", fontsize=8)
+    fig.suptitle(field, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
 
 
 def worst_errors(predictions: list[dict], field: str, k: int = 5) -> list[dict]:
@@ -83,21 +154,20 @@ def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, lo
     if data_source:
         lines += [f"Training labels: **{data_source}**.", ""]
     lines += ["Whole-record exact match is the tutorial's accuracy: every field equal after the recipe's "
-              "normalisers. Figures are % with 95% intervals (Wilson; bootstrap for micro F1).", ""]
+              "normalisers; a field's accuracy compares it by its type (a list as a multiset). Micro F1 counts every "
+              "field as a slot and every list item as one. Figures are % with 95% intervals (Wilson for "
+              "proportions, a bootstrap for the rest).", ""]
     head = ["evaluation", "model", "test file", "n", "exact match", "JSON valid", "micro F1", *fields, "rec/s"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, m in results:
-        who = name.split("-")[0]
-        f1 = m["micro_f1"]
-        cells = [f"{name} ({DESCRIBE[who]})" if who in DESCRIBE else name, f"`{Path(m['model']).name}`",
-                 Path(m["test_file"]).name, str(m["n"]), _pct(m["exact_match"]), _pct(m["json_parse_rate"]),
-                 f"{100 * f1['value']:.1f} [{100 * f1['ci95'][0]:.0f}–{100 * f1['ci95'][1]:.0f}]",
-                 *(_pct(m["fields"][f]) for f in fields), f"{m['records_per_s'] or 0:.2f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += _table(head, [[f"{name} ({DESCRIBE[who]})" if (who := name.split("-")[0]) in DESCRIBE else name,
+                            f"`{Path(m['model']).name}`", Path(m["test_file"]).name, str(m["n"]),
+                            _pct(m["exact_match"]), _pct(m["json_parse_rate"]), _pct(m["micro_f1"]),
+                            *(_pct(m["fields"][f]) for f in fields), f"{m['records_per_s'] or 0:.2f}"]
+                           for name, m in results])
     if left_out:
         lines += ["", "Left out, as they describe another model or configuration than this run's: "
                   + "; ".join(f"`{name}` ({why})" for name, why in left_out) + "."]
-    lines += ["", "![accuracy](accuracy.png)", ""]
+    typed, charts = by_type(results, run_dir)
+    lines += ["", "![accuracy](accuracy.png)", "", *typed]
     if (run_dir / "loss.png").is_file():
         lines += ["## Training", "", "![loss](loss.png)", "", f"Fit: {loss_diagnosis or 'see the chart'}.", ""]
     lines += ["## Worst errors by field", ""]
@@ -122,4 +192,4 @@ def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, lo
     report = run_dir / "report.md"
     report.write_text("\n".join(lines), encoding="utf-8")
     plot_accuracy(results, fields, run_dir / "accuracy.png")
-    return [report, run_dir / "accuracy.png"]
+    return [report, run_dir / "accuracy.png", *charts]

@@ -1,0 +1,181 @@
+"""Typed fields (toolkit/fields.py) and metrics by type, checked against figures worked out by hand."""
+
+import json
+
+import pytest
+
+from toolkit.endpoint import Answer
+from toolkit.jsonl import DataError
+from toolkit.label import check_answer, majority
+from toolkit.prepare import read_record
+from toolkit.recipe import RecipeError, load_recipe
+from toolkit.scoring import compute_metrics, score_record, slot_counts
+
+FIELDS = """\
+fields:
+  - {name: persons, type: "list[str]", description: people, grounded: true, max_items: 3, max_chars: 8}
+  - {name: sentiment, type: enum, description: tone, choices: [正面, 负面, 中性]}
+  - {name: count, type: int, description: items}
+  - {name: price, type: float, description: price}
+  - {name: urgent, type: bool, description: urgent}
+  - {name: note, description: free text}
+"""
+
+
+def write_recipe(root, fields=FIELDS):
+    (root / "recipes").mkdir(exist_ok=True)
+    for p in ("t.md", "d.md", "s.md"):
+        (root / p).write_text("Answer JSON.\n", encoding="utf-8")
+    (root / "recipes" / "typed.yaml").write_text(fields + """\
+prompts: {teacher: t.md, base: d.md, student: s.md}
+data: {pool: pool.jsonl, test: [test.jsonl], train_records: 10, val_fraction: 0}
+teacher: {base_url: "http://127.0.0.1:1/v1", model: m, api_key_env: XTK_TEST_KEY}
+student: {model: smollm2-135m-instruct}
+train: {lora_rank: 8, lora_alpha: 32, num_train_epochs: 1, per_device_train_batch_size: 1,
+        per_device_eval_batch_size: 1, gradient_accumulation_steps: 1, learning_rate: 1.0e-4, warmup_ratio: 0,
+        max_length: 256, torch_dtype: float32, eval_steps: 1, save_steps: 1, save_total_limit: 1,
+        logging_steps: 1, dataloader_num_workers: 0}
+name: typed
+""", encoding="utf-8")
+    return root / "recipes" / "typed.yaml"
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    return load_recipe(write_recipe(tmp_path))
+
+
+GOLD = {"persons": ["张三", "李四"], "sentiment": "正面", "count": 2, "price": 9.5, "urgent": False, "note": "送到门口"}
+
+
+def test_each_type_compares_by_its_own_rules(recipe):
+    right = {"persons": ["李四", " 张三"], "sentiment": "正面", "count": "2", "price": 9.50, "urgent": "false",
+             "note": "送到门口 "}
+    assert score_record(recipe, right, GOLD) == {f: True for f in recipe.field_names}  # order, text, spaces
+    wrong = score_record(recipe, {**right, "persons": ["张三", "张三", "李四"], "count": 2.5, "urgent": 0,
+                                  "price": "9.5元"}, GOLD)
+    assert [f for f, ok in wrong.items() if not ok] == ["persons", "count", "price", "urgent"]
+    assert score_record(recipe, {**right, "persons": "张三, 李四"}, GOLD)["persons"] is False  # not a list
+
+
+def test_list_entities_count_as_multisets(recipe):
+    persons = recipe.field("persons")
+    # gold {A, B, B}, predicted {B, C}: one B matches; C is a false positive; A and one B are missed
+    assert slot_counts(persons, {"persons": ["B", "C"]}, {"persons": ["A", "B", "B"]}) == (1, 1, 2)
+    assert slot_counts(persons, None, {"persons": ["A"]}) == (0, 0, 1)
+    assert slot_counts(persons, {"persons": "A"}, {"persons": ["A"]}) == (0, 0, 1)  # a string is no list
+
+
+ROWS = [
+    ({"persons": ["李四", "张三"], "sentiment": "正面", "count": 2, "price": 9.5, "urgent": False, "note": "送到门口"},
+     GOLD),
+    ({"persons": ["王五", "赵六"], "sentiment": "中性", "count": 1, "price": 3, "urgent": True, "note": "放快递"},
+     {"persons": ["王五"], "sentiment": "负面", "count": 1, "price": 3.0, "urgent": True, "note": "放快递柜"}),
+    (None, {"persons": [], "sentiment": "中性", "count": 0, "price": 1.25, "urgent": False, "note": ""}),
+    ({"persons": [], "sentiment": "很差", "count": 5, "price": 2, "urgent": False, "note": "周末送"},
+     {"persons": ["张三"], "sentiment": "负面", "count": 5, "price": 2.0, "urgent": False, "note": "周末送"}),
+]
+
+
+def test_metrics_by_type_match_hand_worked_figures(recipe):
+    m = compute_metrics(recipe, [{"parsed": p, "gold": g} for p, g in ROWS])
+    assert (m["n"], m["json_parse_rate"]["k"], m["exact_match"]["k"]) == (4, 3, 1)
+    assert {f: s["k"] for f, s in m["fields"].items()} == {
+        "persons": 1, "sentiment": 1, "count": 3, "price": 3, "urgent": 3, "note": 2}
+    # persons: TP 2 (row 1) + 1 (row 2); FP 赵六; FN 张三 (row 4); row 3 has no gold entity
+    persons = m["entities"]["persons"]
+    assert (persons["precision"]["value"], persons["recall"]["value"], persons["f1"]["value"]) == (0.75, 0.75, 0.75)
+    assert m["entities"]["overall"]["f1"]["value"] == 0.75  # the only list field
+    # sentiment: 正面 F1 1; 负面 missed twice, F1 0; 中性 predicted once wrongly and missed once, F1 0
+    sentiment = m["enums"]["sentiment"]
+    assert sentiment["macro_f1"]["value"] == pytest.approx(1 / 3)
+    assert sentiment["confusion"] == {"gold": ["正面", "负面", "中性"], "predicted": ["正面", "负面", "中性", "(invalid)"],
+                                      "counts": [[1, 0, 0, 0], [0, 0, 1, 1], [0, 0, 0, 1]]}
+    # note (free text, no bound): 1, 1 - 1/4 (放快递 vs 放快递柜), 0 (no JSON), 1
+    assert m["similarity"]["note"]["value"] == pytest.approx(2.75 / 4)
+    # slots: TP 7 + 4 + 0 + 4 = 15; FP 0 + 3 + 0 + 1 = 4; FN 0 + 2 + 4 (all but note) + 2 = 8
+    assert m["micro_f1"]["value"] == pytest.approx(30 / 42)
+    for stat in (persons["f1"], sentiment["macro_f1"], m["similarity"]["note"], m["micro_f1"]):
+        lo, hi = stat["ci95"]
+        assert 0 <= lo <= stat["value"] <= hi <= 1
+
+
+def test_schema_follows_the_types(recipe):
+    props = recipe.json_schema()["properties"]
+    assert props["persons"] == {"type": "array", "description": "people", "items": {"type": "string", "maxLength": 8},
+                                "maxItems": 3}
+    assert props["sentiment"] == {"type": "string", "description": "tone", "enum": ["正面", "负面", "中性"]}
+    assert [props[f]["type"] for f in ("count", "price", "urgent", "note")] == ["integer", "number", "boolean",
+                                                                                "string"]
+    assert "maxLength" not in props["note"]
+
+
+def answer(**changes):
+    return Answer(json.dumps({**GOLD, **changes}, ensure_ascii=False))
+
+
+TEXT = "张三和李四：送到门口，2 件，9.5 元"
+
+
+@pytest.mark.parametrize("changes,reason,detail", [
+    ({}, None, ""),
+    ({"persons": []}, None, ""),  # no entity is an answer
+    ({"persons": ["张三", "钱七"]}, "ungrounded", "persons='钱七' does not occur"),
+    ({"sentiment": "很好"}, "not allowed", "sentiment='很好' is not one of"),
+    ({"count": "2"}, "schema", "count must be an integer"),
+    ({"persons": ["张三", 1]}, "schema", "persons must be a list of strings"),
+    ({"persons": ["张三"] * 4}, "schema", "persons has 4 items, over max_items=3"),
+    ({"urgent": "no"}, "schema", "urgent must be true or false"),
+])
+def test_teacher_answers_are_checked_by_type_and_grounded_item_by_item(recipe, changes, reason, detail):
+    label, why, text = check_answer(recipe, TEXT, answer(**changes))
+    assert why == reason and detail in text
+    assert (label is None) == (reason is not None)
+
+
+def test_votes_compare_lists_order_free_and_keep_the_first_answers_order(recipe):
+    a, b = {**GOLD, "persons": ["张三", "李四"]}, {**GOLD, "persons": [" 李四", "张三"]}
+    label, _ = majority(recipe, [b, {**GOLD, "persons": ["王五"]}, a])
+    assert label["persons"] == ["李四", "张三"]
+    label, field = majority(recipe, [a, {**GOLD, "persons": ["王五"]}, {**GOLD, "persons": []}])
+    assert label is None and field == "persons"
+
+
+def test_labels_of_the_wrong_type_are_refused_with_file_and_line(recipe, tmp_path):
+    path = tmp_path / "l.jsonl"
+    with pytest.raises(DataError, match=r"l.jsonl:4: field 'count' must be an integer, got 2.5"):
+        read_record(recipe, {"id": "x", "text": TEXT, "label": {**GOLD, "count": 2.5}}, path, 4)
+    with pytest.raises(DataError, match=r"l.jsonl:5: sentiment '很好' is not one of the allowed values"):
+        read_record(recipe, {"id": "x", "text": TEXT, "label": {**GOLD, "sentiment": "很好"}}, path, 5)
+
+
+@pytest.mark.parametrize("field,problem", [
+    ("{name: s, type: enum, description: d}", "an enum field needs its choices"),
+    ("{name: n, type: int, description: d, grounded: true}", "grounded applies to str and list"),
+    ("{name: n, type: bool, description: d, choices: [a]}", "choices apply to text fields"),
+    ("{name: n, description: d, max_items: 2}", "max_items applies to list"),
+    ("{name: n, type: date, description: d}", "expected 'str', 'enum'"),
+])
+def test_recipe_refuses_keys_a_type_does_not_take(tmp_path, field, problem):
+    with pytest.raises(RecipeError, match=rf"typed.yaml:2: key 'fields.0.*{problem}"):
+        load_recipe(write_recipe(tmp_path, f"fields:\n  - {field}\n"))
+
+
+def test_report_lays_out_the_recipes_types(recipe, tmp_path):
+    from toolkit.jsonl import write_json
+    from toolkit.report import run_report
+
+    run = tmp_path / "run"
+    metrics = compute_metrics(recipe, [{"parsed": p, "gold": g} for p, g in ROWS])
+    for who in ("student", "rules"):
+        write_json(run / "eval" / f"{who}-test" / "metrics.json",
+                   {**metrics, "model": who, "test_file": "test.jsonl", "records_per_s": 1.0})
+    outputs = run_report(recipe, run)
+    report = (run / "report.md").read_text(encoding="utf-8")
+    assert "| student-test (fine-tuned student, short prompt) | `student` | test.jsonl | 4 | 25.0 [5–70] |" in report
+    assert "| evaluation | persons P | persons R | persons F1 |" in report
+    assert "| student-test | 75.0 [" in report  # entity precision, then the same row's recall and F1
+    assert "| evaluation | sentiment macro-F1 |" in report and "| rules-test | 33.3 [" in report
+    assert "| evaluation | note |" in report and "![confusion sentiment](confusion-sentiment.png)" in report
+    assert "| gold \\ predicted | 正面 | 负面 | 中性 | (invalid) |" in report and "| 负面 | 0 | 0 | 1 | 1 |" in report
+    assert run / "confusion-sentiment.png" in outputs and (run / "confusion-sentiment.png").stat().st_size > 0
