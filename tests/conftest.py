@@ -28,3 +28,25 @@ def pool() -> list[dict]:
     recipe = load_recipe(RECIPE)
     gold = {r["id"]: r["label"] for r in read_jsonl(recipe.path(recipe.data.pool_gold))}
     return [{"id": r["id"], "text": r["text"], "label": gold[r["id"]]} for r in read_jsonl(recipe.path(recipe.data.pool))]
+
+
+def write_recipe(root: Path, fields: str, data: str = "{pool: pool.jsonl, test: [test.jsonl], train_records: 10, "
+                 "val_fraction: 0}", extra: str = "") -> Path:
+    """A fresh recipe root/recipes/typed.yaml (YAML text for its fields, data section and any more keys) with
+    one-line prompts, the least a recipe needs."""
+    (root / "recipes").mkdir(parents=True, exist_ok=True)
+    for p in ("t.md", "d.md", "s.md"):
+        (root / p).write_text("Answer JSON.\n", encoding="utf-8")
+    path = root / "recipes" / "typed.yaml"
+    path.write_text(fields + f"""\
+prompts: {{teacher: t.md, base: d.md, student: s.md}}
+data: {data}
+teacher: {{base_url: "http://127.0.0.1:1/v1", model: m, api_key_env: XTK_TEST_KEY}}
+student: {{model: smollm2-135m-instruct, model_type: llama, template: chatml}}
+train: {{lora_rank: 8, lora_alpha: 32, num_train_epochs: 1, per_device_train_batch_size: 1,
+        per_device_eval_batch_size: 1, gradient_accumulation_steps: 1, learning_rate: 1.0e-4, warmup_ratio: 0,
+        max_length: 256, torch_dtype: float32, eval_steps: 1, save_steps: 1, save_total_limit: 1,
+        logging_steps: 1, dataloader_num_workers: 0}}
+name: typed
+{extra}""", encoding="utf-8")
+    return path

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from conftest import write_recipe
 from toolkit.endpoint import Answer
 from toolkit.jsonl import DataError
 from toolkit.label import check_answer, majority
@@ -22,27 +23,9 @@ fields:
 """
 
 
-def write_recipe(root, fields=FIELDS):
-    (root / "recipes").mkdir(exist_ok=True)
-    for p in ("t.md", "d.md", "s.md"):
-        (root / p).write_text("Answer JSON.\n", encoding="utf-8")
-    (root / "recipes" / "typed.yaml").write_text(fields + """\
-prompts: {teacher: t.md, base: d.md, student: s.md}
-data: {pool: pool.jsonl, test: [test.jsonl], train_records: 10, val_fraction: 0}
-teacher: {base_url: "http://127.0.0.1:1/v1", model: m, api_key_env: XTK_TEST_KEY}
-student: {model: smollm2-135m-instruct}
-train: {lora_rank: 8, lora_alpha: 32, num_train_epochs: 1, per_device_train_batch_size: 1,
-        per_device_eval_batch_size: 1, gradient_accumulation_steps: 1, learning_rate: 1.0e-4, warmup_ratio: 0,
-        max_length: 256, torch_dtype: float32, eval_steps: 1, save_steps: 1, save_total_limit: 1,
-        logging_steps: 1, dataloader_num_workers: 0}
-name: typed
-""", encoding="utf-8")
-    return root / "recipes" / "typed.yaml"
-
-
 @pytest.fixture
 def recipe(tmp_path):
-    return load_recipe(write_recipe(tmp_path))
+    return load_recipe(write_recipe(tmp_path, FIELDS))
 
 
 GOLD = {"persons": ["张三", "李四"], "sentiment": "正面", "count": 2, "price": 9.5, "urgent": False, "note": "送到门口"}

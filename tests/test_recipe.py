@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from conftest import RECIPE, ROOT
-from toolkit.recipe import Recipe, RecipeError, load_recipe, parse_override
+from toolkit.recipe import Recipe, RecipeError, load_recipe, load_ref, parse_override
 
 
 def shipped_recipes() -> list:
@@ -21,9 +21,10 @@ def test_every_shipped_recipe_loads_and_its_files_exist(path, profile):
     recipe = load_recipe(path, profile)
     for which in ("teacher", "base", "student"):
         assert recipe.prompt(which), f"{which} prompt is empty"
-    assert recipe.path(recipe.data.pool).is_file()
-    for test_file in recipe.data.test:
-        assert recipe.path(test_file).is_file()
+    for name in (recipe.data.pool, recipe.data.labelled, *recipe.data.test):
+        assert name is None or recipe.path(name).is_file(), name
+    for key, ref in (("baseline", recipe.baseline), ("data.generator", recipe.data.generator)):
+        assert ref is None or callable(load_ref(ref, key))
     assert recipe.json_schema()["required"] == recipe.field_names
 
 
@@ -125,3 +126,18 @@ def test_choices_and_choices_file_together_are_refused(tmp_path):
     with pytest.raises(RecipeError, match=rf"bad.yaml:{line}: key 'fields.1': expected either choices or "
                                           r"choices_file, not both$"):
         load_recipe(bad)
+
+
+def test_code_is_named_as_module_function_and_a_wrong_name_says_which_key():
+    with pytest.raises(RecipeError, match=r"key 'baseline' \(from a command-line override\): expected module:function \(e.g. "
+                                          r"toolkit.baseline:answer\), got 'toolkit.baseline.answer'$"):
+        load_recipe(RECIPE, None, ["baseline=toolkit.baseline.answer"])
+    with pytest.raises(RecipeError, match=r"recipe key baseline: toolkit.baseline:nope: toolkit.baseline has no function"):
+        load_ref("toolkit.baseline:nope", "baseline")
+    with pytest.raises(RecipeError, match=r"recipe key data.generator: no_such_module:build: cannot import"):
+        load_ref("no_such_module:build", "data.generator")
+
+
+def test_training_data_is_named_somewhere():
+    with pytest.raises(RecipeError, match=r"key 'data': expected labelled .* or pool"):
+        load_recipe(RECIPE, None, ["data.pool=null", "data.pool_gold=null"])

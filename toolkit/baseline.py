@@ -50,7 +50,3 @@ def extract(text: str) -> dict[str, str]:
 def answer(text: str) -> str:
     """The baseline's output as the JSON text a model would give."""
     return json.dumps(extract(text), ensure_ascii=False)
-
-
-# Rule baselines by recipe name.
-BASELINES = {"logistics_zh": answer}

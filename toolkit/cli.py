@@ -95,7 +95,7 @@ def cmd_recipe_show(args) -> None:
 def cmd_data_generate(args) -> None:
     from toolkit.datagen import generate
 
-    for path in generate(args.name, args.out or f"datasets/{args.name}"):
+    for path in generate(args.name, args.out):
         print(path)
 
 
@@ -128,10 +128,13 @@ def cmd_eval(args) -> None:
 def cmd_label(args) -> None:
     import json
 
+    from toolkit.errors import StageError
     from toolkit.label import check_gold, run_label
 
     recipe = _recipe(args)
     out = Path(args.out) if args.out else Path(_run_dir(args, recipe)) / "data"
+    if not args.input and recipe.data.pool is None:
+        raise StageError(f"recipe {recipe.name!r} has no data.pool: give the texts to label with --input")
     summary = run_label(recipe, args.input or recipe.path(recipe.data.pool), out, base_url=args.base_url,
                         model=args.model, votes=args.votes, retry_rejects=args.retry_rejects)
     print(json.dumps(summary, ensure_ascii=False, indent=2))
@@ -217,9 +220,9 @@ COMMANDS: tuple[Command, ...] = (
                 A("--check-gold", metavar="FILE", help="score the labels against gold {id, label} JSONL"),
             )),
     Command("report", "report.md and accuracy.png from the run's evaluations", cmd_report, RECIPE + RUN_DIR),
-    Command("data generate", "rebuild a generator's shipped data files, byte for byte", cmd_data_generate, (
-        A("name", help="generator name, e.g. logistics_zh"),
-        A("--out", help="output folder (default datasets/<name>)"),
+    Command("data generate", "build a recipe's data files with its data.generator, byte for byte", cmd_data_generate, (
+        A("name", help="recipe name in recipes/ (e.g. logistics_zh) or a recipe file"),
+        A("--out", help="output folder (default datasets/<recipe name>)"),
     )),
 )
 

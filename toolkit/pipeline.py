@@ -60,20 +60,28 @@ def open_run(recipe: Recipe, run_dir: str | Path) -> Iterator[Context]:
 # --- stages ------------------------------------------------------------------------------------------------
 
 def stage_data(ctx: Context) -> list[Path]:
-    """data/labelled.jsonl: teacher labels when a teacher key is set, otherwise the generator's gold labels."""
+    """data/labelled.jsonl from the first source that applies: the recipe's data.labelled (your own labels),
+    the teacher's labels of data.pool when its key is set, data.pool_gold (the generator's labels)."""
     from toolkit.jsonl import write_jsonl
-    from toolkit.prepare import gold_records
+    from toolkit.prepare import gold_records, read_records
 
+    d, t = ctx.recipe.data, ctx.recipe.teacher
     out = ctx.data_dir / "labelled.jsonl"
-    if os.environ.get(ctx.recipe.teacher.api_key_env):
+    if d.labelled:
+        write_jsonl(out, read_records(ctx.recipe, ctx.recipe.path(d.labelled)))
+        ctx.manifest.record("data", source=f"your labelled data ({d.labelled})")
+        return [out]
+    if d.pool and os.environ.get(t.api_key_env):
         from toolkit.label import run_label
 
-        summary = run_label(ctx.recipe, ctx.recipe.path(ctx.recipe.data.pool), ctx.data_dir)
-        ctx.manifest.record("data", source=f"teacher {ctx.recipe.teacher.model}", summary=summary)
+        summary = run_label(ctx.recipe, ctx.recipe.path(d.pool), ctx.data_dir)
+        ctx.manifest.record("data", source=f"teacher {t.model}", summary=summary)
         return [out, ctx.data_dir / "rejects.jsonl"]
+    if not d.pool_gold:
+        raise StageError(f"no training labels: set ${t.api_key_env} for the teacher to label {d.pool}, or name "
+                         "your labelled JSONL as data.labelled in the recipe")
     write_jsonl(out, gold_records(ctx.recipe))
-    ctx.manifest.record("data", source="generator gold labels (no teacher key in "
-                        f"${ctx.recipe.teacher.api_key_env})")
+    ctx.manifest.record("data", source=f"generator gold labels (no teacher key in ${t.api_key_env})")
     return [out]
 
 
@@ -185,7 +193,7 @@ def identity(ctx: Context, r: Role) -> dict:
     model = {"base": {"student": s.model, "model_type": s.model_type, "template": s.template},
              "student": {"train_key": merged_key(ctx)},
              "teacher": {"base_url": r.base_url, "model": r.model},
-             "rules": {"rules": ctx.recipe.name}}.get(r.who) or {"model": r.model, "base_url": r.base_url}
+             "rules": {"rules": ctx.recipe.baseline}}.get(r.who) or {"model": r.model, "base_url": r.base_url}
     return {**model, "prompt": r.prompt, "backend": r.backend if r.who not in ROLES else None,
             "eval_config": config_digest(ctx.recipe, EVAL_CONFIG)}
 
@@ -230,15 +238,23 @@ def stage_eval_student(ctx: Context) -> list[Path]:
     return evaluate_model(ctx, role(ctx, "student"))
 
 
+def skip(ctx: Context, stage: str, why: str) -> list[Path]:
+    """A stage that does not apply to this recipe or run: said now, kept in the manifest for the report."""
+    console.print(f"[dim]{stage}: skipped, {why}[/]")
+    ctx.manifest.record(stage, skipped=why)
+    return []
+
+
 def stage_eval_rules(ctx: Context) -> list[Path]:
+    if ctx.recipe.baseline is None:
+        return skip(ctx, "eval_rules", "the recipe names no rule baseline")
     return evaluate_model(ctx, role(ctx, "rules"))
 
 
 def stage_eval_teacher(ctx: Context) -> list[Path]:
     t = ctx.recipe.teacher
     if not os.environ.get(t.api_key_env):
-        console.print(f"[dim]eval_teacher: ${t.api_key_env} is not set, the teacher is not evaluated[/]")
-        return []
+        return skip(ctx, "eval_teacher", f"${t.api_key_env} is not set, the teacher is not evaluated")
     return evaluate_model(ctx, role(ctx, "teacher"))
 
 
@@ -258,7 +274,8 @@ def stage_report(ctx: Context) -> list[Path]:
         return None
 
     return run_report(ctx.recipe, ctx.run_dir, data_source=stages.get("data", {}).get("source"),
-                      loss_diagnosis=stages.get("train", {}).get("diagnosis"), stale=stale)
+                      loss_diagnosis=stages.get("train", {}).get("diagnosis"), stale=stale,
+                      skipped={name: e["skipped"] for name, e in stages.items() if e.get("skipped")})
 
 
 @dataclass(frozen=True)
@@ -271,13 +288,14 @@ class Stage:
 
 EVAL_CONFIG = ("eval", "prompts", "fields", "data.test")
 STAGES: tuple[Stage, ...] = (
-    Stage("data", stage_data, (), ("data.pool", "data.pool_gold", "teacher", "prompts.teacher", "fields")),
+    Stage("data", stage_data, (), ("data.labelled", "data.pool", "data.pool_gold", "teacher", "prompts.teacher",
+                                   "fields")),
     Stage("prepare", stage_prepare, ("data",), ("data", "prompts.student", "fields", "student", "train.max_length")),
     Stage("eval_base", stage_eval_base, (), EVAL_CONFIG + ("student",)),
     Stage("train", stage_train, ("prepare",), ("student", "train")),
     Stage("merge", stage_merge, ("train",), ()),
     Stage("eval_student", stage_eval_student, ("merge",), EVAL_CONFIG),
-    Stage("eval_rules", stage_eval_rules, (), EVAL_CONFIG),
+    Stage("eval_rules", stage_eval_rules, (), EVAL_CONFIG + ("baseline",)),
     Stage("eval_teacher", stage_eval_teacher, (), EVAL_CONFIG + ("teacher",)),
     Stage("report", stage_report, ("eval_base", "train", "eval_student", "eval_rules", "eval_teacher"), ()),
 )

@@ -7,11 +7,12 @@ file, the key (with its line when it came from the file) and what was expected.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from toolkit.jsonl import DataError, file_problem, iter_lines, read_text
 
@@ -69,9 +70,37 @@ class Prompts(_Strict):
     student: str  # the short prompt the student is trained and evaluated with
 
 
+def _code_ref(ref: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", ref):
+        raise ValueError("module:function (e.g. toolkit.baseline:answer)")
+    return ref
+
+
+# How a recipe names code (its data builder, its rule baseline): `package.module:function`, or null for none.
+CodeRef = Annotated[str, AfterValidator(_code_ref)]
+
+
+def load_ref(ref: str, key: str):
+    """The function a recipe key names as `module:function`; RecipeError naming the key when it is not there."""
+    import importlib
+
+    module, _, name = ref.partition(":")
+    try:
+        found = getattr(importlib.import_module(module), name, None)
+    except ImportError as exc:
+        raise RecipeError(f"recipe key {key}: {ref}: cannot import {module} ({exc})") from None
+    if not callable(found):
+        raise RecipeError(f"recipe key {key}: {ref}: {module} has no function {name}")
+    return found
+
+
 class DataSpec(_Strict):
-    generator: str | None = None
-    pool: str  # JSONL {id, text}: raw strings for labelling and training
+    # The function that builds this recipe's data files (`xtk data generate NAME`), or none.
+    generator: CodeRef | None = None
+    # Where training labels come from, first that applies: `labelled` (your own {id, text, label} JSONL or
+    # ms-swift messages rows), the teacher labelling `pool` when its key is set, or `pool_gold`.
+    labelled: str | None = None
+    pool: str | None = None  # JSONL {id, text}: raw strings for labelling and training
     pool_gold: str | None = None  # JSONL {id, label}: the generator's labels, to check a teacher against
     test: list[str]
     train_records: int = Field(gt=0)
@@ -80,6 +109,14 @@ class DataSpec(_Strict):
     # The longest input text accepted for labelling and training: a runaway text must not reach the teacher
     # as one (paid) request, nor the student's training data.
     max_input_chars: int = Field(default=4000, gt=0)
+
+    @model_validator(mode="after")
+    def _some_training_data(self) -> DataSpec:
+        if self.labelled is None and self.pool is None:
+            raise ValueError("labelled (your labelled JSONL) or pool (raw texts for the teacher), or both")
+        if self.pool_gold is not None and self.pool is None:
+            raise ValueError("pool_gold labels the pool: name the pool too")
+        return self
 
 
 class TeacherSpec(_Strict):
@@ -165,6 +202,8 @@ class Recipe(_Strict):
     student: StudentSpec
     train: TrainSpec
     eval: EvalSpec = Field(default_factory=EvalSpec)
+    # The rule baseline: a function text -> the answer's JSON text, evaluated as `rules`; none: not evaluated.
+    baseline: CodeRef | None = None
     # Set by `load_recipe`: where relative paths in the recipe are resolved from, and what was applied.
     root: Path = Path(".")
     profile: str | None = None

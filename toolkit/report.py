@@ -137,8 +137,9 @@ def plot_accuracy(results: list[tuple[str, dict]], field_names: list[str], out_p
 
 
 def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, loss_diagnosis: str | None = None,
-               stale: Callable[[dict], str | None] = lambda m: None) -> list[Path]:
-    """`stale(metrics)` says why an evaluation no longer describes its model (it is then listed, not shown)."""
+               stale: Callable[[dict], str | None] = lambda m: None, skipped: dict[str, str] | None = None) -> list[Path]:
+    """`stale(metrics)` says why an evaluation no longer describes its model (it is then listed, not shown);
+    `skipped` names the stages that did not apply, and why."""
     from toolkit.errors import StageError
 
     found = collect(run_dir / "eval")
@@ -166,6 +167,8 @@ def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, lo
     if left_out:
         lines += ["", "Left out, as they describe another model or configuration than this run's: "
                   + "; ".join(f"`{name}` ({why})" for name, why in left_out) + "."]
+    if skipped:
+        lines += ["", "Not run: " + "; ".join(f"{stage} ({why})" for stage, why in skipped.items()) + "."]
     typed, charts = by_type(results, run_dir)
     lines += ["", "![accuracy](accuracy.png)", "", *typed]
     if (run_dir / "loss.png").is_file():

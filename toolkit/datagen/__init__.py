@@ -1,26 +1,37 @@
-"""Seeded data generators, by name: `xtk data generate NAME` rebuilds a recipe's shipped files."""
+"""`xtk data generate NAME`: the recipe's data builder (its `data.generator`, `module:function`) writes the
+recipe's data files; the same recipe always gives the same bytes.
+
+A builder takes no arguments (its seed and sources are pinned in its module) and returns
+{filename: JSONL rows or text}.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from toolkit.jsonl import write_jsonl, write_text
+from toolkit.recipe import RecipeError, load_recipe, load_ref
 
-GENERATORS = {
-    # name: (module with build(seed) -> {filename: JSONL rows or text}, seed the shipped files were made with)
-    "logistics_zh": ("toolkit.datagen.logistics_zh", 20260101),
-}
+PROJECT = Path(__file__).resolve().parent.parent.parent
 
 
-def generate(name: str, out_dir: str | Path) -> list[Path]:
-    """Write the generator's files into out_dir; the same name always gives the same bytes."""
-    import importlib
+def find_recipe(name: str) -> Path:
+    """A recipe by file name, or by name in ./recipes/ or this project's recipes/."""
+    if name.endswith((".yaml", ".yml")):
+        return Path(name)
+    for folder in (Path("recipes"), PROJECT / "recipes"):
+        if (folder / f"{name}.yaml").is_file():
+            return folder / f"{name}.yaml"
+    raise RecipeError(f"no recipe {name!r}: expected recipes/{name}.yaml or a path to a recipe file")
 
-    if name not in GENERATORS:
-        raise KeyError(f"no data generator {name!r}; known: {', '.join(GENERATORS)}")
-    module, seed = GENERATORS[name]
-    files = importlib.import_module(module).build(seed)
-    out = Path(out_dir)
+
+def generate(name: str, out_dir: str | Path | None = None) -> list[Path]:
+    """Write the recipe's generated files into out_dir (default: datasets/<recipe name> beside its recipes/)."""
+    recipe = load_recipe(find_recipe(name))
+    if recipe.data.generator is None:
+        raise RecipeError(f"recipe {recipe.name!r} names no data builder (data.generator)")
+    files = load_ref(recipe.data.generator, "data.generator")()
+    out = Path(out_dir) if out_dir is not None else recipe.path(f"datasets/{recipe.name}")
     out.mkdir(parents=True, exist_ok=True)
     return [write_text(out / filename, content) if isinstance(content, str) else write_jsonl(out / filename, content)
             for filename, content in files.items()]

@@ -262,7 +262,7 @@ def allowed_value_files() -> dict[str, str]:
                                    ("districts.txt", "district"))}
 
 
-def build(seed: int, pool_size: int = 3000, test_size: int = 400) -> dict[str, list[dict] | str]:
+def build(seed: int = 20260101, pool_size: int = 3000, test_size: int = 400) -> dict[str, list[dict] | str]:
     """The shipped files: test (normal format), test_unseen, the training pool with gold kept apart, and the
     allowed values of province, city and district.
 

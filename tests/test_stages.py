@@ -1,0 +1,64 @@
+"""Recipes are data: where training labels come from, and stages that do not apply, are decided by recipe keys."""
+
+import json
+
+import pytest
+
+from conftest import write_recipe
+from toolkit.errors import StageError
+from toolkit.jsonl import read_jsonl, write_json
+from toolkit.pipeline import open_run, run_stage
+from toolkit.recipe import load_recipe
+from toolkit.report import run_report
+
+FIELDS = """\
+fields:
+  - {name: tone, type: enum, description: tone, choices: [好, 差]}
+"""
+P = {"value": 1.0, "ci95": [0.2, 1.0]}  # a proportion as metrics.json holds it
+
+
+def write_labelled(path, n=3):
+    path.write_text("".join(json.dumps({"id": f"r{i}", "text": f"第{i}条 很好", "label": {"tone": "好"}},
+                                       ensure_ascii=False) + "\n" for i in range(n)), encoding="utf-8")
+
+
+def test_own_labels_no_baseline_no_teacher_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("XTK_TEST_KEY", raising=False)
+    write_labelled(tmp_path / "mine.jsonl")
+    recipe = load_recipe(write_recipe(tmp_path, FIELDS, "{labelled: mine.jsonl, test: [test.jsonl], "
+                                                        "train_records: 10, val_fraction: 0}"))
+    with open_run(recipe, tmp_path / "run") as ctx:
+        run_stage(ctx, "data")
+        assert read_jsonl(tmp_path / "run" / "data" / "labelled.jsonl") == read_jsonl(tmp_path / "mine.jsonl")
+        assert ctx.manifest.data["stages"]["data"]["source"] == "your labelled data (mine.jsonl)"
+        assert run_stage(ctx, "eval_rules") == [] and run_stage(ctx, "eval_teacher") == []
+        skipped = {k: v["skipped"] for k, v in ctx.manifest.data["stages"].items() if "skipped" in v}
+    assert skipped == {"eval_rules": "the recipe names no rule baseline",
+                       "eval_teacher": "$XTK_TEST_KEY is not set, the teacher is not evaluated"}
+    write_json(tmp_path / "run" / "eval" / "base-test" / "metrics.json", {
+        "n": 1, "model": "m", "test_file": "test.jsonl", "records_per_s": 1.0, "fields": {"tone": P},
+        "exact_match": P, "json_parse_rate": P, "micro_f1": P})
+    run_report(recipe, tmp_path / "run", skipped=skipped)
+    assert ("Not run: eval_rules (the recipe names no rule baseline); eval_teacher ($XTK_TEST_KEY is not set, the "
+            "teacher is not evaluated).") in (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
+
+
+def test_raw_texts_without_teacher_key_or_gold_say_what_to_give(tmp_path, monkeypatch):
+    monkeypatch.delenv("XTK_TEST_KEY", raising=False)
+    recipe = load_recipe(write_recipe(tmp_path, FIELDS))
+    with open_run(recipe, tmp_path / "run") as ctx, pytest.raises(StageError, match=r"set \$XTK_TEST_KEY for the "
+                                                                  r"teacher to label pool.jsonl, or name your labelled"):
+        run_stage(ctx, "data")
+
+
+def test_a_bad_row_in_your_labels_names_its_line(tmp_path):
+    from toolkit.jsonl import DataError
+
+    write_labelled(tmp_path / "mine.jsonl")
+    with (tmp_path / "mine.jsonl").open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "x", "text": "一般", "label": {"tone": "一般"}}, ensure_ascii=False) + "\n")
+    recipe = load_recipe(write_recipe(tmp_path, FIELDS, "{labelled: mine.jsonl, test: [t.jsonl], train_records: 9, "
+                                                        "val_fraction: 0}"))
+    with open_run(recipe, tmp_path / "run") as ctx, pytest.raises(DataError, match=r"mine.jsonl:4: tone '一般' is not"):
+        run_stage(ctx, "data")
