@@ -1,0 +1,146 @@
+"""What a GPU user's run is given, checked by the libraries that will read it: the gpu profile's `swift sft` argv
+parsed by ms-swift's own `SftArguments` (as `swift sft` parses it: HfArgumentParser into the dataclass, with its
+__post_init__), and the keyword arguments xtk hands `vllm.LLM` taken by vLLM's own `EngineArgs`.
+
+No model is loaded and no GPU is needed. The student is `qwen3_fixture`'s Qwen3-shaped folder, so that ms-swift
+and vLLM can read a real config offline; the only stand-in is transformers' probe for a bf16-capable GPU, which
+this CPU machine lacks (transformers refuses `bf16` without one: that refusal is why CPU runs override the dtype).
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import RECIPE
+from qwen3_fixture import qwen3_tiny_folder
+from toolkit.models import resolve_model
+from toolkit.recipe import load_recipe
+from toolkit.train import sft_argv
+
+
+@pytest.fixture(scope="module")
+def qwen3_tiny() -> Path:
+    return qwen3_tiny_folder()
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    row = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                        {"role": "assistant", "content": "{}"}]}
+    for name in ("train.jsonl", "val.jsonl"):
+        (tmp_path / name).write_text(json.dumps(row) + "\n")
+    return tmp_path
+
+
+def gpu_recipe(student: Path, *overrides: str):
+    return load_recipe(RECIPE, "gpu", [f"student.model={student}", *overrides])
+
+
+def argv_for(recipe, data: Path) -> list[str]:
+    s = recipe.student
+    model = resolve_model(s.model, s.model_type, s.template, s.trust_remote_code)
+    return sft_argv(recipe, model, data / "train.jsonl", data / "val.jsonl", data / "out")
+
+
+def swift_parse(argv: list[str], monkeypatch):
+    """`swift sft`'s own parsing of our argv, on a machine that had a bf16 GPU."""
+    import transformers.training_args
+    from swift.arguments import SftArguments
+    from swift.utils import parse_args
+
+    assert argv[:2] == ["swift", "sft"]
+    monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
+    args, unknown = parse_args(SftArguments, argv[2:])
+    assert unknown == []  # every flag is one ms-swift 4.x knows
+    return args
+
+
+def test_the_gpu_profile_is_the_tutorials_bf16_training_as_ms_swift_reads_it(qwen3_tiny, data, monkeypatch):
+    import torch
+    from swift.template import TEMPLATE_MAPPING
+
+    recipe = gpu_recipe(qwen3_tiny)
+    t = recipe.train
+    args = swift_parse(argv_for(recipe, data), monkeypatch)
+    hf = args.training_args  # what the trainer itself is given
+    # bf16 weights and bf16 mixed precision, as the tutorial trains; never fp16 beside it
+    assert args.torch_dtype == torch.bfloat16 and (hf.bf16, hf.fp16) == (True, False)
+    # 20 rows per device and 16 accumulation steps: 320 rows per optimiser step
+    assert (hf.per_device_train_batch_size, hf.gradient_accumulation_steps) == (20, 16)
+    assert (hf.per_device_train_batch_size, hf.gradient_accumulation_steps, hf.per_device_eval_batch_size) == \
+        (t.per_device_train_batch_size, t.gradient_accumulation_steps, t.per_device_eval_batch_size)
+    assert (hf.learning_rate, hf.num_train_epochs, hf.max_steps, hf.weight_decay, hf.lr_scheduler_type.value) == \
+        (t.learning_rate, t.num_train_epochs, t.max_steps, t.weight_decay, t.lr_scheduler_type)
+    # transformers 5 keeps a warm-up ratio as a fraction in warmup_steps: 5% of the steps, not 0 steps
+    assert hf.get_warmup_steps(1000) == round(1000 * t.warmup_ratio) == 50
+    assert (args.tuner_type, args.lora_rank, args.lora_alpha, args.lora_dropout, args.target_modules) == \
+        (t.tuner_type, t.lora_rank, t.lora_alpha, t.lora_dropout, [t.target_modules])
+    assert (args.max_length, hf.gradient_checkpointing, hf.dataloader_num_workers) == \
+        (t.max_length, t.gradient_checkpointing, t.dataloader_num_workers)
+    assert (hf.eval_strategy.value, hf.eval_steps, hf.save_steps, hf.save_total_limit, hf.logging_steps) == \
+        ("steps", t.eval_steps, t.save_steps, t.save_total_limit, t.logging_steps)
+    assert hf.output_dir == str(data / "out") and hf.report_to == ["tensorboard"] and hf.deepspeed is None
+    # the Qwen3 student: ms-swift's qwen3 type and hybrid-thinking template, thinking off
+    assert (args.model_type, args.template, args.enable_thinking) == ("qwen3", recipe.student.template, False)
+    assert args.template in TEMPLATE_MAPPING and TEMPLATE_MAPPING[args.template].non_thinking_prefix == \
+        "<think>\n\n</think>\n\n"
+
+
+def test_the_cpu_profiles_float32_gets_no_bf16(smollm2, data, monkeypatch):
+    import torch
+
+    recipe = load_recipe(RECIPE, "cpu")
+    args = swift_parse(argv_for(recipe, data), monkeypatch)
+    assert args.torch_dtype == torch.float32 and args.training_args.bf16 is False
+    assert (args.model_type, args.template, args.enable_thinking) == ("llama", "chatml", None)
+
+
+def test_deepspeed_when_set_names_one_of_ms_swifts_zero_configs(qwen3_tiny, data, monkeypatch):
+    """`train.deepspeed=zero2` reaches ms-swift as `--deepspeed zero2`, which ms-swift's own resolution turns into
+    its shipped ZeRO-2 config. DeepSpeed itself is not installed here (transformers would import it to build the
+    training arguments), so the flag is parsed by ms-swift's parser and resolved by its `_init_deepspeed`."""
+    from swift.arguments import SftArguments, sft_args
+    from transformers import HfArgumentParser
+
+    argv = argv_for(gpu_recipe(qwen3_tiny, "train.deepspeed=zero2"), data)
+    assert argv[argv.index("--deepspeed") + 1] == "zero2"
+    namespace, unknown = HfArgumentParser([SftArguments]).parse_known_args(argv[2:])
+    assert unknown == [] and namespace.deepspeed == "zero2"
+
+    args = swift_parse(argv_for(gpu_recipe(qwen3_tiny), data), monkeypatch)  # the rest of the command as is
+    monkeypatch.setattr(sft_args, "require_version", lambda *a, **k: None)  # "is deepspeed installed?"
+    args.deepspeed = namespace.deepspeed
+    args._init_deepspeed()
+    assert args.deepspeed["zero_optimization"]["stage"] == 2
+    assert args.deepspeed["bf16"]["enabled"] == "auto"  # follows the bf16 above
+
+
+def test_vllm_takes_the_recipes_gpu_memory_and_length_in_its_own_engine_arguments(qwen3_tiny, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver")  # as toolkit.infer sets it
+    from vllm.engine.arg_utils import EngineArgs
+
+    from toolkit.infer import vllm_kwargs
+
+    recipe = gpu_recipe(qwen3_tiny)
+    spec = recipe.eval.vllm
+    on_gpu = vllm_kwargs(recipe, str(qwen3_tiny), cpu=False)
+    assert (on_gpu["gpu_memory_utilization"], on_gpu["max_model_len"], on_gpu["dtype"]) == \
+        (spec.gpu_memory_utilization, spec.max_model_len, "auto")
+    config = EngineArgs(**on_gpu).create_engine_config()  # vLLM's own validation, no engine started
+    assert config.cache_config.gpu_memory_utilization == spec.gpu_memory_utilization == 0.9
+    assert config.model_config.max_model_len == spec.max_model_len == 4096
+    assert config.model_config.dtype == torch.bfloat16  # "auto": the checkpoint's bf16, as on the GPU
+
+    on_cpu = vllm_kwargs(recipe, str(qwen3_tiny), cpu=True)
+    assert "gpu_memory_utilization" not in on_cpu and on_cpu["dtype"] == "float32"
+    assert EngineArgs(**on_cpu).create_model_config().dtype == torch.float32
+
+    # vLLM does refuse what it cannot take, so the checks above can fail
+    with pytest.raises(TypeError):
+        EngineArgs(**{**on_gpu, "gpu_memory_utilisation": 0.9})
+    with pytest.raises(Exception, match="max_model_len"):
+        EngineArgs(**vllm_kwargs(gpu_recipe(qwen3_tiny, "eval.vllm.max_model_len=100000"), str(qwen3_tiny),
+                                 cpu=False)).create_model_config()
