@@ -55,6 +55,17 @@ class Backend:
         pass  # nothing outlives the object by default
 
 
+def vllm_kwargs(recipe: Recipe, model: str, cpu: bool) -> dict:
+    """What `vllm.LLM` is given for `model`: the recipe's eval.vllm settings; gpu_memory_utilization on a GPU."""
+    spec = recipe.eval.vllm
+    dtype = "float32" if cpu and spec.dtype == "auto" else spec.dtype  # no native bf16 on this CPU: 6x slower
+    kwargs = dict(model=model, dtype=dtype, max_model_len=spec.max_model_len, seed=0,
+                  trust_remote_code=recipe.student.trust_remote_code)
+    if not cpu:
+        kwargs["gpu_memory_utilization"] = spec.gpu_memory_utilization
+    return kwargs
+
+
 class VllmBackend(Backend):
     name = "vllm"
 
@@ -72,12 +83,7 @@ class VllmBackend(Backend):
                 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         from vllm import LLM
 
-        dtype = "float32" if cpu and spec.dtype == "auto" else spec.dtype  # no native bf16 on this CPU: 6x slower
-        kwargs = dict(model=model, dtype=dtype, max_model_len=spec.max_model_len, seed=0,
-                      trust_remote_code=recipe.student.trust_remote_code)
-        if not cpu:
-            kwargs["gpu_memory_utilization"] = spec.gpu_memory_utilization
-        self.llm = LLM(**kwargs)
+        self.llm = LLM(**vllm_kwargs(recipe, model, cpu))
         self.recipe, self.guided_json, self.thinking_off = recipe, guided_json, thinking_off
 
     def generate(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
