@@ -57,11 +57,13 @@ def test_guided_json_makes_the_base_model_answer_the_recipes_schema(run):
     would slow the training that `xtk run` starts next)."""
     code = (
         "import json, sys, psutil\n"
-        "from toolkit.pipeline import context, evaluate_model\n"
+        "from dataclasses import replace\n"
+        "from toolkit.pipeline import evaluate_model, open_run, role\n"
         "from toolkit.recipe import load_recipe\n"
         "recipe = load_recipe(sys.argv[1], 'cpu', sys.argv[4:])\n"
-        "evaluate_model(context(recipe, sys.argv[2]), 'base-guided', recipe.student.model, 'base', 'vllm',\n"
-        "               guided_json=True, tests=[sys.argv[3]])\n"
+        "with open_run(recipe, sys.argv[2]) as ctx:\n"
+        "    evaluate_model(ctx, replace(role(ctx, 'base'), name='base-guided', backend='vllm', guided_json=True),\n"
+        "                   tests=[sys.argv[3]])\n"
         "kids = [c for c in psutil.Process().children(recursive=True) if c.status() != 'zombie']\n"
         "print(json.dumps([c.name() for c in kids if c.name().startswith('VLLM')]))\n")
     res = subprocess.run([sys.executable, "-c", code, str(RECIPE), str(run), TEST, *SMALL,

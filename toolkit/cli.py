@@ -99,7 +99,7 @@ def cmd_data_generate(args) -> None:
         print(path)
 
 
-EVAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._]{0,63}")
+EVAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def cmd_eval(args) -> None:
@@ -109,16 +109,15 @@ def cmd_eval(args) -> None:
     from toolkit.manifest import slug
     from toolkit.pipeline import ROLES, Role, evaluate_model, role
 
-    # "-" separates the evaluation's name from the test file's in eval/<name>-<test>/: not allowed in --name.
     if args.name and not EVAL_NAME.fullmatch(args.name):
-        raise StageError(f"--name {args.name!r}: use letters, digits, '.' and '_' (at most 64, no path parts)")
+        raise StageError(f"--name {args.name!r}: use letters, digits, '.', '_' and '-' (at most 64, no path parts)")
     with _open_run(args) as ctx:
         if args.model in ROLES:
             r = role(ctx, args.model)
         else:
-            r = Role(slug(args.model).replace("-", "_"), args.model, "student", args.backend or ctx.recipe.eval.backend,
-                     limit=ctx.recipe.eval.limit)
-        r = replace(r, who=args.name or r.who, prompt=args.prompt or r.prompt,
+            r = Role("model", args.model, "student", args.backend or ctx.recipe.eval.backend,
+                     limit=ctx.recipe.eval.limit, name=slug(args.model))
+        r = replace(r, name=args.name or r.folder, prompt=args.prompt or r.prompt,
                     backend=r.backend if args.model in ("rules", "teacher") else args.backend or r.backend,
                     base_url=args.base_url or r.base_url, api_key_env=args.api_key_env or r.api_key_env,
                     guided_json=True if args.guided_json else r.guided_json)
@@ -201,7 +200,7 @@ COMMANDS: tuple[Command, ...] = (
                 A("--test", action="append", help="test JSONL with gold labels (default: the recipe's test files)"),
                 A("--prompt", choices=["base", "student", "teacher"],
                   help="which recipe prompt (default: base for base, teacher for teacher, else student)"),
-                A("--name", help="evaluation name under eval/: letters, digits, '.', '_' (default from --model)"),
+                A("--name", help="evaluation name under eval/: letters, digits, '.', '_', '-' (default from --model)"),
                 A("--backend", choices=["auto", "vllm", "transformers", "openai", "rules"],
                   help="default: the recipe's eval.backend (auto = vllm when it imports)"),
                 A("--base-url", help="OpenAI-compatible endpoint, with --backend openai"),

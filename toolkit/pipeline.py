@@ -163,7 +163,7 @@ ROLES = ("base", "student", "teacher", "rules")
 
 @dataclass(frozen=True)
 class Role:
-    who: str  # the evaluation's name: a role, or what the user called an ad-hoc model
+    who: str  # base, student, teacher, rules, or "model" for any other model a user evaluates
     model: str
     prompt: str
     backend: str
@@ -171,6 +171,11 @@ class Role:
     api_key_env: str | None = None
     guided_json: bool | None = None  # None: the recipe's eval.guided_json
     limit: int | None = None
+    name: str = ""  # the evaluation's folder name under eval/ (default: who)
+
+    @property
+    def folder(self) -> str:
+        return self.name or self.who
 
 
 def role(ctx: Context, who: str) -> Role:
@@ -199,7 +204,7 @@ def identity(ctx: Context, r: Role) -> dict:
 
 
 def evaluate_model(ctx: Context, r: Role, tests: list[str] | None = None) -> list[Path]:
-    """Evaluate one model on each test file (the model is loaded once), into eval/<who>-<test name>/."""
+    """Evaluate one model on each test file (the model is loaded once), into eval/<name>-<test name>/."""
     import gc
     import time
 
@@ -215,7 +220,7 @@ def evaluate_model(ctx: Context, r: Role, tests: list[str] | None = None) -> lis
     outputs = []
     try:
         for test in tests or recipe.data.test:
-            out = ctx.run_dir / "eval" / f"{r.who}-{Path(test).stem}"
+            out = ctx.run_dir / "eval" / f"{r.folder}-{Path(test).stem}"
             m = run_eval(recipe, engine, recipe.path(test), r.prompt, out, r.model, r.limit, load,
                          extra={"role": r.who, "identity": identity(ctx, r)})
             console.print(f"eval {out.name}: exact match {100 * m['exact_match']['value']:.1f}% "

@@ -22,7 +22,7 @@ def collect(eval_dir: Path) -> list[tuple[str, dict]]:
     found = [(p.parent.name, json.loads(p.read_text())) for p in eval_dir.glob("*/metrics.json")]
 
     def key(item):
-        who = item[0].split("-")[0]
+        who = item[1].get("role")
         return (ORDER.index(who) if who in ORDER else len(ORDER), item[1].get("test_file", ""), item[0])
 
     return sorted(found, key=key)
@@ -159,7 +159,7 @@ def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, lo
               "field as a slot and every list item as one. Figures are % with 95% intervals (Wilson for "
               "proportions, a bootstrap for the rest).", ""]
     head = ["evaluation", "model", "test file", "n", "exact match", "JSON valid", "micro F1", *fields, "rec/s"]
-    lines += _table(head, [[f"{name} ({DESCRIBE[who]})" if (who := name.split("-")[0]) in DESCRIBE else name,
+    lines += _table(head, [[f"{name} ({DESCRIBE[who]})" if (who := m.get("role")) in DESCRIBE else name,
                             f"`{Path(m['model']).name}`", Path(m["test_file"]).name, str(m["n"]),
                             _pct(m["exact_match"]), _pct(m["json_parse_rate"]), _pct(m["micro_f1"]),
                             *(_pct(m["fields"][f]) for f in fields), f"{m['records_per_s'] or 0:.2f}"]
