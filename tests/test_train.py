@@ -21,7 +21,7 @@ def as_options(argv):
 
 def test_gpu_argv_is_the_tutorials_command_in_4x_names():
     recipe = load_recipe(RECIPE, "gpu")
-    model = ResolvedModel("Qwen/Qwen3-0.6B", "qwen3", "qwen3_nothinking", local=False)
+    model = ResolvedModel("Qwen/Qwen3-0.6B", recipe.student.model_type, recipe.student.template, local=False)
     argv = sft_argv(recipe, model, Path("/d/train.jsonl"), Path("/d/val.jsonl"), Path("/r/train"))
     opts = as_options(argv)
     tutorial = {
@@ -33,7 +33,7 @@ def test_gpu_argv_is_the_tutorials_command_in_4x_names():
     }
     assert {k: opts[k] for k in tutorial} == tutorial
     assert "--train_type" not in opts  # the 3.x name, rejected by 4.x
-    assert opts["--template"] == "qwen3_nothinking" and opts["--enable_thinking"] == "false"
+    assert opts["--template"] == "qwen3" and opts["--enable_thinking"] == "false"
     assert opts["--report_to"] == "tensorboard" and opts["--add_version"] == "false"
     # every hyper-parameter ms-swift would otherwise pick itself is explicit
     for key in ("--lr_scheduler_type", "--weight_decay", "--lora_dropout", "--save_steps", "--eval_steps",
