@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from teacher_server import FAULT_MIX, MADEUP, TRANSIENT_TRIES  # noqa: E402
+from provenance import git_state, machine  # noqa: E402
 from toolkit.jsonl import read_jsonl, write_json, write_jsonl  # noqa: E402
 from toolkit.manifest import versions  # noqa: E402
 
@@ -56,29 +57,6 @@ EXPECTED = {m: "accepted" for m in (*WRAPPED, *TRANSIENT_TRIES)} | {
 def as_expected(outcome: str, expected: str) -> bool:
     """A record that gave up was never judged: it is not the rejection a permanent fault expects."""
     return outcome.startswith(expected) and "gave up" not in outcome
-
-
-def git_state() -> dict:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-
-    try:
-        dirty = [line[3:] for line in git("status", "--porcelain").splitlines()]
-        return {"commit": git("rev-parse", "HEAD").strip(), "dirty": bool(dirty), "dirty_files": dirty}
-    except (OSError, subprocess.CalledProcessError) as exc:
-        return {"commit": None, "dirty": None, "error": f"not a git checkout: {exc}"}
-
-
-def machine() -> dict:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu_model": model, "cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0))}
 
 
 def read_rows(path: Path) -> list[dict]:

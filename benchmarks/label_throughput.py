@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from provenance import provenance  # noqa: E402
 from toolkit.jsonl import read_jsonl, write_json, write_jsonl  # noqa: E402
 from toolkit.label import run_label  # noqa: E402
 from toolkit.recipe import load_recipe  # noqa: E402
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "label_throughput.json"))
     args = parser.parse_args()
     os.environ["DASHSCOPE_API_KEY"] = "benchmark-key"
+    started = provenance()  # the commit and machine as the run starts
     recipe0 = load_recipe(ROOT / "recipes" / "logistics_zh.yaml")
     texts = read_jsonl(recipe0.path(recipe0.data.pool))
     results = {}
@@ -51,7 +53,7 @@ def main() -> None:
             print(concurrency, results[str(concurrency)], flush=True)
     finally:
         server.terminate()
-    write_json(args.out, {"latency_s": args.latency, "machine": "2 CPU cores", "results": results})
+    write_json(args.out, {"benchmark": "label_throughput", **started, "latency_s": args.latency, "results": results})
     print(json.dumps(results, indent=2))
 
 
