@@ -201,11 +201,11 @@ class RulesBackend(Backend):
     name = "rules"
 
     def __init__(self, recipe: Recipe):
-        from toolkit import baseline
+        from toolkit.recipe import load_ref
 
-        if recipe.name not in baseline.BASELINES:
-            raise StageError(f"recipe {recipe.name!r} has no rule baseline; known: {', '.join(baseline.BASELINES)}")
-        self.answer = baseline.BASELINES[recipe.name]
+        if recipe.baseline is None:
+            raise StageError(f"recipe {recipe.name!r} names no rule baseline (the recipe key baseline)")
+        self.answer = load_ref(recipe.baseline, "baseline")
 
     def generate(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
         return [Generation(self.answer(next(m["content"] for m in reversed(msgs) if m["role"] == "user")))
