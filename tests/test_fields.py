@@ -152,7 +152,7 @@ def test_report_lays_out_the_recipes_types(recipe, tmp_path):
     metrics = compute_metrics(recipe, [{"parsed": p, "gold": g} for p, g in ROWS])
     for who in ("student", "rules"):
         write_json(run / "eval" / f"{who}-test" / "metrics.json",
-                   {**metrics, "model": who, "test_file": "test.jsonl", "records_per_s": 1.0})
+                   {**metrics, "model": who, "role": who, "test_file": "test.jsonl", "records_per_s": 1.0})
     outputs = run_report(recipe, run)
     report = (run / "report.md").read_text(encoding="utf-8")
     assert "| student-test (fine-tuned student, short prompt) | `student` | test.jsonl | 4 | 25.0 [5–70] |" in report
