@@ -122,6 +122,8 @@ def test_votes_compare_lists_order_free_and_keep_the_first_answers_order(recipe)
     assert label["persons"] == ["李四", "张三"]
     label, field = majority(recipe, [a, {**GOLD, "persons": ["王五"]}, {**GOLD, "persons": []}])
     assert label is None and field == "persons"
+    label, _ = majority(recipe, [{**GOLD, "count": 2}, {**GOLD, "count": 3}, {**GOLD, "count": 2.0}])
+    assert label["count"] == 2  # 2 and 2.0 are one vote
 
 
 def test_labels_of_the_wrong_type_are_refused_with_file_and_line(recipe, tmp_path):

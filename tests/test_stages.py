@@ -47,8 +47,8 @@ def test_own_labels_no_baseline_no_teacher_key(tmp_path, monkeypatch):
 def test_raw_texts_without_teacher_key_or_gold_say_what_to_give(tmp_path, monkeypatch):
     monkeypatch.delenv("XTK_TEST_KEY", raising=False)
     recipe = load_recipe(write_recipe(tmp_path, FIELDS))
-    with open_run(recipe, tmp_path / "run") as ctx, pytest.raises(StageError, match=r"set \$XTK_TEST_KEY for the "
-                                                                  r"teacher to label pool.jsonl, or name your labelled"):
+    with open_run(recipe, tmp_path / "run") as ctx, pytest.raises(
+            StageError, match=r"set \$XTK_TEST_KEY for the teacher to label pool.jsonl, or name your labelled"):
         run_stage(ctx, "data")
 
 
@@ -62,3 +62,22 @@ def test_a_bad_row_in_your_labels_names_its_line(tmp_path):
                                                         "val_fraction: 0}"))
     with open_run(recipe, tmp_path / "run") as ctx, pytest.raises(DataError, match=r"mine.jsonl:4: tone '一般' is not"):
         run_stage(ctx, "data")
+
+
+def tiny_builder() -> dict:
+    """A data builder as a recipe names it (`test_stages:tiny_builder`): a pool of 3 with gold labels, 1 test."""
+    rows = [{"id": f"g{i}", "text": f"第{i}条 很好", "label": {"tone": "好"}} for i in range(4)]
+    return {"pool.jsonl": [{"id": r["id"], "text": r["text"]} for r in rows[:3]],
+            "pool_gold.jsonl": [{"id": r["id"], "label": r["label"]} for r in rows[:3]], "test.jsonl": rows[3:]}
+
+
+def test_missing_data_files_are_built_by_the_recipes_generator(tmp_path, monkeypatch):
+    monkeypatch.delenv("XTK_TEST_KEY", raising=False)
+    recipe = load_recipe(write_recipe(tmp_path, FIELDS, "{generator: 'test_stages:tiny_builder', pool: "
+                                      "datasets/typed/pool.jsonl, pool_gold: datasets/typed/pool_gold.jsonl, "
+                                      "test: [datasets/typed/test.jsonl], train_records: 9, val_fraction: 0}"))
+    with open_run(recipe, tmp_path / "run") as ctx:
+        run_stage(ctx, "data")
+    assert sorted(p.name for p in (tmp_path / "datasets" / "typed").iterdir()) == [
+        "pool.jsonl", "pool_gold.jsonl", "test.jsonl"]
+    assert [r["id"] for r in read_jsonl(tmp_path / "run" / "data" / "labelled.jsonl")] == ["g0", "g1", "g2"]

@@ -139,7 +139,7 @@ def vote_key(spec: FieldSpec, value: Any) -> str:
     """Answers with the same key are the same vote: stripped text; a list's items in any order."""
     if spec.type == "list[str]":
         return json.dumps(sorted(v.strip() for v in value), ensure_ascii=False)
-    return value.strip() if isinstance(value, str) else json.dumps(value)
+    return value.strip() if isinstance(value, str) else json.dumps(compared(spec, value))  # 2 and 2.0 agree
 
 
 def voted_value(spec: FieldSpec, value: Any) -> Any:

@@ -61,11 +61,19 @@ def open_run(recipe: Recipe, run_dir: str | Path) -> Iterator[Context]:
 
 def stage_data(ctx: Context) -> list[Path]:
     """data/labelled.jsonl from the first source that applies: the recipe's data.labelled (your own labels),
-    the teacher's labels of data.pool when its key is set, data.pool_gold (the generator's labels)."""
+    the teacher's labels of data.pool when its key is set, data.pool_gold (the generator's labels). Data files
+    that are missing are built first by the recipe's data.generator, where it has one."""
     from toolkit.jsonl import write_jsonl
     from toolkit.prepare import gold_records, read_records
 
     d, t = ctx.recipe.data, ctx.recipe.teacher
+    missing = [name for name in (d.labelled, d.pool, d.pool_gold, *d.test)
+               if name and not ctx.recipe.path(name).exists()]
+    if d.generator and missing:  # built on this machine (a data set's licence may keep it out of git)
+        from toolkit.datagen import write_data
+
+        console.print(f"data: {', '.join(missing)} missing: building them with {d.generator}")
+        write_data(ctx.recipe)
     out = ctx.data_dir / "labelled.jsonl"
     if d.labelled:
         write_jsonl(out, read_records(ctx.recipe, ctx.recipe.path(d.labelled)))

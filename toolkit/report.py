@@ -137,7 +137,8 @@ def plot_accuracy(results: list[tuple[str, dict]], field_names: list[str], out_p
 
 
 def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, loss_diagnosis: str | None = None,
-               stale: Callable[[dict], str | None] = lambda m: None, skipped: dict[str, str] | None = None) -> list[Path]:
+               stale: Callable[[dict], str | None] = lambda m: None,
+               skipped: dict[str, str] | None = None) -> list[Path]:
     """`stale(metrics)` says why an evaluation no longer describes its model (it is then listed, not shown);
     `skipped` names the stages that did not apply, and why."""
     from toolkit.errors import StageError

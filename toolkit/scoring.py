@@ -111,7 +111,8 @@ def _with_interval(statistic: Callable[[list], float], per_record: list, samples
     """A statistic of the records with its 95% interval from the shared bootstrap resamples."""
     boot = sorted(statistic([per_record[i] for i in sample]) for sample in samples) or [0.0]
     value = statistic(per_record) if per_record else 0.0
-    return {"value": value, "ci95": [round(boot[int(0.025 * len(boot))], 4), round(boot[int(0.975 * len(boot)) - 1], 4)]}
+    lo, hi = boot[int(0.025 * len(boot))], boot[int(0.975 * len(boot)) - 1]
+    return {"value": value, "ci95": [round(lo, 4), round(hi, 4)]}
 
 
 def _mean(values: list[float]) -> float:

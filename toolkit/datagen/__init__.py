@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from toolkit.jsonl import write_jsonl, write_text
-from toolkit.recipe import RecipeError, load_recipe, load_ref
+from toolkit.recipe import Recipe, RecipeError, load_recipe, load_ref
 
 PROJECT = Path(__file__).resolve().parent.parent.parent
 
@@ -26,8 +26,12 @@ def find_recipe(name: str) -> Path:
 
 
 def generate(name: str, out_dir: str | Path | None = None) -> list[Path]:
+    """`xtk data generate NAME`: the named recipe's files into out_dir (default datasets/<recipe name>)."""
+    return write_data(load_recipe(find_recipe(name)), out_dir)
+
+
+def write_data(recipe: Recipe, out_dir: str | Path | None = None) -> list[Path]:
     """Write the recipe's generated files into out_dir (default: datasets/<recipe name> beside its recipes/)."""
-    recipe = load_recipe(find_recipe(name))
     if recipe.data.generator is None:
         raise RecipeError(f"recipe {recipe.name!r} names no data builder (data.generator)")
     files = load_ref(recipe.data.generator, "data.generator")()
