@@ -93,6 +93,13 @@ def test_schema_follows_the_types(recipe):
     assert "maxLength" not in props["note"]
 
 
+def test_schema_of_every_type_compiles_for_guided_decoding(recipe):
+    xgrammar = pytest.importorskip("xgrammar")  # what vLLM's structured outputs compile the schema with
+    grammar = str(xgrammar.Grammar.from_json_schema(json.dumps(recipe.json_schema()), any_whitespace=False))
+    # persons: one item and at most 2 more (maxItems 3), each of at most 8 characters; sentiment's choices
+    assert "{0, 2}" in grammar and "{0, 8}" in grammar and "\\u6b63\\u9762" in grammar  # 正面
+
+
 def answer(**changes):
     return Answer(json.dumps({**GOLD, **changes}, ensure_ascii=False))
 
