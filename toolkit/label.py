@@ -20,12 +20,12 @@ from pathlib import Path
 
 from toolkit.endpoint import Answer, Endpoint, EndpointError, GaveUp, Usage, request_key
 from toolkit.errors import StageError
+from toolkit.fields import disallowed, is_empty, type_problem, ungrounded, vote_key, voted_value
 from toolkit.journal import load_journal
 from toolkit.jsonl import DataError, append_jsonl, iter_jsonl, read_jsonl, write_json, write_jsonl
 from toolkit.locks import folder_lock
 from toolkit.progress import Bar
 from toolkit.recipe import Recipe
-from toolkit.fields import disallowed, is_empty, type_problem, ungrounded, vote_key, voted_value
 from toolkit.scoring import compute_metrics, extract_json
 
 GAVE_UP = "gave up after retries"

@@ -13,9 +13,9 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from toolkit.fields import disallowed, type_problem
 from toolkit.jsonl import DataError, iter_jsonl, read_jsonl, write_json, write_jsonl
 from toolkit.recipe import Recipe
-from toolkit.fields import disallowed, type_problem
 
 
 def normalise_input(text: str) -> str:
