@@ -60,6 +60,17 @@ ROWS = [
 ]
 
 
+@pytest.mark.parametrize("predicted,gold,prf", [
+    ([], ["A"], (0, 0, 0)),  # predicting nothing is no precision where there was something to find
+    (["A"], [], (0, 0, 0)),
+    ([], [], (1, 1, 1)),  # nothing to find, nothing found
+])
+def test_entity_scores_of_empty_lists(recipe, predicted, gold, prf):
+    rows = [{"parsed": {**GOLD, "persons": predicted}, "gold": {**GOLD, "persons": gold}}]
+    e = compute_metrics(recipe, rows, bootstrap=10)["entities"]["persons"]
+    assert (e["precision"]["value"], e["recall"]["value"], e["f1"]["value"]) == prf
+
+
 def test_metrics_by_type_match_hand_worked_figures(recipe):
     m = compute_metrics(recipe, [{"parsed": p, "gold": g} for p, g in ROWS])
     assert (m["n"], m["json_parse_rate"]["k"], m["exact_match"]["k"]) == (4, 3, 1)

@@ -84,13 +84,15 @@ def _f1(counts: list[Counts]) -> float:
 
 
 def _precision(counts: list[Counts]) -> float:
-    tp, fp = sum(c[0] for c in counts), sum(c[1] for c in counts)
-    return tp / (tp + fp) if tp + fp else 1.0
+    """Nothing predicted is perfect precision only where there was nothing to find (as F1 is)."""
+    tp, fp, fn = (sum(c[i] for c in counts) for i in range(3))
+    return tp / (tp + fp) if tp + fp else float(fn == 0)
 
 
 def _recall(counts: list[Counts]) -> float:
-    tp, fn = sum(c[0] for c in counts), sum(c[2] for c in counts)
-    return tp / (tp + fn) if tp + fn else 1.0
+    """Nothing to find is perfect recall only where nothing was predicted either."""
+    tp, fp, fn = (sum(c[i] for c in counts) for i in range(3))
+    return tp / (tp + fn) if tp + fn else float(fp == 0)
 
 
 def _macro_f1(pairs: list[tuple[str, str | None]]) -> float:
