@@ -180,5 +180,6 @@ def test_report_lays_out_the_recipes_types(recipe, tmp_path):
     assert "| student-test | 75.0 [" in report  # entity precision, then the same row's recall and F1
     assert "| evaluation | sentiment macro-F1 |" in report and "| rules-test | 33.3 [" in report
     assert "| evaluation | note |" in report and "![confusion sentiment](confusion-sentiment.png)" in report
+    assert "The chart numbers classes" in report  # 正面 and its kind: glyphs the chart's font may lack
     assert "| gold \\ predicted | 正面 | 负面 | 中性 | (invalid) |" in report and "| 负面 | 0 | 0 | 1 | 1 |" in report
     assert run / "confusion-sentiment.png" in outputs and (run / "confusion-sentiment.png").stat().st_size > 0

@@ -61,6 +61,8 @@ def by_type(results: list[tuple[str, dict]], run_dir: Path) -> tuple[list[str], 
             plot_confusion([(name, e[field]["confusion"]) for name, e in with_enums], field, png)
             charts.append(png)
             lines += [f"![confusion {field}]({png.name})", ""]
+            if not all(c.isascii() for _, e in with_enums for c in e[field]["confusion"]["predicted"]):
+                lines += ["The chart numbers classes (1, 2, ...) in the order of the tables below.", ""]
             for name, e in with_enums:
                 cm = e[field]["confusion"]
                 lines += [f"{field}, {name} (rows gold, columns predicted):", "",
@@ -87,9 +89,11 @@ def plot_confusion(matrices: list[tuple[str, dict]], field: str, out_png: Path) 
     fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 4), dpi=110, squeeze=False)
     for ax, (name, cm) in zip(axes[0], matrices):
         ax.imshow(cm["counts"], cmap="Blues")
+        top = max(max(row) for row in cm["counts"])
         for i, row in enumerate(cm["counts"]):
             for j, count in enumerate(row):
-                ax.text(j, i, str(count), ha="center", va="center", fontsize=8)
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                        color="white" if count > top / 2 else "black")
         # Class names in scripts the chart's font may lack (CJK) become their numbers in the report's table.
         ticks = [c if c.isascii() else str(i + 1) for i, c in enumerate(cm["predicted"])]
         ax.set_xticks(range(len(ticks)), ticks, fontsize=7, rotation=45, ha="right")
