@@ -25,15 +25,9 @@ def xtk(*args, **kwargs):
 
 def test_train_then_merge_for_real(tmp_path):
     run = tmp_path / "run"
-    token = "ms-hubtoken-0123456789"  # ms-swift records its arguments in args.json and prints them
     res = xtk("train", str(RECIPE), "--profile", "cpu", "--run-dir", str(run), *TINY,
-              "train.max_steps=8", "train.save_steps=4", "train.eval_steps=4",
-              f"train.extra_args=[--hub_token,{token}]")
+              "train.max_steps=8", "train.save_steps=4", "train.eval_steps=4")
     assert res.returncode == 0, res.stderr[-3000:]
-    written = [p for p in run.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".log")]
-    assert any(p.name == "args.json" for p in written) and any(p.name == "train.log" for p in written)
-    assert not [p for p in written if token in p.read_text(errors="replace")]
-    assert token not in res.stdout + res.stderr
     rows = read_log(run / "train")
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 8 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # it learned
@@ -47,8 +41,7 @@ def test_train_then_merge_for_real(tmp_path):
     assert train["train_rows_seen_by_swift"] == stats["train"] == 22  # no row silently dropped
 
     res = xtk("merge", str(RECIPE), "--profile", "cpu", "--run-dir", str(run), *TINY,
-              "train.max_steps=8", "train.save_steps=4", "train.eval_steps=4",
-              f"train.extra_args=[--hub_token,{token}]")
+              "train.max_steps=8", "train.save_steps=4", "train.eval_steps=4")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "moved" not in res.stderr  # merged what was trained, under the same settings
     merged = run / "merged"

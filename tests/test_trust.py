@@ -328,6 +328,19 @@ def test_children_get_the_hub_tokens_they_need_and_logs_show_none(tmp_path, monk
     assert child_env()["TOKENIZERS_PARALLELISM"] == "false" and "DASHSCOPE_API_KEY" not in child_env()
 
 
+def test_args_json_written_by_ms_swift_is_scrubbed_of_secret_arguments(tmp_path):
+    """ms-swift writes every argument it was given into args.json (a --hub_token makes it log in to the hub,
+    which this machine cannot reach, so the file is written here as ms-swift writes it)."""
+    from toolkit.secrets import scrub_files, secret_arg_values
+
+    argv = ["swift", "sft", "--model", "m", "--hub_token", "ms-hubtoken-123456"]
+    args = tmp_path / "v0" / "args.json"
+    args.parent.mkdir()
+    args.write_text(json.dumps({"model": "m", "hub_token": "ms-hubtoken-123456", "lora_rank": 8}, indent=2))
+    scrub_files(tmp_path.rglob("args.json"), secret_arg_values(argv))
+    assert json.loads(args.read_text()) == {"model": "m", "hub_token": "***", "lora_rank": 8}
+
+
 def test_secret_extra_args_never_reach_the_manifest(tmp_path, monkeypatch):
     from toolkit.pipeline import open_run
 
