@@ -11,6 +11,17 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "logistics_zh.yaml"
 
 
+@pytest.fixture(autouse=True)
+def _restore_environ():
+    """ms-swift's and vLLM's Python code writes os.environ as it parses arguments or imports
+    (TENSORBOARD_LOGGING_DIR, LOCAL_WORLD_SIZE, LD_PRELOAD, ...): undone after each test, or every later
+    test's subprocess would inherit them (a leaked TENSORBOARD_LOGGING_DIR sent `swift sft`'s logs elsewhere)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     """The embedded student as an HF folder (pulled once per machine, then cached)."""
