@@ -146,18 +146,19 @@ def stage_merge(ctx: Context) -> list[Path]:
     from toolkit.models import MARKER
     from toolkit.train import run_merge, trained_checkpoint
 
-    ckpt = trained_checkpoint(ctx.train_dir, current_train_key(ctx)) if (ctx.data_dir / "train.jsonl").is_file() \
-        else None
+    key = current_train_key(ctx) if (ctx.data_dir / "train.jsonl").is_file() else None
+    ckpt = trained_checkpoint(ctx.train_dir, key) if key else None
     if ckpt is None:  # nothing trained under these settings yet
         stage_train(ctx)
-        ckpt = trained_checkpoint(ctx.train_dir, current_train_key(ctx))
+        key = current_train_key(ctx)
+        ckpt = trained_checkpoint(ctx.train_dir, key)
     argv = run_merge(ckpt, ctx.merged_dir, ctx.run_dir / "merge.log")
     student = ctx.student()
     # What ms-swift and xtk need to serve it again: type and template survive the merge here; the training key
     # says which training it is, so no evaluation or report takes an older model for it.
     (ctx.merged_dir / MARKER).write_text(json.dumps(
         {"name": f"{ctx.recipe.name} student", "base": student.ref, "checkpoint": str(ckpt),
-         "train_key": current_train_key(ctx), "model_type": student.model_type, "template": student.template},
+         "train_key": key, "model_type": student.model_type, "template": student.template},
         indent=2) + "\n")
     ctx.manifest.record("merge", argv=argv)
     console.print(f"merge: {ctx.merged_dir}")

@@ -190,10 +190,12 @@ def train_key(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: 
 
 def trained_checkpoint(output_dir: Path, key: str) -> Path | None:
     """The finished checkpoint in output_dir if it was trained under `key`, else None."""
+    return finished_checkpoint(output_dir) if _trained_under(output_dir, key) else None
+
+
+def _trained_under(output_dir: Path, key: str) -> bool:
     owner = output_dir / OWNER
-    if not owner.is_file() or json.loads(owner.read_text()).get("key") != key:
-        return None
-    return finished_checkpoint(output_dir)
+    return owner.is_file() and json.loads(owner.read_text()).get("key") == key
 
 
 def _move_aside(output_dir: Path) -> Path:
@@ -246,8 +248,7 @@ def run_train(recipe: Recipe, model: ResolvedModel, data_dir: Path, output_dir: 
     key = train_key(recipe, model, train_file, val_file if has_val else None)
     with training_lock(output_dir):
         aside = None
-        owner = output_dir / OWNER
-        same = owner.is_file() and json.loads(owner.read_text()).get("key") == key
+        same = _trained_under(output_dir, key)
         if output_dir.is_dir() and any(output_dir.iterdir()) and (fresh or not same):
             aside = _move_aside(output_dir)
             why = "a re-train was asked for" if same else "it was trained with other settings or data"
@@ -259,7 +260,7 @@ def run_train(recipe: Recipe, model: ResolvedModel, data_dir: Path, output_dir: 
         argv = sft_argv(recipe, model, train_file.resolve(), val_file.resolve() if has_val else None,
                         output_dir.resolve(), resume.resolve() if resume else None)
         output_dir.mkdir(parents=True, exist_ok=True)
-        owner.write_text(json.dumps({"key": key, "argv": redact_argv(argv)}, indent=2, ensure_ascii=False) + "\n")
+        (output_dir / OWNER).write_text(json.dumps({"key": key, "argv": redact_argv(argv)}, indent=2, ensure_ascii=False) + "\n")
         log_path = output_dir / "train.log"
         try:
             with Bar("swift sft") as bar:
