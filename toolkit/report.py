@@ -148,8 +148,9 @@ def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, lo
     from toolkit.errors import StageError
 
     found = collect(run_dir / "eval")
-    left_out = [(name, why) for name, m in found if (why := stale(m))]
-    results = [(name, m) for name, m in found if not stale(m)]
+    why_stale = {name: stale(m) for name, m in found}
+    left_out = [(name, why) for name, why in why_stale.items() if why]
+    results = [(name, m) for name, m in found if not why_stale[name]]
     if not results:
         raise StageError(f"no current evaluations under {run_dir / 'eval'}: run `xtk eval` or `xtk run` first"
                          + "".join(f"\n  {name}: {why}" for name, why in left_out))
