@@ -1,0 +1,113 @@
+"""A recipe's `cpu` profile on the embedded SmolLM2 student, end to end, as one results file (long: ~1 h).
+
+    .venv/bin/python benchmarks/recipe_cpu.py RECIPE [key=value ...]
+
+Runs `xtk run recipes/RECIPE.yaml --profile cpu` into runs/RECIPE/bench_cpu (resumable: run it again after an
+interruption; finished stages are reused only under the same settings), then writes
+benchmarks/results/RECIPE_cpu.json whole: every evaluation's figures by the recipe's field types (exact match,
+per-field accuracy, entity P/R/F1, macro-F1, all with 95% intervals), records/s, minutes per stage, the goal
+"the fine-tuned student beats the baseline on every test set", and where the figures come from. The report
+and its charts are copied to benchmarks/results/RECIPE_cpu/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import ROOT, provenance  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results"
+
+
+def value(m: dict) -> float:
+    return round(m["value"], 4)
+
+
+def figures(m: dict) -> dict:
+    """One evaluation's headline figures, each with its interval."""
+    out = {"n": m["n"], "exact_match": value(m["exact_match"]), "exact_match_ci95": m["exact_match"]["ci95"],
+           "json_parse_rate": value(m["json_parse_rate"]),
+           "fields": {f: value(v) for f, v in m["fields"].items()}, "records_per_s": m.get("records_per_s")}
+    if "entities" in m:
+        out["entities"] = {f: {k: [value(s), s["ci95"]] for k, s in prf.items()} for f, prf in m["entities"].items()}
+    if "enums" in m:
+        out["macro_f1"] = {f: [value(e["macro_f1"]), e["macro_f1"]["ci95"]] for f, e in m["enums"].items()}
+        out["confusion"] = {f: e["confusion"] for f, e in m["enums"].items()}
+    return out
+
+
+def headline(m: dict) -> float:
+    """The figure a recipe is judged by: entity F1 for entity lists, else macro-F1 of one class field, else
+    whole-record exact match."""
+    if "entities" in m:
+        return m["entities"]["overall"]["f1"][0]
+    if len(m.get("macro_f1", {})) == 1:
+        return next(iter(m["macro_f1"].values()))[0]
+    return m["exact_match"]
+
+
+def minutes(stage: dict) -> float | None:
+    if "started" not in stage or "finished" not in stage:
+        return None
+    t0, t1 = (datetime.fromisoformat(stage[k]) for k in ("started", "finished"))
+    return round((t1 - t0).total_seconds() / 60, 1)
+
+
+def run(recipe: str, overrides: list[str], run_dir: Path) -> dict:
+    """Run (or resume) the recipe's cpu profile and gather its figures."""
+    subprocess.run([sys.executable, "-m", "toolkit", "run", str(ROOT / "recipes" / f"{recipe}.yaml"),
+                    "--profile", "cpu", "--run-dir", str(run_dir), *overrides], cwd=ROOT, check=True)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    metrics = {p.parent.name: figures(json.loads(p.read_text()))
+               for p in sorted((run_dir / "eval").glob("*/metrics.json"))}
+    stages = manifest["stages"]
+    tests = sorted({name.split("-", 1)[1] for name in metrics})
+    goals = {f"student beats the baseline on {test}": None if f"student-{test}" not in metrics
+             else headline(metrics[f"student-{test}"]) > headline(metrics[f"rules-{test}"])
+             for test in tests if f"rules-{test}" in metrics}
+    return {
+        **provenance(),
+        "recipe": recipe,
+        "profile": "cpu",
+        "overrides": overrides,
+        "train_records": stages.get("prepare", {}).get("stats", {}).get("train"),
+        "stage_minutes": {name: minutes(s) for name, s in stages.items()},
+        "total_minutes": round(sum(m for m in (minutes(s) for s in stages.values()) if m), 1),
+        "skipped": {name: s["skipped"] for name, s in stages.items() if s.get("skipped")},
+        "fit": stages.get("train", {}).get("diagnosis"),
+        "headline": {name: headline(m) for name, m in metrics.items()},
+        "evaluations": metrics,
+        "goals": goals,
+        "versions": manifest.get("versions"),
+    }
+
+
+def save(name: str, result: dict, run_dir: Path) -> None:
+    """The results file, written whole, and copies of the report and its charts."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}.json").write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+    copies = OUT / name
+    copies.mkdir(exist_ok=True)
+    for chart in [run_dir / "report.md", *run_dir.glob("*.png")]:
+        if chart.is_file():
+            shutil.copy(chart, copies / chart.name)
+    print(json.dumps({k: result[k] for k in ("recipe", "train_records", "headline", "goals", "total_minutes")},
+                     ensure_ascii=False, indent=2))
+
+
+def main() -> None:
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    recipe, overrides = sys.argv[1], sys.argv[2:]
+    run_dir = ROOT / "runs" / recipe / "bench_cpu"
+    save(f"{recipe}_cpu", run(recipe, overrides, run_dir), run_dir)
+
+
+if __name__ == "__main__":
+    main()
