@@ -46,7 +46,7 @@ def test_run_makes_every_artifact_then_skips_and_resumes_precisely(tmp_path, smo
             m = json.loads((run / "eval" / f"{who}-{test}" / "metrics.json").read_text())
             assert m["n"] == 3
     report = (run / "report.md").read_text()
-    assert "generator gold labels" in report and "rule baseline" in report and "loss.png" in report
+    assert "generator gold labels" in report and "(baseline, no model)" in report and "loss.png" in report
 
     res = xtk_run(run)
     assert res.stderr.count("complete, skipped") == 9 and not ran(res)

@@ -130,7 +130,7 @@ def test_the_report_leaves_out_evaluations_of_another_model(tmp_path):
             run_stage(ctx, "report")
     with open_run(recipe, tmp_path) as ctx:
         report = run_stage(ctx, "report")[0].read_text()
-    assert "rules-test (rule baseline)" in report
+    assert "rules-test (baseline, no model)" in report
 
 
 # --- 2. run identity ------------------------------------------------------------------------------------

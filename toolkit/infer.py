@@ -200,26 +200,46 @@ class OpenAIBackend(Backend):
 class RulesBackend(Backend):
     name = "rules"
 
-    def __init__(self, recipe: Recipe):
+    def __init__(self, recipe: Recipe, train: Path | None = None):
         from toolkit.recipe import load_ref
 
         if recipe.baseline is None:
             raise StageError(f"recipe {recipe.name!r} names no rule baseline (the recipe key baseline)")
         self.answer = load_ref(recipe.baseline, "baseline")
+        if getattr(self.answer, "trained", False):  # a classical model: it learns from the training split first
+            self.answer = self.answer(recipe, training_examples(recipe, train))
 
     def generate(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
         return [Generation(self.answer(next(m["content"] for m in reversed(msgs) if m["role"] == "user")))
                 for msgs in batch]
 
 
+def training_examples(recipe: Recipe, train: Path | None) -> list[tuple[str, dict]]:
+    """(text, gold record) pairs of a run's prepared training split, for a baseline that learns."""
+    import json
+
+    from toolkit.jsonl import read_jsonl
+
+    if train is None or not train.is_file():
+        raise StageError(f"the baseline {recipe.baseline} learns from the training split, and there is none yet "
+                         f"({train or 'no run folder'}): run `xtk prepare` first")
+    pairs = []
+    for row in read_jsonl(train):
+        turns = {m["role"]: m["content"] for m in row["messages"]}
+        pairs.append((turns["user"], json.loads(turns["assistant"])))
+    return pairs
+
+
 def make_backend(recipe: Recipe, backend: str, model: str, *, base_url: str | None = None,
-                 api_key_env: str | None = None, guided_json: bool = False, cache: Path | None = None) -> Backend:
-    """Build the backend that will serve `model` ('rules' needs none); `cache` journals an endpoint's answers."""
+                 api_key_env: str | None = None, guided_json: bool = False, cache: Path | None = None,
+                 train: Path | None = None) -> Backend:
+    """Build the backend that will serve `model` ('rules' needs none); `cache` journals an endpoint's answers;
+    `train` is the run's training split, for a baseline that learns from it."""
     from toolkit.models import resolve_model
 
     backend = pick_backend(backend)
     if backend == "rules":
-        return RulesBackend(recipe)
+        return RulesBackend(recipe, train)
     if backend == "openai":
         if not base_url:
             raise StageError("the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1)")

@@ -197,8 +197,19 @@ def role(ctx: Context, who: str) -> Role:
     if who == "teacher":
         return Role("teacher", t.model, "teacher", "openai", t.base_url, t.api_key_env, False, e.limit)
     if who == "rules":
-        return Role("rules", "rules", "student", "rules", limit=e.limit)
+        return Role("rules", r.baseline or "rules", "student", "rules", limit=e.limit)
     raise StageError(f"no role {who!r}; roles: {', '.join(ROLES)}")
+
+
+def rules_identity(ctx: Context) -> dict:
+    """The baseline, and for one that learns, the training split it learnt from."""
+    from toolkit.manifest import file_digest
+    from toolkit.recipe import load_ref
+
+    ref, train = ctx.recipe.baseline, ctx.data_dir / "train.jsonl"
+    if ref and getattr(load_ref(ref, "baseline"), "trained", False) and train.is_file():
+        return {"rules": ref, "train_data": file_digest(train)}
+    return {"rules": ref}
 
 
 def identity(ctx: Context, r: Role) -> dict:
@@ -207,7 +218,7 @@ def identity(ctx: Context, r: Role) -> dict:
     model = {"base": {"student": s.model, "model_type": s.model_type, "template": s.template},
              "student": {"train_key": merged_key(ctx)},
              "teacher": {"base_url": r.base_url, "model": r.model},
-             "rules": {"rules": ctx.recipe.baseline}}.get(r.who) or {"model": r.model, "base_url": r.base_url}
+             "rules": rules_identity(ctx)}.get(r.who) or {"model": r.model, "base_url": r.base_url}
     return {**model, "prompt": r.prompt, "backend": r.backend if r.who not in ROLES else None,
             "eval_config": config_digest(ctx.recipe, EVAL_CONFIG)}
 
@@ -224,7 +235,8 @@ def evaluate_model(ctx: Context, r: Role, tests: list[str] | None = None) -> lis
     guided = recipe.eval.guided_json if r.guided_json is None else r.guided_json
     start = time.perf_counter()
     engine = make_backend(recipe, r.backend, r.model, base_url=r.base_url, api_key_env=r.api_key_env,
-                          guided_json=guided, cache=ctx.run_dir / "cache" / "endpoint-answers.jsonl")
+                          guided_json=guided, cache=ctx.run_dir / "cache" / "endpoint-answers.jsonl",
+                          train=ctx.data_dir / "train.jsonl")
     load = time.perf_counter() - start
     outputs = []
     try:
@@ -309,7 +321,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", stage_train, ("prepare",), ("student", "train")),
     Stage("merge", stage_merge, ("train",), ()),
     Stage("eval_student", stage_eval_student, ("merge",), EVAL_CONFIG),
-    Stage("eval_rules", stage_eval_rules, (), EVAL_CONFIG + ("baseline",)),
+    Stage("eval_rules", stage_eval_rules, ("prepare",), EVAL_CONFIG + ("baseline",)),
     Stage("eval_teacher", stage_eval_teacher, (), EVAL_CONFIG + ("teacher",)),
     Stage("report", stage_report, ("eval_base", "train", "eval_student", "eval_rules", "eval_teacher"), ()),
 )

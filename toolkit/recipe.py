@@ -203,7 +203,8 @@ class Recipe(_Strict):
     student: StudentSpec
     train: TrainSpec
     eval: EvalSpec = Field(default_factory=EvalSpec)
-    # The rule baseline: a function text -> the answer's JSON text, evaluated as `rules`; none: not evaluated.
+    # The baseline, evaluated as `rules`: a function text -> the answer's JSON text, or a @trained one that first
+    # learns from the run's training split (toolkit/classical.py); none: not evaluated.
     baseline: CodeRef | None = None
     # Set by `load_recipe`: where relative paths in the recipe are resolved from, and what was applied.
     root: Path = Path(".")

@@ -14,7 +14,7 @@ from toolkit.recipe import Recipe
 # Row order in the table: the story of the tutorial, then anything else by name.
 ORDER = ("base", "student", "teacher", "rules")
 DESCRIBE = {"base": "base student, detailed prompt", "student": "fine-tuned student, short prompt",
-            "teacher": "teacher", "rules": "rule baseline"}
+            "teacher": "teacher", "rules": "baseline, no model"}
 
 
 def collect(eval_dir: Path) -> list[tuple[str, dict]]:
