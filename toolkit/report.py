@@ -12,8 +12,9 @@ from toolkit.jsonl import read_jsonl
 from toolkit.recipe import Recipe
 
 # Row order in the table: the story of the tutorial, then anything else by name.
-ORDER = ("base", "student", "teacher", "rules")
-DESCRIBE = {"base": "base student, detailed prompt", "student": "fine-tuned student, short prompt",
+ORDER = ("base", "likelihood", "student", "teacher", "rules")
+DESCRIBE = {"base": "base student, detailed prompt",
+            "likelihood": "base student, detailed prompt, the likeliest allowed answer", "student": "fine-tuned student, short prompt",
             "teacher": "teacher", "rules": "baseline, no model"}
 
 
