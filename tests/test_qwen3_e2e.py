@@ -315,5 +315,5 @@ def test_the_report_rows_are_the_base_fine_tuned_and_rule_evaluations(run):
     assert rows == ["base-test (base student, detailed prompt)", "base-test_unseen (base student, detailed prompt)",
                     "student-test (fine-tuned student, short prompt)",
                     "student-test_unseen (fine-tuned student, short prompt)",
-                    "rules-test (rule baseline)", "rules-test_unseen (rule baseline)"]
+                    "rules-test (baseline, no model)", "rules-test_unseen (baseline, no model)"]
     assert (run_dir / "accuracy.png").is_file() and (run_dir / "loss.png").is_file()
