@@ -1,6 +1,8 @@
 """Zero-shot classification by option likelihood: instead of letting a small model write free text (which it
 often does not shape into JSON), score every allowed answer's log-probability after the prompt and pick the
-best. The answer scored for choice c of field f is what a model is trained to answer: {"f": "c"}."""
+best. The answer scored for choice c of field f is what a model is trained to answer: json.dumps({f: c}).
+Several enum fields are scored each on its own and joined into one record; a recipe with any other field type
+is refused. A model folder without a chat template (a base model) reads the turns as plain text instead."""
 
 from __future__ import annotations
 
@@ -13,12 +15,15 @@ from toolkit.recipe import Recipe
 
 def choice_logprobs(model, tokenizer, prompts: list[str], continuations: list[str], batch_size: int = 8) -> list[float]:
     """log P(continuation | prompt) for each pair: the sum over the continuation's tokens (a sum, not a mean:
-    the probability of the whole answer, so a choice gains nothing from being tokenised into more pieces).
-    Prompt and continuation are tokenised apart and joined, so a choice is the same tokens whatever precedes it."""
+    the probability of the whole answer; a mean would favour a choice split into many likely pieces).
+    Prompt and continuation are tokenised apart and joined, so a choice is the same tokens whatever precedes it
+    (tokenised together, a boundary merge could score one choice on other tokens than its rivals)."""
     import torch
 
     pairs = [(tokenizer(p, add_special_tokens=False)["input_ids"], tokenizer(c, add_special_tokens=False)["input_ids"])
              for p, c in zip(prompts, continuations)]
+    if any(not p for p, _ in pairs):
+        raise ValueError("an empty prompt: its continuation's first token has no position to be predicted from")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     scores = []
     for start in range(0, len(pairs), batch_size):
@@ -26,19 +31,25 @@ def choice_logprobs(model, tokenizer, prompts: list[str], continuations: list[st
         width = max(len(p) + len(c) for p, c in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, (p, c) in enumerate(chunk):  # right padding: positions of real tokens are as unbatched
+        for row, (p, c) in enumerate(chunk):  # right padding: real tokens sit at the positions they have unbatched
             ids[row, :len(p) + len(c)] = torch.tensor(p + c)
             mask[row, :len(p) + len(c)] = 1
+        # Only positions from the earliest one that predicts a continuation token: the prompt's logits would be
+        # batch x prompt length x vocabulary floats (GBs for a 150k vocabulary), all unused.
+        first = min(len(p) for p, _ in chunk) - 1
         with torch.inference_mode():
-            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=width - first).logits
         for row, (p, c) in enumerate(chunk):
-            # token t is predicted at position t - 1
-            at = torch.arange(len(p) - 1, len(p) + len(c) - 1)
-            scores.append(logp[row, at, torch.tensor(c)].sum().item())
+            at = torch.arange(len(p) - 1, len(p) + len(c) - 1) - first  # token t is predicted at position t - 1
+            logp = torch.log_softmax(logits[row, at].float(), dim=-1)
+            scores.append(logp.gather(1, torch.tensor(c)[:, None]).sum().item())
     return scores
 
 
 class LikelihoodBackend(Backend):
+    """`generate` answers each chat with the likeliest allowed record as JSON; max_tokens is not used (nothing is
+    generated) and completion_tokens is 0."""
+
     name = "likelihood"
 
     def __init__(self, recipe: Recipe, model: str, thinking_off: bool = False, batch_size: int = 8):
@@ -47,8 +58,10 @@ class LikelihoodBackend(Backend):
             raise StageError(f"option likelihood chooses among classes: {', '.join(others)} is not an enum field")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype="float32").eval()
+        trust = recipe.student.trust_remote_code
+        self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust)
+        # float32: no native bf16 on the CPUs this runs on (as vllm_kwargs)
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype="float32", trust_remote_code=trust).eval()
         self.options = {f.name: recipe.choices(f.name) for f in recipe.fields}
         self.template_kwargs = {"enable_thinking": False} if thinking_off else {}
         self.batch_size = batch_size
@@ -57,7 +70,7 @@ class LikelihoodBackend(Backend):
         if self.tokenizer.chat_template:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                                       **self.template_kwargs)
-        # a base model without a chat template: the turns as plain text, the answer to follow
+        # A base model without a chat template: the turns' text ("system\n\nuser\n\n"), the answer to follow.
         return "\n\n".join(m["content"] for m in messages) + "\n\n"
 
     def generate(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
