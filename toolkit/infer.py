@@ -6,6 +6,7 @@
 - rules: the recipe's baseline (rules, or a classical model learnt from the training split), which reads the
   user turn and answers JSON.
 - likelihood: zero-shot classification, each allowed answer scored by its log-probability (enum fields only).
+- head: a classification head trained by ms-swift (`--task_type seq_cls`), its class as JSON (one enum field).
 Greedy decoding throughout; optional JSON-schema guided decoding on vLLM.
 """
 
@@ -264,5 +265,9 @@ def make_backend(recipe: Recipe, backend: str, model: str, *, base_url: str | No
         from toolkit.likelihood import LikelihoodBackend
 
         return LikelihoodBackend(recipe, resolved.ref, thinking_off)
+    if backend == "head":
+        from toolkit.seqcls import HeadBackend
+
+        return HeadBackend(recipe, resolved.ref, resolved.model_type, resolved.template, recipe.eval.batch_size)
     return TransformersBackend(resolved.ref, resolved.model_type, resolved.template,
                                recipe.eval.batch_size, thinking_off)

@@ -26,6 +26,7 @@ class Context:
     manifest: Manifest
     labelled: Path | None = None  # `xtk prepare --labelled FILE`: records from elsewhere than the data stage
     fresh_train: bool = False  # `xtk run --from train` (or earlier): train afresh, even under the same settings
+    fresh_head: bool = False  # the same for the classification head
 
     @property
     def data_dir(self) -> Path:
@@ -38,6 +39,11 @@ class Context:
     @property
     def merged_dir(self) -> Path:
         return self.run_dir / "merged"
+
+    @property
+    def head_dir(self) -> Path:
+        """The classification head's data/, train/ and merged/."""
+        return self.run_dir / "head"
 
     def student(self):
         from toolkit.models import resolve_model
@@ -165,9 +171,57 @@ def stage_merge(ctx: Context) -> list[Path]:
     return [ctx.merged_dir]
 
 
+def current_head_key(ctx: Context) -> str:
+    from toolkit.seqcls import head_labels
+    from toolkit.train import train_key
+
+    data, labels = ctx.head_dir / "data", head_labels(ctx.recipe)[1]
+    val = data / "val.jsonl"
+    return train_key(ctx.recipe, ctx.student(), data / "train.jsonl",
+                     val if val.is_file() and val.stat().st_size > 0 else None, len(labels))
+
+
+def head_key(ctx: Context) -> str | None:
+    """The training key of the head in head/merged/, or None when there is none."""
+    from toolkit.models import MARKER
+
+    marker = ctx.head_dir / "merged" / MARKER
+    return json.loads(marker.read_text()).get("train_key") if marker.is_file() else None
+
+
+def stage_train_head(ctx: Context) -> list[Path]:
+    """The classification head (recipe.classification_head): seq_cls rows from the prepared split, `swift sft
+    --task_type seq_cls` with the student's training settings, merged into head/merged/."""
+    from toolkit.losschart import plot_loss
+    from toolkit.models import MARKER
+    from toolkit.seqcls import head_labels, write_head_data
+    from toolkit.train import read_log, run_merge, run_train
+
+    if not ctx.recipe.classification_head:
+        return skip(ctx, "train_head", "the recipe asks for no classification head")
+    if not (ctx.data_dir / "train.jsonl").is_file():
+        stage_prepare(ctx)
+    data, train, merged = ctx.head_dir / "data", ctx.head_dir / "train", ctx.head_dir / "merged"
+    write_head_data(ctx.recipe, ctx.data_dir, data)
+    labels = head_labels(ctx.recipe)[1]
+    result = run_train(ctx.recipe, ctx.student(), data, train, fresh=ctx.fresh_head, num_labels=len(labels))
+    ctx.fresh_head = False
+    verdict = plot_loss(read_log(train), ctx.run_dir / "loss-head.png")
+    argv = run_merge(result.checkpoint, merged, ctx.head_dir / "merge.log")
+    student = ctx.student()
+    (merged / MARKER).write_text(json.dumps(
+        {"name": f"{ctx.recipe.name} classification head", "base": student.ref, "checkpoint": str(result.checkpoint),
+         "train_key": result.key, "model_type": student.model_type, "template": student.template,
+         "labels": labels}, indent=2, ensure_ascii=False) + "\n")
+    ctx.manifest.record("train_head", checkpoint=str(result.checkpoint), key=result.key, diagnosis=verdict,
+                        argv=result.argv or None, merge_argv=argv)
+    console.print(f"train_head: {merged}\n  {verdict}")
+    return [merged, ctx.run_dir / "loss-head.png"]
+
+
 # --- evaluation roles: what base, student, teacher and rules mean, decided here only -----------------------
 
-ROLES = ("base", "likelihood", "student", "teacher", "rules")
+ROLES = ("base", "likelihood", "student", "head", "teacher", "rules")
 
 
 @dataclass(frozen=True)
@@ -196,6 +250,8 @@ def role(ctx: Context, who: str) -> Role:
         return Role("likelihood", r.student.model, "base", "likelihood", limit=e.limit)
     if who == "student":
         return Role("student", str(ctx.merged_dir), "student", e.backend, limit=e.limit)
+    if who == "head":  # reads the text alone; the prompt is not shown to it
+        return Role("head", str(ctx.head_dir / "merged"), "student", "head", limit=e.limit)
     if who == "teacher":
         return Role("teacher", t.model, "teacher", "openai", t.base_url, t.api_key_env, False, e.limit)
     if who == "rules":
@@ -219,6 +275,7 @@ def identity(ctx: Context, r: Role) -> dict:
     s = ctx.recipe.student
     base = {"student": s.model, "model_type": s.model_type, "template": s.template}
     model = {"base": base, "likelihood": base, "student": {"train_key": merged_key(ctx)},
+             "head": {"train_key": head_key(ctx)},
              "teacher": {"base_url": r.base_url, "model": r.model},
              "rules": rules_identity(ctx)}.get(r.who) or {"model": r.model, "base_url": r.base_url}
     return {**model, "prompt": r.prompt, "backend": r.backend if r.who not in ROLES else None,
@@ -270,6 +327,14 @@ def stage_eval_student(ctx: Context) -> list[Path]:
     if not (ctx.merged_dir / "config.json").is_file() or merged_key(ctx) != current_train_key(ctx):
         stage_merge(ctx)
     return evaluate_model(ctx, role(ctx, "student"))
+
+
+def stage_eval_head(ctx: Context) -> list[Path]:
+    if not ctx.recipe.classification_head:
+        return skip(ctx, "eval_head", "the recipe asks for no classification head")
+    if head_key(ctx) is None or head_key(ctx) != current_head_key(ctx):
+        stage_train_head(ctx)
+    return evaluate_model(ctx, role(ctx, "head"))
 
 
 def skip(ctx: Context, stage: str, why: str) -> list[Path]:
@@ -330,9 +395,12 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", stage_train, ("prepare",), ("student", "train")),
     Stage("merge", stage_merge, ("train",), ()),
     Stage("eval_student", stage_eval_student, ("merge",), EVAL_CONFIG),
+    Stage("train_head", stage_train_head, ("prepare",), ("student", "train", "classification_head")),
+    Stage("eval_head", stage_eval_head, ("train_head",), EVAL_CONFIG),
     Stage("eval_rules", stage_eval_rules, ("prepare",), EVAL_CONFIG + ("baseline",)),
     Stage("eval_teacher", stage_eval_teacher, (), EVAL_CONFIG + ("teacher",)),
-    Stage("report", stage_report, ("eval_base", "eval_likelihood", "train", "eval_student", "eval_rules", "eval_teacher"), ()),
+    Stage("report", stage_report, ("eval_base", "eval_likelihood", "train", "eval_student", "train_head",
+                                   "eval_head", "eval_rules", "eval_teacher"), ()),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -370,7 +438,7 @@ def run_all(ctx: Context, from_stage: str | None = None, only: str | None = None
         run_stage(ctx, only)
         return [only]
     forced = set(STAGE_NAMES[STAGE_NAMES.index(from_stage):]) if from_stage else set()
-    ctx.fresh_train = "train" in forced
+    ctx.fresh_train, ctx.fresh_head = "train" in forced, "train_head" in forced
     ran: list[str] = []
     for stage in STAGES:
         entry = ctx.manifest.data["stages"].get(stage.name, {})

@@ -206,6 +206,10 @@ class Recipe(_Strict):
     # The baseline, evaluated as `rules`: a function text -> the answer's JSON text, or a @trained one that first
     # learns from the run's training split (toolkit/classical.py); none: not evaluated.
     baseline: CodeRef | None = None
+    # Also train a linear classification head with ms-swift itself (`swift sft --task_type seq_cls`) and
+    # evaluate it as `head` (toolkit/seqcls.py): the encoder-style alternative to a generative student. One enum
+    # field only: its choices are the head's labels.
+    classification_head: bool = False
     # Set by `load_recipe`: where relative paths in the recipe are resolved from, and what was applied.
     root: Path = Path(".")
     profile: str | None = None
@@ -219,6 +223,13 @@ class Recipe(_Strict):
         if len(set(names)) != len(names) or not names:
             raise ValueError(f"field names must be unique and non-empty, got {names}")
         return fields
+
+    @model_validator(mode="after")
+    def _head_has_one_enum(self) -> Recipe:
+        if self.classification_head and [f.type for f in self.fields] != ["enum"]:
+            raise ValueError("classification_head needs exactly one field, of type enum (its choices are the "
+                             f"head's labels); this recipe has {[f'{f.name}: {f.type}' for f in self.fields]}")
+        return self
 
     @property
     def field_names(self) -> list[str]:

@@ -12,9 +12,10 @@ from toolkit.jsonl import read_jsonl
 from toolkit.recipe import Recipe
 
 # Row order in the table: the story of the tutorial, then anything else by name.
-ORDER = ("base", "likelihood", "student", "teacher", "rules")
+ORDER = ("base", "likelihood", "student", "head", "teacher", "rules")
 DESCRIBE = {"base": "base student, detailed prompt",
             "likelihood": "base student, detailed prompt, the likeliest allowed answer", "student": "fine-tuned student, short prompt",
+            "head": "fine-tuned classification head, the text alone",
             "teacher": "teacher", "rules": "baseline, no model"}
 
 

@@ -28,8 +28,9 @@ def _flag(value) -> str:
 
 
 def sft_argv(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: Path | None, output_dir: Path,
-             resume_from: Path | None = None) -> list[str]:
-    """The `swift sft` command line (ms-swift 4.x names) for a recipe."""
+             resume_from: Path | None = None, num_labels: int | None = None) -> list[str]:
+    """The `swift sft` command line (ms-swift 4.x names) for a recipe; with num_labels, a classification head
+    (`--task_type seq_cls`) on rows of a user turn and a label index (toolkit/seqcls.py)."""
     t = recipe.train
     opts: dict[str, object] = {"model": model.ref}
     if model.model_type:
@@ -38,6 +39,8 @@ def sft_argv(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: P
         opts["template"] = model.template
     if (model.model_type or "").startswith("qwen3"):
         opts["enable_thinking"] = False  # hybrid-thinking students train on answers with thinking off
+    if num_labels is not None:
+        opts.update(task_type="seq_cls", num_labels=num_labels, problem_type="single_label_classification")
     opts.update(dataset=train_file, split_dataset_ratio=0)
     if val_file is not None:
         opts["val_dataset"] = val_file
@@ -175,14 +178,16 @@ def training_lock(output_dir: Path) -> Iterator[None]:
 OWNER = "xtk-train.json"
 
 
-def train_key(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: Path | None) -> str:
+def train_key(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: Path | None,
+              num_labels: int | None = None) -> str:
     """What makes a trained adapter what it is: the whole `swift sft` command (model, type, template, every
     hyper-parameter), its environment and the bytes of the data. A folder trained under another key holds
     another model."""
     from toolkit.endpoint import request_key
     from toolkit.manifest import file_digest
 
-    argv = sft_argv(recipe, model, Path("TRAIN"), Path("VAL") if val_file else None, Path("OUT"))
+    argv = sft_argv(recipe, model, Path("TRAIN"), Path("VAL") if val_file else None, Path("OUT"),
+                    num_labels=num_labels)
     env = {k: v for k, v in sft_env(recipe).items() if k != "MASTER_PORT"}
     data = [file_digest(f) for f in (train_file, val_file) if f is not None]
     return request_key(argv, env, data)
@@ -233,19 +238,22 @@ class _ProgressFeed:
 
 
 def run_train(recipe: Recipe, model: ResolvedModel, data_dir: Path, output_dir: Path,
-              fresh: bool = False) -> TrainResult:
+              fresh: bool = False, num_labels: int | None = None) -> TrainResult:
     """Train into output_dir: skip when it holds a finished training of these very settings, resume an
-    unfinished one of them, and otherwise (other settings, or `fresh`) move the folder aside and start over."""
+    unfinished one of them, and otherwise (other settings, or `fresh`) move the folder aside and start over.
+    With num_labels, a classification head on data_dir's head rows (toolkit/seqcls.py)."""
     from toolkit.prepare import check_messages_file
+    from toolkit.seqcls import check_head_file
     from toolkit.runner import run_logged
     from toolkit.secrets import redact_argv, scrub_files, secret_arg_values
 
     train_file, val_file = data_dir / "train.jsonl", data_dir / "val.jsonl"
-    n_train = check_messages_file(recipe, train_file)
+    check = check_messages_file if num_labels is None else check_head_file
+    n_train = check(recipe, train_file)
     has_val = val_file.is_file() and val_file.stat().st_size > 0
     if has_val:
-        check_messages_file(recipe, val_file)
-    key = train_key(recipe, model, train_file, val_file if has_val else None)
+        check(recipe, val_file)
+    key = train_key(recipe, model, train_file, val_file if has_val else None, num_labels)
     with training_lock(output_dir):
         aside = None
         same = _trained_under(output_dir, key)
@@ -258,7 +266,7 @@ def run_train(recipe: Recipe, model: ResolvedModel, data_dir: Path, output_dir: 
             return TrainResult(done, [], None, None, key)
         resume = checkpoints(output_dir)[-1] if checkpoints(output_dir) else None
         argv = sft_argv(recipe, model, train_file.resolve(), val_file.resolve() if has_val else None,
-                        output_dir.resolve(), resume.resolve() if resume else None)
+                        output_dir.resolve(), resume.resolve() if resume else None, num_labels)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / OWNER).write_text(json.dumps({"key": key, "argv": redact_argv(argv)}, indent=2, ensure_ascii=False) + "\n")
         log_path = output_dir / "train.log"
