@@ -16,6 +16,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -61,8 +62,10 @@ def minutes(stage: dict) -> float | None:
 
 def run(recipe: str, overrides: list[str], run_dir: Path) -> dict:
     """Run (or resume) the recipe's cpu profile and gather its figures."""
+    start = time.monotonic()
     subprocess.run([sys.executable, "-m", "toolkit", "run", str(ROOT / "recipes" / f"{recipe}.yaml"),
                     "--profile", "cpu", "--run-dir", str(run_dir), *overrides], cwd=ROOT, check=True)
+    wall = round((time.monotonic() - start) / 60, 1)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     metrics = {p.parent.name: figures(json.loads(p.read_text()))
                for p in sorted((run_dir / "eval").glob("*/metrics.json"))}
@@ -79,8 +82,11 @@ def run(recipe: str, overrides: list[str], run_dir: Path) -> dict:
         "train_records": stages.get("prepare", {}).get("stats", {}).get("train"),
         "stage_minutes": {name: minutes(s) for name, s in stages.items()},
         "total_minutes": round(sum(m for m in (minutes(s) for s in stages.values()) if m), 1),
+        # `xtk run` as this invocation timed it, start-up included; after an interruption, only what it re-ran
+        "wall_minutes_this_invocation": wall,
         "skipped": {name: s["skipped"] for name, s in stages.items() if s.get("skipped")},
         "fit": stages.get("train", {}).get("diagnosis"),
+        "fit_head": stages.get("train_head", {}).get("diagnosis"),
         "headline": {name: headline(m) for name, m in metrics.items()},
         "evaluations": metrics,
         "goals": goals,
