@@ -144,3 +144,110 @@ def test_vllm_takes_the_recipes_gpu_memory_and_length_in_its_own_engine_argument
     with pytest.raises(Exception, match="max_model_len"):
         EngineArgs(**vllm_kwargs(gpu_recipe(qwen3_tiny, "eval.vllm.max_model_len=100000"), str(qwen3_tiny),
                                  cpu=False)).create_model_config()
+
+
+# --- scaling out: torchrun's nodes and rendezvous, DeepSpeed, vLLM tensor parallelism -------------------------
+
+def test_a_multi_node_run_hands_torchrun_the_recipes_nodes_rank_address_and_port(monkeypatch):
+    """Each node runs the same recipe with its own node_rank; ms-swift's launcher turns our environment into
+    torchrun's flags, and torchrun's own parser reads them."""
+    from swift.cli.main import get_torchrun_args
+    from torch.distributed.run import get_args_parser
+
+    from toolkit.train import sft_env
+
+    monkeypatch.setenv("MASTER_PORT", "31337")  # a port in the shell must not split the nodes: the recipe's wins
+    recipe = load_recipe(RECIPE, "cpu", ["train.nnodes=2", "train.node_rank=1", "train.master_addr=10.0.0.1"])
+    env = sft_env(recipe)
+    assert env == {"OMP_NUM_THREADS": "1", "NPROC_PER_NODE": "2", "NNODES": "2", "NODE_RANK": "1",
+                   "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
+    assert sft_env(load_recipe(RECIPE, "cpu", ["train.nnodes=2", "train.master_addr=10.0.0.1",
+                                               "train.master_port=29611"]))["MASTER_PORT"] == "29611"
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    torchrun = get_torchrun_args()
+    assert torchrun == ["--nproc_per_node", "2", "--master_port", "29500", "--nnodes", "2", "--node_rank", "1",
+                        "--master_addr", "10.0.0.1"]
+    parsed = get_args_parser().parse_args(torchrun + ["sft.py"])
+    assert (parsed.nproc_per_node, parsed.nnodes, parsed.node_rank, parsed.master_addr, parsed.master_port) == \
+        ("2", "2", 1, "10.0.0.1", 29500)
+
+
+def test_one_node_keeps_a_free_port_unless_the_recipe_names_one(monkeypatch):
+    from toolkit.train import sft_env
+
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    assert sft_env(load_recipe(RECIPE, "cpu", ["train.master_port=29611"])) == \
+        {"OMP_NUM_THREADS": "1", "NPROC_PER_NODE": "2", "MASTER_PORT": "29611"}
+    free = sft_env(load_recipe(RECIPE, "cpu"))["MASTER_PORT"]
+    assert free != "29500" and int(free) > 0
+    # one process on one node: no torchrun at all (ms-swift starts torchrun when NPROC_PER_NODE or NNODES is set)
+    assert sft_env(load_recipe(RECIPE, "cpu", ["train.nproc_per_node=1"])) == {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (["train.nnodes=2", "train.node_rank=2", "train.master_addr=10.0.0.1"],
+     "node_rank below nnodes (nodes count from 0), got node_rank 2 with nnodes 2"),
+    (["train.nnodes=2"], "master_addr (the address of node 0, which every node connects to) when nnodes is 2"),
+    (["train.node_rank=1"], "got node_rank 1 with nnodes 1"),
+    (["train.master_port=70000"], "key 'train.master_port' (from a command-line override): expected less than or "
+                                  "equal to 65535"),
+    (["train.deepspeed=zero4"], "zero0, zero1, zero2, zero3, zero2_offload, zero3_offload) or a DeepSpeed JSON "
+                                "file, got 'zero4'"),
+])
+def test_nodes_that_cannot_meet_are_a_recipe_error(overrides, says):
+    from toolkit.recipe import RecipeError
+
+    with pytest.raises(RecipeError) as err:
+        load_recipe(RECIPE, "cpu", overrides)
+    assert says in str(err.value) and str(RECIPE) in str(err.value)
+
+
+def test_deepspeed_json_file_reaches_ms_swift_which_reads_it(qwen3_tiny, data, tmp_path, monkeypatch):
+    from swift.arguments import sft_args
+
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto"}))
+    argv = argv_for(gpu_recipe(qwen3_tiny, f"train.deepspeed={config}"), data)
+    assert argv[argv.index("--deepspeed") + 1] == str(config)
+    args = swift_parse(argv_for(gpu_recipe(qwen3_tiny), data), monkeypatch)
+    monkeypatch.setattr(sft_args, "require_version", lambda *a, **k: None)  # DeepSpeed is not installed here
+    args.deepspeed = argv[argv.index("--deepspeed") + 1]
+    args._init_deepspeed()
+    assert args.deepspeed == {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto"}
+
+
+def test_every_node_trains_under_one_key_but_more_nodes_is_another_training(tmp_path):
+    """train_key: the rendezvous (rank, address, port) is where a node meets the others, not what it trains; the
+    node and process counts change the effective batch, so they make another model."""
+    from toolkit.models import ResolvedModel
+    from toolkit.train import train_key
+
+    (tmp_path / "train.jsonl").write_text('{"messages": []}\n')
+    model = ResolvedModel("/models/smollm2", "llama", "chatml", True)
+    multi = ["train.nnodes=2", "train.master_addr=10.0.0.1"]
+
+    def key(*overrides):
+        return train_key(load_recipe(RECIPE, "cpu", list(overrides)), model, tmp_path / "train.jsonl", None)
+
+    node0 = key(*multi)
+    assert key(*multi, "train.node_rank=1") == node0
+    assert key("train.nnodes=2", "train.master_addr=node0.example", "train.master_port=29611") == node0
+    assert key(*multi, "train.nproc_per_node=1") != node0
+    assert key() != node0 and key("train.master_port=29611") == key()
+    assert key("train.nnodes=3", "train.master_addr=10.0.0.1") != node0
+
+
+def test_vllm_splits_the_model_over_the_recipes_tensor_parallel_gpus(qwen3_tiny, monkeypatch):
+    monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver")  # as toolkit.infer sets it
+    from vllm.engine.arg_utils import EngineArgs
+
+    from toolkit.infer import vllm_kwargs
+
+    assert vllm_kwargs(gpu_recipe(qwen3_tiny), str(qwen3_tiny), cpu=False)["tensor_parallel_size"] == 1
+    kwargs = vllm_kwargs(gpu_recipe(qwen3_tiny, "eval.vllm.tensor_parallel_size=2"), str(qwen3_tiny), cpu=False)
+    assert kwargs == {"model": str(qwen3_tiny), "dtype": "auto", "max_model_len": 4096, "seed": 0,
+                      "tensor_parallel_size": 2, "trust_remote_code": False, "gpu_memory_utilization": 0.9}
+    parallel = EngineArgs(**kwargs).create_engine_config().parallel_config  # vLLM's own reading, no engine started
+    assert (parallel.tensor_parallel_size, parallel.world_size) == (2, 2)

@@ -170,8 +170,38 @@ class TrainSpec(_Strict):
     # benchmarks/train_speed.py).
     omp_num_threads: int | None = None
     nproc_per_node: int = Field(default=1, gt=0)
+    # Several machines: the same recipe runs on each, node_rank 0..nnodes-1, all meeting at node 0's
+    # master_addr:master_port (ms-swift hands these to torchrun as NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT).
+    # On one machine master_port is left free: a DDP training then gets a port of its own.
+    nnodes: int = Field(default=1, gt=0)
+    node_rank: int = Field(default=0, ge=0)
+    master_addr: str | None = None
+    master_port: int | None = Field(default=None, gt=0, le=65535)
+    # One of ms-swift's shipped ZeRO configs (DEEPSPEED_PRESETS) or a DeepSpeed JSON file (or JSON text).
     deepspeed: str | None = None
     extra_args: list[str] = Field(default_factory=list)
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _deepspeed_config(cls, value: str | None) -> str | None:
+        if value is None or value in DEEPSPEED_PRESETS or value.endswith(".json") or value.lstrip().startswith("{"):
+            return value
+        raise ValueError(f"one of ms-swift's DeepSpeed configs ({', '.join(DEEPSPEED_PRESETS)}) or a DeepSpeed "
+                         "JSON file")
+
+    @model_validator(mode="after")
+    def _nodes_agree(self) -> TrainSpec:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank below nnodes (nodes count from 0), got node_rank {self.node_rank} with "
+                             f"nnodes {self.nnodes}")
+        if self.nnodes > 1 and not self.master_addr:
+            raise ValueError(f"master_addr (the address of node 0, which every node connects to) when nnodes is "
+                             f"{self.nnodes}")
+        return self
+
+
+# ms-swift 4.6 resolves these names to its own config files (swift/config/<name>.json).
+DEEPSPEED_PRESETS = ("zero0", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload")
 
 
 class VllmSpec(_Strict):
@@ -179,6 +209,8 @@ class VllmSpec(_Strict):
     max_model_len: int = Field(default=4096, gt=0)
     cpu_kvcache_gib: int = Field(default=4, gt=0)
     dtype: str = "auto"
+    # GPUs one model is split over (vllm.LLM's tensor_parallel_size): for a model too large for one GPU.
+    tensor_parallel_size: int = Field(default=1, gt=0)
 
 
 class EvalSpec(_Strict):

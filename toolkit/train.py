@@ -78,15 +78,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Where this node meets the others, not what is trained: left out of train_key, so that every node of a
+# multi-node run (and a re-run on another port) trains under one key.
+RENDEZVOUS = ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
 def sft_env(recipe: Recipe) -> dict[str, str]:
+    """The environment `swift sft` reads its launch from: threads, and torchrun's processes, nodes and rendezvous."""
+    t = recipe.train
     env = {}
-    if recipe.train.omp_num_threads:
-        env["OMP_NUM_THREADS"] = str(recipe.train.omp_num_threads)
-    if recipe.train.nproc_per_node > 1:
-        env["NPROC_PER_NODE"] = str(recipe.train.nproc_per_node)
+    if t.omp_num_threads:
+        env["OMP_NUM_THREADS"] = str(t.omp_num_threads)
+    if t.nnodes > 1:
+        # Every node must name the same address and port, so the port is the recipe's (torchrun's 29500 unless
+        # set), never one picked here.
+        env.update(NPROC_PER_NODE=str(t.nproc_per_node), NNODES=str(t.nnodes), NODE_RANK=str(t.node_rank),
+                   MASTER_ADDR=t.master_addr, MASTER_PORT=str(t.master_port or 29500))
+    elif t.nproc_per_node > 1:
+        env["NPROC_PER_NODE"] = str(t.nproc_per_node)
         # torchrun's default port 29500 is shared by every job on the machine: a second DDP training would
         # join the first one's rendezvous and stall both. A port of its own unless the user chose one.
-        env["MASTER_PORT"] = os.environ.get("MASTER_PORT") or str(free_port())
+        env["MASTER_PORT"] = str(t.master_port or os.environ.get("MASTER_PORT") or free_port())
     return env
 
 
@@ -188,7 +200,7 @@ def train_key(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: 
 
     argv = sft_argv(recipe, model, Path("TRAIN"), Path("VAL") if val_file else None, Path("OUT"),
                     num_labels=num_labels)
-    env = {k: v for k, v in sft_env(recipe).items() if k != "MASTER_PORT"}
+    env = {k: v for k, v in sft_env(recipe).items() if k not in RENDEZVOUS}
     data = [file_digest(f) for f in (train_file, val_file) if f is not None]
     return request_key(argv, env, data)
 
