@@ -81,3 +81,16 @@ def test_missing_data_files_are_built_by_the_recipes_generator(tmp_path, monkeyp
     assert sorted(p.name for p in (tmp_path / "datasets" / "typed").iterdir()) == [
         "pool.jsonl", "pool_gold.jsonl", "test.jsonl"]
     assert [r["id"] for r in read_jsonl(tmp_path / "run" / "data" / "labelled.jsonl")] == ["g0", "g1", "g2"]
+
+
+def test_the_report_says_how_long_each_trained_row_trained(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path, FIELDS))
+    for who in ("base", "student", "head"):
+        write_json(tmp_path / "run" / "eval" / f"{who}-test" / "metrics.json", {
+            "n": 1, "model": "m", "test_file": "test.jsonl", "records_per_s": 2.0, "fields": {"tone": P},
+            "exact_match": P, "json_parse_rate": P, "micro_f1": P, "role": who})
+    run_report(recipe, tmp_path / "run", train_minutes={"student": 31.4, "head": None})
+    rows = {line.split(" | ")[0].removeprefix("| ").split(" ")[0]: line.rstrip(" |").rsplit(" | ", 1)[1]
+            for line in (tmp_path / "run" / "report.md").read_text(encoding="utf-8").splitlines()
+            if line.startswith("| ") and "-test" in line.split(" | ")[0]}
+    assert rows == {"base-test": "—", "student-test": "31.4", "head-test": "—"}  # head: not finished

@@ -119,3 +119,18 @@ def test_a_torchrun_failure_names_the_workers_error(tmp_path):
                    + "torchrun summary\n" * 60)
     shown = tail(log)
     assert shown.count("torchrun summary") == 40 and shown.endswith("checkpoint at /r/checkpoint-2\n")
+
+
+def test_training_minutes_come_from_the_summary_of_the_session_that_finished(tmp_path):
+    """ms-swift's logging.jsonl: step rows, then a summary whose log_history ends with train_runtime (seconds)."""
+    import json
+
+    from toolkit.train import training_minutes
+
+    log = tmp_path / "logging.jsonl"
+    log.write_text(json.dumps({"loss": 1.0, "global_step/max_steps": "1/2"}) + "\n")
+    assert training_minutes(tmp_path) is None  # still training
+    summary = {"last_model_checkpoint": "x", "log_history": [{"loss": 1.0, "step": 1},
+                                                             {"train_runtime": 753.0, "step": 2}]}
+    log.write_text(log.read_text() + json.dumps(summary) + "\n")
+    assert training_minutes(tmp_path) == 12.6  # 753 s

@@ -359,6 +359,7 @@ def stage_eval_teacher(ctx: Context) -> list[Path]:
 
 def stage_report(ctx: Context) -> list[Path]:
     from toolkit.report import run_report
+    from toolkit.train import training_minutes
 
     stages = ctx.manifest.data["stages"]
     current = {who: identity(ctx, role(ctx, who)) for who in ROLES}
@@ -374,7 +375,10 @@ def stage_report(ctx: Context) -> list[Path]:
 
     return run_report(ctx.recipe, ctx.run_dir, data_source=stages.get("data", {}).get("source"),
                       loss_diagnosis=stages.get("train", {}).get("diagnosis"), stale=stale,
-                      skipped={name: e["skipped"] for name, e in stages.items() if e.get("skipped")})
+                      skipped={name: e["skipped"] for name, e in stages.items() if e.get("skipped")},
+                      train_minutes={"student": training_minutes(ctx.train_dir),
+                                     "head": training_minutes(ctx.head_dir / "train")},
+                      head_diagnosis=stages.get("train_head", {}).get("diagnosis"))
 
 
 @dataclass(frozen=True)

@@ -144,9 +144,10 @@ def plot_accuracy(results: list[tuple[str, dict]], field_names: list[str], out_p
 
 def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, loss_diagnosis: str | None = None,
                stale: Callable[[dict], str | None] = lambda m: None,
-               skipped: dict[str, str] | None = None) -> list[Path]:
+               skipped: dict[str, str] | None = None, train_minutes: dict[str, float | None] | None = None,
+               head_diagnosis: str | None = None) -> list[Path]:
     """`stale(metrics)` says why an evaluation no longer describes its model (it is then listed, not shown);
-    `skipped` names the stages that did not apply, and why."""
+    `skipped` names the stages that did not apply, and why; `train_minutes` the training time behind a role."""
     from toolkit.errors import StageError
 
     found = collect(run_dir / "eval")
@@ -166,11 +167,14 @@ def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, lo
               "normalisers; a field's accuracy compares it by its type (a list as a multiset). Micro F1 counts every "
               "field as a slot and every list item as one. Figures are % with 95% intervals (Wilson for "
               "proportions, a bootstrap for the rest).", ""]
-    head = ["evaluation", "model", "test file", "n", "exact match", "JSON valid", "micro F1", *fields, "rec/s"]
+    head = ["evaluation", "model", "test file", "n", "exact match", "JSON valid", "micro F1", *fields, "rec/s",
+            "train min"]
+    trained = {who: f"{t:.1f}" for who, t in (train_minutes or {}).items() if t is not None}
     lines += _table(head, [[f"{name} ({DESCRIBE[who]})" if (who := m.get("role")) in DESCRIBE else name,
                             f"`{Path(m['model']).name}`", Path(m["test_file"]).name, str(m["n"]),
                             _pct(m["exact_match"]), _pct(m["json_parse_rate"]), _pct(m["micro_f1"]),
-                            *(_pct(m["fields"][f]) for f in fields), f"{m['records_per_s'] or 0:.2f}"]
+                            *(_pct(m["fields"][f]) for f in fields), f"{m['records_per_s'] or 0:.2f}",
+                            trained.get(m.get("role"), "—")]
                            for name, m in results])
     if left_out:
         lines += ["", "Left out, as they describe another model or configuration than this run's: "
@@ -181,6 +185,9 @@ def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, lo
     lines += ["", "![accuracy](accuracy.png)", "", *typed]
     if (run_dir / "loss.png").is_file():
         lines += ["## Training", "", "![loss](loss.png)", "", f"Fit: {loss_diagnosis or 'see the chart'}.", ""]
+    if (run_dir / "loss-head.png").is_file():
+        lines += ["![loss of the classification head](loss-head.png)", "",
+                  f"Fit of the classification head: {head_diagnosis or 'see the chart'}.", ""]
     lines += ["## Worst errors by field", ""]
     for name, _ in results:
         preds_path = run_dir / "eval" / name / "predictions.jsonl"
