@@ -141,6 +141,16 @@ def rows_trained(output_dir: Path) -> int | None:
     return None
 
 
+def training_minutes(output_dir: Path) -> float | None:
+    """How long ms-swift's last (or only) training session into output_dir trained, from its summary line; None
+    where it has not finished. A resumed training counts only the session that finished it."""
+    for row in reversed(read_log(output_dir)):
+        for entry in reversed([row, *row.get("log_history", [])]):
+            if "train_runtime" in entry:
+                return round(float(entry["train_runtime"]) / 60, 1)
+    return None
+
+
 def stale_trainers(output_dir: Path) -> list[int]:
     """Processes still training into output_dir. torchrun starts its workers in sessions of their own, so a
     `kill -9` of xtk (and of its process group) leaves them training, rotating away the checkpoint a re-run
