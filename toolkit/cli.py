@@ -163,6 +163,17 @@ def cmd_report(args) -> None:
             print(path)
 
 
+def cmd_bakeoff(args) -> None:
+    from toolkit.bakeoff import load_spec, run_bakeoff, run_pair
+
+    bakeoff = load_spec(args.spec, args.out)
+    if args.pair is not None:  # one pair, in this process: how the bake-off runs each of its pairs
+        run_pair(bakeoff, args.pair)
+        return
+    for path in run_bakeoff(bakeoff):
+        print(path)
+
+
 def _stage(name: str):
     def handler(args) -> None:
         from toolkit.pipeline import run_stage
@@ -221,6 +232,12 @@ COMMANDS: tuple[Command, ...] = (
                 A("--check-gold", metavar="FILE", help="score the labels against gold {id, label} JSONL"),
             )),
     Command("report", "report.md and accuracy.png from the run's evaluations", cmd_report, RECIPE + RUN_DIR),
+    Command("bakeoff", "rank students across recipes: every (student, recipe) pair trained and scored, mean ranks "
+            "with intervals, the teacher compared", cmd_bakeoff, (
+                A("spec", help="bake-off spec YAML, e.g. bakeoffs/cpu.yaml"),
+                A("--out", help="bake-off folder (default runs/bakeoff/<spec name>)"),
+                A("--pair", type=int, metavar="N", help="run only pair N (0-based, task-major), in this process"),
+            )),
     Command("data generate", "build a recipe's data files with its data.generator, byte for byte", cmd_data_generate, (
         A("name", help="recipe name in recipes/ (e.g. logistics_zh) or a recipe file"),
         A("--out", help="output folder (default datasets/<recipe name>)"),

@@ -1,0 +1,634 @@
+"""bakeoff: which student to distil into? Every (student, recipe) pair of a spec is an ordinary xtk run, ranked
+across tasks as in distil labs' study of 12 students x 8 tasks.
+
+    xtk bakeoff bakeoffs/cpu.yaml            # runs/bakeoff/cpu/: bakeoff.md, bakeoff.json, bakeoff.png
+
+A pair is `xtk run RECIPE --profile P OVERRIDES student.model=STUDENT` in `<out>/runs/<task>/<student>/`, plus
+the base model once more with JSON-schema guided decoding (a base model cannot be judged on formatting alone).
+Finished stages are skipped by the run itself, so a finished pair trains nothing again and an interrupted
+bake-off resumes where it stopped. Pairs run one after another, or one per GPU side by side where several are
+visible. Each task is scored by one metric (task_metric), and the students are ranked per task on the fine-tuned
+score, the base score and tunability (fine-tuned minus base), with mean ranks over tasks and their 95%
+intervals (toolkit/ranking.py), and each fine-tuned student is tested against the teacher where one was
+evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from toolkit.errors import StageError
+from toolkit.jsonl import DataError, read_jsonl, read_text, write_json, write_text
+from toolkit.ranking import Evaluation, mean_rank, mcnemar, paired_difference, ranks, task_scores
+from toolkit.recipe import (Recipe, RecipeError, _describe, _DuplicateKey, _key_lines, _Strict, _UniqueKeyLoader,
+                            load_recipe)
+
+
+class SpecError(RecipeError):
+    """A bake-off spec that cannot be used; the message names the spec file, the key and its line."""
+
+
+class StudentEntry(_Strict):
+    model: str  # an embedded name (`xtk models list`), a model folder, or a hub id
+    name: str | None = None  # as the tables show it (default: model as written)
+    # ms-swift's model type and template; default: the embedded model's, or the recipe's own where the student is
+    # the recipe's student, else what ms-swift picks for the model.
+    model_type: str | None = None
+    template: str | None = None
+    trust_remote_code: bool = False
+
+
+class RecipeEntry(_Strict):
+    recipe: str  # a recipe file, relative to the project root
+    name: str | None = None  # the task's name (default: the recipe's name)
+    profile: str | None = None
+    overrides: list[str] = Field(default_factory=list)
+
+
+class Spec(_Strict):
+    students: list[StudentEntry] = Field(min_length=1)
+    recipes: list[RecipeEntry] = Field(min_length=1)
+    bootstrap: int = Field(default=1000, gt=0)  # samples behind every interval
+    seed: int = 0
+
+    @field_validator("students", mode="before")
+    @classmethod
+    def _names_alone(cls, students: Any) -> Any:
+        """A student may be given by its model alone: `- gemma3-270m`."""
+        return [{"model": s} if isinstance(s, str) else s for s in students] if isinstance(students, list) else students
+
+
+@dataclass(frozen=True)
+class Student:
+    name: str
+    model: str  # as handed to the recipe: an embedded name, an absolute folder, a hub id
+
+
+@dataclass(frozen=True)
+class Pair:
+    task: str
+    student: Student
+    recipe: Recipe
+    run_dir: Path
+
+
+@dataclass
+class Bakeoff:
+    spec_path: Path
+    spec: Spec
+    out: Path
+    students: list[Student]
+    tasks: list[str]
+    pairs: list[Pair]  # task-major: every student of the first task, then of the next
+    entries: dict[str, RecipeEntry] = field(default_factory=dict)
+
+    def pair(self, task: str, student: str) -> Pair:
+        return next(p for p in self.pairs if p.task == task and p.student.name == student)
+
+
+# --- the spec --------------------------------------------------------------------------------------------------
+
+def _where(path: Path, loc: tuple, lines: dict[tuple, int]) -> str:
+    """`spec.yaml:7: key 'recipes.0.recipe'`, the line of the key or of the nearest section that holds it."""
+    dotted = ".".join(str(p) for p in loc)
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in lines:
+            return f"{path}:{lines[loc[:n]]}: key '{dotted}'"
+    return f"{path}: key '{dotted}'"
+
+
+def _student_model(entry: StudentEntry, root: Path, where: str) -> str:
+    """The student's model as a recipe takes it; a folder becomes absolute (relative to the project root)."""
+    from toolkit.models import EMBEDDED
+
+    if entry.model in EMBEDDED:
+        return entry.model
+    path = Path(entry.model).expanduser()
+    path = path if path.is_absolute() else root / path
+    if entry.model.startswith((".", "/", "~")) or path.exists():
+        if not path.is_dir():
+            raise SpecError(f"{where}: {path}: no such model folder")
+        return str(path.resolve())
+    if entry.model.count("/") != 1:
+        raise SpecError(f"{where}: {entry.model!r} is neither an embedded model ({', '.join(EMBEDDED)}), a folder, "
+                        "nor a hub id like Qwen/Qwen3-0.6B")
+    return entry.model
+
+
+def student_overrides(entry: StudentEntry, model: str, recipe: Recipe) -> list[str]:
+    """`student.*=...` for a pair. Type and template: the spec's, else the embedded model's, else the recipe's when
+    it is the recipe's own student; else none, for ms-swift to pick (never another model's)."""
+    from toolkit.models import EMBEDDED
+
+    own = model == recipe.student.model
+    model_type = entry.model_type or (EMBEDDED[model].model_type if model in EMBEDDED else
+                                      recipe.student.model_type if own else None)
+    template = entry.template or (EMBEDDED[model].template if model in EMBEDDED else
+                                  recipe.student.template if own else None)
+    trust = entry.trust_remote_code or (own and recipe.student.trust_remote_code)
+    return [f"student.model={json.dumps(model)}", f"student.model_type={json.dumps(model_type)}",
+            f"student.template={json.dumps(template)}", f"student.trust_remote_code={json.dumps(trust)}"]
+
+
+def load_spec(path: str | Path, out: str | Path | None = None) -> Bakeoff:
+    """Read and check a spec: every recipe loads with its profile and overrides for every student, before anything
+    runs. Errors name the spec file, the key and its line."""
+    from toolkit.manifest import slug
+
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"{path}: no such bake-off spec")
+    try:
+        text = read_text(path, "a bake-off spec (YAML)")
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except DataError as exc:
+        raise SpecError(str(exc)) from None
+    except _DuplicateKey as exc:
+        raise SpecError(f"{path}:{exc.line}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping with students and recipes, got {type(raw).__name__}")
+    lines = _key_lines(text)
+    try:
+        spec = Spec(**raw)
+    except ValidationError as exc:
+        raise SpecError("invalid bake-off spec\n  " + "\n  ".join(
+            f"{_where(path, tuple(e['loc']), lines)}: {_describe(e)}" for e in exc.errors())) from None
+    # Paths in a spec are relative to the project root: the parent of bakeoffs/.
+    folder = path.resolve().parent
+    root = folder.parent if folder.name == "bakeoffs" else folder
+    out = Path(out) if out else Path("runs") / "bakeoff" / path.stem
+
+    students = []
+    for i, s in enumerate(spec.students):
+        model = _student_model(s, root, _where(path, ("students", i, "model"), lines))
+        students.append(Student(s.name or s.model, model))
+    _unique(path, lines, "students", [s.name for s in students], "name")
+    _unique(path, lines, "students", [slug(s.model) for s in students], "model")
+
+    pairs, tasks, entries = [], [], {}
+    for i, entry in enumerate(spec.recipes):
+        where = _where(path, ("recipes", i), lines)
+        recipe_path = Path(entry.recipe).expanduser()
+        recipe_path = recipe_path if recipe_path.is_absolute() else root / recipe_path
+        if not recipe_path.is_file():
+            raise SpecError(f"{_where(path, ('recipes', i, 'recipe'), lines)}: {recipe_path}: no such recipe file")
+        try:
+            own = load_recipe(recipe_path, entry.profile, entry.overrides)
+        except RecipeError as exc:
+            raise SpecError(f"{where}: {exc}") from None
+        task = entry.name or own.name
+        tasks.append(task)
+        entries[task] = entry
+        for j, s in enumerate(spec.students):
+            student = students[j]
+            try:
+                recipe = load_recipe(recipe_path, entry.profile,
+                                     [*entry.overrides, *student_overrides(s, student.model, own)])
+            except RecipeError as exc:
+                raise SpecError(f"{where}, with student {student.name}: {exc}") from None
+            pairs.append(Pair(task, student, recipe, out / "runs" / slug(task) / slug(student.model)))
+    _unique(path, lines, "recipes", [slug(t) for t in tasks], "name")
+    return Bakeoff(path, spec, out, students, tasks, pairs, entries)
+
+
+def _unique(path: Path, lines: dict, section: str, values: list[str], key: str) -> None:
+    seen: dict[str, int] = {}
+    for i, v in enumerate(values):
+        if v in seen:
+            raise SpecError(f"{_where(path, (section, i), lines)}: {section} {seen[v]} and {i} are both {v!r}: give "
+                            f"each a distinct {key}")
+        seen[v] = i
+
+
+# --- one pair ----------------------------------------------------------------------------------------------------
+
+GUIDED = "eval_base_guided"  # the manifest entry of the guided base evaluation
+
+
+def eval_base_guided(ctx) -> None:
+    """The base model with the detailed prompt again, decoding constrained to the recipe's JSON schema (vLLM), as
+    eval/base-guided-<test>/. Its identity is the base model's, so the run's report shows it beside `base`. Skipped
+    when already done under the same settings."""
+    from toolkit.infer import vllm_available
+    from toolkit.pipeline import EVAL_CONFIG, config_digest, evaluate_model, role, skip
+
+    config = config_digest(ctx.recipe, EVAL_CONFIG + ("student",))
+    if ctx.manifest.is_complete(GUIDED) and ctx.manifest.data["stages"][GUIDED].get("config") == config:
+        return
+    if not vllm_available():
+        skip(ctx, GUIDED, "guided decoding needs vLLM, which is not installed here")
+        return
+    ctx.manifest.start(GUIDED)
+    outputs = evaluate_model(ctx, replace(role(ctx, "base"), backend="vllm", guided_json=True, name="base-guided"))
+    ctx.manifest.done(GUIDED, outputs, config=config)
+
+
+SHARED = ("data/labelled.jsonl", "data/rejects.jsonl", "cache/endpoint-answers.jsonl")
+
+
+def share_teacher_answers(first: Path, run_dir: Path) -> None:
+    """The teacher's labels and answers from the task's first pair: they do not depend on the student, and each
+    was paid for (both files are journals keyed by what was asked, so nothing is asked twice)."""
+    for rel in SHARED:
+        if (first / rel).is_file() and not (run_dir / rel).exists():
+            (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(first / rel, run_dir / rel)
+
+
+def teacher_reachable(recipe: Recipe) -> bool:
+    return bool(os.environ.get(recipe.teacher.api_key_env))
+
+
+def run_pair(b: Bakeoff, index: int) -> list[str]:
+    """One pair, in this process: the guided base evaluation, then `xtk run`'s stages (finished ones skipped).
+    Returns the stages that ran."""
+    from toolkit.pipeline import open_run, run_all
+
+    if not 0 <= index < len(b.pairs):
+        raise StageError(f"--pair {index}: the spec has pairs 0 to {len(b.pairs) - 1}")
+    pair = b.pairs[index]
+    first = b.pairs[b.tasks.index(pair.task) * len(b.students)]
+    with open_run(pair.recipe, pair.run_dir) as ctx:
+        if first is not pair and teacher_reachable(pair.recipe):
+            share_teacher_answers(first.run_dir, ctx.run_dir)
+        eval_base_guided(ctx)
+        return run_all(ctx)
+
+
+# --- all pairs ---------------------------------------------------------------------------------------------------
+
+def gpu_slots() -> list[str | None]:
+    """One slot per visible GPU (its CUDA_VISIBLE_DEVICES value) where there are several, else one slot."""
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n <= 1:
+        return [None]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return (visible.split(",") if visible else [str(i) for i in range(n)])[:n]
+
+
+def _last_stage(log: Path) -> str:
+    import re
+
+    with log.open("rb") as fh:
+        fh.seek(max(0, log.stat().st_size - 65536))
+        found = re.findall(r"^stage (\w+)$", fh.read().decode("utf-8", "replace"), re.M)
+    return found[-1] if found else "starting"
+
+
+def _tail(log: Path, n: int = 25) -> str:
+    return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-n:])
+
+
+def run_pairs(b: Bakeoff) -> list[tuple[Pair, Path]]:
+    """Every pair in a child process (`xtk bakeoff SPEC --pair N`), its output in <run>/bakeoff.log, one per slot
+    at a time; where a teacher is reachable, a task's other pairs wait for its first one, whose teacher labels
+    and answers they reuse. Returns the pairs that failed, with their logs."""
+    from toolkit.models import EMBEDDED, pull_embedded
+    from toolkit.progress import Bar
+
+    for s in b.students:  # once, before children that would each build it at the same time
+        if s.model in EMBEDDED:
+            pull_embedded(s.model)
+    slots = gpu_slots()
+    first = {i: b.tasks.index(p.task) * len(b.students) for i, p in enumerate(b.pairs)}
+    waits = {i: first[i] for i, p in enumerate(b.pairs) if first[i] != i and teacher_reachable(p.recipe)}
+    pending, running, finished, failed = list(range(len(b.pairs))), {}, set(), []
+    try:
+        with Bar("bake-off", total=len(b.pairs)) as bar:
+            while pending or running:
+                for i, (proc, slot, log, fh) in list(running.items()):
+                    if proc.poll() is not None:
+                        fh.close()
+                        del running[i]
+                        finished.add(i)
+                        if proc.returncode != 0:
+                            failed.append((b.pairs[i], log))
+                free = [s for s in slots if s not in {r[1] for r in running.values()}]
+                for slot in free:
+                    ready = next((i for i in pending if waits.get(i, i) == i or waits[i] in finished), None)
+                    if ready is None:
+                        break
+                    pending.remove(ready)
+                    running[ready] = _start(b, ready, slot)
+                bar.update(len(finished), note="; ".join(
+                    f"{b.pairs[i].task} x {b.pairs[i].student.name}: {_last_stage(r[2])}" for i, r in running.items()))
+                time.sleep(1)
+    finally:
+        for proc, _, _, fh in running.values():  # interrupted: stop the children this started
+            proc.terminate()
+            proc.wait()
+            fh.close()
+    return failed
+
+
+def _start(b: Bakeoff, index: int, slot: str | None):
+    pair = b.pairs[index]
+    pair.run_dir.mkdir(parents=True, exist_ok=True)
+    log = pair.run_dir / "bakeoff.log"
+    fh = log.open("a", encoding="utf-8")
+    fh.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} pair {index}: {pair.task} x {pair.student.name}\n")
+    fh.flush()
+    env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": slot} if slot is not None else {})}
+    argv = [sys.executable, "-m", "toolkit", "bakeoff", str(b.spec_path), "--out", str(b.out), "--pair", str(index)]
+    proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    return proc, slot, log, fh
+
+
+def run_bakeoff(b: Bakeoff) -> list[Path]:
+    """Run (or resume) every pair, then rank: bakeoff.json, bakeoff.md and bakeoff.png in the bake-off folder."""
+    from toolkit.locks import folder_lock
+
+    with folder_lock(b.out, "bakeoff"):
+        failed = run_pairs(b)
+        if failed:
+            raise StageError("pairs that failed (re-run the same command to resume; finished pairs are reused):\n"
+                             + "\n".join(f"  {p.task} x {p.student.name}: {log}\n{_tail(log)}" for p, log in failed))
+        return write_outputs(b, collect(b))
+
+
+# --- scores ------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TaskMetric:
+    name: str
+    unit: Callable[[dict], Any]  # a prediction row -> what the statistic reads of it
+    statistic: Callable[[list], float]
+
+
+def task_metric(recipe: Recipe) -> TaskMetric:
+    """The figure a task is judged by, the one its report leads with: entity F1 (micro over every list field)
+    where the recipe has list fields, else the macro-F1 of its enum field where it has exactly one, else
+    whole-record exact match."""
+    from toolkit.fields import compared
+    from toolkit.scoring import _f1, _macro_f1, slot_counts
+
+    lists = [f for f in recipe.fields if f.type == "list[str]"]
+    enums = [f for f in recipe.fields if f.type == "enum"]
+    if lists:
+        def counts(row: dict) -> tuple[int, int, int]:
+            return tuple(map(sum, zip(*(slot_counts(f, row["parsed"], row["gold"]) for f in lists))))
+
+        return TaskMetric("entity F1 (micro, every list field)", counts, _f1)
+    if len(enums) == 1:
+        spec = enums[0]
+        classes = {compared(spec, c) for c in recipe.choices(spec.name)}
+
+        def pair(row: dict) -> tuple[str, str | None]:
+            p = compared(spec, row["parsed"].get(spec.name)) if row["parsed"] is not None else None
+            return compared(spec, row["gold"].get(spec.name)), p if p in classes else None
+
+        return TaskMetric(f"macro-F1 of {spec.name}", pair, _macro_f1)
+    return TaskMetric("whole-record exact match", lambda row: bool(row["exact"]),
+                      lambda xs: sum(xs) / len(xs) if xs else 0.0)
+
+
+# evaluation name under eval/ -> (the role whose identity it must match, the records it was tested on)
+EVALUATIONS = {"student": ("student", "tested"), "teacher": ("teacher", "tested"),
+               "base": ("base", "base"), "base-guided": ("base", "base")}
+
+
+def read_predictions(pair: Pair, name: str) -> tuple[dict[tuple[str, str], dict] | None, str | None]:
+    """{(test file, record id): prediction row} of one evaluation over every test file of the recipe, or None and
+    why: missing, or made for another model or configuration than the run's now."""
+    from toolkit.manifest import Manifest
+    from toolkit.pipeline import Context, identity, role
+
+    ctx = Context(pair.recipe, pair.run_dir, Manifest(pair.run_dir))
+    expected = identity(ctx, role(ctx, EVALUATIONS[name][0]))
+    rows: dict[tuple[str, str], dict] = {}
+    for test in pair.recipe.data.test:
+        folder = pair.run_dir / "eval" / f"{name}-{Path(test).stem}"
+        if not (folder / "metrics.json").is_file():
+            return None, f"no {folder.name}"
+        if json.loads((folder / "metrics.json").read_text()).get("identity") != expected:
+            return None, f"{folder.name} describes another model or configuration"
+        for row in read_jsonl(folder / "predictions.jsonl"):
+            rows[(Path(test).stem, str(row["id"]))] = row
+    return rows, None
+
+
+def collect(b: Bakeoff) -> dict:
+    """Every pair's evaluations as metric units aligned by record across students (for paired resampling)."""
+    tasks: dict[str, dict[str, dict[str, Evaluation]]] = {}
+    teacher: dict[str, dict[str, Evaluation]] = {}  # task -> student -> the teacher on that pair's records
+    exact: dict[tuple[str, str, str], dict] = {}  # (task, student, evaluation) -> {record: exact}
+    notes, records = [], {}
+    for task in b.tasks:
+        metric = task_metric(b.pair(task, b.students[0].name).recipe)
+        found = {}
+        for s in b.students:
+            pair = b.pair(task, s.name)
+            for name in EVALUATIONS:
+                rows, why = read_predictions(pair, name)
+                if rows is None:
+                    if name != "teacher" or teacher_reachable(pair.recipe):
+                        notes.append(f"{task} x {s.name}: {why}")
+                    continue
+                found[(s.name, name)] = rows
+        # Students are compared on the records every one of their evaluations of a kind shares.
+        common: dict[str, list] = {}
+        for (student, name), rows in found.items():
+            draw = EVALUATIONS[name][1]
+            common[draw] = [k for k in common.get(draw, rows) if k in rows]
+        records[task] = {draw: len(keys) for draw, keys in common.items()}
+        tasks[task] = {}
+        for (student, name), rows in found.items():
+            keys = common[EVALUATIONS[name][1]]
+            e = Evaluation([metric.unit(rows[k]) for k in keys], metric.statistic, EVALUATIONS[name][1])
+            exact[(task, student, name)] = {k: bool(rows[k]["exact"]) for k in keys}
+            if name == "teacher":
+                teacher.setdefault(task, {})[student] = e
+            else:
+                tasks[task].setdefault(student, {})[name] = e
+    return {"tasks": tasks, "teacher": teacher, "exact": exact, "notes": notes, "records": records}
+
+
+def _score(e: dict[str, Evaluation], name: str, draws: dict) -> float | None:
+    return e[name].score(draws.get(e[name].draw)) if name in e else None
+
+
+def fine_tuned(e: dict[str, Evaluation], draws: dict) -> float | None:
+    return _score(e, "student", draws)
+
+
+def base(e: dict[str, Evaluation], draws: dict) -> float | None:
+    """The base model's better showing, free or guided: a base model is not judged on formatting alone."""
+    found = [v for v in (_score(e, "base", draws), _score(e, "base-guided", draws)) if v is not None]
+    return max(found) if found else None
+
+
+def tunability(e: dict[str, Evaluation], draws: dict) -> float | None:
+    f, b = fine_tuned(e, draws), base(e, draws)
+    return None if f is None or b is None else f - b
+
+
+RANKINGS = {"fine-tuned": fine_tuned, "base": base, "tunability": tunability}
+
+
+def statistics(b: Bakeoff, found: dict) -> dict:
+    """Per-task scores and ranks, mean ranks with intervals, the student against the teacher: bakeoff.json."""
+    tasks, B, seed = found["tasks"], b.spec.bootstrap, b.spec.seed
+    scores = {}
+    for task, by_student in tasks.items():
+        scores[task] = {}
+        for student, e in by_student.items():
+            row = {"fine_tuned": fine_tuned(e, {}), "base_plain": _score(e, "base", {}),
+                   "base_guided": _score(e, "base-guided", {}), "base": base(e, {}), "tunability": tunability(e, {})}
+            t = found["teacher"].get(task, {}).get(student)
+            row["teacher"] = t.score() if t else None
+            scores[task][student] = {k: None if v is None else round(v, 4) for k, v in row.items()}
+    per_task = {name: {task: ranks(task_scores(by_student, scorer, {})) for task, by_student in tasks.items()}
+                for name, scorer in RANKINGS.items()}
+    ordered = list(tasks.values())
+    mean = {name: mean_rank(ordered, scorer, B, seed) for name, scorer in RANKINGS.items()}
+    versus = []
+    for task, by_student in found["teacher"].items():
+        for student, t in by_student.items():
+            if "student" not in tasks[task].get(student, {}):
+                continue
+            se, te = found["exact"][(task, student, "student")], found["exact"][(task, student, "teacher")]
+            both = [k for k in se if k in te]
+            b_, c_ = sum(se[k] and not te[k] for k in both), sum(te[k] and not se[k] for k in both)
+            versus.append({"task": task, "student": student, "n": len(both),
+                           "student_exact": round(sum(se[k] for k in both) / len(both), 4) if both else None,
+                           "teacher_exact": round(sum(te[k] for k in both) / len(both), 4) if both else None,
+                           "b_student_only": b_, "c_teacher_only": c_, "p_mcnemar": round(mcnemar(b_, c_), 4),
+                           "metric_difference": paired_difference(tasks[task][student]["student"], t, B, seed)})
+    return {"scores": scores, "ranks": per_task, "mean_rank": mean, "student_vs_teacher": versus}
+
+
+# --- outputs -----------------------------------------------------------------------------------------------------
+
+def write_outputs(b: Bakeoff, found: dict) -> list[Path]:
+    stats = statistics(b, found)
+    result = {
+        "spec": str(b.spec_path), "bootstrap": b.spec.bootstrap, "seed": b.spec.seed,
+        "students": [{"name": s.name, "model": s.model} for s in b.students],
+        "tasks": [{"name": t, "recipe": b.entries[t].recipe, "profile": b.entries[t].profile,
+                   "overrides": b.entries[t].overrides, "metric": task_metric(b.pair(t, b.students[0].name).recipe).name,
+                   "records": found["records"][t]} for t in b.tasks],
+        **stats,
+        "missing": found["notes"],
+        "runs": {t: {s.name: str(b.pair(t, s.name).run_dir) for s in b.students} for t in b.tasks},
+    }
+    png = plot_mean_ranks(stats["mean_rank"], [s.name for s in b.students], b.out / "bakeoff.png")
+    md = write_text(b.out / "bakeoff.md", markdown(b, result))
+    return [md, write_json(b.out / "bakeoff.json", result), png]
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f}"
+
+
+def _rank(r: dict) -> str:
+    return f"{r['value']:.2f} [{r['ci95'][0]:.2f}–{r['ci95'][1]:.2f}]"
+
+
+def markdown(b: Bakeoff, r: dict) -> str:
+    students = [s.name for s in b.students]
+    lines = [f"# Bake-off: {b.spec_path.stem}", "",
+             f"{len(students)} students x {len(b.tasks)} tasks from `{b.spec_path}`. Each task is scored by one metric, "
+             "the one its report leads with, on the records of its test files together:", "",
+             "| task | recipe | profile | metric | records (fine-tuned, teacher) | records (base) |", "|---|---|---|---|---|---|"]
+    for t in r["tasks"]:
+        lines.append(f"| {t['name']} | `{t['recipe']}` | {t['profile'] or '—'} | {t['metric']} | "
+                     f"{t['records'].get('tested', '—')} | {t['records'].get('base', '—')} |")
+    lines += ["", "Rankings: **fine-tuned** (the short prompt, after training), **base** (the detailed prompt, the "
+              "better of free and JSON-schema guided decoding: a base model is not judged on formatting alone) and "
+              "**tunability** (fine-tuned minus base). Rank 1 is the highest score; ties share the mean of their "
+              "ranks. Intervals are 95%, from "
+              f"{b.spec.bootstrap} bootstrap samples that draw the tasks and, within each, the test records with "
+              "replacement (the same records for every student).", "",
+              "## Mean rank", "", "| student | " + " | ".join(RANKINGS) + " |", "|---" * (len(RANKINGS) + 1) + "|"]
+    order = sorted(students, key=lambda s: r["mean_rank"]["fine-tuned"].get(s, {}).get("value", float("inf")))
+    for s in order:
+        lines.append(f"| {s} | " + " | ".join(_rank(r["mean_rank"][k][s]) if s in r["mean_rank"][k] else "—"
+                                            for k in RANKINGS) + " |")
+    lines += ["", "![mean rank](bakeoff.png)", "", "## Per task", "",
+              "Scores in % of the task's metric; ranks in brackets.", "",
+              "| task | student | fine-tuned | base, free | base, guided | base | tunability | teacher |",
+              "|---|---|---|---|---|---|---|---|"]
+    for t in b.tasks:
+        for s in students:
+            sc = r["scores"].get(t, {}).get(s)
+            if sc is None:
+                lines.append(f"| {t} | {s} | — | — | — | — | — | — |")
+                continue
+
+            def ranked(key: str, ranking: str) -> str:
+                rank = r["ranks"][ranking][t].get(s)
+                return _pct(sc[key]) + (f" ({rank:g})" if rank is not None else "")
+
+            lines.append(f"| {t} | {s} | {ranked('fine_tuned', 'fine-tuned')} | {_pct(sc['base_plain'])} | "
+                         f"{_pct(sc['base_guided'])} | {ranked('base', 'base')} | {ranked('tunability', 'tunability')} "
+                         f"| {_pct(sc['teacher'])} |")
+    lines += ["", "## Fine-tuned student against the teacher", ""]
+    if r["student_vs_teacher"]:
+        lines += ["McNemar's exact test on whole-record exact match over the records both answered (b: only the "
+                  "student right, c: only the teacher right), and the difference in the task's metric (student minus "
+                  "teacher) with a paired bootstrap 95% interval.", "",
+                  "| task | student | n | student exact % | teacher exact % | b | c | McNemar p | metric difference % |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for v in r["student_vs_teacher"]:
+            d = v["metric_difference"]
+            lines.append(f"| {v['task']} | {v['student']} | {v['n']} | {_pct(v['student_exact'])} | "
+                         f"{_pct(v['teacher_exact'])} | {v['b_student_only']} | {v['c_teacher_only']} | "
+                         f"{v['p_mcnemar']:.4f} | {100 * d['value']:+.1f} [{100 * d['ci95'][0]:+.1f}, "
+                         f"{100 * d['ci95'][1]:+.1f}] |")
+    else:
+        keys = sorted({b.pair(t, students[0]).recipe.teacher.api_key_env for t in b.tasks})
+        lines.append(f"No teacher was evaluated (no key in ${', $'.join(keys)}).")
+    if r["missing"]:
+        lines += ["", "Missing evaluations (left out of the rankings): " + "; ".join(r["missing"]) + "."]
+    lines += ["", "## Runs", "", "Each pair is an ordinary run with its own `report.md`:", "",
+              "| task | " + " | ".join(students) + " |", "|---" * (len(students) + 1) + "|"]
+    for t in b.tasks:
+        lines.append(f"| {t} | " + " | ".join(f"`{r['runs'][t][s]}`" for s in students) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_mean_ranks(mean: dict[str, dict], students: list[str], out_png: Path) -> Path:
+    """One panel per ranking: each student's mean rank with its 95% interval (rank 1 best, at the left)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = sorted(students, key=lambda s: mean["fine-tuned"].get(s, {}).get("value", float("inf")))
+    fig, axes = plt.subplots(1, len(mean), figsize=(4 * len(mean), 1.2 + 0.45 * len(students)), dpi=120,
+                             sharey=True, squeeze=False)
+    for ax, (name, by_student) in zip(axes[0], mean.items()):
+        ys = [i for i, s in enumerate(order) if s in by_student]
+        values = [by_student[order[i]]["value"] for i in ys]
+        lo = [v - by_student[order[i]]["ci95"][0] for i, v in zip(ys, values)]
+        hi = [by_student[order[i]]["ci95"][1] - v for i, v in zip(ys, values)]
+        ax.errorbar(values, ys, xerr=[lo, hi], fmt="o", capsize=3)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlim(0.5, len(students) + 0.5)
+        ax.set_xlabel("mean rank (1 = best), 95% interval", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(range(len(order)), order, fontsize=8)
+    axes[0][0].invert_yaxis()
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_png.with_name(out_png.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out_png)
+    return out_png
