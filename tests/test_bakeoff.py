@@ -1,0 +1,255 @@
+"""xtk bakeoff: rank and interval arithmetic against hand-worked figures, McNemar against a known table, the task
+metric of each field type, spec errors, and (slow) a real one-pair bake-off that resumes without re-training."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from toolkit.bakeoff import base, fine_tuned, load_spec, task_metric, tunability
+from toolkit.cli import main
+from toolkit.ranking import Evaluation, mcnemar, mean_rank, paired_difference, ranks
+from toolkit.recipe import load_recipe
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def exact(*units, draw="tested"):
+    """An evaluation scored by exact match: one 0/1 per record."""
+    return Evaluation(list(units), mean, draw)
+
+
+# --- ranks -------------------------------------------------------------------------------------------------------
+
+def test_ranks_put_the_highest_first_and_share_ties():
+    assert ranks({"a": 0.9, "b": 0.5, "c": 0.9, "d": 0.1}) == {"a": 1.5, "c": 1.5, "b": 3.0, "d": 4.0}
+    assert ranks({"a": 0.2, "b": 0.2, "c": 0.2}) == {"a": 2.0, "b": 2.0, "c": 2.0}
+    assert ranks({"a": 0.1, "b": 0.3, "c": 0.3, "d": 0.3, "e": 0.0}) == {"b": 2.0, "c": 2.0, "d": 2.0, "a": 4.0,
+                                                                         "e": 5.0}
+    assert ranks({}) == {}
+
+
+def test_rankings_read_fine_tuned_base_as_the_better_of_free_and_guided_and_tunability():
+    e = {"student": exact(1, 1, 1, 0), "base": exact(0, 0, draw="base"), "base-guided": exact(1, 0, draw="base")}
+    assert fine_tuned(e, {}) == 0.75 and base(e, {}) == 0.5 and tunability(e, {}) == 0.25
+    # the draw of each evaluation's own records: record 3 four times, record 0 twice
+    draws = {"tested": [3, 3, 3, 3], "base": [0, 0]}
+    assert fine_tuned(e, draws) == 0.0 and base(e, draws) == 1.0 and tunability(e, draws) == -1.0
+    assert base({"student": exact(1)}, {}) is None and tunability({"student": exact(1)}, {}) is None
+
+
+# --- mean rank and its interval ------------------------------------------------------------------------------------
+
+def test_mean_rank_interval_collapses_when_no_resample_can_change_the_order():
+    """A is right on every record of both tasks, B on none: every resample of tasks and records ranks them the
+    same, so each interval is its point."""
+    tasks = [{"A": {"student": exact(1, 1, 1)}, "B": {"student": exact(0, 0, 0)}},
+             {"A": {"student": exact(1, 1)}, "B": {"student": exact(0, 0)}}]
+    got = mean_rank(tasks, fine_tuned, bootstrap=200)
+    assert got == {"A": {"value": 1.0, "ci95": [1.0, 1.0]}, "B": {"value": 2.0, "ci95": [2.0, 2.0]}}
+
+
+def test_mean_rank_interval_over_tasks_has_the_hand_worked_bounds():
+    """A wins task 1, B wins task 2, every record alike: the mean rank is 1.5; a resample of the two tasks holds
+    task 1 twice (A's mean 1) with probability 1/4, task 2 twice (A's mean 2) with 1/4, one of each (1.5) with 1/2.
+    So ~250 of 1000 samples sit at each end, beyond the 2.5% tails: the interval is [1, 2]."""
+    tasks = [{"A": {"student": exact(1, 1)}, "B": {"student": exact(0, 0)}},
+             {"A": {"student": exact(0, 0)}, "B": {"student": exact(1, 1)}}]
+    got = mean_rank(tasks, fine_tuned, bootstrap=1000)
+    assert got == {"A": {"value": 1.5, "ci95": [1.0, 2.0]}, "B": {"value": 1.5, "ci95": [1.0, 2.0]}}
+
+
+def test_records_are_resampled_paired_across_students():
+    """One task, two records. A and B answered alike (right, wrong): drawn together, every resample ties them, so
+    both stay at 1.5 exactly. A (right, wrong) against C (wrong, right): record 0 twice ranks A 1 (p 1/4), record
+    1 twice ranks A 2 (p 1/4), one of each ties them (1/2): [1, 2]. Drawn apart, the first pair would not always tie."""
+    same = mean_rank([{"A": {"student": exact(1, 0)}, "B": {"student": exact(1, 0)}}], fine_tuned, bootstrap=500)
+    assert same == {"A": {"value": 1.5, "ci95": [1.5, 1.5]}, "B": {"value": 1.5, "ci95": [1.5, 1.5]}}
+    crossed = mean_rank([{"A": {"student": exact(1, 0)}, "C": {"student": exact(0, 1)}}], fine_tuned, bootstrap=1000)
+    assert crossed["A"] == {"value": 1.5, "ci95": [1.0, 2.0]}
+
+
+def test_a_student_missing_a_task_is_ranked_on_the_tasks_it_has():
+    tasks = [{"A": {"student": exact(1)}, "B": {"student": exact(0)}}, {"B": {"student": exact(0)}}]
+    got = mean_rank(tasks, fine_tuned, bootstrap=100)
+    assert got["A"]["value"] == 1.0 and got["B"]["value"] == 1.5  # B: rank 2 on task 1, alone (1) on task 2
+
+
+# --- student against teacher -------------------------------------------------------------------------------------
+
+def test_mcnemar_exact_against_known_tables():
+    # b = 10, c = 2: two-sided exact p = 2 * (C(12,0) + C(12,1) + C(12,2)) / 2^12 = 2 * 79 / 4096 = 0.03857
+    assert mcnemar(10, 2) == pytest.approx(0.038574, abs=1e-6) and mcnemar(2, 10) == mcnemar(10, 2)
+    assert mcnemar(6, 0) == pytest.approx(2 / 64)  # 0.03125: six discordant records, all one way
+    assert mcnemar(5, 5) == 1.0 and mcnemar(0, 0) == 1.0
+    # b = 1, c = 4: 2 * (1 + 5) / 32 = 0.375
+    assert mcnemar(1, 4) == pytest.approx(0.375)
+
+
+def test_paired_difference_of_identical_answers_is_exactly_zero():
+    a = exact(1, 0, 1, 1, 0)
+    assert paired_difference(a, exact(1, 0, 1, 1, 0), bootstrap=300) == {"value": 0.0, "ci95": [0.0, 0.0]}
+    d = paired_difference(exact(1, 1, 1, 1), exact(0, 0, 0, 0), bootstrap=300)
+    assert d == {"value": 1.0, "ci95": [1.0, 1.0]}
+    with pytest.raises(ValueError):
+        paired_difference(exact(1), exact(1, 0))
+
+
+# --- the task metric of each recipe ------------------------------------------------------------------------------
+
+def row(parsed, gold, exact_=False):
+    return {"parsed": parsed, "gold": gold, "exact": exact_}
+
+
+def test_task_metric_by_field_type_against_hand_worked_figures():
+    ner = task_metric(load_recipe(ROOT / "recipes" / "msra_ner.yaml"))
+    gold = {"persons": ["张三"], "locations": ["北京"], "organizations": []}
+    # persons right (tp 1), 北京 missed (fn 1), an organisation made up (fp 1): F1 = 2 / (2 + 1 + 1) = 0.5
+    units = [ner.unit(row({"persons": ["张三"], "locations": [], "organizations": ["上海"]}, gold))]
+    assert ner.name.startswith("entity F1") and ner.statistic(units) == 0.5
+
+    sentiment = task_metric(load_recipe(ROOT / "recipes" / "review_sentiment_zh.yaml"))
+    rows = [row({"sentiment": "positive"}, {"sentiment": "positive"}),
+            row({"sentiment": "positive"}, {"sentiment": "negative"}),
+            row(None, {"sentiment": "negative"})]
+    # positive: tp 1, fp 1, fn 0 -> F1 2/3; negative: tp 0, fn 2 -> 0; macro-F1 = 1/3
+    assert sentiment.name == "macro-F1 of sentiment"
+    assert sentiment.statistic([sentiment.unit(r) for r in rows]) == pytest.approx(1 / 3)
+
+    logistics = task_metric(load_recipe(ROOT / "recipes" / "logistics_zh.yaml"))
+    assert logistics.name == "whole-record exact match"
+    assert logistics.statistic([logistics.unit(row({}, {}, e)) for e in (True, False, False, True)]) == 0.5
+
+
+# --- the spec ------------------------------------------------------------------------------------------------------
+
+def write_spec(tmp_path, text):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+RECIPE = ROOT / "recipes" / "msra_ner.yaml"
+
+
+def test_the_shipped_spec_loads_every_pair_with_the_students_own_type_and_template():
+    b = load_spec(ROOT / "bakeoffs" / "cpu.yaml")
+    assert b.out.as_posix() == "runs/bakeoff/cpu" and len(b.pairs) == 6
+    assert b.tasks == ["logistics_zh", "msra_ner", "review_sentiment_zh"]
+    gemma = b.pair("msra_ner", "gemma3-270m").recipe.student
+    # the cpu profile names SmolLM2 (llama/chatml): a pair of another student must not inherit that
+    assert (gemma.model, gemma.model_type, gemma.template) == ("gemma3-270m", "gemma3_text", "gemma3_text")
+    assert b.pair("msra_ner", "gemma3-270m").run_dir.as_posix() == "runs/bakeoff/cpu/runs/msra_ner/gemma3-270m"
+    assert b.pair("review_sentiment_zh", "smollm2-135m-instruct").recipe.classification_head is False
+
+
+def test_a_hub_student_keeps_the_recipes_own_template_only_when_it_is_the_recipes_student(tmp_path):
+    spec = write_spec(tmp_path, f"students: [Qwen/Qwen3-0.6B, {{model: org/other, template: chatml}}]\n"
+                                f"recipes: [{{recipe: {RECIPE}, profile: gpu}}]\n")
+    b = load_spec(spec)
+    own, other = (b.pair("msra_ner", s).recipe.student for s in ("Qwen/Qwen3-0.6B", "org/other"))
+    assert (own.model_type, own.template) == ("qwen3", "qwen3")
+    assert (other.model_type, other.template) == (None, "chatml")
+    assert b.pair("msra_ner", "Qwen/Qwen3-0.6B").run_dir.name == "Qwen--Qwen3-0.6B"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("students: [smollm2-135m-instruct]\n", r"spec\.yaml: key 'recipes': required key is missing"),
+    ("students: [smollm2-135m-instruct]\nrecipes:\n  - {recipe: recipes/nope.yaml}\n",
+     r"spec\.yaml:3: key 'recipes\.0\.recipe': .*nope\.yaml: no such recipe file"),
+    ("students: [smollm2-135m-instruct]\nrecipes:\n  - {recipe: RECIPE, profil: cpu}\n",
+     r"spec\.yaml:3: key 'recipes\.0\.profil': unknown key"),
+    ("students: [smollm2-135m-instruct]\nrecipes:\n  - {recipe: RECIPE, profile: tpu}\n",
+     r"spec\.yaml:3: key 'recipes\.0'.*no profile 'tpu'"),
+    ("students: [smollm2-135m-instruct]\nrecipes:\n  - {recipe: RECIPE, overrides: [train.lora_rank=eight]}\n",
+     r"spec\.yaml:3: key 'recipes\.0'.*train\.lora_rank"),
+    ("students:\n  - smollm2-135m-instruct\n  - nosuchmodel\nrecipes: [{recipe: RECIPE}]\n",
+     r"spec\.yaml:3: key 'students\.1\.model': 'nosuchmodel' is neither an embedded model"),
+    ("students: [smollm2-135m-instruct, smollm2-135m-instruct]\nrecipes: [{recipe: RECIPE}]\n",
+     r"spec\.yaml:1: key 'students\.1': students 0 and 1 are both 'smollm2-135m-instruct'"),
+    ("students: [smollm2-135m-instruct]\nrecipes: [{recipe: RECIPE}]\nbootstrap: 0\n",
+     r"spec\.yaml:3: key 'bootstrap': expected greater than 0"),
+])
+def test_spec_errors_name_the_file_the_key_and_its_line_and_exit_2(tmp_path, capsys, text, expected):
+    spec = write_spec(tmp_path, text.replace("RECIPE", str(RECIPE)))
+    assert main(["bakeoff", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert re.search(expected, err), err
+    assert not (tmp_path / "out").exists()  # nothing started, nothing written
+
+
+# --- a real bake-off ---------------------------------------------------------------------------------------------
+
+TINY = ["data.train_records=16", "data.val_fraction=0.25", "train.max_steps=2", "train.save_steps=2",
+        "train.eval_steps=2", "eval.backend=transformers", "eval.limit=8", "eval.base_limit=4",
+        "eval.max_new_tokens=32"]
+
+
+def stages_ran(log_section: str) -> list[str]:
+    return re.findall(r"^stage (\w+)$", log_section, re.M)
+
+
+@pytest.mark.slow
+def test_a_real_bakeoff_ranks_resumes_and_never_trains_a_finished_pair_again(tmp_path, smollm2):
+    """One student x msra_ner, tiny: every artifact, the guided base evaluation, the only student ranked 1; then,
+    with the pair half-finished (its merged model gone), a re-run merges and scores again but neither trains nor
+    repeats the base evaluations."""
+    spec = write_spec(tmp_path, f"students: [smollm2-135m-instruct]\n"
+                                f"recipes:\n  - {{recipe: {RECIPE}, profile: cpu, overrides: {json.dumps(TINY)}}}\n"
+                                "bootstrap: 200\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "DASHSCOPE_API_KEY": ""}
+
+    def bakeoff():
+        res = subprocess.run([sys.executable, "-m", "toolkit", "bakeoff", str(spec), "--out", str(out)], cwd=ROOT,
+                             capture_output=True, text=True, env=env)
+        assert res.returncode == 0, res.stderr[-4000:]
+        return res
+
+    res = bakeoff()
+    run = out / "runs" / "msra_ner" / "smollm2-135m-instruct"
+    assert res.stdout.split() == [str(out / n) for n in ("bakeoff.md", "bakeoff.json", "bakeoff.png")]
+    log = (run / "bakeoff.log").read_text()
+    assert stages_ran(log) == ["data", "prepare", "eval_base", "eval_likelihood", "train", "merge", "eval_student",
+                               "train_head", "eval_head", "eval_rules", "eval_teacher", "report"]
+    stages = json.loads((run / "manifest.json").read_text())["stages"]
+    guided = json.loads((run / "eval" / "base-guided-test" / "metrics.json").read_text())
+    assert guided["backend"] == "vllm" and guided["n"] == 4 and stages["eval_base_guided"]["status"] == "done"
+    assert "base-guided-test" in (run / "report.md").read_text()  # the run's report takes it as current
+
+    result = json.loads((out / "bakeoff.json").read_text())
+    student = json.loads((run / "eval" / "student-test" / "metrics.json").read_text())
+    scores = result["scores"]["msra_ner"]["smollm2-135m-instruct"]
+    assert scores["fine_tuned"] == round(student["entities"]["overall"]["f1"]["value"], 4)
+    assert result["tasks"][0]["records"] == {"tested": 8, "base": 4}
+    for ranking in ("fine-tuned", "base", "tunability"):
+        assert result["ranks"][ranking]["msra_ner"] == {"smollm2-135m-instruct": 1.0}
+        assert result["mean_rank"][ranking] == {"smollm2-135m-instruct": {"value": 1.0, "ci95": [1.0, 1.0]}}
+    assert result["student_vs_teacher"] == [] and result["missing"] == []
+    md = (out / "bakeoff.md").read_text()
+    assert "entity F1" in md and "No teacher was evaluated (no key in $DASHSCOPE_API_KEY)" in md
+    assert (out / "bakeoff.png").stat().st_size > 0
+
+    checkpoint = next(run.glob("train/v*/checkpoint-*"))
+    before = {p: p.stat().st_mtime_ns for p in [checkpoint / "adapter_model.safetensors",
+                                                 run / "eval" / "base-test" / "predictions.jsonl",
+                                                 run / "eval" / "base-guided-test" / "predictions.jsonl"]}
+    import shutil
+
+    shutil.rmtree(run / "merged")  # as if interrupted after training
+    (out / "bakeoff.json").unlink()
+    bakeoff()
+    second = (run / "bakeoff.log").read_text()[len(log):]
+    assert stages_ran(second) == ["merge", "eval_student", "report"]
+    assert "eval base-guided-test" not in second and second.count("complete, skipped") == 9
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    again = json.loads((run / "manifest.json").read_text())["stages"]
+    assert again["train"]["finished"] == stages["train"]["finished"]
+    assert again["eval_base_guided"]["finished"] == stages["eval_base_guided"]["finished"]
+    assert json.loads((out / "bakeoff.json").read_text())["ranks"] == result["ranks"]
