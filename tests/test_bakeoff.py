@@ -4,8 +4,10 @@ metric of each field type, spec errors, and (slow) a real one-pair bake-off that
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -184,6 +186,67 @@ def test_spec_errors_name_the_file_the_key_and_its_line_and_exit_2(tmp_path, cap
     assert not (tmp_path / "out").exists()  # nothing started, nothing written
 
 
+# --- from run folders to the tables ------------------------------------------------------------------------------
+
+def write_evaluation(pair, name, predicted, gold):
+    """eval/<name>-test/ as `xtk eval` leaves it, written by hand: a teacher and students whose answers give
+    hand-worked tables (the real parts cannot be made to answer these exact records)."""
+    from toolkit.bakeoff import EVALUATIONS
+    from toolkit.jsonl import write_json, write_jsonl
+    from toolkit.manifest import Manifest
+    from toolkit.pipeline import Context, identity, role
+
+    ctx = Context(pair.recipe, pair.run_dir, Manifest(pair.run_dir))
+    rows = [{"id": f"r{i}", "parsed": None if p is None else {"sentiment": p}, "gold": {"sentiment": g},
+             "exact": p == g} for i, (p, g) in enumerate(zip(predicted, gold))]
+    folder = pair.run_dir / "eval" / f"{name}-test"
+    write_jsonl(folder / "predictions.jsonl", rows)
+    write_json(folder / "metrics.json", {"identity": identity(ctx, role(ctx, EVALUATIONS[name][0]))})
+
+
+def test_tables_from_run_folders_against_hand_worked_ranks_and_mcnemar(tmp_path):
+    from toolkit.bakeoff import collect, write_outputs
+
+    spec = write_spec(tmp_path, "students: [smollm2-135m-instruct, gemma3-270m]\n"
+                                f"recipes: [{{recipe: {ROOT / 'recipes' / 'review_sentiment_zh.yaml'}, profile: cpu}}]\n"
+                                "bootstrap: 200\n")
+    b = load_spec(spec, tmp_path / "out")
+    gold = ["positive", "positive", "negative", "negative"]
+    a, g = b.pair("review_sentiment_zh", "smollm2-135m-instruct"), b.pair("review_sentiment_zh", "gemma3-270m")
+    # A: right on 3 of 4; macro-F1: positive 2*2/(4+1) = 0.8, negative 2*1/(2+1) = 2/3 -> 0.7333
+    write_evaluation(a, "student", ["positive", "positive", "negative", "positive"], gold)
+    write_evaluation(a, "base", [None] * 4, gold)  # no JSON at all: 0
+    # G: every answer wrong: 0; its guided base says positive four times: positive 2/3, negative 0 -> 1/3
+    write_evaluation(g, "student", ["negative", "negative", "positive", "positive"], gold)
+    write_evaluation(g, "base", [None] * 4, gold)
+    write_evaluation(g, "base-guided", ["positive"] * 4, gold)
+    for pair in (a, g):  # the teacher: right on records 0, 2 and 3
+        write_evaluation(pair, "teacher", ["positive", "negative", "negative", "negative"], gold)
+
+    md, js, png = write_outputs(b, collect(b))
+    r = json.loads(js.read_text())
+    s = r["scores"]["review_sentiment_zh"]
+    assert s["smollm2-135m-instruct"] == {"fine_tuned": 0.7333, "base_plain": 0.0, "base_guided": None, "base": 0.0,
+                                          "tunability": 0.7333, "teacher": 0.7333}
+    assert s["gemma3-270m"] == {"fine_tuned": 0.0, "base_plain": 0.0, "base_guided": 0.3333, "base": 0.3333,
+                                "tunability": -0.3333, "teacher": 0.7333}
+    assert r["ranks"]["fine-tuned"]["review_sentiment_zh"] == {"smollm2-135m-instruct": 1.0, "gemma3-270m": 2.0}
+    assert r["ranks"]["base"]["review_sentiment_zh"] == {"gemma3-270m": 1.0, "smollm2-135m-instruct": 2.0}
+    assert r["ranks"]["tunability"]["review_sentiment_zh"] == {"smollm2-135m-instruct": 1.0, "gemma3-270m": 2.0}
+    # A against the teacher: only A right on record 1 (b = 1), only the teacher on record 3 (c = 1): p = 1.
+    # G: never right where the teacher was wrong (b = 0), wrong on the teacher's 3 (c = 3): p = 2 / 2^3 = 0.25.
+    versus = {v["student"]: v for v in r["student_vs_teacher"]}
+    assert [versus["smollm2-135m-instruct"][k] for k in ("n", "b_student_only", "c_teacher_only", "p_mcnemar")] == \
+        [4, 1, 1, 1.0]
+    assert [versus["gemma3-270m"][k] for k in ("b_student_only", "c_teacher_only", "p_mcnemar")] == [0, 3, 0.25]
+    assert versus["smollm2-135m-instruct"]["metric_difference"]["value"] == 0.0
+    assert versus["gemma3-270m"]["metric_difference"]["value"] == -0.7333
+    assert r["missing"] == ["review_sentiment_zh x smollm2-135m-instruct: no base-guided-test"]
+    text = md.read_text()
+    assert "macro-F1 of sentiment" in text and "| review_sentiment_zh | gemma3-270m | 0.0 (2) | 0.0 | 33.3 |" in text
+    assert png.stat().st_size > 0
+
+
 # --- a real bake-off ---------------------------------------------------------------------------------------------
 
 TINY = ["data.train_records=16", "data.val_fraction=0.25", "train.max_steps=2", "train.save_steps=2",
@@ -236,12 +299,10 @@ def test_a_real_bakeoff_ranks_resumes_and_never_trains_a_finished_pair_again(tmp
     assert "entity F1" in md and "No teacher was evaluated (no key in $DASHSCOPE_API_KEY)" in md
     assert (out / "bakeoff.png").stat().st_size > 0
 
-    checkpoint = next(run.glob("train/v*/checkpoint-*"))
+    checkpoint = Path(stages["train"]["checkpoint"])
     before = {p: p.stat().st_mtime_ns for p in [checkpoint / "adapter_model.safetensors",
                                                  run / "eval" / "base-test" / "predictions.jsonl",
                                                  run / "eval" / "base-guided-test" / "predictions.jsonl"]}
-    import shutil
-
     shutil.rmtree(run / "merged")  # as if interrupted after training
     (out / "bakeoff.json").unlink()
     bakeoff()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -331,8 +332,13 @@ def run_pairs(b: Bakeoff) -> list[tuple[Pair, Path]]:
                 time.sleep(1)
     finally:
         for proc, _, _, fh in running.values():  # interrupted: stop the children this started
-            proc.terminate()
-            proc.wait()
+            # SIGINT first: a child then closes its vLLM engine's processes on the way out, as on Ctrl-C
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                proc.wait()
             fh.close()
     return failed
 
@@ -398,9 +404,9 @@ def task_metric(recipe: Recipe) -> TaskMetric:
                       lambda xs: sum(xs) / len(xs) if xs else 0.0)
 
 
-# evaluation name under eval/ -> (the role whose identity it must match, the records it was tested on)
-EVALUATIONS = {"student": ("student", "tested"), "teacher": ("teacher", "tested"),
-               "base": ("base", "base"), "base-guided": ("base", "base")}
+# evaluation name under eval/ -> (the role whose identity it must match, the records it was tested on, its stage)
+EVALUATIONS = {"student": ("student", "tested", "eval_student"), "teacher": ("teacher", "tested", "eval_teacher"),
+               "base": ("base", "base", "eval_base"), "base-guided": ("base", "base", GUIDED)}
 
 
 def read_predictions(pair: Pair, name: str) -> tuple[dict[tuple[str, str], dict] | None, str | None]:
@@ -411,11 +417,12 @@ def read_predictions(pair: Pair, name: str) -> tuple[dict[tuple[str, str], dict]
 
     ctx = Context(pair.recipe, pair.run_dir, Manifest(pair.run_dir))
     expected = identity(ctx, role(ctx, EVALUATIONS[name][0]))
+    skipped = ctx.manifest.data["stages"].get(EVALUATIONS[name][2], {}).get("skipped")
     rows: dict[tuple[str, str], dict] = {}
     for test in pair.recipe.data.test:
         folder = pair.run_dir / "eval" / f"{name}-{Path(test).stem}"
         if not (folder / "metrics.json").is_file():
-            return None, f"no {folder.name}"
+            return None, f"no {folder.name}" + (f" ({skipped})" if skipped else "")
         if json.loads((folder / "metrics.json").read_text()).get("identity") != expected:
             return None, f"{folder.name} describes another model or configuration"
         for row in read_jsonl(folder / "predictions.jsonl"):
@@ -621,6 +628,7 @@ def plot_mean_ranks(mean: dict[str, dict], students: list[str], out_png: Path) -
         ax.errorbar(values, ys, xerr=[lo, hi], fmt="o", capsize=3)
         ax.set_title(name, fontsize=9)
         ax.set_xlim(0.5, len(students) + 0.5)
+        ax.set_xticks(range(1, len(students) + 1))
         ax.set_xlabel("mean rank (1 = best), 95% interval", fontsize=8)
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(range(len(order)), order, fontsize=8)
