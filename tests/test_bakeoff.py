@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
 from toolkit.bakeoff import base, fine_tuned, load_spec, task_metric, tunability
 from toolkit.cli import main
 from toolkit.ranking import Evaluation, mcnemar, mean_rank, paired_difference, ranks
@@ -207,9 +207,9 @@ def write_evaluation(pair, name, predicted, gold):
 def test_tables_from_run_folders_against_hand_worked_ranks_and_mcnemar(tmp_path):
     from toolkit.bakeoff import collect, write_outputs
 
+    sentiment = ROOT / "recipes" / "review_sentiment_zh.yaml"
     spec = write_spec(tmp_path, "students: [smollm2-135m-instruct, gemma3-270m]\n"
-                                f"recipes: [{{recipe: {ROOT / 'recipes' / 'review_sentiment_zh.yaml'}, profile: cpu}}]\n"
-                                "bootstrap: 200\n")
+                                f"recipes: [{{recipe: {sentiment}, profile: cpu}}]\nbootstrap: 200\n")
     b = load_spec(spec, tmp_path / "out")
     gold = ["positive", "positive", "negative", "negative"]
     a, g = b.pair("review_sentiment_zh", "smollm2-135m-instruct"), b.pair("review_sentiment_zh", "gemma3-270m")

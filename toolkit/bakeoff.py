@@ -32,9 +32,17 @@ from pydantic import Field, ValidationError, field_validator
 
 from toolkit.errors import StageError
 from toolkit.jsonl import DataError, read_jsonl, read_text, write_json, write_text
-from toolkit.ranking import Evaluation, mean_rank, mcnemar, paired_difference, ranks, task_scores
-from toolkit.recipe import (Recipe, RecipeError, _describe, _DuplicateKey, _key_lines, _Strict, _UniqueKeyLoader,
-                            load_recipe)
+from toolkit.ranking import Evaluation, mcnemar, mean_rank, paired_difference, ranks, task_scores
+from toolkit.recipe import (
+    Recipe,
+    RecipeError,
+    _describe,
+    _DuplicateKey,
+    _key_lines,
+    _Strict,
+    _UniqueKeyLoader,
+    load_recipe,
+)
 
 
 class SpecError(RecipeError):
@@ -378,7 +386,7 @@ class TaskMetric:
 
 
 def task_metric(recipe: Recipe) -> TaskMetric:
-    """The figure a task is judged by, the one its report leads with: entity F1 (micro over every list field)
+    """The figure a task is judged by, the headline its field types call for: entity F1 (micro over every list field)
     where the recipe has list fields, else the macro-F1 of its enum field where it has exactly one, else
     whole-record exact match."""
     from toolkit.fields import compared
@@ -528,7 +536,8 @@ def write_outputs(b: Bakeoff, found: dict) -> list[Path]:
         "spec": str(b.spec_path), "bootstrap": b.spec.bootstrap, "seed": b.spec.seed,
         "students": [{"name": s.name, "model": s.model} for s in b.students],
         "tasks": [{"name": t, "recipe": b.entries[t].recipe, "profile": b.entries[t].profile,
-                   "overrides": b.entries[t].overrides, "metric": task_metric(b.pair(t, b.students[0].name).recipe).name,
+                   "overrides": b.entries[t].overrides,
+                   "metric": task_metric(b.pair(t, b.students[0].name).recipe).name,
                    "records": found["records"][t]} for t in b.tasks],
         **stats,
         "missing": found["notes"],
@@ -547,21 +556,27 @@ def _rank(r: dict) -> str:
     return f"{r['value']:.2f} [{r['ci95'][0]:.2f}–{r['ci95'][1]:.2f}]"
 
 
+def _ranked(r: dict, task: str, student: str, key: str, ranking: str) -> str:
+    """A score in % with its rank in brackets."""
+    rank = r["ranks"][ranking][task].get(student)
+    return _pct(r["scores"][task][student][key]) + (f" ({rank:g})" if rank is not None else "")
+
+
 def markdown(b: Bakeoff, r: dict) -> str:
     students = [s.name for s in b.students]
     lines = [f"# Bake-off: {b.spec_path.stem}", "",
-             f"{len(students)} students x {len(b.tasks)} tasks from `{b.spec_path}`. Each task is scored by one metric, "
-             "the one its report leads with, on the records of its test files together:", "",
-             "| task | recipe | profile | metric | records (fine-tuned, teacher) | records (base) |", "|---|---|---|---|---|---|"]
+             (f"{len(students)} students x {len(b.tasks)} tasks from `{b.spec_path}`. Each task is scored by one "
+              "metric, the headline its field types call for, on the records of its test files together:"), "",
+             "| task | recipe | profile | metric | records (fine-tuned, teacher) | records (base) |",
+             "|---|---|---|---|---|---|"]
     for t in r["tasks"]:
         lines.append(f"| {t['name']} | `{t['recipe']}` | {t['profile'] or '—'} | {t['metric']} | "
                      f"{t['records'].get('tested', '—')} | {t['records'].get('base', '—')} |")
-    lines += ["", "Rankings: **fine-tuned** (the short prompt, after training), **base** (the detailed prompt, the "
-              "better of free and JSON-schema guided decoding: a base model is not judged on formatting alone) and "
-              "**tunability** (fine-tuned minus base). Rank 1 is the highest score; ties share the mean of their "
-              "ranks. Intervals are 95%, from "
-              f"{b.spec.bootstrap} bootstrap samples that draw the tasks and, within each, the test records with "
-              "replacement (the same records for every student).", "",
+    lines += ["", ("Rankings: **fine-tuned** (the short prompt, after training), **base** (the detailed prompt, the "
+                   "better of free and JSON-schema guided decoding: a base model is not judged on formatting alone) "
+                   "and **tunability** (fine-tuned minus base). Rank 1 is the highest score; ties share the mean of "
+                   f"their ranks. Intervals are 95%, from {b.spec.bootstrap} bootstrap samples that draw the tasks "
+                   "and, within each, the test records with replacement (the same records for every student)."), "",
               "## Mean rank", "", "| student | " + " | ".join(RANKINGS) + " |", "|---" * (len(RANKINGS) + 1) + "|"]
     order = sorted(students, key=lambda s: r["mean_rank"]["fine-tuned"].get(s, {}).get("value", float("inf")))
     for s in order:
@@ -577,20 +592,16 @@ def markdown(b: Bakeoff, r: dict) -> str:
             if sc is None:
                 lines.append(f"| {t} | {s} | — | — | — | — | — | — |")
                 continue
-
-            def ranked(key: str, ranking: str) -> str:
-                rank = r["ranks"][ranking][t].get(s)
-                return _pct(sc[key]) + (f" ({rank:g})" if rank is not None else "")
-
-            lines.append(f"| {t} | {s} | {ranked('fine_tuned', 'fine-tuned')} | {_pct(sc['base_plain'])} | "
-                         f"{_pct(sc['base_guided'])} | {ranked('base', 'base')} | {ranked('tunability', 'tunability')} "
-                         f"| {_pct(sc['teacher'])} |")
+            lines.append(f"| {t} | {s} | {_ranked(r, t, s, 'fine_tuned', 'fine-tuned')} | {_pct(sc['base_plain'])} | "
+                         f"{_pct(sc['base_guided'])} | {_ranked(r, t, s, 'base', 'base')} | "
+                         f"{_ranked(r, t, s, 'tunability', 'tunability')} | {_pct(sc['teacher'])} |")
     lines += ["", "## Fine-tuned student against the teacher", ""]
     if r["student_vs_teacher"]:
-        lines += ["McNemar's exact test on whole-record exact match over the records both answered (b: only the "
-                  "student right, c: only the teacher right), and the difference in the task's metric (student minus "
-                  "teacher) with a paired bootstrap 95% interval.", "",
-                  "| task | student | n | student exact % | teacher exact % | b | c | McNemar p | metric difference % |",
+        lines += [("McNemar's exact test on whole-record exact match over the records both answered (b: only the "
+                   "student right, c: only the teacher right), and the difference in the task's metric (student "
+                   "minus teacher) with a paired bootstrap 95% interval."), "",
+                  ("| task | student | n | student exact % | teacher exact % | b | c | McNemar p | "
+                   "metric difference % |"),
                   "|---|---|---|---|---|---|---|---|---|"]
         for v in r["student_vs_teacher"]:
             d = v["metric_difference"]
