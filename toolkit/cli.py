@@ -94,6 +94,22 @@ def cmd_recipe_show(args) -> None:
     print(yaml.safe_dump(_recipe(args).public_dict(), allow_unicode=True, sort_keys=False), end="")
 
 
+def cmd_advise(args) -> None:
+    import json
+
+    from toolkit.advise import advise, render
+    from toolkit.errors import StageError
+
+    names = [n.strip() for n in args.candidates.split(",") if n.strip()] if args.candidates else None
+    if args.candidates is not None and not names:
+        raise StageError(f"--candidates {args.candidates!r}: name at least one model, e.g. smollm2-135m-instruct,gemma3-270m")
+    advice = advise(_recipe(args), args.recipe, rows=args.rows, ram_gib=args.ram, gpu_gib=args.gpu, candidates=names)
+    if args.json:
+        print(json.dumps(advice.to_json(), ensure_ascii=False, indent=2))
+    else:
+        render(advice, Console(width=None if sys.stdout.isatty() else 200))
+
+
 def cmd_data_generate(args) -> None:
     from toolkit.datagen import generate
 
@@ -199,6 +215,15 @@ COMMANDS: tuple[Command, ...] = (
     )),
     Command("models list", "list the embedded models: kind, licence, size, whether pulled", cmd_models_list),
     Command("recipe show", "print a recipe as resolved (profile and overrides applied)", cmd_recipe_show, RECIPE),
+    Command("advise", "which student? licence, kind vs labelled rows, LoRA and inference memory, tokens per record "
+            "for each candidate, and the bake-off that tests the short-list", cmd_advise, RECIPE + (
+                A("--rows", type=int, help="labelled rows you will have (default: what the recipe's data gives)"),
+                A("--ram", type=float, metavar="GIB", help="memory to train and serve in (default: this machine's)"),
+                A("--gpu", type=float, metavar="GIB", help="GPU memory; training and inference are checked against it"),
+                A("--candidates", metavar="A,B,...",
+                  help="embedded names, folders or hub ids (default: the recipe's student and the embedded ones)"),
+                A("--json", action="store_true", help="print JSON instead of the table"),
+            )),
     Command("prepare", "labelled records -> ms-swift messages JSONL, validated, de-duplicated, split",
             _stage("prepare"), RECIPE + RUN_DIR + TRUST + (
                 A("--labelled", help="labelled JSONL ({id,text,label} or {messages}); default: the run's data"),)),
