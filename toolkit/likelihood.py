@@ -17,7 +17,11 @@ def choice_logprobs(model, tokenizer, prompts: list[str], continuations: list[st
     """log P(continuation | prompt) for each pair: the sum over the continuation's tokens (a sum, not a mean:
     the probability of the whole answer; a mean would favour a choice split into many likely pieces).
     Prompt and continuation are tokenised apart and joined, so a choice is the same tokens whatever precedes it
-    (tokenised together, a boundary merge could score one choice on other tokens than its rivals)."""
+    (tokenised together, a boundary merge could score one choice on other tokens than its rivals).
+
+    Pairs are batched by length and left-padded, with position ids counted from each row's first real token, so
+    every continuation ends at the batch's last position: the vocabulary projection, which dominates the cost
+    (49k-150k outputs a position), runs only on the few last positions that predict answer tokens."""
     import torch
 
     pairs = [(tokenizer(p, add_special_tokens=False)["input_ids"], tokenizer(c, add_special_tokens=False)["input_ids"])
@@ -25,24 +29,26 @@ def choice_logprobs(model, tokenizer, prompts: list[str], continuations: list[st
     if any(not p for p, _ in pairs):
         raise ValueError("an empty prompt: its continuation's first token has no position to be predicted from")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    scores = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        width = max(len(p) + len(c) for p, c in chunk)
+    scores = [0.0] * len(pairs)
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))  # less padding
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        width = max(len(pairs[i][0]) + len(pairs[i][1]) for i in chunk)
+        keep = max(len(pairs[i][1]) for i in chunk) + 1  # the last positions: those predicting continuations
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, (p, c) in enumerate(chunk):  # right padding: real tokens sit at the positions they have unbatched
-            ids[row, :len(p) + len(c)] = torch.tensor(p + c)
-            mask[row, :len(p) + len(c)] = 1
-        # Only positions from the earliest one that predicts a continuation token: the prompt's logits would be
-        # batch x prompt length x vocabulary floats (GBs for a 150k vocabulary), all unused.
-        first = min(len(p) for p, _ in chunk) - 1
+        for row, i in enumerate(chunk):
+            p, c = pairs[i]
+            ids[row, width - len(p) - len(c):] = torch.tensor(p + c)
+            mask[row, width - len(p) - len(c):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as unpadded: the first real token is position 0
         with torch.inference_mode():
-            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=width - first).logits
-        for row, (p, c) in enumerate(chunk):
-            at = torch.arange(len(p) - 1, len(p) + len(c) - 1) - first  # token t is predicted at position t - 1
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        for row, i in enumerate(chunk):
+            c = pairs[i][1]
+            at = torch.arange(keep - len(c) - 1, keep - 1)  # token t is predicted at position t - 1
             logp = torch.log_softmax(logits[row, at].float(), dim=-1)
-            scores.append(logp.gather(1, torch.tensor(c)[:, None]).sum().item())
+            scores[i] = logp.gather(1, torch.tensor(c)[:, None]).sum().item()
     return scores
 
 
