@@ -33,16 +33,8 @@ from pydantic import Field, ValidationError, field_validator
 from toolkit.errors import StageError
 from toolkit.jsonl import DataError, read_jsonl, read_text, write_json, write_text
 from toolkit.ranking import Evaluation, mcnemar, mean_rank, paired_difference, ranks, task_scores
-from toolkit.recipe import (
-    Recipe,
-    RecipeError,
-    _describe,
-    _DuplicateKey,
-    _key_lines,
-    _Strict,
-    _UniqueKeyLoader,
-    load_recipe,
-)
+from toolkit.recipe import (Recipe, RecipeError, _describe, _DuplicateKey, _key_lines, _Strict, _UniqueKeyLoader,
+                            load_recipe)
 
 
 class SpecError(RecipeError):
@@ -233,11 +225,13 @@ def eval_base_guided(ctx) -> None:
     eval/base-guided-<test>/. Its identity is the base model's, so the run's report shows it beside `base`. Skipped
     when already done under the same settings."""
     from toolkit.infer import vllm_available
-    from toolkit.pipeline import EVAL_CONFIG, config_digest, evaluate_model, role, skip
+    from toolkit.pipeline import EVAL_CONFIG, config_digest, console, evaluate_model, role, skip
 
     config = config_digest(ctx.recipe, EVAL_CONFIG + ("student",))
     if ctx.manifest.is_complete(GUIDED) and ctx.manifest.data["stages"][GUIDED].get("config") == config:
+        console.print(f"[dim]{GUIDED}: complete, skipped[/]")
         return
+    console.print(f"[bold cyan]stage {GUIDED}[/]")  # as `xtk run` announces its stages (and the bar shows them)
     if not vllm_available():
         skip(ctx, GUIDED, "guided decoding needs vLLM, which is not installed here")
         return
