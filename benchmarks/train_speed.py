@@ -1,27 +1,40 @@
-"""Training throughput of the `cpu` profile against plain `swift sft` defaults, on the same data, in one run.
+"""Training throughput of the `cpu` profile against plain `swift sft` defaults, on the same data, in one run, and
+as a fraction of this CPU's own fp32 matmul throughput, measured by the same run.
 
-    .venv/bin/python benchmarks/train_speed.py [--steps 8] [--out benchmarks/results/train_speed.json]
+    .venv/bin/python benchmarks/train_speed.py [--sequences 64] [--only NAME ...] [--out FILE]
 
-Each variant is a real `swift sft` of the embedded SmolLM2 student. Its speed is taken from ms-swift's
-logging.jsonl after the first logged step (model load and warm-up excluded): training tokens per second =
-sequences per optimiser step x mean tokens per sequence / seconds per step. Every ratio is against the
-plain-defaults run measured in the same invocation.
+Each variant is a real `swift sft` of the embedded SmolLM2 student on the same prepared records; every ratio is
+against the plain-defaults run of the same invocation. Speed comes from ms-swift's logging.jsonl, the first
+optimiser step (model load, warm-up) left out: tokens are the real tokens the trainer fed the model (its
+`num_input_tokens_seen`, counting non-padding tokens, summed over DDP processes), time is the trainer's own
+clock (`train_speed(s/it)` x steps).
+
+The matmul limit: torch fp32 matmuls at SmolLM2's layer shapes (every nn.Linear of the model, the tied lm_head
+once), forward (x @ W.T) and input gradient (dy @ W) each, rows = sequences per process x mean tokens, timed on
+1 thread, on 2 threads, and as 2 concurrent 1-thread processes (their aggregate). LoRA training does about
+4 x parameters FLOP per token (forward 2, input gradients 2; the frozen weights get no weight gradient); the
+parameters counted are those matmuls' weights, the tied embedding/lm_head matrix once as the lm_head (the
+embedding lookup is no matmul). Attention's own products and LoRA's small matrices are left out.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import multiprocessing as mp
 import os
 import re
 import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import ROOT, provenance  # noqa: E402
 
+sys.path.insert(0, str(ROOT))
 from toolkit.jsonl import write_json  # noqa: E402
 from toolkit.models import resolve_model  # noqa: E402
 from toolkit.pipeline import console  # noqa: E402
@@ -31,28 +44,44 @@ from toolkit.runner import run_logged  # noqa: E402
 from toolkit.train import read_log, sft_argv, sft_env  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "logistics_zh.yaml"
-# name: overrides of the cpu profile; None = plain `swift sft` defaults
-SINGLE = ["train.nproc_per_node=1", "train.per_device_train_batch_size=4"]
+PROFILE = "cpu profile"
+
+
+def with_args(*extra: str) -> str:
+    """A train.extra_args override: `--use_cpu true` (without it the DDP processes of a CPU launch never sync:
+    accelerate sees no distributed job, so each trains its own copy and only rank 0's is kept) plus `extra`."""
+    return "train.extra_args=[" + ",".join(["--use_cpu", "'true'", *extra]) + "]"
+
+
+# name: overrides of the cpu profile; None = plain `swift sft` defaults. Few: the whole run must stay short.
 VARIANTS = {
     "swift defaults": None,
-    "cpu profile: DDP 2 procs x 1 thread, batch 2 each": [],
-    "1 proc x 1 thread, batch 4": SINGLE,
-    "1 proc x 2 threads, batch 4": SINGLE + ["train.omp_num_threads=2"],
-    "1 proc x 1 thread, batch 4, gradient checkpointing": SINGLE + ["train.gradient_checkpointing=true"],
+    PROFILE: [],
+    "cpu profile, use_cpu (DDP that syncs)": [with_args()],
+    "cpu profile, use_cpu, group_by_length": [with_args("--group_by_length", "'true'")],
+    "cpu profile, use_cpu, batch 4 per process": [with_args(), "train.per_device_train_batch_size=4"],
+    "cpu profile, use_cpu, eager attention": [with_args("--attn_impl", "eager")],
+    "1 proc x 2 threads, batch 4": ["train.nproc_per_node=1", "train.per_device_train_batch_size=4",
+                                    "train.omp_num_threads=2"],
 }
+# Instrumentation only: the trainer counts the real and the padded tokens it feeds the model.
+COUNT_TOKENS = ["--external_plugins", str(ROOT / "benchmarks" / "token_count_plugin.py"), "--callbacks", "count_tokens"]
 
 
-def seconds(text: str) -> float:
-    """ms-swift's elapsed_time ('1m 4s', '26s', '1h 2m 3s') in seconds."""
-    units = {"h": 3600, "m": 60, "s": 1}
-    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)([hms])", text))
+def step_rate(rows: list[dict]) -> dict:
+    """Seconds per step and real tokens per second between the first and the last logged training step."""
+    steps = [r for r in rows if "loss" in r and "num_input_tokens_seen" in r]
+    if len(steps) < 2:
+        raise ValueError(f"{len(steps)} logged training steps with a token count; need 2 or more")
 
+    def at(r: dict) -> tuple[int, float, int, int]:  # step, seconds since training began, real and padded tokens
+        step = int(r["global_step/max_steps"].split("/")[0])
+        return step, r["train_speed(s/it)"] * step, r["num_input_tokens_seen"], r["padded_tokens_seen"]
 
-def step_seconds(rows: list[dict]) -> tuple[float, int]:
-    steps = [(int(r["global_step/max_steps"].split("/")[0]), seconds(r["elapsed_time"]))
-             for r in rows if "loss" in r]
-    (s0, t0), (s1, t1) = steps[0], steps[-1]
-    return (t1 - t0) / (s1 - s0), s1 - s0
+    (s0, t0, n0, p0), (s1, t1, n1, p1) = at(steps[0]), at(steps[-1])
+    return {"measured_steps": s1 - s0, "seconds_per_step": round((t1 - t0) / (s1 - s0), 2),
+            "real_tokens": n1 - n0, "padding_share": round(1 - (n1 - n0) / (p1 - p0), 3),
+            "tokens_per_s": round((n1 - n0) / (t1 - t0), 1)}
 
 
 def defaults_argv(model, train_file: Path, out: Path, steps: int) -> list[str]:
@@ -61,55 +90,162 @@ def defaults_argv(model, train_file: Path, out: Path, steps: int) -> list[str]:
             "--output_dir", str(out), "--add_version", "false", "--logging_steps", "1", "--save_strategy", "no"]
 
 
+def linear_shapes(model_ref: str) -> tuple[Counter, dict]:
+    """(in_features, out_features) -> how many nn.Linear of that shape SmolLM2 has, and its parameter counts,
+    read from the model itself (built on the meta device: no weights loaded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_ref)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    shapes = Counter((m.in_features, m.out_features) for m in linears)
+    head = model.get_output_embeddings().weight.numel()
+    counts = {"all_unique": sum(p.numel() for p in model.parameters()),  # tied matrix once
+              "matmul": sum(m.weight.numel() for m in linears), "lm_head": head,
+              "tied_embedding": bool(getattr(config, "tie_word_embeddings", False))}
+    return shapes, counts
+
+
+def _matmul_worker(shapes: dict, rows: int, threads: int | None, reps: int, start, results) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    mats = [(torch.randn(rows, i, generator=gen), torch.randn(o, i, generator=gen),
+             torch.randn(rows, o, generator=gen), n) for (i, o), n in shapes.items()]
+    for x, w, dy, _ in mats:  # warm-up: first-touch pages, oneDNN/MKL kernels chosen
+        x @ w.T, dy @ w
+    start.wait()
+    flop = seconds = 0.0
+    for _ in range(reps):
+        for x, w, dy, n in mats:  # time each shape, weight it by how often the model has it
+            t = time.perf_counter()
+            x @ w.T
+            dy @ w
+            seconds += n * (time.perf_counter() - t)
+            flop += n * 4 * rows * w.numel()
+    results.put((flop, seconds, torch.get_num_threads()))
+
+
+def matmul_limit(shapes: Counter, rows: int, procs: int, threads: int | None, reps: int = 3) -> dict:
+    """fp32 matmul GFLOP/s at the model's shapes: `procs` concurrent processes of `threads` threads each
+    (None: torch's default), their aggregate. Each in a fresh process, so no thread setting leaks."""
+    ctx = mp.get_context("spawn")
+    start, results = ctx.Barrier(procs), ctx.Queue()
+    env = os.environ.pop("OMP_NUM_THREADS", None)  # the worker sets its threads itself
+    workers = [ctx.Process(target=_matmul_worker, args=(dict(shapes), rows, threads, reps, start, results))
+               for _ in range(procs)]
+    for w in workers:
+        w.start()
+    got = [results.get() for _ in workers]
+    for w in workers:
+        w.join()
+    if env is not None:
+        os.environ["OMP_NUM_THREADS"] = env
+    # Each process's rate over its own time, summed: they ran side by side from the same barrier.
+    return {"procs": procs, "threads_each": got[0][2], "rows": rows,
+            "gflop_per_s": round(sum(f / s for f, s, _ in got) / 1e9, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--sequences", type=int, default=64,
+                        help="sequences each variant trains on after its first (warm-up) step")
     parser.add_argument("--records", type=int, default=200)
     parser.add_argument("--only", action="append", help="run only these variants (by name)")
+    parser.add_argument("--matmul-reps", type=int, default=3, help="timed passes over the shapes per limit")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_speed.json"))
     args = parser.parse_args()
 
+    started = provenance()  # the commit and machine as the run starts
     os.environ.pop("OMP_NUM_THREADS", None)  # the defaults run gets torch's default threads; profiles set theirs
     work = Path(tempfile.mkdtemp(prefix="xtk-train-speed-"))
     base = load_recipe(RECIPE, "cpu", [f"data.train_records={args.records}", "data.val_fraction=0"])
     model = resolve_model(base.student.model, base.student.model_type, base.student.template)
     stats = run_prepare(base, gold_records(base), work / "data", model.ref)
     mean_tokens = stats["tokens"]["mean"]
-    results = {}
+    shapes, params = linear_shapes(model.ref)
+    flop_per_token = 4 * params["matmul"]
+
+    runs = {}
     for name, overrides in VARIANTS.items():
         if args.only and name not in args.only:
             continue
         out = work / re.sub(r"\W+", "-", name)
         if overrides is None:  # ms-swift's own defaults: batch 1 x accumulation 16 = 16 sequences a step
-            argv, env, per_step = defaults_argv(model, work / "data" / "train.jsonl", out, args.steps), {}, 16
+            per_step, procs, threads, batch = 16, 1, None, 1
+            steps = 1 + math.ceil(args.sequences / per_step)
+            argv, env = defaults_argv(model, work / "data" / "train.jsonl", out, steps), {}
         else:
-            recipe = load_recipe(RECIPE, "cpu", [f"train.max_steps={args.steps}", "train.save_steps=100000",
-                                                 "train.logging_steps=1", *overrides])
-            argv = sft_argv(recipe, model, work / "data" / "train.jsonl", None, out)
-            env = sft_env(recipe)
+            recipe = load_recipe(RECIPE, "cpu", overrides)
             t = recipe.train
             per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps * t.nproc_per_node
-        console.print(f"[bold]{name}[/]: {args.steps} steps of {per_step} sequences")
+            procs, threads, batch = t.nproc_per_node, t.omp_num_threads, t.per_device_train_batch_size
+            steps = 1 + math.ceil(args.sequences / per_step)
+            recipe = load_recipe(RECIPE, "cpu", [*overrides, f"train.max_steps={steps}",
+                                                 "train.save_steps=100000", "train.logging_steps=1"])
+            argv = sft_argv(recipe, model, work / "data" / "train.jsonl", None, out)
+            env = sft_env(recipe)
+        console.print(f"[bold]{name}[/]: {steps} steps of {per_step} sequences")
         start = time.perf_counter()
         try:
-            run_logged(argv, out / "train.log", env=env, what=name)
+            run_logged(argv + COUNT_TOKENS, out / "train.log", env=env, what=name)
+            rate = step_rate(read_log(out))
         except Exception as exc:  # a variant that cannot run here is a result too
-            results[name] = {"error": str(exc).splitlines()[0]}
-            console.print(f"  failed: {results[name]['error']}")
+            runs[name] = {"error": str(exc)[-2000:]}
+            console.print(f"  failed: {exc}")
             continue
-        s_per_step, measured = step_seconds(read_log(out))
-        results[name] = {"sequences_per_step": per_step, "seconds_per_step": round(s_per_step, 2),
-                         "measured_steps": measured, "tokens_per_s": round(per_step * mean_tokens / s_per_step, 1),
-                         "wall_s": round(time.perf_counter() - start, 1), "env": env}
-        console.print(f"  {results[name]['tokens_per_s']} tokens/s ({s_per_step:.1f} s/step)")
-    baseline = results.get("swift defaults", {}).get("tokens_per_s")
-    for r in results.values():
-        if baseline and "tokens_per_s" in r:
+        runs[name] = {"sequences_per_step": per_step, **rate, "wall_s": round(time.perf_counter() - start, 1),
+                      "overrides": overrides, "env": {k: v for k, v in env.items() if k != "MASTER_PORT"},
+                      "launch": {"procs": procs, "threads_each": threads, "batch_per_proc": batch}}
+        console.print(f"  {rate['tokens_per_s']} real tokens/s ({rate['seconds_per_step']} s/step)")
+
+    # The matmul limits, measured after the trainings (nothing else running), at each launch's rows.
+    limits: dict[str, dict] = {}
+
+    def limit(procs: int, threads: int | None, rows: int) -> dict:
+        key = f"{procs} proc x {threads or 'default'} thread(s), {rows} rows"
+        if key not in limits:
+            console.print(f"matmul limit: {key}")
+            limits[key] = matmul_limit(shapes, rows, procs, threads, args.matmul_reps)
+        return limits[key]
+
+    profile = load_recipe(RECIPE, "cpu").train
+    profile_rows = round(profile.per_device_train_batch_size * mean_tokens)
+    reference = {"1 thread": limit(1, 1, profile_rows), "2 threads": limit(1, 2, profile_rows),
+                 "2 processes x 1 thread": limit(2, 1, profile_rows)}
+    baseline = runs.get("swift defaults", {}).get("tokens_per_s")
+    for r in runs.values():
+        if "tokens_per_s" not in r:
+            continue
+        launch = r["launch"]
+        lim = limit(launch["procs"], launch["threads_each"], round(launch["batch_per_proc"] * mean_tokens))
+        r["train_gflop_per_s"] = round(r["tokens_per_s"] * flop_per_token / 1e9, 1)
+        r["matmul_limit_gflop_per_s"] = lim["gflop_per_s"]
+        r["fraction_of_matmul_limit"] = round(r["train_gflop_per_s"] / lim["gflop_per_s"], 3)
+        if baseline:
             r["ratio_vs_swift_defaults"] = round(r["tokens_per_s"] / baseline, 2)
-    write_json(args.out, {"mean_tokens_per_sequence": mean_tokens, "records": stats["train"],
-                          "steps": args.steps, "machine": "2 CPU cores", "results": results})
-    for name, r in results.items():
-        print(f"{name:48s} {r.get('tokens_per_s', r.get('error'))} tok/s  x{r.get('ratio_vs_swift_defaults', '-')}")
+
+    write_json(args.out, {
+        **started,
+        "what": "swift sft LoRA training speed of the embedded SmolLM2 student on logistics_zh records, each "
+                "variant in this run; tokens = real (non-padding) tokens fed to the model",
+        "records": stats["train"], "tokens_per_sequence": stats["tokens"],
+        "sequences_measured_per_variant": args.sequences,
+        "parameters": {**params, "counted": "matmul (every nn.Linear weight; the tied embedding/lm_head matrix "
+                                            "once, as the lm_head matmul; the embedding lookup is no matmul)"},
+        "flop_per_token": flop_per_token,
+        "flop_per_token_rule": "4 x counted parameters (LoRA: forward 2, input gradients 2)",
+        "matmul_limits": {"reference_at_profile_rows": reference, "all": limits},
+        "goals": {"ratio_vs_swift_defaults": 2.0, "fraction_of_matmul_limit": 0.5},
+        "results": runs,
+    })
+    for name, r in runs.items():
+        print(f"{name:42s} {r.get('tokens_per_s', r.get('error'))} tok/s  x{r.get('ratio_vs_swift_defaults', '-')}"
+              f"  {r.get('fraction_of_matmul_limit', '-')} of matmul limit")
     shutil.rmtree(work, ignore_errors=True)
 
 
