@@ -15,7 +15,7 @@ import pytest
 from conftest import RECIPE
 from qwen3_fixture import qwen3_tiny_folder
 from toolkit.models import resolve_model
-from toolkit.recipe import load_recipe
+from toolkit.recipe import RecipeError, load_recipe
 from toolkit.train import sft_argv
 
 
@@ -251,3 +251,14 @@ def test_vllm_splits_the_model_over_the_recipes_tensor_parallel_gpus(qwen3_tiny,
                       "tensor_parallel_size": 2, "trust_remote_code": False, "gpu_memory_utilization": 0.9}
     parallel = EngineArgs(**kwargs).create_engine_config().parallel_config  # vLLM's own reading, no engine started
     assert (parallel.tensor_parallel_size, parallel.world_size) == (2, 2)
+
+
+def test_early_stopping_reaches_ms_swift_as_its_callback_on_eval_loss(smollm2, data, monkeypatch):
+    """train.early_stop_evals: ms-swift's early-stop callback, judged on the eval loss (lower is better)."""
+    recipe = load_recipe(RECIPE, "cpu", ["train.early_stop_evals=3"])
+    args = swift_parse(argv_for(recipe, data), monkeypatch)
+    t = args.training_args
+    assert (t.early_stop_interval, t.metric_for_best_model, t.greater_is_better) == (3, "loss", False)
+    assert "early_stop" in t.callbacks
+    with pytest.raises(RecipeError, match=r"save_steps \(7\) must equal eval_steps"):
+        load_recipe(RECIPE, "cpu", ["train.early_stop_evals=3", "train.save_steps=7"])

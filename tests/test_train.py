@@ -134,3 +134,37 @@ def test_training_minutes_come_from_the_summary_of_the_session_that_finished(tmp
                                                              {"train_runtime": 753.0, "step": 2}]}
     log.write_text(log.read_text() + json.dumps(summary) + "\n")
     assert training_minutes(tmp_path) == 12.6  # 753 s
+
+
+def test_stopping_early_merges_the_checkpoint_of_lowest_eval_loss(tmp_path):
+    """The summary line of ms-swift's logging.jsonl names the last checkpoint and the best (lowest eval loss);
+    `best` takes the best, and the last where nothing was evaluated."""
+    import json
+
+    from toolkit.train import finished_checkpoint
+
+    for step in (2, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    summary = {"last_model_checkpoint": str(tmp_path / "checkpoint-4"),
+               "best_model_checkpoint": str(tmp_path / "checkpoint-2")}
+    (tmp_path / "logging.jsonl").write_text(json.dumps({"eval_loss": 0.5}) + "\n" + json.dumps(summary) + "\n")
+    assert finished_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    assert finished_checkpoint(tmp_path, best=True) == tmp_path / "checkpoint-2"
+    (tmp_path / "logging.jsonl").write_text(json.dumps({**summary, "best_model_checkpoint": None}) + "\n")
+    assert finished_checkpoint(tmp_path, best=True) == tmp_path / "checkpoint-4"
+
+
+def test_stopping_early_without_a_validation_split_is_refused_before_training(tmp_path, smollm2, pool):
+    import json
+
+    from toolkit.prepare import to_messages
+    from toolkit.train import run_train
+
+    recipe = load_recipe(RECIPE, "cpu", ["train.early_stop_evals=2"])
+    row = to_messages(recipe, pool[0], "s")
+    (tmp_path / "train.jsonl").write_text(json.dumps(row, ensure_ascii=False) + "\n")
+    (tmp_path / "val.jsonl").write_text("")
+    model = ResolvedModel(str(smollm2), "llama", "chatml", True)
+    with pytest.raises(StageError, match="early_stop_evals needs a validation split"):
+        run_train(recipe, model, tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

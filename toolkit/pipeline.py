@@ -153,11 +153,12 @@ def stage_merge(ctx: Context) -> list[Path]:
     from toolkit.train import run_merge, trained_checkpoint
 
     key = current_train_key(ctx) if (ctx.data_dir / "train.jsonl").is_file() else None
-    ckpt = trained_checkpoint(ctx.train_dir, key) if key else None
+    best = ctx.recipe.train.early_stop_evals is not None
+    ckpt = trained_checkpoint(ctx.train_dir, key, best) if key else None
     if ckpt is None:  # nothing trained under these settings yet
         stage_train(ctx)
         key = current_train_key(ctx)
-        ckpt = trained_checkpoint(ctx.train_dir, key)
+        ckpt = trained_checkpoint(ctx.train_dir, key, best)
     argv = run_merge(ckpt, ctx.merged_dir, ctx.run_dir / "merge.log")
     student = ctx.student()
     # What ms-swift and xtk need to serve it again: type and template survive the merge here; the training key

@@ -179,6 +179,10 @@ class TrainSpec(_Strict):
     master_port: int | None = Field(default=None, gt=0, le=65535)
     # One of ms-swift's shipped ZeRO configs (DEEPSPEED_PRESETS) or a DeepSpeed JSON file (or JSON text).
     deepspeed: str | None = None
+    # Training to the plateau: stop once the eval loss has not improved for this many evaluations (ms-swift's
+    # --early_stop_interval, counted at checkpoints, hence save_steps = eval_steps) and merge the checkpoint of
+    # lowest eval loss rather than the last. Needs a validation split; num_train_epochs is then the ceiling.
+    early_stop_evals: int | None = Field(default=None, gt=0)
     extra_args: list[str] = Field(default_factory=list)
 
     @field_validator("deepspeed")
@@ -188,6 +192,13 @@ class TrainSpec(_Strict):
             return value
         raise ValueError(f"one of ms-swift's DeepSpeed configs ({', '.join(DEEPSPEED_PRESETS)}) or a DeepSpeed "
                          "JSON file")
+
+    @model_validator(mode="after")
+    def _early_stop_counts_evaluations(self) -> TrainSpec:
+        if self.early_stop_evals is not None and self.save_steps != self.eval_steps:
+            raise ValueError(f"early_stop_evals counts evaluations at checkpoints: save_steps ({self.save_steps}) "
+                             f"must equal eval_steps ({self.eval_steps})")
+        return self
 
     @model_validator(mode="after")
     def _nodes_agree(self) -> TrainSpec:

@@ -62,6 +62,8 @@ def sft_argv(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: P
     )
     if t.deepspeed:
         opts["deepspeed"] = t.deepspeed
+    if t.early_stop_evals is not None:
+        opts.update(early_stop_interval=t.early_stop_evals, metric_for_best_model="loss", greater_is_better=False)
     if resume_from is not None:
         opts["resume_from_checkpoint"] = resume_from
     argv = ["swift", "sft"]
@@ -123,11 +125,13 @@ def checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def finished_checkpoint(output_dir: Path) -> Path | None:
-    """The last checkpoint named by a finished run's summary line in logging.jsonl."""
+def finished_checkpoint(output_dir: Path, best: bool = False) -> Path | None:
+    """The checkpoint a finished run's summary line in logging.jsonl names: the last, or with `best` the one of
+    lowest eval loss (the last where none was evaluated)."""
     for row in reversed(read_log(output_dir)):
         if row.get("last_model_checkpoint"):
-            path = Path(row["last_model_checkpoint"])
+            path = Path(row.get("best_model_checkpoint") if best and row.get("best_model_checkpoint")
+                        else row["last_model_checkpoint"])
             return path if path.is_dir() else None
     return None
 
@@ -215,9 +219,9 @@ def train_key(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: 
     return request_key(argv, env, data)
 
 
-def trained_checkpoint(output_dir: Path, key: str) -> Path | None:
-    """The finished checkpoint in output_dir if it was trained under `key`, else None."""
-    return finished_checkpoint(output_dir) if _trained_under(output_dir, key) else None
+def trained_checkpoint(output_dir: Path, key: str, best: bool = False) -> Path | None:
+    """The finished checkpoint (the best with `best`) in output_dir if it was trained under `key`, else None."""
+    return finished_checkpoint(output_dir, best) if _trained_under(output_dir, key) else None
 
 
 def _trained_under(output_dir: Path, key: str) -> bool:
@@ -275,6 +279,10 @@ def run_train(recipe: Recipe, model: ResolvedModel, data_dir: Path, output_dir: 
     has_val = val_file.is_file() and val_file.stat().st_size > 0
     if has_val:
         check(recipe, val_file)
+    best = recipe.train.early_stop_evals is not None  # the lowest eval loss is merged, not the last
+    if best and not has_val:
+        raise StageError(f"train.early_stop_evals needs a validation split to evaluate, and {val_file} is empty: "
+                         "set data.val_fraction above 0")
     key = train_key(recipe, model, train_file, val_file if has_val else None, num_labels)
     with training_lock(output_dir):
         aside = None
@@ -283,7 +291,7 @@ def run_train(recipe: Recipe, model: ResolvedModel, data_dir: Path, output_dir: 
             aside = _move_aside(output_dir)
             why = "a re-train was asked for" if same else "it was trained with other settings or data"
             print(f"xtk: {output_dir} moved to {aside.name} ({why}); training afresh", file=sys.stderr)
-        done = finished_checkpoint(output_dir) if not aside else None
+        done = finished_checkpoint(output_dir, best) if not aside else None
         if done is not None:
             return TrainResult(done, [], None, None, key)
         resume = checkpoints(output_dir)[-1] if checkpoints(output_dir) else None
@@ -302,7 +310,7 @@ def run_train(recipe: Recipe, model: ResolvedModel, data_dir: Path, output_dir: 
     if rows is not None and rows != n_train:
         raise StageError(f"ms-swift trained on {rows} rows but {train_file} has {n_train}: rows were dropped "
                          f"(too long for max_length {recipe.train.max_length}?). See {log_path}.")
-    ckpt = finished_checkpoint(output_dir)
+    ckpt = finished_checkpoint(output_dir, best)
     if ckpt is None:
         raise StageError(f"swift sft finished but named no checkpoint in {output_dir / 'logging.jsonl'}")
     return TrainResult(ckpt, redact_argv(argv), resume, rows, key, aside)
