@@ -37,6 +37,8 @@ def test_run_makes_every_artifact_then_skips_and_resumes_precisely(tmp_path, smo
                ("data", "prepare", "eval_base", "train", "merge", "eval_student", "eval_rules", "report"))
     assert "generator gold labels" in stages["data"]["source"]
     assert stages["train"]["argv"][:2] == ["swift", "sft"] and stages["merge"]["argv"][:2] == ["swift", "export"]
+    # The cpu profile's two processes are one DDP job (else each trains alone on half the data, unsynced).
+    assert "parallel_mode != ParallelMode.DISTRIBUTED" not in (run / "train" / "train.log").read_text()
     assert manifest["versions"]["ms-swift"].startswith("4.")
     for f in ("data/labelled.jsonl", "data/train.jsonl", "data/val.jsonl", "data/stats.json", "loss.png",
               "merged/config.json", "merged/model.safetensors", "report.md", "accuracy.png"):

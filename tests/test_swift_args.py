@@ -262,3 +262,16 @@ def test_early_stopping_reaches_ms_swift_as_its_callback_on_eval_loss(smollm2, d
     assert "early_stop" in t.callbacks
     with pytest.raises(RecipeError, match=r"save_steps \(7\) must equal eval_steps"):
         load_recipe(RECIPE, "cpu", ["train.early_stop_evals=3", "train.save_steps=7"])
+
+
+def test_cpu_ddp_is_one_job_only_with_use_cpu(smollm2, data, monkeypatch):
+    """Without CUDA, accelerate sets up DDP only when told the run is on CPU: the two processes of the cpu profile
+    get --use_cpu true there, and a GPU machine's argv stays as it was."""
+    import toolkit.train
+
+    recipe = load_recipe(RECIPE, "cpu")
+    monkeypatch.setattr(toolkit.train, "_cuda", lambda: False)
+    assert swift_parse(argv_for(recipe, data), monkeypatch).training_args.use_cpu is True
+    assert "--use_cpu" not in argv_for(load_recipe(RECIPE, "cpu", ["train.nproc_per_node=1"]), data)
+    monkeypatch.setattr(toolkit.train, "_cuda", lambda: True)
+    assert "--use_cpu" not in argv_for(recipe, data)

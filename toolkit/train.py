@@ -27,6 +27,12 @@ def _flag(value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def sft_argv(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: Path | None, output_dir: Path,
              resume_from: Path | None = None, num_labels: int | None = None) -> list[str]:
     """The `swift sft` command line (ms-swift 4.x names) for a recipe; with num_labels, a classification head
@@ -62,6 +68,10 @@ def sft_argv(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: P
     )
     if t.deepspeed:
         opts["deepspeed"] = t.deepspeed
+    if t.nproc_per_node * t.nnodes > 1 and not _cuda():
+        # Without it, accelerate sees no CUDA and no cpu flag and sets up no DDP: each process trains alone on
+        # its shard of the data, no gradient is shared, and the saved model has seen half of it.
+        opts["use_cpu"] = True
     if t.early_stop_evals is not None:
         opts.update(early_stop_interval=t.early_stop_evals, metric_for_best_model="loss", greater_is_better=False)
     if resume_from is not None:
