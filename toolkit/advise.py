@@ -47,7 +47,7 @@ class Shape:
     layers: int
     intermediate: int
     vocab: int
-    attention: int  # heads x head_dim: the width of q, of attention's output, and of k and v once repeated
+    attention: int  # heads x head_dim: the width of q and of attention's output
     kv: int  # key-value heads x head_dim, per K and per V: what the KV cache keeps per token and layer
     linears: tuple[tuple[str, int, int], ...]
 
@@ -101,22 +101,24 @@ def training_memory(shape: Shape, *, batch: int, max_length: int, dtype: str, lo
                     target_modules: str, gradient_checkpointing: bool, processes: int) -> TrainingMemory:
     """LoRA training's peak memory, every sequence max_length long (the longest batch the data can make).
 
-    Activations kept per token and layer, in the training dtype (torch's CPU and GPU attention kernels keep no
-    sequence x sequence matrix; frozen linears keep nothing of their input):
-      2 x hidden         the two RMSNorms' inputs
-      4 x attention      q, k and v repeated to every head, and attention's output
-      3 x intermediate   the MLP's gate, its activation and up (the product's inputs)
-      inputs of every LoRA-wrapped linear, as dropout's output for lora_A, and dropout's 1-byte mask
-      (with lora_dropout 0 lora_A reads the tensors counted above)
+    Activations kept per token and layer, in the training dtype, as autograd saves them (counted with
+    torch.autograd.graph.saved_tensors_hooks on SmolLM2 + peft LoRA: 17,280 values a token and layer, exactly
+    this sum). Frozen linears keep nothing of their input, and torch's attention kernels keep no sequence x
+    sequence matrix, nor k and v repeated to every head:
+      2 x hidden                  the two RMSNorms' inputs
+      2 x attention + 2 x kv      q, attention's output, k and v
+      3 x intermediate            the MLP's gate, its activation and up (the product's inputs)
+      2 x each LoRA input         lora_A's input as dropout's output, and dropout's mask (as wide on a CPU);
+                                  without dropout lora_A keeps its input once
     With gradient checkpointing only each layer's input (hidden) is kept, plus one layer's set while it recomputes.
+    Not counted: what the memory allocator holds on to after freeing (benchmarks/advise_memory.py measures it).
     """
     targets = lora_targets(shape, target_modules)
     width = DTYPE_BYTES[dtype]
     tokens = batch * max_length
     lora_inputs = sum(i for _, i, _ in targets) / shape.layers
-    per_layer = (2 * shape.hidden + 4 * shape.attention + 3 * shape.intermediate) * width
-    if lora_dropout > 0:
-        per_layer += lora_inputs * (width + 1)
+    per_layer = (2 * shape.hidden + 2 * shape.attention + 2 * shape.kv + 3 * shape.intermediate) * width
+    per_layer += lora_inputs * width * (2 if lora_dropout > 0 else 1)
     kept = shape.hidden * width * shape.layers + per_layer if gradient_checkpointing else per_layer * shape.layers
     weights = shape.parameters * width / GIB
     adapter = lora_rank * sum(i + o for _, i, o in targets) * 16 / GIB  # fp32: weight, grad, 2 AdamW moments
