@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -245,6 +246,41 @@ def test_tables_from_run_folders_against_hand_worked_ranks_and_mcnemar(tmp_path)
     text = md.read_text()
     assert "macro-F1 of sentiment" in text and "| review_sentiment_zh | gemma3-270m | 0.0 (2) | 0.0 | 33.3 |" in text
     assert png.stat().st_size > 0
+
+
+# --- interrupting -------------------------------------------------------------------------------------------------
+
+def alive(pid: int) -> bool:
+    """A process that still runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except FileNotFoundError:
+        return False
+
+
+def test_an_interrupted_pair_leaves_no_process_behind(tmp_path):
+    """A pair's child whose own child ignores SIGINT and SIGTERM, as a vLLM engine still starting up did here (a
+    stand-in: a real engine takes minutes to reach that state): stopping the pair ends both."""
+    from toolkit.bakeoff import _stop
+
+    pid_file = tmp_path / "engine.pid"
+    engine = ("import os, signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+              f"signal.signal(signal.SIGTERM, signal.SIG_IGN); open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+              "time.sleep(600)")
+    pair = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {engine!r}]); time.sleep(600)"
+    proc = subprocess.Popen([sys.executable, "-c", pair], start_new_session=True)
+    for _ in range(100):
+        if pid_file.is_file() and pid_file.read_text():
+            break
+        time.sleep(0.1)
+    engine_pid = int(pid_file.read_text())
+    _stop(proc, grace=(1, 1, 1))
+    assert proc.returncode is not None
+    for _ in range(20):  # SIGKILL is delivered at once, but the process table may lag
+        if not alive(engine_pid):
+            break
+        time.sleep(0.1)
+    assert not alive(engine_pid)
 
 
 # --- a real bake-off ---------------------------------------------------------------------------------------------

@@ -334,15 +334,32 @@ def run_pairs(b: Bakeoff) -> list[tuple[Pair, Path]]:
                 time.sleep(1)
     finally:
         for proc, _, _, fh in running.values():  # interrupted: stop the children this started
-            # SIGINT first: a child then closes its vLLM engine's processes on the way out, as on Ctrl-C
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                proc.wait()
+            _stop(proc)
             fh.close()
     return failed
+
+
+def _group_alive(proc: subprocess.Popen) -> bool:
+    proc.poll()  # reap the child itself once it exits, so that only live processes count
+    try:
+        os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _stop(proc: subprocess.Popen, grace: tuple[float, float, float] = (60, 10, 5)) -> None:
+    """Stop a child and everything it started (vLLM's engine processes, ms-swift's trainers: its process group).
+    SIGINT first, on which a child closes its engine as on Ctrl-C; a vLLM engine still starting up ignores SIGINT
+    and SIGTERM alike (seen here), so what is left after the grace periods is killed."""
+    for sig, seconds in zip((signal.SIGINT, signal.SIGTERM, signal.SIGKILL), grace):
+        if not _group_alive(proc):
+            break
+        os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and _group_alive(proc):
+            time.sleep(0.5)
+    proc.wait()
 
 
 def _start(b: Bakeoff, index: int, slot: str | None):
@@ -354,7 +371,8 @@ def _start(b: Bakeoff, index: int, slot: str | None):
     fh.flush()
     env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": slot} if slot is not None else {})}
     argv = [sys.executable, "-m", "toolkit", "bakeoff", str(b.spec_path), "--out", str(b.out), "--pair", str(index)]
-    proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    # a process group of its own, so that an interruption stops all of it (_stop) and nothing is left running
+    proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     return proc, slot, log, fh
 
 
