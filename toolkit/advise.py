@@ -413,10 +413,13 @@ def render(advice: Advice, console) -> None:
 
     where = f"GPU {advice.gpu_gib:g} GiB" if advice.gpu_gib is not None else f"RAM {advice.ram_gib:g} GiB"
     table = Table(title=f"{advice.recipe}{' --profile ' + advice.profile if advice.profile else ''}: "
-                        f"{advice.rows:,} labelled rows (favour {advice.rows_favour}), {where}")
-    for column in ("candidate", "licence", "commercial use", "kind", "rows", "parameters", "LoRA training GiB",
-                   "inference GiB", "chat template", "tokens/record mean (max)"):
-        table.add_column(column, overflow="fold")
+                        f"{advice.rows:,} labelled rows (favour {advice.rows_favour}), {where}", title_justify="left")
+    table.add_column("candidate", no_wrap=True)
+    for column in ("licence", "commercial use"):  # long licence texts fold rather than widen the table
+        table.add_column(column, overflow="fold", max_width=16)
+    for column in ("kind", "rows", "parameters", "LoRA training\nGiB", "inference\nGiB", "chat\ntemplate",
+                   "tokens/record\nmean (max)"):
+        table.add_column(column)
     for c in advice.candidates:
         training = None if c.training is None else c.training.total if advice.gpu_gib is None else c.training.device
         table.add_row(
@@ -426,9 +429,9 @@ def render(advice: Advice, console) -> None:
             {True: "yes", False: "no", None: "unknown"}[c.chat_template],
             f"{c.tokens_mean:.0f} ({c.tokens_max})" if c.tokens_mean is not None else "unknown")
     console.print(table)
-    console.print(f"Tokens per record: {advice.data} through each candidate's chat template with the student prompt. "
-                  "Training memory: every process of `swift sft` at the recipe's batch, max_length and dtype; "
-                  "inference: vLLM's weights, KV cache and framework.", highlight=False)
+    console.print(f"Tokens per record: {advice.data}, with the student prompt, through each candidate's chat "
+                  "template.\nLoRA training: every process of `swift sft` at the recipe's batch, max_length and dtype. "
+                  "Inference: vLLM's weights, KV cache and framework.", highlight=False)
     for c in advice.candidates:
         for note in c.notes:
             console.print(f"- {note}", highlight=False)

@@ -107,7 +107,7 @@ def cmd_advise(args) -> None:
     if args.json:
         print(json.dumps(advice.to_json(), ensure_ascii=False, indent=2))
     else:
-        render(advice, Console(width=None if sys.stdout.isatty() else 200))
+        render(advice, Console(width=None if sys.stdout.isatty() else 160))
 
 
 def cmd_data_generate(args) -> None:
@@ -215,8 +215,8 @@ COMMANDS: tuple[Command, ...] = (
     )),
     Command("models list", "list the embedded models: kind, licence, size, whether pulled", cmd_models_list),
     Command("recipe show", "print a recipe as resolved (profile and overrides applied)", cmd_recipe_show, RECIPE),
-    Command("advise", "which student? licence, kind vs labelled rows, LoRA and inference memory, tokens per record "
-            "for each candidate, and the bake-off that tests the short-list", cmd_advise, RECIPE + (
+    Command("advise", "which student? per candidate: licence, kind against the labelled rows, LoRA training and "
+            "inference memory, tokens per record; then the bakeoff spec for those that pass", cmd_advise, RECIPE + (
                 A("--rows", type=int, help="labelled rows you will have (default: what the recipe's data gives)"),
                 A("--ram", type=float, metavar="GIB", help="memory to train and serve in (default: this machine's)"),
                 A("--gpu", type=float, metavar="GIB", help="GPU memory; training and inference are checked against it"),
