@@ -6,8 +6,7 @@ import json
 import pytest
 
 from conftest import RECIPE, write_recipe
-from toolkit.advise import (Shape, advise, assess, model_shape, rows_favour, rows_verdict, sample_rows,
-                            training_memory)
+from toolkit.advise import Shape, assess, model_shape, rows_favour, rows_verdict, sample_rows, training_memory
 from toolkit.recipe import load_recipe
 
 SMOLLM2 = "smollm2-135m-instruct"

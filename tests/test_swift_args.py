@@ -191,10 +191,10 @@ def test_one_node_keeps_a_free_port_unless_the_recipe_names_one(monkeypatch):
      "node_rank below nnodes (nodes count from 0), got node_rank 2 with nnodes 2"),
     (["train.nnodes=2"], "master_addr (the address of node 0, which every node connects to) when nnodes is 2"),
     (["train.node_rank=1"], "got node_rank 1 with nnodes 1"),
-    (["train.master_port=70000"], "key 'train.master_port' (from a command-line override): expected less than or "
-                                  "equal to 65535"),
-    (["train.deepspeed=zero4"], "zero0, zero1, zero2, zero3, zero2_offload, zero3_offload) or a DeepSpeed JSON "
-                                "file, got 'zero4'"),
+    (["train.master_port=70000"], ("key 'train.master_port' (from a command-line override): expected less than "
+                                   "or equal to 65535")),
+    (["train.deepspeed=zero4"], ("zero0, zero1, zero2, zero3, zero2_offload, zero3_offload) or a DeepSpeed JSON "
+                                 "file, got 'zero4'")),
 ])
 def test_nodes_that_cannot_meet_are_a_recipe_error(overrides, says):
     from toolkit.recipe import RecipeError
@@ -275,3 +275,50 @@ def test_cpu_ddp_is_one_job_only_with_use_cpu(smollm2, data, monkeypatch):
     assert "--use_cpu" not in argv_for(load_recipe(RECIPE, "cpu", ["train.nproc_per_node=1"]), data)
     monkeypatch.setattr(toolkit.train, "_cuda", lambda: True)
     assert "--use_cpu" not in argv_for(recipe, data)
+
+
+@pytest.mark.slow
+def test_two_nodes_on_this_machine_meet_and_train_as_one_ddp_group(qwen3_tiny, tmp_path):
+    """A real multi-node launch, the two nodes being two `swift sft` commands on this machine's loopback: each
+    gets its own node_rank from the recipe, both meet at master_addr:master_port, and torchrun makes them one
+    group of 2 (gloo on CPU). Only global rank 0 writes the log and the adapter."""
+    import threading
+
+    from toolkit.errors import StageError
+    from toolkit.runner import run_logged
+    from toolkit.train import free_port, read_log, sft_env
+
+    row = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                        {"role": "assistant", "content": "{}"}]}
+    (tmp_path / "train.jsonl").write_text((json.dumps(row) + "\n") * 4)
+    nodes = ["train.nnodes=2", "train.nproc_per_node=1", "train.master_addr=127.0.0.1",
+             f"train.master_port={free_port()}", "train.torch_dtype=float32", "train.per_device_train_batch_size=1",
+             "train.gradient_accumulation_steps=1", "train.max_steps=2", "train.save_steps=2",
+             "train.dataloader_num_workers=0", "train.omp_num_threads=1"]
+    failed = {}
+
+    def node(rank: int) -> None:
+        recipe = gpu_recipe(qwen3_tiny, *nodes, f"train.node_rank={rank}")
+        s = recipe.student
+        out = tmp_path / f"node{rank}"
+        argv = sft_argv(recipe, resolve_model(s.model, s.model_type, s.template), tmp_path / "train.jsonl", None, out)
+        try:
+            run_logged(argv, out / "train.log", env=sft_env(recipe))
+        except StageError as exc:  # reported below, with the other node's outcome
+            failed[rank] = str(exc)
+
+    threads = [threading.Thread(target=node, args=(rank,)) for rank in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failed == {}
+    for rank in (0, 1):
+        log = (tmp_path / f"node{rank}" / "train.log").read_text(encoding="utf-8")
+        assert f"--nproc_per_node 1 --master_port {nodes[3].split('=')[1]} --nnodes 2 --node_rank {rank} " \
+               "--master_addr 127.0.0.1" in log
+        assert f"rank: {rank}, local_rank: 0, world_size: 2, local_world_size: 1" in log
+    finished = read_log(tmp_path / "node0")[-1]
+    assert finished["last_model_checkpoint"] == str(tmp_path / "node0" / "checkpoint-2")
+    assert (tmp_path / "node0" / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    assert read_log(tmp_path / "node1") == [] and not list((tmp_path / "node1").rglob("adapter_model.safetensors"))

@@ -210,8 +210,8 @@ def _front_matter_licence(folder: Path) -> str | None:
     card = folder / "README.md"
     if not card.is_file():
         return None
-    m = re.match(r"---\n(.*?)\n---", card.read_text(encoding="utf-8", errors="replace"), re.S)
-    found = re.search(r"^license:\s*(\S+)", m.group(1), re.M) if m else None
+    m = re.match(r"---\n(.*?)\n---", card.read_text(encoding="utf-8", errors="replace"), re.DOTALL)
+    found = re.search(r"^license:\s*(\S+)", m.group(1), re.MULTILINE) if m else None
     return found.group(1).strip("'\"") if found else None
 
 
@@ -219,7 +219,7 @@ def _folder_kind(folder: Path, name: str) -> str:
     marker = folder / "xtk-model.json"
     if marker.is_file() and json.loads(marker.read_text()).get("kind"):
         return json.loads(marker.read_text())["kind"]
-    if re.search(r"instruct|chat|-it\b", name, re.I):
+    if re.search(r"instruct|chat|-it\b", name, re.IGNORECASE):
         return "instruct (by its name)"
     return "unknown"
 
@@ -318,7 +318,8 @@ def tokenizer_facts(candidate: Candidate, folder: Path, recipe: Recipe, rows: li
                                    f"train.max_length {recipe.train.max_length} and would be dropped: raise it")
 
 
-def assess(name: str, recipe: Recipe, rows: int, ram_gib: float, gpu_gib: float | None, sample: list[dict]) -> Candidate:
+def assess(name: str, recipe: Recipe, rows: int, ram_gib: float, gpu_gib: float | None,
+           sample: list[dict]) -> Candidate:
     """Every check for one candidate; what cannot be known here is 'unknown' with the reason in its notes."""
     t = recipe.train
     candidate = Candidate(name, "")
