@@ -65,6 +65,9 @@ def test_misspelt_key_names_file_line_and_key(tmp_path):
     msg = str(err.value)
     assert f"{bad}:{line}: key 'train.lora_alpah': unknown key" in msg
     assert "key 'train.lora_alpha': required key is missing" in msg
+    with pytest.raises(RecipeError) as err:  # an override beside it takes nothing from the file's line numbers
+        load_recipe(bad, overrides=["eval.limit=3"])
+    assert f"{bad}:{line}: key 'train.lora_alpah': unknown key" in str(err.value)
 
 
 def test_wrong_type_names_key_and_what_was_expected(tmp_path):

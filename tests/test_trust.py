@@ -401,3 +401,17 @@ def test_a_bug_shows_its_traceback_and_vllm_is_closed_on_every_way_out(tmp_path,
     with pytest.raises(KeyError):
         main(["eval", str(RECIPE), "--run-dir", str(tmp_path), "--model", "base", "eval.limit=1"])
     assert closed == [True]
+
+
+def test_a_key_at_its_default_does_not_change_a_stages_digest():
+    """A newer xtk adds recipe keys with defaults: spelt out at that default, or absent, a section is the same
+    configuration, and finished stages stay finished; another value is another configuration."""
+    from conftest import RECIPE
+    from toolkit.pipeline import config_digest
+    from toolkit.recipe import load_recipe
+
+    plain = load_recipe(RECIPE, "cpu")
+    assert config_digest(load_recipe(RECIPE, "cpu", ["train.early_stop_evals=null", "train.nnodes=1"]),
+                         ("train",)) == config_digest(plain, ("train",))
+    assert config_digest(load_recipe(RECIPE, "cpu", ["train.nnodes=2", "train.master_addr=h"]),
+                         ("train",)) != config_digest(plain, ("train",))

@@ -411,9 +411,11 @@ STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
 def config_digest(recipe: Recipe, sections: tuple[str, ...]) -> str:
+    """The digest of the recipe sections a stage depends on, keys at their defaults left out: a key that a newer
+    xtk adds with a default does not make every finished stage stale."""
     import hashlib
 
-    data = recipe.public_dict()
+    data = recipe.model_dump(mode="json", exclude={"root"}, exclude_defaults=True)
     picked = {}
     for dotted in sections:
         node = data

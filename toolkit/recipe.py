@@ -482,8 +482,8 @@ def load_recipe(path: str | Path, profile: str | None = None, overrides: list[st
             raise RecipeError(f"{path}: no profile {profile!r}; the recipe has: {', '.join(profiles) or 'none'}")
         raw = _deep_merge(raw, profiles[profile])
     overridden: set[tuple] = set()
-    for text in overrides:
-        keys, value = parse_override(text)
+    for given in overrides:  # not `text`: the YAML text still gives the error messages their line numbers
+        keys, value = parse_override(given)
         _apply_override(raw, keys, value)
         overridden.add(tuple(keys))
     # Relative paths in a recipe are relative to the project root: the parent of recipes/.
