@@ -5,9 +5,8 @@ padded, summed over DDP processes, into logging.jsonl (`num_input_tokens_seen`, 
 
 transformers' `include_num_input_tokens_seen="non_padding"` counts the real tokens (attention mask), but ms-swift's
 command line only takes a boolean there (which counts padding): the callback sets it on the trainer's arguments.
-It only counts; what is trained is unchanged. The sums go through the trainer's accelerator: where it does not
-see the processes as one DDP job (a CPU launch without `--use_cpu true`: each process trains its own copy and
-only rank 0's is kept), they are rank 0's counts, the tokens that reach the kept model.
+It only counts; what is trained is unchanged. The sums go through the trainer's accelerator, over the DDP group
+(a multi-process CPU launch is one only with `--use_cpu true`, which toolkit/train.py's sft_argv adds).
 """
 
 import torch
