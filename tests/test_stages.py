@@ -94,3 +94,27 @@ def test_the_report_says_how_long_each_trained_row_trained(tmp_path):
             for line in (tmp_path / "run" / "report.md").read_text(encoding="utf-8").splitlines()
             if line.startswith("| ") and "-test" in line.split(" | ")[0]}
     assert rows == {"base-test": "—", "student-test": "31.4", "head-test": "—"}  # head: not finished
+
+
+def test_a_stage_that_does_not_apply_stays_skipped_until_its_reason_goes(tmp_path, monkeypatch):
+    """No teacher key: eval_teacher is recorded as skipped and stays so when settings it would read change (a
+    recipe without a classification head does not re-run train_head whenever train.* changes); once the key is
+    set it is stale and runs; a stage that ran and then stops applying is stale too (its record turns into a
+    skip)."""
+    from toolkit.pipeline import STAGES, is_stale
+
+    monkeypatch.delenv("XTK_TEST_KEY", raising=False)
+    path = write_recipe(tmp_path, FIELDS)
+    teacher = next(s for s in STAGES if s.name == "eval_teacher")
+    with open_run(load_recipe(path), tmp_path / "run") as ctx:
+        assert is_stale(ctx, teacher, [])  # never run
+        run_stage(ctx, "eval_teacher")
+        assert not is_stale(ctx, teacher, [])
+    with open_run(load_recipe(path, None, ["teacher.model=other", "eval.limit=2"]), tmp_path / "run") as ctx:
+        assert not is_stale(ctx, teacher, [])
+        monkeypatch.setenv("XTK_TEST_KEY", "k")
+        assert is_stale(ctx, teacher, [])
+        ctx.manifest.start("eval_teacher")  # as if the teacher had been evaluated
+        ctx.manifest.done("eval_teacher", [], config="whatever")
+        monkeypatch.delenv("XTK_TEST_KEY")
+        assert is_stale(ctx, teacher, [])

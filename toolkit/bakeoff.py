@@ -257,8 +257,8 @@ def teacher_reachable(recipe: Recipe) -> bool:
 
 
 def run_pair(b: Bakeoff, index: int) -> list[str]:
-    """One pair, in this process: the guided base evaluation, then `xtk run`'s stages (finished ones skipped).
-    Returns the stages that ran."""
+    """One pair, in this process: `xtk run`'s stages (finished ones skipped) with the guided base evaluation
+    after the plain one (the data stage may first have to build the test files). Returns the stages that ran."""
     from toolkit.pipeline import open_run, run_all
 
     if not 0 <= index < len(b.pairs):
@@ -268,8 +268,7 @@ def run_pair(b: Bakeoff, index: int) -> list[str]:
     with open_run(pair.recipe, pair.run_dir) as ctx:
         if first is not pair and teacher_reachable(pair.recipe):
             share_teacher_answers(first.run_dir, ctx.run_dir)
-        eval_base_guided(ctx)
-        return run_all(ctx)
+        return run_all(ctx, after={"eval_base": eval_base_guided})
 
 
 # --- all pairs ---------------------------------------------------------------------------------------------------

@@ -198,8 +198,6 @@ def stage_train_head(ctx: Context) -> list[Path]:
     from toolkit.seqcls import head_labels, write_head_data
     from toolkit.train import read_log, run_merge, run_train
 
-    if not ctx.recipe.classification_head:
-        return skip(ctx, "train_head", "the recipe asks for no classification head")
     if not (ctx.data_dir / "train.jsonl").is_file():
         stage_prepare(ctx)
     data, train, merged = ctx.head_dir / "data", ctx.head_dir / "train", ctx.head_dir / "merged"
@@ -319,8 +317,6 @@ def stage_eval_base(ctx: Context) -> list[Path]:
 
 
 def stage_eval_likelihood(ctx: Context) -> list[Path]:
-    if any(f.type != "enum" for f in ctx.recipe.fields):
-        return skip(ctx, "eval_likelihood", "option likelihood chooses among classes, and not every field is enum")
     return evaluate_model(ctx, role(ctx, "likelihood"))
 
 
@@ -331,8 +327,6 @@ def stage_eval_student(ctx: Context) -> list[Path]:
 
 
 def stage_eval_head(ctx: Context) -> list[Path]:
-    if not ctx.recipe.classification_head:
-        return skip(ctx, "eval_head", "the recipe asks for no classification head")
     if head_key(ctx) is None or head_key(ctx) != current_head_key(ctx):
         stage_train_head(ctx)
     return evaluate_model(ctx, role(ctx, "head"))
@@ -346,15 +340,10 @@ def skip(ctx: Context, stage: str, why: str) -> list[Path]:
 
 
 def stage_eval_rules(ctx: Context) -> list[Path]:
-    if ctx.recipe.baseline is None:
-        return skip(ctx, "eval_rules", "the recipe names no rule baseline")
     return evaluate_model(ctx, role(ctx, "rules"))
 
 
 def stage_eval_teacher(ctx: Context) -> list[Path]:
-    t = ctx.recipe.teacher
-    if not os.environ.get(t.api_key_env):
-        return skip(ctx, "eval_teacher", f"${t.api_key_env} is not set, the teacher is not evaluated")
     return evaluate_model(ctx, role(ctx, "teacher"))
 
 
@@ -382,12 +371,34 @@ def stage_report(ctx: Context) -> list[Path]:
                       head_diagnosis=stages.get("train_head", {}).get("diagnosis"))
 
 
+def no_head(ctx: Context) -> str | None:
+    return None if ctx.recipe.classification_head else "the recipe asks for no classification head"
+
+
+def not_all_enum(ctx: Context) -> str | None:
+    if any(f.type != "enum" for f in ctx.recipe.fields):
+        return "option likelihood chooses among classes, and not every field is enum"
+    return None
+
+
+def no_baseline(ctx: Context) -> str | None:
+    return "the recipe names no rule baseline" if ctx.recipe.baseline is None else None
+
+
+def no_teacher_key(ctx: Context) -> str | None:
+    env = ctx.recipe.teacher.api_key_env
+    return None if os.environ.get(env) else f"${env} is not set, the teacher is not evaluated"
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
     run: Callable[[Context], list[Path]]
     needs: tuple[str, ...]  # stages whose re-run makes this one stale
     config: tuple[str, ...]  # recipe sections (dotted) whose change makes this one stale
+    # why the stage does not apply to this recipe or run (None: it does); a stage already recorded as skipped
+    # for the same reason stays skipped whatever else changed
+    not_applicable: Callable[[Context], str | None] = lambda ctx: None
 
 
 EVAL_CONFIG = ("eval", "prompts", "fields", "data.test")
@@ -396,14 +407,14 @@ STAGES: tuple[Stage, ...] = (
                                    "fields")),
     Stage("prepare", stage_prepare, ("data",), ("data", "prompts.student", "fields", "student", "train.max_length")),
     Stage("eval_base", stage_eval_base, (), EVAL_CONFIG + ("student",)),
-    Stage("eval_likelihood", stage_eval_likelihood, (), EVAL_CONFIG + ("student",)),
+    Stage("eval_likelihood", stage_eval_likelihood, (), EVAL_CONFIG + ("student",), not_all_enum),
     Stage("train", stage_train, ("prepare",), ("student", "train")),
     Stage("merge", stage_merge, ("train",), ()),
     Stage("eval_student", stage_eval_student, ("merge",), EVAL_CONFIG),
-    Stage("train_head", stage_train_head, ("prepare",), ("student", "train", "classification_head")),
-    Stage("eval_head", stage_eval_head, ("train_head",), EVAL_CONFIG),
-    Stage("eval_rules", stage_eval_rules, ("prepare",), EVAL_CONFIG + ("baseline",)),
-    Stage("eval_teacher", stage_eval_teacher, (), EVAL_CONFIG + ("teacher",)),
+    Stage("train_head", stage_train_head, ("prepare",), ("student", "train", "classification_head"), no_head),
+    Stage("eval_head", stage_eval_head, ("train_head",), EVAL_CONFIG, no_head),
+    Stage("eval_rules", stage_eval_rules, ("prepare",), EVAL_CONFIG + ("baseline",), no_baseline),
+    Stage("eval_teacher", stage_eval_teacher, (), EVAL_CONFIG + ("teacher",), no_teacher_key),
     Stage("report", stage_report, ("eval_base", "eval_likelihood", "train", "eval_student", "train_head",
                                    "eval_head", "eval_rules", "eval_teacher"), ()),
 )
@@ -429,15 +440,30 @@ def run_stage(ctx: Context, name: str) -> list[Path]:
     """Run one stage now and record it (with the digest of the recipe sections it depends on)."""
     stage = next(s for s in STAGES if s.name == name)
     ctx.manifest.start(name)
-    outputs = stage.run(ctx)
+    why = stage.not_applicable(ctx)
+    outputs = skip(ctx, name, why) if why else stage.run(ctx)
     ctx.manifest.done(name, outputs, config=config_digest(ctx.recipe, stage.config))
     return outputs
 
 
-def run_all(ctx: Context, from_stage: str | None = None, only: str | None = None) -> list[str]:
+def is_stale(ctx: Context, stage: Stage, ran: list[str]) -> bool:
+    """Whether a stage must run again: unfinished, or its outputs, recipe sections or the stages it needs
+    changed; a stage that does not apply is stale only when the reason it was skipped is no longer true."""
+    if not ctx.manifest.is_complete(stage.name):
+        return True
+    entry = ctx.manifest.data["stages"][stage.name]
+    why = stage.not_applicable(ctx)
+    if why or entry.get("skipped"):
+        return entry.get("skipped") != why
+    return entry.get("config") != config_digest(ctx.recipe, stage.config) or any(n in ran for n in stage.needs)
+
+
+def run_all(ctx: Context, from_stage: str | None = None, only: str | None = None,
+            after: dict[str, Callable[[Context], None]] | None = None) -> list[str]:
     """`xtk run`: every stage in order; a stage is skipped when its outputs are intact, its recipe sections
     unchanged and nothing it needs re-ran. --from re-runs a stage and all after it; --only runs one stage.
-    Returns the names of the stages that ran."""
+    `after` adds work of the caller's own after a stage (run or skipped). Returns the names of the stages that
+    ran."""
     for given in (from_stage, only):
         if given and given not in STAGE_NAMES:
             raise StageError(f"no stage {given!r}; stages: {', '.join(STAGE_NAMES)}")
@@ -448,14 +474,12 @@ def run_all(ctx: Context, from_stage: str | None = None, only: str | None = None
     ctx.fresh_train, ctx.fresh_head = "train" in forced, "train_head" in forced
     ran: list[str] = []
     for stage in STAGES:
-        entry = ctx.manifest.data["stages"].get(stage.name, {})
-        stale = (stage.name in forced or not ctx.manifest.is_complete(stage.name)
-                 or entry.get("config") != config_digest(ctx.recipe, stage.config)
-                 or any(n in ran for n in stage.needs))
-        if not stale:
+        if stage.name not in forced and not is_stale(ctx, stage, ran):
             console.print(f"[dim]{stage.name}: complete, skipped[/]")
-            continue
-        console.print(f"[bold cyan]stage {stage.name}[/]")
-        run_stage(ctx, stage.name)
-        ran.append(stage.name)
+        else:
+            console.print(f"[bold cyan]stage {stage.name}[/]")
+            run_stage(ctx, stage.name)
+            ran.append(stage.name)
+        if after and stage.name in after:
+            after[stage.name](ctx)
     return ran
