@@ -50,7 +50,7 @@ def test_recipe_not_utf8_names_file_and_line(tmp_path, capsys):
 
 def test_recipe_that_is_a_directory(tmp_path, capsys):
     err = failure(capsys, ["recipe", "show", str(tmp_path)])
-    assert f"{tmp_path}: is a directory, expected a recipe YAML file" in err
+    assert f"{tmp_path}: is a directory, expected a recipe file (YAML)" in err
 
 
 @as_root

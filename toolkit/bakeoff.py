@@ -27,14 +27,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from toolkit.errors import StageError
-from toolkit.jsonl import DataError, read_jsonl, read_text, write_json, write_text
+from toolkit.jsonl import read_jsonl, write_json, write_text
 from toolkit.ranking import Evaluation, mcnemar, mean_rank, paired_difference, ranks, task_scores
-from toolkit.recipe import (Recipe, RecipeError, _describe, _DuplicateKey, _key_lines, _Strict, _UniqueKeyLoader,
-                            load_recipe)
+from toolkit.recipe import Recipe, RecipeError, _describe, _key_lines, _Strict, load_recipe, read_yaml_mapping
 
 
 class SpecError(RecipeError):
@@ -149,19 +147,7 @@ def load_spec(path: str | Path, out: str | Path | None = None) -> Bakeoff:
     from toolkit.manifest import slug
 
     path = Path(path)
-    if not path.exists():
-        raise SpecError(f"{path}: no such bake-off spec")
-    try:
-        text = read_text(path, "a bake-off spec (YAML)")
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)
-    except DataError as exc:
-        raise SpecError(str(exc)) from None
-    except _DuplicateKey as exc:
-        raise SpecError(f"{path}:{exc.line}: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise SpecError(f"{path}: expected a mapping with students and recipes, got {type(raw).__name__}")
+    text, raw = read_yaml_mapping(path, "bake-off spec", "a mapping with students and recipes", SpecError)
     lines = _key_lines(text)
     try:
         spec = Spec(**raw)

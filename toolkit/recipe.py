@@ -459,23 +459,29 @@ def _check_files(recipe: Recipe, path: Path, text: str, overridden: set[tuple]) 
             raise RecipeError(f"{where}: {recipe.path(relative)}: {problem}")
 
 
+def read_yaml_mapping(path: Path, what: str, expected: str, error: type[RecipeError]) -> tuple[str, dict]:
+    """A YAML file's text and its top-level mapping. Every way it can be unusable (missing, a directory,
+    unreadable, not UTF-8, a duplicate key, not YAML, not a mapping) is an `error` naming the file (and line)."""
+    if not path.exists():
+        raise error(f"{path}: no such {what}")
+    try:
+        text = read_text(path, f"a {what} (YAML)")
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except DataError as exc:
+        raise error(str(exc)) from None
+    except _DuplicateKey as exc:
+        raise error(f"{path}:{exc.line}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise error(f"{path}: expected {expected}, got {type(raw).__name__}")
+    return text, raw
+
+
 def load_recipe(path: str | Path, profile: str | None = None, overrides: list[str] = ()) -> Recipe:
     """Read a recipe, apply a profile and `key=value` overrides, and validate the result."""
     path = Path(path)
-    if not path.exists():
-        raise RecipeError(f"{path}: no such recipe file")
-    try:
-        text = read_text(path, "a recipe YAML file")
-    except DataError as exc:  # a directory, unreadable, not UTF-8: the recipe is what cannot be used
-        raise RecipeError(str(exc)) from None
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)
-    except _DuplicateKey as exc:
-        raise RecipeError(f"{path}:{exc.line}: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    text, raw = read_yaml_mapping(path, "recipe file", "a mapping of keys at the top level", RecipeError)
     profiles = raw.pop("profiles", None) or {}
     if profile is not None:
         if profile not in profiles:
