@@ -16,7 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import ROOT, provenance  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 
 RECIPE = ROOT / "recipes" / "logistics_zh.yaml"
@@ -92,8 +94,8 @@ def main() -> None:
         r["ratio_vs_naive_loop"] = round(r["records_per_s"] / naive, 2)
         r["outputs_identical_to_naive"] = sum(a.strip() == b.strip() for a, b in zip(outputs[name],
                                                                                     outputs["naive loop"]))
-    write_json(args.out, {"model": model.ref, "records": len(chats), "max_new_tokens": args.max_new_tokens,
-                          "batch_size": args.batch_size, "machine": "2 CPU cores", "results": results})
+    write_json(args.out, {**provenance(), "model": model.ref, "records": len(chats),
+                          "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "results": results})
     print(json.dumps(results, indent=2))
 
 
