@@ -316,7 +316,8 @@ def test_a_real_bakeoff_ranks_resumes_and_never_trains_a_finished_pair_again(tmp
     assert res.stdout.split() == [str(out / n) for n in ("bakeoff.md", "bakeoff.json", "bakeoff.png")]
     log = (run / "bakeoff.log").read_text()
     assert stages_ran(log) == ["data", "prepare", "eval_base", "eval_base_guided", "eval_likelihood", "train",
-                               "merge", "eval_student", "train_head", "eval_head", "eval_rules", "eval_teacher",
+                               "merge", "eval_student", "eval_resolved", "train_head", "eval_head", "eval_rules",
+                               "eval_teacher",
                                "report"]
     stages = json.loads((run / "manifest.json").read_text())["stages"]
     guided = json.loads((run / "eval" / "base-guided-test" / "metrics.json").read_text())
@@ -345,7 +346,7 @@ def test_a_real_bakeoff_ranks_resumes_and_never_trains_a_finished_pair_again(tmp
     bakeoff()
     second = (run / "bakeoff.log").read_text()[len(log):]
     assert stages_ran(second) == ["merge", "eval_student", "report"]
-    assert "eval base-guided-test" not in second and second.count("complete, skipped") == 10
+    assert "eval base-guided-test" not in second and second.count("complete, skipped") == 11
     assert {p: p.stat().st_mtime_ns for p in before} == before
     again = json.loads((run / "manifest.json").read_text())["stages"]
     assert again["train"]["finished"] == stages["train"]["finished"]

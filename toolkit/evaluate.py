@@ -30,6 +30,35 @@ def load_test(recipe: Recipe, path: str | Path, limit: int | None = None) -> lis
     return rows
 
 
+def prediction(recipe: Recipe, rid, text: str, gold: dict, raw: str, parsed: dict | None) -> dict:
+    """One row of predictions.jsonl: the input, gold and answer joined by id, scored field by field."""
+    correct = score_record(recipe, parsed, gold)
+    return {"id": rid, "input": text, "gold": gold, "raw": raw, "parsed": parsed, "correct": correct,
+            "exact": all(correct.values())}
+
+
+def run_resolved(recipe: Recipe, resolve, source: Path, out: Path, extra: dict) -> dict:
+    """Another evaluation's answers passed through the recipe's resolver (text, parsed answer -> answer) and
+    scored again: no new inference. Its records/s count the source's generation time too."""
+    import json
+
+    from toolkit.jsonl import read_jsonl
+
+    src = json.loads((source / "metrics.json").read_text(encoding="utf-8"))
+    start = time.perf_counter()
+    predictions = [prediction(recipe, r["id"], r["input"], r["gold"], r["raw"], resolve(r["input"], r["parsed"]))
+                   for r in read_jsonl(source / "predictions.jsonl")]
+    seconds = (src.get("seconds") or 0) + time.perf_counter() - start
+    write_jsonl(out / "predictions.jsonl", predictions)
+    metrics = compute_metrics(recipe, predictions)
+    metrics.update(model=src["model"], backend=f"{src['backend']} + resolver", prompt=src["prompt"],
+                   test_file=src["test_file"], seconds=round(seconds, 2), load_seconds=src.get("load_seconds"),
+                   records_per_s=round(len(predictions) / seconds, 3) if seconds else None, source=source.name,
+                   **extra)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
 def run_eval(recipe: Recipe, backend, test_path: str | Path, prompt: str, out_dir: str | Path,
              model_label: str, limit: int | None = None, load_seconds: float = 0.0, extra: dict | None = None) -> dict:
     """Generate for every test row in batches, score, and write predictions.jsonl and metrics.json (with
@@ -51,12 +80,8 @@ def run_eval(recipe: Recipe, backend, test_path: str | Path, prompt: str, out_di
     seconds = time.perf_counter() - start
     if len(texts) != len(rows):
         raise DataError(test_path, None, f"the backend returned {len(texts)} answers for {len(rows)} rows")
-    predictions = []
-    for row, text in zip(rows, texts):
-        parsed = extract_json(text)
-        correct = score_record(recipe, parsed, row["label"])
-        predictions.append({"id": row["id"], "input": row["text"], "gold": row["label"], "raw": text,
-                            "parsed": parsed, "correct": correct, "exact": all(correct.values())})
+    predictions = [prediction(recipe, row["id"], row["text"], row["label"], text, extract_json(text))
+                   for row, text in zip(rows, texts)]
     write_jsonl(out / "predictions.jsonl", predictions)
     metrics = compute_metrics(recipe, predictions)
     metrics.update(model=model_label, backend=backend.name, prompt=prompt, test_file=str(test_path),

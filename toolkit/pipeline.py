@@ -326,6 +326,27 @@ def stage_eval_student(ctx: Context) -> list[Path]:
     return evaluate_model(ctx, role(ctx, "student"))
 
 
+def stage_eval_resolved(ctx: Context) -> list[Path]:
+    """The student's answers through the recipe's resolver, as eval/resolved-<test>/ (no new inference)."""
+    from toolkit.evaluate import run_resolved
+    from toolkit.recipe import load_ref
+
+    resolve = load_ref(ctx.recipe.resolver, "resolver")
+    extra = {"role": "resolved", "identity": resolved_identity(ctx)}
+    outputs = []
+    for test in ctx.recipe.data.test:
+        out = ctx.run_dir / "eval" / f"resolved-{Path(test).stem}"
+        m = run_resolved(ctx.recipe, resolve, ctx.run_dir / "eval" / f"student-{Path(test).stem}", out, extra)
+        console.print(f"eval {out.name}: exact match {100 * m['exact_match']['value']:.1f}% (n={m['n']})")
+        outputs += [out / "predictions.jsonl", out / "metrics.json"]
+    return outputs
+
+
+def resolved_identity(ctx: Context) -> dict:
+    """The student's identity and the resolver: what a `resolved` evaluation describes."""
+    return {**identity(ctx, role(ctx, "student")), "resolver": ctx.recipe.resolver}
+
+
 def stage_eval_head(ctx: Context) -> list[Path]:
     if head_key(ctx) is None or head_key(ctx) != current_head_key(ctx):
         stage_train_head(ctx)
@@ -352,7 +373,7 @@ def stage_report(ctx: Context) -> list[Path]:
     from toolkit.train import training_minutes
 
     stages = ctx.manifest.data["stages"]
-    current = {who: identity(ctx, role(ctx, who)) for who in ROLES}
+    current = {**{who: identity(ctx, role(ctx, who)) for who in ROLES}, "resolved": resolved_identity(ctx)}
 
     def stale(m: dict) -> str | None:
         """Why an evaluation no longer describes what its name says, or None."""
@@ -366,7 +387,7 @@ def stage_report(ctx: Context) -> list[Path]:
     return run_report(ctx.recipe, ctx.run_dir, data_source=stages.get("data", {}).get("source"),
                       loss_diagnosis=stages.get("train", {}).get("diagnosis"), stale=stale,
                       skipped={name: e["skipped"] for name, e in stages.items() if e.get("skipped")},
-                      train_minutes={"student": training_minutes(ctx.train_dir),
+                      train_minutes={"student": (student := training_minutes(ctx.train_dir)), "resolved": student,
                                      "head": training_minutes(ctx.head_dir / "train")},
                       head_diagnosis=stages.get("train_head", {}).get("diagnosis"))
 
@@ -379,6 +400,10 @@ def not_all_enum(ctx: Context) -> str | None:
     if any(f.type != "enum" for f in ctx.recipe.fields):
         return "option likelihood chooses among classes, and not every field is enum"
     return None
+
+
+def no_resolver(ctx: Context) -> str | None:
+    return "the recipe names no resolver" if ctx.recipe.resolver is None else None
 
 
 def no_baseline(ctx: Context) -> str | None:
@@ -411,12 +436,13 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", stage_train, ("prepare",), ("student", "train")),
     Stage("merge", stage_merge, ("train",), ()),
     Stage("eval_student", stage_eval_student, ("merge",), EVAL_CONFIG),
+    Stage("eval_resolved", stage_eval_resolved, ("eval_student",), EVAL_CONFIG + ("resolver",), no_resolver),
     Stage("train_head", stage_train_head, ("prepare",), ("student", "train", "classification_head"), no_head),
     Stage("eval_head", stage_eval_head, ("train_head",), EVAL_CONFIG, no_head),
     Stage("eval_rules", stage_eval_rules, ("prepare",), EVAL_CONFIG + ("baseline",), no_baseline),
     Stage("eval_teacher", stage_eval_teacher, (), EVAL_CONFIG + ("teacher",), no_teacher_key),
-    Stage("report", stage_report, ("eval_base", "eval_likelihood", "train", "eval_student", "train_head",
-                                   "eval_head", "eval_rules", "eval_teacher"), ()),
+    Stage("report", stage_report, ("eval_base", "eval_likelihood", "train", "eval_student", "eval_resolved",
+                                   "train_head", "eval_head", "eval_rules", "eval_teacher"), ()),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

@@ -249,6 +249,9 @@ class Recipe(_Strict):
     # The baseline, evaluated as `rules`: a function text -> the answer's JSON text, or a @trained one that first
     # learns from the run's training split (toolkit/classical.py); none: not evaluated.
     baseline: CodeRef | None = None
+    # A post-step on the fine-tuned student's answers (text, parsed answer -> answer), scored as its own row
+    # `resolved` beside the pure student's (e.g. completing province/city from the district with a table).
+    resolver: CodeRef | None = None
     # Also train a linear classification head with ms-swift itself (`swift sft --task_type seq_cls`) and
     # evaluate it as `head` (toolkit/seqcls.py): the encoder-style alternative to a generative student. One enum
     # field only: its choices are the head's labels.
