@@ -1,4 +1,4 @@
-"""A recipe's `cpu` profile on the embedded SmolLM2 student, end to end, as one results file (long: ~1 h).
+"""A recipe's `cpu` profile (its embedded student), end to end, as one results file (long: ~1 h).
 
     .venv/bin/python benchmarks/recipe_cpu.py RECIPE [key=value ...]
 
