@@ -4,10 +4,12 @@ evaluation: the student's answers re-scored through it, as a row of their own.""
 import json
 import shutil
 
+import pytest
 from conftest import RECIPE
 from toolkit.datagen.logistics_zh import shared_district_names
 from toolkit.jsonl import read_jsonl, write_json, write_jsonl
-from toolkit.pipeline import open_run, run_stage
+from toolkit.errors import StageError
+from toolkit.pipeline import identity, open_run, role, run_stage
 from toolkit.recipe import load_recipe
 from toolkit.report import run_report
 from toolkit.resolver import complete_admin
@@ -55,6 +57,13 @@ def test_the_resolved_row_rescores_the_students_answers_and_leaves_them_alone(tm
              "parsed": p, "correct": {}, "exact": False} for r, p in zip(rows, parsed)])
         write_json(student / "metrics.json", {"model": "merged", "backend": "vllm", "prompt": "student",
                                               "test_file": test, "seconds": 3.0, "load_seconds": 1.0})
+    with open_run(recipe, run) as ctx, pytest.raises(StageError, match="not the current student's evaluation"):
+        run_stage(ctx, "eval_resolved")  # answers of no known student are not named after the current one
+    with open_run(recipe, run) as ctx:
+        current = identity(ctx, role(ctx, "student"))
+    for test in recipe.data.test:
+        metrics = run / "eval" / f"student-{test.split('/')[-1].removesuffix('.jsonl')}" / "metrics.json"
+        write_json(metrics, {**json.loads(metrics.read_text()), "identity": current})
     before = {p: p.read_bytes() for p in (run / "eval").rglob("*.jsonl")}
     with open_run(recipe, run) as ctx:
         outputs = run_stage(ctx, "eval_resolved")

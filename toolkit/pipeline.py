@@ -332,11 +332,21 @@ def stage_eval_resolved(ctx: Context) -> list[Path]:
     from toolkit.recipe import load_ref
 
     resolve = load_ref(ctx.recipe.resolver, "resolver")
+    student = identity(ctx, role(ctx, "student"))
     extra = {"role": "resolved", "identity": resolved_identity(ctx)}
     outputs = []
     for test in ctx.recipe.data.test:
         out = ctx.run_dir / "eval" / f"resolved-{Path(test).stem}"
-        m = run_resolved(ctx.recipe, resolve, ctx.run_dir / "eval" / f"student-{Path(test).stem}", out, extra)
+        source = ctx.run_dir / "eval" / f"student-{Path(test).stem}"
+        # Re-scored answers are named after the current student: refuse an older student's (`--only` after
+        # retraining) rather than report them under the new one's name.
+        metrics = source / "metrics.json"
+        found = json.loads(metrics.read_text(encoding="utf-8")).get("identity") if metrics.is_file() else None
+        if found != student:
+            raise StageError(f"{metrics} is not the current student's evaluation "
+                             f"({'missing' if found is None else 'another training or evaluation config'}): "
+                             "run the eval_student stage first")
+        m = run_resolved(ctx.recipe, resolve, source, out, extra)
         console.print(f"eval {out.name}: exact match {100 * m['exact_match']['value']:.1f}% (n={m['n']})")
         outputs += [out / "predictions.jsonl", out / "metrics.json"]
     return outputs
