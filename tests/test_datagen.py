@@ -1,4 +1,5 @@
 import re
+from collections import Counter
 
 import pytest
 
@@ -36,15 +37,27 @@ def test_shared_county_names_are_known():
 @pytest.mark.parametrize("mode", ["normal", "unseen"])
 def test_records_are_grounded_and_consistent(mode):
     gen = LogisticsGenerator(7, mode)
+    variety, seen = Counter(), {}
     for _ in range(300):
         text, label = gen.record()
         assert "\n" not in text
         assert label["specific_location"] in text and label["name"] in text
         assert re.fullmatch(r"\d{11}", label["phone"]) and label["phone"] in re.sub(r"\D", "", text)
-        assert label["district"] in text  # the county is never dropped
+        if label["district"]:  # the county is written, in full or (after its city) short
+            county = place(province=label["province"], city=label["city"], district=label["district"])
+            assert label["district"] in text or county.district_short in text
         if label["district"] in shared_district_names():  # ambiguous county: a city or province stays
             before = text[:text.index(label["district"])]
             assert label["city"][:2] in before or label["province"][:2] in before
+        seen.update(
+            inner_space=" " in label["specific_location"], bracket="（" in text or "(" in text,
+            short_county=bool(label["district"]) and label["district"] not in text,
+            no_county=not label["district"] and not any(p.city == label["city"] and not p.district for p in places()),
+            title=label["name"][-2:] in ("先生", "女士"),
+            digits_noise=len(re.sub(r"\D", "", text)) > 11 + len(re.sub(r"\D", "", label["specific_location"])))
+        variety.update(k for k, v in seen.items() if v)
+    # the variety of real strings occurs in every mode
+    assert set(variety) == {"inner_space", "bracket", "short_county", "no_county", "title", "digits_noise"}, variety
 
 
 def test_unseen_mode_shares_no_label_word_or_separator():
@@ -60,7 +73,7 @@ def test_unseen_mode_shares_no_label_word_or_separator():
     words = [w for k in ("name_labels", "phone_labels", "address_labels") for w in FORMATS["normal"][k]]
     for row in read_jsonl(DATA / "test_unseen.jsonl"):
         assert not any(w in row["text"] for w in words), row["text"]
-        assert " " not in row["text"] and ":" not in row["text"] and "，" not in row["text"]
+        assert ":" not in row["text"] and "，" not in row["text"]  # spaces occur, inside addresses
 
 
 def test_shipped_files_sizes_and_no_leakage():

@@ -42,7 +42,13 @@ FORMATS = {
         "phone_seps": ["."],
     },
 }
-NOISE = ["", "", "", "麻烦尽快发货", "谢谢", "请放快递柜", "工作日送货", "急件"]
+# Text around the record; some carries digits (an order number, a time) that are no phone. Neither mode's
+# label words or separators occur in it.
+NOISE = ["麻烦尽快发货", "谢谢", "请放快递柜", "工作日送货", "急件", "【顺丰】", "[京东快递]", "周末也可以送",
+         "到了敲门", "放门卫室", "易碎品轻放", "辛苦了亲", "不要放驿站", "送货前请联系", "中通加急",
+         "晚上七点后在家", "代收点自提"]
+NUMBERED_NOISE = ["订单号{n}", "单号SF{n}", "下单时间2025年{m}月{d}日", "{m}月{d}日前送到", "共{k}件"]
+TITLES = ["先生", "女士", "小姐", "老师", "经理"]
 
 COMPOUND_SURNAMES = ["欧阳", "司马", "诸葛", "上官", "东方", "皇甫", "尉迟", "公孙", "慕容", "长孙", "宇文",
                      "令狐", "夏侯", "西门", "独孤", "端木", "司徒", "南宫"]
@@ -51,6 +57,10 @@ ROAD_STEMS = ["人民", "解放", "建设", "中山", "和平", "新华", "胜�
 ROAD_SUFFIXES = ["路", "街", "大道", "大街", "东路", "西路", "南路", "北路", "中路"]
 ESTATE_STEMS = ["阳光", "锦绣", "金色", "翠湖", "万科", "绿地", "华府", "名都", "书香", "碧水", "御景", "盛世"]
 ESTATE_SUFFIXES = ["花园", "小区", "家园", "苑", "公寓", "新村"]
+BUILDING_STEMS = ["国际", "时代", "财富", "环球", "创业", "科技", "金融", "世纪", "东方", "银泰", "万达", "恒大"]
+BUILDING_SUFFIXES = ["大厦", "广场", "中心", "商务楼", "写字楼", "国际酒店", "科技园", "工业园", "商业街",
+                     "购物中心", "产业园"]
+INSTITUTIONS = ["人民医院", "中心医院", "第一中学", "实验小学", "职业技术学院", "人民政府", "邮政局", "汽车站"]
 MOBILE_PREFIXES = ["130", "131", "132", "133", "135", "136", "137", "138", "139", "150", "151", "152", "155",
                    "157", "158", "159", "166", "177", "180", "181", "186", "187", "188", "189", "191", "199"]
 
@@ -64,6 +74,7 @@ class Place:
     district: str
     province_short: str
     city_short: str
+    district_short: str  # "" where a short form would be ambiguous or no shorter
     city_is_province: bool  # municipality
     towns: tuple[str, ...]
     roads: tuple[str, ...]  # road names that occur in this county in jionlp's dictionary
@@ -118,22 +129,27 @@ def places() -> tuple[Place, ...]:
     def short(d) -> str:
         return shorts.get(d.code) or _short(d.name)
 
+    def county_short(d) -> str:
+        """鲅鱼圈区 -> 鲅鱼圈, as people write it after the city; only 区/县/旗 of three characters or more, so
+        that what is left is still a name (市 is kept: 大理 would read as the prefecture)."""
+        return d.name[:-1] if len(d.name) >= 3 and d.name[-1] in "区县旗" else ""
+
     out = []
     for d in divisions:
         parent = by_code.get(d.parent_code)
         towns = tuple(c.name for c in children[d.code] if c.level == 4)
         if d.level == 3 and parent.level == 2:
             prov = by_code[parent.parent_code]
-            out.append(Place(prov.name, parent.name, d.name, short(prov), short(parent), False, towns,
-                             roads.get(d.code, ())))
+            out.append(Place(prov.name, parent.name, d.name, short(prov), short(parent), county_short(d), False,
+                             towns, roads.get(d.code, ())))
         elif d.level == 3 and parent.name in MUNICIPALITIES:
-            out.append(Place(parent.name, parent.name, d.name, short(parent), short(parent), True, towns,
-                             roads.get(d.code, ())))
+            out.append(Place(parent.name, parent.name, d.name, short(parent), short(parent), county_short(d), True,
+                             towns, roads.get(d.code, ())))
         elif d.level == 3:  # county-level unit directly under a province: city = the unit, district ""
-            out.append(Place(parent.name, d.name, "", short(parent), short(d), False, towns,
+            out.append(Place(parent.name, d.name, "", short(parent), short(d), "", False, towns,
                              roads.get(d.code, ())))
         elif d.level == 2 and not any(c.level == 3 for c in children[d.code]):  # 东莞市: towns, no counties
-            out.append(Place(parent.name, d.name, "", short(parent), short(d), False, towns,
+            out.append(Place(parent.name, d.name, "", short(parent), short(d), "", False, towns,
                              roads.get(d.code, ())))
     return tuple(out)
 
@@ -160,10 +176,12 @@ class LogisticsGenerator:
         self.places = places()
 
     def name(self) -> str:
-        given = self.faker.first_name()
-        if self.rng.random() < 0.12:
-            return self.rng.choice(COMPOUND_SURNAMES) + given
-        return self.faker.last_name() + given
+        """A full name mostly; a surname and a title (王女士) sometimes, as senders write it."""
+        r = self.rng
+        surname = r.choice(COMPOUND_SURNAMES) if r.random() < 0.12 else self.faker.last_name()
+        if r.random() < 0.08:
+            return surname + r.choice(TITLES)
+        return surname + self.faker.first_name()
 
     def phone(self) -> tuple[str, str]:
         """(as written, 11 digits): mobiles mostly, landlines with area codes too, some with separators."""
@@ -181,24 +199,54 @@ class LogisticsGenerator:
         return written, digits
 
     def specific_location(self, place: Place) -> str:
+        """Town, village, road and number, estate, building or institution and unit, in the orders and with
+        the spaces and brackets real addresses have (大理古城国际酒店 after or before the road, 3-2-501 ...)."""
         r = self.rng
-        parts = []
-        if place.towns and (r.random() < 0.5 or not place.district):
-            parts.append(r.choice(place.towns))
-        if place.roads and r.random() < 0.6:
-            parts.append(r.choice(place.roads))
-        else:
-            parts.append(r.choice(ROAD_STEMS) + r.choice(ROAD_SUFFIXES))
-        parts.append(f"{r.randint(1, 999)}号")
+        head = []
+        if place.towns and (r.random() < 0.45 or not place.district):
+            head.append(r.choice(place.towns))
+            if head[0].endswith(("镇", "乡")) and r.random() < 0.3:  # a village: no road, a group number
+                return self.spaced(head + [f"{r.choice(ROAD_STEMS)}村{r.randint(1, 12)}组{r.randint(1, 99)}号"])
+        road = (r.choice(place.roads) if place.roads and r.random() < 0.6
+                else r.choice(ROAD_STEMS) + r.choice(ROAD_SUFFIXES)) + f"{r.randint(1, 999)}号"
         kind = r.random()
-        if kind < 0.45:
-            parts.append(r.choice(ESTATE_STEMS) + r.choice(ESTATE_SUFFIXES))
-            parts.append(f"{r.randint(1, 30)}{r.choice(['栋', '幢', '号楼'])}")
-            if r.random() < 0.5:
-                parts.append(f"{r.randint(1, 6)}单元")
-            parts.append(f"{r.randint(1, 33)}{r.randint(1, 4):02d}室")
-        elif kind < 0.6:
-            parts.append(f"{r.choice(ESTATE_STEMS)}大厦{r.randint(2, 40)}层")
+        if kind < 0.4:
+            site = r.choice(ESTATE_STEMS) + r.choice(ESTATE_SUFFIXES)
+            detail = self.unit()
+        elif kind < 0.65:
+            site = r.choice(BUILDING_STEMS) + r.choice(BUILDING_SUFFIXES)
+            detail = r.choice([f"{r.randint(1, 40)}层", f"{r.choice('ABCD')}座{r.randint(1, 30)}{r.randint(1, 20):02d}",
+                               f"{r.randint(1, 9)}号楼", ""])
+        elif kind < 0.75:
+            site = place.city_short + r.choice(INSTITUTIONS) if r.random() < 0.5 else r.choice(INSTITUTIONS)
+            detail = r.choice(["门口", "东门", "住院部", "传达室", ""])
+        else:
+            return self.spaced(head + [road])
+        if r.random() < 0.1:
+            site = r.choice(["（", "("]) + site + r.choice(["）", ")"])
+        order = r.random()
+        if order < 0.65:
+            parts = [road, site, detail]
+        elif order < 0.85:
+            parts = [site, detail, road] if detail else [site, road]
+        else:  # no road: the estate or building is the address
+            parts = [site, detail]
+        return self.spaced(head + [p for p in parts if p])
+
+    def unit(self) -> str:
+        r = self.rng
+        building, unit, room = r.randint(1, 30), r.randint(1, 6), f"{r.randint(1, 33)}{r.randint(1, 4):02d}"
+        if r.random() < 0.15:
+            return f"{building}-{unit}-{room}"
+        return (f"{building}{r.choice(['栋', '幢', '号楼'])}" + (f"{unit}单元" if r.random() < 0.5 else "")
+                + f"{room}{r.choice(['室', '室', ''])}")
+
+    def spaced(self, parts: list[str]) -> str:
+        """Parts joined as written: mostly run together, sometimes with a space between two of them."""
+        r = self.rng
+        if len(parts) > 1 and r.random() < 0.2:
+            cut = r.randrange(1, len(parts))
+            return "".join(parts[:cut]) + " " + "".join(parts[cut:])
         return "".join(parts)
 
     def admin_prefix(self, place: Place) -> str:
@@ -220,9 +268,11 @@ class LogisticsGenerator:
                 parts = [city]  # province omitted
             else:
                 parts = []  # province and city omitted: the county name is unique
+        if district and district not in shared_district_names() and place.district_short and parts \
+                and r.random() < 0.15:
+            district = place.district_short  # 营口鲅鱼圈: after a city or province, the short form is unique
         parts.append(district)
-        joiner = " " if r.random() < 0.15 and " " in self.fmt["field_seps"] else ""
-        return joiner.join(p for p in parts if p)
+        return (" " if r.random() < 0.15 else "").join(p for p in parts if p)
 
     def record(self) -> tuple[str, dict[str, str]]:
         """One (text, gold label) pair."""
@@ -231,8 +281,15 @@ class LogisticsGenerator:
         name = self.name()
         phone_written, phone = self.phone()
         location = self.specific_location(place)
-        address = self.admin_prefix(place) + location
-        label = {"province": place.province, "city": place.city, "district": place.district,
+        district = place.district
+        if district and r.random() < 0.04 and not place.city_is_province:
+            # The county left out: the prefix is province and city, and the label's district is "" (not knowable).
+            prefix = r.choice([place.province, place.province_short, ""]) + r.choice([place.city, place.city_short])
+            district = ""
+        else:
+            prefix = self.admin_prefix(place)
+        address = prefix + (" " if r.random() < 0.15 else "") + location
+        label = {"province": place.province, "city": place.city, "district": district,
                  "specific_location": location, "name": name, "phone": phone}
 
         def labelled(words: str, value: str) -> str:
@@ -242,11 +299,17 @@ class LogisticsGenerator:
                  labelled("address_labels", address)]
         r.shuffle(parts)
         text = r.choice(f["field_seps"]).join(parts)
-        noise = r.choice(NOISE)
-        if noise:
+        for _ in range(r.choice([0, 0, 1, 1, 2])):
             sep = r.choice(f["field_seps"])
-            text = text + sep + noise if r.random() < 0.7 else noise + sep + text
+            text = text + sep + self.noise() if r.random() < 0.7 else self.noise() + sep + text
         return text, label
+
+    def noise(self) -> str:
+        r = self.rng
+        if r.random() < 0.25:
+            return r.choice(NUMBERED_NOISE).format(n=r.randint(10 ** 9, 10 ** 13), m=r.randint(1, 12),
+                                                   d=r.randint(1, 28), k=r.randint(2, 9))
+        return r.choice(NOISE)
 
 
 def normalise_text(text: str) -> str:
@@ -262,7 +325,7 @@ def allowed_value_files() -> dict[str, str]:
                                    ("districts.txt", "district"))}
 
 
-def build(seed: int = 20260101, pool_size: int = 3000, test_size: int = 400) -> dict[str, list[dict] | str]:
+def build(seed: int = 20260101, pool_size: int = 4000, test_size: int = 400) -> dict[str, list[dict] | str]:
     """The shipped files: test (normal format), test_unseen, the training pool with gold kept apart, and the
     allowed values of province, city and district.
 
