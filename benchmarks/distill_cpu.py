@@ -1,4 +1,4 @@
-"""The CPU distillation result: logistics_zh's `cpu` profile on the embedded SmolLM2 student, end to end (long).
+"""The CPU distillation result: logistics_zh's `cpu` profile (the embedded Gemma 3 270M student), end to end (long).
 
     .venv/bin/python benchmarks/distill_cpu.py [key=value ...]
 
