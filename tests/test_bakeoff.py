@@ -145,10 +145,10 @@ def test_the_shipped_spec_loads_every_pair_with_the_students_own_type_and_templa
     b = load_spec(ROOT / "bakeoffs" / "cpu.yaml")
     assert b.out.as_posix() == "runs/bakeoff/cpu" and len(b.pairs) == 6
     assert b.tasks == ["logistics_zh", "msra_ner", "review_sentiment_zh"]
-    # logistics_zh's cpu profile names SmolLM2 (llama/chatml), msra_ner's Gemma: a pair of another student must
-    # not inherit the profile's type and template
-    gemma = b.pair("logistics_zh", "gemma3-270m").recipe.student
-    smollm2 = b.pair("msra_ner", "smollm2-135m-instruct").recipe.student
+    # review_sentiment_zh's cpu profile names SmolLM2 (llama/chatml), logistics_zh's Gemma: a pair of another
+    # student must not inherit the profile's type and template
+    gemma = b.pair("review_sentiment_zh", "gemma3-270m").recipe.student
+    smollm2 = b.pair("logistics_zh", "smollm2-135m-instruct").recipe.student
     assert (gemma.model, gemma.model_type, gemma.template) == ("gemma3-270m", "gemma3_text", "gemma3_text")
     assert (smollm2.model, smollm2.model_type, smollm2.template) == ("smollm2-135m-instruct", "llama", "chatml")
     assert b.pair("msra_ner", "gemma3-270m").run_dir.as_posix() == "runs/bakeoff/cpu/runs/msra_ner/gemma3-270m"

@@ -31,4 +31,4 @@ def test_bad_recipe_exits_2_with_the_reason(capsys):
 def test_python_dash_m_and_console_script_agree():
     out = subprocess.run([sys.executable, "-m", "toolkit", "recipe", "show", str(RECIPE), "--profile", "cpu"],
                          capture_output=True, text=True, cwd=ROOT, check=True).stdout
-    assert "smollm2-135m-instruct" in out and "lora_rank: 8" in out
+    assert "gemma3-270m" in out and "lora_rank: 8" in out

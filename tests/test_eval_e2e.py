@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
-from conftest import RECIPE, ROOT
+from conftest import RECIPE, ROOT, SMOLLM2_STUDENT
 from toolkit.jsonl import read_jsonl
 from toolkit.recipe import load_recipe
 from toolkit.scoring import compute_metrics
 
 pytestmark = pytest.mark.slow
-SMALL = ["eval.limit=20", "eval.batch_size=20", "eval.max_new_tokens=64"]
+SMALL = [*SMOLLM2_STUDENT, "eval.limit=20", "eval.batch_size=20", "eval.max_new_tokens=64"]
 TEST = str(ROOT / "datasets" / "logistics_zh" / "test.jsonl")
 
 

@@ -27,11 +27,6 @@ GEMMA = EMBEDDED["gemma3-270m"]
 PROMPT = "中国的首都"
 
 
-@pytest.fixture(scope="module")
-def gemma() -> Path:
-    return pull_embedded("gemma3-270m")
-
-
 @pytest.mark.slow
 def test_pull_checks_the_shipped_sha256_and_records_type_template_and_licence(gemma):
     with zipfile.ZipFile(wheel_paths(GEMMA)[0]) as main:

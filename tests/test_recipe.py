@@ -34,7 +34,7 @@ def test_every_shipped_recipe_loads_and_its_files_exist(path, profile):
 
 def test_profiles_override_only_what_they_name():
     gpu, cpu = load_recipe(RECIPE, "gpu"), load_recipe(RECIPE, "cpu")
-    assert gpu.student.model == "Qwen/Qwen3-0.6B" and cpu.student.model == "smollm2-135m-instruct"
+    assert gpu.student.model == "Qwen/Qwen3-0.6B" and cpu.student.model == "gemma3-270m"
     assert cpu.train.lora_rank == gpu.train.lora_rank == 8  # not named in the cpu profile
     assert cpu.train.torch_dtype == "float32" and gpu.train.torch_dtype == "bfloat16"
 

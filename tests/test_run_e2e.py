@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from conftest import RECIPE, ROOT
+from conftest import RECIPE, ROOT, SMOLLM2_STUDENT
 
 pytestmark = pytest.mark.slow
-TINY = ["data.train_records=12", "data.val_fraction=0.2", "train.max_steps=3", "train.save_steps=3",
+TINY = [*SMOLLM2_STUDENT, "data.train_records=12", "data.val_fraction=0.2", "train.max_steps=3", "train.save_steps=3",
         "train.eval_steps=3", "train.per_device_train_batch_size=2", "eval.backend=transformers", "eval.limit=3",
         "eval.max_new_tokens=48"]
 

@@ -87,13 +87,13 @@ def test_the_gpu_profile_is_the_tutorials_bf16_training_as_ms_swift_reads_it(qwe
         "<think>\n\n</think>\n\n"
 
 
-def test_the_cpu_profiles_float32_gets_no_bf16(smollm2, data, monkeypatch):
+def test_the_cpu_profiles_float32_gets_no_bf16(gemma, data, monkeypatch):
     import torch
 
     recipe = load_recipe(RECIPE, "cpu")
     args = swift_parse(argv_for(recipe, data), monkeypatch)
     assert args.torch_dtype == torch.float32 and args.training_args.bf16 is False
-    assert (args.model_type, args.template, args.enable_thinking) == ("llama", "chatml", None)
+    assert (args.model_type, args.template, args.enable_thinking) == ("gemma3_text", "gemma3_text", None)
 
 
 def test_deepspeed_when_set_names_one_of_ms_swifts_zero_configs(qwen3_tiny, data, monkeypatch):

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RECIPE, ROOT
+from conftest import RECIPE, ROOT, SMOLLM2_STUDENT
 from toolkit.train import checkpoints, read_log, stale_trainers
 
 pytestmark = pytest.mark.slow
-TINY = ["data.train_records=24", "data.val_fraction=0.1", "train.per_device_train_batch_size=2",
+TINY = [*SMOLLM2_STUDENT, "data.train_records=24", "data.val_fraction=0.1", "train.per_device_train_batch_size=2",
         "train.per_device_eval_batch_size=2", "train.logging_steps=1"]
 
 
@@ -60,7 +60,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     own) and rotating checkpoints away; the re-run must stop them, then resume from the newest checkpoint."""
     run = tmp_path / "run"
     args = ["train", str(RECIPE), "--profile", "cpu", "--run-dir", str(run), *TINY, "data.val_fraction=0",
-            "train.max_steps=6", "train.save_steps=2"]
+            "train.early_stop_evals=null", "train.max_steps=6", "train.save_steps=2"]
     proc = subprocess.Popen([sys.executable, "-m", "toolkit", *args], cwd=ROOT, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
