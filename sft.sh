@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The tutorial in one command: set up, then run the whole flow with the profile that fits this machine
-# (gpu where nvidia-smi sees a GPU: Qwen3-0.6B with the tutorial's settings; else cpu: the embedded SmolLM2).
+# (gpu where nvidia-smi sees a GPU: Qwen3-0.6B with the tutorial's settings; else cpu: the embedded Gemma 3 270M).
 #
 #   bash sft.sh                                   # everything, defaults
 #   bash sft.sh --profile cpu train.max_steps=20  # any `xtk run` arguments pass through
