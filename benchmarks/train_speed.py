@@ -3,13 +3,13 @@ as a fraction of this CPU's own fp32 matmul throughput, measured by the same run
 
     .venv/bin/python benchmarks/train_speed.py [--sequences 64] [--only NAME ...] [--out FILE]
 
-Each variant is a real `swift sft` of the embedded SmolLM2 student on the same prepared records; every ratio is
+Each variant is a real `swift sft` of the profile's student (Gemma 3 270M) on the same prepared records; every ratio is
 against the plain-defaults run of the same invocation. Speed comes from ms-swift's logging.jsonl, the first
 optimiser step (model load, warm-up) left out: tokens are the real tokens the trainer fed the model (its
 `num_input_tokens_seen`, counting non-padding tokens, summed over DDP processes), time is the trainer's own
 clock (`train_speed(s/it)` x steps).
 
-The matmul limit: torch fp32 matmuls at SmolLM2's layer shapes (every nn.Linear of the model, the tied lm_head
+The matmul limit: torch fp32 matmuls at the student's layer shapes (every nn.Linear of the model, the tied lm_head
 once), forward (x @ W.T) and input gradient (dy @ W) each, rows = sequences per process x mean tokens, timed on
 1 thread, on 2 threads, and as 2 concurrent 1-thread processes (their aggregate). LoRA training does about
 4 x parameters FLOP per token (forward 2, input gradients 2; the frozen weights get no weight gradient); the
@@ -53,7 +53,7 @@ PROFILE = "cpu profile"
 VARIANTS = {
     "swift defaults": None,
     PROFILE: [],
-    "cpu profile, group_by_length": ["train.extra_args=[--group_by_length,'true']"],
+    "cpu profile without group_by_length": ["train.extra_args=[]"],
     "cpu profile, batch 4 per process": ["train.per_device_train_batch_size=4"],
     "1 proc x 2 threads, batch 4": ["train.nproc_per_node=1", "train.per_device_train_batch_size=4",
                                     "train.omp_num_threads=2"],
@@ -180,7 +180,8 @@ def main() -> None:
             per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps * t.nproc_per_node
             procs, threads, batch = t.nproc_per_node, t.omp_num_threads, t.per_device_train_batch_size
             steps = 1 + math.ceil(args.sequences / per_step)
-            recipe = load_recipe(RECIPE, "cpu", [*overrides, f"train.max_steps={steps}",
+            # Speed only: no validation split, so no early stopping (it needs one) and no checkpoints.
+            recipe = load_recipe(RECIPE, "cpu", [*overrides, f"train.max_steps={steps}", "train.early_stop_evals=null",
                                                  "train.save_steps=100000", "train.logging_steps=1"])
             argv = sft_argv(recipe, model, work / "data" / "train.jsonl", None, out)
             env = sft_env(recipe)
@@ -226,8 +227,8 @@ def main() -> None:
 
     write_json(args.out, {
         **started,
-        "what": "swift sft LoRA training speed of the embedded SmolLM2 student on logistics_zh records, each "
-                "variant in this run; tokens = real (non-padding) tokens fed to the model",
+        "what": f"swift sft LoRA training speed of {base.student.model} (the cpu profile's student) on logistics_zh "
+                "records, each variant in this run; tokens = real (non-padding) tokens fed to the model",
         "records": stats["train"], "tokens_per_sequence": stats["tokens"],
         "sequences_measured_per_variant": args.sequences,
         "parameters": {**params, "counted": "matmul (every nn.Linear weight; the tied embedding/lm_head matrix "
