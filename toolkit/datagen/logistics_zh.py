@@ -74,7 +74,7 @@ class Place:
     district: str
     province_short: str
     city_short: str
-    district_short: str  # "" where a short form would be ambiguous or no shorter
+    district_short: str  # "" where the name has none that stays a name (…市, two characters)
     city_is_province: bool  # municipality
     towns: tuple[str, ...]
     roads: tuple[str, ...]  # road names that occur in this county in jionlp's dictionary
