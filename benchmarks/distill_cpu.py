@@ -7,24 +7,119 @@ again after an interruption) and writes benchmarks/results/distill_cpu.json whol
 does for any recipe (provenance, figures with intervals, stage minutes), with the tutorial's goals checked:
 the fine-tuned student reaches 90% whole-record exact match on test.jsonl and 80% on test_unseen.jsonl, and
 beats the rule baseline on test_unseen.jsonl.
+
+Then the learning curve of the same training: earlier checkpoints (after about 1/8, 1/4 and 1/2 of the rows)
+are merged and scored on the same test files (`xtk eval`, eval/curve-<rows>rows-<test>/), and a log-linear fit
+of exact match against rows says how many rows, and how many minutes of training here, each goal would take.
+The run keeps every checkpoint for this (`train.save_total_limit`, a setting that does not change the
+training). An earlier checkpoint was taken mid-schedule (its learning rate not yet decayed), so it is not the
+same as a whole run on that many rows; the curve's minutes are not part of the flow's.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import subprocess
 import sys
+import time
+from pathlib import Path
 
-from recipe_cpu import ROOT, run, save
+from recipe_cpu import ROOT, figures, run, save
 
+sys.path.insert(0, str(ROOT))
+from toolkit.models import MARKER  # noqa: E402
+from toolkit.recipe import load_recipe  # noqa: E402
+from toolkit.train import checkpoints, run_merge  # noqa: E402
+
+RECIPE = ROOT / "recipes" / "logistics_zh.yaml"
 GOALS = {"test": 0.9, "test_unseen": 0.8}
+KEEP_CHECKPOINTS = ["train.save_total_limit=100"]
+CURVE_FRACTIONS = (1 / 8, 1 / 4, 1 / 2)
+
+
+def step(ckpt) -> int:
+    return int(Path(ckpt).name.split("-")[1])
+
+
+def curve_checkpoints(train_dir, merged_step: int) -> list:
+    """The checkpoints nearest each fraction of the merged one's step, earliest first."""
+    found = [c for c in checkpoints(train_dir) if step(c) < merged_step]
+    picked = {min(found, key=lambda c: abs(step(c) - f * merged_step)) for f in CURVE_FRACTIONS} if found else set()
+    return sorted(picked, key=step)
+
+
+def score_checkpoint(ckpt, rows: int, run_dir, overrides: list[str], recipe) -> str:
+    """Merge one checkpoint and score it on every test file (once: a re-run reuses it); returns its evaluation
+    name."""
+    name, student, merged = f"curve-{rows}rows", recipe.student, run_dir / "curve" / ckpt.name
+    if all((run_dir / "eval" / f"{name}-{Path(t).stem}" / "metrics.json").is_file() for t in recipe.data.test):
+        return name
+    if not (merged / "config.json").is_file():
+        run_merge(ckpt, merged, run_dir / "curve" / f"{ckpt.name}-merge.log")
+        (merged / MARKER).write_text(json.dumps(
+            {"name": f"logistics_zh student at {ckpt.name}", "base": student.model, "checkpoint": str(ckpt),
+             "model_type": student.model_type, "template": student.template}, indent=2) + "\n")
+    subprocess.run([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--run-dir",
+                    str(run_dir), "--model", str(merged), "--name", name, *overrides], cwd=ROOT, check=True)
+    return name
+
+
+def log_fit(points: list[tuple[int, float]], goal: float, seconds_per_row: float) -> dict:
+    """Least squares of exact match on ln(rows); the rows (and training minutes here) where it reaches `goal`."""
+    xs, ys = [math.log(r) for r, _ in points], [y for _, y in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    fit = {"per_doubling": round(slope * math.log(2), 4), "goal": goal}
+    if slope > 0:
+        rows = math.exp(mx + (goal - my) / slope)
+        fit |= {"rows_for_goal": round(rows), "train_minutes_for_goal": round(rows * seconds_per_row / 60)}
+    return fit
 
 
 def main() -> None:
+    overrides = [*sys.argv[1:], *KEEP_CHECKPOINTS]
     run_dir = ROOT / "runs" / "logistics_zh" / "distill_cpu"
-    result = run("logistics_zh", sys.argv[1:], run_dir)
+    result = run("logistics_zh", overrides, run_dir)
+    for name in [n for n in result["evaluations"] if n.startswith("curve-")]:  # a re-run finds the curve's own
+        del result["evaluations"][name], result["headline"][name]
     exact = {name: m["exact_match"] for name, m in result["evaluations"].items()}
     for test, goal in GOALS.items():
         got = exact.get(f"student-{test}")
         result["goals"][f"student >= {goal:.0%} exact match on {test}"] = None if got is None else got >= goal
+
+    start = time.monotonic()
+    recipe = load_recipe(RECIPE, "cpu", overrides)
+    t = recipe.train
+    per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps * t.nproc_per_node
+    merged = json.loads((run_dir / "merged" / MARKER).read_text())["checkpoint"]
+    rows_final = result["train_records"]
+    rows_merged = min(rows_final, step(merged) * per_step)
+    points = {}
+    for ckpt in curve_checkpoints(run_dir / "train", step(merged)):
+        rows = min(rows_final, step(ckpt) * per_step)
+        points[rows] = (ckpt.name, score_checkpoint(ckpt, rows, run_dir, overrides, recipe))
+    trained = min(rows_final, max(step(c) for c in checkpoints(run_dir / "train")) * per_step)
+    seconds_per_row = 60 * result["stage_minutes"]["train"] / trained
+    curve = {"what": "exact match of earlier checkpoints of this training (rows seen so far), then the merged "
+                     "student's; an earlier checkpoint is mid-schedule, not a whole run on that many rows",
+             "merged_checkpoint": Path(merged).name, "points": {}, "fit": {},
+             "seconds_per_training_row": round(seconds_per_row, 2)}
+    for test, goal in GOALS.items():
+        row = []
+        for rows, (ckpt, name) in sorted(points.items()):
+            m = figures(json.loads((run_dir / "eval" / f"{name}-{test}" / "metrics.json").read_text()))
+            row.append({"rows": rows, "checkpoint": ckpt, "exact_match": m["exact_match"],
+                        "exact_match_ci95": m["exact_match_ci95"], "fields": m["fields"]})
+        student = result["evaluations"][f"student-{test}"]
+        row.append({"rows": rows_merged, "checkpoint": f"{Path(merged).name} (merged)",
+                    "exact_match": student["exact_match"], "exact_match_ci95": student["exact_match_ci95"],
+                    "fields": student["fields"]})
+        curve["points"][test] = row
+        if len(row) >= 2:
+            curve["fit"][test] = log_fit([(p["rows"], p["exact_match"]) for p in row], goal, seconds_per_row)
+    curve["minutes"] = round((time.monotonic() - start) / 60, 1)
+    result["curve"] = curve
     save("distill_cpu", result, run_dir)
 
 
