@@ -13,6 +13,7 @@ and its charts are copied to benchmarks/results/RECIPE_cpu/.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -63,6 +64,7 @@ def minutes(stage: dict) -> float | None:
 def run(recipe: str, overrides: list[str], run_dir: Path) -> dict:
     """Run (or resume) the recipe's cpu profile and gather its figures."""
     start = time.monotonic()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # as sft.sh sets it for the cpu profile (and for what runs after)
     subprocess.run([sys.executable, "-m", "toolkit", "run", str(ROOT / "recipes" / f"{recipe}.yaml"),
                     "--profile", "cpu", "--run-dir", str(run_dir), *overrides], cwd=ROOT, check=True)
     wall = round((time.monotonic() - start) / 60, 1)
