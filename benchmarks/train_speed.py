@@ -11,9 +11,9 @@ clock (`train_speed(s/it)` x steps).
 
 The matmul limit: torch fp32 matmuls at the student's layer shapes (every nn.Linear of the model, the tied lm_head
 once), forward (x @ W.T) and input gradient (dy @ W) each, rows = sequences per process x mean tokens, timed on
-1 thread, on 2 threads, and as 2 concurrent 1-thread processes (their aggregate). LoRA training does about
-4 x parameters FLOP per token (forward 2, input gradients 2; the frozen weights get no weight gradient); the
-parameters counted are those matmuls' weights, the tied embedding/lm_head matrix once as the lm_head (the
+1 thread, on 2 threads, and as 2 concurrent 1-thread processes (their aggregate; that once in bfloat16 too, for
+the bf16 variant's context). LoRA training does about 4 x parameters FLOP per token (forward 2, input gradients
+2; the frozen weights get no weight gradient); the parameters counted are those matmuls' weights, the tied embedding/lm_head matrix once as the lm_head (the
 embedding lookup is no matmul). Attention's own products and LoRA's small matrices are left out.
 
 That rule counts the lm_head on every real token. ms-swift computes it only from the first answer token on
@@ -54,11 +54,14 @@ PROFILE = "cpu profile"
 
 # name: overrides of the cpu profile; None = plain `swift sft` defaults. The profile's two processes are one DDP
 # group (toolkit/train.py passes `--use_cpu true` to every multi-process CPU launch). Few variants: the whole run
-# must stay under 20 minutes here.
+# must stay under 30 minutes here.
 VARIANTS = {
     "swift defaults": None,
     PROFILE: [],
     "cpu profile without group_by_length": ["train.extra_args=[]"],
+    # ms-swift picks eager attention for Gemma 3; bf16 matmuls run ~2x fp32's where the CPU has avx512_bf16
+    "cpu profile, sdpa attention": ['train.extra_args=[--group_by_length, "true", --attn_impl, sdpa]'],
+    "cpu profile in bfloat16": ["train.torch_dtype=bfloat16"],
     "cpu profile, batch 4 per process": ["train.per_device_train_batch_size=4"],
     "1 proc x 2 threads, batch 4": ["train.nproc_per_node=1", "train.per_device_train_batch_size=4",
                                     "train.omp_num_threads=2"],
@@ -111,14 +114,14 @@ def linear_shapes(model_ref: str) -> tuple[Counter, dict]:
     return shapes, counts
 
 
-def _matmul_worker(shapes: dict, rows: int, threads: int | None, reps: int, start, results) -> None:
+def _matmul_worker(shapes: dict, rows: int, threads: int | None, reps: int, start, results, dtype: str) -> None:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    gen = torch.Generator().manual_seed(0)
-    mats = [(torch.randn(rows, i, generator=gen), torch.randn(o, i, generator=gen),
-             torch.randn(rows, o, generator=gen), n) for (i, o), n in shapes.items()]
+    gen, dt = torch.Generator().manual_seed(0), getattr(torch, dtype)
+    mats = [(torch.randn(rows, i, generator=gen).to(dt), torch.randn(o, i, generator=gen).to(dt),
+             torch.randn(rows, o, generator=gen).to(dt), n) for (i, o), n in shapes.items()]
     for x, w, dy, _ in mats:  # warm-up: first-touch pages, oneDNN/MKL kernels chosen
         x @ w.T, dy @ w
     start.wait()
@@ -133,13 +136,14 @@ def _matmul_worker(shapes: dict, rows: int, threads: int | None, reps: int, star
     results.put((flop, seconds, torch.get_num_threads()))
 
 
-def matmul_limit(shapes: Counter, rows: int, procs: int, threads: int | None, reps: int = 3) -> dict:
-    """fp32 matmul GFLOP/s at the model's shapes: `procs` concurrent processes of `threads` threads each
-    (None: torch's default), their aggregate. Each in a fresh process, so no thread setting leaks."""
+def matmul_limit(shapes: Counter, rows: int, procs: int, threads: int | None, reps: int = 3,
+                 dtype: str = "float32") -> dict:
+    """Matmul GFLOP/s at the model's shapes: `procs` concurrent processes of `threads` threads each (None:
+    torch's default), their aggregate. Each in a fresh process, so no thread setting leaks."""
     ctx = mp.get_context("spawn")
     start, results = ctx.Barrier(procs), ctx.Queue()
     env = os.environ.pop("OMP_NUM_THREADS", None)  # the worker sets its threads itself
-    workers = [ctx.Process(target=_matmul_worker, args=(dict(shapes), rows, threads, reps, start, results))
+    workers = [ctx.Process(target=_matmul_worker, args=(dict(shapes), rows, threads, reps, start, results, dtype))
                for _ in range(procs)]
     for w in workers:
         w.start()
@@ -149,8 +153,16 @@ def matmul_limit(shapes: Counter, rows: int, procs: int, threads: int | None, re
     if env is not None:
         os.environ["OMP_NUM_THREADS"] = env
     # Each process's rate over its own time, summed: they ran side by side from the same barrier.
-    return {"procs": procs, "threads_each": got[0][2], "rows": rows,
+    return {"procs": procs, "threads_each": got[0][2], "rows": rows, "dtype": dtype,
             "gflop_per_s": round(sum(f / s for f, s, _ in got) / 1e9, 1)}
+
+
+def cpu_flags() -> list[str]:
+    """The vector extensions that decide which matmuls are fast here."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return sorted(set(line.split(":", 1)[1].split()) & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
+    return []
 
 
 def main() -> None:
@@ -221,7 +233,10 @@ def main() -> None:
     profile = load_recipe(RECIPE, "cpu").train
     profile_rows = round(profile.per_device_train_batch_size * mean_tokens)
     reference = {"1 thread": limit(1, 1, profile_rows), "2 threads": limit(1, 2, profile_rows),
-                 "2 processes x 1 thread": limit(2, 1, profile_rows)}
+                 "2 processes x 1 thread": limit(2, 1, profile_rows),
+                 # what the bf16 variant's matmuls could do: context only, its fraction is of the fp32 limit
+                 "2 processes x 1 thread, bfloat16": matmul_limit(shapes, profile_rows, 2, 1, args.matmul_reps,
+                                                                 "bfloat16")}
     baseline = runs.get("swift defaults", {}).get("tokens_per_s")
     for r in runs.values():
         if "tokens_per_s" not in r:
@@ -241,6 +256,7 @@ def main() -> None:
         **started,
         "what": f"swift sft LoRA training speed of {base.student.model} (the cpu profile's student) on logistics_zh "
                 "records, each variant in this run; tokens = real (non-padding) tokens fed to the model",
+        "cpu_flags": cpu_flags(),
         "records": stats["train"], "tokens_per_sequence": stats["tokens"],
         "sequences_measured_per_variant": args.sequences,
         "parameters": {**params, "counted": "matmul (every nn.Linear weight; the tied embedding/lm_head matrix "
