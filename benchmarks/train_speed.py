@@ -14,7 +14,8 @@ once), forward (x @ W.T) and input gradient (dy @ W) each, rows = sequences per 
 1 thread, on 2 threads, and as 2 concurrent 1-thread processes (their aggregate; that once in bfloat16 too, for
 the bf16 variant's context). LoRA training does about 4 x parameters FLOP per token (forward 2, input gradients
 2; the frozen weights get no weight gradient); the parameters counted are those matmuls' weights, the tied
-embedding/lm_head matrix once as the lm_head (the embedding lookup is no matmul). Attention's own products and LoRA's small matrices are left out.
+embedding/lm_head matrix once as the lm_head (the embedding lookup is no matmul). Attention's own products and
+LoRA's small matrices are left out.
 
 That rule counts the lm_head on every real token. ms-swift computes it only from the first answer token on
 (`use_logits_to_keep`), and every other matmul on the padded tokens too, so each variant also gets the matmuls it
