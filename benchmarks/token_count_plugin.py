@@ -8,8 +8,9 @@ transformers' `include_num_input_tokens_seen="non_padding"` counts the real toke
 command line only takes a boolean there (which counts padding): the callback sets it on the trainer's arguments.
 The output layer's rows: with `use_logits_to_keep` (ms-swift's default where the model takes `logits_to_keep`) the
 trainer computes logits only from the first answer token on (mixin.py `prepare_logits_to_keep`); the callback
-counts them as that function cuts them. It only counts; what is trained is unchanged. The sums go through the trainer's accelerator, over the DDP group
-(a multi-process CPU launch is one only with `--use_cpu true`, which toolkit/train.py's sft_argv adds).
+counts them as that function cuts them. It only counts; what is trained is unchanged. The sums go through the
+trainer's accelerator, over the DDP group (a multi-process CPU launch is one only with `--use_cpu true`, which
+toolkit/train.py's sft_argv adds).
 """
 
 import torch

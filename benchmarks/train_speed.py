@@ -247,7 +247,8 @@ def main() -> None:
         r["train_gflop_per_s"] = round(r["tokens_per_s"] * flop_per_token / 1e9, 1)
         r["matmul_limit_gflop_per_s"] = lim["gflop_per_s"]
         r["fraction_of_matmul_limit"] = round(r["train_gflop_per_s"] / lim["gflop_per_s"], 3)
-        executed = 4 * ((params["matmul"] - params["lm_head"]) * r["padded_tokens"] + params["lm_head"] * r["logit_rows"])
+        body = params["matmul"] - params["lm_head"]
+        executed = 4 * (body * r["padded_tokens"] + params["lm_head"] * r["logit_rows"])
         r["executed_gflop_per_s"] = round(executed / r["measured_seconds"] / 1e9, 1)
         r["executed_fraction_of_matmul_limit"] = round(r["executed_gflop_per_s"] / lim["gflop_per_s"], 3)
         if baseline:
