@@ -40,11 +40,12 @@ def pair_minutes(run_dir: Path) -> dict:
 
 def main() -> None:
     start = time.monotonic()
-    subprocess.run([sys.executable, "-m", "toolkit", "bakeoff", str(SPEC), "--out", str(BAKEOFF)], cwd=ROOT,
-                   check=True)
+    # paths relative to the checkout, so that the results name no folder of this machine
+    subprocess.run([sys.executable, "-m", "toolkit", "bakeoff", str(SPEC.relative_to(ROOT)), "--out",
+                    str(BAKEOFF.relative_to(ROOT))], cwd=ROOT, check=True)
     wall = round((time.monotonic() - start) / 60, 1)
     bakeoff = json.loads((BAKEOFF / "bakeoff.json").read_text())
-    pairs = {task: {student: pair_minutes(Path(run)) for student, run in by_student.items()}
+    pairs = {task: {student: pair_minutes(BAKEOFF / run) for student, run in by_student.items()}
              for task, by_student in bakeoff["runs"].items()}
     total = round(sum(p["total"] for by_student in pairs.values() for p in by_student.values()), 1)
     result = {

@@ -246,6 +246,10 @@ def test_tables_from_run_folders_against_hand_worked_ranks_and_mcnemar(tmp_path)
     assert versus["smollm2-135m-instruct"]["metric_difference"]["value"] == 0.0
     assert versus["gemma3-270m"]["metric_difference"]["value"] == -0.7333
     assert r["missing"] == ["review_sentiment_zh x smollm2-135m-instruct: no base-guided-test"]
+    # where each pair's run is, from the folder the results are in: it holds wherever that folder goes
+    assert r["runs"]["review_sentiment_zh"] == {
+        "smollm2-135m-instruct": "runs/review_sentiment_zh/smollm2-135m-instruct",
+        "gemma3-270m": "runs/review_sentiment_zh/gemma3-270m"}
     text = md.read_text()
     assert "macro-F1 of sentiment" in text and "| review_sentiment_zh | gemma3-270m | 0.0 (2) | 0.0 | 33.3 |" in text
     assert png.stat().st_size > 0

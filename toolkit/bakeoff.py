@@ -538,7 +538,9 @@ def write_outputs(b: Bakeoff, found: dict) -> list[Path]:
                    "records": found["records"][t]} for t in b.tasks],
         **stats,
         "missing": found["notes"],
-        "runs": {t: {s.name: str(b.pair(t, s.name).run_dir) for s in b.students} for t in b.tasks},
+        # relative to the folder bakeoff.json is in, so that the folder can move (or be committed) whole
+        "runs": {t: {s.name: b.pair(t, s.name).run_dir.relative_to(b.out).as_posix() for s in b.students}
+                 for t in b.tasks},
     }
     png = plot_mean_ranks(stats["mean_rank"], [s.name for s in b.students], b.out / "bakeoff.png")
     md = write_text(b.out / "bakeoff.md", markdown(b, result))
@@ -611,7 +613,7 @@ def markdown(b: Bakeoff, r: dict) -> str:
         lines.append(f"No teacher was evaluated (no key in ${', $'.join(keys)}).")
     if r["missing"]:
         lines += ["", "Missing evaluations (left out of the rankings): " + "; ".join(r["missing"]) + "."]
-    lines += ["", "## Runs", "", "Each pair is an ordinary run with its own `report.md`:", "",
+    lines += ["", "## Runs", "", "Each pair is an ordinary run with its own `report.md`, in this folder:", "",
               "| task | " + " | ".join(students) + " |", "|---" * (len(students) + 1) + "|"]
     for t in b.tasks:
         lines.append(f"| {t} | " + " | ".join(f"`{r['runs'][t][s]}`" for s in students) + " |")
