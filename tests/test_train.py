@@ -65,6 +65,41 @@ def test_ddp_training_gets_a_rendezvous_port_of_its_own(monkeypatch):
     assert "MASTER_PORT" not in sft_env(load_recipe(RECIPE, "cpu", ["train.nproc_per_node=1"]))
 
 
+MMAPPED_BLOCKS = """
+import ctypes
+libc = ctypes.CDLL("libc.so.6")
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks "
+                                               "fordblks keepcost").split()]
+libc.mallinfo2.restype = Info
+before = libc.mallinfo2().hblks
+block = libc.malloc(64 << 20)
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+@pytest.mark.parametrize("tunables", [None, "glibc.malloc.arena_max=2"])
+def test_cpu_training_keeps_large_blocks_off_mmap(monkeypatch, tunables):
+    """A 64 MB block (Gemma's logits are this size) is mmap'd by default and kept in the heap in the environment
+    CPU training gets, the caller's own tunables kept beside ours."""
+    from toolkit.secrets import child_env
+    from toolkit.train import sft_env
+
+    if tunables:
+        monkeypatch.setenv("GLIBC_TUNABLES", tunables)
+    else:
+        monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+
+    def mmapped(env):
+        return int(subprocess.run([sys.executable, "-c", MMAPPED_BLOCKS], env=env, capture_output=True, text=True,
+                                  check=True).stdout)
+
+    assert mmapped(child_env()) == 1
+    env = child_env(sft_env(load_recipe(RECIPE, "cpu")))
+    assert mmapped(env) == 0
+    assert tunables is None or tunables in env["GLIBC_TUNABLES"]
+
+
 def series(values):
     return list(enumerate(values))
 

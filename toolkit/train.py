@@ -95,10 +95,24 @@ def free_port() -> int:
 RENDEZVOUS = ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
+# glibc serves every block over 32 MB (Gemma's logits: ~1 MB a token) with a fresh mmap and unmaps it when freed,
+# so each step faults its buffers in again: the CPU trainers spent ~25% of their time in the kernel. Keeping freed
+# memory in the heap (no mmap, no trimming) took a 16-step probe of the cpu profile from 6.3 to 5.3 s a step.
+CPU_MALLOC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
+
+
+def cpu_malloc_tunables() -> str:
+    """GLIBC_TUNABLES for CPU training: ours, then the caller's own (glibc lets the later setting win)."""
+    own = os.environ.get("GLIBC_TUNABLES", "")
+    return own if CPU_MALLOC in own else ":".join(filter(None, (CPU_MALLOC, own)))
+
+
 def sft_env(recipe: Recipe) -> dict[str, str]:
     """The environment `swift sft` reads its launch from: threads, and torchrun's processes, nodes and rendezvous."""
     t = recipe.train
     env = {}
+    if not _cuda():
+        env["GLIBC_TUNABLES"] = cpu_malloc_tunables()
     if t.omp_num_threads:
         env["OMP_NUM_THREADS"] = str(t.omp_num_threads)
     if t.nnodes > 1:
