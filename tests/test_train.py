@@ -78,6 +78,7 @@ print(libc.mallinfo2().hblks - before)
 """
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
 @pytest.mark.parametrize("tunables", [None, "glibc.malloc.arena_max=2"])
 def test_cpu_training_keeps_large_blocks_off_mmap(monkeypatch, tunables):
     """A 64 MB block (Gemma's logits are this size) is mmap'd by default and kept in the heap in the environment
@@ -98,6 +99,21 @@ def test_cpu_training_keeps_large_blocks_off_mmap(monkeypatch, tunables):
     env = child_env(sft_env(load_recipe(RECIPE, "cpu")))
     assert mmapped(env) == 0
     assert tunables is None or tunables in env["GLIBC_TUNABLES"]
+
+
+def test_the_allocator_setting_is_not_part_of_the_training_key(monkeypatch, tmp_path):
+    """Memory tunables change how fast a model trains, not the model: a folder trained under others is reused."""
+    from toolkit.train import train_key
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("{}\n")
+    recipe = load_recipe(RECIPE, "cpu")
+    model = ResolvedModel("/cache/gemma", "gemma3_text", "gemma3_text", local=True)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    before = train_key(recipe, model, data, None)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    assert train_key(recipe, model, data, None) == before
+    assert train_key(load_recipe(RECIPE, "cpu", ["train.lora_rank=4"]), model, data, None) != before
 
 
 def series(values):

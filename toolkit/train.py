@@ -93,6 +93,8 @@ def free_port() -> int:
 # Where this node meets the others, not what is trained: left out of train_key, so that every node of a
 # multi-node run (and a re-run on another port) trains under one key.
 RENDEZVOUS = ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+# The launch settings that leave the trained model as it is: not part of the training key.
+NOT_THE_MODEL = (*RENDEZVOUS, "GLIBC_TUNABLES")
 
 
 # glibc serves every block over 32 MB (Gemma's logits: ~1 MB a token) with a fresh mmap and unmaps it when freed,
@@ -238,7 +240,7 @@ def train_key(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: 
 
     argv = sft_argv(recipe, model, Path("TRAIN"), Path("VAL") if val_file else None, Path("OUT"),
                     num_labels=num_labels)
-    env = {k: v for k, v in sft_env(recipe).items() if k not in RENDEZVOUS}
+    env = {k: v for k, v in sft_env(recipe).items() if k not in NOT_THE_MODEL}
     data = [file_digest(f) for f in (train_file, val_file) if f is not None]
     return request_key(argv, env, data)
 
