@@ -8,6 +8,10 @@ does for any recipe (provenance, figures with intervals, stage minutes), with th
 the fine-tuned student reaches 90% whole-record exact match on test.jsonl and 80% on test_unseen.jsonl, and
 beats the rule baseline on test_unseen.jsonl.
 
+The student's answers are also split by what each test string names (its province's and its city's short
+names, or neither: the county alone) and by whether the training rows named its county: what the student reads
+off the text against what it must have memorised, and whether seeing a county once was enough.
+
 Then the learning curve of the same training: earlier checkpoints (after about 1/4 and 1/2 of the rows)
 are merged and scored on the same test files (`xtk eval`, eval/curve-<rows>rows-<test>/), and a log-linear fit
 of exact match against rows says how many rows, and how many minutes of training here, each goal would take.
@@ -28,7 +32,10 @@ from pathlib import Path
 from recipe_cpu import ROOT, figures, run, save
 
 sys.path.insert(0, str(ROOT))
+from toolkit.datagen.logistics_zh import places  # noqa: E402
+from toolkit.jsonl import read_jsonl  # noqa: E402
 from toolkit.models import MARKER  # noqa: E402
+from toolkit.scoring import proportion  # noqa: E402
 from toolkit.recipe import load_recipe  # noqa: E402
 from toolkit.train import checkpoints, run_merge  # noqa: E402
 
@@ -65,6 +72,26 @@ def score_checkpoint(ckpt, rows: int, run_dir, overrides: list[str], recipe) -> 
     return name
 
 
+def by_what_the_text_names(run_dir: Path, test: str) -> dict:
+    """The student's exact match on one test file, split by the admin levels the string names and by whether
+    the training rows (train.jsonl, validation rows apart) named its county."""
+    admin = ("province", "city", "district")
+    city = {(p.province, p.city): p for p in places()}  # short names by city: a label may leave the county out
+    trained = {tuple(json.loads(r["messages"][2]["content"])[f] for f in admin)
+               for r in read_jsonl(run_dir / "data" / "train.jsonl")}
+    groups: dict[str, list[bool]] = {}
+    for r in read_jsonl(run_dir / "eval" / f"student-{test}" / "predictions.jsonl"):
+        key = tuple(r["gold"][f] for f in admin)
+        p = city[key[:2]]
+        named = (p.province_short in r["input"], p.city_short in r["input"])
+        names = {(True, True): "province and city", (False, True): "city, no province",
+                 (True, False): "province, no city", (False, False): "county alone"}[named]
+        exact = all(r["correct"].values())
+        for group in (names, f"{names}, county {'in' if key in trained else 'not in'} training"):
+            groups.setdefault(group, []).append(exact)
+    return {g: proportion(sum(v), len(v)) for g, v in sorted(groups.items())}
+
+
 def log_fit(points: list[tuple[int, float]], goal: float, seconds_per_row: float) -> dict:
     """Least squares of exact match on ln(rows); the rows (and training minutes here) where it reaches `goal`."""
     xs, ys = [math.log(r) for r, _ in points], [y for _, y in points]
@@ -87,6 +114,11 @@ def main() -> None:
     for test, goal in GOALS.items():
         got = exact.get(f"student-{test}")
         result["goals"][f"student >= {goal:.0%} exact match on {test}"] = None if got is None else got >= goal
+    result["by_what_the_text_names"] = {
+        "what": "student exact match by the admin levels a test string names (whether the short names of its "
+                "province and of its city occur in it) and by whether a training row named the "
+                "same (province, city, district)",
+        **{test: by_what_the_text_names(run_dir, test) for test in GOALS}}
     save("distill_cpu", result, run_dir)  # the flow's figures stand even if the curve is interrupted
 
     start = time.monotonic()

@@ -87,6 +87,17 @@ def test_shipped_files_sizes_and_no_leakage():
     assert len({normalise_text(r["text"]) for r in pool}) == len(pool)
 
 
+def test_the_pool_names_every_place_before_any_twice():
+    """Covering draws give each place once a round; the shipped pool (more records than places) so names nearly
+    every county-level place with its district, where random draws of as many would name ~1 - e^-1.4 = 75%."""
+    gen, everywhere = LogisticsGenerator(3, cover=True), set(places())
+    assert {gen.place() for _ in everywhere} == everywhere
+    pool_gold = read_jsonl(DATA / "pool_gold.jsonl")
+    named = {(r["label"]["province"], r["label"]["city"], r["label"]["district"]) for r in pool_gold}
+    counties = {(p.province, p.city, p.district) for p in everywhere if p.district}
+    assert len(pool_gold) > len(everywhere) and len(named & counties) > 0.95 * len(counties)
+
+
 def read_lines(path):
     lines = path.read_text(encoding="utf-8").split("\n")
     assert lines[-1] == "" and lines[:-1] == sorted(lines[:-1]), path  # sorted, one a line

@@ -76,6 +76,19 @@ def test_prepare_dedupes_splits_and_drops_test_leaks(recipe, tmp_path):
     assert (tmp_path / "again" / "train.jsonl").read_bytes() == (tmp_path / "out" / "train.jsonl").read_bytes()
 
 
+def test_spread_over_keeps_every_value_once_before_any_twice(tmp_path):
+    """30 records, 20 of one district: 12 training rows spread over the district hold all 11 districts."""
+    districts = ["和平区"] * 20 + ["河东区", "河西区", "南开区", "河北区", "红桥区", "东丽区", "西青区", "津南区",
+                                  "北辰区", "武清区"]
+    records = [{**json.loads(record(i)), "label": {**LABEL, "district": d}} for i, d in enumerate(districts)]
+    spread = load_recipe(RECIPE, "cpu", ["data.train_records=12", "data.val_fraction=0",
+                                         "data.spread_over=[province, city, district]"])
+    stats = run_prepare(spread, records, tmp_path / "spread")
+    assert stats["dropped"] == {"over data.train_records": 18} and stats["spread_over"]["values"] == 11
+    kept = [json.loads(r["messages"][2]["content"])["district"] for r in read_jsonl(tmp_path / "spread" / "train.jsonl")]
+    assert sorted(kept) == sorted([*set(districts), "和平区"])  # 和平区 twice, every other district once
+
+
 def test_prepare_measures_token_lengths_and_drops_what_would_not_fit(tmp_path, smollm2):
     recipe = load_recipe(RECIPE, "cpu", ["train.max_length=340", "data.val_fraction=0"])
     records = [json.loads(record(i)) for i in range(3)] + [json.loads(record(9, "很长" * 200))]

@@ -79,6 +79,11 @@ def test_wrong_type_names_key_and_what_was_expected(tmp_path):
         load_recipe(RECIPE, "cpu", ["train.torch_dtype=float64"])
 
 
+def test_spread_over_must_name_fields_of_the_recipe():
+    with pytest.raises(RecipeError, match=r"data.spread_over names \['county'\], not fields of this recipe"):
+        load_recipe(RECIPE, "cpu", ["data.spread_over=[district, county]"])
+
+
 def test_unknown_profile_and_missing_file():
     with pytest.raises(RecipeError, match="no profile 'tpu'.*gpu, cpu"):
         load_recipe(RECIPE, "tpu")

@@ -141,6 +141,22 @@ def _summary(values: list[int]) -> dict:
             "p95": s[min(len(s) - 1, int(len(s) * 0.95))], "max": s[-1]}
 
 
+def spread_key(record: dict, fields: list[str]) -> tuple[str, ...]:
+    return tuple(str(record["label"].get(f)) for f in fields)
+
+
+def spread(records: list[dict], fields: list[str]) -> list[int]:
+    """Indices of records in the order that keeps each combination of the fields' label values once before any
+    twice; within a round, the records' own order. No fields: the records' own order."""
+    seen: Counter = Counter()
+    ranked = []
+    for i, r in enumerate(records):
+        key = spread_key(r, fields)
+        ranked.append((seen[key], i))
+        seen[key] += 1
+    return [i for _, i in sorted(ranked)]
+
+
 def run_prepare(recipe: Recipe, records: list[dict], out_dir: str | Path, model_ref: str | None = None) -> dict:
     """Write train.jsonl, val.jsonl and stats.json into out_dir; returns the stats."""
     out = Path(out_dir)
@@ -159,17 +175,21 @@ def run_prepare(recipe: Recipe, records: list[dict], out_dir: str | Path, model_
         else:
             seen.add(key)
             kept.append(r)
-    random.Random(recipe.data.seed).shuffle(kept)
+    rng = random.Random(recipe.data.seed)
+    rng.shuffle(kept)
     system = recipe.prompt("student")
     rows = [to_messages(recipe, r, system) for r in kept]
     lengths = token_lengths(recipe, model_ref, rows) if model_ref else None
     if lengths is not None:
-        fits = [(row, n) for row, n in zip(rows, lengths) if n <= recipe.train.max_length]
+        fits = [i for i, n in enumerate(lengths) if n <= recipe.train.max_length]
         dropped[f"longer than max_length {recipe.train.max_length}"] += len(rows) - len(fits)
-        rows, lengths = [r for r, _ in fits], [n for _, n in fits]
+        kept, rows, lengths = [kept[i] for i in fits], [rows[i] for i in fits], [lengths[i] for i in fits]
     if len(rows) > recipe.data.train_records:
         dropped["over data.train_records"] += len(rows) - recipe.data.train_records
-        rows, lengths = rows[:recipe.data.train_records], lengths and lengths[:recipe.data.train_records]
+        take = spread(kept, recipe.data.spread_over)[:recipe.data.train_records]
+        if recipe.data.spread_over:  # the validation rows and the training order: a random draw of what is kept
+            rng.shuffle(take)
+        rows, lengths, kept = [rows[i] for i in take], lengths and [lengths[i] for i in take], [kept[i] for i in take]
     n_val = round(len(rows) * recipe.data.val_fraction)
     if n_val == 0 and recipe.data.val_fraction > 0 and len(rows) > 1:
         n_val = 1
@@ -181,6 +201,9 @@ def run_prepare(recipe: Recipe, records: list[dict], out_dir: str | Path, model_
     stats = {
         "input_records": len(records), "train": len(train), "val": len(val),
         "dropped": dict(dropped), "seed": recipe.data.seed,
+        # how many combinations of the spread_over fields' values the kept rows name (training and validation)
+        "spread_over": {"fields": recipe.data.spread_over,
+                        "values": len({spread_key(r, recipe.data.spread_over) for r in kept})},
         "tokens": _summary(lengths) if lengths else None, "tokenizer": model_ref if lengths else None,
     }
     write_json(out / "stats.json", stats)

@@ -107,6 +107,10 @@ class DataSpec(_Strict):
     train_records: int = Field(gt=0)
     val_fraction: float = Field(ge=0, lt=1)
     seed: int = 42
+    # Label fields whose values the training rows should cover evenly: when the labelled rows outnumber
+    # train_records, each combination of these fields' values is kept once before any is kept twice (a student
+    # that must memorise 2,849 counties learns none it never saw). Empty: a plain random sample.
+    spread_over: list[str] = []
     # The longest input text accepted for labelling and training: a runaway text must not reach the teacher
     # as one (paid) request, nor the student's training data.
     max_input_chars: int = Field(default=4000, gt=0)
@@ -269,6 +273,13 @@ class Recipe(_Strict):
         if len(set(names)) != len(names) or not names:
             raise ValueError(f"field names must be unique and non-empty, got {names}")
         return fields
+
+    @model_validator(mode="after")
+    def _spread_over_fields(self) -> Recipe:
+        unknown = [f for f in self.data.spread_over if f not in self.field_names]
+        if unknown:
+            raise ValueError(f"data.spread_over names {unknown}, not fields of this recipe ({self.field_names})")
+        return self
 
     @model_validator(mode="after")
     def _head_has_one_enum(self) -> Recipe:

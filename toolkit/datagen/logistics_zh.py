@@ -162,9 +162,13 @@ def shared_district_names() -> frozenset[str]:
 
 
 class LogisticsGenerator:
-    """Draws records from one seed; the same seed gives the same records, byte for byte."""
+    """Draws records from one seed; the same seed gives the same records, byte for byte.
 
-    def __init__(self, seed: int, mode: str = "normal"):
+    Places are drawn at random, as real strings come; with `cover`, from a shuffled deck of every place instead,
+    so n records name min(n, all) places (a training pool that teaches every county, not ~1 - e^-n/N of them).
+    """
+
+    def __init__(self, seed: int, mode: str = "normal", cover: bool = False):
         from faker import Faker
 
         if mode not in FORMATS:
@@ -174,6 +178,16 @@ class LogisticsGenerator:
         self.faker = Faker("zh_CN")
         self.faker.seed_instance(seed)
         self.places = places()
+        self.cover = cover
+        self.deck: list[Place] = []
+
+    def place(self) -> Place:
+        if not self.cover:
+            return self.rng.choice(self.places)
+        if not self.deck:
+            self.deck = list(self.places)
+            self.rng.shuffle(self.deck)
+        return self.deck.pop()
 
     def name(self) -> str:
         """A full name mostly; a surname and a title (王女士) sometimes, as senders write it."""
@@ -277,7 +291,7 @@ class LogisticsGenerator:
     def record(self) -> tuple[str, dict[str, str]]:
         """One (text, gold label) pair."""
         r, f = self.rng, self.fmt
-        place = r.choice(self.places)
+        place = self.place()
         name = self.name()
         phone_written, phone = self.phone()
         location = self.specific_location(place)
@@ -329,7 +343,8 @@ def build(seed: int = 20260101, pool_size: int = 4000, test_size: int = 400) -> 
     """The shipped files: test (normal format), test_unseen, the training pool with gold kept apart, and the
     allowed values of province, city and district.
 
-    No pool text equals a test text after normalisation, and no text repeats within a file.
+    No pool text equals a test text after normalisation, and no text repeats within a file. The test sets draw
+    places at random, as real strings come; the pool covers every place before it repeats one.
     """
     taken: set[str] = set()
 
@@ -346,7 +361,7 @@ def build(seed: int = 20260101, pool_size: int = 4000, test_size: int = 400) -> 
 
     test = draw(LogisticsGenerator(seed + 1, "normal"), test_size, "test")
     unseen = draw(LogisticsGenerator(seed + 2, "unseen"), test_size, "unseen")
-    pool = draw(LogisticsGenerator(seed, "normal"), pool_size, "pool")
+    pool = draw(LogisticsGenerator(seed, "normal", cover=True), pool_size, "pool")
     return {
         "test.jsonl": test,
         "test_unseen.jsonl": unseen,
