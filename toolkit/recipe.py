@@ -108,8 +108,8 @@ class DataSpec(_Strict):
     val_fraction: float = Field(ge=0, lt=1)
     seed: int = 42
     # Label fields whose values the training rows should cover evenly: when the labelled rows outnumber
-    # train_records, each combination of these fields' values is kept once before any is kept twice (a student
-    # that must memorise 2,849 counties learns none it never saw). Empty: a plain random sample.
+    # train_records, each combination of these fields' values is kept once before any is kept twice (no value
+    # left out by chance, as classes or counties are by a random sample). Empty: a plain random sample.
     spread_over: list[str] = []
     # The longest input text accepted for labelling and training: a runaway text must not reach the teacher
     # as one (paid) request, nor the student's training data.
