@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 from toolkit.datagen.logistics_zh import places  # noqa: E402
 from toolkit.jsonl import read_jsonl  # noqa: E402
 from toolkit.models import MARKER  # noqa: E402
-from toolkit.scoring import proportion  # noqa: E402
 from toolkit.recipe import load_recipe  # noqa: E402
+from toolkit.scoring import proportion  # noqa: E402
 from toolkit.train import checkpoints, run_merge  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "logistics_zh.yaml"
