@@ -20,7 +20,8 @@ LoRA's small matrices are left out.
 That rule counts the lm_head on every real token. ms-swift computes it only from the first answer token on
 (`use_logits_to_keep`), and every other matmul on the padded tokens too, so each variant also gets the matmuls it
 executed: 4 x (matmul parameters - lm_head) x padded tokens + 4 x lm_head x output-layer rows, counted by
-benchmarks/token_count_plugin.py, and that as a fraction of the same limit.
+benchmarks/token_count_plugin.py, and that as a fraction of the same limit. The profile computes its output layer in
+bfloat16 (`train.bf16_output_layer`, toolkit/swift_plugin.py): its fractions count those FLOP against the fp32 limit.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ VARIANTS = {
     PROFILE: [],
     "cpu profile without group_by_length": ["train.extra_args=[]"],
     "cpu profile, glibc's default malloc": [],
+    # the profile's output layer as a float32 batched matmul over a strided slice, as ms-swift computes it
+    "cpu profile, float32 output layer": ["train.bf16_output_layer=false"],
+    "cpu profile, LoRA dropout 0.05": ["train.lora_dropout=0.05"],
     # ms-swift picks eager attention for Gemma 3; bf16 matmuls run ~2x fp32's where the CPU has avx512_bf16
     "cpu profile, sdpa attention": ['train.extra_args=[--group_by_length, "true", --attn_impl, sdpa]'],
     "cpu profile in bfloat16": ["train.torch_dtype=bfloat16"],
@@ -71,7 +75,20 @@ VARIANTS = {
 # Variants launched as the profile is, less one variable of the environment xtk gives `swift sft`.
 WITHOUT_ENV = {"cpu profile, glibc's default malloc": "GLIBC_TUNABLES"}
 # Instrumentation only: the trainer counts the real and the padded tokens it feeds the model.
-COUNT_TOKENS = ["--external_plugins", str(ROOT / "benchmarks" / "token_count_plugin.py"), "--callbacks", "count_tokens"]
+COUNT_TOKENS = {"--external_plugins": str(ROOT / "benchmarks" / "token_count_plugin.py"),
+                "--callbacks": "count_tokens"}
+
+
+def counting_tokens(argv: list[str]) -> list[str]:
+    """argv with the token counter added to the plugins and callbacks it already names: ms-swift keeps the last of
+    a repeated flag, so a second --callbacks would drop the profile's own (toolkit/swift_plugin.py)."""
+    argv = list(argv)
+    for flag, value in COUNT_TOKENS.items():
+        if flag in argv:
+            argv.insert(argv.index(flag) + 2, value)
+        else:
+            argv += [flag, value]
+    return argv
 
 
 def step_rate(rows: list[dict]) -> dict:
@@ -214,7 +231,7 @@ def main() -> None:
         console.print(f"[bold]{name}[/]: {steps} steps of {per_step} sequences")
         start = time.perf_counter()
         try:
-            run_logged(argv + COUNT_TOKENS, out / "train.log", env=env, what=name)
+            run_logged(counting_tokens(argv), out / "train.log", env=env, what=name)
             rate = step_rate(read_log(out))
         except Exception as exc:  # a variant that cannot run here is a result too
             runs[name] = {"error": str(exc)[-2000:]}

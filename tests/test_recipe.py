@@ -84,6 +84,12 @@ def test_spread_over_must_name_fields_of_the_recipe():
         load_recipe(RECIPE, "cpu", ["data.spread_over=[district, county]"])
 
 
+def test_extra_args_may_not_replace_the_output_layer_plugin():
+    with pytest.raises(RecipeError, match="bf16_output_layer passes ms-swift --callbacks itself"):
+        load_recipe(RECIPE, "cpu", ["train.extra_args=[--callbacks, lisa]"])
+    assert load_recipe(RECIPE, "cpu", ["train.extra_args=[--callbacks, lisa]", "train.bf16_output_layer=false"])
+
+
 def test_unknown_profile_and_missing_file():
     with pytest.raises(RecipeError, match="no profile 'tpu'.*gpu, cpu"):
         load_recipe(RECIPE, "tpu")

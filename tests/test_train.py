@@ -49,6 +49,9 @@ def test_cpu_argv_uses_the_embedded_student_settings_and_resume():
     assert (opts["--model_type"], opts["--template"], opts["--torch_dtype"]) == ("llama", "chatml", "float32")
     assert opts["--max_steps"] == "7" and opts["--resume_from_checkpoint"] == "o/checkpoint-2"
     assert opts["--eval_strategy"] == "no" and "--val_dataset" not in opts and "--enable_thinking" not in opts
+    # Gemma's output layer in bf16, through the plugin that ships with xtk
+    assert opts["--callbacks"] == "bf16_output_layer" and Path(opts["--external_plugins"]).is_file()
+    assert "--callbacks" not in as_options(sft_argv(load_recipe(RECIPE, "gpu"), model, Path("t"), None, Path("o")))
     assert merge_argv(Path("/c"), Path("/m")) == ["swift", "export", "--adapters", "/c", "--merge_lora", "true",
                                                    "--output_dir", "/m"]
 

@@ -163,6 +163,9 @@ class TrainSpec(_Strict):
     max_length: int = Field(gt=0)
     torch_dtype: Literal["bfloat16", "float16", "float32"]
     gradient_checkpointing: bool = True
+    # CPU: the frozen output layer's matmul on contiguous rows, in bfloat16 where the CPU has it
+    # (toolkit/swift_plugin.py); the logits stay in torch_dtype for the loss.
+    bf16_output_layer: bool = False
     packing: bool = False
     eval_steps: int = Field(gt=0)
     save_steps: int = Field(gt=0)
@@ -196,6 +199,15 @@ class TrainSpec(_Strict):
             return value
         raise ValueError(f"one of ms-swift's DeepSpeed configs ({', '.join(DEEPSPEED_PRESETS)}) or a DeepSpeed "
                          "JSON file")
+
+    @model_validator(mode="after")
+    def _plugin_flags_kept(self) -> TrainSpec:
+        # ms-swift keeps the last of a repeated list flag: these in extra_args would drop the plugin's
+        taken = {"--external_plugins", "--callbacks"} & set(self.extra_args)
+        if self.bf16_output_layer and taken:
+            raise ValueError(f"bf16_output_layer passes ms-swift {' and '.join(sorted(taken))} itself; extra_args "
+                             "naming them would replace its own: set bf16_output_layer false or drop them")
+        return self
 
     @model_validator(mode="after")
     def _early_stop_counts_evaluations(self) -> TrainSpec:

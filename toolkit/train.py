@@ -22,6 +22,9 @@ from toolkit.models import ResolvedModel
 from toolkit.progress import Bar
 from toolkit.recipe import Recipe
 
+PLUGIN = Path(__file__).with_name("swift_plugin.py")
+CALLBACK = "bf16_output_layer"  # the name toolkit/swift_plugin.py registers
+
 
 def _flag(value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
@@ -76,6 +79,8 @@ def sft_argv(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: P
         opts.update(early_stop_interval=t.early_stop_evals, metric_for_best_model="loss", greater_is_better=False)
     if resume_from is not None:
         opts["resume_from_checkpoint"] = resume_from
+    if t.bf16_output_layer:
+        opts.update(external_plugins=PLUGIN, callbacks=CALLBACK)
     argv = ["swift", "sft"]
     for key, value in opts.items():
         argv += [f"--{key}", _flag(value)]
@@ -240,6 +245,7 @@ def train_key(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: 
 
     argv = sft_argv(recipe, model, Path("TRAIN"), Path("VAL") if val_file else None, Path("OUT"),
                     num_labels=num_labels)
+    argv = [arg if arg != str(PLUGIN) else PLUGIN.name for arg in argv]  # the same wherever xtk is installed
     env = {k: v for k, v in sft_env(recipe).items() if k not in NOT_THE_MODEL}
     data = [file_digest(f) for f in (train_file, val_file) if f is not None]
     return request_key(argv, env, data)
