@@ -119,6 +119,20 @@ def test_the_allocator_setting_is_not_part_of_the_training_key(monkeypatch, tmp_
     assert train_key(load_recipe(RECIPE, "cpu", ["train.lora_rank=4"]), model, data, None) != before
 
 
+
+def test_the_plugins_place_on_disk_is_not_part_of_the_training_key(monkeypatch, tmp_path):
+    """The same recipe in two clones trains the same model: the bf16 output layer plugin is keyed by its name."""
+    import toolkit.train as train
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("{}\n")
+    recipe = load_recipe(RECIPE, "cpu")
+    model = ResolvedModel("/cache/gemma", "gemma3_text", "gemma3_text", local=True)
+    before = train.train_key(recipe, model, data, None)
+    monkeypatch.setattr(train, "PLUGIN", tmp_path / "elsewhere" / "swift_plugin.py")
+    assert train.train_key(recipe, model, data, None) == before
+    assert train.train_key(load_recipe(RECIPE, "cpu", ["train.bf16_output_layer=false"]), model, data, None) != before
+
 def series(values):
     return list(enumerate(values))
 
