@@ -189,6 +189,19 @@ def test_a_torchrun_failure_names_the_workers_error(tmp_path):
     assert shown.count("torchrun summary") == 40 and shown.endswith("checkpoint at /r/checkpoint-2\n")
 
 
+def test_an_aborted_worker_is_named_by_what_it_printed_before_the_abort(tmp_path):
+    """A worker killed by SIGABRT leaves no [rankN] traceback, only the uncaught C++ exception's two lines."""
+    log = tmp_path / "train.log"
+    log.write_text("{'loss': '1.927'}\n"
+                   "terminate called after throwing an instance of 'gloo::IoException'\n"
+                   "  what():  [pair.cc:534] Connection closed by peer [127.0.0.1]:19133\n"
+                   + "torchrun summary: exitcode -6 (SIGABRT)\n" * 60)
+    shown = tail(log)
+    assert shown.endswith("Cause: terminate called after throwing an instance of 'gloo::IoException'\n"
+                          "  what():  [pair.cc:534] Connection closed by peer [127.0.0.1]:19133\n")
+    assert "loss" not in shown
+
+
 def test_training_minutes_come_from_the_summary_of_the_session_that_finished(tmp_path):
     """ms-swift's logging.jsonl: step rows, then a summary whose log_history ends with train_runtime (seconds)."""
     import json

@@ -98,7 +98,8 @@ class TrainingMemory:
 
 
 def training_memory(shape: Shape, *, batch: int, max_length: int, dtype: str, lora_rank: int, lora_dropout: float,
-                    target_modules: str, gradient_checkpointing: bool, processes: int) -> TrainingMemory:
+                    target_modules: str, gradient_checkpointing: bool, processes: int,
+                    bf16_output_copy: bool = False) -> TrainingMemory:
     """LoRA training's peak memory, every sequence max_length long (the longest batch the data can make).
 
     Activations kept per token and layer, in the training dtype, as autograd saves them (counted with
@@ -111,6 +112,8 @@ def training_memory(shape: Shape, *, batch: int, max_length: int, dtype: str, lo
       2 x each LoRA input         lora_A's input as dropout's output, and dropout's mask (as wide on a CPU);
                                   without dropout lora_A keeps its input once
     With gradient checkpointing only each layer's input (hidden) is kept, plus one layer's set while it recomputes.
+    bf16_output_copy: train.bf16_output_layer's bfloat16 copy of the output layer's weight (vocab x hidden x 2 B),
+    made where the CPU multiplies bfloat16 (toolkit/swift_plugin.py); counted with the weights.
     Not counted: what the memory allocator holds on to after freeing (benchmarks/advise_memory.py measures it).
     """
     targets = lora_targets(shape, target_modules)
@@ -120,7 +123,7 @@ def training_memory(shape: Shape, *, batch: int, max_length: int, dtype: str, lo
     per_layer = (2 * shape.hidden + 2 * shape.attention + 2 * shape.kv + 3 * shape.intermediate) * width
     per_layer += lora_inputs * width * (2 if lora_dropout > 0 else 1)
     kept = shape.hidden * width * shape.layers + per_layer if gradient_checkpointing else per_layer * shape.layers
-    weights = shape.parameters * width / GIB
+    weights = (shape.parameters * width + (shape.vocab * shape.hidden * 2 if bf16_output_copy else 0)) / GIB
     adapter = lora_rank * sum(i + o for _, i, o in targets) * 16 / GIB  # fp32: weight, grad, 2 AdamW moments
     activations = tokens * kept / GIB
     logits = tokens * shape.vocab * 4 * LOGIT_COPIES / GIB  # the loss is taken in fp32
@@ -318,6 +321,16 @@ def tokenizer_facts(candidate: Candidate, folder: Path, recipe: Recipe, rows: li
                                    f"train.max_length {recipe.train.max_length} and would be dropped: raise it")
 
 
+def makes_bf16_output_copy(recipe: Recipe) -> bool:
+    """Whether training on this CPU makes train.bf16_output_layer's copy: only of a float32 model, only where the
+    CPU has bfloat16 (elsewhere the plugin keeps float32 and copies nothing)."""
+    if not recipe.train.bf16_output_layer or recipe.train.torch_dtype != "float32":
+        return False
+    from toolkit.swift_plugin import cpu_has_bf16
+
+    return cpu_has_bf16()
+
+
 def assess(name: str, recipe: Recipe, rows: int, ram_gib: float, gpu_gib: float | None,
            sample: list[dict]) -> Candidate:
     """Every check for one candidate; what cannot be known here is 'unknown' with the reason in its notes."""
@@ -337,7 +350,8 @@ def assess(name: str, recipe: Recipe, rows: int, ram_gib: float, gpu_gib: float 
         candidate.training = training_memory(
             shape, batch=t.per_device_train_batch_size, max_length=t.max_length, dtype=t.torch_dtype,
             lora_rank=t.lora_rank, lora_dropout=t.lora_dropout, target_modules=t.target_modules,
-            gradient_checkpointing=t.gradient_checkpointing, processes=t.nproc_per_node)
+            gradient_checkpointing=t.gradient_checkpointing, processes=t.nproc_per_node,
+            bf16_output_copy=gpu_gib is None and makes_bf16_output_copy(recipe))
         candidate.inference = inference_memory(shape, recipe, gpu=gpu_gib is not None)
         if gpu_gib is not None:
             candidate.training_fits = candidate.training.device <= gpu_gib

@@ -279,10 +279,6 @@ def _last_stage(log: Path) -> str:
     return found[-1] if found else "starting"
 
 
-def _tail(log: Path, n: int = 25) -> str:
-    return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-n:])
-
-
 def run_pairs(b: Bakeoff) -> list[tuple[Pair, Path]]:
     """Every pair in a child process (`xtk bakeoff SPEC --pair N`), its output in <run>/bakeoff.log, one per slot
     at a time; where a teacher is reachable, a task's other pairs wait for its first one, whose teacher labels
@@ -364,12 +360,13 @@ def _start(b: Bakeoff, index: int, slot: str | None):
 def run_bakeoff(b: Bakeoff) -> list[Path]:
     """Run (or resume) every pair, then rank: bakeoff.json, bakeoff.md and bakeoff.png in the bake-off folder."""
     from toolkit.locks import folder_lock
+    from toolkit.runner import tail
 
     with folder_lock(b.out, "bakeoff"):
         failed = run_pairs(b)
         if failed:
             raise StageError("pairs that failed (re-run the same command to resume; finished pairs are reused):\n"
-                             + "\n".join(f"  {p.task} x {p.student.name}: {log}\n{_tail(log)}" for p, log in failed))
+                             + "\n".join(f"  {p.task} x {p.student.name}: {log}\n{tail(log, 25)}" for p, log in failed))
         return write_outputs(b, collect(b))
 
 

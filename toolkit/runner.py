@@ -16,19 +16,26 @@ from pathlib import Path
 from toolkit.errors import StageError
 from toolkit.secrets import child_env, redact, redact_argv, secret_arg_values
 
+# A worker's Python exception as torchrun prefixes it, or what a worker that aborts (SIGABRT, which torchrun
+# reports with no traceback) printed first: a C++ exception nobody caught (gloo's, torch's) or glibc's heap check.
 RANK_ERROR = re.compile(r"^\[rank\d+\]: \w[\w.]*(Error|Exception)\b")
+ABORT = re.compile(r"^(terminate called |\s+what\(\): |Fatal Python error: |(malloc|free|realloc|munmap_chunk)\(\): "
+                   r"|double free or corruption|corrupted size vs)")
 
 
 def tail(path: Path, n: int = 40) -> str:
-    """The log's last n lines; under torchrun those are its own summary, so a worker's error line is added."""
+    """The log's last n lines; under torchrun those are its own summary, so a worker's error lines are added."""
     with path.open(encoding="utf-8", errors="replace") as fh:
-        last, cause = deque(maxlen=n), None
+        last, cause, previous = deque(maxlen=n), "", ""
         for line in fh:
             last.append(line)
             if RANK_ERROR.match(line):
                 cause = line
+            elif ABORT.match(line):  # "terminate called ..." and its "what(): ..." belong together
+                cause = previous + line if ABORT.match(previous) else line
+            previous = line
     text = "".join(last)
-    return text if cause is None or cause in last else f"{text}Cause: {cause}"
+    return text if not cause or cause in text else f"{text}Cause: {cause}"
 
 
 def executable(name: str) -> str:
