@@ -53,11 +53,13 @@ def test_transformers_engine_gives_the_same_greedy_outputs_as_vllm(run):
 def test_guided_json_makes_the_base_model_answer_the_recipes_schema(run):
     """Unguided, the 135M base model mostly answers prose (the vLLM run above); with the recipe's JSON schema
     as vLLM structured output every answer must parse and carry exactly the recipe's keys. Run in a process
-    of its own that then lists its children: a finished evaluation must leave no vLLM process behind (they
-    would slow the training that `xtk run` starts next)."""
+    of its own that then lists its children and its environment: a finished evaluation must leave no vLLM
+    process behind (they would slow the training that `xtk run` starts next) and none of vLLM's settings in
+    the environment (LD_PRELOAD, LOCAL_WORLD_SIZE, ...: that training would inherit them)."""
     code = (
-        "import json, sys, psutil\n"
+        "import json, os, sys, psutil\n"
         "from dataclasses import replace\n"
+        "before = dict(os.environ)\n"
         "from toolkit.pipeline import evaluate_model, open_run, role\n"
         "from toolkit.recipe import load_recipe\n"
         "recipe = load_recipe(sys.argv[1], 'cpu', sys.argv[4:])\n"
@@ -65,11 +67,13 @@ def test_guided_json_makes_the_base_model_answer_the_recipes_schema(run):
         "    evaluate_model(ctx, replace(role(ctx, 'base'), name='base-guided', backend='vllm', guided_json=True),\n"
         "                   tests=[sys.argv[3]])\n"
         "kids = [c for c in psutil.Process().children(recursive=True) if c.status() != 'zombie']\n"
+        "print(json.dumps(sorted(k for k in {**before, **os.environ} if before.get(k) != os.environ.get(k))))\n"
         "print(json.dumps([c.name() for c in kids if c.name().startswith('VLLM')]))\n")
     res = subprocess.run([sys.executable, "-c", code, str(RECIPE), str(run), TEST, *SMALL,
                           "eval.max_new_tokens=320"], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert json.loads(res.stdout.strip().splitlines()[-1]) == []  # no engine core, no worker left running
+    changed, left = (json.loads(line) for line in res.stdout.strip().splitlines()[-2:])
+    assert changed == [] and left == []  # no setting changed, no engine core, no worker left running
     unguided = json.loads((run / "eval" / "base-vllm-test" / "metrics.json").read_text())
     out = run / "eval" / "base-guided-test"
     preds, metrics = read_jsonl(out / "predictions.jsonl"), json.loads((out / "metrics.json").read_text())

@@ -73,32 +73,31 @@ class VllmBackend(Backend):
     name = "vllm"
 
     def __init__(self, recipe: Recipe, model: str, guided_json: bool = False, thinking_off: bool = False):
-        # ms-swift registers a vLLM plugin for Qwen3.5 embeddings that imports torchvision, which the CPU
-        # set-up removes (its CUDA build breaks imports); the plugin is not needed to serve text models.
-        os.environ.setdefault("VLLM_PLUGINS", "lora_filesystem_resolver")
-        spec = recipe.eval.vllm
-        cpu = _cpu_only()
-        if cpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(spec.cpu_kvcache_gib))
-            # vLLM keeps one core for its scheduler process; on a small machine that is half of it, while
-            # offline batches leave the scheduler idle during each forward pass: 1.8x faster on 2 cores.
-            if len(os.sched_getaffinity(0)) <= 4:
-                os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        from vllm import LLM
-
-        # sft.sh sets OMP_NUM_THREADS=1 for the other engines; vLLM's processes, started by LLM(), get every core
-        # instead (logistics_zh's base model on 2 cores, one run each: 1.10 records/s with 1, 1.20 with 2).
-        # This process's own setting is restored.
-        saved = os.environ.get("OMP_NUM_THREADS")
-        if cpu:
-            os.environ["OMP_NUM_THREADS"] = str(len(os.sched_getaffinity(0)))
+        # Every setting below is for the engine processes LLM() starts, and vLLM's CPU platform writes more into
+        # this process's environment for them (LD_PRELOAD of torch's libgomp and of tcmalloc, LOCAL_WORLD_SIZE,
+        # inductor flags). The environment is restored once they run: the `swift sft` that `xtk run` starts
+        # after the base evaluation would inherit them all.
+        saved = dict(os.environ)
         try:
+            # ms-swift registers a vLLM plugin for Qwen3.5 embeddings that imports torchvision, which the CPU
+            # set-up removes (its CUDA build breaks imports); the plugin is not needed to serve text models.
+            os.environ.setdefault("VLLM_PLUGINS", "lora_filesystem_resolver")
+            cpu = _cpu_only()
+            if cpu:
+                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(recipe.eval.vllm.cpu_kvcache_gib))
+                # vLLM keeps one core for its scheduler process; on a small machine that is half of it, while
+                # offline batches leave the scheduler idle during each forward pass: 1.8x faster on 2 cores.
+                if len(os.sched_getaffinity(0)) <= 4:
+                    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+                # sft.sh sets OMP_NUM_THREADS=1 for the other engines; vLLM's processes get every core instead
+                # (logistics_zh's base model on 2 cores, one run each: 1.10 records/s with 1, 1.20 with 2).
+                os.environ["OMP_NUM_THREADS"] = str(len(os.sched_getaffinity(0)))
+            from vllm import LLM
+
             self.llm = LLM(**vllm_kwargs(recipe, model, cpu))
         finally:
-            if saved is None:
-                os.environ.pop("OMP_NUM_THREADS", None)
-            else:
-                os.environ["OMP_NUM_THREADS"] = saved
+            os.environ.clear()
+            os.environ.update(saved)
         self.recipe, self.guided_json, self.thinking_off = recipe, guided_json, thinking_off
 
     def generate(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
