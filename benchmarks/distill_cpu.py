@@ -72,15 +72,16 @@ def score_checkpoint(ckpt, rows: int, run_dir, overrides: list[str], recipe) -> 
     return name
 
 
-def by_what_the_text_names(run_dir: Path, test: str) -> dict:
-    """The student's exact match on one test file, split by the admin levels the string names and by whether
-    the training rows (train.jsonl, validation rows apart) named its county."""
+def by_what_the_text_names(run_dir: Path, test: str, name: str = "student", train_dir: Path | None = None) -> dict:
+    """An evaluation's exact match on one test file (eval/<name>-<test>), split by the admin levels the string
+    names and by whether the training rows (train.jsonl of train_dir's run, this one's by default; validation
+    rows apart) named its county."""
     admin = ("province", "city", "district")
     city = {(p.province, p.city): p for p in places()}  # short names by city: a label may leave the county out
     trained = {tuple(json.loads(r["messages"][2]["content"])[f] for f in admin)
-               for r in read_jsonl(run_dir / "data" / "train.jsonl")}
+               for r in read_jsonl((train_dir or run_dir) / "data" / "train.jsonl")}
     groups: dict[str, list[bool]] = {}
-    for r in read_jsonl(run_dir / "eval" / f"student-{test}" / "predictions.jsonl"):
+    for r in read_jsonl(run_dir / "eval" / f"{name}-{test}" / "predictions.jsonl"):
         key = tuple(r["gold"][f] for f in admin)
         p = city[key[:2]]
         named = (p.province_short in r["input"], p.city_short in r["input"])
