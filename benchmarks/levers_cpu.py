@@ -10,7 +10,9 @@ train nothing: the shipped variant's student, and the full flow's student (bench
 when it is there), evaluated again with JSON-schema guided decoding (the recipe's closed sets as enums where
 they are small enough). benchmarks/results/levers_cpu.json is written whole after each variant: provenance,
 each variant's overrides, training minutes and seconds a row, exact match with intervals, per-field accuracy,
-and the exact match on strings that name their county alone (what the student must have memorised).
+and the exact match on strings that name their county alone (what the student must have memorised); for guided
+decoding, the records it fixed and broke; and under `rows`, the shipped variant against the full flow's student
+on the same records: two whole trainings, and what their log-linear fit says each goal would take.
 """
 
 from __future__ import annotations
@@ -24,14 +26,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distill_cpu import by_what_the_text_names  # noqa: E402
+from distill_cpu import GOALS, by_what_the_text_names, log_fit  # noqa: E402
 from recipe_cpu import ROOT, figures, minutes  # noqa: E402
 from provenance import provenance  # noqa: E402
 
 from toolkit.jsonl import read_jsonl  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "logistics_zh.yaml"
-TESTS = ("test", "test_unseen")
+TESTS = tuple(GOALS)
 STAGES = ("data", "prepare", "train", "merge", "eval_student")
 FLOW = ROOT / "runs" / "logistics_zh" / "distill_cpu"  # benchmarks/distill_cpu.py's run, its student merged
 FLOW_OVERRIDES = ["train.save_total_limit=100"]  # as distill_cpu.py runs it
@@ -85,18 +87,72 @@ def scores(run_dir: Path, train_dir: Path) -> dict:
     return out
 
 
+def exact(run_dir: Path, test: str) -> dict[str, bool]:
+    """Whole-record correctness of a run's student by record id."""
+    rows = read_jsonl(run_dir / "eval" / f"student-{test}" / "predictions.jsonl")
+    return {r["id"]: all(r["correct"].values()) for r in rows}
+
+
 def paired(before: Path, after: Path, test: str) -> dict:
     """The same student without and with guided decoding, record by record on the records both scored."""
-    def exact(run_dir: Path) -> dict:
-        rows = read_jsonl(run_dir / "eval" / f"student-{test}" / "predictions.jsonl")
-        return {r["id"]: all(r["correct"].values()) for r in rows}
-
-    was, now = exact(before), exact(after)
+    was, now = exact(before, test), exact(after, test)
     was = {i: was[i] for i in now}
     return {"n": len(now), "unguided_exact_match": round(sum(was.values()) / len(now), 4),
             "guided_exact_match": round(sum(now.values()) / len(now), 4),
             "right_only_guided": sum(now[i] and not was[i] for i in now),
             "right_only_unguided": sum(was[i] and not now[i] for i in now)}
+
+
+def whole_runs(small: Path) -> dict:
+    """Two whole trainings of the profile as shipped, on the same records: the shipped variant's few rows and the
+    full flow's student (its unguided answers); a log-linear fit through the two, per goal. Unlike
+    distill_cpu.py's curve (checkpoints taken mid-schedule), both points are finished runs."""
+    def rows_and_pace(run_dir: Path) -> tuple[int, float]:
+        stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
+        rows = stages["prepare"]["stats"]["train"]
+        return rows, 60 * minutes(stages["train"]) / rows
+
+    (few, _), (many, pace) = rows_and_pace(small), rows_and_pace(FLOW)
+    out = {"what": "exact match of two whole trainings of the cpu profile on the same test records, and the "
+                   "log-linear fit through them (rows, and training minutes at the full flow's pace)"}
+    for test, goal in GOALS.items():
+        a = exact(small, test)
+        b = {i: ok for i, ok in exact(FLOW, test).items() if i in a}
+        points = [(few, sum(a.values()) / len(a)), (many, sum(b.values()) / len(b))]
+        out[test] = {"n": len(a), "points": [{"rows": r, "exact_match": round(e, 4)} for r, e in points],
+                     "fit": log_fit(points, goal, pace)}
+    return out
+
+
+def save(result: dict) -> None:
+    (ROOT / "benchmarks" / "results" / "levers_cpu.json").write_text(
+        json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+
+
+def measure(name: str, args: argparse.Namespace, common: list[str]) -> dict:
+    """One variant: trained in a child process (or its trained variant's student evaluated again), then scored."""
+    what, overrides, of = VARIANTS[name]
+    run_dir, start = folder(name), time.monotonic()
+    if of == "flow" and not (FLOW / "merged" / "config.json").is_file():
+        return {"what": what, "skipped": f"no merged student in {FLOW}: run distill_cpu.py"}
+    if of is None:
+        # a child process a variant: the trainer's and vLLM's memory go back before the next one
+        subprocess.run([sys.executable, __file__, "--one", name, "--rows", str(args.rows), "--limit",
+                        str(args.limit)], cwd=ROOT, check=True)
+        source = run_dir
+    else:
+        source = FLOW if of == "flow" else folder(of)
+        extra = FLOW_OVERRIDES if of == "flow" else VARIANTS[of][1]
+        eval_again(run_dir, source / "merged", [*common, *extra, *overrides])
+    stages = json.loads((source / "manifest.json").read_text())["stages"]
+    rows, train = stages["prepare"]["stats"]["train"], stages["train"]
+    entry = {"what": what, "overrides": overrides, "minutes_this_invocation": round((time.monotonic() - start) / 60, 1),
+             "trained_variant": of, "train_rows": rows, "train_minutes": minutes(train),
+             "seconds_per_training_row": round(60 * minutes(train) / rows, 2), "fit": train.get("diagnosis"),
+             "scores": scores(run_dir, source)}
+    if of:
+        entry["against_unguided"] = {t: paired(source, run_dir, t) for t in TESTS}
+    return entry
 
 
 def main() -> None:
@@ -113,34 +169,12 @@ def main() -> None:
     result = {**provenance(), "what": __doc__.split("\n\n")[0].replace("\n", " "), "recipe": "logistics_zh",
               "profile": "cpu", "common_overrides": common, "variants": {}}
     for name in args.only or VARIANTS:
-        what, overrides, of = VARIANTS[name]
-        run_dir, start = folder(name), time.monotonic()
-        if of == "flow" and not (FLOW / "merged" / "config.json").is_file():
-            result["variants"][name] = {"what": what, "skipped": f"no merged student in {FLOW}: run distill_cpu.py"}
-            continue
-        if of is None:
-            # a child process a variant: the trainer's and vLLM's memory go back before the next one
-            subprocess.run([sys.executable, __file__, "--one", name, "--rows", str(args.rows), "--limit",
-                            str(args.limit)], cwd=ROOT, check=True)
-            source = run_dir
-        else:
-            source = FLOW if of == "flow" else folder(of)
-            extra = FLOW_OVERRIDES if of == "flow" else VARIANTS[of][1]
-            eval_again(run_dir, source / "merged", [*common, *extra, *overrides])
-        entry = {"what": what, "overrides": overrides,
-                 "minutes_this_invocation": round((time.monotonic() - start) / 60, 1)}
-        manifest = json.loads((source / "manifest.json").read_text())
-        train = manifest["stages"]["train"]
-        rows = manifest["stages"]["prepare"]["stats"]["train"]
-        entry |= {"trained_variant": of, "train_rows": rows, "train_minutes": minutes(train),
-                  "seconds_per_training_row": round(60 * minutes(train) / rows, 2), "fit": train.get("diagnosis"),
-                  "scores": scores(run_dir, source)}
-        if of:
-            entry["against_unguided"] = {t: paired(source, run_dir, t) for t in TESTS}
-        result["variants"][name] = entry
-        (ROOT / "benchmarks" / "results" / "levers_cpu.json").write_text(
-            json.dumps(result, ensure_ascii=False, indent=2) + "\n")
-        print(json.dumps({name: {t: s["exact_match"] for t, s in entry["scores"].items()}}, ensure_ascii=False))
+        entry = result["variants"][name] = measure(name, args, common)
+        if name == "shipped" and (FLOW / "merged" / "config.json").is_file():
+            result["rows"] = whole_runs(folder(name))
+        save(result)
+        if "scores" in entry:
+            print(json.dumps({name: {t: s["exact_match"] for t, s in entry["scores"].items()}}, ensure_ascii=False))
 
 
 if __name__ == "__main__":
