@@ -69,12 +69,25 @@ def train_variant(run_dir: Path, overrides: list[str]) -> None:
                 ran.append(stage.name)
 
 
-def eval_again(run_dir: Path, model: Path, overrides: list[str]) -> None:
-    """Another evaluation of a merged student, named `student` in its own run folder."""
-    if all((run_dir / "eval" / f"student-{t}" / "metrics.json").is_file() for t in TESTS):
+def eval_again(run_dir: Path, source: Path, overrides: list[str]) -> None:
+    """Another evaluation of a merged student, named `student` in its own run folder; a finished one is reused
+    only while both the student (its training key, in its marker) and the evaluation settings are the ones it
+    evaluated, so a retrained student or another --limit is never reported from older answers."""
+    from toolkit.models import MARKER
+    from toolkit.pipeline import EVAL_CONFIG, config_digest
+    from toolkit.recipe import load_recipe
+
+    want = {"student": json.loads((source / "merged" / MARKER).read_text()),
+            "eval_config": config_digest(load_recipe(RECIPE, "cpu", overrides), EVAL_CONFIG)}
+    stamp = run_dir / "evaluated.json"
+    if (stamp.is_file() and json.loads(stamp.read_text()) == want
+            and all((run_dir / "eval" / f"student-{t}" / "metrics.json").is_file() for t in TESTS)):
         return
+    stamp.unlink(missing_ok=True)
     subprocess.run([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--run-dir",
-                    str(run_dir), "--model", str(model), "--name", "student", *overrides], cwd=ROOT, check=True)
+                    str(run_dir), "--model", str(source / "merged"), "--name", "student", *overrides], cwd=ROOT,
+                   check=True)
+    stamp.write_text(json.dumps(want, indent=2) + "\n")
 
 
 def scores(run_dir: Path, train_dir: Path) -> dict:
@@ -143,7 +156,7 @@ def measure(name: str, args: argparse.Namespace, common: list[str]) -> dict:
     else:
         source = FLOW if of == "flow" else folder(of)
         extra = FLOW_OVERRIDES if of == "flow" else VARIANTS[of][1]
-        eval_again(run_dir, source / "merged", [*common, *extra, *overrides])
+        eval_again(run_dir, source, [*common, *extra, *overrides])
     stages = json.loads((source / "manifest.json").read_text())["stages"]
     rows, train = stages["prepare"]["stats"]["train"], stages["train"]
     entry = {"what": what, "overrides": overrides, "minutes_this_invocation": round((time.monotonic() - start) / 60, 1),
