@@ -59,7 +59,11 @@ def test_thousand_records_with_faults_end_up_once_with_the_right_reason(tmp_path
             tries = 4 if mode == "always500" else TRANSIENT_TRIES.get(mode, 0) + 1
             assert server.requests[text] == tries, (mode, server.requests[text])
         assert summary["accepted"] == 1000 - 100 and summary["rejected"][GAVE_UP] == 20
-        assert summary["retries"] == sum(server.requests.values()) - 1000
+        # Every retry the server saw is reported. The client may count a few more: with a 1 s time-out, client and
+        # server threads in one process on 2 loaded cores, an attempt can fail before its request is counted
+        # (one in ~1,160 did in CI); never more than a handful.
+        seen = sum(server.requests.values()) - 1000
+        assert seen <= summary["retries"] <= seen + 3
         assert summary["tokens_in"] == 100 * (1000 - 20) and summary["cost"] > 0
         assert set(server.auth_headers) == {f"Bearer {KEY}"}
 
