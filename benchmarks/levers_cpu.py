@@ -1,5 +1,6 @@
 """What moves the CPU student, one lever at a time: logistics_zh's `cpu` profile trained on the same small number
-of rows, each variant changing one setting against the profile as shipped (long: ~2 h).
+of rows, each variant changing one setting against the profile as shipped when they were measured (`BEFORE`: it
+has since taken the 5-token prompt and guided decoding) (long: ~2 h).
 
     .venv/bin/python benchmarks/levers_cpu.py [--rows 800] [--limit 200]
 
@@ -37,9 +38,13 @@ TESTS = tuple(GOALS)
 STAGES = ("data", "prepare", "train", "merge", "eval_student")
 FLOW = ROOT / "runs" / "logistics_zh" / "distill_cpu"  # benchmarks/distill_cpu.py's run, its student merged
 FLOW_OVERRIDES = ["train.save_total_limit=100"]  # as distill_cpu.py runs it
+# The profile every trained variant changes one setting of: the cpu profile as these levers measured it (at
+# 69d2dd4), before it took the two that helped (the 5-token prompt, guided decoding). The flow's student is
+# evaluated with the profile it was trained with.
+BEFORE = ["prompts.student=prompts/logistics_zh/short.md", "eval.guided_json=false"]
 # name: (what changes, overrides, the trained variant whose student it evaluates again with guided decoding)
 VARIANTS: dict[str, tuple[str, list[str], str | None]] = {
-    "shipped": ("the cpu profile as shipped", [], None),
+    "shipped": ("the cpu profile as shipped at 69d2dd4 (short.md, free decoding)", [], None),
     "shipped, guided": ("the shipped variant's student, JSON-schema guided decoding", ["eval.guided_json=true"],
                         "shipped"),
     "flow, guided": ("the full flow's student (distill_cpu.py, every training row), guided decoding",
@@ -118,7 +123,8 @@ def paired(before: Path, after: Path, test: str) -> dict:
 
 def whole_runs(small: Path) -> dict:
     """Two whole trainings of the profile as shipped, on the same records: the shipped variant's few rows and the
-    full flow's student (its unguided answers); a log-linear fit through the two, per goal. Unlike
+    full flow's student (its answers as the flow scored them: guided since the profile took it, so a re-run
+    mixes two levers); a log-linear fit through the two, per goal. Unlike
     distill_cpu.py's curve (checkpoints taken mid-schedule), both points are finished runs."""
     def rows_and_pace(run_dir: Path) -> tuple[int, float]:
         stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
@@ -155,7 +161,7 @@ def measure(name: str, args: argparse.Namespace, common: list[str]) -> dict:
         source = run_dir
     else:
         source = FLOW if of == "flow" else folder(of)
-        extra = FLOW_OVERRIDES if of == "flow" else VARIANTS[of][1]
+        extra = FLOW_OVERRIDES if of == "flow" else [*BEFORE, *VARIANTS[of][1]]
         eval_again(run_dir, source, [*common, *extra, *overrides])
     stages = json.loads((source / "manifest.json").read_text())["stages"]
     rows, train = stages["prepare"]["stats"]["train"], stages["train"]
@@ -177,7 +183,7 @@ def main() -> None:
     args = ap.parse_args()
     common = [f"data.train_records={args.rows}", f"eval.limit={args.limit}"]
     if args.one:
-        return train_variant(folder(args.one), [*common, *VARIANTS[args.one][1]])
+        return train_variant(folder(args.one), [*BEFORE, *common, *VARIANTS[args.one][1]])
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as sft.sh sets it for the cpu profile
     result = {**provenance(), "what": __doc__.split("\n\n")[0].replace("\n", " "), "recipe": "logistics_zh",
               "profile": "cpu", "common_overrides": common, "variants": {}}

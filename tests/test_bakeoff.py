@@ -153,6 +153,8 @@ def test_the_shipped_spec_loads_every_pair_with_the_students_own_type_and_templa
     assert (smollm2.model, smollm2.model_type, smollm2.template) == ("smollm2-135m-instruct", "llama", "chatml")
     assert b.pair("msra_ner", "gemma3-270m").run_dir.as_posix() == "runs/bakeoff/cpu/runs/msra_ner/gemma3-270m"
     assert b.pair("review_sentiment_zh", "smollm2-135m-instruct").recipe.classification_head is False
+    # logistics_zh's cpu profile decodes guided; in a bake-off `base` is the free answer beside `base-guided`
+    assert not any(p.recipe.eval.guided_json for p in b.pairs)
 
 
 def test_a_hub_student_keeps_the_recipes_own_template_only_when_it_is_the_recipes_student(tmp_path):

@@ -161,3 +161,14 @@ def test_code_is_named_as_module_function_and_a_wrong_name_says_which_key():
 def test_training_data_is_named_somewhere():
     with pytest.raises(RecipeError, match=r"key 'data': expected labelled .* or pool"):
         load_recipe(RECIPE, None, ["data.pool=null", "data.pool_gold=null"])
+
+
+def test_the_cpu_profile_decodes_to_the_schema_and_the_transformers_engine_says_it_cannot(tmp_path, capsys):
+    from toolkit.cli import main
+
+    assert load_recipe(RECIPE, "cpu").eval.guided_json and not load_recipe(RECIPE, "gpu").eval.guided_json
+    args = ["eval", str(RECIPE), "--profile", "cpu", "--run-dir", str(tmp_path), "--model", "base", "eval.limit=1"]
+    assert main([*args, "--backend", "transformers"]) == 2
+    err = capsys.readouterr().err
+    assert "needs the vllm backend, not transformers" in err and "eval.guided_json=false" in err
+    assert not list(tmp_path.rglob("metrics.json"))  # nothing evaluated, nothing half-written

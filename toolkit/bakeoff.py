@@ -183,8 +183,10 @@ def load_spec(path: str | Path, out: str | Path | None = None) -> Bakeoff:
         for j, s in enumerate(spec.students):
             student = students[j]
             try:
-                recipe = load_recipe(recipe_path, entry.profile,
-                                     [*entry.overrides, *student_overrides(s, student.model, own)])
+                # Free decoding unless the spec asks: `base` is the free answer, `base-guided` the guided one,
+                # and every student is scored the same way whatever its recipe's profile decodes with.
+                recipe = load_recipe(recipe_path, entry.profile, ["eval.guided_json=false", *entry.overrides,
+                                                                  *student_overrides(s, student.model, own)])
             except RecipeError as exc:
                 raise SpecError(f"{where}, with student {student.name}: {exc}") from None
             pairs.append(Pair(task, student, recipe, out / "runs" / slug(task) / slug(student.model)))

@@ -261,7 +261,8 @@ def make_backend(recipe: Recipe, backend: str, model: str, *, base_url: str | No
         return OpenAIBackend(base_url, model, api_key_env, cache=cache, concurrency=t.concurrency,
                              timeout_s=t.timeout_s, max_retries=t.max_retries, thinking_off="qwen3" in model.lower())
     if guided_json and backend != "vllm":
-        raise StageError("--guided-json needs the vllm backend")
+        raise StageError(f"guided decoding (eval.guided_json, --guided-json) needs the vllm backend, not {backend}: "
+                         "use --backend vllm, or set eval.guided_json=false")
     s = recipe.student
     resolved = resolve_model(model, s.model_type if model == s.model else None,
                              s.template if model == s.model else None, s.trust_remote_code)
