@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from toolkit.datagen.logistics_zh import places  # noqa: E402
 from toolkit.jsonl import read_jsonl  # noqa: E402
 from toolkit.models import MARKER  # noqa: E402
+from toolkit.pipeline import EVAL_CONFIG, config_digest  # noqa: E402
 from toolkit.recipe import load_recipe  # noqa: E402
 from toolkit.scoring import proportion  # noqa: E402
 from toolkit.train import checkpoints, run_merge  # noqa: E402
@@ -57,18 +59,28 @@ def curve_checkpoints(train_dir, merged_step: int) -> list:
 
 
 def score_checkpoint(ckpt, rows: int, run_dir, overrides: list[str], recipe) -> str:
-    """Merge one checkpoint and score it on every test file (once: a re-run reuses it); returns its evaluation
-    name."""
+    """Merge one checkpoint and score it on every test file; returns its evaluation name. A re-run reuses the
+    merge and the scores only while they come from this training (its key, in the merged student's marker)
+    under these evaluation settings: a retrained run's checkpoint of the same name is merged and scored afresh."""
     name, student, merged = f"curve-{rows}rows", recipe.student, run_dir / "curve" / ckpt.name
-    if all((run_dir / "eval" / f"{name}-{Path(t).stem}" / "metrics.json").is_file() for t in recipe.data.test):
+    want = {"train_key": json.loads((run_dir / "merged" / MARKER).read_text())["train_key"],
+            "eval_config": config_digest(recipe, EVAL_CONFIG)}
+    stamp = run_dir / "curve" / f"{ckpt.name}-scored.json"
+    if (stamp.is_file() and json.loads(stamp.read_text()) == want
+            and all((run_dir / "eval" / f"{name}-{Path(t).stem}" / "metrics.json").is_file() for t in recipe.data.test)):
         return name
-    if not (merged / "config.json").is_file():
+    stamp.unlink(missing_ok=True)
+    marker = merged / MARKER
+    if not marker.is_file() or json.loads(marker.read_text()).get("train_key") != want["train_key"]:
+        shutil.rmtree(merged, ignore_errors=True)
         run_merge(ckpt, merged, run_dir / "curve" / f"{ckpt.name}-merge.log")
-        (merged / MARKER).write_text(json.dumps(
+        marker.write_text(json.dumps(
             {"name": f"logistics_zh student at {ckpt.name}", "base": student.model, "checkpoint": str(ckpt),
-             "model_type": student.model_type, "template": student.template}, indent=2) + "\n")
+             "train_key": want["train_key"], "model_type": student.model_type, "template": student.template},
+            indent=2) + "\n")
     subprocess.run([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--run-dir",
                     str(run_dir), "--model", str(merged), "--name", name, *overrides], cwd=ROOT, check=True)
+    stamp.write_text(json.dumps(want, indent=2) + "\n")
     return name
 
 
