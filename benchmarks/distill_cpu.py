@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from recipe_cpu import ROOT, figures, run, save
+from recipe_cpu import ROOT, figures, reusable, run, save
 
 sys.path.insert(0, str(ROOT))
 from toolkit.datagen.logistics_zh import places  # noqa: E402
@@ -66,10 +66,8 @@ def score_checkpoint(ckpt, rows: int, run_dir, overrides: list[str], recipe) -> 
     want = {"train_key": json.loads((run_dir / "merged" / MARKER).read_text())["train_key"],
             "eval_config": config_digest(recipe, EVAL_CONFIG)}
     stamp = run_dir / "curve" / f"{ckpt.name}-scored.json"
-    if (stamp.is_file() and json.loads(stamp.read_text()) == want
-            and all((run_dir / "eval" / f"{name}-{Path(t).stem}" / "metrics.json").is_file() for t in recipe.data.test)):
+    if reusable(stamp, want, [run_dir / "eval" / f"{name}-{Path(t).stem}" / "metrics.json" for t in recipe.data.test]):
         return name
-    stamp.unlink(missing_ok=True)
     marker = merged / MARKER
     if not marker.is_file() or json.loads(marker.read_text()).get("train_key") != want["train_key"]:
         shutil.rmtree(merged, ignore_errors=True)

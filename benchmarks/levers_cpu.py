@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distill_cpu import GOALS, by_what_the_text_names, log_fit  # noqa: E402
-from recipe_cpu import ROOT, figures, minutes  # noqa: E402
+from recipe_cpu import ROOT, figures, minutes, reusable  # noqa: E402
 from provenance import provenance  # noqa: E402
 
 from toolkit.jsonl import read_jsonl  # noqa: E402
@@ -85,10 +85,8 @@ def eval_again(run_dir: Path, source: Path, overrides: list[str]) -> None:
     want = {"student": json.loads((source / "merged" / MARKER).read_text()),
             "eval_config": config_digest(load_recipe(RECIPE, "cpu", overrides), EVAL_CONFIG)}
     stamp = run_dir / "evaluated.json"
-    if (stamp.is_file() and json.loads(stamp.read_text()) == want
-            and all((run_dir / "eval" / f"student-{t}" / "metrics.json").is_file() for t in TESTS)):
+    if reusable(stamp, want, [run_dir / "eval" / f"student-{t}" / "metrics.json" for t in TESTS]):
         return
-    stamp.unlink(missing_ok=True)
     subprocess.run([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--run-dir",
                     str(run_dir), "--model", str(source / "merged"), "--name", "student", *overrides], cwd=ROOT,
                    check=True)

@@ -61,6 +61,15 @@ def minutes(stage: dict) -> float | None:
     return round((t1 - t0).total_seconds() / 60, 1)
 
 
+def reusable(stamp: Path, want: dict, outputs: list[Path]) -> bool:
+    """Whether `outputs`, made under the settings `want` that `stamp` records, may stand for these settings. If
+    not, the stamp goes first, so a redo interrupted half-way is never taken as done (write it again after)."""
+    if stamp.is_file() and json.loads(stamp.read_text()) == want and all(p.is_file() for p in outputs):
+        return True
+    stamp.unlink(missing_ok=True)
+    return False
+
+
 def run(recipe: str, overrides: list[str], run_dir: Path) -> dict:
     """Run (or resume) the recipe's cpu profile and gather its figures."""
     start = time.monotonic()
