@@ -1,16 +1,19 @@
 """Typed fields (toolkit/fields.py) and metrics by type, checked against figures worked out by hand."""
 
+import datetime
 import json
+import re
 
 import pytest
 
 from conftest import write_recipe
 from toolkit.endpoint import Answer
+from toolkit.fields import NO_VALUE, TYPES, FieldType, headline, normalise, register, slot_counts
 from toolkit.jsonl import DataError
 from toolkit.label import check_answer, majority
 from toolkit.prepare import read_record
 from toolkit.recipe import RecipeError, load_recipe
-from toolkit.scoring import compute_metrics, score_record, slot_counts
+from toolkit.scoring import compute_metrics, score_record
 
 FIELDS = """\
 fields:
@@ -183,3 +186,67 @@ def test_report_lays_out_the_recipes_types(recipe, tmp_path):
     assert "The chart numbers classes" in report  # 正面 and its kind: glyphs the chart's font may lack
     assert "| gold \\ predicted | 正面 | 负面 | 中性 | (invalid) |" in report and "| 负面 | 0 | 0 | 1 | 1 |" in report
     assert run / "confusion-sentiment.png" in outputs and (run / "confusion-sentiment.png").stat().st_size > 0
+
+
+# --- a field type registered from this file alone (docs/field-types.md walks through the same type) ------------
+
+class IsoDate(FieldType):
+    """A calendar date, YYYY-MM-DD; compared as a date, so 2025-1-5 and ２０２５-01-05 agree."""
+
+    name = "isodate"  # not "date": a built-in of that name must not be replaced by this test
+    json_type = "string"
+    DATE = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})")
+
+    def read(self, value):
+        m = isinstance(value, str) and self.DATE.fullmatch(normalise(value, ["strip", "width"]))
+        try:
+            return datetime.date(*map(int, m.groups())) if m else NO_VALUE
+        except ValueError:  # 2025-02-30
+            return NO_VALUE
+
+    def problem(self, spec, value):
+        return None if self.read(value) is not NO_VALUE else f"must be a date YYYY-MM-DD, got {value!r}"
+
+    def compared(self, spec, value):
+        day = self.read(value)
+        return day if day is NO_VALUE else day.isoformat()
+
+    def schema(self, spec, choices, max_enum):
+        return {**super().schema(spec, choices, max_enum), "format": "date"}
+
+
+@pytest.fixture
+def isodate():
+    register(IsoDate())
+    yield
+    del TYPES["isodate"]
+
+
+DATED = "fields:\n  - {name: due, type: isodate, description: 到期日}\n  - {name: note, description: free text}\n"
+
+
+def test_a_type_registered_from_a_test_file_loads_scores_votes_and_has_a_schema(isodate, tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path, DATED))
+    assert recipe.json_schema()["properties"]["due"] == {"type": "string", "description": "到期日", "format": "date"}
+    gold = {"due": "2025-01-05", "note": "x"}
+    assert score_record(recipe, {"due": "２０２５-1-5", "note": "x"}, gold) == {"due": True, "note": True}
+    assert score_record(recipe, {"due": "2025-01-06", "note": "x"}, gold)["due"] is False
+    rows = [{"parsed": {"due": "2025-1-5", "note": "x"}, "gold": gold},
+            {"parsed": {"due": "2025-02-30", "note": "x"}, "gold": {"due": "2025-03-01", "note": "x"}},
+            {"parsed": None, "gold": gold}]
+    m = compute_metrics(recipe, rows, bootstrap=10)
+    # due: 1 right of 3; slots: due TP 1, FN 2 (no FP: 2025-02-30 is no date); note TP 2, FN 1 -> F1 6 / 9
+    assert m["fields"]["due"]["k"] == 1 and m["micro_f1"]["value"] == pytest.approx(6 / 9)
+    assert headline(recipe.fields, recipe.choices).name == "whole-record exact match"
+    label, _ = majority(recipe, [gold, {**gold, "due": "2025-1-5"}, {**gold, "due": "2025-01-06"}])
+    assert label["due"] == "2025-01-05"  # two of three name one day
+    with pytest.raises(DataError, match=r"l.jsonl:3: field 'due' must be a date YYYY-MM-DD, got 'soon'"):
+        read_record(recipe, {"id": "x", "text": "t", "label": {**gold, "due": "soon"}}, tmp_path / "l.jsonl", 3)
+
+
+def test_a_registered_type_is_held_to_the_keys_it_takes(isodate, tmp_path):
+    with pytest.raises(RecipeError, match=r"key 'fields.0': expected grounded applies to str and list\[str\] "
+                                          r"fields, not to type isodate"):
+        load_recipe(write_recipe(tmp_path, "fields:\n  - {name: due, type: isodate, description: d, grounded: true}\n"))
+    with pytest.raises(RecipeError, match=r"key 'fields.0': expected choices apply to text fields"):
+        load_recipe(write_recipe(tmp_path, "fields:\n  - {name: due, type: isodate, description: d, choices: [a]}\n"))

@@ -6,7 +6,8 @@ import pytest
 
 from conftest import RECIPE
 from toolkit.recipe import load_recipe
-from toolkit.scoring import compute_metrics, extract_json, score_record, wilson
+from toolkit.scoring import compute_metrics, extract_json, score_record
+from toolkit.stats import wilson
 
 GOLD_TJ = {"province": "天津市", "city": "天津市", "district": "和平区", "specific_location": "南京路1号",
            "name": "欧阳丽", "phone": "13812345678"}

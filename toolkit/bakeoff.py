@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 
 from toolkit.errors import StageError
+from toolkit.fields import Headline, headline
 from toolkit.jsonl import read_jsonl, write_json, write_text
 from toolkit.ranking import Evaluation, mcnemar, mean_rank, paired_difference, ranks, task_scores
 from toolkit.recipe import Recipe, RecipeError, _describe, _key_lines, _Strict, load_recipe, read_yaml_mapping
@@ -374,38 +374,9 @@ def run_bakeoff(b: Bakeoff) -> list[Path]:
 
 # --- scores ------------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class TaskMetric:
-    name: str
-    unit: Callable[[dict], Any]  # a prediction row -> what the statistic reads of it
-    statistic: Callable[[list], float]
-
-
-def task_metric(recipe: Recipe) -> TaskMetric:
-    """The figure a task is judged by, the headline its field types call for: entity F1 (micro over every list field)
-    where the recipe has list fields, else the macro-F1 of its enum field where it has exactly one, else
-    whole-record exact match."""
-    from toolkit.fields import compared
-    from toolkit.scoring import _f1, _macro_f1, slot_counts
-
-    lists = [f for f in recipe.fields if f.type == "list[str]"]
-    enums = [f for f in recipe.fields if f.type == "enum"]
-    if lists:
-        def counts(row: dict) -> tuple[int, int, int]:
-            return tuple(map(sum, zip(*(slot_counts(f, row["parsed"], row["gold"]) for f in lists))))
-
-        return TaskMetric("entity F1 (micro, every list field)", counts, _f1)
-    if len(enums) == 1:
-        spec = enums[0]
-        classes = {compared(spec, c) for c in recipe.choices(spec.name)}
-
-        def pair(row: dict) -> tuple[str, str | None]:
-            p = compared(spec, row["parsed"].get(spec.name)) if row["parsed"] is not None else None
-            return compared(spec, row["gold"].get(spec.name)), p if p in classes else None
-
-        return TaskMetric(f"macro-F1 of {spec.name}", pair, _macro_f1)
-    return TaskMetric("whole-record exact match", lambda row: bool(row["exact"]),
-                      lambda xs: sum(xs) / len(xs) if xs else 0.0)
+def task_metric(recipe: Recipe) -> Headline:
+    """The figure a task is judged by: the headline its field types call for (toolkit/fields.py)."""
+    return headline(recipe.fields, recipe.choices)
 
 
 # evaluation name under eval/ -> (the role whose identity it must match, the records it was tested on, its stage)

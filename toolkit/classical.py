@@ -10,6 +10,7 @@ import json
 from typing import Callable
 
 from toolkit.errors import StageError
+from toolkit.fields import not_classes
 from toolkit.recipe import Recipe
 
 Answer = Callable[[str], str]
@@ -30,7 +31,7 @@ def tfidf_logreg(recipe: Recipe, examples: list[tuple[str, dict]]) -> Answer:
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.pipeline import make_pipeline
 
-    others = [f.name for f in recipe.fields if f.type != "enum"]
+    others = not_classes(recipe.fields)
     if others:
         raise StageError(f"baseline tfidf_logreg classifies enum fields only; {', '.join(others)} is not enum")
     texts = [text for text, _ in examples]

@@ -1,9 +1,13 @@
-"""Typed fields: everything a field's type decides, in one place.
+"""Field types: everything a field's type decides, one object a type, in one registry (`TYPES`).
 
-Types: `str` (free text, or a closed set with choices), `enum` (classification: one of its choices),
-`list[str]` (entities: compared as multisets, order-free), `int`, `float`, `bool`. For each: how a label is
-validated, the form values are compared in, the JSON schema for guided decoding, grounding in the input,
-and the key votes are counted by.
+A recipe's field is declared by a `FieldSpec`; its `type` names a registered `FieldType`, which decides how a
+label is validated, the form values are compared in, the JSON schema for guided decoding, which items grounding
+and closed sets check, the key votes are counted by, how one record's field counts as true/false positives and
+false negatives, the type's own metrics, and the headline a task of such fields is judged by. Nothing outside
+this module branches on a type's name. Adding a type: docs/field-types.md.
+
+Built in: `str` (free text, or a closed set with choices), `enum` (classification: one of its choices),
+`list[str]` (entities: compared as multisets, order-free), `int`, `float`, `bool`.
 """
 
 from __future__ import annotations
@@ -13,17 +17,17 @@ import math
 import re
 import unicodedata
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
-if TYPE_CHECKING:
-    from toolkit.recipe import FieldSpec, Recipe
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from rapidfuzz.distance import Levenshtein
 
-TYPES = ("str", "enum", "list[str]", "int", "float", "bool")
-TEXT_TYPES = ("str", "enum", "list[str]")  # the types normalisers, choices and grounding apply to
-GROUNDABLE = ("str", "list[str]")
-# A free-text field this long or longer (max_chars, or no bound) also gets a similarity score: partial credit
-# for a nearly right verbatim span, as NuExtract scores them.
-LONG_TEXT = 24
+from toolkit.stats import Counts, f1, macro_f1, mean, precision, recall, with_interval
+
+Choices = Callable[[str], "list[str] | None"]  # a field's name -> its allowed values as written, or None
+Rows = list[dict]  # prediction rows, each with `parsed` (None: no JSON in the answer) and `gold`
 
 
 def _width(s: str) -> str:
@@ -38,6 +42,7 @@ NORMALISERS = {
     "lower": str.lower,
     "nospace": lambda s: re.sub(r"\s+", "", s),
 }
+Normaliser = Literal["strip", "width", "digits", "lower", "nospace"]
 
 
 def normalise(value, steps: list[str]) -> str:
@@ -48,118 +53,230 @@ def normalise(value, steps: list[str]) -> str:
     return s
 
 
-def type_problem(spec: FieldSpec, value: Any) -> str | None:
-    """Why a label's value does not have the field's type (None: it does). Closed sets are checked apart."""
-    shown = json.dumps(value, ensure_ascii=False)
-    if spec.type in ("str", "enum"):
-        return None if isinstance(value, str) else f"must be a string, got {shown}"
-    if spec.type == "list[str]":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            return f"must be a list of strings, got {shown}"
-        if spec.max_items is not None and len(value) > spec.max_items:
-            return f"has {len(value)} items, over max_items={spec.max_items}"
-        return None
-    if spec.type == "bool":
-        return None if isinstance(value, bool) else f"must be true or false, got {shown}"
-    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if spec.type == "int" and not (number and float(value).is_integer()):
-        return f"must be an integer, got {shown}"
-    return None if number else f"must be a number, got {shown}"
-
-
-def disallowed(recipe: Recipe, spec: FieldSpec, value: Any) -> list[str]:
-    """The items of a (type-checked) value outside the field's closed set, as given; [] for an open field."""
-    allowed = recipe.allowed_values(spec.name)
-    if allowed is None:
-        return []
-    items = value if spec.type == "list[str]" else [value]
-    return [v for v in items if normalise(v, spec.normalise) not in allowed]
-
-
-def ungrounded(spec: FieldSpec, value: Any, text: str) -> list[str]:
-    """The non-empty items of a grounded field's value that do not occur in the input (after normalising)."""
-    if not spec.grounded:
-        return []
-    haystack = normalise(text, spec.normalise)
-    items = value if spec.type == "list[str]" else [value]
-    return [v for v in items if (n := normalise(v, spec.normalise)) and n not in haystack]
-
-
-def is_empty(spec: FieldSpec, value: Any) -> bool:
-    """Text that says nothing ("" or whitespace). An empty list is an answer (no entity in this input), and
-    numbers and booleans always say something."""
-    return spec.type in ("str", "enum") and not value.strip()
-
-
-_NO_VALUE = object()  # a prediction of the wrong type: equal to no gold value
-
-
-def compared(spec: FieldSpec, value: Any) -> Any:
-    """The form a value is compared in. Predictions are taken leniently (a missing key is the empty value, a
-    number given as text is the number); what cannot be read as the type compares equal to nothing."""
-    if spec.type in ("str", "enum"):
-        return normalise(value, spec.normalise)
-    if spec.type == "list[str]":
-        if value is None:
-            return ()
-        if not isinstance(value, list):
-            return _NO_VALUE
-        return tuple(sorted(n for v in value if (n := normalise(v, spec.normalise))))
-    if value is None:
-        return _NO_VALUE
-    if spec.type == "bool":
-        text = normalise(value, ["strip", "lower"])
-        return {"true": True, "false": False}.get(text, _NO_VALUE)
-    try:
-        number = float(normalise(value, ["strip", "width"]))
-    except ValueError:
-        return _NO_VALUE
-    if not math.isfinite(number) or (spec.type == "int" and not number.is_integer()):
-        return _NO_VALUE
-    return int(number) if spec.type == "int" else round(number, 9)
+NO_VALUE = object()  # a prediction of the wrong type: equal to no gold value
 
 
 def present(c: Any) -> bool:
     """A compared scalar value that says something (not "", not unreadable)."""
-    return c is not _NO_VALUE and c != ""
+    return c is not NO_VALUE and c != ""
 
 
-def equal(spec: FieldSpec, predicted: Any, gold: Any) -> bool:
-    p = compared(spec, predicted)
-    return p is not _NO_VALUE and p == compared(spec, gold)
+@dataclass(frozen=True)
+class Headline:
+    """The one figure a task is judged by (the bake-off ranks students on it)."""
+    name: str
+    unit: Callable[[dict], Any]  # a prediction row -> what the statistic reads of it
+    statistic: Callable[[list], float]
 
 
-def items(spec: FieldSpec, value: Any) -> Counter:
-    """A list field's value as a multiset of compared items (a wrong-typed prediction is none)."""
-    c = compared(spec, value)
-    return Counter(() if c is _NO_VALUE else c)
+EXACT_MATCH = Headline("whole-record exact match", lambda row: bool(row["exact"]), mean)
 
 
-def vote_key(spec: FieldSpec, value: Any) -> str:
-    """Answers with the same key are the same vote: stripped text; a list's items in any order."""
-    if spec.type == "list[str]":
-        return json.dumps(sorted(v.strip() for v in value), ensure_ascii=False)
-    return value.strip() if isinstance(value, str) else json.dumps(compared(spec, value))  # 2 and 2.0 agree
+class FieldType:
+    """Everything one field type decides. The defaults suit a scalar; a type overrides what differs."""
+
+    name: ClassVar[str]
+    text: ClassVar[bool] = False  # values are strings: choices apply (normalisers apply to every type)
+    groundable: ClassVar[bool] = False  # `grounded: true` may ask its items to occur in the input
+    listed: ClassVar[bool] = False  # a value is a list of items: max_items applies
+    classes: ClassVar[bool] = False  # a value is one of the field's choices, read as a class: classification
+    # Where the headline of a task is chosen: the type of highest rank among the recipe's fields that offers one.
+    headline_rank: ClassVar[int] = 0
+    json_type: ClassVar[str]  # the JSON schema's type of a scalar value
+
+    def declaration_problem(self, spec: FieldSpec) -> str | None:
+        """Why a field's declaration does not fit its type (None: it does)."""
+        if not self.text and (spec.choices is not None or spec.choices_file is not None):
+            return f"choices apply to text fields, not to type {self.name}"
+        if spec.grounded and not self.groundable:
+            return f"grounded applies to {_listing(t.name for t in TYPES.values() if t.groundable)} fields, not to " \
+                   f"type {self.name}"
+        if spec.max_items is not None and not self.listed:
+            return f"max_items applies to {_listing(t.name for t in TYPES.values() if t.listed)} fields only"
+        return None
+
+    def problem(self, spec: FieldSpec, value: Any) -> str | None:
+        """Why a label's value does not have the type (None: it does). Closed sets are checked apart."""
+        raise NotImplementedError
+
+    def items(self, value: Any) -> list:
+        """The items of a (type-checked) value that closed sets and grounding check, one by one."""
+        return [value]
+
+    def is_empty(self, spec: FieldSpec, value: Any) -> bool:
+        """A value that says nothing; a label whose every field is empty is refused."""
+        return False
+
+    def compared(self, spec: FieldSpec, value: Any) -> Any:
+        """The form a value is compared in. Predictions are taken leniently (a missing key is the empty value,
+        a number given as text is the number); what cannot be read as the type is NO_VALUE, equal to nothing."""
+        raise NotImplementedError
+
+    def vote_key(self, spec: FieldSpec, value: Any) -> str:
+        """Answers with the same key are the same vote."""
+        return json.dumps(self.compared(spec, value))  # 2 and 2.0 agree
+
+    def voted_value(self, spec: FieldSpec, value: Any) -> Any:
+        """What a vote keeps of the first answer with the winning key."""
+        return value
+
+    def schema(self, spec: FieldSpec, choices: list[str] | None, max_enum: int) -> dict[str, Any]:
+        """The field's JSON schema, for guided decoding and for the teacher."""
+        return {"type": self.json_type, "description": spec.description}
+
+    def slot_counts(self, spec: FieldSpec, predicted: Any, gold: Any) -> Counts:
+        """One field of one record as one slot (predicted None: no answer): a non-empty prediction is TP if
+        right, FP if wrong; a non-empty gold value not predicted right is FN. Empty gold and empty prediction
+        count nowhere."""
+        g, p = self.compared(spec, gold), self.compared(spec, predicted)
+        if present(p) and p == g:
+            return 1, 0, 0
+        return 0, int(present(p)), int(present(g))
+
+    def metrics(self, specs: list[FieldSpec], rows: Rows, choices: Choices, samples: list[list[int]]) -> dict:
+        """The type's own sections of a metrics file, for the recipe's fields of this type (none by default)."""
+        return {}
+
+    def headline(self, specs: list[FieldSpec], choices: Choices) -> Headline | None:
+        """The headline a task with these fields of this type is judged by, or None: another type's decides."""
+        return None
 
 
-def voted_value(spec: FieldSpec, value: Any) -> Any:
-    """What a vote keeps: text stripped, a list's items stripped in the first answer's order."""
-    if spec.type == "list[str]":
-        return [v.strip() for v in value]
-    return value.strip() if isinstance(value, str) else value
+class Text(FieldType):
+    """`str`: free text, or a closed set with choices (small sets become the schema's enum)."""
 
+    name = "str"
+    text = groundable = True
+    # A free-text field this long or longer (max_chars, or no bound) also gets a similarity score: partial
+    # credit for a nearly right verbatim span, as NuExtract scores them.
+    LONG_TEXT = 24
 
-def schema(spec: FieldSpec, choices: list[str] | None, max_enum: int) -> dict[str, Any]:
-    """The field's JSON schema: strings bounded by max_chars (a looping model's string ends there under guided
-    decoding), closed sets as enum, arrays bounded by max_items."""
-    if spec.type in ("str", "enum"):
+    def problem(self, spec, value):
+        return None if isinstance(value, str) else f"must be a string, got {_shown(value)}"
+
+    def is_empty(self, spec, value):
+        """Text that says nothing ("" or whitespace)."""
+        return not value.strip()
+
+    def compared(self, spec, value):
+        return normalise(value, spec.normalise)
+
+    def vote_key(self, spec, value):
+        return value.strip() if isinstance(value, str) else super().vote_key(spec, value)
+
+    def voted_value(self, spec, value):
+        return value.strip() if isinstance(value, str) else value
+
+    def schema(self, spec, choices, max_enum):
+        """Strings bounded by max_chars (a looping model's string ends there under guided decoding)."""
         out: dict[str, Any] = {"type": "string", "description": spec.description}
         if spec.max_chars:
             out["maxLength"] = spec.max_chars
-        if choices is not None and (spec.type == "enum" or len(choices) <= max_enum):
+        if choices is not None and (self.classes or len(choices) <= max_enum):
             out["enum"] = choices
         return out
-    if spec.type == "list[str]":
+
+    def is_long(self, spec: FieldSpec, choices: list[str] | None) -> bool:
+        """Free text long enough that partial credit (similarity) says something beside exact match."""
+        return choices is None and (spec.max_chars is None or spec.max_chars >= self.LONG_TEXT)
+
+    def metrics(self, specs, rows, choices, samples):
+        long = [f for f in specs if self.is_long(f, choices(f.name))]
+        if not long:
+            return {}
+        return {"similarity": {f.name: with_interval(mean, [
+            similarity(self.compared(f, r["parsed"].get(f.name)), self.compared(f, r["gold"].get(f.name)))
+            if r["parsed"] is not None else 0.0 for r in rows], samples) for f in long}}
+
+
+INVALID = "(invalid)"  # the confusion matrix's column for a prediction outside a class field's choices
+
+
+class Enum(Text):
+    """`enum`: classification, a value is one of the field's choices; macro-F1 and a confusion matrix."""
+
+    name = "enum"
+    groundable = False
+    classes = True
+    headline_rank = 1
+
+    def declaration_problem(self, spec):
+        if spec.choices is None and spec.choices_file is None:
+            return "an enum field needs its choices (choices or choices_file)"
+        return super().declaration_problem(spec)
+
+    def pairs(self, spec: FieldSpec, rows: Rows, written: dict[str, str]) -> list[tuple[str, str | None]]:
+        """(gold class, predicted class or None: unparseable or outside the choices), classes as `written`."""
+        out = []
+        for r in rows:
+            p = self.compared(spec, r["parsed"].get(spec.name)) if r["parsed"] is not None else None
+            g = self.compared(spec, r["gold"].get(spec.name))
+            out.append((written.get(g, g), written.get(p)))
+        return out
+
+    def written(self, spec: FieldSpec, choices: Choices) -> dict[str, str]:
+        """Each class as compared -> as the recipe writes it, in its order."""
+        out: dict[str, str] = {}
+        for choice in choices(spec.name):
+            out.setdefault(self.compared(spec, choice), choice)
+        return out
+
+    def metrics(self, specs, rows, choices, samples):
+        """Macro-F1 and the confusion matrix (rows gold, columns predicted; INVALID: unparseable or outside the
+        choices). Classes are listed as the recipe writes them, in its order."""
+        out = {}
+        for spec in specs:
+            written = self.written(spec, choices)
+            pairs = self.pairs(spec, rows, written)
+            classes = [c for c in written.values() if any(c in pair for pair in pairs)]
+            columns = classes + ([INVALID] if any(p is None for _, p in pairs) else [])
+            counts = [[sum(1 for g, p in pairs if g == gold and (p or INVALID) == column) for column in columns]
+                      for gold in classes]
+            out[spec.name] = {"macro_f1": with_interval(macro_f1, pairs, samples),
+                              "confusion": {"gold": classes, "predicted": columns, "counts": counts}}
+        return {"enums": out}
+
+    def headline(self, specs, choices):
+        """The macro-F1 of the task's one class field (several: no single headline of this type)."""
+        if len(specs) != 1:
+            return None
+        spec, written = specs[0], self.written(specs[0], choices)
+        return Headline(f"macro-F1 of {spec.name}", lambda row: self.pairs(spec, [row], written)[0], macro_f1)
+
+
+class Entities(FieldType):
+    """`list[str]`: entities, compared as multisets (order-free); entity precision, recall and F1."""
+
+    name = "list[str]"
+    text = groundable = listed = True
+    headline_rank = 2
+
+    def problem(self, spec, value):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return f"must be a list of strings, got {_shown(value)}"
+        if spec.max_items is not None and len(value) > spec.max_items:
+            return f"has {len(value)} items, over max_items={spec.max_items}"
+        return None
+
+    def items(self, value):
+        return value
+
+    def compared(self, spec, value):
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            return NO_VALUE
+        return tuple(sorted(n for v in value if (n := normalise(v, spec.normalise))))
+
+    def vote_key(self, spec, value):
+        """A list's items in any order."""
+        return json.dumps(sorted(v.strip() for v in value), ensure_ascii=False)
+
+    def voted_value(self, spec, value):
+        """The items stripped, in the first answer's order."""
+        return [v.strip() for v in value]
+
+    def schema(self, spec, choices, max_enum):
         item: dict[str, Any] = {"type": "string"}
         if spec.max_chars:
             item["maxLength"] = spec.max_chars
@@ -169,23 +286,244 @@ def schema(spec: FieldSpec, choices: list[str] | None, max_enum: int) -> dict[st
         if spec.max_items is not None:
             out["maxItems"] = spec.max_items
         return out
-    return {"type": {"int": "integer", "float": "number", "bool": "boolean"}[spec.type],
-            "description": spec.description}
+
+    def multiset(self, spec: FieldSpec, value: Any) -> Counter:
+        """A value as a multiset of compared items (a wrong-typed prediction is none)."""
+        c = self.compared(spec, value)
+        return Counter(() if c is NO_VALUE else c)
+
+    def slot_counts(self, spec, predicted, gold):
+        """Entities as multisets: each predicted item matching a gold item is TP, each other predicted item FP,
+        each gold item left unmatched FN."""
+        g, p = self.multiset(spec, gold), self.multiset(spec, predicted)
+        tp = sum((g & p).values())
+        return tp, sum(p.values()) - tp, sum(g.values()) - tp
+
+    def record_counts(self, specs: list[FieldSpec], row: dict) -> Counts:
+        """One record's counts summed over the fields."""
+        parsed = row["parsed"] or {}
+        return tuple(map(sum, zip(*(self.slot_counts(f, parsed.get(f.name), row["gold"].get(f.name))
+                                    for f in specs))))
+
+    def metrics(self, specs, rows, choices, samples):
+        """Precision, recall and F1 of each list field and over all of them, micro over records."""
+        def prf(names: list[FieldSpec]) -> dict:
+            per_record = [self.record_counts(names, r) for r in rows]
+            return {k: with_interval(stat, per_record, samples)
+                    for k, stat in (("precision", precision), ("recall", recall), ("f1", f1))}
+
+        return {"entities": {**{f.name: prf([f]) for f in specs}, "overall": prf(specs)}}
+
+    def headline(self, specs, choices):
+        return Headline("entity F1 (micro, every list field)", lambda row: self.record_counts(specs, row), f1)
 
 
-def is_long_text(spec: FieldSpec, choices: list[str] | None) -> bool:
-    """A free-text field long enough that partial credit (similarity) says something beside exact match."""
-    return spec.type == "str" and choices is None and (spec.max_chars is None or spec.max_chars >= LONG_TEXT)
+class Number(FieldType):
+    """`float`: any finite number (text that reads as one counts when predicted)."""
+
+    name = "float"
+    json_type = "number"
+
+    def number(self, value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    def problem(self, spec, value):
+        return None if self.number(value) else f"must be a number, got {_shown(value)}"
+
+    def read(self, value: Any) -> Any:
+        """A finite number, from a number or its text; else NO_VALUE."""
+        if value is None:
+            return NO_VALUE
+        try:
+            number = float(normalise(value, ["strip", "width"]))
+        except ValueError:
+            return NO_VALUE
+        return number if math.isfinite(number) else NO_VALUE
+
+    def compared(self, spec, value):
+        number = self.read(value)
+        return NO_VALUE if number is NO_VALUE else round(number, 9)
+
+
+class Integer(Number):
+    """`int`: a whole number (2.0 is 2)."""
+
+    name = "int"
+    json_type = "integer"
+
+    def problem(self, spec, value):
+        if self.number(value) and float(value).is_integer():
+            return None
+        return f"must be an integer, got {_shown(value)}"
+
+    def compared(self, spec, value):
+        number = self.read(value)
+        return int(number) if number is not NO_VALUE and number.is_integer() else NO_VALUE
+
+
+class Boolean(FieldType):
+    """`bool`: true or false (the text "true"/"false" counts when predicted)."""
+
+    name = "bool"
+    json_type = "boolean"
+
+    def problem(self, spec, value):
+        return None if isinstance(value, bool) else f"must be true or false, got {_shown(value)}"
+
+    def compared(self, spec, value):
+        if value is None:
+            return NO_VALUE
+        return {"true": True, "false": False}.get(normalise(value, ["strip", "lower"]), NO_VALUE)
+
+
+TYPES: dict[str, FieldType] = {}
+
+
+def register(field_type: FieldType) -> FieldType:
+    """Make a type usable as a recipe field's `type` (by its name). Registering a name again replaces it."""
+    TYPES[field_type.name] = field_type
+    return field_type
+
+
+for _builtin in (Text(), Enum(), Entities(), Integer(), Number(), Boolean()):
+    register(_builtin)
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _listing(names) -> str:
+    names = list(names)
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
+
+
+class FieldSpec(BaseModel):
+    """One field of a recipe's answer (`fields:` in the recipe, a list of these)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str = Field(description="The field's key in every answer and label.")
+    type: str = Field(default="str", description="What the field holds, one of the registered field types "
+                      "(docs/field-types.md): str, enum (one of its choices: classification), list[str] (entities, "
+                      "compared order-free), int, float or bool.")
+    description: str = Field(description="What the field holds, in words: the JSON schema's description, which "
+                             "guided decoding and the teacher see.")
+    normalise: list[Normaliser] = Field(default_factory=lambda: ["strip", "width"], description=(
+        "Normalisers applied, in order, before values are compared, checked against choices or grounded: strip "
+        "(outer whitespace), width (full-width to half-width), digits (digits only), lower, nospace (no "
+        "whitespace)."))
+    grounded: bool = Field(default=False, description="A grounded value must occur in the input after "
+                           "normalisation, else the teacher's label is rejected (text and entity fields).")
+    max_chars: int | None = Field(default=None, gt=0, description=(
+        "The longest sensible value: the schema's maxLength, so guided decoding ends a string a looping model "
+        "would otherwise run on until max_new_tokens, leaving unparseable JSON."))
+    max_items: int | None = Field(default=None, gt=0, description=(
+        "A list's most items: the schema's maxItems, which ends a list a looping model would run on."))
+    choices: list[str] | None = Field(default=None, description=(
+        "A closed set: the values a label may take. Labels outside it are refused; sets of up to 512 values "
+        "become the schema's enum."))
+    choices_file: str | None = Field(default=None, description=(
+        "The closed set one value a line in a UTF-8 file (recipe-relative; an empty line allows \"\"), instead "
+        "of choices."))
+
+    @field_validator("type")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value not in TYPES:
+            raise ValueError(" or ".join(", ".join(map(repr, TYPES)).rsplit(", ", 1)))
+        return value
+
+    @model_validator(mode="after")
+    def _fits_its_type(self) -> FieldSpec:
+        if self.choices is not None and self.choices_file is not None:
+            raise ValueError("either choices or choices_file, not both")
+        problem = kind(self).declaration_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+def kind(spec: FieldSpec) -> FieldType:
+    """The field's type object."""
+    return TYPES[spec.type]
+
+
+def not_classes(specs: list[FieldSpec]) -> list[str]:
+    """The fields that are not classes (a value one of its choices): empty where every field is one, as option
+    likelihood, a classifier baseline and the classification head need."""
+    return [f.name for f in specs if not kind(f).classes]
+
+
+def type_problem(spec: FieldSpec, value: Any) -> str | None:
+    """Why a label's value does not have the field's type (None: it does). Closed sets are checked apart."""
+    return kind(spec).problem(spec, value)
+
+
+def disallowed(spec: FieldSpec, value: Any, allowed: frozenset[str] | None) -> list[str]:
+    """The items of a (type-checked) value outside the field's closed set (`allowed`, normalised), as given;
+    [] for an open field (allowed None)."""
+    if allowed is None:
+        return []
+    return [v for v in kind(spec).items(value) if normalise(v, spec.normalise) not in allowed]
+
+
+def ungrounded(spec: FieldSpec, value: Any, text: str) -> list[str]:
+    """The non-empty items of a grounded field's value that do not occur in the input (after normalising)."""
+    if not spec.grounded:
+        return []
+    haystack = normalise(text, spec.normalise)
+    return [v for v in kind(spec).items(value) if (n := normalise(v, spec.normalise)) and n not in haystack]
+
+
+def is_empty(spec: FieldSpec, value: Any) -> bool:
+    """A value that says nothing: blank text. An empty list is an answer (no entity in this input), and numbers
+    and booleans always say something."""
+    return kind(spec).is_empty(spec, value)
+
+
+def equal(spec: FieldSpec, predicted: Any, gold: Any) -> bool:
+    p = kind(spec).compared(spec, predicted)
+    return p is not NO_VALUE and p == kind(spec).compared(spec, gold)
+
+
+def vote_key(spec: FieldSpec, value: Any) -> str:
+    """Answers with the same key are the same vote: stripped text; a list's items in any order."""
+    return kind(spec).vote_key(spec, value)
+
+
+def voted_value(spec: FieldSpec, value: Any) -> Any:
+    """What a vote keeps: text stripped, a list's items stripped in the first answer's order."""
+    return kind(spec).voted_value(spec, value)
+
+
+def slot_counts(spec: FieldSpec, parsed: dict | None, gold: dict) -> Counts:
+    """One field of one record as (TP, FP, FN), by its type; an unparseable answer (parsed None) predicts
+    nothing."""
+    return kind(spec).slot_counts(spec, parsed.get(spec.name) if parsed is not None else None, gold.get(spec.name))
+
+
+def type_metrics(specs: list[FieldSpec], rows: Rows, choices: Choices, samples: list[list[int]]) -> dict:
+    """Every type's own metric sections for the fields of that type, types in registry order."""
+    out: dict = {}
+    for t in TYPES.values():
+        mine = [f for f in specs if kind(f) is t]
+        if mine:
+            out.update(t.metrics(mine, rows, choices, samples))
+    return out
+
+
+def headline(specs: list[FieldSpec], choices: Choices) -> Headline:
+    """The figure a task is judged by, the headline its field types call for: the highest-ranked type among its
+    fields that offers one (entity F1 over every list field; else the macro-F1 of its one enum field), else
+    whole-record exact match."""
+    for t in sorted(TYPES.values(), key=lambda t: -t.headline_rank):
+        mine = [f for f in specs if kind(f) is t]
+        if mine and (found := t.headline(mine, choices)) is not None:
+            return found
+    return EXACT_MATCH
 
 
 def similarity(a: str, b: str) -> float:
     """1 - Levenshtein distance / the longer length: 1.0 for equal strings (both empty included)."""
-    if not a and not b:
-        return 1.0
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return 1 - previous[-1] / max(len(a), len(b))
+    return Levenshtein.normalized_similarity(a, b)

@@ -83,7 +83,7 @@ def check_answer(recipe: Recipe, text: str, answer: Answer) -> tuple[dict | None
     if all(is_empty(f, label[f.name]) for f in recipe.fields):
         return None, "empty", "every field is empty"
     for f in recipe.fields:
-        if outside := disallowed(recipe, f, label[f.name]):
+        if outside := disallowed(f, label[f.name], recipe.allowed_values(f.name)):
             return None, "not allowed", f"{f.name}={outside[0]!r} is not one of the recipe's allowed values"
         if missing := ungrounded(f, label[f.name], text):
             return None, "ungrounded", f"{f.name}={missing[0]!r} does not occur in the input"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from toolkit.errors import StageError
+from toolkit.fields import not_classes
 from toolkit.infer import Backend, Generation, Messages
 from toolkit.recipe import Recipe
 
@@ -59,7 +60,7 @@ class LikelihoodBackend(Backend):
     name = "likelihood"
 
     def __init__(self, recipe: Recipe, model: str, thinking_off: bool = False, batch_size: int = 8):
-        others = [f.name for f in recipe.fields if f.type != "enum"]
+        others = not_classes(recipe.fields)
         if others:
             raise StageError(f"option likelihood chooses among classes: {', '.join(others)} is not an enum field")
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from toolkit.errors import StageError
+from toolkit.fields import not_classes
 from toolkit.manifest import Manifest
 from toolkit.recipe import Recipe
 
@@ -407,7 +408,7 @@ def no_head(ctx: Context) -> str | None:
 
 
 def not_all_enum(ctx: Context) -> str | None:
-    if any(f.type != "enum" for f in ctx.recipe.fields):
+    if not_classes(ctx.recipe.fields):
         return "option likelihood chooses among classes, and not every field is enum"
     return None
 

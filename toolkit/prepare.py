@@ -40,7 +40,7 @@ def check_label(recipe: Recipe, label, path: Path, line: int) -> dict:
         problem = type_problem(f, label[f.name])
         if problem:
             raise DataError(path, line, f"field {f.name!r} {problem}")
-        outside = disallowed(recipe, f, label[f.name])
+        outside = disallowed(f, label[f.name], recipe.allowed_values(f.name))
         if outside:
             raise DataError(path, line, f"{f.name} {outside[0]!r} is not one of the allowed values "
                             f"({recipe.choices_source(f.name)})")

@@ -15,6 +15,7 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
                       model_validator)
 
+from toolkit.fields import FieldSpec, kind, normalise, not_classes
 from toolkit.jsonl import DataError, file_problem, iter_lines, read_text
 
 
@@ -24,45 +25,6 @@ class RecipeError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-Normaliser = Literal["strip", "width", "digits", "lower", "nospace"]
-
-
-class FieldSpec(_Strict):
-    name: str
-    # What the field holds (toolkit/fields.py): str, enum (one of its choices: classification), list[str]
-    # (entities, compared order-free), int, float or bool.
-    type: Literal["str", "enum", "list[str]", "int", "float", "bool"] = "str"
-    description: str
-    normalise: list[Normaliser] = Field(default_factory=lambda: ["strip", "width"])
-    # A grounded value must occur in the input after normalisation, else the teacher's label is rejected.
-    grounded: bool = False
-    # The longest sensible value: the schema's maxLength, so guided decoding ends a string a looping model
-    # would otherwise run on until max_new_tokens, leaving unparseable JSON.
-    max_chars: int | None = Field(default=None, gt=0)
-    # A list's most items: the schema's maxItems, which ends a list a looping model would run on.
-    max_items: int | None = Field(default=None, gt=0)
-    # A closed set: the values a label may take, inline or one a line in a UTF-8 file (recipe-relative; an
-    # empty line allows ""). Labels outside it are refused; small sets become the schema's enum.
-    choices: list[str] | None = None
-    choices_file: str | None = None
-
-    @model_validator(mode="after")
-    def _one_source_of_choices(self) -> FieldSpec:
-        from toolkit.fields import GROUNDABLE, TEXT_TYPES
-
-        if self.choices is not None and self.choices_file is not None:
-            raise ValueError("either choices or choices_file, not both")
-        if self.type == "enum" and self.choices is None and self.choices_file is None:
-            raise ValueError("an enum field needs its choices (choices or choices_file)")
-        if self.type not in TEXT_TYPES and (self.choices is not None or self.choices_file is not None):
-            raise ValueError(f"choices apply to text fields, not to type {self.type}")
-        if self.grounded and self.type not in GROUNDABLE:
-            raise ValueError(f"grounded applies to str and list[str] fields, not to type {self.type}")
-        if self.max_items is not None and self.type != "list[str]":
-            raise ValueError("max_items applies to list[str] fields only")
-        return self
 
 
 class Prompts(_Strict):
@@ -295,7 +257,7 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _head_has_one_enum(self) -> Recipe:
-        if self.classification_head and [f.type for f in self.fields] != ["enum"]:
+        if self.classification_head and (len(self.fields) != 1 or not_classes(self.fields)):
             raise ValueError("classification_head needs exactly one field, of type enum (its choices are the "
                              f"head's labels); this recipe has {[f'{f.name}: {f.type}' for f in self.fields]}")
         return self
@@ -333,8 +295,6 @@ class Recipe(_Strict):
     def allowed_values(self, field_name: str) -> frozenset[str] | None:
         """The values a field's label may take, normalised with the field's normalisers; None: any value."""
         if field_name not in self._allowed_cache:
-            from toolkit.fields import normalise
-
             values, steps = self.choices(field_name), self.field(field_name).normalise
             self._allowed_cache[field_name] = None if values is None else frozenset(normalise(v, steps) for v in values)
         return self._allowed_cache[field_name]
@@ -345,11 +305,9 @@ class Recipe(_Strict):
 
     def json_schema(self) -> dict[str, Any]:
         """The JSON schema of one answer, for guided decoding and for validating labels."""
-        from toolkit.fields import schema
-
         return {
             "type": "object",
-            "properties": {f.name: schema(f, self.choices(f.name), MAX_ENUM) for f in self.fields},
+            "properties": {f.name: kind(f).schema(f, self.choices(f.name), MAX_ENUM) for f in self.fields},
             "required": self.field_names,
             "additionalProperties": False,
         }
