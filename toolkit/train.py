@@ -189,15 +189,14 @@ def training_minutes(output_dir: Path) -> float | None:
 def stale_trainers(output_dir: Path) -> list[int]:
     """Processes still training into output_dir. torchrun starts its workers in sessions of their own, so a
     `kill -9` of xtk (and of its process group) leaves them training, rotating away the checkpoint a re-run
-    would resume from. Linux only (/proc); elsewhere none are found."""
+    would resume from."""
+    import psutil
+
     target, pids = str(output_dir.resolve()), []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
+    for proc in psutil.process_iter(["cmdline"]):
+        args = proc.info["cmdline"] or []  # None: not ours to read, or a zombie
         if "--output_dir" in args[:-1] and args[args.index("--output_dir") + 1] == target:
-            pids.append(int(proc.name))
+            pids.append(proc.pid)
     return pids
 
 
