@@ -33,12 +33,12 @@ from pathlib import Path
 from recipe_cpu import ROOT, figures, reusable, run, save
 
 sys.path.insert(0, str(ROOT))
-from toolkit.datagen.logistics_zh import places  # noqa: E402
 from toolkit.jsonl import read_jsonl  # noqa: E402
 from toolkit.models import MARKER  # noqa: E402
 from toolkit.pipeline import EVAL_CONFIG, config_digest  # noqa: E402
 from toolkit.recipe import load_recipe  # noqa: E402
 from toolkit.stats import proportion  # noqa: E402
+from toolkit.tasks.logistics_zh.generate import places  # noqa: E402
 from toolkit.train import checkpoints, run_merge  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "logistics_zh.yaml"

@@ -7,13 +7,13 @@ import json
 import pytest
 
 from conftest import ROOT
-from toolkit.classical import jieba_entities
 from toolkit.datagen import generate
 from toolkit.errors import StageError
 from toolkit.infer import RulesBackend
 from toolkit.jsonl import read_jsonl
 from toolkit.prepare import run_prepare
 from toolkit.recipe import load_recipe
+from toolkit.tasks.msra_ner.baseline import jieba_entities
 
 SENTIMENT = ROOT / "recipes" / "review_sentiment_zh.yaml"
 

@@ -5,9 +5,9 @@ import pytest
 
 from conftest import ROOT
 from toolkit.datagen import generate
-from toolkit.datagen.logistics_zh import (FORMATS, LogisticsGenerator, normalise_text, places,
-                                          shared_district_names)
 from toolkit.jsonl import read_jsonl
+from toolkit.tasks.logistics_zh.generate import (FORMATS, LogisticsGenerator, normalise_text, places,
+                                                 shared_district_names)
 
 DATA = ROOT / "datasets" / "logistics_zh"
 

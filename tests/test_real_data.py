@@ -8,13 +8,13 @@ import pytest
 
 from conftest import ROOT
 from toolkit.datagen import generate
-from toolkit.datagen.msra_ner import sentences
 from toolkit.datagen.sources import fetch
 from toolkit.errors import StageError
 from toolkit.fields import ungrounded
 from toolkit.jsonl import DataError, read_jsonl
 from toolkit.prepare import normalise_input, read_record, read_records, run_prepare
 from toolkit.recipe import load_recipe
+from toolkit.tasks.msra_ner.generate import sentences
 
 # sha256 of every file as built on the machine this was written on: another machine must give the same bytes
 BUILT = {

@@ -148,12 +148,12 @@ def test_choices_and_choices_file_together_are_refused(tmp_path):
 
 def test_code_is_named_as_module_function_and_a_wrong_name_says_which_key():
     with pytest.raises(RecipeError, match=r"key 'baseline' \(from a command-line override\): expected "
-                                          r"module:function \(e.g. toolkit.baseline:answer\), got "
-                                          r"'toolkit.baseline.answer'$"):
-        load_recipe(RECIPE, None, ["baseline=toolkit.baseline.answer"])
-    with pytest.raises(RecipeError, match=r"recipe key baseline: toolkit.baseline:nope: toolkit.baseline has no "
-                                          r"function"):
-        load_ref("toolkit.baseline:nope", "baseline")
+                                          r"module:function \(e.g. toolkit.classical:tfidf_logreg\), got "
+                                          r"'toolkit.tasks.logistics_zh.baseline.answer'$"):
+        load_recipe(RECIPE, None, ["baseline=toolkit.tasks.logistics_zh.baseline.answer"])
+    with pytest.raises(RecipeError, match=r"recipe key baseline: toolkit.tasks.logistics_zh.baseline:nope: "
+                                          r"toolkit.tasks.logistics_zh.baseline has no function"):
+        load_ref("toolkit.tasks.logistics_zh.baseline:nope", "baseline")
     with pytest.raises(RecipeError, match=r"recipe key data.generator: no_such_module:build: cannot import"):
         load_ref("no_such_module:build", "data.generator")
 

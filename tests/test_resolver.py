@@ -6,13 +6,13 @@ import shutil
 
 import pytest
 from conftest import RECIPE
-from toolkit.datagen.logistics_zh import shared_district_names
-from toolkit.jsonl import read_jsonl, write_json, write_jsonl
 from toolkit.errors import StageError
+from toolkit.jsonl import read_jsonl, write_json, write_jsonl
 from toolkit.pipeline import identity, open_run, role, run_stage
 from toolkit.recipe import load_recipe
 from toolkit.report import run_report
-from toolkit.resolver import complete_admin
+from toolkit.tasks.logistics_zh.generate import shared_district_names
+from toolkit.tasks.logistics_zh.resolver import complete_admin
 
 
 def test_a_unique_district_gives_its_prefecture_and_province():
@@ -73,7 +73,7 @@ def test_the_resolved_row_rescores_the_students_answers_and_leaves_them_alone(tm
         assert m["n"] == 3 and m["exact_match"]["value"] == 1 / 3  # only the first: its district is in the table
         assert m["fields"]["province"]["value"] == 2 / 3 and m["fields"]["district"]["value"] == 1 / 3
         assert m["json_parse_rate"]["value"] == 2 / 3
-        assert m["role"] == "resolved" and m["identity"]["resolver"] == "toolkit.resolver:complete_admin"
+        assert m["role"] == "resolved" and m["identity"]["resolver"] == "toolkit.tasks.logistics_zh.resolver:complete_admin"
         assert m["backend"] == "vllm + resolver" and m["source"] == f"student-{test}"
         rows = read_jsonl(run / "eval" / f"resolved-{test}" / "predictions.jsonl")
         assert [r["exact"] for r in rows] == [True, False, False] and rows[2]["parsed"] is None

@@ -1,4 +1,5 @@
-"""Classical baselines: what a user tries before any model, named by a recipe's `baseline:` key.
+"""Classical baselines for any recipe: what a user tries before any model, named by a recipe's `baseline:` key
+(a task's own baseline lives with its task, e.g. toolkit/tasks/msra_ner/baseline.py).
 
 A baseline is a function text -> the answer's JSON text. One that learns is marked @trained: it is given the
 run's training split (the very records the student trains on, never the test) and returns such a function.
@@ -49,23 +50,3 @@ def tfidf_logreg(recipe: Recipe, examples: list[tuple[str, dict]]) -> Answer:
         return json.dumps({name: str(m.predict([text])[0]) for name, m in models.items()}, ensure_ascii=False)
 
     return answer
-
-
-# jieba's part-of-speech tags for names: nr person (nrfg, nrt: other person names), ns place, nt organisation.
-JIEBA_TAGS = {"nr": "persons", "ns": "locations", "nt": "organizations"}
-
-
-def jieba_entities(text: str) -> str:
-    """Persons, locations and organisations by jieba's part-of-speech tagger (its HMM on, as jieba's default):
-    the dictionary-and-HMM way to find names in Chinese without a trained NER model. Entities are listed in the
-    order they occur, repeats kept, as MSRA's gold lists are."""
-    import jieba
-    import jieba.posseg
-
-    jieba.setLogLevel(60)  # its "Building prefix dict" chatter on stderr
-    found = {field: [] for field in JIEBA_TAGS.values()}
-    for pair in jieba.posseg.cut(text):
-        field = JIEBA_TAGS.get(pair.flag[:2])
-        if field:
-            found[field].append(pair.word)
-    return json.dumps(found, ensure_ascii=False)

@@ -35,7 +35,7 @@ class Prompts(_Strict):
 
 def _code_ref(ref: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", ref):
-        raise ValueError("module:function (e.g. toolkit.baseline:answer)")
+        raise ValueError("module:function (e.g. toolkit.classical:tfidf_logreg)")
     return ref
 
 

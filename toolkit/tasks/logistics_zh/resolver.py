@@ -12,7 +12,7 @@ from functools import lru_cache
 @lru_cache(maxsize=1)
 def _index() -> tuple[dict[str, list], dict[str, set[str]]]:
     """Places by district name, and provinces by city name, from the table the generator labels with."""
-    from toolkit.datagen.logistics_zh import places
+    from toolkit.tasks.logistics_zh.generate import places
 
     by_district: dict[str, list] = defaultdict(list)
     provinces: dict[str, set[str]] = defaultdict(set)

@@ -1,0 +1,1 @@
+"""review_sentiment_zh: positive or negative shopping reviews; its generator."""
