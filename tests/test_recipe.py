@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from conftest import RECIPE, ROOT
-from toolkit.recipe import Recipe, RecipeError, load_recipe, load_ref, parse_override
+from toolkit.recipe import Recipe, RecipeError, load_recipe, load_ref, parse_override, recipe_keys
 
 
 def shipped_recipes() -> list:
@@ -172,3 +172,27 @@ def test_the_cpu_profile_decodes_to_the_schema_and_the_transformers_engine_says_
     err = capsys.readouterr().err
     assert "needs the vllm backend, not transformers" in err and "eval.guided_json=false" in err
     assert not list(tmp_path.rglob("metrics.json"))  # nothing evaluated, nothing half-written
+
+
+def test_every_recipe_key_is_documented_where_it_is_declared():
+    keys = recipe_keys()
+    assert {"train.lora_rank", "eval.vllm.max_model_len", "fields.*.choices_file", "data.spread_over"} <= {
+        k.path for k in keys}
+    assert not [k.path for k in keys if not k.description.strip()]
+    hidden = {name: info for name, info in Recipe.model_fields.items() if name in ("root", "profile")}
+    assert hidden and all(info.description for info in hidden.values())  # set by xtk, documented all the same
+
+
+def test_recipe_keys_prints_type_default_value_and_description(capsys):
+    from toolkit.cli import main
+
+    assert main(["recipe", "keys", str(RECIPE), "--profile", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "\ntrain.lora_rank: int > 0; default required; value 8\n    LoRA rank" in out
+    assert '\nfields.0.name: str; default required; value "district"\n' in out
+    assert "\neval.backend: auto | vllm | transformers | openai; default \"auto\"; value " in out
+    assert "\nbaseline: module:function | null; default null; value " in out
+    assert main(["recipe", "keys"]) == 0
+    out = capsys.readouterr().out
+    assert "\neval.vllm.max_model_len: int > 0; default 4096\n" in out and "; value " not in out
+    assert "fields.*.max_items: int | null > 0; default null\n" in out

@@ -94,6 +94,17 @@ def cmd_recipe_show(args) -> None:
     print(yaml.safe_dump(_recipe(args).public_dict(), allow_unicode=True, sort_keys=False), end="")
 
 
+def cmd_recipe_keys(args) -> None:
+    import textwrap
+
+    from toolkit.recipe import recipe_keys
+
+    for key in recipe_keys(_recipe(args) if args.recipe else None):
+        value = f"; value {key.value}" if key.value is not None else ""
+        print(f"{key.path}: {key.type}; default {key.default}{value}")
+        print(textwrap.indent(textwrap.fill(key.description, 100), "    "))
+
+
 def cmd_advise(args) -> None:
     import json
 
@@ -215,6 +226,12 @@ COMMANDS: tuple[Command, ...] = (
     )),
     Command("models list", "list the embedded models: kind, licence, size, whether pulled", cmd_models_list),
     Command("recipe show", "print a recipe as resolved (profile and overrides applied)", cmd_recipe_show, RECIPE),
+    Command("recipe keys", "every recipe key (dotted path) with its type, default and description; given a recipe, "
+            "its value there too", cmd_recipe_keys, (
+                A("recipe", nargs="?", help="recipe YAML whose values to show (profile applied), e.g. "
+                  "recipes/logistics_zh.yaml"),
+                RECIPE[1],
+            )),
     Command("advise", "which student? per candidate: licence, kind against the labelled rows, LoRA training and "
             "inference memory, tokens per record; then the bakeoff spec for those that pass", cmd_advise, RECIPE + (
                 A("--rows", type=int, help="labelled rows you will have (default: what the recipe's data gives)"),

@@ -404,9 +404,9 @@ class FieldSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     name: str = Field(description="The field's key in every answer and label.")
-    type: str = Field(default="str", description="What the field holds, one of the registered field types "
-                      "(docs/field-types.md): str, enum (one of its choices: classification), list[str] (entities, "
-                      "compared order-free), int, float or bool.")
+    type: str = Field(default="str", description="What the field holds: a registered field type (docs/field-types.md); "
+                      "built in: str, enum (one of its choices: classification), list[str] (entities, compared "
+                      "order-free), int, float and bool.")
     description: str = Field(description="What the field holds, in words: the JSON schema's description, which "
                              "guided decoding and the teacher see.")
     normalise: list[Normaliser] = Field(default_factory=lambda: ["strip", "width"], description=(

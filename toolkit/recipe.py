@@ -7,9 +7,12 @@ file, the key (with its line when it came from the file) and what was expected.
 from __future__ import annotations
 
 import copy
+import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
@@ -28,9 +31,11 @@ class _Strict(BaseModel):
 
 
 class Prompts(_Strict):
-    teacher: str
-    base: str  # the detailed prompt, for models that were not fine-tuned
-    student: str  # the short prompt the student is trained and evaluated with
+    teacher: str = Field(description=(
+        "The teacher's prompt file (recipe-relative): the detailed instructions the teacher labels with."))
+    base: str = Field(description=(
+        "The detailed prompt file, for models that were not fine-tuned (the base model, option likelihood)."))
+    student: str = Field(description="The short prompt file the student is trained and evaluated with.")
 
 
 def _code_ref(ref: str) -> str:
@@ -58,24 +63,32 @@ def load_ref(ref: str, key: str):
 
 
 class DataSpec(_Strict):
-    # The function that builds this recipe's data files (`xtk data generate NAME`), or none.
-    generator: CodeRef | None = None
-    # Where training labels come from, first that applies: `labelled` (your own {id, text, label} JSONL or
-    # ms-swift messages rows), the teacher labelling `pool` when its key is set, or `pool_gold`.
-    labelled: str | None = None
-    pool: str | None = None  # JSONL {id, text}: raw strings for labelling and training
-    pool_gold: str | None = None  # JSONL {id, label}: the generator's labels, to check a teacher against
-    test: list[str]
-    train_records: int = Field(gt=0)
-    val_fraction: float = Field(ge=0, lt=1)
-    seed: int = 42
-    # Label fields whose values the training rows should cover evenly: when the labelled rows outnumber
-    # train_records, each combination of these fields' values is kept once before any is kept twice (no value
-    # left out by chance, as classes or counties are by a random sample). Empty: a plain random sample.
-    spread_over: list[str] = []
-    # The longest input text accepted for labelling and training: a runaway text must not reach the teacher
-    # as one (paid) request, nor the student's training data.
-    max_input_chars: int = Field(default=4000, gt=0)
+    generator: CodeRef | None = Field(default=None, description=(
+        "The function that builds this recipe's data files (`xtk data generate NAME`), as module:function; null: "
+        "none."))
+    labelled: str | None = Field(default=None, description=(
+        "Your own labelled JSONL ({id, text, label} or ms-swift messages rows): used for training when set, before "
+        "pool and pool_gold."))
+    pool: str | None = Field(default=None, description=(
+        "JSONL {id, text}: raw strings the teacher labels for training (when its key is set; else pool_gold labels "
+        "them)."))
+    pool_gold: str | None = Field(default=None, description=(
+        "JSONL {id, label}: the generator's labels of the pool, to train on without a teacher and to check a teacher "
+        "against."))
+    test: list[str] = Field(description=(
+        "Test JSONL files with gold labels ({id, text, label}); every evaluation scores each of them."))
+    train_records: int = Field(gt=0, description=(
+        "How many labelled rows to train on (training and validation together)."))
+    val_fraction: float = Field(ge=0, lt=1, description=(
+        "The share of training rows held out as the validation split (eval loss, early stopping)."))
+    seed: int = Field(default=42, description="Seed of the training sample and the train/validation split.")
+    spread_over: list[str] = Field(default_factory=list, description=(
+        "Label fields whose values the training rows should cover evenly: when the labelled rows outnumber "
+        "train_records, each combination of these fields' values is kept once before any is kept twice (no value left "
+        "out by chance, as classes or counties are by a random sample). Empty: a plain random sample."))
+    max_input_chars: int = Field(default=4000, gt=0, description=(
+        "The longest input text accepted for labelling and training: a runaway text must not reach the teacher as one "
+        "(paid) request, nor the student's training data."))
 
     @model_validator(mode="after")
     def _some_training_data(self) -> DataSpec:
@@ -87,72 +100,101 @@ class DataSpec(_Strict):
 
 
 class TeacherSpec(_Strict):
-    base_url: str
-    model: str
-    api_key_env: str  # the key is read from this variable and never written anywhere
-    concurrency: int = Field(default=16, gt=0)
-    max_retries: int = Field(default=6, ge=0)
-    timeout_s: float = Field(default=120, gt=0)
-    max_tokens: int = Field(default=512, gt=0)
-    temperature: float = 0.0
-    enable_thinking: bool | None = False  # sent as extra_body for Qwen3 teachers; None sends nothing
-    price_in_per_mtok: float = 0.0
-    price_out_per_mtok: float = 0.0
+    base_url: str = Field(description=(
+        "The teacher's OpenAI-compatible endpoint, e.g. https://dashscope.aliyuncs.com/compatible-mode/v1."))
+    model: str = Field(description="The teacher's served model name.")
+    api_key_env: str = Field(description=(
+        "The environment variable holding the teacher's API key; the key is read from it and never written anywhere."))
+    concurrency: int = Field(default=16, gt=0, description="Requests to the teacher in flight at once.")
+    max_retries: int = Field(default=6, ge=0, description=(
+        "Retries of a failed teacher request (rate limits, server errors, timeouts), with backoff."))
+    timeout_s: float = Field(default=120, gt=0, description="Seconds one teacher request may take.")
+    max_tokens: int = Field(default=512, gt=0, description="The most tokens a teacher answer may have.")
+    temperature: float = Field(default=0.0, description=(
+        "The teacher's sampling temperature (with --votes k above 1, at least 0.7)."))
+    enable_thinking: bool | None = Field(default=False, description=(
+        "Sent as the request's extra_body enable_thinking, for Qwen3 teachers; null sends nothing."))
+    price_in_per_mtok: float = Field(default=0.0, description=(
+        "Price per million input tokens, for the labelling cost reported."))
+    price_out_per_mtok: float = Field(default=0.0, description=(
+        "Price per million output tokens, for the labelling cost reported."))
 
 
 class StudentSpec(_Strict):
-    model: str  # an embedded name (`xtk models list`), a local folder or a hub id
-    model_type: str | None = None
-    template: str | None = None
-    trust_remote_code: bool = False
+    model: str = Field(description=(
+        "The student to fine-tune: an embedded name (`xtk models list`), a local folder or a hub id."))
+    model_type: str | None = Field(default=None, description=(
+        "ms-swift's model type (e.g. qwen3, llama); null: the embedded model's, or ms-swift's guess."))
+    template: str | None = Field(default=None, description=(
+        "ms-swift's chat template name (e.g. chatml); null: the model type's default."))
+    trust_remote_code: bool = Field(default=False, description=(
+        "Allow a model folder that ships its own Python code to run it (as --trust-remote-code)."))
 
 
 class TrainSpec(_Strict):
-    tuner_type: Literal["lora", "full"] = "lora"
-    lora_rank: int = Field(gt=0)
-    lora_alpha: int = Field(gt=0)
-    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
-    target_modules: str = "all-linear"
-    num_train_epochs: float = Field(gt=0)
-    max_steps: int = -1  # > 0 overrides the epochs
-    per_device_train_batch_size: int = Field(gt=0)
-    per_device_eval_batch_size: int = Field(gt=0)
-    gradient_accumulation_steps: int = Field(gt=0)
-    learning_rate: float = Field(gt=0)
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = Field(ge=0, lt=1)
-    weight_decay: float = Field(default=0.1, ge=0)
-    max_length: int = Field(gt=0)
-    torch_dtype: Literal["bfloat16", "float16", "float32"]
-    gradient_checkpointing: bool = True
-    # CPU: the frozen output layer's matmul on contiguous rows, in bfloat16 where the CPU has it
-    # (toolkit/swift_plugin.py); the logits stay in torch_dtype for the loss.
-    bf16_output_layer: bool = False
-    packing: bool = False
-    eval_steps: int = Field(gt=0)
-    save_steps: int = Field(gt=0)
-    save_total_limit: int = Field(gt=0)
-    logging_steps: int = Field(gt=0)
-    dataloader_num_workers: int = Field(ge=0)
-    seed: int = 42
-    # Threads per training process: on 2 cores two processes of one thread each trained fastest (measured:
-    # benchmarks/train_speed.py).
-    omp_num_threads: int | None = None
-    nproc_per_node: int = Field(default=1, gt=0)
-    # Several machines: the same recipe runs on each, node_rank 0..nnodes-1, all meeting at node 0's
-    # master_addr:master_port (ms-swift hands these to torchrun as NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT).
-    # On one machine master_port is left free: a DDP training then gets a port of its own.
-    nnodes: int = Field(default=1, gt=0)
-    node_rank: int = Field(default=0, ge=0)
-    master_addr: str | None = None
-    master_port: int | None = Field(default=None, gt=0, le=65535)
-    # One of ms-swift's shipped ZeRO configs (DEEPSPEED_PRESETS) or a DeepSpeed JSON file (or JSON text).
-    deepspeed: str | None = None
-    # Training to the plateau: stop once the eval loss has not improved for this many evaluations (ms-swift's
-    # --early_stop_interval, counted at checkpoints, hence save_steps = eval_steps) and merge the checkpoint of
-    # lowest eval loss rather than the last. Needs a validation split; num_train_epochs is then the ceiling.
-    early_stop_evals: int | None = Field(default=None, gt=0)
-    extra_args: list[str] = Field(default_factory=list)
+    tuner_type: Literal["lora", "full"] = Field(default="lora", description=(
+        "lora (a low-rank adapter, merged after training) or full (every weight trained)."))
+    lora_rank: int = Field(gt=0, description="LoRA rank: the adapter's inner dimension.")
+    lora_alpha: int = Field(gt=0, description="LoRA alpha: the adapter's output is scaled by alpha / rank.")
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA adapter's input.")
+    target_modules: str = Field(default="all-linear", description=(
+        "The layers LoRA adapts (ms-swift's --target_modules), e.g. all-linear."))
+    num_train_epochs: float = Field(gt=0, description=(
+        "Passes over the training rows (the ceiling when early_stop_evals is set)."))
+    max_steps: int = Field(default=-1, description=(
+        "Optimiser steps to train for; above 0 overrides num_train_epochs, -1: by epochs."))
+    per_device_train_batch_size: int = Field(gt=0, description=(
+        "Training rows per device per step, before gradient accumulation."))
+    per_device_eval_batch_size: int = Field(gt=0, description="Validation rows per device per evaluation step.")
+    gradient_accumulation_steps: int = Field(gt=0, description=(
+        "Batches whose gradients are summed into one optimiser step."))
+    learning_rate: float = Field(gt=0, description="Peak learning rate.")
+    lr_scheduler_type: str = Field(default="cosine", description=(
+        "The learning rate's schedule after warm-up (transformers' names: cosine, linear, constant...)."))
+    warmup_ratio: float = Field(ge=0, lt=1, description="The share of steps the learning rate warms up over.")
+    weight_decay: float = Field(default=0.1, ge=0, description="AdamW's weight decay.")
+    max_length: int = Field(gt=0, description=(
+        "The longest training row in tokens, prompt and answer (ms-swift's --max_length)."))
+    torch_dtype: Literal["bfloat16", "float16", "float32"] = Field(description=(
+        "The precision weights are trained and served in (float32 on CPUs without bfloat16)."))
+    gradient_checkpointing: bool = Field(default=True, description=(
+        "Recompute activations in the backward pass: less memory, more time."))
+    bf16_output_layer: bool = Field(default=False, description=(
+        "CPU: the frozen output layer's matmul on contiguous rows, in bfloat16 where the CPU has it "
+        "(toolkit/swift_plugin.py); the logits stay in torch_dtype for the loss."))
+    packing: bool = Field(default=False, description=(
+        "Pack several short rows into one sequence of max_length (ms-swift's --packing)."))
+    eval_steps: int = Field(gt=0, description="Steps between evaluations of the validation loss.")
+    save_steps: int = Field(gt=0, description=(
+        "Steps between checkpoints (an interrupted training resumes from the last)."))
+    save_total_limit: int = Field(gt=0, description="Checkpoints kept on disk; older ones are deleted.")
+    logging_steps: int = Field(gt=0, description="Steps between training-loss log lines (the loss chart's points).")
+    dataloader_num_workers: int = Field(ge=0, description=(
+        "Worker processes loading training rows; 0 loads them in the training process."))
+    seed: int = Field(default=42, description="Seed of training (initialisation, shuffling, dropout).")
+    omp_num_threads: int | None = Field(default=None, description=(
+        "Threads per training process; null: the environment's. On 2 cores two processes of one thread each trained "
+        "fastest (measured: benchmarks/train_speed.py)."))
+    nproc_per_node: int = Field(default=1, gt=0, description=(
+        "Training processes on this machine (torchrun's workers, one a GPU, or several on a CPU)."))
+    nnodes: int = Field(default=1, gt=0, description=(
+        "Machines training together: the same recipe runs on each, node_rank 0..nnodes-1 (torchrun's NNODES)."))
+    node_rank: int = Field(default=0, ge=0, description=(
+        "This machine's rank among nnodes, counted from 0 (torchrun's NODE_RANK)."))
+    master_addr: str | None = Field(default=None, description=(
+        "The address of node 0, which every node connects to (torchrun's MASTER_ADDR); needed when nnodes > 1."))
+    master_port: int | None = Field(default=None, gt=0, le=65535, description=(
+        "Node 0's rendezvous port (torchrun's MASTER_PORT); null on one machine: a DDP training gets a free port of "
+        "its own."))
+    deepspeed: str | None = Field(default=None, description=(
+        "One of ms-swift's shipped ZeRO configs (zero0 ... zero3_offload), a DeepSpeed JSON file or JSON text; null: "
+        "none."))
+    early_stop_evals: int | None = Field(default=None, gt=0, description=(
+        "Train to the plateau: stop once the eval loss has not improved for this many evaluations (ms-swift's "
+        "--early_stop_interval, counted at checkpoints, hence save_steps = eval_steps) and merge the checkpoint of "
+        "lowest eval loss rather than the last. Needs a validation split; null: train every epoch."))
+    extra_args: list[str] = Field(default_factory=list, description=(
+        "More `swift sft` arguments, passed as given (e.g. [--lorap_lr_ratio, '16'])."))
 
     @field_validator("deepspeed")
     @classmethod
@@ -194,49 +236,64 @@ DEEPSPEED_PRESETS = ("zero0", "zero1", "zero2", "zero3", "zero2_offload", "zero3
 
 
 class VllmSpec(_Strict):
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
-    max_model_len: int = Field(default=4096, gt=0)
-    cpu_kvcache_gib: int = Field(default=4, gt=0)
-    dtype: str = "auto"
-    # GPUs one model is split over (vllm.LLM's tensor_parallel_size): for a model too large for one GPU.
-    tensor_parallel_size: int = Field(default=1, gt=0)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description=(
+        "The share of GPU memory vLLM may take (weights and KV cache)."))
+    max_model_len: int = Field(default=4096, gt=0, description=(
+        "The longest sequence vLLM serves, prompt and answer, in tokens."))
+    cpu_kvcache_gib: int = Field(default=4, gt=0, description=(
+        "CPU vLLM: GiB of memory for the KV cache (VLLM_CPU_KVCACHE_SPACE)."))
+    dtype: str = Field(default="auto", description=(
+        "The dtype vLLM loads weights in; auto: the model's own (float32 on CPUs without bfloat16)."))
+    tensor_parallel_size: int = Field(default=1, gt=0, description=(
+        "GPUs one model is split over (vllm.LLM's tensor_parallel_size): for a model too large for one GPU."))
 
 
 class EvalSpec(_Strict):
-    backend: Literal["auto", "vllm", "transformers", "openai"] = "auto"
-    batch_size: int = Field(default=16, gt=0)
-    max_new_tokens: int = Field(default=256, gt=0)
-    guided_json: bool = False
-    limit: int | None = Field(default=None, gt=0)  # first N records of each test file
-    # The base model before training is scored on fewer records where generation is costly (CPU): it answers
-    # with long non-JSON text to max_new_tokens, and its figure is near 0 with a tight interval anyway.
-    base_limit: int | None = Field(default=None, gt=0)
-    vllm: VllmSpec = Field(default_factory=VllmSpec)
+    backend: Literal["auto", "vllm", "transformers", "openai"] = Field(default="auto", description=(
+        "How models are run for evaluation: vllm, transformers, openai (a served endpoint), or auto (vllm when it "
+        "imports, else transformers)."))
+    batch_size: int = Field(default=16, gt=0, description="Records a generation batch holds.")
+    max_new_tokens: int = Field(default=256, gt=0, description="The most tokens a model's answer may have.")
+    guided_json: bool = Field(default=False, description=(
+        "Constrain generation to the answer's JSON schema (vLLM's guided decoding), for the models that can be "
+        "guided."))
+    limit: int | None = Field(default=None, gt=0, description=(
+        "Score only the first N records of each test file; null: all."))
+    base_limit: int | None = Field(default=None, gt=0, description=(
+        "Score the base model before training on fewer records where generation is costly (CPU): it answers with long "
+        "non-JSON text to max_new_tokens, and its figure is near 0 with a tight interval anyway. Null: as limit."))
+    vllm: VllmSpec = Field(default_factory=VllmSpec, description="vLLM's engine settings.")
 
 
 class Recipe(_Strict):
-    name: str
-    description: str = ""
-    fields: list[FieldSpec]
-    prompts: Prompts
-    data: DataSpec
-    teacher: TeacherSpec
-    student: StudentSpec
-    train: TrainSpec
-    eval: EvalSpec = Field(default_factory=EvalSpec)
-    # The baseline, evaluated as `rules`: a function text -> the answer's JSON text, or a @trained one that first
-    # learns from the run's training split (toolkit/classical.py); none: not evaluated.
-    baseline: CodeRef | None = None
-    # A post-step on the fine-tuned student's answers (text, parsed answer -> answer), scored as its own row
-    # `resolved` beside the pure student's (e.g. completing province/city from the district with a table).
-    resolver: CodeRef | None = None
-    # Also train a linear classification head with ms-swift itself (`swift sft --task_type seq_cls`) and
-    # evaluate it as `head` (toolkit/seqcls.py): the encoder-style alternative to a generative student. One enum
-    # field only: its choices are the head's labels.
-    classification_head: bool = False
-    # Set by `load_recipe`: where relative paths in the recipe are resolved from, and what was applied.
-    root: Path = Path(".")
-    profile: str | None = None
+    name: str = Field(description=(
+        "The task's name: the run folder (runs/<name>/...) and the datasets folder are named by it."))
+    description: str = Field(default="", description="One line saying what the task is, for people.")
+    fields: list[FieldSpec] = Field(description=(
+        "The answer's fields, in the order the student writes them (docs/field-types.md)."))
+    prompts: Prompts = Field(description="The prompt files, recipe-relative.")
+    data: DataSpec = Field(description="Where the training and test data come from.")
+    teacher: TeacherSpec = Field(description="The large model that labels the pool, by an OpenAI-compatible endpoint.")
+    student: StudentSpec = Field(description="The small model to fine-tune.")
+    train: TrainSpec = Field(description="ms-swift training settings (`swift sft`).")
+    eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation settings.")
+    baseline: CodeRef | None = Field(default=None, description=(
+        "The baseline evaluated as `rules`, as module:function: text -> the answer's JSON text, or a @trained one "
+        "that first learns from the run's training split (toolkit/classical.py); null: not evaluated."))
+    resolver: CodeRef | None = Field(default=None, description=(
+        "A post-step on the fine-tuned student's answers, module:function (text, parsed answer) -> answer, scored as "
+        "its own row `resolved` beside the pure student's (e.g. completing province and city from the district by a "
+        "table); null: none."))
+    classification_head: bool = Field(default=False, description=(
+        "Also train a linear classification head with ms-swift itself (`swift sft --task_type seq_cls`) and evaluate "
+        "it as `head` (toolkit/seqcls.py): the encoder-style alternative to a generative student. One enum field "
+        "only: its choices are the head's labels."))
+    root: Path = Field(default=Path("."), description=(
+        "Set by xtk, not in the file: where relative paths in the recipe are resolved from (the folder holding "
+        "recipes/)."))
+    profile: str | None = Field(default=None, description=(
+        "Set by xtk from --profile, not in the file: the profile applied (a key of the file's `profiles:` mapping, "
+        "each overriding any keys)."))
     _choices_cache: dict[str, list[str] | None] = PrivateAttr(default_factory=dict)
     _allowed_cache: dict[str, frozenset[str] | None] = PrivateAttr(default_factory=dict)
 
@@ -314,6 +371,74 @@ class Recipe(_Strict):
 
     def public_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"root"})
+
+
+@dataclass(frozen=True)
+class Key:
+    """One recipe key as `xtk recipe keys` prints it."""
+    path: str  # dotted, as overrides name it: train.lora_rank, fields.0.name
+    type: str
+    default: str  # "required", or the default as JSON
+    description: str
+    value: str | None = None  # as JSON, when a recipe was given
+
+
+def recipe_keys(recipe: Recipe | None = None) -> list[Key]:
+    """Every key a recipe may set, where it is declared: its type, default and description, and its value in
+    `recipe` when one is given. A list of sections (fields) is listed for each of its items in the recipe, else
+    once as `fields.*`. root and profile are set by xtk, not by the file."""
+    out: list[Key] = []
+
+    def walk(model: type[BaseModel], prefix: str, obj: BaseModel | None) -> None:
+        for name, info in model.model_fields.items():
+            if model is Recipe and name in ("root", "profile"):
+                continue
+            path, value = prefix + name, getattr(obj, name) if obj is not None else None
+            section, many = _section(info.annotation)
+            shown = None if obj is None or section else json.dumps(
+                value, ensure_ascii=False, default=str)
+            default = "required" if info.is_required() else json.dumps(
+                info.get_default(call_default_factory=True), ensure_ascii=False, default=str)
+            kind_ = _type_name(info.annotation) + "".join(
+                f" {op} {getattr(m, attr)}" for m in info.metadata
+                for attr, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")) if hasattr(m, attr))
+            out.append(Key(path, kind_, "—" if section else default, info.description or "", shown))
+            if section and many:
+                for i, item in enumerate(value) if obj is not None else [("*", None)]:
+                    walk(section, f"{path}.{i}.", item)
+            elif section:
+                walk(section, path + ".", value)
+
+    walk(Recipe, "", recipe)
+    return out
+
+
+def _section(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """(the model a key's value is, whether a list of them) for a section key; (None, False) for a value."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    args = get_args(annotation)
+    if get_origin(annotation) is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return args[0], True
+    return None, False
+
+
+def _type_name(annotation: Any) -> str:
+    """A key's type as a reader writes it: `int | null`, `lora | full`, `list[str]`, `module:function`."""
+    if annotation is type(None):
+        return "null"
+    if annotation == CodeRef:
+        return "module:function"
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return " | ".join(map(str, args))
+    if origin in (Union, UnionType):
+        return " | ".join(map(_type_name, args))
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(map(_type_name, args))}]"
+    return annotation.__name__ if isinstance(annotation, type) else str(annotation)
 
 
 # A larger closed set (every county) is checked after decoding but left out of the schema: an enum that size
