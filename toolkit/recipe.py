@@ -69,9 +69,7 @@ class DataSpec(_Strict):
     labelled: str | None = Field(default=None, description=(
         "Your own labelled JSONL ({id, text, label} or ms-swift messages rows): used for training when set, before "
         "pool and pool_gold."))
-    pool: str | None = Field(default=None, description=(
-        "JSONL {id, text}: raw strings the teacher labels for training (when its key is set; else pool_gold labels "
-        "them)."))
+    pool: str | None = Field(default=None, description="JSONL {id, text}: raw strings to label for training.")
     pool_gold: str | None = Field(default=None, description=(
         "JSONL {id, label}: the generator's labels of the pool, to train on without a teacher and to check a teacher "
         "against."))
