@@ -27,7 +27,7 @@ def ranks(scores: dict[str, float]) -> dict[str, float]:
 
 
 def percentile_interval(values: list[float]) -> list[float]:
-    """The 2.5th and 97.5th percentiles, as toolkit/scoring.py takes them from its bootstrap."""
+    """The 2.5th and 97.5th percentiles, as toolkit/stats.py takes them from its bootstrap."""
     boot = sorted(values)
     return [boot[int(0.025 * len(boot))], boot[int(0.975 * len(boot)) - 1]]
 
