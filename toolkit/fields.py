@@ -89,8 +89,8 @@ class FieldType:
         if not self.text and (spec.choices is not None or spec.choices_file is not None):
             return f"choices apply to text fields, not to type {self.name}"
         if spec.grounded and not self.groundable:
-            return f"grounded applies to {_listing(t.name for t in TYPES.values() if t.groundable)} fields, not to " \
-                   f"type {self.name}"
+            groundable = _listing(t.name for t in TYPES.values() if t.groundable)
+            return f"grounded applies to {groundable} fields, not to type {self.name}"
         if spec.max_items is not None and not self.listed:
             return f"max_items applies to {_listing(t.name for t in TYPES.values() if t.listed)} fields only"
         return None
