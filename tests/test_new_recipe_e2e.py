@@ -1,5 +1,6 @@
 """A recipe written from scratch (no baseline, no data builder, the user's own labelled JSONL) runs `xtk run`
-end to end on the embedded student, with no code change: the README's "Adding a recipe" in a test."""
+end to end on the embedded student, with no code change: "Adding a recipe" (README.md, in full in
+docs/recipes.md) in a test."""
 
 import json
 import re
