@@ -256,7 +256,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("prepare", "labelled records -> ms-swift messages JSONL, validated, de-duplicated, checked for test leaks, split; "
             "stats.json", _stage("prepare"), RECIPE + OUT + TRUST + (
                 A("--labelled", help="labelled JSONL ({id,text,label} or {messages}) (default: the run's data)"),)),
-    Command("train", "LoRA-train the student with swift sft (resumes an interrupted run); loss.png", _stage("train"),
+    Command("train", "train the student with swift sft (LoRA unless train.tuner_type says full), resuming an "
+            "interrupted run; loss.png with a fit diagnosis", _stage("train"),
             RECIPE + OUT + TRUST),
     Command("merge", "merge the trained LoRA checkpoint (the last, or the best with train.early_stop_evals) into "
             "the run's merged/ with swift export", _stage("merge"), RECIPE + OUT + TRUST),
