@@ -76,7 +76,7 @@ def score_checkpoint(ckpt, rows: int, run_dir, overrides: list[str], recipe) -> 
             {"name": f"logistics_zh student at {ckpt.name}", "base": student.model, "checkpoint": str(ckpt),
              "train_key": want["train_key"], "model_type": student.model_type, "template": student.template},
             indent=2) + "\n")
-    subprocess.run([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--run-dir",
+    subprocess.run([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--out",
                     str(run_dir), "--model", str(merged), "--name", name, *overrides], cwd=ROOT, check=True)
     stamp.write_text(json.dumps(want, indent=2) + "\n")
     return name

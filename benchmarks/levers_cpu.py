@@ -87,7 +87,7 @@ def eval_again(run_dir: Path, source: Path, overrides: list[str]) -> None:
     stamp = run_dir / "evaluated.json"
     if reusable(stamp, want, [run_dir / "eval" / f"student-{t}" / "metrics.json" for t in TESTS]):
         return
-    subprocess.run([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--run-dir",
+    subprocess.run([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--out",
                     str(run_dir), "--model", str(source / "merged"), "--name", "student", *overrides], cwd=ROOT,
                    check=True)
     stamp.write_text(json.dumps(want, indent=2) + "\n")

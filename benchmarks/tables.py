@@ -1,0 +1,305 @@
+"""The measured tables of README.md and docs/*.md, generated from benchmarks/results/*.json so that no figure is
+typed by hand. A table stands between marker comments,
+
+    <!-- table:NAME -->
+    ... (written by this script)
+    <!-- /table -->
+
+and TABLES[NAME] renders it from its results file, with the file's provenance (commit, machine, date) above it.
+
+    .venv/bin/python benchmarks/tables.py           # rewrite every table block in place
+    .venv/bin/python benchmarks/tables.py --check   # exit 1 naming each block that differs from its file
+
+After a benchmark writes a new results file, run the first and read the prose around each table again: the
+words are not regenerated. tests/test_docs.py runs the check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+BLOCK = re.compile(r"(<!-- table:([\w-]+) -->\n)(.*?)(<!-- /table -->)", re.S)
+
+
+# --- formatting --------------------------------------------------------------------------------------------
+
+def pct(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None else f"{100 * x:.{digits}f}"
+
+
+def ci(interval) -> str:
+    lo, hi = interval
+    return f"[{100 * lo:.0f}–{100 * hi:.0f}]"
+
+
+def num(x: float, digits: int = 1) -> str:
+    return f"{x:,.{digits}f}"
+
+
+def rate(x: float) -> str:
+    """Records a second, to about three figures."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+
+def provenance(name: str, data: dict) -> str:
+    git, machine = data["git"], data["machine"]
+    tree = "with uncommitted changes" if git["dirty"] else "clean tree"
+    return (f"From `benchmarks/results/{name}.json`: commit {git['commit'][:7]} ({tree}), {machine['cpu_model']}, "
+            f"{machine['cpus_usable']} cores, {data['date'][:10]}.")
+
+
+# --- one renderer a table ----------------------------------------------------------------------------------
+
+def distill_cpu(d: dict) -> str:
+    fields = list(d["evaluations"]["student-test"]["fields"])
+    names = {"base": "base model, detailed prompt", "student": "**fine-tuned student**",
+             "resolved": "student + resolver (not the student alone)", "rules": "rule baseline"}
+    rows = []
+    for test in ("test", "test_unseen"):
+        for role, label in names.items():
+            e = d["evaluations"].get(f"{role}-{test}")
+            if e:
+                rows.append([label, f"{test}.jsonl", e["n"], f"{pct(e['exact_match'])} {ci(e['exact_match_ci95'])}",
+                             pct(e["json_parse_rate"]), *(pct(e["fields"][f]) for f in fields)])
+    minutes = ", ".join(f"{k} {v}" for k, v in d["stage_minutes"].items() if v >= 1)
+    return (f"{provenance('distill_cpu', d)} {d['recipe']} `--profile {d['profile']}`, {num(d['train_records'], 0)} "
+            f"training rows; whole flow {d['total_minutes']} min ({minutes}); fit: \"{d['fit']}\".\n\n"
+            + table(["model", "test file", "records", "exact match % [95% CI]", "JSON valid %", *fields], rows))
+
+
+def distill_cpu_by_place(d: dict) -> str:
+    part = d["by_what_the_text_names"]
+    kinds = [k for k in part["test"] if "training" not in k]
+    rows = []
+    for kind in kinds:
+        cells = [kind]
+        for test in ("test", "test_unseen"):
+            for key in (kind, f"{kind}, county in training", f"{kind}, county not in training"):
+                s = part[test].get(key)
+                cells.append("—" if not s or not s["n"] else f"{s['n']}, {pct(s['value'])}")
+        rows.append(cells)
+    return (provenance("distill_cpu", d) + " Student exact match by what a test string names: records, exact %.\n\n"
+            + table(["the string names", "test.jsonl", "county in training", "county not in training",
+                     "test_unseen.jsonl", "county in training", "county not in training"], rows))
+
+
+def distill_cpu_curve(d: dict) -> str:
+    c = d["curve"]
+    rows = []
+    for a, b in zip(c["points"]["test"], c["points"]["test_unseen"]):
+        rows.append([num(a["rows"], 0), f"`{a['checkpoint']}`", f"{pct(a['exact_match'])} {ci(a['exact_match_ci95'])}",
+                     f"{pct(b['exact_match'])} {ci(b['exact_match_ci95'])}",
+                     *(f"{pct(a['fields'][f])} / {pct(b['fields'][f])}" for f in ("province", "city", "specific_location"))])
+    fits = "\n".join(f"- `{t}.jsonl`: +{pct(f['per_doubling'])} points per doubling; {pct(f['goal'], 0)}% at "
+                     f"~{num(f['rows_for_goal'], 0)} rows, ~{f['train_minutes_for_goal']} min of training here"
+                     for t, f in c["fit"].items())
+    return (f"{provenance('distill_cpu', d)} {c['minutes']} min on top of the flow, "
+            f"{c['seconds_per_training_row']} s a training row.\n\n"
+            + table(["rows seen", "checkpoint", "test.jsonl exact % [95% CI]", "test_unseen.jsonl exact % [95% CI]",
+                     "province (test / unseen)", "city (test / unseen)", "specific_location (test / unseen)"], rows)
+            + "\n\nA straight line through the points against log(rows), at this training's seconds a row (an extrapolation "
+            "from mid-schedule checkpoints: read it as an order of magnitude):\n" + fits)
+
+
+def levers_cpu(d: dict) -> str:
+    rows = []
+    for name, v in d["variants"].items():
+        t, u = v["scores"]["test"], v["scores"]["test_unseen"]
+        rows.append([name, v["what"], num(v["train_rows"], 0), v["train_minutes"], v["seconds_per_training_row"],
+                     f"{pct(t['exact_match'])} {ci(t['exact_match_ci95'])}",
+                     f"{pct(u['exact_match'])} {ci(u['exact_match_ci95'])}",
+                     f"{t['county_alone']['k']}/{t['county_alone']['n']} / {u['county_alone']['k']}/{u['county_alone']['n']}",
+                     f"{pct(t['fields']['city'])} / {pct(u['fields']['city'])}",
+                     f"{pct(t['fields']['province'])} / {pct(u['fields']['province'])}",
+                     f"{rate(t['records_per_s'])} / {rate(u['records_per_s'])}"])
+    return (provenance("levers_cpu", d) + "\n\n"
+            + table(["variant", "what changes", "training rows", "training min", "s a row", "test.jsonl exact % [95% CI]",
+                     "test_unseen.jsonl exact % [95% CI]", "county alone (test / unseen)", "city (test / unseen)",
+                     "province (test / unseen)", "records/s (test / unseen)"], rows))
+
+
+def train_speed(d: dict) -> str:
+    rows = [[name, r["seconds_per_step"], pct(r["padding_share"]), r["tokens_per_s"], f"{r['ratio_vs_swift_defaults']:.2f}",
+             r["train_gflop_per_s"], r["executed_gflop_per_s"], r["matmul_limit_gflop_per_s"],
+             f"{r['fraction_of_matmul_limit']:.2f}", f"{r['executed_fraction_of_matmul_limit']:.2f}"]
+            for name, r in d["results"].items()]
+    goals = d["goals"]
+    return (f"{provenance('train_speed', d)} {d['sequences_measured_per_variant']} sequences a variant, "
+            f"~{d['tokens_per_sequence']['mean']:.0f} tokens a sequence; goals: ≥ {goals['ratio_vs_swift_defaults']}× "
+            f"the defaults, ≥ {goals['fraction_of_matmul_limit']:.0%} of the matmul limit.\n\n"
+            + table(["variant", "s/step", "padding %", "tokens/s", "vs defaults", "GFLOP/s by the rule",
+                     "executed GFLOP/s", "matmul limit GFLOP/s", "of the limit, by the rule", "executed, of the limit"],
+                    rows))
+
+
+def label_faults(d: dict) -> str:
+    t, s = d["totals"], d["settings"]
+    return (f"{provenance('label_faults', d)} {num(s['records'], 0)} records, {s['faults']} with a fault "
+            f"({len(s['fault_modes'])} modes), {d['kills_done']} SIGKILLs, {d['wall_s']} s.\n\n"
+            + table(["lost", "duplicated", "paid twice", "made-up value accepted", "last run's exit",
+                     "API key found in outputs"],
+                    [[t["lost"], t["duplicated"], t["paid_twice"], t["madeup_accepted"], d["last_exit_code"],
+                      ", ".join(d["api_key_found_in"]) or "none"]]))
+
+
+def label_throughput(d: dict) -> str:
+    rows = [[c, rate(r["records_per_s"]), num(r["ideal_records_per_s"], 0), f"{r['fraction_of_ideal']:.2f}"]
+            for c, r in d["results"].items()]
+    return (f"{provenance('label_throughput', d)} Test teacher latency {d['latency_s'] * 1000:.0f} ms.\n\n"
+            + table(["concurrency", "records/s", "ideal (concurrency / latency)", "fraction of ideal"], rows))
+
+
+def eval_speed(d: dict) -> str:
+    rows = [[name, rate(r["records_per_s"]), f"{r['ratio_vs_naive_loop']}x", f"{r['load_s']} s", f"{r['generate_s']} s",
+             f"{r['outputs_identical_to_naive']} of {d['records']}"] for name, r in d["results"].items()]
+    return (f"{provenance('eval_speed', d)} {d['records']} records, greedy, at most {d['max_new_tokens']} new tokens, "
+            f"batch {d['batch_size']}.\n\n"
+            + table(["backend", "records/s", "vs naive loop", "model load", "generation",
+                     "greedy outputs identical to the naive loop's"], rows))
+
+
+ROLE_NAMES = {"base": "base, zero-shot, detailed prompt (generated)", "likelihood": "base, zero-shot, option likelihood",
+              "student": "**fine-tuned student, short prompt**", "head": "fine-tuned classification head",
+              "rules": "the recipe's baseline (`rules`)"}
+
+
+def recipe_cpu(name: str) -> Callable[[dict], str]:
+    """A recipe_cpu.py results file: its headline metric per evaluation, and entity P/R/F1 or macro-F1."""
+
+    def render(d: dict) -> str:
+        rows = []
+        order = list(ROLE_NAMES)
+        for key, e in sorted(d["evaluations"].items(), key=lambda kv: order.index(kv[0].rsplit("-", 1)[0])):
+            role = key.rsplit("-", 1)[0]
+            cells = [ROLE_NAMES.get(role, role), e["n"]]
+            if "entities" in e:
+                ent = e["entities"]
+                cells += [f"{pct(ent['overall']['f1'][0])} {ci(ent['overall']['f1'][1])}",
+                          pct(ent["overall"]["precision"][0]), pct(ent["overall"]["recall"][0]),
+                          *(pct(ent[f]["f1"][0]) for f in ent if f != "overall")]
+            else:
+                (field, (f1, interval)), = e["macro_f1"].items()
+                cells += [f"{pct(f1)} {ci(interval)}", pct(e["exact_match"])]
+            rows.append(cells + [pct(e["json_parse_rate"]), rate(e["records_per_s"])])
+        first = next(iter(d["evaluations"].values()))
+        if "entities" in first:
+            header = ["entity F1 % [95% CI]", "precision %", "recall %",
+                      *(f"{f} F1" for f in first["entities"] if f != "overall")]
+        else:
+            header = [f"macro-F1 % [95% CI]", "accuracy %"]
+        minutes = ", ".join(f"{k} {v}" for k, v in d["stage_minutes"].items() if v >= 1)
+        return (f"{provenance(name, d)} {d['recipe']} `--profile {d['profile']}`, {num(d['train_records'], 0)} "
+                f"training rows; whole run {d['total_minutes']} min ({minutes}); fit: \"{d['fit']}\".\n\n"
+                + table(["approach", "records", *header, "JSON valid %", "records/s"], rows))
+
+    return render
+
+
+def bakeoff_cpu(d: dict) -> str:
+    b = d["bakeoff"]
+    rows = []
+    for task in b["tasks"]:
+        for s in b["students"]:
+            sc, pair = b["scores"][task["name"]][s["name"]], d["pairs"][task["name"]][s["name"]]
+            rows.append([task["name"], s["name"], f"{pct(sc['fine_tuned'])} ({b['ranks']['fine-tuned'][task['name']][s['name']]:g})",
+                         pct(sc["base_plain"]), pct(sc["base_guided"]),
+                         f"{pct(sc['tunability'])} ({b['ranks']['tunability'][task['name']][s['name']]:g})",
+                         pair["train_rows"], pair["stages"]["train"], pair["total"]])
+    means = "; ".join(f"{ranking}: " + ", ".join(f"{s} {m['value']:.2f} [{m['ci95'][0]:.2f}–{m['ci95'][1]:.2f}]"
+                                                 for s, m in students.items())
+                      for ranking, students in b["mean_rank"].items())
+    metrics = "; ".join(f"{t['name']}: {t['metric']}" for t in b["tasks"])
+    return (f"{provenance('bakeoff_cpu', d)} `{d['spec']}`, {d['total_minutes']} min of stages "
+            f"({d['wall_minutes_this_invocation']} min wall). Metrics: {metrics}. Ranks in brackets.\n\n"
+            + table(["task", "student", "fine-tuned %", "base, free %", "base, guided %", "tunability", "training rows",
+                     "training min", "pair min"], rows)
+            + f"\n\nMean rank over the tasks, 95% interval: {means}.")
+
+
+def advise_memory(d: dict) -> str:
+    # A fork shares its worker's pages; advise_memory.py leaves forks out of the sum, and so does the table.
+    rows = [[p["role"], f"{p['peak_rss_gib']:.2f}", "no" if p["role"] == "fork of a worker" else "yes"]
+            for p in d["processes"]]
+    return (f"{provenance('advise_memory', d)} {d['what']}.\n\n"
+            + table(["process", "peak RSS GiB", "in the sum"], rows)
+            + f"\n\nSum of peaks **{d['measured_peak_gib']} GiB** (summed RSS at one moment peaked at "
+            f"{d['measured_peak_of_summed_rss_gib']}), against advise's estimate **{d['estimate_gib']} GiB**: "
+            f"{d['ratio_estimate_to_measured']} of it.")
+
+
+def headline(d: dict) -> str:
+    """README's one figure set: distill_cpu.json's whole-record exact match per model."""
+    rows = [[label, *(pct(d["headline"].get(f"{role}-{t}")) for t in ("test", "test_unseen"))]
+            for role, label in (("base", "base model (Gemma 3 270M), zero-shot"), ("rules", "rule baseline"),
+                                ("student", "**fine-tuned student**"), ("resolved", "student + resolver"))]
+    return (f"{provenance('distill_cpu', d)} `xtk run recipes/logistics_zh.yaml --profile cpu`, "
+            f"{d['total_minutes']} min.\n\n" + table(["whole-record exact match %", "test.jsonl", "test_unseen.jsonl"], rows))
+
+
+TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "headline": ("distill_cpu", headline),
+    "distill_cpu": ("distill_cpu", distill_cpu),
+    "distill_cpu_by_place": ("distill_cpu", distill_cpu_by_place),
+    "distill_cpu_curve": ("distill_cpu", distill_cpu_curve),
+    "levers_cpu": ("levers_cpu", levers_cpu),
+    "train_speed": ("train_speed", train_speed),
+    "label_faults": ("label_faults", label_faults),
+    "label_throughput": ("label_throughput", label_throughput),
+    "eval_speed": ("eval_speed", eval_speed),
+    "review_sentiment_zh_cpu": ("review_sentiment_zh_cpu", recipe_cpu("review_sentiment_zh_cpu")),
+    "msra_ner_cpu": ("msra_ner_cpu", recipe_cpu("msra_ner_cpu")),
+    "bakeoff_cpu": ("bakeoff_cpu", bakeoff_cpu),
+    "advise_memory": ("advise_memory", advise_memory),
+}
+
+
+def render(name: str, results: Path = RESULTS) -> str:
+    file, fn = TABLES[name]
+    return fn(json.loads((results / f"{file}.json").read_text(encoding="utf-8"))) + "\n"
+
+
+def update(path: Path, results: Path = RESULTS) -> tuple[str, list[str]]:
+    """The file's text with every table block rendered afresh, and the names of the blocks that changed."""
+    text, changed = path.read_text(encoding="utf-8"), []
+
+    def block(m: re.Match) -> str:
+        if m.group(2) not in TABLES:
+            raise SystemExit(f"{path}: <!-- table:{m.group(2)} --> names no table; tables: {', '.join(TABLES)}")
+        body = render(m.group(2), results)
+        if body != m.group(3):
+            changed.append(m.group(2))
+        return m.group(1) + body + m.group(4)
+
+    return BLOCK.sub(block, text), changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table differs from its file")
+    args = parser.parse_args(argv)
+    stale = []
+    for path in DOCS:
+        text, changed = update(path)
+        stale += [f"{path.relative_to(ROOT)}: table {name}" for name in changed]
+        if changed and not args.check:
+            path.write_text(text, encoding="utf-8")
+    for line in stale:
+        print(("differs from its results file: " if args.check else "rewrote ") + line)
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The documentation: every measured table is its results file's (benchmarks/tables.py), the README stays a
+five-minute read whose test command is CI's, and every link between the docs leads somewhere."""
+
+import importlib.util
+import json
+import re
+import shutil
+
+import pytest
+
+from conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("tables", ROOT / "benchmarks" / "tables.py")
+tables = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tables)
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_every_table_is_its_results_file():
+    stale = [f"{p.relative_to(ROOT)}: {name}" for p in DOCS for name in tables.update(p)[1]]
+    assert not stale, f"run `python benchmarks/tables.py` and reread the prose around: {stale}"
+
+
+def test_every_table_is_shown_somewhere():
+    shown = {m.group(2) for p in DOCS for m in tables.BLOCK.finditer(p.read_text(encoding="utf-8"))}
+    assert shown == set(tables.TABLES)
+
+
+def test_a_changed_figure_is_found_in_the_doc_and_in_the_results_file(tmp_path):
+    readme = tmp_path / "README.md"
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "| **fine-tuned student** | 75.0 | 72.0 |" in text
+    readme.write_text(text.replace("| **fine-tuned student** | 75.0 |", "| **fine-tuned student** | 95.0 |"),
+                      encoding="utf-8")
+    fixed, changed = tables.update(readme)
+    assert changed == ["headline"] and fixed == text
+
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "benchmarks" / "results", results, ignore=shutil.ignore_patterns("*_cpu"))
+    data = json.loads((results / "distill_cpu.json").read_text(encoding="utf-8"))
+    data["headline"]["student-test"] = 0.95
+    (results / "distill_cpu.json").write_text(json.dumps(data), encoding="utf-8")
+    readme.write_text(text, encoding="utf-8")
+    fixed, changed = tables.update(readme, results)
+    assert changed == ["headline"] and "| **fine-tuned student** | 95.0 | 72.0 |" in fixed
+
+
+def test_check_mode_exits_1_and_changes_nothing(tmp_path, monkeypatch, capsys):
+    doc = tmp_path / "results.md"
+    doc.write_text("<!-- table:eval_speed -->\nold\n<!-- /table -->\n", encoding="utf-8")
+    monkeypatch.setattr(tables, "DOCS", (doc,))
+    monkeypatch.setattr(tables, "ROOT", tmp_path)
+    assert tables.main(["--check"]) == 1
+    assert "results.md: table eval_speed" in capsys.readouterr().out and "old" in doc.read_text(encoding="utf-8")
+    assert tables.main([]) == 0 and tables.main(["--check"]) == 0
+
+
+def test_readme_is_short_and_its_commands_are_the_ones_that_run():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 250
+    block = re.search(r"## Two commands.*?```bash\n(.*?)```", readme, re.S).group(1).splitlines()
+    main, test = (line.split("#")[0].strip() for line in block)
+    assert main == "bash sft.sh" and (ROOT / "sft.sh").is_file()
+    assert test == "bash setup.sh && .venv/bin/python -m pytest"
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert any(line.startswith(test) for line in ci.splitlines()), ".ci/run must run the README's test command"
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
+def test_links_lead_somewhere(doc):
+    text = doc.read_text(encoding="utf-8")
+    assert "DESIGN.md" not in text
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith(("http://", "https://")):
+            continue
+        path, _, fragment = target.partition("#")
+        linked = (doc.parent / path).resolve() if path else doc
+        assert linked.is_file(), f"{doc.name}: {target} is no file"
+        if fragment:
+            headings = re.findall(r"^#+ (.+)$", linked.read_text(encoding="utf-8"), re.M)
+            assert fragment in {anchor(h) for h in headings}, f"{doc.name}: {target} names no heading"
