@@ -257,8 +257,7 @@ COMMANDS: tuple[Command, ...] = (
             "its value there too", cmd_recipe_keys, (
                 A("recipe", nargs="?", help="recipe YAML whose values to show (profile applied), e.g. "
                   "recipes/logistics_zh.yaml"),
-                RECIPE[1],
-            )),
+            ) + RECIPE[1:]),
     Command("advise", "which student? per candidate: licence, kind against the labelled rows, LoRA training and "
             "inference memory, chat template, tokens per record; then the bakeoff spec for those that pass",
             cmd_advise, RECIPE + (
