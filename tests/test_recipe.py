@@ -192,6 +192,8 @@ def test_recipe_keys_prints_type_default_value_and_description(capsys):
     assert '\nfields.0.name: str; default required; value "district"\n' in out
     assert "\neval.backend: auto | vllm | transformers | openai; default \"auto\"; value " in out
     assert "\nbaseline: module:function | null; default null; value " in out
+    assert main(["recipe", "keys", str(RECIPE), "--profile", "cpu", "train.lora_rank=16"]) == 0
+    assert "\ntrain.lora_rank: int > 0; default required; value 16\n" in capsys.readouterr().out
     assert main(["recipe", "keys"]) == 0
     out = capsys.readouterr().out
     assert "\neval.vllm.max_model_len: int > 0; default 4096\n" in out and "; value " not in out

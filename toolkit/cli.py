@@ -347,7 +347,7 @@ def make_parser() -> argparse.ArgumentParser:
             p = groups[words[0]].add_parser(words[1], **options)
         for arg in cmd.args:
             p.add_argument(*arg.flags, **arg.options)
-        p.set_defaults(handler=cmd.run, takes_overrides=RECIPE[0] in cmd.args)
+        p.set_defaults(handler=cmd.run, takes_overrides=RECIPE[1] in cmd.args)
     return parser
 
 
