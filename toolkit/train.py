@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.errors import StageError
-from toolkit.models import ResolvedModel
+from toolkit.markers import OWNER, read_marker, write_marker
+from toolkit.models import ResolvedModel, thinking_off
 from toolkit.progress import Bar
 from toolkit.recipe import Recipe
 
@@ -46,7 +47,7 @@ def sft_argv(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: P
         opts["model_type"] = model.model_type
     if model.template:
         opts["template"] = model.template
-    if (model.model_type or "").startswith("qwen3"):
+    if thinking_off(model.model_type, model.template, model.ref):
         opts["enable_thinking"] = False  # hybrid-thinking students train on answers with thinking off
     if num_labels is not None:
         opts.update(task_type="seq_cls", num_labels=num_labels, problem_type="single_label_classification")
@@ -232,9 +233,6 @@ def training_lock(output_dir: Path) -> Iterator[None]:
         yield
 
 
-OWNER = "xtk-train.json"
-
-
 def train_key(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: Path | None,
               num_labels: int | None = None) -> str:
     """What makes a trained adapter what it is: the whole `swift sft` command (model, type, template, every
@@ -257,8 +255,7 @@ def trained_checkpoint(output_dir: Path, key: str, best: bool = False) -> Path |
 
 
 def _trained_under(output_dir: Path, key: str) -> bool:
-    owner = output_dir / OWNER
-    return owner.is_file() and json.loads(owner.read_text()).get("key") == key
+    return (read_marker(output_dir, OWNER) or {}).get("key") == key
 
 
 def _move_aside(output_dir: Path) -> Path:
@@ -330,7 +327,7 @@ def run_train(recipe: Recipe, model: ResolvedModel, data_dir: Path, output_dir: 
         argv = sft_argv(recipe, model, train_file.resolve(), val_file.resolve() if has_val else None,
                         output_dir.resolve(), resume.resolve() if resume else None, num_labels)
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / OWNER).write_text(json.dumps({"key": key, "argv": redact_argv(argv)}, indent=2, ensure_ascii=False) + "\n")
+        write_marker(output_dir, {"key": key, "argv": redact_argv(argv)}, OWNER)
         log_path = output_dir / "train.log"
         try:
             with Bar("swift sft") as bar:
