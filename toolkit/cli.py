@@ -249,7 +249,7 @@ COMMANDS: tuple[Command, ...] = (
                 A("--prompt", choices=["base", "student", "teacher"],
                   help="which recipe prompt (default: base for base, teacher for teacher, else student)"),
                 A("--name", help="evaluation name under eval/: letters, digits, '.', '_', '-' (default from --model)"),
-                A("--backend", choices=backend_names(),
+                A("--backend", choices=backend_names,  # read when the parser is made: registered ones too
                   help="default: the recipe's eval.backend (auto = vllm when it imports)"),
                 A("--base-url", help="OpenAI-compatible endpoint, with --backend openai"),
                 A("--api-key-env", help="environment variable holding the endpoint's key"),
@@ -294,7 +294,8 @@ def make_parser() -> argparse.ArgumentParser:
                 groups[words[0]] = g.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
             p = groups[words[0]].add_parser(words[1], help=cmd.help, description=cmd.help)
         for arg in cmd.args:
-            p.add_argument(*arg.flags, **arg.options)
+            p.add_argument(*arg.flags, **{k: v() if k == "choices" and callable(v) else v
+                                          for k, v in arg.options.items()})
         p.set_defaults(handler=cmd.run, takes_overrides=RECIPE[0] in cmd.args)
         if RECIPE[0] in cmd.args:
             p.epilog = "Any recipe key can be overridden with key=value, e.g. train.max_steps=5 eval.limit=20."

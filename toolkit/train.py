@@ -350,18 +350,31 @@ def merge_argv(checkpoint: Path, output_dir: Path) -> list[str]:
             "--output_dir", str(output_dir)]
 
 
+# What a checkpoint holds beside the model: the trainer's state, for resuming, not for serving.
+TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth", "trainer_state.json",
+                  "training_args.bin", "global_step*", "latest", "zero_to_fp32.py")
+
+
 def run_merge(checkpoint: Path, merged_dir: Path, log_path: Path) -> list[str]:
-    """swift export --merge_lora into merged_dir (written aside, then moved, so a crash leaves no half model)."""
+    """A trained checkpoint as a whole model in merged_dir (written aside, then moved, so a crash leaves no half
+    model): a LoRA checkpoint merged into its base with swift export --merge_lora; a full fine-tune's checkpoint
+    (train.tuner_type full) is the whole model already, copied without the trainer's state. Returns the argv
+    run (none for a copy)."""
     import shutil
 
     from toolkit.runner import run_logged
 
-    if not (checkpoint / "adapter_config.json").is_file():
-        raise StageError(f"{checkpoint}: not a LoRA checkpoint (no adapter_config.json)")
+    lora = (checkpoint / "adapter_config.json").is_file()
+    if not lora and not (checkpoint / "config.json").is_file():
+        raise StageError(f"{checkpoint}: neither a LoRA checkpoint (adapter_config.json) nor a whole model "
+                         "(config.json)")
     partial = merged_dir.with_name(merged_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    argv = merge_argv(checkpoint.resolve(), partial.resolve())
-    run_logged(argv, log_path, what="swift export")
+    argv = merge_argv(checkpoint.resolve(), partial.resolve()) if lora else []
+    if lora:
+        run_logged(argv, log_path, what="swift export")
+    else:
+        shutil.copytree(checkpoint, partial, ignore=shutil.ignore_patterns(*TRAINING_STATE))
     if not (partial / "config.json").is_file():
         raise StageError(f"swift export wrote no model into {partial}; see {log_path}")
     shutil.rmtree(merged_dir, ignore_errors=True)
