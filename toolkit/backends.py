@@ -86,7 +86,7 @@ for _kind in (
     BackendKind("openai", "toolkit.infer:build_openai", "an OpenAI-compatible endpoint", needs_url=True,
                 model_folder=False),
     BackendKind("rules", "toolkit.infer:build_rules", "the recipe's baseline: rules or a classical model",
-                model_folder=False),
+                reads_prompt=False, model_folder=False),
     BackendKind("likelihood", "toolkit.likelihood:build", "the likeliest allowed answer of each enum field"),
     BackendKind("head", "toolkit.seqcls:build", "a merged classification head, its class as JSON",
                 reads_prompt=False),
@@ -125,9 +125,9 @@ def make_backend(recipe: Recipe, backend: str, model: str, *, base_url: str | No
 
     kind = backend_kind(backend)
     if guided_json and not kind.guided:
-        able = ", ".join(k.name for k in BACKENDS.values() if k.guided)
-        raise StageError(f"guided decoding (eval.guided_json, --guided-json) needs a backend that can guide ({able}), "
-                         f"not {kind.name}: use --backend vllm, or set eval.guided_json=false")
+        able = [k.name for k in BACKENDS.values() if k.guided]
+        raise StageError(f"guided decoding (eval.guided_json, --guided-json) needs the {' or '.join(able)} backend, "
+                         f"not {kind.name}: use --backend {able[0]}, or set eval.guided_json=false")
     if kind.needs_url and not base_url:
         raise StageError(f"the {kind.name} backend needs --base-url (e.g. http://127.0.0.1:8000/v1)")
     model_type = template = None

@@ -14,7 +14,7 @@ from typing import Callable
 from rich.console import Console
 from rich.markup import escape
 
-from toolkit.backends import backend_names
+from toolkit.backends import BACKENDS, backend_names
 from toolkit.roles import ROLES
 
 console = Console(stderr=True)
@@ -145,6 +145,9 @@ def cmd_eval(args) -> None:
             r = replace(r, backend=r.backend if not backend_kind(r.backend).model_folder else args.backend or r.backend)
         else:
             r = named_model(ctx, args.model, args.backend, slug(args.model))
+        if args.prompt and not backend_kind(r.backend).reads_prompt:
+            raise StageError(f"--prompt {args.prompt}: the {r.backend} backend answers from the text alone, it "
+                             "reads no prompt")
         r = replace(r, name=args.name or r.folder, prompt=args.prompt or r.prompt,
                     base_url=args.base_url or r.base_url, api_key_env=args.api_key_env or r.api_key_env,
                     guided_json=True if args.guided_json else r.guided_json)
@@ -249,8 +252,9 @@ COMMANDS: tuple[Command, ...] = (
                 A("--prompt", choices=["base", "student", "teacher"],
                   help="which recipe prompt (default: base for base, teacher for teacher, else student)"),
                 A("--name", help="evaluation name under eval/: letters, digits, '.', '_', '-' (default from --model)"),
-                A("--backend", choices=backend_names,  # read when the parser is made: registered ones too
-                  help="default: the recipe's eval.backend (auto = vllm when it imports)"),
+                # read from the registry when the parser is made: backends registered since are offered too
+                A("--backend", choices=backend_names, help=lambda: "default: the recipe's eval.backend (auto = vllm "
+                  "when it imports); " + "; ".join(f"{k.name}: {k.description}" for k in BACKENDS.values())),
                 A("--base-url", help="OpenAI-compatible endpoint, with --backend openai"),
                 A("--api-key-env", help="environment variable holding the endpoint's key"),
                 A("--guided-json", action="store_true", help="vLLM JSON-schema guided decoding"),
@@ -294,7 +298,7 @@ def make_parser() -> argparse.ArgumentParser:
                 groups[words[0]] = g.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
             p = groups[words[0]].add_parser(words[1], help=cmd.help, description=cmd.help)
         for arg in cmd.args:
-            p.add_argument(*arg.flags, **{k: v() if k == "choices" and callable(v) else v
+            p.add_argument(*arg.flags, **{k: v() if k in ("choices", "help") and callable(v) else v
                                           for k, v in arg.options.items()})
         p.set_defaults(handler=cmd.run, takes_overrides=RECIPE[0] in cmd.args)
         if RECIPE[0] in cmd.args:
