@@ -175,3 +175,31 @@ def test_a_full_fine_tune_runs_end_to_end(tmp_path):
         assert trained_key(ctx.merged_dir) == ctx.manifest.data["stages"]["train"]["key"]
     m = json.loads((tmp_path / "run" / "eval" / "student-test" / "metrics.json").read_text())
     assert m["n"] == 2 and m["role"] == "student"
+
+
+def test_an_evaluation_of_a_merged_folder_is_current_only_for_the_training_that_made_it(tmp_path):
+    """What the benchmarks ask before reusing an evaluation of a folder they merged (distill_cpu.py's curve,
+    levers_cpu.py's re-evaluations), and what the report asks of the same metrics: one answer, from the marker."""
+    from toolkit.jsonl import write_json
+    from toolkit.markers import mark_trained
+    from toolkit.pipeline import open_run
+    from toolkit.roles import evaluations_current, identity, named_model, not_current
+
+    recipe = load_recipe(SENTIMENT, "cpu")
+    merged = tmp_path / "curve" / "checkpoint-50"
+    merged.mkdir(parents=True)
+    mark_trained(merged, "a curve point", "smollm2-135m-instruct", tmp_path / "ckpt", "key-1", "llama", "chatml")
+    metrics = tmp_path / "run" / "eval" / "curve-50-test" / "metrics.json"
+    with open_run(recipe, tmp_path / "run") as ctx:
+        r = named_model(ctx, str(merged), name="curve-50")
+        assert evaluations_current(ctx, r, recipe.data.test) == "no curve-50-test"
+        write_json(metrics, {"role": "model", "identity": identity(ctx, r)})
+        assert evaluations_current(ctx, r, recipe.data.test) is None
+        assert not_current(ctx, json.loads(metrics.read_text())) is None
+        mark_trained(merged, "a curve point", "smollm2-135m-instruct", tmp_path / "ckpt", "key-2", "llama", "chatml")
+        assert evaluations_current(ctx, r, recipe.data.test) == \
+            "curve-50-test: made with other settings (train_key changed since)"
+        assert not_current(ctx, json.loads(metrics.read_text())) == "made with other settings (train_key changed since)"
+    with open_run(load_recipe(SENTIMENT, "cpu", ["eval.max_new_tokens=9"]), tmp_path / "run") as ctx:
+        assert "eval_config" in evaluations_current(ctx, named_model(ctx, str(merged), name="curve-50"),
+                                                    recipe.data.test)
