@@ -30,12 +30,11 @@ import sys
 import time
 from pathlib import Path
 
-from recipe_cpu import ROOT, figures, reusable, run, save
+from recipe_cpu import ROOT, evaluated, figures, run, save
 
 sys.path.insert(0, str(ROOT))
 from toolkit.jsonl import read_jsonl  # noqa: E402
-from toolkit.models import MARKER  # noqa: E402
-from toolkit.pipeline import EVAL_CONFIG, config_digest  # noqa: E402
+from toolkit.markers import mark_trained, read_marker, trained_key  # noqa: E402
 from toolkit.recipe import load_recipe  # noqa: E402
 from toolkit.stats import proportion  # noqa: E402
 from toolkit.tasks.logistics_zh.generate import places  # noqa: E402
@@ -60,25 +59,20 @@ def curve_checkpoints(train_dir, merged_step: int) -> list:
 
 def score_checkpoint(ckpt, rows: int, run_dir, overrides: list[str], recipe) -> str:
     """Merge one checkpoint and score it on every test file; returns its evaluation name. A re-run reuses the
-    merge and the scores only while they come from this training (its key, in the merged student's marker)
-    under these evaluation settings: a retrained run's checkpoint of the same name is merged and scored afresh."""
+    merge only while it comes from this training (its key, in the merged student's marker), and the scores only
+    while they are current for that merge and these evaluation settings: a retrained run's checkpoint of the
+    same name is merged and scored afresh."""
     name, student, merged = f"curve-{rows}rows", recipe.student, run_dir / "curve" / ckpt.name
-    want = {"train_key": json.loads((run_dir / "merged" / MARKER).read_text())["train_key"],
-            "eval_config": config_digest(recipe, EVAL_CONFIG)}
-    stamp = run_dir / "curve" / f"{ckpt.name}-scored.json"
-    if reusable(stamp, want, [run_dir / "eval" / f"{name}-{Path(t).stem}" / "metrics.json" for t in recipe.data.test]):
-        return name
-    marker = merged / MARKER
-    if not marker.is_file() or json.loads(marker.read_text()).get("train_key") != want["train_key"]:
+    key = trained_key(run_dir / "merged")
+    if trained_key(merged) != key:
         shutil.rmtree(merged, ignore_errors=True)
         run_merge(ckpt, merged, run_dir / "curve" / f"{ckpt.name}-merge.log")
-        marker.write_text(json.dumps(
-            {"name": f"logistics_zh student at {ckpt.name}", "base": student.model, "checkpoint": str(ckpt),
-             "train_key": want["train_key"], "model_type": student.model_type, "template": student.template},
-            indent=2) + "\n")
+        mark_trained(merged, f"logistics_zh student at {ckpt.name}", student.model, ckpt, key, student.model_type,
+                     student.template)
+    if evaluated(recipe, run_dir, merged, name):
+        return name
     subprocess.run([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--out",
                     str(run_dir), "--model", str(merged), "--name", name, *overrides], cwd=ROOT, check=True)
-    stamp.write_text(json.dumps(want, indent=2) + "\n")
     return name
 
 
@@ -136,7 +130,7 @@ def main() -> None:
     recipe = load_recipe(RECIPE, "cpu", overrides)
     t = recipe.train
     per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps * t.nproc_per_node
-    merged = json.loads((run_dir / "merged" / MARKER).read_text())["checkpoint"]
+    merged = read_marker(run_dir / "merged")["checkpoint"]
     rows_final = result["train_records"]
     rows_merged = min(rows_final, step(merged) * per_step)
     points = {}

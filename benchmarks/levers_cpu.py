@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distill_cpu import GOALS, by_what_the_text_names, log_fit  # noqa: E402
-from recipe_cpu import ROOT, figures, minutes, reusable  # noqa: E402
+from recipe_cpu import ROOT, evaluated, figures, minutes  # noqa: E402
 from provenance import provenance  # noqa: E402
 
 from toolkit.jsonl import read_jsonl  # noqa: E402
@@ -70,27 +70,21 @@ def train_variant(run_dir: Path, overrides: list[str]) -> None:
         ran: list[str] = []
         for stage in (s for s in ALL if s.name in STAGES):
             if is_stale(ctx, stage, ran):
-                run_stage(ctx, stage.name)
+                run_stage(ctx, stage.name, ran)
                 ran.append(stage.name)
 
 
 def eval_again(run_dir: Path, source: Path, overrides: list[str]) -> None:
     """Another evaluation of a merged student, named `student` in its own run folder; a finished one is reused
-    only while both the student (its training key, in its marker) and the evaluation settings are the ones it
-    evaluated, so a retrained student or another --limit is never reported from older answers."""
-    from toolkit.models import MARKER
-    from toolkit.pipeline import EVAL_CONFIG, config_digest
+    only while it is current for both the student (its training key, in its marker) and the evaluation settings,
+    so a retrained student or another --limit is never reported from older answers."""
     from toolkit.recipe import load_recipe
 
-    want = {"student": json.loads((source / "merged" / MARKER).read_text()),
-            "eval_config": config_digest(load_recipe(RECIPE, "cpu", overrides), EVAL_CONFIG)}
-    stamp = run_dir / "evaluated.json"
-    if reusable(stamp, want, [run_dir / "eval" / f"student-{t}" / "metrics.json" for t in TESTS]):
+    if evaluated(load_recipe(RECIPE, "cpu", overrides), run_dir, source / "merged", "student"):
         return
     subprocess.run([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--out",
                     str(run_dir), "--model", str(source / "merged"), "--name", "student", *overrides], cwd=ROOT,
                    check=True)
-    stamp.write_text(json.dumps(want, indent=2) + "\n")
 
 
 def scores(run_dir: Path, train_dir: Path) -> dict:

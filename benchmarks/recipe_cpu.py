@@ -24,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import ROOT, provenance  # noqa: E402
 
+sys.path.insert(0, str(ROOT))
+
 OUT = ROOT / "benchmarks" / "results"
 
 
@@ -61,13 +63,16 @@ def minutes(stage: dict) -> float | None:
     return round((t1 - t0).total_seconds() / 60, 1)
 
 
-def reusable(stamp: Path, want: dict, outputs: list[Path]) -> bool:
-    """Whether `outputs`, made under the settings `want` that `stamp` records, may stand for these settings. If
-    not, the stamp goes first, so a redo interrupted half-way is never taken as done (write it again after)."""
-    if stamp.is_file() and json.loads(stamp.read_text()) == want and all(p.is_file() for p in outputs):
-        return True
-    stamp.unlink(missing_ok=True)
-    return False
+def evaluated(recipe, run_dir: Path, model: Path, name: str) -> bool:
+    """Whether `xtk eval --model MODEL --name NAME` has evaluated `model` into run_dir on every test file, and its
+    evaluations are current (toolkit.roles.not_current): a retrained model (its training key, in its marker) or
+    other evaluation settings are evaluated afresh."""
+    from toolkit.context import Context
+    from toolkit.manifest import Manifest
+    from toolkit.roles import evaluations_current, named_model
+
+    ctx = Context(recipe, run_dir, Manifest(run_dir))
+    return evaluations_current(ctx, named_model(ctx, str(model), name=name), recipe.data.test) is None
 
 
 def run(recipe: str, overrides: list[str], run_dir: Path) -> dict:

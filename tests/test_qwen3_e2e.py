@@ -145,7 +145,7 @@ def test_the_gpu_profiles_template_trains_and_prompts_as_qwen3_with_thinking_off
 
 def test_an_answer_behind_an_empty_think_block_scores_on_its_json_only(tmp_path):
     from toolkit.evaluate import run_eval
-    from toolkit.infer import Backend, Generation
+    from toolkit.backends import Backend, Generation
     from toolkit.jsonl import read_jsonl
 
     recipe = load_recipe(RECIPE, "gpu")

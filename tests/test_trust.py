@@ -383,12 +383,12 @@ def test_a_folder_with_code_anywhere_is_refused_with_an_opt_in_that_exists(tmp_p
 # --- 12. internal errors are not user errors ------------------------------------------------------------
 
 def test_a_bug_shows_its_traceback_and_vllm_is_closed_on_every_way_out(tmp_path, monkeypatch):
-    import toolkit.infer
+    import toolkit.backends
     import toolkit.pipeline
 
     closed = []
 
-    class Engine(toolkit.infer.Backend):
+    class Engine(toolkit.backends.Backend):
         name = "fake"
 
         def generate(self, batch, max_tokens):
@@ -397,7 +397,7 @@ def test_a_bug_shows_its_traceback_and_vllm_is_closed_on_every_way_out(tmp_path,
         def close(self):
             closed.append(True)
 
-    monkeypatch.setattr(toolkit.infer, "make_backend", lambda *a, **k: Engine())
+    monkeypatch.setattr(toolkit.backends, "make_backend", lambda *a, **k: Engine())
     with pytest.raises(KeyError):
         main(["eval", str(RECIPE), "--out", str(tmp_path), "--model", "base", "eval.limit=1"])
     assert closed == [True]

@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from toolkit.fields import Headline, headline
 from toolkit.jsonl import read_jsonl, write_json, write_text
 from toolkit.ranking import Evaluation, mcnemar, mean_rank, paired_difference, ranks, task_scores
 from toolkit.recipe import Recipe, RecipeError, _describe, _key_lines, _Strict, load_recipe, read_yaml_mapping
+from toolkit.roles import ROLES
 
 
 class SpecError(RecipeError):
@@ -210,22 +211,21 @@ GUIDED = "eval_base_guided"  # the manifest entry of the guided base evaluation
 
 def eval_base_guided(ctx) -> None:
     """The base model with the detailed prompt again, decoding constrained to the recipe's JSON schema (vLLM), as
-    eval/base-guided-<test>/. Its identity is the base model's, so the run's report shows it beside `base`. Skipped
-    when already done under the same settings."""
-    from toolkit.infer import vllm_available
-    from toolkit.pipeline import EVAL_CONFIG, config_digest, console, evaluate_model, role, skip
+    eval/base-guided-<test>/ (the role base-guided). Skipped while every one of them is current."""
+    from toolkit.pipeline import console, evaluate_model, skip
+    from toolkit.roles import ROLES, evaluations_current, role
 
-    config = config_digest(ctx.recipe, EVAL_CONFIG + ("student",))
-    if ctx.manifest.is_complete(GUIDED) and ctx.manifest.data["stages"][GUIDED].get("config") == config:
+    guided = role(ctx, "base-guided")
+    if evaluations_current(ctx, guided, ctx.recipe.data.test) is None:
         console.print(f"[dim]{GUIDED}: complete, skipped[/]")
         return
     console.print(f"[bold cyan]stage {GUIDED}[/]")  # as `xtk run` announces its stages (and the bar shows them)
-    if not vllm_available():
-        skip(ctx, GUIDED, "guided decoding needs vLLM, which is not installed here")
+    why = ROLES["base-guided"].not_applicable(ctx)
+    if why:
+        skip(ctx, GUIDED, why)
         return
     ctx.manifest.start(GUIDED)
-    outputs = evaluate_model(ctx, replace(role(ctx, "base"), backend="vllm", guided_json=True, name="base-guided"))
-    ctx.manifest.done(GUIDED, outputs, config=config)
+    ctx.manifest.done(GUIDED, evaluate_model(ctx, guided))
 
 
 SHARED = ("data/labelled.jsonl", "data/rejects.jsonl", "cache/endpoint-answers.jsonl")
@@ -379,28 +379,28 @@ def task_metric(recipe: Recipe) -> Headline:
     return headline(recipe.fields, recipe.choices)
 
 
-# evaluation name under eval/ -> (the role whose identity it must match, the records it was tested on, its stage)
-EVALUATIONS = {"student": ("student", "tested", "eval_student"), "teacher": ("teacher", "tested", "eval_teacher"),
-               "base": ("base", "base", "eval_base"), "base-guided": ("base", "base", GUIDED)}
+# the roles (toolkit/roles.py) a bake-off compares -> the records each was tested on: a base model may be tested
+# on fewer (eval.base_limit)
+EVALUATIONS = {name: "base" if ROLES[name].base_limit else "tested" for name in ("student", "teacher", "base",
+                                                                                   "base-guided")}
 
 
 def read_predictions(pair: Pair, name: str) -> tuple[dict[tuple[str, str], dict] | None, str | None]:
     """{(test file, record id): prediction row} of one evaluation over every test file of the recipe, or None and
     why: missing, or made for another model or configuration than the run's now."""
     from toolkit.manifest import Manifest
-    from toolkit.pipeline import Context, identity, role
+    from toolkit.pipeline import Context
+    from toolkit.roles import evaluations_current, role
 
     ctx = Context(pair.recipe, pair.run_dir, Manifest(pair.run_dir))
-    expected = identity(ctx, role(ctx, EVALUATIONS[name][0]))
-    skipped = ctx.manifest.data["stages"].get(EVALUATIONS[name][2], {}).get("skipped")
+    r = role(ctx, name)
+    why = evaluations_current(ctx, r, pair.recipe.data.test)
+    if why:
+        skipped = ctx.manifest.data["stages"].get(ROLES[name].stage or GUIDED, {}).get("skipped")
+        return None, why + (f" ({skipped})" if skipped else "")
     rows: dict[tuple[str, str], dict] = {}
     for test in pair.recipe.data.test:
-        folder = pair.run_dir / "eval" / f"{name}-{Path(test).stem}"
-        if not (folder / "metrics.json").is_file():
-            return None, f"no {folder.name}" + (f" ({skipped})" if skipped else "")
-        if json.loads((folder / "metrics.json").read_text()).get("identity") != expected:
-            return None, f"{folder.name} describes another model or configuration"
-        for row in read_jsonl(folder / "predictions.jsonl"):
+        for row in read_jsonl(pair.run_dir / "eval" / f"{r.folder}-{Path(test).stem}" / "predictions.jsonl"):
             rows[(Path(test).stem, str(row["id"]))] = row
     return rows, None
 
@@ -426,13 +426,13 @@ def collect(b: Bakeoff) -> dict:
         # Students are compared on the records every one of their evaluations of a kind shares.
         common: dict[str, list] = {}
         for (student, name), rows in found.items():
-            draw = EVALUATIONS[name][1]
+            draw = EVALUATIONS[name]
             common[draw] = [k for k in common.get(draw, rows) if k in rows]
         records[task] = {draw: len(keys) for draw, keys in common.items()}
         tasks[task] = {}
         for (student, name), rows in found.items():
-            keys = common[EVALUATIONS[name][1]]
-            e = Evaluation([metric.unit(rows[k]) for k in keys], metric.statistic, EVALUATIONS[name][1])
+            keys = common[EVALUATIONS[name]]
+            e = Evaluation([metric.unit(rows[k]) for k in keys], metric.statistic, EVALUATIONS[name])
             exact[(task, student, name)] = {k: bool(rows[k]["exact"]) for k in keys}
             if name == "teacher":
                 teacher.setdefault(task, {})[student] = e

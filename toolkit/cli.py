@@ -18,6 +18,9 @@ from typing import Callable
 from rich.console import Console
 from rich.markup import escape
 
+from toolkit.backends import BACKENDS, backend_names
+from toolkit.roles import ROLES
+
 console = Console(stderr=True)
 
 
@@ -48,8 +51,9 @@ RECIPE = (
     A("--profile", help="a profile of the recipe, e.g. cpu or gpu (default: the recipe without one)"),
 )
 OUT = (A("--out", metavar="DIR", help="run folder (default: runs/<recipe>/<profile or default>/<student>)"),)
-MODEL = A("--model", help="base | student (the run's merged model) | rules | teacher | an embedded name "
-          "(xtk models list), a model folder, a hub id, or a served model name with --backend openai")
+MODEL = A("--model", help=" | ".join(n for n, r in ROLES.items() if not r.rescores) + " (a role of the run: "
+          "student is its merged model) | an embedded name (xtk models list), a model folder, a hub id, or a served "
+          "model name with --backend openai")
 TRUST = (A("--trust-remote-code", action="store_true",
            help="allow model folders that ship their own Python code (same as student.trust_remote_code=true)"),)
 
@@ -89,11 +93,12 @@ def cmd_models_pull(args) -> None:
 
 
 def cmd_models_list(args) -> None:
-    from toolkit.models import EMBEDDED, MARKER, cache_dir
+    from toolkit.markers import read_marker
+    from toolkit.models import EMBEDDED, cache_dir
 
     print("name\tkind\tlicence\tcommercial use\tparameters\tsize\tpackage\tstatus")
     for m in EMBEDDED.values():
-        pulled = (cache_dir() / "models" / m.name / MARKER).is_file()
+        pulled = read_marker(cache_dir() / "models" / m.name) is not None
         print(f"{m.name}\t{m.kind}\t{m.licence}\t{m.commercial_use}\t{m.parameters}\t{m.disk_size}\t"
               f"{m.package}=={m.version}\t{'pulled' if pulled else 'not pulled'}")
 
@@ -144,20 +149,28 @@ EVAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 def cmd_eval(args) -> None:
     from dataclasses import replace
 
+    from toolkit.backends import backend_kind
     from toolkit.errors import StageError
     from toolkit.manifest import slug
-    from toolkit.pipeline import ROLES, Role, evaluate_model, role
+    from toolkit.pipeline import evaluate_model
+    from toolkit.roles import ROLES, named_model, role
 
     if args.name and not EVAL_NAME.fullmatch(args.name):
         raise StageError(f"--name {args.name!r}: use letters, digits, '.', '_' and '-' (at most 64, no path parts)")
     with _open_run(args) as ctx:
-        if args.model in ROLES:
+        spec = ROLES.get(args.model)
+        if spec and spec.rescores:
+            raise StageError(f"--model {args.model}: it re-scores another evaluation's answers; run the "
+                             f"{spec.stage} stage instead")
+        if spec:  # a role, on another engine where asked: not an endpoint or the rules, which no engine loads
             r = role(ctx, args.model)
+            r = replace(r, backend=r.backend if not backend_kind(r.backend).model_folder else args.backend or r.backend)
         else:
-            r = Role("model", args.model, "student", args.backend or ctx.recipe.eval.backend,
-                     limit=ctx.recipe.eval.limit, name=slug(args.model))
+            r = named_model(ctx, args.model, args.backend, slug(args.model))
+        if args.prompt and not backend_kind(r.backend).reads_prompt:
+            raise StageError(f"--prompt {args.prompt}: the {r.backend} backend answers from the text alone, it "
+                             "reads no prompt")
         r = replace(r, name=args.name or r.folder, prompt=args.prompt or r.prompt,
-                    backend=r.backend if args.model in ("rules", "teacher") else args.backend or r.backend,
                     base_url=args.base_url or r.base_url, api_key_env=args.api_key_env or r.api_key_env,
                     guided_json=True if args.guided_json else r.guided_json)
         evaluate_model(ctx, r, tests=args.test)
@@ -285,8 +298,9 @@ COMMANDS: tuple[Command, ...] = (
                 A("--prompt", choices=["base", "student", "teacher"],
                   help="which recipe prompt (default: base for base, teacher for teacher, else student)"),
                 A("--name", help="evaluation name under eval/: letters, digits, '.', '_', '-' (default: from --model)"),
-                A("--backend", choices=["auto", "vllm", "transformers", "openai", "rules"],
-                  help="default: the recipe's eval.backend (auto = vllm when it imports)"),
+                # read from the registry when the parser is made: backends registered since are offered too
+                A("--backend", choices=backend_names, help=lambda: "default: the recipe's eval.backend (auto = vllm "
+                  "when it imports); " + "; ".join(f"{k.name}: {k.description}" for k in BACKENDS.values())),
                 A("--base-url", help="OpenAI-compatible endpoint, with --backend openai (default: teacher.base_url "
                   "for teacher)"),
                 A("--api-key-env", help="environment variable holding the endpoint's key (default: the recipe's)"),
@@ -346,7 +360,8 @@ def make_parser() -> argparse.ArgumentParser:
                 groups[words[0]] = g.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
             p = groups[words[0]].add_parser(words[1], **options)
         for arg in cmd.args:
-            p.add_argument(*arg.flags, **arg.options)
+            p.add_argument(*arg.flags, **{k: v() if k in ("choices", "help") and callable(v) else v
+                                          for k, v in arg.options.items()})
         p.set_defaults(handler=cmd.run, takes_overrides=RECIPE[1] in cmd.args)
     return parser
 

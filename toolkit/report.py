@@ -10,15 +10,11 @@ from pathlib import Path
 
 from toolkit.jsonl import read_jsonl
 from toolkit.recipe import Recipe
+from toolkit.roles import ROLES
 
-# Row order in the table: the story of the tutorial, then anything else by name.
-ORDER = ("base", "likelihood", "student", "resolved", "head", "teacher", "rules")
-DESCRIBE = {"base": "base student, detailed prompt",
-            "likelihood": "base student, detailed prompt, the likeliest allowed answer",
-            "student": "fine-tuned student, short prompt",
-            "resolved": "fine-tuned student + the recipe's resolver, not the student alone",
-            "head": "fine-tuned classification head, the text alone",
-            "teacher": "teacher", "rules": "baseline, no model"}
+# Row order in the table: the roles' (the story of the tutorial), then anything else by name.
+ORDER = tuple(ROLES)
+DESCRIBE = {name: spec.describe for name, spec in ROLES.items()}
 
 
 def collect(eval_dir: Path) -> list[tuple[str, dict]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from toolkit.infer import Backend, Generation, Messages
+from toolkit.backends import Backend, Generation, Messages, Served
 from toolkit.jsonl import DataError, iter_jsonl, write_jsonl
 from toolkit.recipe import Recipe
 
@@ -118,3 +118,7 @@ class HeadBackend(Backend):
     def generate(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
         best = self.class_logits(batch).argmax(-1).tolist()
         return [Generation(json.dumps({self.field: self.choices[i]}, ensure_ascii=False)) for i in best]
+
+
+def build(s: Served) -> HeadBackend:
+    return HeadBackend(s.recipe, s.model, s.model_type, s.template, s.recipe.eval.batch_size)

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.errors import StageError
-from toolkit.models import ResolvedModel
+from toolkit.markers import OWNER, read_marker, write_marker
+from toolkit.models import ResolvedModel, thinking_off
 from toolkit.progress import Bar
 from toolkit.recipe import Recipe
 
@@ -46,7 +47,7 @@ def sft_argv(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: P
         opts["model_type"] = model.model_type
     if model.template:
         opts["template"] = model.template
-    if (model.model_type or "").startswith("qwen3"):
+    if thinking_off(model.model_type, model.template, model.ref):
         opts["enable_thinking"] = False  # hybrid-thinking students train on answers with thinking off
     if num_labels is not None:
         opts.update(task_type="seq_cls", num_labels=num_labels, problem_type="single_label_classification")
@@ -231,9 +232,6 @@ def training_lock(output_dir: Path) -> Iterator[None]:
         yield
 
 
-OWNER = "xtk-train.json"
-
-
 def train_key(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: Path | None,
               num_labels: int | None = None) -> str:
     """What makes a trained adapter what it is: the whole `swift sft` command (model, type, template, every
@@ -256,8 +254,7 @@ def trained_checkpoint(output_dir: Path, key: str, best: bool = False) -> Path |
 
 
 def _trained_under(output_dir: Path, key: str) -> bool:
-    owner = output_dir / OWNER
-    return owner.is_file() and json.loads(owner.read_text()).get("key") == key
+    return (read_marker(output_dir, OWNER) or {}).get("key") == key
 
 
 def _move_aside(output_dir: Path) -> Path:
@@ -329,7 +326,7 @@ def run_train(recipe: Recipe, model: ResolvedModel, data_dir: Path, output_dir: 
         argv = sft_argv(recipe, model, train_file.resolve(), val_file.resolve() if has_val else None,
                         output_dir.resolve(), resume.resolve() if resume else None, num_labels)
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / OWNER).write_text(json.dumps({"key": key, "argv": redact_argv(argv)}, indent=2, ensure_ascii=False) + "\n")
+        write_marker(output_dir, {"key": key, "argv": redact_argv(argv)}, OWNER)
         log_path = output_dir / "train.log"
         try:
             with Bar("swift sft") as bar:
@@ -352,18 +349,31 @@ def merge_argv(checkpoint: Path, output_dir: Path) -> list[str]:
             "--output_dir", str(output_dir)]
 
 
+# What a checkpoint holds beside the model: the trainer's state, for resuming, not for serving.
+TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth", "trainer_state.json",
+                  "training_args.bin", "global_step*", "latest", "zero_to_fp32.py")
+
+
 def run_merge(checkpoint: Path, merged_dir: Path, log_path: Path) -> list[str]:
-    """swift export --merge_lora into merged_dir (written aside, then moved, so a crash leaves no half model)."""
+    """A trained checkpoint as a whole model in merged_dir (written aside, then moved, so a crash leaves no half
+    model): a LoRA checkpoint merged into its base with swift export --merge_lora; a full fine-tune's checkpoint
+    (train.tuner_type full) is the whole model already, copied without the trainer's state. Returns the argv
+    run (none for a copy)."""
     import shutil
 
     from toolkit.runner import run_logged
 
-    if not (checkpoint / "adapter_config.json").is_file():
-        raise StageError(f"{checkpoint}: not a LoRA checkpoint (no adapter_config.json)")
+    lora = (checkpoint / "adapter_config.json").is_file()
+    if not lora and not (checkpoint / "config.json").is_file():
+        raise StageError(f"{checkpoint}: neither a LoRA checkpoint (adapter_config.json) nor a whole model "
+                         "(config.json)")
     partial = merged_dir.with_name(merged_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    argv = merge_argv(checkpoint.resolve(), partial.resolve())
-    run_logged(argv, log_path, what="swift export")
+    argv = merge_argv(checkpoint.resolve(), partial.resolve()) if lora else []
+    if lora:
+        run_logged(argv, log_path, what="swift export")
+    else:
+        shutil.copytree(checkpoint, partial, ignore=shutil.ignore_patterns(*TRAINING_STATE))
     if not (partial / "config.json").is_file():
         raise StageError(f"swift export wrote no model into {partial}; see {log_path}")
     shutil.rmtree(merged_dir, ignore_errors=True)
