@@ -30,7 +30,7 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 
 from toolkit.errors import StageError
-from toolkit.jsonl import read_jsonl, write_json, write_text
+from toolkit.jsonl import open_append, read_jsonl, write_bytes, write_json, write_text
 from toolkit.ranking import Evaluation, mcnemar, mean_rank, paired_difference, ranks, task_scores
 from toolkit.recipe import Recipe, RecipeError, _describe, _key_lines, _Strict, load_recipe, read_yaml_mapping
 
@@ -349,7 +349,7 @@ def _start(b: Bakeoff, index: int, slot: str | None):
     pair = b.pairs[index]
     pair.run_dir.mkdir(parents=True, exist_ok=True)
     log = pair.run_dir / "bakeoff.log"
-    fh = log.open("a", encoding="utf-8")
+    fh = open_append(log)
     fh.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} pair {index}: {pair.task} x {pair.student.name}\n")
     fh.flush()
     env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": slot} if slot is not None else {})}
@@ -644,8 +644,4 @@ def plot_mean_ranks(mean: dict[str, dict], students: list[str], out_png: Path) -
     axes[0][0].invert_yaxis()
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(out_png.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out_png)
-    return out_png
+    return save_figure(fig, out_png)

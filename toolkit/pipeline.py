@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from toolkit.errors import StageError
+from toolkit.jsonl import write_json
 from toolkit.manifest import Manifest
 from toolkit.recipe import Recipe
 
@@ -163,10 +164,9 @@ def stage_merge(ctx: Context) -> list[Path]:
     student = ctx.student()
     # What ms-swift and xtk need to serve it again: type and template survive the merge here; the training key
     # says which training it is, so no evaluation or report takes an older model for it.
-    (ctx.merged_dir / MARKER).write_text(json.dumps(
-        {"name": f"{ctx.recipe.name} student", "base": student.ref, "checkpoint": str(ckpt),
-         "train_key": key, "model_type": student.model_type, "template": student.template},
-        indent=2) + "\n")
+    write_json(ctx.merged_dir / MARKER,
+               {"name": f"{ctx.recipe.name} student", "base": student.ref, "checkpoint": str(ckpt),
+                "train_key": key, "model_type": student.model_type, "template": student.template})
     ctx.manifest.record("merge", argv=argv)
     console.print(f"merge: {ctx.merged_dir}")
     return [ctx.merged_dir]
@@ -208,10 +208,10 @@ def stage_train_head(ctx: Context) -> list[Path]:
     verdict = plot_loss(read_log(train), ctx.run_dir / "loss-head.png")
     argv = run_merge(result.checkpoint, merged, ctx.head_dir / "merge.log")
     student = ctx.student()
-    (merged / MARKER).write_text(json.dumps(
-        {"name": f"{ctx.recipe.name} classification head", "base": student.ref, "checkpoint": str(result.checkpoint),
-         "train_key": result.key, "model_type": student.model_type, "template": student.template,
-         "labels": labels}, indent=2, ensure_ascii=False) + "\n")
+    write_json(merged / MARKER,
+               {"name": f"{ctx.recipe.name} classification head", "base": student.ref,
+                "checkpoint": str(result.checkpoint), "train_key": result.key, "model_type": student.model_type,
+                "template": student.template, "labels": labels})
     ctx.manifest.record("train_head", checkpoint=str(result.checkpoint), key=result.key, diagnosis=verdict,
                         argv=result.argv or None, merge_argv=argv)
     console.print(f"train_head: {merged}\n  {verdict}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.errors import StageError
+from toolkit.jsonl import write_json
 from toolkit.models import ResolvedModel
 from toolkit.progress import Bar
 from toolkit.recipe import Recipe
@@ -330,7 +331,7 @@ def run_train(recipe: Recipe, model: ResolvedModel, data_dir: Path, output_dir: 
         argv = sft_argv(recipe, model, train_file.resolve(), val_file.resolve() if has_val else None,
                         output_dir.resolve(), resume.resolve() if resume else None, num_labels)
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / OWNER).write_text(json.dumps({"key": key, "argv": redact_argv(argv)}, indent=2, ensure_ascii=False) + "\n")
+        write_json(output_dir / OWNER, {"key": key, "argv": redact_argv(argv)})
         log_path = output_dir / "train.log"
         try:
             with Bar("swift sft") as bar:
