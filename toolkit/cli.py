@@ -4,6 +4,7 @@ arguments and the function that runs it; a test checks every row."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -35,22 +36,52 @@ def A(*flags: str, **options) -> Arg:
     return Arg(flags, options)
 
 
+# What a recipe or spec file cannot grant itself (docs/trust.md): only these flags do.
+CONSENT = (
+    A("--allow-code", action="append", default=[], metavar="MODULE",
+      help="let the recipe run functions of MODULE (and its submodules), e.g. its baseline; without it a recipe "
+           "runs xtk's own code only (toolkit.…). Repeat for several"),
+    A("--trust-remote-code", action="store_true",
+      help="allow model folders that ship their own Python code (sets student.trust_remote_code=true; a recipe "
+           "setting it needs this flag too)"),
+)
 RECIPE = (
     A("recipe", help="recipe YAML, e.g. recipes/logistics_zh.yaml"),
     A("--profile", help="a profile of the recipe, e.g. cpu or gpu"),
+    *CONSENT,
 )  # plus any number of key=value overrides anywhere on the line, e.g. train.max_steps=5
 RUN_DIR = (A("--run-dir", help="run folder (default runs/<recipe>/<profile or default>/<student>)"),)
-TRUST = (A("--trust-remote-code", action="store_true",
-           help="allow model folders that ship their own Python code (same as student.trust_remote_code=true)"),)
+
+
+def positive(kind: type):
+    """An argparse type: a finite number above 0 (a size: rows, GiB), else a usage error naming the flag."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__} above 0, got {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a finite size above 0, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _consent(args):
+    from toolkit.trust import Consent
+
+    return Consent(tuple(args.allow_code), args.trust_remote_code)
 
 
 def _recipe(args):
     from toolkit.recipe import load_recipe
 
     overrides = list(args.overrides)
-    if getattr(args, "trust_remote_code", False):
+    if args.trust_remote_code:
         overrides.append("student.trust_remote_code=true")
-    return load_recipe(args.recipe, args.profile, overrides)
+    return load_recipe(args.recipe, args.profile, overrides, _consent(args))
 
 
 def _run_dir(args, recipe):
@@ -105,7 +136,7 @@ def cmd_advise(args) -> None:
         raise StageError(f"--candidates {args.candidates!r}: name at least one model, e.g. smollm2-135m-instruct,gemma3-270m")
     advice = advise(_recipe(args), args.recipe, rows=args.rows, ram_gib=args.ram, gpu_gib=args.gpu, candidates=names)
     if args.json:
-        print(json.dumps(advice.to_json(), ensure_ascii=False, indent=2))
+        print(json.dumps(advice.to_json(), ensure_ascii=False, indent=2, allow_nan=False))  # JSON has no NaN
     else:
         render(advice, Console(width=None if sys.stdout.isatty() else 160))
 
@@ -113,7 +144,7 @@ def cmd_advise(args) -> None:
 def cmd_data_generate(args) -> None:
     from toolkit.datagen import generate
 
-    for path in generate(args.name, args.out):
+    for path in generate(args.name, args.out, _consent(args)):
         print(path)
 
 
@@ -182,7 +213,7 @@ def cmd_report(args) -> None:
 def cmd_bakeoff(args) -> None:
     from toolkit.bakeoff import load_spec, run_bakeoff, run_pair
 
-    bakeoff = load_spec(args.spec, args.out)
+    bakeoff = load_spec(args.spec, args.out, _consent(args))
     if args.pair is not None:  # one pair, in this process: how the bake-off runs each of its pairs
         run_pair(bakeoff, args.pair)
         return
@@ -204,7 +235,7 @@ def _stage(name: str):
 
 COMMANDS: tuple[Command, ...] = (
     Command("run", "the whole flow: data, prepare, eval base, train, merge, eval student and rules, report",
-            cmd_run, RECIPE + RUN_DIR + TRUST + (
+            cmd_run, RECIPE + RUN_DIR + (
                 A("--from", dest="from_stage", metavar="STAGE", help="re-run this stage and every one after it"),
                 A("--only", metavar="STAGE", help="run just this stage"),
             )),
@@ -217,22 +248,22 @@ COMMANDS: tuple[Command, ...] = (
     Command("recipe show", "print a recipe as resolved (profile and overrides applied)", cmd_recipe_show, RECIPE),
     Command("advise", "which student? per candidate: licence, kind against the labelled rows, LoRA training and "
             "inference memory, tokens per record; then the bakeoff spec for those that pass", cmd_advise, RECIPE + (
-                A("--rows", type=int, help="labelled rows you will have (default: what the recipe's data gives)"),
-                A("--ram", type=float, metavar="GIB", help="memory to train and serve in (default: this machine's)"),
-                A("--gpu", type=float, metavar="GIB", help="GPU memory; training and inference are checked against it"),
+                A("--rows", type=positive(int), help="labelled rows you will have (default: what the recipe's data gives)"),
+                A("--ram", type=positive(float), metavar="GIB", help="memory to train and serve in (default: this machine's)"),
+                A("--gpu", type=positive(float), metavar="GIB", help="GPU memory; training and inference are checked against it"),
                 A("--candidates", metavar="A,B,...",
                   help="embedded names, folders or hub ids (default: the recipe's student and the embedded ones)"),
                 A("--json", action="store_true", help="print JSON instead of the table"),
             )),
     Command("prepare", "labelled records -> ms-swift messages JSONL, validated, de-duplicated, split",
-            _stage("prepare"), RECIPE + RUN_DIR + TRUST + (
+            _stage("prepare"), RECIPE + RUN_DIR + (
                 A("--labelled", help="labelled JSONL ({id,text,label} or {messages}); default: the run's data"),)),
     Command("train", "LoRA-train the student with swift sft (resumes an interrupted run)", _stage("train"),
-            RECIPE + RUN_DIR + TRUST),
+            RECIPE + RUN_DIR),
     Command("merge", "merge the last checkpoint's LoRA into the run's merged/ with swift export", _stage("merge"),
-            RECIPE + RUN_DIR + TRUST),
+            RECIPE + RUN_DIR),
     Command("eval", "score a model on the recipe's test files: predictions.jsonl and metrics.json", cmd_eval,
-            RECIPE + RUN_DIR + TRUST + (
+            RECIPE + RUN_DIR + (
                 A("--model", required=True, help="base | student (the run's merged model) | rules | teacher | "
                   "an embedded name, a folder, a hub id, or a served model name with --backend openai"),
                 A("--test", action="append", help="test JSONL with gold labels (default: the recipe's test files)"),
@@ -262,10 +293,12 @@ COMMANDS: tuple[Command, ...] = (
                 A("spec", help="bake-off spec YAML, e.g. bakeoffs/cpu.yaml"),
                 A("--out", help="bake-off folder (default runs/bakeoff/<spec name>)"),
                 A("--pair", type=int, metavar="N", help="run only pair N (0-based, task-major), in this process"),
+                *CONSENT,
             )),
     Command("data generate", "build a recipe's data files with its data.generator, byte for byte", cmd_data_generate, (
         A("name", help="recipe name in recipes/ (e.g. logistics_zh) or a recipe file"),
         A("--out", help="output folder (default datasets/<recipe name>)"),
+        *CONSENT,
     )),
 )
 

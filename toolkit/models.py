@@ -364,7 +364,7 @@ def check_custom_code(folder: Path, trust_remote_code: bool) -> None:
         found.append(f"it ships Python files ({', '.join(scripts[:3])}{', ...' if len(scripts) > 3 else ''})")
     if found:
         raise ModelError(f"{folder}: {'; '.join(found)}: loading it would run the folder's own code. If you "
-                         "trust it, pass --trust-remote-code (or set student.trust_remote_code: true in the recipe).")
+                         "trust it, pass --trust-remote-code on the command line (a recipe or spec cannot grant it itself).")
 
 
 def resolve_model(ref: str, model_type: str | None = None, template: str | None = None,

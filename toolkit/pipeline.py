@@ -384,10 +384,15 @@ def stage_report(ctx: Context) -> list[Path]:
 
     stages = ctx.manifest.data["stages"]
     current = {**{who: identity(ctx, role(ctx, who)) for who in ROLES}, "resolved": resolved_identity(ctx)}
+    # The loss chart, fit verdict and minutes are the last training's: student rows of another are left out.
+    trained = stages.get("train", {}).get("key")
 
     def stale(m: dict) -> str | None:
         """Why an evaluation no longer describes what its name says, or None."""
         who, was = m.get("role"), m.get("identity") or {}
+        if who in ("student", "resolved") and trained and was.get("train_key") != trained:
+            return ("made with the student of an earlier training, not the one whose loss chart, fit and minutes "
+                    "this report shows: run merge and eval_student")
         now = current.get(who) or {**was, "eval_config": current["rules"]["eval_config"]}
         if was != now:
             changed = sorted(k for k in {*was, *now} if was.get(k) != now.get(k))
