@@ -305,8 +305,8 @@ class Recipe(_Strict):
     def _spread_over_fields(self) -> Recipe:
         unknown = [f for f in self.data.spread_over if f not in self.field_names]
         if unknown:
-            raise AtKey(("data", "spread_over"), f"names of this recipe's fields ({', '.join(self.field_names)}); "
-                        f"{', '.join(map(repr, unknown))} is not one")
+            raise AtKey(("data", "spread_over"),
+                        f"data.spread_over names {unknown}, not fields of this recipe ({self.field_names})")
         return self
 
     @model_validator(mode="after")
