@@ -30,7 +30,7 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 
 from toolkit.errors import StageError
-from toolkit.jsonl import open_append, read_jsonl, write_bytes, write_json, write_text
+from toolkit.jsonl import open_append, read_jsonl, save_figure, write_json, write_text
 from toolkit.ranking import Evaluation, mcnemar, mean_rank, paired_difference, ranks, task_scores
 from toolkit.recipe import Recipe, RecipeError, _describe, _key_lines, _Strict, load_recipe, read_yaml_mapping
 from toolkit.trust import Consent
