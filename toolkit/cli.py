@@ -248,9 +248,12 @@ COMMANDS: tuple[Command, ...] = (
     Command("recipe show", "print a recipe as resolved (profile and overrides applied)", cmd_recipe_show, RECIPE),
     Command("advise", "which student? per candidate: licence, kind against the labelled rows, LoRA training and "
             "inference memory, tokens per record; then the bakeoff spec for those that pass", cmd_advise, RECIPE + (
-                A("--rows", type=positive(int), help="labelled rows you will have (default: what the recipe's data gives)"),
-                A("--ram", type=positive(float), metavar="GIB", help="memory to train and serve in (default: this machine's)"),
-                A("--gpu", type=positive(float), metavar="GIB", help="GPU memory; training and inference are checked against it"),
+                A("--rows", type=positive(int),
+                  help="labelled rows you will have (default: what the recipe's data gives)"),
+                A("--ram", type=positive(float), metavar="GIB",
+                  help="memory to train and serve in (default: this machine's)"),
+                A("--gpu", type=positive(float), metavar="GIB",
+                  help="GPU memory; training and inference are checked against it"),
                 A("--candidates", metavar="A,B,...",
                   help="embedded names, folders or hub ids (default: the recipe's student and the embedded ones)"),
                 A("--json", action="store_true", help="print JSON instead of the table"),

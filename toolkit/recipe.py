@@ -312,8 +312,9 @@ class Recipe(_Strict):
     @model_validator(mode="after")
     def _head_has_one_enum(self) -> Recipe:
         if self.classification_head and [f.type for f in self.fields] != ["enum"]:
-            raise AtKey(("classification_head",), "classification_head needs exactly one field, of type enum (its choices are the "
-                             f"head's labels); this recipe has {[f'{f.name}: {f.type}' for f in self.fields]}")
+            found = [f"{f.name}: {f.type}" for f in self.fields]
+            raise AtKey(("classification_head",), "classification_head needs exactly one field, of type enum (its "
+                        f"choices are the head's labels); this recipe has {found}")
         return self
 
     @property

@@ -43,7 +43,8 @@ class Consent:
 
     def argv(self) -> list[str]:
         """The same consent as command-line flags, for a child xtk (a bake-off's pairs)."""
-        return [w for m in self.code for w in ("--allow-code", m)] + (["--trust-remote-code"] if self.remote_code else [])
+        flags = [w for m in self.code for w in ("--allow-code", m)]
+        return flags + (["--trust-remote-code"] if self.remote_code else [])
 
 
 def name_problem(value: str) -> str | None:
