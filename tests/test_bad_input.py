@@ -170,7 +170,8 @@ def test_inputs_without_any_text(tmp_path, name, content):
 # --- prepare -----------------------------------------------------------------------------------------------
 
 def test_prepare_refuses_a_text_over_max_input_chars(tmp_path):
-    recipe = load_recipe(RECIPE, "cpu", ["data.max_input_chars=20"])
+    recipe = load_recipe(RECIPE, "cpu")
+    recipe.data.max_input_chars = 20  # set after loading: the recipe's own pool has longer texts, refused at load
     path = tmp_path / "labelled.jsonl"
     path.write_text("".join(json.dumps({"id": str(i), "text": text, "label": LABEL}, ensure_ascii=False) + "\n"
                             for i, text in enumerate(["短" * 20, "长" * 21])), encoding="utf-8")

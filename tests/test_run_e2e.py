@@ -70,3 +70,13 @@ def test_run_makes_every_artifact_then_skips_and_resumes_precisely(tmp_path, smo
     for test in ("test", "test_unseen"):
         m = json.loads((run / "eval" / f"student-{test}" / "metrics.json").read_text())
         assert m["identity"]["train_key"] == new_key
+    assert "student-test (fine-tuned student" in (run / "report.md").read_text()
+
+    # the audit's case (issue 29): `--only train` with yet another learning rate, no merge, then `--only report`:
+    # the loss chart, fit and minutes are the new training's, so the old student's rows are left out and named
+    xtk_run(run, "train.learning_rate=0.002", "--only", "train")
+    assert json.loads((run / "manifest.json").read_text())["stages"]["train"]["key"] != new_key
+    xtk_run(run, "train.learning_rate=0.002", "--only", "report")
+    report = (run / "report.md").read_text()
+    assert "student-test (fine-tuned" not in report.split("Left out")[0] and "## Training" in report
+    assert "`student-test` (made with the student of an earlier training" in report

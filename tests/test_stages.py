@@ -10,6 +10,7 @@ from toolkit.jsonl import read_jsonl, write_json
 from toolkit.pipeline import open_run, run_stage
 from toolkit.recipe import load_recipe
 from toolkit.report import run_report
+from toolkit.trust import Consent
 
 FIELDS = """\
 fields:
@@ -53,15 +54,15 @@ def test_raw_texts_without_teacher_key_or_gold_say_what_to_give(tmp_path, monkey
 
 
 def test_a_bad_row_in_your_labels_names_its_line(tmp_path):
-    from toolkit.jsonl import DataError
+    from toolkit.recipe import RecipeError
 
     write_labelled(tmp_path / "mine.jsonl")
     with (tmp_path / "mine.jsonl").open("a", encoding="utf-8") as f:
         f.write(json.dumps({"id": "x", "text": "一般", "label": {"tone": "一般"}}, ensure_ascii=False) + "\n")
-    recipe = load_recipe(write_recipe(tmp_path, FIELDS, "{labelled: mine.jsonl, test: [t.jsonl], train_records: 9, "
-                                                        "val_fraction: 0}"))
-    with open_run(recipe, tmp_path / "run") as ctx, pytest.raises(DataError, match=r"mine.jsonl:4: tone '一般' is not"):
-        run_stage(ctx, "data")
+    # found where the recipe loads (every file it names is read then), before any stage runs
+    with pytest.raises(RecipeError, match=r"key 'data.labelled': .*mine.jsonl:4: tone '一般' is not"):
+        load_recipe(write_recipe(tmp_path, FIELDS, "{labelled: mine.jsonl, test: [t.jsonl], train_records: 9, "
+                                                   "val_fraction: 0}"))
 
 
 def tiny_builder() -> dict:
@@ -75,7 +76,8 @@ def test_missing_data_files_are_built_by_the_recipes_generator(tmp_path, monkeyp
     monkeypatch.delenv("XTK_TEST_KEY", raising=False)
     recipe = load_recipe(write_recipe(tmp_path, FIELDS, "{generator: 'test_stages:tiny_builder', pool: "
                                       "datasets/typed/pool.jsonl, pool_gold: datasets/typed/pool_gold.jsonl, "
-                                      "test: [datasets/typed/test.jsonl], train_records: 9, val_fraction: 0}"))
+                                      "test: [datasets/typed/test.jsonl], train_records: 9, val_fraction: 0}"),
+                         consent=Consent(code=("test_stages",)))  # code outside toolkit: allowed as --allow-code does
     with open_run(recipe, tmp_path / "run") as ctx:
         run_stage(ctx, "data")
     assert sorted(p.name for p in (tmp_path / "datasets" / "typed").iterdir()) == [

@@ -30,10 +30,11 @@ from pydantic import Field, ValidationError, field_validator
 
 from toolkit.errors import StageError
 from toolkit.fields import Headline, headline
-from toolkit.jsonl import read_jsonl, write_json, write_text
+from toolkit.jsonl import open_append, read_jsonl, save_figure, write_json, write_text
 from toolkit.ranking import Evaluation, mcnemar, mean_rank, paired_difference, ranks, task_scores
 from toolkit.recipe import Recipe, RecipeError, _describe, _key_lines, _Strict, load_recipe, read_yaml_mapping
 from toolkit.roles import ROLES
+from toolkit.trust import Consent
 
 
 class SpecError(RecipeError):
@@ -93,6 +94,7 @@ class Bakeoff:
     tasks: list[str]
     pairs: list[Pair]  # task-major: every student of the first task, then of the next
     entries: dict[str, RecipeEntry] = field(default_factory=dict)
+    consent: Consent = Consent()  # the command line's, handed on to every pair's process
 
     def pair(self, task: str, student: str) -> Pair:
         return next(p for p in self.pairs if p.task == task and p.student.name == student)
@@ -142,9 +144,10 @@ def student_overrides(entry: StudentEntry, model: str, recipe: Recipe) -> list[s
             f"student.template={json.dumps(template)}", f"student.trust_remote_code={json.dumps(trust)}"]
 
 
-def load_spec(path: str | Path, out: str | Path | None = None) -> Bakeoff:
+def load_spec(path: str | Path, out: str | Path | None = None, consent: Consent | None = None) -> Bakeoff:
     """Read and check a spec: every recipe loads with its profile and overrides for every student, before anything
-    runs. Errors name the spec file, the key and its line."""
+    runs, under the command line's `consent` (a spec grants none itself). Errors name the spec file, the key and
+    its line."""
     from toolkit.manifest import slug
 
     path = Path(path)
@@ -160,8 +163,13 @@ def load_spec(path: str | Path, out: str | Path | None = None) -> Bakeoff:
     root = folder.parent if folder.name == "bakeoffs" else folder
     out = Path(out) if out else Path("runs") / "bakeoff" / path.stem
 
+    consent = consent or Consent()
     students = []
     for i, s in enumerate(spec.students):
+        if s.trust_remote_code and not consent.remote_code:
+            raise SpecError(f"{_where(path, ('students', i, 'trust_remote_code'), lines)}: a spec cannot grant trust "
+                            "itself: model code runs only with --trust-remote-code on the command line (only for "
+                            "model folders you trust)")
         model = _student_model(s, root, _where(path, ("students", i, "model"), lines))
         students.append(Student(s.name or s.model, model))
     _unique(path, lines, "students", [s.name for s in students], "name")
@@ -175,7 +183,7 @@ def load_spec(path: str | Path, out: str | Path | None = None) -> Bakeoff:
         if not recipe_path.is_file():
             raise SpecError(f"{_where(path, ('recipes', i, 'recipe'), lines)}: {recipe_path}: no such recipe file")
         try:
-            own = load_recipe(recipe_path, entry.profile, entry.overrides)
+            own = load_recipe(recipe_path, entry.profile, entry.overrides, consent)
         except RecipeError as exc:
             raise SpecError(f"{where}: {exc}") from None
         task = entry.name or own.name
@@ -187,12 +195,12 @@ def load_spec(path: str | Path, out: str | Path | None = None) -> Bakeoff:
                 # Free decoding unless the spec asks: `base` is the free answer, `base-guided` the guided one,
                 # and every student is scored the same way whatever its recipe's profile decodes with.
                 recipe = load_recipe(recipe_path, entry.profile, ["eval.guided_json=false", *entry.overrides,
-                                                                  *student_overrides(s, student.model, own)])
+                                                                  *student_overrides(s, student.model, own)], consent)
             except RecipeError as exc:
                 raise SpecError(f"{where}, with student {student.name}: {exc}") from None
             pairs.append(Pair(task, student, recipe, out / "runs" / slug(task) / slug(student.model)))
     _unique(path, lines, "recipes", [slug(t) for t in tasks], "name")
-    return Bakeoff(path, spec, out, students, tasks, pairs, entries)
+    return Bakeoff(path, spec, out, students, tasks, pairs, entries, consent)
 
 
 def _unique(path: Path, lines: dict, section: str, values: list[str], key: str) -> None:
@@ -349,11 +357,12 @@ def _start(b: Bakeoff, index: int, slot: str | None):
     pair = b.pairs[index]
     pair.run_dir.mkdir(parents=True, exist_ok=True)
     log = pair.run_dir / "bakeoff.log"
-    fh = log.open("a", encoding="utf-8")
+    fh = open_append(log)
     fh.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} pair {index}: {pair.task} x {pair.student.name}\n")
     fh.flush()
     env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": slot} if slot is not None else {})}
-    argv = [sys.executable, "-m", "toolkit", "bakeoff", str(b.spec_path), "--out", str(b.out), "--pair", str(index)]
+    argv = [sys.executable, "-m", "toolkit", "bakeoff", str(b.spec_path), "--out", str(b.out), "--pair", str(index),
+            *b.consent.argv()]
     # a process group of its own, so that an interruption stops all of it (_stop) and nothing is left running
     proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     return proc, slot, log, fh
@@ -615,8 +624,4 @@ def plot_mean_ranks(mean: dict[str, dict], students: list[str], out_png: Path) -
     axes[0][0].invert_yaxis()
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(out_png.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out_png)
-    return out_png
+    return save_figure(fig, out_png)

@@ -8,6 +8,7 @@ is the MODEL argument below, the same on every command that takes it; a command 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -42,6 +43,15 @@ def A(*flags: str, **options) -> Arg:
     return Arg(flags, options)
 
 
+# What a recipe or spec file cannot grant itself (docs/trust.md): only these flags do.
+CONSENT = (
+    A("--allow-code", action="append", default=[], metavar="MODULE",
+      help="let the recipe run functions of MODULE (and its submodules), e.g. its baseline; without it a recipe "
+           "runs xtk's own code only (toolkit.…). Repeat for several"),
+    A("--trust-remote-code", action="store_true",
+      help="allow model folders that ship their own Python code (sets student.trust_remote_code=true; a recipe "
+           "setting it needs this flag too)"),
+)
 RECIPE = (
     A("recipe", help="recipe YAML, e.g. recipes/logistics_zh.yaml"),
     # Shown in usage and help; parse_args also takes overrides after options (argparse fills this positional
@@ -49,22 +59,43 @@ RECIPE = (
     A("overrides", nargs="*", metavar="key=value",
       help="override any recipe key, anywhere on the line, e.g. train.max_steps=5 eval.limit=20"),
     A("--profile", help="a profile of the recipe, e.g. cpu or gpu (default: the recipe without one)"),
+    *CONSENT,
 )
 OUT = (A("--out", metavar="DIR", help="run folder (default: runs/<recipe>/<profile or default>/<student>)"),)
 MODEL = A("--model", help=" | ".join(n for n, r in ROLES.items() if not r.rescores) + " (a role of the run: "
           "student is its merged model) | an embedded name (xtk models list), a model folder, a hub id, or a served "
           "model name with --backend openai")
-TRUST = (A("--trust-remote-code", action="store_true",
-           help="allow model folders that ship their own Python code (same as student.trust_remote_code=true)"),)
+
+
+def positive(kind: type):
+    """An argparse type: a finite number above 0 (a size: rows, GiB), else a usage error naming the flag."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__} above 0, got {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a finite size above 0, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _consent(args):
+    from toolkit.trust import Consent
+
+    return Consent(tuple(args.allow_code), args.trust_remote_code)
 
 
 def _recipe(args):
     from toolkit.recipe import load_recipe
 
     overrides = list(args.overrides)
-    if getattr(args, "trust_remote_code", False):
+    if args.trust_remote_code:
         overrides.append("student.trust_remote_code=true")
-    return load_recipe(args.recipe, args.profile, overrides)
+    return load_recipe(args.recipe, args.profile, overrides, _consent(args))
 
 
 def _run_dir(args, recipe):
@@ -131,7 +162,7 @@ def cmd_advise(args) -> None:
         raise StageError(f"--candidates {args.candidates!r}: name at least one model, e.g. smollm2-135m-instruct,gemma3-270m")
     advice = advise(_recipe(args), args.recipe, rows=args.rows, ram_gib=args.ram, gpu_gib=args.gpu, candidates=names)
     if args.json:
-        print(json.dumps(advice.to_json(), ensure_ascii=False, indent=2))
+        print(json.dumps(advice.to_json(), ensure_ascii=False, indent=2, allow_nan=False))  # JSON has no NaN
     else:
         render(advice, Console(width=None if sys.stdout.isatty() else 160))
 
@@ -139,7 +170,7 @@ def cmd_advise(args) -> None:
 def cmd_data_generate(args) -> None:
     from toolkit.datagen import generate
 
-    for path in generate(args.name, args.out):
+    for path in generate(args.name, args.out, _consent(args)):
         print(path)
 
 
@@ -216,7 +247,7 @@ def cmd_report(args) -> None:
 def cmd_bakeoff(args) -> None:
     from toolkit.bakeoff import load_spec, run_bakeoff, run_pair
 
-    bakeoff = load_spec(args.spec, args.out)
+    bakeoff = load_spec(args.spec, args.out, _consent(args))
     if args.pair is not None:  # one pair, in this process: how the bake-off runs each of its pairs
         run_pair(bakeoff, args.pair)
         return
@@ -251,7 +282,7 @@ def _embedded_list() -> str:
 COMMANDS: tuple[Command, ...] = (
     Command("run", f"the whole flow, stage by stage ({_stage_list()}); a stage that does not apply is skipped and "
             "the report says why, a finished one is skipped, an interrupted one resumes",
-            cmd_run, RECIPE + OUT + TRUST + (
+            cmd_run, RECIPE + OUT + (
                 A("--from", dest="from_stage", metavar="STAGE",
                   help=f"re-run this stage and every one after it: {_stage_list()} (default: every stage, "
                   "finished ones skipped)"),
@@ -274,24 +305,24 @@ COMMANDS: tuple[Command, ...] = (
     Command("advise", "which student? per candidate: licence, kind against the labelled rows, LoRA training and "
             "inference memory, chat template, tokens per record; then the bakeoff spec for those that pass",
             cmd_advise, RECIPE + (
-                A("--rows", type=int, help="labelled rows you will have (default: what the recipe's data gives)"),
-                A("--ram", type=float, metavar="GIB", help="memory to train and serve in (default: this machine's)"),
-                A("--gpu", type=float, metavar="GIB",
+                A("--rows", type=positive(int), help="labelled rows you will have (default: what the recipe's data gives)"),
+                A("--ram", type=positive(float), metavar="GIB", help="memory to train and serve in (default: this machine's)"),
+                A("--gpu", type=positive(float), metavar="GIB",
                   help="GPU memory; training and inference are checked against it (default: none, a CPU)"),
                 A("--candidates", metavar="A,B,...",
                   help="embedded names, folders or hub ids (default: the recipe's student and the embedded ones)"),
                 A("--json", action="store_true", help="print JSON instead of the table"),
             )),
     Command("prepare", "labelled records -> ms-swift messages JSONL, validated, de-duplicated, checked for test leaks, split; "
-            "stats.json", _stage("prepare"), RECIPE + OUT + TRUST + (
+            "stats.json", _stage("prepare"), RECIPE + OUT + (
                 A("--labelled", help="labelled JSONL ({id,text,label} or {messages}) (default: the run's data)"),)),
     Command("train", "train the student with swift sft (LoRA unless train.tuner_type says full), resuming an "
             "interrupted run; loss.png with a fit diagnosis", _stage("train"),
-            RECIPE + OUT + TRUST),
+            RECIPE + OUT),
     Command("merge", "merge the trained LoRA checkpoint (the last, or the best with train.early_stop_evals) into "
-            "the run's merged/ with swift export", _stage("merge"), RECIPE + OUT + TRUST),
+            "the run's merged/ with swift export", _stage("merge"), RECIPE + OUT),
     Command("eval", "score a model on the recipe's test files: predictions.jsonl and metrics.json under the run's "
-            "eval/", cmd_eval, RECIPE + OUT + TRUST + (
+            "eval/", cmd_eval, RECIPE + OUT + (
                 A(*MODEL.flags, required=True, **MODEL.options),
                 A("--test", action="append", help="test JSONL with gold labels, repeatable (default: the recipe's "
                   "test files)"),
@@ -325,10 +356,12 @@ COMMANDS: tuple[Command, ...] = (
                 A("--out", metavar="DIR", help="bake-off folder (default: runs/bakeoff/<spec name>)"),
                 A("--pair", type=int, metavar="N", help="run only pair N (0-based, task-major), in this process (default: every pair, "
                   "each in a child process)"),
+                *CONSENT,
             )),
     Command("data generate", "build a recipe's data files with its data.generator, byte for byte", cmd_data_generate, (
         A("name", help="recipe name in recipes/ (e.g. logistics_zh) or a recipe file"),
         A("--out", metavar="DIR", help="output folder (default: datasets/<recipe name>)"),
+        *CONSENT,
     )),
 )
 

@@ -5,8 +5,8 @@
   connections are retried with exponential back-off and full jitter.
 - A response that arrived is an answer, usable or not: a truncated body or a non-string `content` comes back
   as an `Answer` with its problem, to be kept (it was paid for), never as an exception.
-- Fail fast: an endpoint that refuses the key, does not exist, or cannot be reached before it ever answered
-  stops the job with one clear error instead of turning every record into "gave up".
+- Fail fast: an endpoint that refuses the key, does not exist, cannot be reached, or lets its first requests time
+  out before it ever answered stops the job with one clear error instead of turning every record into "gave up".
 - Every error text is redacted of the API key before anyone sees it.
 """
 
@@ -27,6 +27,10 @@ from toolkit.secrets import redact
 # Before the endpoint has answered once, a refused connection is most likely a wrong URL or a server that is
 # not up: two quick retries, then stop, rather than ~30 s of back-off for every record.
 UNREACHED_TRIES = 3
+# Before the endpoint has answered once, a request that times out is tried this often, then the endpoint is given
+# up on: at the defaults (120 s, 6 retries) a hung server would otherwise hold a job ~14 minutes before its
+# first record even gave up. Once it has answered, time-outs get the full retries (a busy server, not a dead one).
+UNANSWERED_TIMEOUT_TRIES = 2
 
 
 class EndpointError(StageError):
@@ -173,6 +177,12 @@ class Endpoint:
                 if unreached and attempt + 1 >= UNREACHED_TRIES:
                     self.fatal = EndpointError(f"cannot reach {self.base_url}: {self.describe(exc)}. Is the "
                                                "server running, and is the URL right?")
+                silent = not self.usage.answered and isinstance(exc, self.openai.APITimeoutError)
+                if silent and attempt + 1 >= min(UNANSWERED_TIMEOUT_TRIES, self.max_retries + 1):
+                    self.fatal = EndpointError(
+                        f"{self.base_url} (model {self.model!r}) has never answered: {self.usage.requests} requests "
+                        f"sent, each of the first tried {attempt + 1} times, all with {self.describe(exc)}. Is the "
+                        "server stuck, or still loading the model?")
                 if self.fatal:
                     raise self.fatal from None
                 if not self._transient(exc) or attempt == self.max_retries:

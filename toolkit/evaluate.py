@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -13,12 +14,18 @@ from toolkit.scoring import compute_metrics, extract_json, score_record
 
 
 def load_test(recipe: Recipe, path: str | Path, limit: int | None = None) -> list[dict]:
-    """Test rows {id, text, label}; a row without gold fields is an error naming its line."""
+    """Test rows {id, text, label}; a row without gold fields, or whose id an earlier row has (it would be
+    counted twice), is an error naming its line."""
     path = Path(path)
-    rows = []
+    rows, first = [], {}
     for line, row in iter_jsonl(path):
         if not isinstance(row.get("text"), str) or "id" not in row:
             raise DataError(path, line, "expected a test row with id and text")
+        rid = json.dumps(row["id"])  # any JSON value: 1 and "1" are two ids
+        if rid in first:
+            raise DataError(path, line, f"duplicate id {row['id']!r} (first on line {first[rid]}): each test "
+                            "record once, or it counts twice")
+        first[rid] = line
         if "label" not in row:
             raise DataError(path, line, f"no gold label: a test row needs label with fields {recipe.field_names}")
         check_label(recipe, row["label"], path, line)
@@ -40,8 +47,6 @@ def prediction(recipe: Recipe, rid, text: str, gold: dict, raw: str, parsed: dic
 def run_resolved(recipe: Recipe, resolve, source: Path, out: Path, extra: dict) -> dict:
     """Another evaluation's answers passed through the recipe's resolver (text, parsed answer -> answer) and
     scored again: no new inference. Its records/s count the source's generation time too."""
-    import json
-
     from toolkit.jsonl import read_jsonl
 
     src = json.loads((source / "metrics.json").read_text(encoding="utf-8"))

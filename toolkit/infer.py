@@ -120,6 +120,7 @@ class OpenAIBackend(Backend):
                  concurrency: int = 16, timeout_s: float = 120, max_retries: int = 6, thinking_off: bool = False):
         from toolkit.endpoint import Endpoint
         from toolkit.journal import load_journal
+        from toolkit.jsonl import open_append
 
         key = os.environ.get(api_key_env, "") if api_key_env else ""
         extra = {"enable_thinking": False} if thinking_off else {}
@@ -129,7 +130,7 @@ class OpenAIBackend(Backend):
         self.cache = {r["key"]: r for r in load_journal(cache)} if cache else {}
         if cache:
             cache.parent.mkdir(parents=True, exist_ok=True)
-        self.journal = cache.open("a", encoding="utf-8") if cache else None
+        self.journal = open_append(cache) if cache else None
 
     async def _all(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
         from toolkit.endpoint import EndpointError, GaveUp, request_key

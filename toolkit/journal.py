@@ -12,6 +12,8 @@ from toolkit.jsonl import DataError
 def load_journal(path: Path) -> list[dict]:
     """Every row of a journal. Only a torn last line (a crash mid-write: no newline at the end, not JSON) is
     cut off; a bad line anywhere else is damage a person must look at, so it stops with its line number."""
+    if path.is_symlink():  # repaired and appended to in place: never through a link into another file
+        raise DataError(path, None, "is a link; a journal is a file xtk writes itself: remove the link")
     if not path.is_file():
         return []
     data = path.read_bytes()

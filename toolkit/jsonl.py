@@ -1,4 +1,5 @@
-"""JSONL in and out. Reading names the file and line of a bad row; writing is atomic."""
+"""JSONL in and out. Reading names the file and line of a bad row; writing is atomic and never goes through a
+link that was planted where xtk writes (an output folder may come from someone else)."""
 
 from __future__ import annotations
 
@@ -79,14 +80,48 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     """Write all rows, replacing the file only once every row is written."""
+    return write_bytes(path, "".join(dumps(row) + "\n" for row in rows).encode("utf-8"))
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write a file whole: into a new temporary file beside it (created exclusively, so a link planted under
+    any name is never followed), then renamed over `path` (which replaces a link there, never its target)."""
+    import tempfile
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="\n") as fh:
-        for row in rows:
-            fh.write(dumps(row) + "\n")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the user's other accounts and tools
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """A matplotlib figure as a PNG file, written as write_bytes writes (the format from the file's suffix)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png")
+    return write_bytes(path, buf.getvalue())
+
+
+def open_append(path: str | Path):
+    """A text file opened for appending (created when missing), refused when `path` is a link: a journal is
+    xtk's own file, and appending through a planted link would write into whatever it points at."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if path.is_symlink():
+            raise DataError(path, None, "is a link; xtk writes only files of its own here: remove the link") from None
+        raise DataError(path, None, f"cannot write: {exc.strerror}") from None
+    return os.fdopen(fd, "a", encoding="utf-8", newline="\n")
 
 
 def append_jsonl(fh, row: dict) -> None:
@@ -98,12 +133,7 @@ def append_jsonl(fh, row: dict) -> None:
 
 def write_text(path: str | Path, text: str) -> Path:
     """Write a UTF-8 text file, replacing the old one only once the new one is complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8", newline="\n")
-    os.replace(tmp, path)
-    return path
+    return write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

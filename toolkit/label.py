@@ -22,7 +22,7 @@ from toolkit.endpoint import Answer, Endpoint, EndpointError, GaveUp, Usage, req
 from toolkit.errors import StageError
 from toolkit.fields import disallowed, is_empty, type_problem, ungrounded, vote_key, voted_value
 from toolkit.journal import load_journal
-from toolkit.jsonl import DataError, append_jsonl, iter_jsonl, read_jsonl, write_json, write_jsonl
+from toolkit.jsonl import DataError, append_jsonl, iter_jsonl, open_append, read_jsonl, write_json, write_jsonl
 from toolkit.locks import folder_lock
 from toolkit.progress import Bar
 from toolkit.recipe import Recipe
@@ -142,8 +142,7 @@ async def _label_all(recipe: Recipe, todo: list[dict], endpoint: Endpoint, promp
     gate = asyncio.Semaphore(recipe.teacher.concurrency)
     temperature = recipe.teacher.temperature if votes == 1 else max(recipe.teacher.temperature, 0.7)
     fail_fast = _FailFast(endpoint, len(todo))
-    with (out_dir / "labelled.jsonl").open("a", encoding="utf-8") as good, \
-            (out_dir / "rejects.jsonl").open("a", encoding="utf-8") as bad:
+    with open_append(out_dir / "labelled.jsonl") as good, open_append(out_dir / "rejects.jsonl") as bad:
 
         def reject(row: dict, reason: str, detail: str, raw: str = "") -> None:
             summary.rejected[reason] += 1

@@ -11,13 +11,26 @@ from pathlib import Path
 from toolkit.errors import StageError
 
 
+def _open_lock(path: Path, folder: Path):
+    """The lock file, opened without following a link: a lock planted as a link to another file would have that
+    file's content replaced by a pid, so such a folder is refused."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if path.is_symlink():
+            raise StageError(f"{folder}: its lock file {path.name} is a link ({path} -> {os.readlink(path)}); xtk "
+                             "does not write through links it did not make: remove the link") from None
+        raise StageError(f"{path}: cannot open the lock file: {exc.strerror}") from None
+    return os.fdopen(fd, "r+")
+
+
 @contextmanager
 def folder_lock(folder: Path, what: str, name: str = ".xtk.lock", shown: Path | None = None) -> Iterator[None]:
     """Hold `folder/name` exclusively; a second holder is refused at once with the first one's pid. The lock
     dies with its process, so a crashed or killed command never leaves a stale lock behind. `shown` is the
     folder named in the refusal, where the lock file guards another one than it sits in."""
     folder.mkdir(parents=True, exist_ok=True)
-    with (folder / name).open("a+") as fh:
+    with _open_lock(folder / name, shown or folder) as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -35,6 +48,6 @@ def folder_lock(folder: Path, what: str, name: str = ".xtk.lock", shown: Path | 
 def file_lock(path: Path) -> Iterator[None]:
     """A short blocking lock around one read-modify-write of a shared file (the manifest)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.with_name(path.name + ".lock").open("a") as fh:
+    with _open_lock(path.with_name(path.name + ".lock"), path.parent) as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         yield

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from toolkit.jsonl import save_figure
+
 
 def loss_series(log_rows: list[dict]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """(step, loss) for training and for evaluation, from ms-swift's logging.jsonl rows."""
@@ -88,7 +90,6 @@ def plot_loss(log_rows: list[dict], out_png: Path) -> str:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
+    save_figure(fig, out_png)
     plt.close(fig)
     return verdict

@@ -6,8 +6,9 @@ training made it. A training folder carries xtk-train.json: the key it trains un
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from toolkit.jsonl import write_json
 
 MARKER = "xtk-model.json"
 OWNER = "xtk-train.json"
@@ -26,11 +27,8 @@ def read_marker(folder: str | Path, name: str = MARKER) -> dict | None:
 
 
 def write_marker(folder: str | Path, meta: dict, name: str = MARKER) -> None:
-    """Written whole (beside, then renamed): a marker that is there is never half a marker."""
-    path = Path(folder) / name
-    part = path.with_name(f".{name}.partial")
-    part.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(part, path)
+    """Written whole, never through a link planted where it goes (toolkit/jsonl.py's writer)."""
+    write_json(Path(folder) / name, meta)
 
 
 def trained_key(folder: str | Path) -> str | None:

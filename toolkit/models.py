@@ -365,7 +365,8 @@ def check_custom_code(folder: Path, trust_remote_code: bool) -> None:
         found.append(f"it ships Python files ({', '.join(scripts[:3])}{', ...' if len(scripts) > 3 else ''})")
     if found:
         raise ModelError(f"{folder}: {'; '.join(found)}: loading it would run the folder's own code. If you "
-                         "trust it, pass --trust-remote-code (or set student.trust_remote_code: true in the recipe).")
+                         "trust it, pass --trust-remote-code on the command line (a recipe's or spec's "
+                         "student.trust_remote_code needs it too: a file cannot grant itself trust).")
 
 
 def resolve_model(ref: str, model_type: str | None = None, template: str | None = None,

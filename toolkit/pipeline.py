@@ -241,8 +241,18 @@ def stage_report(ctx: Context) -> list[Path]:
     from toolkit.train import training_minutes
 
     stages = ctx.manifest.data["stages"]
+    # The loss chart, fit verdict and minutes are the last training's: student rows of another are left out.
+    trained = stages.get("train", {}).get("key")
+
+    def stale(m: dict) -> str | None:
+        was = m.get("identity") or {}
+        if m.get("role") in ("student", "resolved") and trained and was.get("train_key") != trained:
+            return ("made with the student of an earlier training, not the one whose loss chart, fit and minutes "
+                    "this report shows: run merge and eval_student")
+        return not_current(ctx, m)
+
     return run_report(ctx.recipe, ctx.run_dir, data_source=stages.get("data", {}).get("source"),
-                      loss_diagnosis=stages.get("train", {}).get("diagnosis"), stale=lambda m: not_current(ctx, m),
+                      loss_diagnosis=stages.get("train", {}).get("diagnosis"), stale=stale,
                       skipped={name: e["skipped"] for name, e in stages.items() if e.get("skipped")},
                       train_minutes={"student": (student := training_minutes(ctx.train_dir)), "resolved": student,
                                      "head": training_minutes(ctx.head_dir / "train")},

@@ -12,18 +12,30 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
                       model_validator)
 
 from toolkit.fields import FieldSpec, kind, normalise, not_classes
-from toolkit.jsonl import DataError, file_problem, iter_lines, read_text
+from toolkit.jsonl import DataError, iter_lines, read_text
+
+if TYPE_CHECKING:
+    from toolkit.trust import Consent
 
 
 class RecipeError(ValueError):
     """A recipe that cannot be used; the message says where and why."""
+
+
+class AtKey(ValueError):
+    """A check across keys whose error belongs to one of them: `loc`, below the model that raises it, is where
+    the message points (its key and line), where pydantic would point at the model as a whole."""
+
+    def __init__(self, loc: tuple, message: str):
+        self.loc = loc
+        super().__init__(message)
 
 
 class _Strict(BaseModel):
@@ -49,12 +61,13 @@ CodeRef = Annotated[str, AfterValidator(_code_ref)]
 
 
 def load_ref(ref: str, key: str):
-    """The function a recipe key names as `module:function`; RecipeError naming the key when it is not there."""
-    import importlib
+    """The function a recipe key names as `module:function`; RecipeError naming the key when it is not there.
+    Which modules a recipe may name is checked where it loads (toolkit/trust.py)."""
+    from toolkit.trust import import_module
 
     module, _, name = ref.partition(":")
     try:
-        found = getattr(importlib.import_module(module), name, None)
+        found = getattr(import_module(module), name, None)
     except ImportError as exc:
         raise RecipeError(f"recipe key {key}: {ref}: cannot import {module} ({exc})") from None
     if not callable(found):
@@ -299,22 +312,26 @@ class Recipe(_Strict):
     @classmethod
     def _unique_fields(cls, fields: list[FieldSpec]) -> list[FieldSpec]:
         names = [f.name for f in fields]
-        if len(set(names)) != len(names) or not names:
-            raise ValueError(f"field names must be unique and non-empty, got {names}")
+        if not names:
+            raise ValueError("at least one field")
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"each field name once; given more than once: {', '.join(twice)}")
         return fields
 
     @model_validator(mode="after")
     def _spread_over_fields(self) -> Recipe:
         unknown = [f for f in self.data.spread_over if f not in self.field_names]
         if unknown:
-            raise ValueError(f"data.spread_over names {unknown}, not fields of this recipe ({self.field_names})")
+            raise AtKey(("data", "spread_over"),
+                        f"data.spread_over names {unknown}, not fields of this recipe ({self.field_names})")
         return self
 
     @model_validator(mode="after")
     def _head_has_one_enum(self) -> Recipe:
         if self.classification_head and (len(self.fields) != 1 or not_classes(self.fields)):
-            raise ValueError("classification_head needs exactly one field, of type enum (its choices are the "
-                             f"head's labels); this recipe has {[f'{f.name}: {f.type}' for f in self.fields]}")
+            found = [f"{f.name}: {f.type}" for f in self.fields]
+            raise AtKey(("classification_head",), "classification_head needs exactly one field, of type enum (its "
+                        f"choices are the head's labels); this recipe has {found}")
         return self
 
     @property
@@ -548,22 +565,12 @@ def _where(path: Path, loc: tuple, lines: dict[tuple, int], profile: str | None,
 
 def _format_errors(path: Path, exc: ValidationError, lines: dict[tuple, int], profile: str | None,
                    overridden: set[tuple]) -> str:
-    out = [f"{_where(path, tuple(err['loc']), lines, profile, overridden, err['type'] == 'missing')}: {_describe(err)}"
+    def loc(err: dict) -> tuple:
+        return tuple(err["loc"]) + getattr((err.get("ctx") or {}).get("error"), "loc", ())
+
+    out = [f"{_where(path, loc(err), lines, profile, overridden, err['type'] == 'missing')}: {_describe(err)}"
            for err in exc.errors()]
     return "invalid recipe\n  " + "\n  ".join(out)
-
-
-def _check_files(recipe: Recipe, path: Path, text: str, overridden: set[tuple]) -> None:
-    """Every file the recipe names for itself (prompts, choices) exists now, not when a stage first reads it."""
-    named = [(("prompts", which), getattr(recipe.prompts, which), "a prompt file")
-             for which in ("teacher", "base", "student")]
-    named += [(("fields", i, "choices_file"), f.choices_file, "a text file of allowed values")
-              for i, f in enumerate(recipe.fields) if f.choices_file is not None]
-    for loc, relative, expected in named:
-        problem = file_problem(recipe.path(relative), expected)
-        if problem:
-            where = _where(path, loc, _key_lines(text), recipe.profile, overridden)
-            raise RecipeError(f"{where}: {recipe.path(relative)}: {problem}")
 
 
 def read_yaml_mapping(path: Path, what: str, expected: str, error: type[RecipeError]) -> tuple[str, dict]:
@@ -585,8 +592,17 @@ def read_yaml_mapping(path: Path, what: str, expected: str, error: type[RecipeEr
     return text, raw
 
 
-def load_recipe(path: str | Path, profile: str | None = None, overrides: list[str] = ()) -> Recipe:
-    """Read a recipe, apply a profile and `key=value` overrides, and validate the result."""
+# Set by load_recipe itself: a recipe file or an override giving them would pass the keyword twice.
+RESERVED = {"root": "where the recipe's relative paths start: the project the recipe lives in",
+            "profile": "the profile chosen with --profile"}
+
+
+def load_recipe(path: str | Path, profile: str | None = None, overrides: list[str] = (),
+                consent: Consent | None = None) -> Recipe:
+    """Read a recipe, apply a profile and `key=value` overrides, and validate the result; then check what it
+    names against what the user allowed on the command line (`consent`, toolkit/trust.py)."""
+    from toolkit.trust import Consent, check_recipe
+
     path = Path(path)
     text, raw = read_yaml_mapping(path, "recipe file", "a mapping of keys at the top level", RecipeError)
     profiles = raw.pop("profiles", None) or {}
@@ -599,13 +615,15 @@ def load_recipe(path: str | Path, profile: str | None = None, overrides: list[st
         keys, value = parse_override(given)
         _apply_override(raw, keys, value)
         overridden.add(tuple(keys))
+    for key, meaning in RESERVED.items():
+        if key in raw:
+            where = _where(path, (key,), _key_lines(text), profile, overridden)
+            raise RecipeError(f"{where}: not a recipe key: xtk sets it ({meaning}); remove it")
     # Relative paths in a recipe are relative to the project root: the parent of recipes/.
     root = path.resolve().parent.parent if path.resolve().parent.name == "recipes" else path.resolve().parent
     try:
         recipe = Recipe(**raw, root=root, profile=profile)
     except ValidationError as exc:
         raise RecipeError(_format_errors(path, exc, _key_lines(text), profile, overridden)) from None
-    except TypeError as exc:  # e.g. a duplicate of root/profile in the file
-        raise RecipeError(f"{path}: {exc}") from None
-    _check_files(recipe, path, text, overridden)
+    check_recipe(recipe, path, text, overridden, consent or Consent())
     return recipe

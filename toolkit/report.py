@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from toolkit.jsonl import read_jsonl
+from toolkit.jsonl import read_jsonl, save_figure, write_text
 from toolkit.recipe import Recipe
 from toolkit.roles import ROLES
 
@@ -103,7 +103,7 @@ def plot_confusion(matrices: list[tuple[str, dict]], field: str, out_png: Path) 
         ax.set_ylabel("gold", fontsize=8)
     fig.suptitle(field, fontsize=9)
     fig.tight_layout()
-    fig.savefig(out_png)
+    save_figure(fig, out_png)
     plt.close(fig)
 
 
@@ -135,8 +135,7 @@ def plot_accuracy(results: list[tuple[str, dict]], field_names: list[str], out_p
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png)
+    save_figure(fig, out_png)
     plt.close(fig)
 
 
@@ -206,6 +205,6 @@ def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, lo
                 lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
             lines.append("")
     report = run_dir / "report.md"
-    report.write_text("\n".join(lines), encoding="utf-8")
+    write_text(report, "\n".join(lines))
     plot_accuracy(results, fields, run_dir / "accuracy.png")
     return [report, run_dir / "accuracy.png", *charts]

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from toolkit.errors import StageError
+from toolkit.jsonl import open_append
 from toolkit.secrets import child_env, redact, redact_argv, secret_arg_values
 
 # A worker's Python exception as torchrun prefixes it, or what a worker that aborts (SIGABRT, which torchrun
@@ -55,7 +56,7 @@ def run_logged(argv: list[str], log_path: Path, env: Mapping[str, str] | None = 
     log_path.parent.mkdir(parents=True, exist_ok=True)
     what = what or " ".join(Path(argv[0]).name.split() + argv[1:2])
     hidden = secret_arg_values(argv)
-    with log_path.open("a", encoding="utf-8") as log:
+    with open_append(log_path) as log:
         log.write(f"\n$ {' '.join(redact_argv(argv))}\n")
         log.flush()
         # Same process group as ours: Ctrl-C in a terminal, or killing the job, reaches the child too.

@@ -66,12 +66,14 @@ def scrub_files(paths: Iterable, extra: Iterable[str] = ()) -> None:
     """Redact secrets from files a child wrote (ms-swift's args.json records every argument it was given)."""
     from pathlib import Path
 
+    from toolkit.jsonl import write_text
+
     extra = list(extra)
     for path in map(Path, paths):
         text = path.read_text(encoding="utf-8", errors="replace")
         clean = redact(text, extra)
         if clean != text:
-            path.write_text(clean, encoding="utf-8")
+            write_text(path, clean)
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

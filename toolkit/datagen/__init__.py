@@ -11,6 +11,7 @@ from pathlib import Path
 
 from toolkit.jsonl import write_jsonl, write_text
 from toolkit.recipe import Recipe, RecipeError, load_recipe, load_ref
+from toolkit.trust import Consent, inside
 
 PROJECT = Path(__file__).resolve().parent.parent.parent
 
@@ -25,9 +26,9 @@ def find_recipe(name: str) -> Path:
     raise RecipeError(f"no recipe {name!r}: expected recipes/{name}.yaml or a path to a recipe file")
 
 
-def generate(name: str, out_dir: str | Path | None = None) -> list[Path]:
+def generate(name: str, out_dir: str | Path | None = None, consent: Consent | None = None) -> list[Path]:
     """`xtk data generate NAME`: the named recipe's files into out_dir (default datasets/<recipe name>)."""
-    return write_data(load_recipe(find_recipe(name)), out_dir)
+    return write_data(load_recipe(find_recipe(name), consent=consent), out_dir)
 
 
 def write_data(recipe: Recipe, out_dir: str | Path | None = None) -> list[Path]:
@@ -36,6 +37,12 @@ def write_data(recipe: Recipe, out_dir: str | Path | None = None) -> list[Path]:
         raise RecipeError(f"recipe {recipe.name!r} names no data builder (data.generator)")
     files = load_ref(recipe.data.generator, "data.generator")()
     out = Path(out_dir) if out_dir is not None else recipe.path(f"datasets/{recipe.name}")
+    # Every name first: a builder's file name must not climb out of the folder, and nothing is half-written.
+    try:
+        paths = [inside(out, filename, f"data.generator {recipe.data.generator} returned the file name")
+                 for filename in files]
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)
-    return [write_text(out / filename, content) if isinstance(content, str) else write_jsonl(out / filename, content)
-            for filename, content in files.items()]
+    return [write_text(p, content) if isinstance(content, str) else write_jsonl(p, content)
+            for p, content in zip(paths, files.values())]
