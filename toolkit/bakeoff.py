@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 
+from toolkit.check import check_files
 from toolkit.errors import StageError
 from toolkit.fields import Headline, headline
 from toolkit.jsonl import open_append, read_jsonl, save_figure, write_json, write_text
@@ -184,6 +185,7 @@ def load_spec(path: str | Path, out: str | Path | None = None, consent: Consent 
             raise SpecError(f"{_where(path, ('recipes', i, 'recipe'), lines)}: {recipe_path}: no such recipe file")
         try:
             own = load_recipe(recipe_path, entry.profile, entry.overrides, consent)
+            check_files(own)
         except RecipeError as exc:
             raise SpecError(f"{where}: {exc}") from None
         task = entry.name or own.name

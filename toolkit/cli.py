@@ -95,7 +95,11 @@ def _recipe(args):
     overrides = list(args.overrides)
     if args.trust_remote_code:
         overrides.append("student.trust_remote_code=true")
-    return load_recipe(args.recipe, args.profile, overrides, _consent(args))
+    from toolkit.check import check_files
+
+    recipe = load_recipe(args.recipe, args.profile, overrides, _consent(args))
+    check_files(recipe)
+    return recipe
 
 
 def _run_dir(args, recipe):

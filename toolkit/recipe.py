@@ -307,6 +307,14 @@ class Recipe(_Strict):
         "each overriding any keys)."))
     _choices_cache: dict[str, list[str] | None] = PrivateAttr(default_factory=dict)
     _allowed_cache: dict[str, frozenset[str] | None] = PrivateAttr(default_factory=dict)
+    _fail: Any = PrivateAttr(default=None)  # set by load_recipe: raises RecipeError at a key, with its file and line
+
+    def fail_at(self, loc: tuple, problem: str):
+        """Raise RecipeError naming the recipe file, the key `loc` and its line (a recipe not loaded from a file:
+        the key alone)."""
+        if self._fail is None:
+            raise RecipeError(f"{'.'.join(map(str, loc))}: {problem}")
+        self._fail(loc, problem)
 
     @field_validator("fields")
     @classmethod
@@ -601,7 +609,7 @@ def load_recipe(path: str | Path, profile: str | None = None, overrides: list[st
                 consent: Consent | None = None) -> Recipe:
     """Read a recipe, apply a profile and `key=value` overrides, and validate the result; then check what it
     names against what the user allowed on the command line (`consent`, toolkit/trust.py)."""
-    from toolkit.trust import Consent, check_recipe
+    from toolkit.trust import Consent
 
     path = Path(path)
     text, raw = read_yaml_mapping(path, "recipe file", "a mapping of keys at the top level", RecipeError)
@@ -625,5 +633,30 @@ def load_recipe(path: str | Path, profile: str | None = None, overrides: list[st
         recipe = Recipe(**raw, root=root, profile=profile)
     except ValidationError as exc:
         raise RecipeError(_format_errors(path, exc, _key_lines(text), profile, overridden)) from None
-    check_recipe(recipe, path, text, overridden, consent or Consent())
+    _check_consent(recipe, path, text, overridden, consent or Consent())
     return recipe
+
+
+def _check_consent(recipe: Recipe, path: Path, text: str, overridden: set[tuple], consent: Consent) -> None:
+    """What a loaded recipe may do on its own (toolkit/trust.py's docstring); RecipeError naming the file, the
+    key and its line. The files it names are read by toolkit/check.py."""
+    from toolkit.trust import CODE_KEYS, code_problem, name_problem
+
+    lines = _key_lines(text)
+
+    def fail(loc: tuple, problem: str):
+        raise RecipeError(f"{_where(path, loc, lines, recipe.profile, overridden)}: {problem}")
+
+    if problem := name_problem(recipe.name):
+        fail(("name",), f"expected {problem}")
+    if recipe.profile is not None and (problem := name_problem(recipe.profile)):
+        line = lines.get(("profiles", recipe.profile))
+        raise RecipeError(f"{path}{f':{line}' if line else ''}: profile: expected {problem}")
+    for loc in CODE_KEYS:
+        ref = getattr(recipe.data, loc[1]) if loc[0] == "data" else getattr(recipe, loc[0])
+        if ref and (problem := code_problem(ref, consent)):
+            fail(loc, problem)
+    if recipe.student.trust_remote_code and not consent.remote_code:
+        fail(("student", "trust_remote_code"), "a recipe cannot grant itself trust: model code runs only with "
+             "--trust-remote-code on the command line (only for a model folder you trust)")
+    recipe._fail = fail

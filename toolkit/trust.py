@@ -7,8 +7,8 @@ or grant itself trust. So, when a recipe loads:
   folder (where a downloaded recipe's neighbours lie);
 - `student.trust_remote_code` takes effect only with `--trust-remote-code` on the command line;
 - names that become paths (the recipe's name, the profile's) are one plain path part;
-- every file it names (prompts, choices files, data and test files) is read and checked now, before anything
-  is paid for or trained.
+- every file it names (prompts, choices files, data and test files) is read and checked before anything is
+  paid for or trained (toolkit/check.py).
 Each refusal names the file, the key and its line, and the flag that would allow it. docs/trust.md says the same
 for users.
 """
@@ -20,10 +20,6 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from toolkit.recipe import Recipe
 
 OWN_CODE = "toolkit"  # xtk's own package: code a recipe may always name
 # One path part that cannot climb out of its folder or hide: what a recipe's and a profile's name become.
@@ -85,80 +81,3 @@ def inside(folder: Path, name: str, what: str) -> Path:
             not (folder / path).resolve().is_relative_to(folder.resolve()):
         raise ValueError(f"{what} {name!r} is not a file name inside {folder}")
     return folder / path
-
-
-def check_recipe(recipe: Recipe, path: Path, text: str, overridden: set[tuple], consent: Consent) -> None:
-    """Everything a loaded recipe is checked for before it is used (the module docstring); RecipeError naming the
-    file, the key and its line."""
-    from toolkit.recipe import RecipeError, _key_lines, _where
-
-    lines = _key_lines(text)
-
-    def fail(loc: tuple, problem: str):
-        raise RecipeError(f"{_where(path, loc, lines, recipe.profile, overridden)}: {problem}")
-
-    if problem := name_problem(recipe.name):
-        fail(("name",), f"expected {problem}")
-    if recipe.profile is not None and (problem := name_problem(recipe.profile)):
-        line = lines.get(("profiles", recipe.profile))
-        raise RecipeError(f"{path}{f':{line}' if line else ''}: profile: expected {problem}")
-    for loc in CODE_KEYS:
-        ref = getattr(recipe.data, loc[1]) if loc[0] == "data" else getattr(recipe, loc[0])
-        if ref and (problem := code_problem(ref, consent)):
-            fail(loc, problem)
-    if recipe.student.trust_remote_code and not consent.remote_code:
-        fail(("student", "trust_remote_code"), "a recipe cannot grant itself trust: model code runs only with "
-             "--trust-remote-code on the command line (only for a model folder you trust)")
-    check_files(recipe, fail)
-
-
-def check_files(recipe: Recipe, fail) -> None:
-    """Every file the recipe names is read now: prompts (UTF-8, not empty), choices files (UTF-8, line by line),
-    and the data and test files that exist (missing ones are built by data.generator or named by the stage that
-    needs them): rows, labels and ids, a duplicate id in a test file being an error with its line."""
-    from toolkit.evaluate import load_test
-    from toolkit.jsonl import DataError, file_problem, iter_jsonl, read_text
-    from toolkit.label import read_inputs
-    from toolkit.prepare import read_records
-
-    for which in ("teacher", "base", "student"):
-        loc, p = ("prompts", which), recipe.path(getattr(recipe.prompts, which))
-        if problem := file_problem(p, "a prompt file"):
-            fail(loc, f"{p}: {problem}")
-        try:
-            empty = not read_text(p, "a prompt file").strip()
-        except DataError as exc:
-            fail(loc, str(exc))
-        if empty:
-            fail(loc, f"{p}: the prompt file is empty: write the instructions the model is given")
-    for i, f in enumerate(recipe.fields):
-        if f.choices_file is not None:
-            p = recipe.path(f.choices_file)
-            if problem := file_problem(p, "a text file of allowed values"):
-                fail(("fields", i, "choices_file"), f"{p}: {problem}")
-            try:
-                recipe.choices(f.name)
-            except DataError as exc:
-                fail(("fields", i, "choices_file"), str(exc))
-    d = recipe.data
-    named = [(("data", "test", i), t, lambda p: load_test(recipe, p)) for i, t in enumerate(d.test)]
-    named += [(("data", "pool"), d.pool, lambda p: read_inputs(p, d.max_input_chars)),
-              (("data", "labelled"), d.labelled, lambda p: read_records(recipe, p)),
-              (("data", "pool_gold"), d.pool_gold, lambda p: _unique_ids(iter_jsonl(p), p))]
-    for loc, name, read in named:
-        if name and recipe.path(name).exists():
-            try:
-                read(recipe.path(name))
-            except DataError as exc:
-                fail(loc, str(exc))
-
-
-def _unique_ids(rows, path: Path) -> None:
-    from toolkit.jsonl import DataError
-
-    first: dict = {}
-    for line, row in rows:
-        if "id" in row and row["id"] in first:
-            raise DataError(path, line, f"duplicate id {row['id']!r} (first on line {first[row['id']]})")
-        first.setdefault(row.get("id"), line)
-
