@@ -9,6 +9,7 @@
 # loops. The load stops when the script exits, however it exits. Python: $PYTHON, else .venv/bin/python of this
 # checkout or of /work/main. Exit status 0 only when every run passed.
 set -u
+set -m  # each pytest run in a process group of its own: an interruption stops it and what it started
 cd "$(dirname "$0")/.."
 N=${1:-10}
 LOAD=${2:-2}
@@ -32,7 +33,10 @@ stop_load() {
   LOAD_PIDS=()
 }
 trap stop_load EXIT
-trap 'exit 130' INT TERM
+# Interrupted (Ctrl-C, kill): stop the run in progress and report over the runs that finished.
+interrupted=0
+PYTEST_PID=
+trap 'interrupted=1; [ -n "$PYTEST_PID" ] && kill -TERM -- -"$PYTEST_PID" 2>/dev/null' INT TERM
 
 if [ "$LOAD" -gt 0 ]; then
   if command -v stress-ng >/dev/null; then
@@ -52,21 +56,31 @@ fi
 echo "stress: $N runs of pytest ${PYTEST_ARGS[*]} under $how; logs and junit XML in $OUT"
 
 passed_runs=0
+done_runs=0
 for i in $(seq "$N"); do
   start=$(date +%s)
-  "$PYTHON" -m pytest -q -p no:cacheprovider "${PYTEST_ARGS[@]}" --junitxml="$OUT/run$i.xml" >"$OUT/run$i.log" 2>&1
+  "$PYTHON" -m pytest -q -p no:cacheprovider "${PYTEST_ARGS[@]}" --junitxml="$OUT/run$i.xml" >"$OUT/run$i.log" 2>&1 &
+  PYTEST_PID=$!
+  wait "$PYTEST_PID"
   rc=$?
+  while kill -0 "$PYTEST_PID" 2>/dev/null; do wait "$PYTEST_PID"; rc=$?; done  # a trapped signal ends `wait` early
+  PYTEST_PID=
+  if [ $interrupted -eq 1 ]; then
+    echo "run $i/$N: interrupted after $(( $(date +%s) - start )) s; not counted"
+    break
+  fi
+  done_runs=$i
   [ $rc -eq 0 ] && passed_runs=$((passed_runs + 1))
   echo "run $i/$N: exit $rc in $(( $(date +%s) - start )) s: $(tail -n 1 "$OUT/run$i.log")"
 done
 stop_load
 
 # Failures per test, from the junit XML of every run (a run that wrote no XML counts as a failed run).
-"$PYTHON" - "$OUT" "$N" "$passed_runs" "$how" <<'EOF'
+"$PYTHON" - "$OUT" "$done_runs" "$passed_runs" "$how" "$N" <<'EOF'
 import collections, pathlib, sys
 import xml.etree.ElementTree as ET
 
-out, n, passed, how = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+out, n, passed, how, asked = pathlib.Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 failed = collections.Counter()
 tests = collections.Counter()
 missing = []
@@ -84,7 +98,7 @@ for name, k in failed.most_common():
     print(f"FAILED {k}/{n} runs: {name}")
 for i in missing:
     print(f"run {i}: no junit XML (pytest did not finish); see {out}/run{i}.log")
-print(f"stress summary: {passed}/{n} runs passed, {len(failed)} tests failed at least once, "
+print(f"stress summary: {passed}/{n} runs passed ({asked} asked for), {len(failed)} tests failed at least once, "
       f"{len(tests)} tests seen, under {how}")
 EOF
-[ "$passed_runs" -eq "$N" ]
+[ "$passed_runs" -eq "$N" ] && [ $interrupted -eq 0 ]
