@@ -8,8 +8,10 @@ input text, and picks each text's behaviour from `modes` (text -> mode):
                                   between sentences of prose
   429, 429_nan, 429_date          429 on the first attempt with Retry-After "1" / "nan" / an HTTP-date, then gold
   500, 503, slow, drop, hang      a transient fault on the first attempt(s), then the gold label; `slow` answers
-                                  after slow_s, `hang` sleeps hang_s (past the client's time-out) and closes the
-                                  connection without answering, `drop` closes it without a status line
+                                  after slow_s, `hang` waits hang_s and closes the connection without answering,
+                                  `drop` closes it without a status line. Both waits (and latency_s) end as soon as
+                                  the client closes its end: a test sets them far past its client's time-out and
+                                  waits for that event, not for a margin between two timers
   truncated                       a 200 whose message content is half a JSON object
   truncated_body                  a 200 whose BODY is half a JSON document (content-length matches the half)
   number                          a 200 whose message.content is the number 42, not a string
@@ -19,7 +21,8 @@ input text, and picks each text's behaviour from `modes` (text -> mode):
   empty, always500                an empty answer / 500 on every attempt
 
 Besides requests, it counts per text the answers it DELIVERED: 200 responses written in full to a client that
-was still connected (a `hang` is never one). A delivered answer is one a real teacher would bill.
+was still connected (a `hang` is never one). A delivered answer is one a real teacher would bill. `finished` counts per text the requests whose handling is over
+(answered, refused, or found the client gone); `wait_until` lets a test wait for such counts instead of sleeping.
 
   GET  /stats     {text: {"mode": m, "requests": n, "delivered": d}} for every text with a mode or a request
   POST /hold      no response is written from now on (each waits); returns once none is being written
@@ -71,11 +74,15 @@ def assign_faults(texts: list[str], n: int, modes: tuple[str, ...] | list[str] =
 
 class TeacherServer:
     def __init__(self, gold: dict[str, dict], modes: dict[str, str] | None = None, latency_s: float = 0.0,
-                 slow_s: float = 3.0, hang_s: float = 3.0):
+                 slow_s: float = 3.0, hang_s: float = 3.0, hold_after: int | None = None):
+        """hold_after: the server holds itself (as POST /hold) once that many answers were delivered, and stays
+        held until released."""
         self.gold, self.modes, self.latency_s, self.slow_s, self.hang_s = gold, modes or {}, latency_s, slow_s, hang_s
+        self.hold_after = hold_after
         self.requests: Counter = Counter()  # text -> requests received
         self.delivered: Counter = Counter()  # text -> 200 responses written in full to a connected client
-        self.lock = threading.Lock()
+        self.finished: Counter = Counter()  # text -> requests whose handling is over
+        self.lock = threading.Condition()  # notified whenever a count changes (wait_until)
         self.auth_headers: list[str] = []
         self._gate = threading.Condition()  # /hold and /release
         self._held = False
@@ -113,7 +120,13 @@ class TeacherServer:
                     server.requests[text] += 1
                     attempt = server.requests[text]
                     server.auth_headers.append(self.headers.get("authorization", ""))
-                server.respond(self, text, attempt, body)
+                    server.lock.notify_all()
+                try:
+                    server.respond(self, text, attempt, body)
+                finally:
+                    with server.lock:
+                        server.finished[text] += 1
+                        server.lock.notify_all()
 
         self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -123,6 +136,12 @@ class TeacherServer:
             texts = set(self.modes) | set(self.requests)
             return {t: {"mode": self.modes.get(t, "ok"), "requests": self.requests[t],
                         "delivered": self.delivered[t]} for t in texts}
+
+    def wait_until(self, condition, timeout_s: float = 120.0) -> None:
+        """Wait until condition() (reading the counts) holds; fails after timeout_s, a bound for a stuck test only."""
+        with self.lock:
+            if not self.lock.wait_for(condition, timeout_s):
+                raise AssertionError(f"the test teacher's counts did not get there within {timeout_s:g} s")
 
     def hold(self) -> None:
         with self._gate:
@@ -137,7 +156,7 @@ class TeacherServer:
     def respond(self, h: BaseHTTPRequestHandler, text: str, attempt: int, body: dict) -> None:
         mode = self.modes.get(text, "ok")
         if self.latency_s:
-            time.sleep(self.latency_s)
+            self._wait_while_connected(h, self.latency_s)
         transient = attempt <= TRANSIENT_TRIES.get(mode, 0)
         if mode.startswith("429") and transient:
             retry_after = {"429": "1", "429_nan": "nan",
@@ -148,10 +167,10 @@ class TeacherServer:
         if mode == "503" and transient:
             return self.send(h, 503, {"error": {"message": "service unavailable"}})
         if mode == "slow" and transient:
-            time.sleep(self.slow_s)
+            self._wait_while_connected(h, self.slow_s)
         if mode in ("drop", "hang") and transient:
             if mode == "hang":
-                time.sleep(self.hang_s)  # past the client's time-out; then no answer at all
+                self._wait_while_connected(h, self.hang_s)  # then no answer at all
             h.close_connection = True
             try:
                 h.connection.shutdown(socket.SHUT_RDWR)  # no status line: the client sees a dropped connection
@@ -192,6 +211,21 @@ class TeacherServer:
         except OSError:
             return True
 
+    @classmethod
+    def _wait_while_connected(cls, h: BaseHTTPRequestHandler, seconds: float) -> None:
+        """Sleep up to `seconds`, returning as soon as the client closes its end (its time-out fired)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                readable, _, _ = select.select([h.connection], [], [], left)
+            except (OSError, ValueError):
+                return
+            if readable:
+                if cls._client_gone(h):
+                    return
+                time.sleep(max(0.0, deadline - time.monotonic()))  # the client sent more (it never does)
+                return
+
     def send(self, h: BaseHTTPRequestHandler, status: int, obj: dict | bytes, headers: dict | None = None,
              text: str | None = None, gate: bool = True) -> None:
         """Write one response; obj as JSON, or bytes as they are. With text, a 200 written in full to a client
@@ -216,6 +250,11 @@ class TeacherServer:
             if text is not None and status == 200:
                 with self.lock:
                     self.delivered[text] += 1
+                    self.lock.notify_all()
+                    if self.hold_after is not None and sum(self.delivered.values()) >= self.hold_after:
+                        self.hold_after = None  # once: after a release, answers flow again
+                        with self._gate:
+                            self._held = True
         except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (a time-out test)
             h.close_connection = True
         finally:

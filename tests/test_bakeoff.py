@@ -277,16 +277,14 @@ def test_an_interrupted_pair_leaves_no_process_behind(tmp_path):
               "time.sleep(600)")
     pair = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {engine!r}]); time.sleep(600)"
     proc = subprocess.Popen([sys.executable, "-c", pair], start_new_session=True)
-    for _ in range(100):
-        if pid_file.is_file() and pid_file.read_text():
-            break
+    deadline = time.monotonic() + 600  # two Python start-ups: seconds on a loaded box; a bound for a stuck test only
+    while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
         time.sleep(0.1)
     engine_pid = int(pid_file.read_text())
     _stop(proc, grace=(1, 1, 1))
     assert proc.returncode is not None
-    for _ in range(20):  # SIGKILL is delivered at once, but the process table may lag
-        if not alive(engine_pid):
-            break
+    deadline = time.monotonic() + 60  # SIGKILL is delivered at once, but the process table may lag
+    while alive(engine_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(engine_pid)
 

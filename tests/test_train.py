@@ -174,7 +174,7 @@ def test_a_process_training_into_the_folder_is_found_and_stopped(tmp_path):
     try:
         assert stale_trainers(out) == [orphan.pid]
         with training_lock(out):
-            assert orphan.wait(timeout=10) is not None and other.poll() is None
+            assert orphan.wait(timeout=120) is not None and other.poll() is None
     finally:
         other.kill()
         orphan.kill()
