@@ -142,6 +142,24 @@ def cmd_eval(args) -> None:
         evaluate_model(ctx, r, tests=args.test)
 
 
+def cmd_predict(args) -> None:
+    import json
+
+    from toolkit.predict import check_out, identity, local_answerer, predict_role, read_texts, run_predict, \
+        student_backend
+
+    recipe = _recipe(args)
+    out = check_out(args.out)  # before the model loads: a wrong suffix is a usage error, not minutes lost
+    rows = read_texts(args.input, args.text_column, args.id_column)
+    r = predict_role(recipe, args.model, _run_dir(args, recipe))
+    backend = student_backend(recipe, r)
+    try:
+        summary = run_predict(recipe, rows, out, identity(recipe, r), local_answerer(recipe, backend, r))
+    finally:
+        backend.close()
+    print(json.dumps(summary, ensure_ascii=False, indent=2))
+
+
 def cmd_label(args) -> None:
     import json
 
@@ -244,6 +262,16 @@ COMMANDS: tuple[Command, ...] = (
                 A("--base-url", help="OpenAI-compatible endpoint, with --backend openai"),
                 A("--api-key-env", help="environment variable holding the endpoint's key"),
                 A("--guided-json", action="store_true", help="vLLM JSON-schema guided decoding"),
+            )),
+    Command("predict", "run the student on new texts (JSONL, CSV, TSV, Parquet) exactly as it was evaluated: "
+            "one row per input with its fields and what is wrong with the answer, resumable", cmd_predict,
+            RECIPE + RUN_DIR + TRUST + (
+                A("--input", required=True, help="texts: .jsonl ({id, text}), .csv, .tsv or .parquet"),
+                A("--out", required=True, help="answers: .jsonl or .parquet (by the suffix)"),
+                A("--model", default="student", help="student (the run's merged model, default) | head | an "
+                  "embedded name, a model folder or a hub id"),
+                A("--text-column", default="text", help="the column (JSON key) holding the text (default text)"),
+                A("--id-column", default="id", help="the column holding the id (default id; without one, the line)"),
             )),
     Command("label", "label raw texts with the teacher: labelled.jsonl + rejects.jsonl, never paying twice",
             cmd_label, RECIPE + RUN_DIR + (
