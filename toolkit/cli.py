@@ -160,6 +160,22 @@ def cmd_predict(args) -> None:
     print(json.dumps(summary, ensure_ascii=False, indent=2))
 
 
+def cmd_serve(args) -> None:
+    import uvicorn
+
+    from toolkit.predict import predict_role, student_backend
+    from toolkit.serve import make_app
+
+    recipe = _recipe(args)
+    r = predict_role(recipe, args.model, _run_dir(args, recipe))
+    backend = student_backend(recipe, r)
+    try:
+        console.print(f"serve: {r.model} on http://{args.host}:{args.port} (POST /extract, GET /health)")
+        uvicorn.run(make_app(recipe, backend, r), host=args.host, port=args.port, log_level="warning")
+    finally:
+        backend.close()
+
+
 def cmd_label(args) -> None:
     import json
 
@@ -272,6 +288,13 @@ COMMANDS: tuple[Command, ...] = (
                   "embedded name, a model folder or a hub id"),
                 A("--text-column", default="text", help="the column (JSON key) holding the text (default text)"),
                 A("--id-column", default="id", help="the column holding the id (default id; without one, the line)"),
+            )),
+    Command("serve", "the student over HTTP: POST /extract answers texts as predict does, GET /health", cmd_serve,
+            RECIPE + RUN_DIR + TRUST + (
+                A("--model", default="student", help="student (the run's merged model, default) | head | an "
+                  "embedded name, a model folder or a hub id"),
+                A("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)"),
+                A("--port", type=int, default=8000, help="port (default 8000)"),
             )),
     Command("label", "label raw texts with the teacher: labelled.jsonl + rejects.jsonl, never paying twice",
             cmd_label, RECIPE + RUN_DIR + (
