@@ -103,6 +103,8 @@ def test_bad_arguments_exit_2_before_any_work(tmp_path, capsys):
     assert predict("--input", tmp_path / "in.jsonl", "--out", tmp_path / "o.jsonl", "--run-dir", tmp_path / "run",
                    model="student") == 2
     assert "no student model" in capsys.readouterr().err  # no merged student in that run folder
+    assert predict("--input", tmp_path / "in.jsonl", "--out", tmp_path / "o.jsonl", "--address", "h:6379") == 2
+    assert "go with --engine ray" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["predict", str(RECIPE), "--out", str(tmp_path / "o.jsonl")])  # no --input
     assert exc.value.code == 2

@@ -1,7 +1,7 @@
 """The student at work, for real: the embedded SmolLM2 stands in a run folder as its merged student (what
 `--model student` resolves), decoding guided by the recipe's schema under vLLM. `xtk predict` answers, record
-for record, what `xtk eval` scored; `xtk serve` answers the same over HTTP and turns a text longer than the
-model's context into a 413, serving on."""
+for record, what `xtk eval` scored; the same job on a local Ray cluster answers the same; `xtk serve` answers
+the same over HTTP and turns a text longer than the model's context into a 413, serving on."""
 
 import json
 import signal
@@ -58,6 +58,15 @@ def test_predict_answers_what_eval_scored(run, answers):
         assert a["raw"] == s["raw"] and a["problems"] == s["problems"], a["id"]
         assert {f: a[f] for f in FIELDS} == {f: (s["parsed"] or {}).get(f) for f in FIELDS}, a["id"]
     assert summary["records"] == N and summary["valid"] == sum(not s["problems"] for s in scored)
+
+
+def test_ray_on_a_local_cluster_answers_as_the_single_process_run(run, answers):
+    res = xtk("predict", RECIPE, "--run-dir", run / "run", "--input", run / "texts.jsonl", "--out",
+              run / "ray.parquet", "--engine", "ray")
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(run / "ray.parquet").to_pylist() == answers[0]
+    assert json.loads(res.stdout[res.stdout.index("{\n"):])["valid"] == answers[1]["valid"]
 
 
 def free_port() -> int:

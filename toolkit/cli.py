@@ -145,18 +145,26 @@ def cmd_eval(args) -> None:
 def cmd_predict(args) -> None:
     import json
 
-    from toolkit.predict import check_out, identity, local_answerer, predict_role, read_texts, run_predict, \
-        student_backend
+    from toolkit.errors import StageError
+    from toolkit.predict import check_out, identity, local_answerer, predict_role, ray_answerer, read_texts, \
+        run_predict, student_backend
+
+    if args.engine != "ray" and (args.address or args.replicas):
+        raise StageError("--address and --replicas go with --engine ray")
 
     recipe = _recipe(args)
     out = check_out(args.out)  # before the model loads: a wrong suffix is a usage error, not minutes lost
     rows = read_texts(args.input, args.text_column, args.id_column)
     r = predict_role(recipe, args.model, _run_dir(args, recipe))
-    backend = student_backend(recipe, r)
-    try:
-        summary = run_predict(recipe, rows, out, identity(recipe, r), local_answerer(recipe, backend, r))
-    finally:
-        backend.close()
+    if args.engine == "ray":
+        summary = run_predict(recipe, rows, out, identity(recipe, r),
+                              ray_answerer(recipe, r, args.address, args.replicas))
+    else:
+        backend = student_backend(recipe, r)
+        try:
+            summary = run_predict(recipe, rows, out, identity(recipe, r), local_answerer(recipe, backend, r))
+        finally:
+            backend.close()
     print(json.dumps(summary, ensure_ascii=False, indent=2))
 
 
@@ -288,6 +296,10 @@ COMMANDS: tuple[Command, ...] = (
                   "embedded name, a model folder or a hub id"),
                 A("--text-column", default="text", help="the column (JSON key) holding the text (default text)"),
                 A("--id-column", default="id", help="the column holding the id (default id; without one, the line)"),
+                A("--engine", choices=["local", "ray"], default="local",
+                  help="local: one engine in this process (default); ray: Ray Data over a Ray cluster"),
+                A("--address", help="with --engine ray: a running cluster's address (default: start a local one)"),
+                A("--replicas", type=int, help="with --engine ray: engines to run (default: one per GPU, else 1)"),
             )),
     Command("serve", "the student over HTTP: POST /extract answers texts as predict does, GET /health", cmd_serve,
             RECIPE + RUN_DIR + TRUST + (

@@ -258,3 +258,50 @@ def local_answerer(recipe: Recipe, backend, r) -> Answerer:
 
     return answer
 
+
+# --- Ray: the same job as Ray Data over a cluster ----------------------------------------------------------
+
+class _Replica:
+    """A Ray actor holding one engine: answers a batch of rows through the same extract() as the local job.
+    Rows go back as JSON text, so ids and values keep their JSON types through Arrow."""
+
+    def __init__(self, recipe: Recipe, r):
+        self.recipe, self.system = recipe, recipe.prompt(r.prompt)
+        self.backend = student_backend(recipe, r)
+
+    def __call__(self, batch: dict) -> dict:
+        from toolkit.evaluate import extract
+
+        ids, texts = [json.loads(i) for i in batch["id"]], [str(t) for t in batch["text"]]
+        xs = extract(self.recipe, self.backend, self.system, texts, self.recipe.eval.max_new_tokens)
+        return {"row": [dumps(output_row(self.recipe, i, x)) for i, x in zip(ids, xs)]}
+
+
+def ray_answerer(recipe: Recipe, r, address: str | None, replicas: int | None) -> Answerer:
+    """Batches of eval.batch_size rows as Ray Data's map_batches over a pool of engine actors: one per GPU of
+    the cluster (each holding its GPU), or `replicas` of them; without GPUs, one unless told. `address` joins a
+    running cluster (`ray start --head` / its address); none starts a local one for this job."""
+
+    def answer(todo: list[dict]) -> Iterator[list[dict]]:
+        import ray
+
+        if not todo:
+            return
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=address, log_to_driver=False, include_dashboard=False, logging_level="WARNING")
+        ray.data.DataContext.get_current().enable_progress_bars = False  # xtk's own bar counts the answers
+        try:
+            gpus = int(ray.cluster_resources().get("GPU", 0))
+            n = replicas or gpus or 1
+            ds = ray.data.from_items([{"id": dumps(t["id"]), "text": t["text"]} for t in todo])
+            ds = ds.map_batches(_Replica, fn_constructor_args=(recipe, r), batch_size=recipe.eval.batch_size,
+                                compute=ray.data.ActorPoolStrategy(size=n), num_gpus=1 if gpus else 0,
+                                num_cpus=0 if gpus else 1)
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                yield [json.loads(row) for row in batch["row"]]
+        finally:
+            if started:
+                ray.shutdown()
+
+    return answer
