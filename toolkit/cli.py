@@ -61,6 +61,9 @@ RECIPE = (
     A("--profile", help="a profile of the recipe, e.g. cpu or gpu (default: the recipe without one)"),
     *CONSENT,
 )
+# predict and serve read a run (its model), they do not write one: --out is predict's answers file
+RUN = (A("--run", metavar="DIR", help="the run folder whose model answers (default: runs/<recipe>/<profile or "
+         "default>/<student>)"),)
 OUT = (A("--out", metavar="DIR", help="run folder (default: runs/<recipe>/<profile or default>/<student>)"),)
 MODEL = A("--model", help=" | ".join(n for n, r in ROLES.items() if not r.rescores) + " (a role of the run: "
           "student is its merged model) | an embedded name (xtk models list), a model folder, a hub id, or a served "
@@ -211,6 +214,50 @@ def cmd_eval(args) -> None:
         evaluate_model(ctx, r, tests=args.test)
 
 
+def cmd_predict(args) -> None:
+    import json
+
+    from toolkit.errors import StageError
+    from toolkit.manifest import default_run_dir
+    from toolkit.predict import check_out, identity, local_answerer, predict_role, ray_answerer, read_texts, \
+        run_predict, student_backend
+
+    if args.engine != "ray" and (args.address or args.replicas):
+        raise StageError("--address and --replicas go with --engine ray")
+
+    recipe = _recipe(args)
+    out = check_out(args.out)  # before the model loads: a wrong suffix is a usage error, not minutes lost
+    rows = read_texts(args.input, args.text_column, args.id_column)
+    r = predict_role(recipe, args.model, args.run or default_run_dir(recipe))
+    if args.engine == "ray":
+        summary = run_predict(recipe, rows, out, identity(recipe, r),
+                              ray_answerer(recipe, r, args.address, args.replicas))
+    else:
+        backend = student_backend(recipe, r)
+        try:
+            summary = run_predict(recipe, rows, out, identity(recipe, r), local_answerer(recipe, backend, r))
+        finally:
+            backend.close()
+    print(json.dumps(summary, ensure_ascii=False, indent=2))
+
+
+def cmd_serve(args) -> None:
+    import uvicorn
+
+    from toolkit.manifest import default_run_dir
+    from toolkit.predict import predict_role, student_backend
+    from toolkit.serve import make_app
+
+    recipe = _recipe(args)
+    r = predict_role(recipe, args.model, args.run or default_run_dir(recipe))
+    backend = student_backend(recipe, r)
+    try:
+        console.print(f"serve: {r.model} on http://{args.host}:{args.port} (POST /extract, GET /health)")
+        uvicorn.run(make_app(recipe, backend, r), host=args.host, port=args.port, log_level="warning")
+    finally:
+        backend.close()
+
+
 def cmd_label(args) -> None:
     import json
 
@@ -340,6 +387,25 @@ COMMANDS: tuple[Command, ...] = (
                   "for teacher)"),
                 A("--api-key-env", help="environment variable holding the endpoint's key (default: the recipe's)"),
                 A("--guided-json", action="store_true", help="vLLM JSON-schema guided decoding"),
+            )),
+    Command("predict", "run the student on new texts (JSONL, CSV, TSV, Parquet) exactly as it was evaluated: "
+            "one row per input with its fields and what is wrong with the answer, resumable", cmd_predict,
+            RECIPE + RUN + (
+                A("--input", required=True, help="texts: .jsonl ({id, text}), .csv, .tsv or .parquet"),
+                A("--out", metavar="FILE", required=True, help="answers: .jsonl or .parquet (by the suffix)"),
+                A(*MODEL.flags, default="student", **MODEL.options),
+                A("--text-column", default="text", help="the column (JSON key) holding the text (default: text)"),
+                A("--id-column", default="id", help="the column holding the id (default: id; without one, the line)"),
+                A("--engine", choices=["local", "ray"], default="local",
+                  help="local: one engine in this process; ray: Ray Data over a Ray cluster (default: local)"),
+                A("--address", help="with --engine ray: a running cluster's address (default: start a local one)"),
+                A("--replicas", type=int, help="with --engine ray: engines to run (default: one per GPU, else 1)"),
+            )),
+    Command("serve", "the student over HTTP: POST /extract answers texts as predict does, GET /health", cmd_serve,
+            RECIPE + RUN + (
+                A(*MODEL.flags, default="student", **MODEL.options),
+                A("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all) (default: 127.0.0.1)"),
+                A("--port", type=int, default=8000, help="port (default: 8000)"),
             )),
     Command("label", "label raw texts with the teacher: labelled.jsonl + rejects.jsonl, never paying twice",
             cmd_label, RECIPE + (

@@ -3,14 +3,79 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from toolkit.errors import StageError
+from toolkit.fields import disallowed, type_problem, ungrounded
 from toolkit.jsonl import DataError, iter_jsonl, write_json, write_jsonl
 from toolkit.prepare import check_label
 from toolkit.progress import Bar
 from toolkit.recipe import Recipe
 from toolkit.scoring import compute_metrics, extract_json, score_record
+
+
+@dataclass
+class Extraction:
+    """A model's answer to one text: what it said, the JSON object in it, and what is wrong with it."""
+
+    raw: str
+    parsed: dict | None
+    problems: list[str] = field(default_factory=list)
+    completion_tokens: int = 0
+    refused: str | None = None  # why the engine would not run this text at all (e.g. longer than its context)
+
+
+def answer_problems(recipe: Recipe, text: str, parsed: dict | None) -> list[str]:
+    """Everything wrong with an answer to `text`: unparseable, a missing or unexpected key, a value of the wrong
+    type, outside its closed set, or not found in the text for a grounded field. [] for a valid answer."""
+    if parsed is None:
+        return ["unparseable: no complete JSON object in the answer"]
+    problems = [f"unexpected field {k!r}" for k in parsed if k not in recipe.field_names]
+    for f in recipe.fields:
+        if f.name not in parsed:
+            problems.append(f"{f.name}: missing")
+        elif problem := type_problem(f, parsed[f.name]):
+            problems.append(f"{f.name}: {problem}")
+        else:
+            outside = disallowed(f, parsed[f.name], recipe.allowed_values(f.name))
+            problems += [f"{f.name}: {v!r} is not in the closed set" for v in outside]
+            problems += [f"{f.name}: {v!r} is not in the text" for v in ungrounded(f, parsed[f.name], text)]
+    return problems
+
+
+def chat(system: str, text: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": text}]
+
+
+def refused(exc: Exception) -> bool:
+    """An error vLLM raises for the request itself (a prompt longer than the model's context, an empty one),
+    before running anything: that text is answered as refused, the others in its batch still run."""
+    errors = sys.modules.get("vllm.exceptions")
+    return errors is not None and isinstance(exc, errors.VLLMClientError)
+
+
+def extract(recipe: Recipe, backend, system: str, texts: list[str], max_tokens: int) -> list[Extraction]:
+    """The one way a text becomes an answer, for eval, predict and serve alike: the recipe's prompt as the
+    system turn, the text as the user turn (the backend applies the model's chat template and, where set,
+    guided decoding), then the JSON object parsed out of the answer and checked against the recipe."""
+    try:
+        generations = backend.generate([chat(system, t) for t in texts], max_tokens)
+    except Exception as exc:
+        if not refused(exc):
+            raise
+        if len(texts) == 1:
+            return [Extraction("", None, [f"refused: {exc}"], refused=str(exc))]
+        return [x for t in texts for x in extract(recipe, backend, system, [t], max_tokens)]
+    if len(generations) != len(texts):
+        raise StageError(f"{backend.name} returned {len(generations)} answers for {len(texts)} texts")
+    out = []
+    for text, g in zip(texts, generations):
+        parsed = extract_json(g.text)
+        out.append(Extraction(g.text, parsed, answer_problems(recipe, text, parsed), g.completion_tokens))
+    return out
 
 
 def load_test(recipe: Recipe, path: str | Path, limit: int | None = None) -> list[dict]:
@@ -38,10 +103,11 @@ def load_test(recipe: Recipe, path: str | Path, limit: int | None = None) -> lis
 
 
 def prediction(recipe: Recipe, rid, text: str, gold: dict, raw: str, parsed: dict | None) -> dict:
-    """One row of predictions.jsonl: the input, gold and answer joined by id, scored field by field."""
+    """One row of predictions.jsonl: the input, gold and answer joined by id, scored field by field, with what
+    is wrong with the answer."""
     correct = score_record(recipe, parsed, gold)
     return {"id": rid, "input": text, "gold": gold, "raw": raw, "parsed": parsed, "correct": correct,
-            "exact": all(correct.values())}
+            "exact": all(correct.values()), "problems": answer_problems(recipe, text, parsed)}
 
 
 def run_resolved(recipe: Recipe, resolve, source: Path, out: Path, extra: dict) -> dict:
@@ -72,21 +138,17 @@ def run_eval(recipe: Recipe, backend, test_path: str | Path, prompt: str, out_di
     rows = load_test(recipe, test_path, limit)
     system = recipe.prompt(prompt)
     size = recipe.eval.batch_size
-    texts, tokens = [], 0
+    answers: list[Extraction] = []
     start = time.perf_counter()
     with Bar(f"eval {out.name}", total=len(rows)) as bar:
         for i in range(0, len(rows), size):
-            batch = [[{"role": "system", "content": system}, {"role": "user", "content": r["text"]}]
-                     for r in rows[i:i + size]]
-            for g in backend.generate(batch, recipe.eval.max_new_tokens):
-                texts.append(g.text)
-                tokens += g.completion_tokens
-            bar.update(len(texts))
+            answers += extract(recipe, backend, system, [r["text"] for r in rows[i:i + size]],
+                               recipe.eval.max_new_tokens)
+            bar.update(len(answers))
     seconds = time.perf_counter() - start
-    if len(texts) != len(rows):
-        raise DataError(test_path, None, f"the backend returned {len(texts)} answers for {len(rows)} rows")
-    predictions = [prediction(recipe, row["id"], row["text"], row["label"], text, extract_json(text))
-                   for row, text in zip(rows, texts)]
+    tokens = sum(a.completion_tokens for a in answers)
+    predictions = [prediction(recipe, row["id"], row["text"], row["label"], a.raw, a.parsed)
+                   for row, a in zip(rows, answers)]
     write_jsonl(out / "predictions.jsonl", predictions)
     metrics = compute_metrics(recipe, predictions)
     metrics.update(model=model_label, backend=backend.name, prompt=prompt, test_file=str(test_path),

@@ -179,14 +179,12 @@ def evaluate_model(ctx: Context, r: Role, tests: list[str] | None = None) -> lis
     import gc
     import time
 
-    from toolkit.backends import make_backend
     from toolkit.evaluate import run_eval
+    from toolkit.roles import engine as make_engine
 
     recipe = ctx.recipe
     start = time.perf_counter()
-    engine = make_backend(recipe, r.backend, r.model, base_url=r.base_url, api_key_env=r.api_key_env,
-                          guided_json=r.guided_json, cache=ctx.run_dir / "cache" / "endpoint-answers.jsonl",
-                          train=ctx.data_dir / "train.jsonl")
+    engine = make_engine(recipe, r, ctx.run_dir)
     load = time.perf_counter() - start
     outputs = []
     try:

@@ -1,0 +1,112 @@
+"""The student at work, for real: the embedded SmolLM2 stands in a run folder as its merged student (what
+`--model student` resolves), decoding guided by the recipe's schema under vLLM. `xtk predict` answers, record
+for record, what `xtk eval` scored; the same job on a local Ray cluster answers the same; `xtk serve` answers
+the same over HTTP and turns a text longer than the model's context into a 413, serving on."""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from conftest import RECIPE, ROOT, SMOLLM2_STUDENT
+from toolkit.jsonl import read_jsonl, write_jsonl
+from toolkit.recipe import load_recipe
+
+pytestmark = pytest.mark.slow
+N = 6
+SMALL = [*SMOLLM2_STUDENT, f"eval.limit={N}", f"eval.batch_size={N}", "eval.max_new_tokens=64",
+         "eval.guided_json=true"]
+TEST = ROOT / "datasets" / "logistics_zh" / "test.jsonl"
+FIELDS = load_recipe(RECIPE, "cpu").field_names
+
+
+def xtk(*argv):
+    res = subprocess.run([sys.executable, "-m", "toolkit", *map(str, argv), "--profile", "cpu", *SMALL], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, smollm2):
+    root = tmp_path_factory.mktemp("predict")
+    (root / "run").mkdir()
+    (root / "run" / "merged").symlink_to(smollm2, target_is_directory=True)
+    write_jsonl(root / "texts.jsonl", [{"id": r["id"], "text": r["text"]} for r in read_jsonl(TEST)[:N]])
+    return root
+
+
+@pytest.fixture(scope="module")
+def answers(run):
+    res = xtk("predict", RECIPE, "--run", run / "run", "--input", run / "texts.jsonl", "--out",
+              run / "answers.jsonl")
+    return read_jsonl(run / "answers.jsonl"), json.loads(res.stdout[res.stdout.index("{\n"):])
+
+
+def test_predict_answers_what_eval_scored(run, answers):
+    xtk("eval", RECIPE, "--out", run / "run", "--model", "student", "--test", TEST)
+    scored = read_jsonl(run / "run" / "eval" / "student-test" / "predictions.jsonl")
+    rows, summary = answers
+    assert [a["id"] for a in rows] == [s["id"] for s in scored] and len(rows) == N
+    for a, s in zip(rows, scored):
+        assert a["raw"] == s["raw"] and a["problems"] == s["problems"], a["id"]
+        assert {f: a[f] for f in FIELDS} == {f: (s["parsed"] or {}).get(f) for f in FIELDS}, a["id"]
+    assert summary["records"] == N and summary["valid"] == sum(not s["problems"] for s in scored)
+
+
+def test_ray_on_a_local_cluster_answers_as_the_single_process_run(run, answers):
+    res = xtk("predict", RECIPE, "--run", run / "run", "--input", run / "texts.jsonl", "--out",
+              run / "ray.parquet", "--engine", "ray")
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(run / "ray.parquet").to_pylist() == answers[0]
+    assert json.loads(res.stdout[res.stdout.index("{\n"):])["valid"] == answers[1]["valid"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_answers_as_predict_and_refuses_too_long_texts_with_a_413(run, answers):
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "toolkit", "serve", str(RECIPE), "--profile", "cpu",
+                               "--run", str(run / "run"), "--port", str(port), *SMALL], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 900
+        while True:
+            assert server.poll() is None, server.stdout.read()[-3000:]
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(2)
+        texts = [r["text"] for r in read_jsonl(run / "texts.jsonl")]
+        with ThreadPoolExecutor(N) as pool:  # concurrent clients, answered in shared batches
+            got = list(pool.map(lambda t: httpx.post(f"{url}/extract", json={"text": t}, timeout=600), texts))
+        for res, want in zip(got, answers[0]):
+            assert res.status_code == 200, res.text
+            assert res.json() == {"fields": {f: want[f] for f in FIELDS}, "valid": not want["problems"],
+                                  "problems": want["problems"], "raw": want["raw"]}
+        # 1,500 characters, under data.max_input_chars: what refuses it is the model's 1,024-token context
+        long = httpx.post(f"{url}/extract", json={"text": ["短", "北京市朝阳区" * 250]}, timeout=600)
+        assert long.status_code == 413 and "text[1] is longer than the model's context" in long.json()["error"]
+        again = httpx.post(f"{url}/extract", json={"text": texts[:2]}, timeout=600)
+        assert again.status_code == 200 and [a["raw"] for a in again.json()] == [w["raw"] for w in answers[0][:2]]
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

@@ -1,0 +1,55 @@
+"""xtk serve's HTTP contract, fast: /extract answers as predict does, and a bad request gets a 4xx with a JSON
+error while the server goes on answering. The engine is the recipe's rule baseline (a real backend answering
+in milliseconds); a model longer than its context needs vLLM, in test_serve_e2e.py."""
+
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import RECIPE, ROOT
+from toolkit.jsonl import read_jsonl
+from toolkit.predict import local_answerer, predict_role, student_backend
+from toolkit.recipe import load_recipe
+from toolkit.serve import make_app
+
+TEST = ROOT / "datasets" / "logistics_zh" / "test.jsonl"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    recipe = load_recipe(RECIPE, "cpu")
+    r = predict_role(recipe, "rules", tmp_path_factory.mktemp("run"))
+    backend = student_backend(recipe, r)
+    with TestClient(make_app(recipe, backend, r)) as client:
+        yield recipe, backend, r, client
+
+
+def test_extract_answers_as_predict_does(served):
+    recipe, backend, r, client = served
+    texts = [{"id": row["id"], "text": row["text"]} for row in read_jsonl(TEST)[:5]]
+    expected = [row for batch in local_answerer(recipe, backend, r)(texts) for row in batch]
+    one = client.post("/extract", json={"text": texts[0]["text"]})
+    assert one.status_code == 200
+    many = client.post("/extract", json={"text": [t["text"] for t in texts]}).json()
+    assert [one.json(), *many[1:]] == many
+    for got, want in zip(many, expected):
+        assert got["fields"] == {f: want[f] for f in recipe.field_names}
+        assert got["problems"] == want["problems"] and got["raw"] == want["raw"]
+        assert got["valid"] == (not want["problems"])
+    assert client.get("/health").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("body, status, says", [
+    (b"{not json", 400, "not JSON"),
+    (b'["a"]', 422, "expected a JSON object"),
+    (b'{"texts": "a"}', 422, "expected a JSON object"),
+    (b'{"text": 5}', 422, "text must be a string, got int"),
+    (b'{"text": ["ok", null]}', 422, "text[1] must be a string"),
+    (b'{"text": "  "}', 422, "text is empty"),
+    (b'{"text": []}', 422, "empty list"),
+    ('{"text": "' + "x" * 4001 + '"}', 413, "over data.max_input_chars=4000"),
+])
+def test_a_bad_request_gets_a_4xx_json_error_and_the_server_goes_on(served, body, status, says):
+    client = served[3]
+    res = client.post("/extract", content=body, headers={"content-type": "application/json"})
+    assert res.status_code == status and says in res.json()["error"], res.text
+    assert client.post("/extract", json={"text": "北京市朝阳区建国路1号 张三 13800000000"}).status_code == 200
