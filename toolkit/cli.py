@@ -190,6 +190,28 @@ def cmd_bakeoff(args) -> None:
         print(path)
 
 
+def cmd_export(args) -> int:
+    from toolkit.export import run_export
+
+    with _open_run(args) as ctx:
+        result = run_export(ctx, args.quant or ctx.recipe.export.quant, args.model, args.accept_drop)
+    parity = result.record["parity"]
+    verdict, overall = parity["verdict"], parity["all"]
+    diff = overall["exact_match_difference"]
+    print(f"{result.gguf}\n{result.folder / 'Modelfile'}\n{result.folder / 'export.json'}")
+    console.print(f"parity on {overall['student']['n']} test records: exact match "
+                  f"{100 * overall['exported']['exact_match']:.1f}% exported vs "
+                  f"{100 * overall['student']['exact_match']:.1f}% student, difference "
+                  f"{100 * diff['value']:+.1f} points [{100 * diff['ci95'][0]:+.1f}, {100 * diff['ci95'][1]:+.1f}], "
+                  f"McNemar p={overall['mcnemar_p']}", highlight=False)
+    if verdict["ok"]:
+        return 0
+    console.print(f"[bold red]WARNING: the exported model loses {100 * verdict['drop']:.1f} points of exact match, "
+                  f"more than export.max_drop ({100 * verdict['max_drop']:.1f}); see {result.folder / 'export.json'}[/]"
+                  + ("" if args.accept_drop else " (exit 1; --accept-drop keeps it anyway)"), highlight=False)
+    return 0 if args.accept_drop else 1
+
+
 def _stage(name: str):
     def handler(args) -> None:
         from toolkit.pipeline import run_stage
@@ -234,16 +256,26 @@ COMMANDS: tuple[Command, ...] = (
     Command("eval", "score a model on the recipe's test files: predictions.jsonl and metrics.json", cmd_eval,
             RECIPE + RUN_DIR + TRUST + (
                 A("--model", required=True, help="base | student (the run's merged model) | rules | teacher | "
-                  "an embedded name, a folder, a hub id, or a served model name with --backend openai"),
+                  "an embedded name, a folder, a hub id, a served model name with --backend openai, or a GGUF "
+                  "file with --backend llamacpp"),
                 A("--test", action="append", help="test JSONL with gold labels (default: the recipe's test files)"),
                 A("--prompt", choices=["base", "student", "teacher"],
                   help="which recipe prompt (default: base for base, teacher for teacher, else student)"),
                 A("--name", help="evaluation name under eval/: letters, digits, '.', '_', '-' (default from --model)"),
-                A("--backend", choices=["auto", "vllm", "transformers", "openai", "rules"],
+                A("--backend", choices=["auto", "vllm", "transformers", "openai", "rules", "llamacpp"],
                   help="default: the recipe's eval.backend (auto = vllm when it imports)"),
                 A("--base-url", help="OpenAI-compatible endpoint, with --backend openai"),
                 A("--api-key-env", help="environment variable holding the endpoint's key"),
                 A("--guided-json", action="store_true", help="vLLM JSON-schema guided decoding"),
+            )),
+    Command("export", "the student as a GGUF file (llama.cpp's converter) with an Ollama Modelfile, scored by "
+            "llama.cpp beside the merged student: exit 1 when it loses more than export.max_drop", cmd_export,
+            RECIPE + RUN_DIR + TRUST + (
+                A("--format", required=True, choices=["gguf"], help="the file format (gguf: llama.cpp, Ollama)"),
+                A("--quant", choices=["f16", "q8_0", "q4_k_m"], help="default: the recipe's export.quant"),
+                A("--model", default="student", help="student (the run's merged model, default) or a model folder"),
+                A("--accept-drop", action="store_true",
+                  help="keep the export (exit 0) even when it loses more exact match than export.max_drop"),
             )),
     Command("label", "label raw texts with the teacher: labelled.jsonl + rejects.jsonl, never paying twice",
             cmd_label, RECIPE + RUN_DIR + (

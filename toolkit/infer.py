@@ -7,7 +7,8 @@
   user turn and answers JSON.
 - likelihood: zero-shot classification, each allowed answer scored by its log-probability (enum fields only).
 - head: a classification head trained by ms-swift (`--task_type seq_cls`), its class as JSON (one enum field).
-Greedy decoding throughout; optional JSON-schema guided decoding on vLLM.
+- llamacpp: a GGUF file (`xtk export`) through llama-cpp-python (toolkit/llamacpp.py), guided by a grammar.
+Greedy decoding throughout; optional JSON-schema guided decoding on vLLM and llama.cpp.
 """
 
 from __future__ import annotations
@@ -260,6 +261,10 @@ def make_backend(recipe: Recipe, backend: str, model: str, *, base_url: str | No
         t = recipe.teacher
         return OpenAIBackend(base_url, model, api_key_env, cache=cache, concurrency=t.concurrency,
                              timeout_s=t.timeout_s, max_retries=t.max_retries, thinking_off="qwen3" in model.lower())
+    if backend == "llamacpp":  # a GGUF file, not a model folder
+        from toolkit.llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend(recipe, model, guided_json)
     if guided_json and backend != "vllm":
         raise StageError(f"guided decoding (eval.guided_json, --guided-json) needs the vllm backend, not {backend}: "
                          "use --backend vllm, or set eval.guided_json=false")

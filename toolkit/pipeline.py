@@ -389,6 +389,8 @@ def stage_report(ctx: Context) -> list[Path]:
         """Why an evaluation no longer describes what its name says, or None."""
         who, was = m.get("role"), m.get("identity") or {}
         now = current.get(who) or {**was, "eval_config": current["rules"]["eval_config"]}
+        if who == "gguf" and "train_key" in was.get("source", {}):  # an export of the run's student: still it?
+            now = {**now, "source": current["student"]}
         if was != now:
             changed = sorted(k for k in {*was, *now} if was.get(k) != now.get(k))
             return f"made with other settings ({', '.join(changed)} changed since)"

@@ -252,6 +252,15 @@ class EvalSpec(_Strict):
     vllm: VllmSpec = Field(default_factory=VllmSpec)
 
 
+class ExportSpec(_Strict):
+    # `xtk export`'s quantisation when --quant is not given: f16, q8_0 (both by llama.cpp's converter), q4_k_m.
+    quant: Literal["f16", "q8_0", "q4_k_m"] = "q8_0"
+    # The most whole-record exact match (a fraction: 0.01 is 1 point) the exported file may lose against the
+    # merged student on the recipe's test files, all records together; more fails the export unless
+    # --accept-drop.
+    max_drop: float = Field(default=0.01, ge=0, le=1)
+
+
 class Recipe(_Strict):
     name: str
     description: str = ""
@@ -262,6 +271,7 @@ class Recipe(_Strict):
     student: StudentSpec
     train: TrainSpec
     eval: EvalSpec = Field(default_factory=EvalSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
     # The baseline, evaluated as `rules`: a function text -> the answer's JSON text, or a @trained one that first
     # learns from the run's training split (toolkit/classical.py); none: not evaluated.
     baseline: CodeRef | None = None

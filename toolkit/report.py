@@ -12,11 +12,12 @@ from toolkit.jsonl import read_jsonl
 from toolkit.recipe import Recipe
 
 # Row order in the table: the story of the tutorial, then anything else by name.
-ORDER = ("base", "likelihood", "student", "resolved", "head", "teacher", "rules")
+ORDER = ("base", "likelihood", "student", "resolved", "gguf", "head", "teacher", "rules")
 DESCRIBE = {"base": "base student, detailed prompt",
             "likelihood": "base student, detailed prompt, the likeliest allowed answer",
             "student": "fine-tuned student, short prompt",
             "resolved": "fine-tuned student + the recipe's resolver, not the student alone",
+            "gguf": "fine-tuned student exported to GGUF (xtk export), llama.cpp",
             "head": "fine-tuned classification head, the text alone",
             "teacher": "teacher", "rules": "baseline, no model"}
 
