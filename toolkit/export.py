@@ -155,11 +155,7 @@ def verdict(overall: dict, max_drop: float) -> dict:
 class ExportResult:
     folder: Path
     gguf: Path
-    record: dict
-
-    @property
-    def ok(self) -> bool:
-        return self.record["parity"]["verdict"]["ok"]
+    record: dict  # export.json
 
 
 def _source(ctx, model: str):
@@ -229,7 +225,7 @@ def write_gguf(ctx, model_dir: Path, quant: str, out: Path, log: Path) -> dict:
             "architecture": written.get("general.architecture"), "chat_template": template,
             "add_bos_token": bool(written.get("tokenizer.ggml.add_bos_token")),
             "converter": f"llama.cpp convert_hf_to_gguf.py from llama-cpp-python=={LLAMA_CPP_PYTHON}",
-            "converter_argv": argv}
+            "converter_argv": [str(model_dir) if a == str(folder) else a for a in argv]}
 
 
 def prompt_check(backend, tokenizer, chats: list[list[dict]], thinking_off: bool) -> dict:
