@@ -40,8 +40,10 @@ def _llama_cpp():
     return llama_cpp
 
 
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0))
+def threads() -> int:
+    """OMP_NUM_THREADS where set (sft.sh and the tests set 1), else every usable core. llama.cpp's threads spin
+    while they wait: on 2 busy cores, 2 threads took 6x the CPU time of 1 for the same tokens."""
+    return int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
 
 
 def json_grammar(schema: dict) -> str:
@@ -68,10 +70,9 @@ class LlamaCppBackend(Backend):
         gguf = Path(gguf)
         if not gguf.is_file():
             raise ModelError(f"{gguf}: no such GGUF file")
-        # The evaluated context length; every usable core, as the vLLM backend gets; all layers on a GPU if the
-        # build has one (a CPU build ignores it).
-        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=recipe.eval.vllm.max_model_len,
-                                   n_threads=usable_cores(), n_gpu_layers=-1, seed=0, verbose=False)
+        # The evaluated context length; all layers on a GPU if the build has one (a CPU build ignores it).
+        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=recipe.eval.vllm.max_model_len, n_threads=threads(),
+                                   n_threads_batch=threads(), n_gpu_layers=-1, seed=0, verbose=False)
         template = self.llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise ModelError(f"{gguf}: the GGUF has no tokenizer.chat_template: export it with `xtk export`, "
@@ -171,11 +172,11 @@ def convert(model_dir: Path, out: Path, outtype: str, log: Path) -> list[str]:
 
 
 def quantize(src: Path, out: Path, quant: str) -> None:
-    """llama.cpp's quantiser (llama_model_quantize), every usable core."""
+    """llama.cpp's quantiser (llama_model_quantize)."""
     llama_cpp = _llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}[quant]
-    params.nthread = usable_cores()
+    params.nthread = threads()
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
     if rc != 0 or not out.is_file():
         raise StageError(f"llama.cpp could not quantise {src} to {quant} (llama_model_quantize returned {rc})")
