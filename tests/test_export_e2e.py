@@ -54,9 +54,11 @@ def test_export_smollm2_to_f16_answers_as_the_transformers_path(tmp_path, smollm
         assert metrics["backend"] == side and metrics["n"] == 3
         answers[side] = [json.loads(line)["raw"] for line in
                          (run / "eval" / folder_name / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
-    # f16 weights against float32: greedy answers from the same tokens start alike (they may part later).
+    # f16 weights against float32: greedy answers from the same tokens start alike (they may part later, and an
+    # answer cut by max_new_tokens ends where a character's bytes were cut).
     for a, b in zip(answers["transformers"], answers["llamacpp"]):
-        assert a[:16] == b[:16], (a, b)
+        n = min(16, len(a), len(b))
+        assert n > 0 and a[:n] == b[:n], (a, b)
 
     again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
