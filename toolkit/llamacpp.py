@@ -4,8 +4,7 @@ sdist vendors llama.cpp, `convert_hf_to_gguf.py` and gguf-py included), so the f
 
 The backend answers the chats evaluation builds (toolkit/evaluate.run_eval) the way llama-cpp-python's own chat
 completion does with the GGUF's chat template (rendered by jinja2 as transformers renders it, tokenised without an
-added BOS), greedy, and, where the recipe decodes guided, under its JSON schema as a llama.cpp grammar with no
-free whitespace between JSON tokens, as vLLM's guided decoding here (disable_any_whitespace).
+added BOS), greedy, and, where the recipe decodes guided, under its JSON schema as a llama.cpp grammar.
 """
 
 from __future__ import annotations
@@ -47,15 +46,20 @@ def threads() -> int:
 
 
 def json_grammar(schema: dict) -> str:
-    """The recipe's JSON schema as llama.cpp GBNF, properties in the schema's order and no whitespace between
-    JSON tokens (llama-cpp-python's converter allows one optional space; vLLM's guided decoding here none)."""
+    """The recipe's JSON schema as llama.cpp GBNF, properties in the schema's order, with llama.cpp's own (C++)
+    whitespace rule: nothing, one space, or a newline and up to 20 indent characters. llama-cpp-python's Python
+    converter allows one optional space only, which would forbid the indented JSON vLLM's guided decoding lets the
+    student write here (measured: `{\\n    "district": ...`)."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     gbnf = json_schema_to_gbnf(json.dumps(schema, ensure_ascii=False), prop_order=list(schema["properties"]))
-    compact, found = re.subn(r"^space ::= .*$", 'space ::= ""', gbnf, flags=re.M)
+    spaced, found = re.subn(r"^space ::= .*$", lambda _: SPACE_RULE, gbnf, flags=re.M)  # taken as written
     if found != 1:
-        raise StageError(f"llama-cpp-python {LLAMA_CPP_PYTHON}'s grammar has no single `space` rule to tighten")
-    return compact
+        raise StageError(f"llama-cpp-python {LLAMA_CPP_PYTHON}'s grammar has no single `space` rule to replace")
+    return spaced
+
+
+SPACE_RULE = 'space ::= | " " | "\\n" [ \\t]{0,20}'
 
 
 class LlamaCppBackend(Backend):
