@@ -54,9 +54,11 @@ def json_grammar(schema: dict) -> str:
 
     gbnf = json_schema_to_gbnf(json.dumps(schema, ensure_ascii=False), prop_order=list(schema["properties"]))
     spaced, found = re.subn(r"^space ::= .*$", lambda _: SPACE_RULE, gbnf, flags=re.M)  # taken as written
-    if found != 1:
-        raise StageError(f"llama-cpp-python {LLAMA_CPP_PYTHON}'s grammar has no single `space` rule to replace")
-    return spaced
+    # The answer ends at its closing brace, as under vLLM (else the model writes a newline after it first).
+    ended, closed = re.subn(r"^(root ::= .*) space$", r"\1", spaced, flags=re.M)
+    if found != 1 or closed != 1:
+        raise StageError(f"llama-cpp-python {LLAMA_CPP_PYTHON}'s grammar has no single `space` and `root` rule")
+    return ended
 
 
 SPACE_RULE = 'space ::= | " " | "\\n" [ \\t]{0,20}'
