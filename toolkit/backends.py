@@ -90,6 +90,8 @@ for _kind in (
     BackendKind("likelihood", "toolkit.likelihood:build", "the likeliest allowed answer of each enum field"),
     BackendKind("head", "toolkit.seqcls:build", "a merged classification head, its class as JSON",
                 reads_prompt=False),
+    BackendKind("llamacpp", "toolkit.llamacpp:build", "a GGUF file (xtk export) through llama.cpp", guided=True,
+                model_folder=False),
 ):
     register(_kind)
 

@@ -67,7 +67,7 @@ RUN = (A("--run", metavar="DIR", help="the run folder whose model answers (defau
 OUT = (A("--out", metavar="DIR", help="run folder (default: runs/<recipe>/<profile or default>/<student>)"),)
 MODEL = A("--model", help=" | ".join(n for n, r in ROLES.items() if not r.rescores) + " (a role of the run: "
           "student is its merged model) | an embedded name (xtk models list), a model folder, a hub id, or a served "
-          "model name with --backend openai")
+          "model name with --backend openai, or a GGUF file with --backend llamacpp")
 
 
 def positive(kind: type):
@@ -306,6 +306,28 @@ def cmd_bakeoff(args) -> None:
         print(path)
 
 
+def cmd_export(args) -> int:
+    from toolkit.export import run_export
+
+    with _open_run(args) as ctx:
+        result = run_export(ctx, args.quant or ctx.recipe.export.quant, args.model, args.accept_drop)
+    parity = result.record["parity"]
+    verdict, overall = parity["verdict"], parity["all"]
+    diff = overall["exact_match_difference"]
+    print(f"{result.gguf}\n{result.folder / 'Modelfile'}\n{result.folder / 'export.json'}")
+    console.print(f"parity on {overall['student']['n']} test records: exact match "
+                  f"{100 * overall['exported']['exact_match']:.1f}% exported vs "
+                  f"{100 * overall['student']['exact_match']:.1f}% student, difference "
+                  f"{100 * diff['value']:+.1f} points [{100 * diff['ci95'][0]:+.1f}, {100 * diff['ci95'][1]:+.1f}], "
+                  f"McNemar p={overall['mcnemar_p']}", highlight=False)
+    if verdict["ok"]:
+        return 0
+    console.print(f"[bold red]WARNING: the exported model loses {100 * verdict['drop']:.1f} points of exact match, "
+                  f"more than export.max_drop ({100 * verdict['max_drop']:.1f}); see {result.folder / 'export.json'}[/]"
+                  + ("" if args.accept_drop else " (exit 1; --accept-drop keeps it anyway)"), highlight=False)
+    return 0 if args.accept_drop else 1
+
+
 def _stage(name: str):
     def handler(args) -> None:
         from toolkit.pipeline import run_stage
@@ -406,6 +428,16 @@ COMMANDS: tuple[Command, ...] = (
                 A(*MODEL.flags, default="student", **MODEL.options),
                 A("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all) (default: 127.0.0.1)"),
                 A("--port", type=int, default=8000, help="port (default: 8000)"),
+            )),
+    Command("export", "the student as a GGUF file (llama.cpp's converter) with an Ollama Modelfile, scored by "
+            "llama.cpp beside the merged student: exit 1 when it loses more than export.max_drop", cmd_export,
+            RECIPE + OUT + (
+                A("--format", required=True, choices=["gguf"], help="the file format (gguf: llama.cpp, Ollama)"),
+                A("--quant", choices=["f16", "q8_0", "q4_k_m"], help="default: the recipe's export.quant"),
+                A("--model", default="student", help="student (the run's merged model) or a model folder "
+                  "(default: student)"),
+                A("--accept-drop", action="store_true",
+                  help="keep the export (exit 0) even when it loses more exact match than export.max_drop"),
             )),
     Command("label", "label raw texts with the teacher: labelled.jsonl + rejects.jsonl, never paying twice",
             cmd_label, RECIPE + (

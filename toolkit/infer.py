@@ -5,7 +5,7 @@
 - openai: any OpenAI-compatible endpoint (a teacher, `swift deploy`, `vllm serve`).
 - rules: the recipe's baseline (rules, or a classical model learnt from the training split), which reads the
   user turn and answers JSON.
-(likelihood.py and seqcls.py hold the two that choose among classes.) Greedy decoding throughout; optional JSON-schema guided decoding on vLLM.
+(likelihood.py and seqcls.py hold the two that choose among classes; llamacpp.py runs a GGUF file from `xtk export`.) Greedy decoding throughout; optional JSON-schema guided decoding on vLLM.
 """
 
 from __future__ import annotations

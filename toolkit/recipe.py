@@ -276,6 +276,15 @@ class EvalSpec(_Strict):
     vllm: VllmSpec = Field(default_factory=VllmSpec, description="vLLM's engine settings.")
 
 
+class ExportSpec(_Strict):
+    quant: Literal["f16", "q8_0", "q4_k_m"] = Field(default="q8_0", description=(
+        "`xtk export`'s quantisation when --quant is not given: f16, q8_0 (both by llama.cpp's converter), q4_k_m."))
+    max_drop: float = Field(default=0.01, ge=0, le=1, description=(
+        "The most whole-record exact match (a fraction: 0.01 is 1 point) the exported file may lose against the "
+        "merged student on the recipe's test files, all records together; more fails the export unless "
+        "--accept-drop."))
+
+
 class Recipe(_Strict):
     name: str = Field(description=(
         "The task's name: the run folder (runs/<name>/...) and the datasets folder are named by it."))
@@ -288,6 +297,7 @@ class Recipe(_Strict):
     student: StudentSpec = Field(description="The small model to fine-tune.")
     train: TrainSpec = Field(description="ms-swift training settings (`swift sft`).")
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation settings.")
+    export: ExportSpec = Field(default_factory=ExportSpec, description="`xtk export` settings (docs/export.md).")
     baseline: CodeRef | None = Field(default=None, description=(
         "The baseline evaluated as `rules`, as module:function: text -> the answer's JSON text, or a @trained one "
         "that first learns from the run's training split (toolkit/classical.py); null: not evaluated."))

@@ -1,0 +1,172 @@
+"""`xtk export`'s contracts without a conversion: its arguments, the Ollama template and Modelfile, the parity
+figures and the max_drop verdict on hand-made predictions, the exit codes."""
+
+import pytest
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from conftest import RECIPE
+from toolkit.cli import main, parse_args
+from toolkit.errors import StageError
+from toolkit.export import go_template, modelfile, paired, verdict
+from toolkit.models import GEMMA3_TEXT_TEMPLATE
+from toolkit.recipe import RecipeError, load_recipe
+
+# SmolLM2-Instruct's chat template (ChatML, with its default system prompt when none is given).
+CHATML = """{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system
+You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>
+' }}{% endif %}{{'<|im_start|>' + message['role'] + '
+' + message['content'] + '<|im_end|>' + '
+'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant
+' }}{% endif %}"""
+
+
+def renderer(template: str, bos: str = ""):
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    compiled = env.from_string(template)
+
+    def raise_exception(message):
+        raise ValueError(message)
+
+    return lambda messages: compiled.render(messages=messages, add_generation_prompt=True, bos_token=bos,
+                                            raise_exception=raise_exception)
+
+
+def fill(go: str, system: str, prompt: str) -> str:
+    """What Ollama renders from go_template's output: its only constructs are {{ if .System }} ... {{ else }} ...
+    {{ end }}, {{ .System }} and {{ .Prompt }} (a one-turn chat)."""
+    head, rest = go.removeprefix("{{ if .System }}").split("{{ else }}")
+    branch = head if system else rest.removesuffix("{{ end }}")
+    return branch.replace("{{ .System }}", system).replace("{{ .Prompt }}", prompt)
+
+
+def test_export_arguments():
+    args = parse_args(["export", str(RECIPE), "--format", "gguf", "--profile", "cpu", "export.max_drop=0.02"])
+    assert (args.format, args.quant, args.model, args.accept_drop) == ("gguf", None, "student", False)
+    assert args.overrides == ["export.max_drop=0.02"]
+    args = parse_args(["export", str(RECIPE), "--format", "gguf", "--quant", "q4_k_m", "--model", "/m", "--accept-drop"])
+    assert (args.quant, args.model, args.accept_drop) == ("q4_k_m", "/m", True)
+    for bad in (["--format", "onnx"], ["--format", "gguf", "--quant", "q5_0"], []):
+        with pytest.raises(SystemExit) as exit_:
+            parse_args(["export", str(RECIPE), *bad])
+        assert exit_.value.code == 2
+    assert parse_args(["eval", str(RECIPE), "--model", "x.gguf", "--backend", "llamacpp"]).backend == "llamacpp"
+
+
+def test_export_recipe_keys():
+    recipe = load_recipe(RECIPE)
+    assert (recipe.export.quant, recipe.export.max_drop) == ("q8_0", 0.01)  # 1 point of exact match
+    assert load_recipe(RECIPE, None, ["export.max_drop=0.05"]).export.max_drop == 0.05
+    for bad in ("export.max_drop=-0.01", "export.quant=q5_0", "export.max_dorp=1"):
+        with pytest.raises(RecipeError, match="export"):
+            load_recipe(RECIPE, None, [bad])
+
+
+def test_ollama_template_of_chatml_is_chatml_and_renders_what_the_chat_template_does():
+    render = renderer(CHATML)
+    go = go_template(render, bos="")
+    assert go == ("{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n<|im_start|>user\n{{ .Prompt }}"
+                  "<|im_end|>\n<|im_start|>assistant\n{{ else }}<|im_start|>system\nYou are a helpful AI assistant "
+                  "named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n{{ .Prompt }}<|im_end|>\n"
+                  "<|im_start|>assistant\n{{ end }}")
+    system, text = "抽取收件信息为JSON", "张三 13812345678 北京市朝阳区建国路1号 {{ .Prompt }}"
+    assert fill(go, system, text) == render([{"role": "system", "content": system}, {"role": "user", "content": text}])
+    assert fill(go, "", text) == render([{"role": "user", "content": text}])
+
+
+def test_ollama_template_of_gemma_leaves_bos_to_the_runtime():
+    """Gemma's template writes <bos> itself; a GGUF that adds BOS must not get it twice from Ollama."""
+    render = renderer(GEMMA3_TEXT_TEMPLATE, bos="<bos>")
+    go = go_template(render, bos="<bos>")
+    assert "<bos>" not in go
+    system, text = "抽取JSON", "李四 广州市天河区"
+    assert "<bos>" + fill(go, system, text) == render([{"role": "system", "content": system},
+                                                       {"role": "user", "content": text}])
+    assert fill(go, system, text) == f"<start_of_turn>user\n{system}\n\n{text}<end_of_turn>\n<start_of_turn>model\n"
+
+
+def test_a_template_that_rewrites_the_text_cannot_become_an_ollama_template():
+    with pytest.raises(StageError, match="Ollama"):
+        go_template(renderer("{% for m in messages %}{{ m['content'] | upper }}{% endfor %}"), bos="")
+
+
+def test_modelfile_content():
+    text = modelfile("logistics_zh-student-q8_0.gguf", "{{ .Prompt }}", "抽取JSON", ["<|im_end|>", "<|endoftext|>"],
+                     160, 1024)
+    lines = text.splitlines()
+    assert "FROM ./logistics_zh-student-q8_0.gguf" in lines
+    assert 'TEMPLATE """{{ .Prompt }}"""' in lines and 'SYSTEM """抽取JSON"""' in lines
+    assert {"PARAMETER temperature 0", "PARAMETER num_predict 160", "PARAMETER num_ctx 1024",
+            'PARAMETER stop "<|im_end|>"', 'PARAMETER stop "<|endoftext|>"'} <= set(lines)
+    with pytest.raises(StageError, match='"""'):
+        modelfile("m.gguf", "{{ .Prompt }}", 'say """hi"""', [], 16, 64)
+
+
+def predictions(rights: list[bool], fields: int = 2) -> list[dict]:
+    return [{"id": i, "raw": str(r), "exact": r, "correct": {f"f{j}": r or j == 0 for j in range(fields)}}
+            for i, r in enumerate(rights)]
+
+
+class TwoFields:
+    field_names = ["f0", "f1"]
+
+
+def test_parity_figures_and_the_max_drop_verdict():
+    # 100 records: the student gets 90 right, the export 88; 3 only the student, 1 only the export.
+    student = [True] * 90 + [False] * 10
+    exported = [True] * 87 + [False] * 3 + [True] + [False] * 9
+    p = paired(TwoFields, predictions(student), predictions(exported))
+    assert p["student"]["exact_match"] == 0.9 and p["exported"]["exact_match"] == 0.88
+    assert p["student"]["fields"] == {"f0": 1.0, "f1": 0.9} and p["exported"]["fields"] == {"f0": 1.0, "f1": 0.88}
+    assert p["exact_match_difference"]["value"] == -0.02
+    lo, hi = p["exact_match_difference"]["ci95"]
+    assert lo < -0.02 < hi
+    assert (p["only_student_right"], p["only_exported_right"]) == (3, 1)
+    assert p["mcnemar_p"] == 0.625  # 2 * P(X <= 1) for X ~ Bin(4, 1/2) = 2 * 5/16
+    assert p["fields_difference"] == {"f0": 0.0, "f1": -0.02}
+    assert p["identical_answers"] == 96
+    assert verdict(p, 0.01) == {"max_drop": 0.01, "drop": 0.02, "ok": False}
+    assert verdict(p, 0.02)["ok"]  # exactly max_drop is kept
+    assert verdict(paired(TwoFields, predictions(exported), predictions(student)), 0.0)["ok"]  # a gain passes
+
+
+def test_parity_needs_the_same_records():
+    with pytest.raises(StageError, match="same records"):
+        paired(TwoFields, predictions([True, False]), predictions([True]))
+
+
+@pytest.mark.parametrize("accept", [False, True])
+def test_a_drop_beyond_max_drop_exits_1_unless_accepted(tmp_path, monkeypatch, capsys, accept):
+    """run_export is replaced by a double returning hand-made parity figures: the exit code and the warning are
+    the CLI's, whatever the conversion gives (the real one runs in test_export_e2e.py)."""
+    import toolkit.export as export
+
+    overall = paired(TwoFields, predictions([True] * 10), predictions([True] * 8 + [False] * 2))
+    record = {"parity": {"all": overall, "verdict": verdict(overall, 0.01)}}
+    monkeypatch.setattr(export, "run_export",
+                        lambda ctx, quant, model, accept_drop: export.ExportResult(tmp_path, tmp_path / "m.gguf", record))
+    code = main(["export", str(RECIPE), "--format", "gguf", "--run-dir", str(tmp_path / "run"),
+                 *(["--accept-drop"] if accept else [])])
+    err = capsys.readouterr().err
+    assert code == (0 if accept else 1)
+    assert "WARNING" in err and "20.0 points" in err and "-20.0 points" in err
+
+
+def test_export_without_a_merged_student_exits_2(tmp_path, capsys):
+    assert main(["export", str(RECIPE), "--format", "gguf", "--run-dir", str(tmp_path)]) == 2
+    assert "no merged student" in capsys.readouterr().err
+    assert not (tmp_path / "export").exists()
+
+
+def test_json_grammar_is_the_schema_with_bounded_whitespace():
+    from llama_cpp import LlamaGrammar
+
+    from toolkit.llamacpp import json_grammar
+
+    recipe = load_recipe(RECIPE, "cpu")
+    gbnf = json_grammar(recipe.json_schema())
+    assert 'space ::= | " " | "\\n" [ \\t]{0,20}' in gbnf.splitlines()
+    rules = dict(line.split(" ::= ", 1) for line in gbnf.splitlines())
+    assert rules["root"] == ('"{" space district-kv "," space city-kv "," space province-kv "," space '
+                             'specific-location-kv "," space name-kv "," space phone-kv "}"')  # schema order, nothing after the brace
+    assert rules["province"].count(" | ") + 1 == len(recipe.choices("province"))  # the closed set as the enum
+    LlamaGrammar.from_string(gbnf, verbose=False)  # llama.cpp parses it
