@@ -170,7 +170,7 @@ def test_the_cpu_profile_decodes_to_the_schema_and_the_transformers_engine_says_
     args = ["eval", str(RECIPE), "--profile", "cpu", "--out", str(tmp_path), "--model", "base", "eval.limit=1"]
     assert main([*args, "--backend", "transformers"]) == 2
     err = capsys.readouterr().err
-    assert "needs the vllm backend, not transformers" in err and "eval.guided_json=false" in err
+    assert "needs the vllm or llamacpp backend, not transformers" in err and "eval.guided_json=false" in err
     assert not list(tmp_path.rglob("metrics.json"))  # nothing evaluated, nothing half-written
 
 

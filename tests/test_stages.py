@@ -59,10 +59,12 @@ def test_a_bad_row_in_your_labels_names_its_line(tmp_path):
     write_labelled(tmp_path / "mine.jsonl")
     with (tmp_path / "mine.jsonl").open("a", encoding="utf-8") as f:
         f.write(json.dumps({"id": "x", "text": "一般", "label": {"tone": "一般"}}, ensure_ascii=False) + "\n")
-    # found where the recipe loads (every file it names is read then), before any stage runs
+    from toolkit.check import check_files
+
+    # found where a command loads the recipe (every file it names is read then), before any stage runs
     with pytest.raises(RecipeError, match=r"key 'data.labelled': .*mine.jsonl:4: tone '一般' is not"):
-        load_recipe(write_recipe(tmp_path, FIELDS, "{labelled: mine.jsonl, test: [t.jsonl], train_records: 9, "
-                                                   "val_fraction: 0}"))
+        check_files(load_recipe(write_recipe(tmp_path, FIELDS, "{labelled: mine.jsonl, test: [t.jsonl], "
+                                                               "train_records: 9, val_fraction: 0}")))
 
 
 def tiny_builder() -> dict:

@@ -1,5 +1,5 @@
-"""Every file a recipe names is read and checked before anything is paid for or trained: the readers are the
-stages' own, so a file that passes here does not fail later (docs/trust.md). Above toolkit/recipe.py: the readers
+"""Every data and test file a recipe names is read and checked before anything is paid for or trained (its
+prompts and choices files are read where it loads, toolkit/recipe.py): the readers are the stages' own, so a file that passes here does not fail later (docs/trust.md). Above toolkit/recipe.py: the readers
 it uses know recipes."""
 
 from __future__ import annotations
@@ -7,36 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from toolkit.evaluate import load_test
-from toolkit.jsonl import DataError, file_problem, iter_jsonl, read_text
+from toolkit.jsonl import DataError, iter_jsonl
 from toolkit.label import read_inputs
 from toolkit.prepare import read_records
 from toolkit.recipe import Recipe
 
 
 def check_files(recipe: Recipe) -> None:
-    """Every file the recipe names is read now: prompts (UTF-8, not empty), choices files (UTF-8, line by line),
-    and the data and test files that exist (missing ones are built by data.generator or named by the stage that
-    needs them): rows, labels and ids, a duplicate id in a test file being an error with its line."""
+    """The data and test files the recipe names that exist (missing ones are built by data.generator or named by
+    the stage that needs them) are read now: rows, labels and ids, a duplicate id in a test file being an error
+    with its line."""
     fail = recipe.fail_at
-    for which in ("teacher", "base", "student"):
-        loc, p = ("prompts", which), recipe.path(getattr(recipe.prompts, which))
-        if problem := file_problem(p, "a prompt file"):
-            fail(loc, f"{p}: {problem}")
-        try:
-            empty = not read_text(p, "a prompt file").strip()
-        except DataError as exc:
-            fail(loc, str(exc))
-        if empty:
-            fail(loc, f"{p}: the prompt file is empty: write the instructions the model is given")
-    for i, f in enumerate(recipe.fields):
-        if f.choices_file is not None:
-            p = recipe.path(f.choices_file)
-            if problem := file_problem(p, "a text file of allowed values"):
-                fail(("fields", i, "choices_file"), f"{p}: {problem}")
-            try:
-                recipe.choices(f.name)
-            except DataError as exc:
-                fail(("fields", i, "choices_file"), str(exc))
     d = recipe.data
     named = [(("data", "test", i), t, lambda p: load_test(recipe, p)) for i, t in enumerate(d.test)]
     named += [(("data", "pool"), d.pool, lambda p: read_inputs(p, d.max_input_chars)),

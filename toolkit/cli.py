@@ -434,8 +434,7 @@ COMMANDS: tuple[Command, ...] = (
             RECIPE + OUT + (
                 A("--format", required=True, choices=["gguf"], help="the file format (gguf: llama.cpp, Ollama)"),
                 A("--quant", choices=["f16", "q8_0", "q4_k_m"], help="default: the recipe's export.quant"),
-                A("--model", default="student", help="student (the run's merged model) or a model folder "
-                  "(default: student)"),
+                A(*MODEL.flags, default="student", **MODEL.options),
                 A("--accept-drop", action="store_true",
                   help="keep the export (exit 0) even when it loses more exact match than export.max_drop"),
             )),

@@ -19,7 +19,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
                       model_validator)
 
 from toolkit.fields import FieldSpec, kind, normalise, not_classes
-from toolkit.jsonl import DataError, iter_lines, read_text
+from toolkit.jsonl import DataError, file_problem, iter_lines, read_text
 
 if TYPE_CHECKING:
     from toolkit.trust import Consent
@@ -644,7 +644,33 @@ def load_recipe(path: str | Path, profile: str | None = None, overrides: list[st
     except ValidationError as exc:
         raise RecipeError(_format_errors(path, exc, _key_lines(text), profile, overridden)) from None
     _check_consent(recipe, path, text, overridden, consent or Consent())
+    _check_own_files(recipe)
     return recipe
+
+
+def _check_own_files(recipe: Recipe) -> None:
+    """The prompts (readable UTF-8, not empty) and choices files (UTF-8, line by line) the recipe names are read
+    now, not when a stage first needs them (the data and test files: toolkit/check.py)."""
+    fail = recipe.fail_at
+    for which in ("teacher", "base", "student"):
+        loc, p = ("prompts", which), recipe.path(getattr(recipe.prompts, which))
+        if problem := file_problem(p, "a prompt file"):
+            fail(loc, f"{p}: {problem}")
+        try:
+            empty = not read_text(p, "a prompt file").strip()
+        except DataError as exc:
+            fail(loc, str(exc))
+        if empty:
+            fail(loc, f"{p}: the prompt file is empty: write the instructions the model is given")
+    for i, f in enumerate(recipe.fields):
+        if f.choices_file is not None:
+            p = recipe.path(f.choices_file)
+            if problem := file_problem(p, "a text file of allowed values"):
+                fail(("fields", i, "choices_file"), f"{p}: {problem}")
+            try:
+                recipe.choices(f.name)
+            except DataError as exc:
+                fail(("fields", i, "choices_file"), str(exc))
 
 
 def _check_consent(recipe: Recipe, path: Path, text: str, overridden: set[tuple], consent: Consent) -> None:

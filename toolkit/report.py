@@ -14,8 +14,7 @@ from toolkit.roles import ROLES
 
 # Row order in the table: the roles' (the story of the tutorial), then anything else by name.
 ORDER = tuple(ROLES)
-DESCRIBE = {**{name: spec.describe for name, spec in ROLES.items()},
-            "gguf": "fine-tuned student exported to GGUF (xtk export), llama.cpp"}
+DESCRIBE = {name: spec.describe for name, spec in ROLES.items()}
 
 
 def collect(eval_dir: Path) -> list[tuple[str, dict]]:
