@@ -1,5 +1,7 @@
 """The student at work, for real: the embedded SmolLM2 stands in a run folder as its merged student (what
-`--model student` resolves), decoding guided by the recipe's schema under vLLM. `xtk predict` answers, record
+`--model student` resolves). Predict, eval and Ray run on ms-swift's transformers engine (quick to load; they share
+one extraction path whatever the engine); serve runs on vLLM, guided by the recipe's schema, against a predict
+run on vLLM too, since a text longer than the model's context is refused by vLLM's engine. `xtk predict` answers, record
 for record, what `xtk eval` scored; the same job on a local Ray cluster answers the same; `xtk serve` answers
 the same over HTTP and turns a text longer than the model's context into a 413, serving on."""
 
@@ -21,13 +23,14 @@ from toolkit.recipe import load_recipe
 pytestmark = pytest.mark.slow
 N = 6
 SMALL = [*SMOLLM2_STUDENT, f"eval.limit={N}", f"eval.batch_size={N}", "eval.max_new_tokens=64",
-         "eval.guided_json=true"]
+         "eval.backend=transformers", "eval.guided_json=false"]
+VLLM = [*SMALL, "eval.backend=vllm", "eval.guided_json=true"]  # later values win
 TEST = ROOT / "datasets" / "logistics_zh" / "test.jsonl"
 FIELDS = load_recipe(RECIPE, "cpu").field_names
 
 
-def xtk(*argv):
-    res = subprocess.run([sys.executable, "-m", "toolkit", *map(str, argv), "--profile", "cpu", *SMALL], cwd=ROOT,
+def xtk(*argv, overrides=SMALL):
+    res = subprocess.run([sys.executable, "-m", "toolkit", *map(str, argv), "--profile", "cpu", *overrides], cwd=ROOT,
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
@@ -75,10 +78,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_answers_as_predict_and_refuses_too_long_texts_with_a_413(run, answers):
+def test_serve_answers_as_predict_and_refuses_too_long_texts_with_a_413(run):
+    xtk("predict", RECIPE, "--run", run / "run", "--input", run / "texts.jsonl", "--out", run / "vllm.jsonl",
+        overrides=VLLM)
+    answers = (read_jsonl(run / "vllm.jsonl"),)
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "toolkit", "serve", str(RECIPE), "--profile", "cpu",
-                               "--run", str(run / "run"), "--port", str(port), *SMALL], cwd=ROOT,
+                               "--run", str(run / "run"), "--port", str(port), *VLLM], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
