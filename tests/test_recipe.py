@@ -190,7 +190,7 @@ def test_recipe_keys_prints_type_default_value_and_description(capsys):
     out = capsys.readouterr().out
     assert "\ntrain.lora_rank: int > 0; default required; value 8\n    LoRA rank" in out
     assert '\nfields.0.name: str; default required; value "district"\n' in out
-    assert "\neval.backend: auto | vllm | transformers | openai; default \"auto\"; value " in out
+    assert "\ntrain.tuner_type: lora | full; default \"lora\"; value \"lora\"\n" in out
     assert "\nbaseline: module:function | null; default null; value " in out
     assert main(["recipe", "keys", str(RECIPE), "--profile", "cpu", "train.lora_rank=16"]) == 0
     assert "\ntrain.lora_rank: int > 0; default required; value 16\n" in capsys.readouterr().out

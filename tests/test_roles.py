@@ -57,6 +57,20 @@ def test_a_backend_registered_from_a_test_file_runs_an_evaluation(tmp_path, monk
     assert m["n"] == 5 and m["exact_match"]["value"] == 0.8 and m["backend"] == "keywords"
     assert m["role"] == "model" and m["identity"]["backend"] == "keywords"
     assert seen[0][0] == {"role": "system", "content": load_recipe(SENTIMENT, "cpu").prompt("student")}
+    # the recipe may name it too (eval.backend is checked against the registry, not a fixed list)
+    assert main(["eval", str(SENTIMENT), "--profile", "cpu", "--out", str(tmp_path / "run"), "--model", "words",
+                 "--name", "by-recipe", "--test", str(test), "eval.backend=keywords"]) == 0
+    assert json.loads((tmp_path / "run" / "eval" / "by-recipe-reviews" / "metrics.json").read_text())["n"] == 5
+
+
+def test_a_backend_the_registry_does_not_hold_is_refused_where_the_recipe_loads(tmp_path, capsys):
+    from toolkit.cli import main
+
+    assert main(["eval", str(SENTIMENT), "--profile", "cpu", "--out", str(tmp_path / "run"), "--model", "words",
+                 "eval.backend=vlm"]) == 2
+    err = capsys.readouterr().err
+    assert "eval.backend" in err and "no backend 'vlm'; backends: auto, vllm, transformers, openai" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_guided_decoding_reaches_no_backend_that_cannot_guide(tmp_path, smollm2):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from toolkit.backends import backend_names
 from toolkit.evaluate import load_test
 from toolkit.jsonl import DataError, iter_jsonl
 from toolkit.label import read_inputs
@@ -18,6 +19,8 @@ def check_files(recipe: Recipe) -> None:
     the stage that needs them) are read now: rows, labels and ids, a duplicate id in a test file being an error
     with its line."""
     fail = recipe.fail_at
+    if recipe.eval.backend not in backend_names():  # a str, not a Literal: a registered backend may be named
+        fail(("eval", "backend"), f"no backend {recipe.eval.backend!r}; backends: {', '.join(backend_names())}")
     d = recipe.data
     named = [(("data", "test", i), t, lambda p: load_test(recipe, p)) for i, t in enumerate(d.test)]
     named += [(("data", "pool"), d.pool, lambda p: read_inputs(p, d.max_input_chars)),

@@ -260,9 +260,9 @@ class VllmSpec(_Strict):
 
 
 class EvalSpec(_Strict):
-    backend: Literal["auto", "vllm", "transformers", "openai"] = Field(default="auto", description=(
-        "How models are run for evaluation: vllm, transformers, openai (a served endpoint), or auto (vllm when it "
-        "imports, else transformers)."))
+    backend: str = Field(default="auto", description=(
+        "How models are run for evaluation: a backend of the registry (toolkit/backends.py; `xtk eval --help` lists "
+        "them): vllm, transformers, openai (a served endpoint), or auto (vllm when it imports, else transformers)."))
     batch_size: int = Field(default=16, gt=0, description="Records a generation batch holds.")
     max_new_tokens: int = Field(default=256, gt=0, description="The most tokens a model's answer may have.")
     guided_json: bool = Field(default=False, description=(
