@@ -217,3 +217,33 @@ def test_an_evaluation_of_a_merged_folder_is_current_only_for_the_training_that_
     with open_run(load_recipe(SENTIMENT, "cpu", ["eval.max_new_tokens=9"]), tmp_path / "run") as ctx:
         assert "eval_config" in evaluations_current(ctx, named_model(ctx, str(merged), name="curve-50"),
                                                     recipe.data.test)
+
+
+def test_an_exported_files_evaluation_is_current_while_what_it_was_exported_from_is(tmp_path):
+    """A GGUF's evaluation (xtk export) names the model it was exported from. `not_current` judges it as any other
+    evaluation: current while that model is the run's student of the same training under the same evaluation
+    settings; stale once the student is retrained or the settings change. From a named folder: that folder's
+    training now."""
+    from toolkit.manifest import config_digest
+    from toolkit.markers import write_marker
+    from toolkit.pipeline import open_run
+    from toolkit.roles import EVAL_CONFIG, identity, named_model, not_current, role
+
+    def exported(ctx, source):
+        return {"role": "gguf", "identity": {"source": identity(ctx, source), "gguf_sha256": "ab12", "quant": "q8_0",
+                                             "prompt": "student", "eval_config": config_digest(ctx.recipe, EVAL_CONFIG)}}
+
+    other = tmp_path / "other-merged"
+    with open_run(load_recipe(SENTIMENT, "cpu"), tmp_path / "run") as ctx:
+        write_marker(ctx.merged_dir, {"train_key": "k1"})
+        write_marker(other, {"train_key": "o1"})
+        of_student, of_folder = exported(ctx, role(ctx, "student")), exported(ctx, named_model(ctx, str(other)))
+        assert not_current(ctx, of_student) is None and not_current(ctx, of_folder) is None
+        write_marker(ctx.merged_dir, {"train_key": "k2"})  # the run's student retrained
+        assert not_current(ctx, of_student) == "made with other settings (source changed since)"
+        assert not_current(ctx, of_folder) is None
+        write_marker(other, {"train_key": "o2"})
+        assert not_current(ctx, of_folder) == "made with other settings (source changed since)"
+    with open_run(load_recipe(SENTIMENT, "cpu", ["eval.max_new_tokens=9"]), tmp_path / "run") as ctx:
+        write_marker(other, {"train_key": "o1"})
+        assert not_current(ctx, of_folder) == "made with other settings (eval_config, source changed since)"

@@ -182,16 +182,6 @@ def _source(ctx, model: str):
     return Path(resolved.ref), name, named_model(ctx, resolved.ref, name=name), resolved.model_type
 
 
-def _current(ctx, folder: Path, want: dict, rows: list[dict]) -> bool:
-    """An evaluation in `folder` made with `want` as its identity on exactly these records."""
-    metrics = folder / "metrics.json"
-    if not metrics.is_file() or not (folder / "predictions.jsonl").is_file():
-        return False
-    if json.loads(metrics.read_text(encoding="utf-8")).get("identity") != want:
-        return False
-    return [r["id"] for r in read_jsonl(folder / "predictions.jsonl")] == [r["id"] for r in rows]
-
-
 def _file_sha256(path: Path) -> str:
     from toolkit.models import sha256_file
 
@@ -251,7 +241,7 @@ def run_export(ctx, quant: str, model: str = "student", accept_drop: bool = Fals
     from toolkit.manifest import config_digest
     from toolkit.models import thinking_off
     from toolkit.pipeline import evaluate_model
-    from toolkit.roles import EVAL_CONFIG, identity
+    from toolkit.roles import EVAL_CONFIG, evaluations_current, identity, read_metrics
 
     recipe = ctx.recipe
     model_dir, name, source_role, model_type = _source(ctx, model)
@@ -289,8 +279,7 @@ def run_export(ctx, quant: str, model: str = "student", accept_drop: bool = Fals
 
     # The student's evaluation (reused when it is of the current student, settings and records).
     tests = [(Path(t).stem, load_test(recipe, recipe.path(t), recipe.eval.limit)) for t in recipe.data.test]
-    if not all(_current(ctx, ctx.run_dir / "eval" / f"{source_role.folder}-{stem}", source, rows)
-               for stem, rows in tests):
+    if evaluations_current(ctx, source_role, recipe.data.test):
         console.print(f"export: evaluating {source_role.folder} for the comparison")
         evaluate_model(ctx, source_role)
 
@@ -302,7 +291,8 @@ def run_export(ctx, quant: str, model: str = "student", accept_drop: bool = Fals
     backend = None
     try:
         for (stem, rows), test in zip(tests, recipe.data.test):
-            if _current(ctx, evals[stem], gguf_identity, rows):
+            m = read_metrics(evals[stem])
+            if m and m.get("identity") == gguf_identity:  # this file, under the settings now
                 continue
             if backend is None:
                 backend = LlamaCppBackend(recipe, gguf, guided)

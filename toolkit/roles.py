@@ -207,13 +207,23 @@ def not_current(ctx: Context, metrics: dict | None, r: Role | None = None) -> st
     elif metrics.get("role") in ROLES:
         now = identity(ctx, role(ctx, metrics["role"]))
     else:
-        now = {**was, "eval_config": config_digest(ctx.recipe, EVAL_CONFIG)}
-        if "train_key" in was:
-            now["train_key"] = trained_key(was.get("model") or "")
+        now = _as_now(ctx, was)
     if was != now:
         changed = sorted(k for k in {*was, *now} if was.get(k) != now.get(k))
         return f"made with other settings ({', '.join(changed)} changed since)"
     return None
+
+
+def _as_now(ctx: Context, was: dict) -> dict:
+    """The identity an evaluation of a model a user named would have now: the same model under the run's
+    evaluation settings now, for a folder xtk merged its training now, and for a file exported from a model
+    (xtk export) that model as it is now: the run's student (no "model" in its identity) or a named one."""
+    now = {**was, "eval_config": config_digest(ctx.recipe, EVAL_CONFIG)}
+    if "train_key" in was:
+        now["train_key"] = trained_key(was.get("model") or "")
+    if isinstance(source := was.get("source"), dict):
+        now["source"] = _as_now(ctx, source) if "model" in source else identity(ctx, role(ctx, "student"))
+    return now
 
 
 def evaluations_current(ctx: Context, r: Role, tests: list[str]) -> str | None:
