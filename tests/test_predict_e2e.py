@@ -109,6 +109,18 @@ def test_serve_answers_as_predict_and_refuses_too_long_texts_with_a_413(run):
         assert long.status_code == 413 and "text[1] is longer than the model's context" in long.json()["error"]
         again = httpx.post(f"{url}/extract", json={"text": texts[:2]}, timeout=600)
         assert again.status_code == 200 and [a["raw"] for a in again.json()] == [w["raw"] for w in answers[0][:2]]
+        # the OpenAI SDK against the same engine: the recipe's prompt and a text give /extract's raw answer
+        import openai
+
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=600)
+        assert [m.id for m in client.models.list().data] == ["student"]
+        system = load_recipe(RECIPE, "cpu", VLLM).prompt("student")
+        done = client.chat.completions.create(model="student", temperature=0, messages=[
+            {"role": "system", "content": system}, {"role": "user", "content": texts[0]}])
+        assert done.choices[0].message.content == answers[0][0]["raw"]
+        with pytest.raises(openai.APIStatusError) as too_long:
+            client.chat.completions.create(model="student", messages=[{"role": "user", "content": "北京市朝阳区" * 250}])
+        assert too_long.value.status_code == 413
     finally:
         server.send_signal(signal.SIGINT)
         try:

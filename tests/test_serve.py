@@ -53,3 +53,40 @@ def test_a_bad_request_gets_a_4xx_json_error_and_the_server_goes_on(served, body
     res = client.post("/extract", content=body, headers={"content-type": "application/json"})
     assert res.status_code == status and says in res.json()["error"], res.text
     assert client.post("/extract", json={"text": "北京市朝阳区建国路1号 张三 13800000000"}).status_code == 200
+
+
+def test_the_openai_chat_route_answers_what_extract_answers_raw(served):
+    """/v1/chat/completions runs a chat through the same engine: the recipe's prompt and a text give /extract's
+    raw answer; /v1/models names what is served."""
+    recipe, backend, r, client = served
+    text = read_jsonl(TEST)[0]["text"]
+    raw = client.post("/extract", json={"text": text}).json()["raw"]
+    res = client.post("/v1/chat/completions", json={"model": "rules", "temperature": 0, "messages": [
+        {"role": "system", "content": recipe.prompt(r.prompt)}, {"role": "user", "content": text}]})
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert body["object"] == "chat.completion" and body["model"] == "rules"
+    assert [(c["message"], c["finish_reason"]) for c in body["choices"]] == [
+        ({"role": "assistant", "content": raw}, "stop")]
+    assert client.get("/v1/models").json()["data"][0]["id"] == "rules"
+
+
+@pytest.mark.parametrize("body, status, says", [
+    (b"[1]", 422, '"messages"'),
+    (b'{"messages": []}', 422, '"messages"'),
+    (b'{"messages": [{"role": "robot", "content": "a"}]}', 422, "messages[0] must be"),
+    (b'{"messages": [{"role": "user", "content": 5}]}', 422, "messages[0] must be"),
+    (b'{"messages": [{"role": "user", "content": "a"}], "stream": true}', 400, "stream is not served"),
+    (b'{"messages": [{"role": "user", "content": "a"}], "n": 2}', 400, "n must be 1"),
+    (b'{"messages": [{"role": "user", "content": "a"}], "temperature": 0.7}', 400, "temperature must be 0"),
+    (b'{"messages": [{"role": "user", "content": "a"}], "max_tokens": 0}', 400, "max_tokens must be an integer"),
+    (b'{"messages": [{"role": "user", "content": "a"}], "max_tokens": 100000}', 400, "from 1 to 160 (eval.max_new_tokens)"),
+    (b'{"messages": [{"role": "user", "content": "a"}], "model": "gpt-4"}', 404, "'gpt-4' is not served here"),
+    ('{"messages": [{"role": "user", "content": "' + "x" * 4001 + '"}]}', 413, "over data.max_input_chars=4000"),
+])
+def test_a_chat_the_student_cannot_answer_as_asked_gets_a_4xx_and_the_server_goes_on(served, body, status, says):
+    client = served[3]
+    res = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert res.status_code == status and says in res.json()["error"], res.text
+    ok = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "北京市朝阳区建国路1号"}]})
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"]
