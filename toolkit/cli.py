@@ -423,7 +423,8 @@ COMMANDS: tuple[Command, ...] = (
                 A("--address", help="with --engine ray: a running cluster's address (default: start a local one)"),
                 A("--replicas", type=int, help="with --engine ray: engines to run (default: one per GPU, else 1)"),
             )),
-    Command("serve", "the student over HTTP: POST /extract answers texts as predict does, GET /health, and OpenAI-compatible /v1/chat/completions over the same engine", cmd_serve,
+    Command("serve", "the student over HTTP: POST /extract answers texts as predict does, GET /health, and "
+            "OpenAI-compatible /v1/chat/completions over the same engine", cmd_serve,
             RECIPE + RUN + (
                 A(*MODEL.flags, default="student", **MODEL.options),
                 A("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all) (default: 127.0.0.1)"),
