@@ -1,9 +1,10 @@
 """The benchmark scripts' own arithmetic, on hand-worked inputs: recipe_cpu.py's paired verdict of the student
 against the baseline (the prediction rows are real ones, scored by `xtk eval`'s own row builder on the recipes'
-real fields)."""
+real fields), and gpu_flow.py's on-paper estimate and its refusal of a machine without a GPU."""
 
 import importlib.util
 import json
+import subprocess
 import sys
 
 import pytest
@@ -13,10 +14,17 @@ from toolkit.evaluate import prediction
 from toolkit.jsonl import read_jsonl, write_jsonl
 from toolkit.recipe import load_recipe
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-spec = importlib.util.spec_from_file_location("recipe_cpu", ROOT / "benchmarks" / "recipe_cpu.py")
-recipe_cpu = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(recipe_cpu)
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts import each other as scripts do
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+recipe_cpu, gpu_flow = script("recipe_cpu"), script("gpu_flow")
 
 
 def write_eval(run_dir, name, recipe, records, answers):
@@ -80,3 +88,45 @@ def test_entity_f1_claim_is_the_paired_bootstrap(tmp_path, rules_answer, expecte
     v = recipe_cpu.versus(recipe, tmp_path, "student", "rules", "test")
     assert v["decided_by"] == "paired bootstrap of the entity F1 (micro, every list field) difference"
     assert (v["verdict"], v["difference"]["value"], v["difference"]["ci95"]) == expected
+
+
+# --- gpu_flow.py: the GPU flow on paper -----------------------------------------------------------------------
+
+# By hand from gpu_flow.PAPER (docs/gpu.md's inputs), in seconds:
+#   data          4,000 records x 3 s / 16 at a time                              = 750 s      = 12.5 min
+#   eval_base     60 s start + 800 records x 256 tokens / 12,148 tokens/s         = 76.86 s    = 1.28 min
+#   train         6 x 595,984,384 x 388,766 x 10 = 1.3902e16 FLOP
+#                 / (989.4e12 x 0.35 = 3.4629e14 FLOP/s) = 40.15 s, + 60 s        = 100.15 s   = 1.67 min
+#   merge         30 s                                                             = 0.5 min
+#   eval_student  60 s + 800 x 64 / 12,148                                         = 64.21 s    = 1.07 min
+#   eval_teacher  800 x 3 s / 16                                                   = 150 s      = 2.5 min
+#   without the teacher's stages 271.2 s = 4.5 min; with them 1,171.2 s = 19.5 min
+BY_HAND = {"stages": {"data": 12.5, "eval_base": 1.28, "train": 1.67, "merge": 0.5, "eval_student": 1.07,
+                      "eval_teacher": 2.5}, "with_teacher": 19.5, "without_teacher": 4.5}
+
+
+def test_the_estimate_is_the_hand_computation():
+    assert gpu_flow.expected_minutes() == BY_HAND
+    # twice the utilisation halves the training compute (40.15 s -> 20.07 s), not its fixed 60 s: 80.07 s
+    assert gpu_flow.expected_minutes({**gpu_flow.PAPER, "utilisation": 0.7})["stages"]["train"] == 1.33
+
+
+def test_docs_state_the_scripts_estimate():
+    """docs/gpu.md's table of expected minutes is the function's, for the H100 and the H200 alike."""
+    doc = (ROOT / "docs" / "gpu.md").read_text(encoding="utf-8")
+    for stage, minutes in BY_HAND["stages"].items():
+        row = next(line for line in doc.splitlines() if line.startswith(f"| `{stage}` |"))
+        assert row.endswith(f"| {minutes:.2f} | {minutes:.2f} |"), row
+    for total in ("with_teacher", "without_teacher"):
+        assert f"**{BY_HAND[total]:.1f} min**" in doc
+
+
+def test_gpu_flow_refuses_a_machine_without_a_gpu(tmp_path):
+    """An empty PATH stands for a machine without nvidia-smi (so that the test says the same on a GPU runner): exit
+    2, a message saying why, and the results file as it was (absent, or unchanged)."""
+    results = ROOT / "benchmarks" / "results" / "gpu_flow.json"
+    before = results.read_bytes() if results.exists() else None
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_flow.py")], cwd=ROOT, capture_output=True,
+                         text=True, env={"PATH": str(tmp_path)})
+    assert out.returncode == 2 and "no GPU here" in out.stderr
+    assert (results.read_bytes() if results.exists() else None) == before
