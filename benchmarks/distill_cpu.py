@@ -6,7 +6,7 @@ Runs `xtk run recipes/logistics_zh.yaml --profile cpu` into runs/logistics_zh/di
 again after an interruption) and writes benchmarks/results/distill_cpu.json whole, as benchmarks/recipe_cpu.py
 does for any recipe (provenance, figures with intervals, stage minutes), with the tutorial's goals checked:
 the fine-tuned student reaches 90% whole-record exact match on test.jsonl and 80% on test_unseen.jsonl, and
-beats the rule baseline on test_unseen.jsonl.
+beats the rule baseline on each test file by a paired test on the same records (recipe_cpu.py's `versus`).
 
 The student's answers are also split by what each test string names (its province's and its city's short
 names, or neither: the county alone) and by whether the training rows named its county: what the student reads

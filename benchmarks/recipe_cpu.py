@@ -6,8 +6,9 @@ Runs `xtk run recipes/RECIPE.yaml --profile cpu` into runs/RECIPE/bench_cpu (res
 interruption; finished stages are reused only under the same settings), then writes
 benchmarks/results/RECIPE_cpu.json whole: every evaluation's figures by the recipe's field types (exact match,
 per-field accuracy, entity P/R/F1, macro-F1, all with 95% intervals), records/s, minutes per stage, the goal
-"the fine-tuned student beats the baseline on every test set", and where the figures come from. The report
-and its charts are copied to benchmarks/results/RECIPE_cpu/.
+"the fine-tuned student beats the baseline on every test set" decided by a paired test on the same records
+(`versus`), and where the figures come from. The report and its charts are copied to
+benchmarks/results/RECIPE_cpu/.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from provenance import ROOT, provenance  # noqa: E402
 sys.path.insert(0, str(ROOT))
 
 OUT = ROOT / "benchmarks" / "results"
+ALPHA = 0.05  # a claim of "beats" is made at the 5% level
+BOOTSTRAP, SEED = 1000, 0  # as a bake-off spec's defaults
 
 
 def value(m: dict) -> float:
@@ -75,25 +78,58 @@ def evaluated(recipe, run_dir: Path, model: Path, name: str) -> bool:
     return evaluations_current(ctx, named_model(ctx, str(model), name=name), recipe.data.test) is None
 
 
-def run(recipe: str, overrides: list[str], run_dir: Path) -> dict:
-    """Run (or resume) the recipe's cpu profile and gather its figures."""
+def versus(recipe, run_dir: Path, first: str, second: str, test: str) -> dict:
+    """`first` against `second` (evaluation names: eval/<name>-<test>/predictions.jsonl) on the records both were
+    tested on, paired, with the bake-off's tests (toolkit/ranking.py): McNemar's exact test on record exact match
+    and a paired bootstrap of the difference in the task's headline metric. The verdict is "beats" only where the
+    headline's own paired test shows `first` ahead at the 5% level (exact match: McNemar; any other headline: the
+    bootstrap interval of the difference above 0), else "not shown"."""
+    from toolkit.bakeoff import task_metric
+    from toolkit.fields import EXACT_MATCH
+    from toolkit.jsonl import read_jsonl
+    from toolkit.ranking import Evaluation, discordant, mcnemar, paired_difference
+
+    rows = {name: {str(r["id"]): r for r in read_jsonl(run_dir / "eval" / f"{name}-{test}" / "predictions.jsonl")}
+            for name in (first, second)}
+    both, b, c = discordant(*({k: bool(r["exact"]) for k, r in rows[name].items()} for name in (first, second)))
+    metric = task_metric(recipe)
+    a, z = (Evaluation([metric.unit(rows[name][k]) for k in both], metric.statistic) for name in (first, second))
+    difference, p = paired_difference(a, z, BOOTSTRAP, SEED), mcnemar(b, c)
+    if metric is EXACT_MATCH:
+        decided_by, shown = "McNemar's exact test on record exact match", p < ALPHA and b > c
+    else:
+        decided_by, shown = f"paired bootstrap of the {metric.name} difference", difference["ci95"][0] > 0
+    return {"records": len(both), "metric": metric.name, first: round(a.score(), 4), second: round(z.score(), 4),
+            "difference": difference, "bootstrap": BOOTSTRAP,
+            "exact_match": {f"{first}_only_right": b, f"{second}_only_right": c, "p_mcnemar": round(p, 4)},
+            "decided_by": decided_by, "verdict": "beats" if shown else "not shown"}
+
+
+def run(recipe: str, overrides: list[str], run_dir: Path, profile: str = "cpu") -> dict:
+    """Run (or resume) one of the recipe's profiles and gather its figures."""
+    from toolkit.recipe import load_recipe
+
     start = time.monotonic()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # as sft.sh sets it for the cpu profile (and for what runs after)
-    subprocess.run([sys.executable, "-m", "toolkit", "run", str(ROOT / "recipes" / f"{recipe}.yaml"),
-                    "--profile", "cpu", "--out", str(run_dir), *overrides], cwd=ROOT, check=True)
+    if profile == "cpu":
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # as sft.sh sets it for the cpu profile (and what runs after)
+    path = ROOT / "recipes" / f"{recipe}.yaml"
+    subprocess.run([sys.executable, "-m", "toolkit", "run", str(path), "--profile", profile, "--out", str(run_dir),
+                    *overrides], cwd=ROOT, check=True)
     wall = round((time.monotonic() - start) / 60, 1)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     metrics = {p.parent.name: figures(json.loads(p.read_text()))
                for p in sorted((run_dir / "eval").glob("*/metrics.json"))}
     stages = manifest["stages"]
     tests = sorted({name.split("-", 1)[1] for name in metrics})
-    goals = {f"student beats the baseline on {test}": None if f"student-{test}" not in metrics
-             else headline(metrics[f"student-{test}"]) > headline(metrics[f"rules-{test}"])
-             for test in tests if f"rules-{test}" in metrics}
+    loaded = load_recipe(path, profile, overrides)
+    paired = {test: versus(loaded, run_dir, "student", "rules", test) for test in tests
+              if f"student-{test}" in metrics and f"rules-{test}" in metrics}
+    goals = {f"student beats the baseline on {test}": None if test not in paired
+             else paired[test]["verdict"] == "beats" for test in tests if f"rules-{test}" in metrics}
     return {
         **provenance(),
         "recipe": recipe,
-        "profile": "cpu",
+        "profile": profile,
         "overrides": overrides,
         "train_records": stages.get("prepare", {}).get("stats", {}).get("train"),
         "stage_minutes": {name: minutes(s) for name, s in stages.items()},
@@ -106,6 +142,7 @@ def run(recipe: str, overrides: list[str], run_dir: Path) -> dict:
         "headline": {name: headline(m) for name, m in metrics.items()},
         "evaluations": metrics,
         "goals": goals,
+        "student_vs_baseline": paired,
         "versions": manifest.get("versions"),
     }
 

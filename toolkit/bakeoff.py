@@ -32,7 +32,7 @@ from toolkit.check import check_files
 from toolkit.errors import StageError
 from toolkit.fields import Headline, headline
 from toolkit.jsonl import open_append, read_jsonl, save_figure, write_json, write_text
-from toolkit.ranking import Evaluation, mcnemar, mean_rank, paired_difference, ranks, task_scores
+from toolkit.ranking import Evaluation, discordant, mcnemar, mean_rank, paired_difference, ranks, task_scores
 from toolkit.recipe import Recipe, RecipeError, _describe, _key_lines, _Strict, load_recipe, read_yaml_mapping
 from toolkit.roles import ROLES
 from toolkit.trust import Consent
@@ -496,8 +496,7 @@ def statistics(b: Bakeoff, found: dict) -> dict:
             if "student" not in tasks[task].get(student, {}):
                 continue
             se, te = found["exact"][(task, student, "student")], found["exact"][(task, student, "teacher")]
-            both = [k for k in se if k in te]
-            b_, c_ = sum(se[k] and not te[k] for k in both), sum(te[k] and not se[k] for k in both)
+            both, b_, c_ = discordant(se, te)
             versus.append({"task": task, "student": student, "n": len(both),
                            "student_exact": round(sum(se[k] for k in both) / len(both), 4) if both else None,
                            "teacher_exact": round(sum(te[k] for k in both) / len(both), 4) if both else None,

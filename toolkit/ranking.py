@@ -114,6 +114,13 @@ def mcnemar(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2 ** n)
 
 
+def discordant(first: dict[Any, bool], second: dict[Any, bool]) -> tuple[list, int, int]:
+    """What McNemar's test reads of two evaluations' record exact match ({record: exact}): the records both were
+    tested on, how many of them only the first got right (b) and how many only the second (c)."""
+    both = [k for k in first if k in second]
+    return both, sum(first[k] and not second[k] for k in both), sum(second[k] and not first[k] for k in both)
+
+
 def paired_difference(first: Evaluation, second: Evaluation, bootstrap: int = 1000, seed: int = 0) -> dict:
     """first's metric minus second's on the same records, with a 95% interval from resampling those records
     (one draw for both: paired)."""

@@ -1,0 +1,132 @@
+"""The benchmark scripts' own arithmetic, on hand-worked inputs: recipe_cpu.py's paired verdict of the student
+against the baseline (the prediction rows are real ones, scored by `xtk eval`'s own row builder on the recipes'
+real fields), and gpu_flow.py's on-paper estimate and its refusal of a machine without a GPU."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, RECIPE
+
+from toolkit.evaluate import prediction
+from toolkit.jsonl import read_jsonl, write_jsonl
+from toolkit.recipe import load_recipe
+
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts import each other as scripts do
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+recipe_cpu, gpu_flow = script("recipe_cpu"), script("gpu_flow")
+
+
+def write_eval(run_dir, name, recipe, records, answers):
+    """eval/<name>-test/predictions.jsonl as `xtk eval` writes it, each record answered with `answers[i]`."""
+    rows = [prediction(recipe, r["id"], r["text"], r["label"], json.dumps(a, ensure_ascii=False), a)
+            for r, a in zip(records, answers)]
+    write_jsonl(run_dir / "eval" / f"{name}-test" / "predictions.jsonl", rows)
+
+
+def logistics(tmp_path, student_right: set[int], rules_right: set[int]):
+    """Ten logistics_zh test records; a wrong answer has its phone number changed (the record is not exact)."""
+    recipe = load_recipe(RECIPE)
+    records = list(read_jsonl(recipe.path(recipe.data.test[0])))[:10]
+
+    def answers(right):
+        return [r["label"] if i in right else {**r["label"], "phone": "10000000000"} for i, r in enumerate(records)]
+
+    write_eval(tmp_path, "student", recipe, records, answers(student_right))
+    write_eval(tmp_path, "rules", recipe, records, answers(rules_right))
+    return recipe_cpu.versus(recipe, tmp_path, "student", "rules", "test")
+
+
+def test_exact_match_claim_is_mcnemars(tmp_path):
+    """Student right on records 0-8, rules on record 0 only: 8 discordant records, all the student's, so
+    p = 2 * C(8,0) / 2^8 = 0.0078 < 0.05: beats."""
+    v = logistics(tmp_path, set(range(9)), {0})
+    assert v["metric"] == "whole-record exact match" and v["records"] == 10
+    assert v["student"] == 0.9 and v["rules"] == 0.1 and v["difference"]["value"] == 0.8
+    assert v["exact_match"] == {"student_only_right": 8, "rules_only_right": 0, "p_mcnemar": 0.0078}
+    assert v["decided_by"].startswith("McNemar") and v["verdict"] == "beats"
+
+
+def test_a_large_gap_on_few_records_is_not_shown(tmp_path):
+    """Student right on 0-6 (70%), rules on 0 and 7 (20%): b = 6, c = 1, p = 2 * (C(7,0) + C(7,1)) / 2^7 = 0.125:
+    50 points ahead, and still not shown at the 5% level."""
+    v = logistics(tmp_path, set(range(7)), {0, 7})
+    assert v["difference"]["value"] == 0.5
+    assert v["exact_match"] == {"student_only_right": 6, "rules_only_right": 1, "p_mcnemar": 0.125}
+    assert v["verdict"] == "not shown"
+
+
+ENTITIES = [("张伟在北京工作", {"persons": ["张伟"], "locations": ["北京"], "organizations": []}),
+            ("李娜去了上海", {"persons": ["李娜"], "locations": ["上海"], "organizations": []}),
+            ("新华社报道", {"persons": [], "locations": [], "organizations": ["新华社"]}),
+            ("王芳住在广州", {"persons": ["王芳"], "locations": ["广州"], "organizations": []}),
+            ("刘洋加入清华大学", {"persons": ["刘洋"], "locations": [], "organizations": ["清华大学"]})]
+
+
+@pytest.mark.parametrize("rules_answer, expected", [
+    (lambda gold: {"persons": [], "locations": [], "organizations": []}, ("beats", 1.0, [1.0, 1.0])),
+    (lambda gold: gold, ("not shown", 0.0, [0.0, 0.0])),
+])
+def test_entity_f1_claim_is_the_paired_bootstrap(tmp_path, rules_answer, expected):
+    """msra_ner's headline is entity F1. The student finds every entity of five sentences that each have one:
+    F1 1.0 in every resample. Rules finding none score 0.0 in every resample, so the difference's interval is
+    [1, 1] (beats); rules answering as the student does differ by 0 in every resample (not shown)."""
+    recipe = load_recipe(ROOT / "recipes" / "msra_ner.yaml")
+    records = [{"id": f"r{i}", "text": t, "label": g} for i, (t, g) in enumerate(ENTITIES)]
+    write_eval(tmp_path, "student", recipe, records, [g for _, g in ENTITIES])
+    write_eval(tmp_path, "rules", recipe, records, [rules_answer(g) for _, g in ENTITIES])
+    v = recipe_cpu.versus(recipe, tmp_path, "student", "rules", "test")
+    assert v["decided_by"] == "paired bootstrap of the entity F1 (micro, every list field) difference"
+    assert (v["verdict"], v["difference"]["value"], v["difference"]["ci95"]) == expected
+
+
+# --- gpu_flow.py: the GPU flow on paper -----------------------------------------------------------------------
+
+# By hand from gpu_flow.PAPER (docs/gpu.md's inputs), in seconds:
+#   data          4,000 records x 3 s / 16 at a time                              = 750 s      = 12.5 min
+#   eval_base     60 s start + 800 records x 256 tokens / 12,148 tokens/s         = 76.86 s    = 1.28 min
+#   train         6 x 595,984,384 x 388,766 x 10 = 1.3902e16 FLOP
+#                 / (989.4e12 x 0.35 = 3.4629e14 FLOP/s) = 40.15 s, + 60 s        = 100.15 s   = 1.67 min
+#   merge         30 s                                                             = 0.5 min
+#   eval_student  60 s + 800 x 64 / 12,148                                         = 64.21 s    = 1.07 min
+#   eval_teacher  800 x 3 s / 16                                                   = 150 s      = 2.5 min
+#   without the teacher's stages 271.2 s = 4.5 min; with them 1,171.2 s = 19.5 min
+BY_HAND = {"stages": {"data": 12.5, "eval_base": 1.28, "train": 1.67, "merge": 0.5, "eval_student": 1.07,
+                      "eval_teacher": 2.5}, "with_teacher": 19.5, "without_teacher": 4.5}
+
+
+def test_the_estimate_is_the_hand_computation():
+    assert gpu_flow.expected_minutes() == BY_HAND
+    # twice the utilisation halves the training compute (40.15 s -> 20.07 s), not its fixed 60 s: 80.07 s
+    assert gpu_flow.expected_minutes({**gpu_flow.PAPER, "utilisation": 0.7})["stages"]["train"] == 1.33
+
+
+def test_docs_state_the_scripts_estimate():
+    """docs/gpu.md's table of expected minutes is the function's, for the H100 and the H200 alike."""
+    doc = (ROOT / "docs" / "gpu.md").read_text(encoding="utf-8")
+    for stage, minutes in BY_HAND["stages"].items():
+        row = next(line for line in doc.splitlines() if line.startswith(f"| `{stage}` |"))
+        assert row.endswith(f"| {minutes:.2f} | {minutes:.2f} |"), row
+    for total in ("with_teacher", "without_teacher"):
+        assert f"**{BY_HAND[total]:.1f} min**" in doc
+
+
+def test_gpu_flow_refuses_a_machine_without_a_gpu(tmp_path):
+    """An empty PATH stands for a machine without nvidia-smi (so that the test says the same on a GPU runner): exit
+    2, a message saying why, and the results file as it was (absent, or unchanged)."""
+    results = ROOT / "benchmarks" / "results" / "gpu_flow.json"
+    before = results.read_bytes() if results.exists() else None
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_flow.py")], cwd=ROOT, capture_output=True,
+                         text=True, env={"PATH": str(tmp_path)})
+    assert out.returncode == 2 and "no GPU here" in out.stderr
+    assert (results.read_bytes() if results.exists() else None) == before
