@@ -128,3 +128,19 @@ def test_serve_answers_as_predict_and_refuses_too_long_texts_with_a_413(run):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def test_the_transformers_engine_refuses_a_text_over_the_context_as_vllm_does(smollm2):
+    """Where vLLM is absent, ms-swift's transformers engine is given vLLM's context (eval.vllm.max_model_len): a
+    longer prompt is refused (serve answers it with a 413) instead of being cut or run; the others in its batch
+    are answered."""
+    from toolkit.backends import make_backend
+    from toolkit.evaluate import extract
+
+    recipe = load_recipe(RECIPE, "cpu", [*SMALL, "eval.max_new_tokens=8"])
+    backend = make_backend(recipe, "transformers", recipe.student.model)
+    short, long, other = extract(recipe, backend, recipe.prompt("student"),
+                                 ["短", "北京市朝阳区" * 250, "北京市朝阳区建国路1号"], 8)
+    assert long.refused and "larger than the max_length(1024)" in long.refused and long.raw == ""
+    assert long.problems == [f"refused: {long.refused}"]
+    assert not short.refused and not other.refused and short.raw and other.raw

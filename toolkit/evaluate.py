@@ -51,10 +51,12 @@ def chat(system: str, text: str) -> list[dict[str, str]]:
 
 
 def refused(exc: Exception) -> bool:
-    """An error vLLM raises for the request itself (a prompt longer than the model's context, an empty one),
-    before running anything: that text is answered as refused, the others in its batch still run."""
-    errors = sys.modules.get("vllm.exceptions")
-    return errors is not None and isinstance(exc, errors.VLLMClientError)
+    """An error the engine raises for the request itself before running anything (vLLM: a prompt longer than
+    the model's context, an empty one; ms-swift's transformers engine: a prompt over the same context): that
+    text is answered as refused, the others in its batch still run."""
+    vllm, swift = sys.modules.get("vllm.exceptions"), sys.modules.get("swift.template.base")
+    return (vllm is not None and isinstance(exc, vllm.VLLMClientError)) or \
+        (swift is not None and isinstance(exc, swift.MaxLengthError))
 
 
 def extract(recipe: Recipe, backend, system: str, texts: list[str], max_tokens: int) -> list[Extraction]:

@@ -91,13 +91,15 @@ class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(self, model: str, model_type: str | None, template: str | None, batch_size: int,
-                 thinking_off: bool = False):
+                 thinking_off: bool = False, max_len: int | None = None):
         from swift.infer_engine import TransformersEngine
 
         self.engine = TransformersEngine(model, model_type=model_type, template_type=template,
                                          max_batch_size=batch_size)
         if thinking_off and hasattr(self.engine, "template"):
             self.engine.template.enable_thinking = False
+        if max_len:  # the context vLLM is given: a longer prompt is refused here too (MaxLengthError), not cut
+            self.engine.template.max_length, self.engine.template.truncation_strategy = max_len, "raise"
 
     def generate(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
         from swift.infer_engine import InferRequest, RequestConfig
@@ -223,7 +225,8 @@ def build_vllm(s: Served) -> Backend:
 
 
 def build_transformers(s: Served) -> Backend:
-    return TransformersBackend(s.model, s.model_type, s.template, s.recipe.eval.batch_size, s.thinking_off)
+    return TransformersBackend(s.model, s.model_type, s.template, s.recipe.eval.batch_size, s.thinking_off,
+                               s.recipe.eval.vllm.max_model_len)
 
 
 def build_openai(s: Served) -> Backend:
