@@ -86,6 +86,11 @@ def positive(kind: type):
     return parse
 
 
+HOURLY = A("--hourly", type=positive(float), metavar="PRICE",
+           help="the student's machine price an hour: the report's cost of a million records by the student "
+                "(default: not priced)")
+
+
 def _consent(args):
     from toolkit.trust import Consent
 
@@ -281,6 +286,7 @@ def cmd_run(args) -> None:
     from toolkit.pipeline import run_all
 
     with _open_run(args) as ctx:
+        ctx.force_gate, ctx.hourly = args.force, args.hourly
         run_all(ctx, args.from_stage, args.only)
     for label, name in (("report", "report.md"), ("accuracy", "accuracy.png"), ("loss", "loss.png")):
         if (ctx.run_dir / name).is_file():
@@ -291,6 +297,7 @@ def cmd_report(args) -> None:
     from toolkit.pipeline import run_stage
 
     with _open_run(args) as ctx:
+        ctx.hourly = args.hourly
         for path in run_stage(ctx, "report"):
             print(path)
 
@@ -360,6 +367,9 @@ COMMANDS: tuple[Command, ...] = (
                   help=f"re-run this stage and every one after it: {_stage_list()} (default: every stage, "
                   "finished ones skipped)"),
                 A("--only", metavar="STAGE", help=f"run just this stage: {_stage_list()} (default: every stage)"),
+                A("--force", action="store_true", help="label the pool even when the teacher gate says ITERATE or "
+                  "RETHINK"),
+                HOURLY,
             )),
     Command("models pull", f"materialise an embedded model ({_embedded_list()}) as a float32 safetensors folder, "
             "cached, or download a hub id; prints its folder", cmd_models_pull, (
@@ -450,7 +460,7 @@ COMMANDS: tuple[Command, ...] = (
                 A("--check-gold", metavar="FILE", help="score the labels against gold {id, label} JSONL (default: no check)"),
             )),
     Command("report", "report.md (a table, a section per field type, worst errors, loss chart), accuracy.png and "
-            "confusion-FIELD.png per enum field, from the run's current evaluations", cmd_report, RECIPE + OUT),
+            "confusion-FIELD.png per enum field, from the run's current evaluations", cmd_report, RECIPE + OUT + (HOURLY,)),
     Command("bakeoff", "rank students across recipes: every (student, recipe) pair trained and scored, mean ranks "
             "with intervals, the teacher compared; bakeoff.md, bakeoff.json, bakeoff.png", cmd_bakeoff, (
                 A("spec", help="bake-off spec YAML, e.g. bakeoffs/cpu.yaml"),

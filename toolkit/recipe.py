@@ -110,6 +110,20 @@ class DataSpec(_Strict):
         return self
 
 
+class GateSpec(_Strict):
+    records: int = Field(default=100, ge=0, description=(
+        "Test records the teacher answers before it labels the pool (the first of data.test's first file; its "
+        "answers are kept and reused by the teacher's evaluation); 0: no gate."))
+    min_exact: float = Field(default=0.6, ge=0, le=1, description=(
+        "The least whole-record exact match (a fraction) the teacher must reach on them for the pool to be "
+        "labelled; below it the run stops with ITERATE (`--force` goes on)."))
+    min_field: float = Field(default=0.7, ge=0, le=1, description=(
+        "The least accuracy (a fraction) of every field on them; a field below it stops the run with ITERATE."))
+    rethink_exact: float = Field(default=0.3, ge=0, le=1, description=(
+        "Exact match below this is RETHINK rather than ITERATE: the task, its fields or the teacher, not the "
+        "prompt's wording, need changing."))
+
+
 class TeacherSpec(_Strict):
     base_url: str = Field(description=(
         "The teacher's OpenAI-compatible endpoint, e.g. https://dashscope.aliyuncs.com/compatible-mode/v1."))
@@ -129,6 +143,11 @@ class TeacherSpec(_Strict):
         "Price per million input tokens, for the labelling cost reported."))
     price_out_per_mtok: float = Field(default=0.0, description=(
         "Price per million output tokens, for the labelling cost reported."))
+    max_cost: float | None = Field(default=None, gt=0, description=(
+        "The most one labelling run may spend at the prices above: labelling stops cleanly once it is reached (the "
+        "answers so far are kept; a re-run pays only for the rest); null: no limit."))
+    gate: GateSpec = Field(default_factory=GateSpec, description=(
+        "The teacher gate: the teacher is scored on test records before it labels the pool (docs/flow.md)."))
 
 
 class StudentSpec(_Strict):

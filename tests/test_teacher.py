@@ -1,0 +1,84 @@
+"""The teacher gate, the labelling budget, the gap closed: against the local test teacher (tests/teacher_server.py,
+a real HTTP server answering scripted labels with the faults named)."""
+
+import json
+
+import pytest
+
+from conftest import RECIPE
+from teacher_server import TeacherServer
+from toolkit.cli import main
+from toolkit.jsonl import read_jsonl, write_jsonl
+from toolkit.recipe import load_recipe
+
+KEY = "sk-test-gate-7a6b5c-SECRET"
+
+
+@pytest.fixture
+def key(monkeypatch):
+    monkeypatch.setenv("DASHSCOPE_API_KEY", KEY)
+
+
+@pytest.fixture(scope="module")
+def tests_rows():
+    recipe = load_recipe(RECIPE)
+    return read_jsonl(recipe.path(recipe.data.test[0]))
+
+
+def run_data(tmp_path, server, pool_rows, *more):
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"id": r["id"], "text": r["text"]} for r in pool_rows])
+    return main(["run", str(RECIPE), "--only", "data", "--out", str(tmp_path / "run"), f"data.pool={pool}",
+                 f"teacher.base_url={server.base_url}", "teacher.gate.records=20", *more])
+
+
+def gate_entry(tmp_path):
+    return json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["teacher_gate"]
+
+
+@pytest.mark.parametrize("mode, faulty, verdict, exact", [("hallucinated", 10, "ITERATE", 0.5),
+                                                          ("empty", 16, "RETHINK", 0.2)])
+def test_a_weak_teacher_stops_the_run_before_it_labels_the_pool(tmp_path, key, pool, tests_rows, capsys, mode,
+                                                                faulty, verdict, exact):
+    """10 of the first 20 test answers with a made-up phone: exact match and phone 50% (ITERATE: below 60% and
+    70%); 16 empty answers: 20% exact match, below rethink_exact 30% (RETHINK). Not one pool text is asked for;
+    --force labels the pool and keeps the verdict."""
+    gold = {r["text"]: r["label"] for r in tests_rows + pool[:30]}
+    modes = {r["text"]: mode for r in tests_rows[:faulty]}
+    with TeacherServer(gold, modes) as server:
+        assert run_data(tmp_path, server, pool[:30]) == 2
+        err = capsys.readouterr().err
+        assert f"teacher gate: {verdict}" in err and "--force" in err and tests_rows[0]["id"] in err
+        assert sum(server.requests[r["text"]] for r in pool[:30]) == 0  # nothing paid for the pool
+        assert sum(server.requests.values()) == 20
+        entry = gate_entry(tmp_path)
+        assert (entry["verdict"], entry["n"], entry["exact_match"]["value"]) == (verdict, 20, exact)
+        assert entry["status"] == "running" and not (tmp_path / "run" / "data" / "labelled.jsonl").exists()
+        if verdict == "ITERATE":
+            assert entry["reasons"] == ["exact match 50.0% is below teacher.gate.min_exact 60%",
+                                        "phone 50.0% is below teacher.gate.min_field 70%"]
+            assert list(entry["fields"])[0] == "phone"  # worst first
+
+        # a second try asks the teacher nothing again: the gate's answers are journalled in the run
+        assert run_data(tmp_path, server, pool[:30]) == 2
+        assert sum(server.requests.values()) == 20
+
+        assert run_data(tmp_path, server, pool[:30], "--force") == 0
+        assert len(read_jsonl(tmp_path / "run" / "data" / "labelled.jsonl")) == 30
+        assert all(server.requests[r["text"]] == 1 for r in pool[:30])
+        entry = gate_entry(tmp_path)
+        assert (entry["verdict"], entry["forced"], entry["status"]) == (verdict, True, "done")
+    assert KEY not in (tmp_path / "run" / "manifest.json").read_text()
+
+
+def test_a_good_teacher_proceeds_and_its_evaluation_pays_for_the_gate_records_once(tmp_path, key, pool,
+                                                                                      tests_rows):
+    gold = {r["text"]: r["label"] for r in tests_rows + pool[:10]}
+    with TeacherServer(gold) as server:
+        assert run_data(tmp_path, server, pool[:10]) == 0
+        assert gate_entry(tmp_path)["verdict"] == "PROCEED"
+        assert len(read_jsonl(tmp_path / "run" / "data" / "labelled.jsonl")) == 10
+        assert main(["eval", str(RECIPE), "--model", "teacher", "--out", str(tmp_path / "run"),
+                     "--test", str(load_recipe(RECIPE).path(load_recipe(RECIPE).data.test[0])),
+                     f"teacher.base_url={server.base_url}", "eval.limit=25"]) == 0
+        # the 20 the gate asked are not asked again; the 5 more are asked once
+        assert [server.requests[r["text"]] for r in tests_rows[:26]] == [1] * 25 + [0]
