@@ -82,3 +82,27 @@ def test_a_good_teacher_proceeds_and_its_evaluation_pays_for_the_gate_records_on
                      f"teacher.base_url={server.base_url}", "eval.limit=25"]) == 0
         # the 20 the gate asked are not asked again; the 5 more are asked once
         assert [server.requests[r["text"]] for r in tests_rows[:26]] == [1] * 25 + [0]
+
+
+def test_the_budget_stops_labelling_cleanly_and_a_resume_pays_exactly_the_rest(tmp_path, key, pool, capsys):
+    """Each answer of the test teacher is 100 tokens in and 40 out: at 1000 and 2500 a million, 0.2 each. A
+    max_cost of 5 stops one-at-a-time labelling after 25 answers (5.0 reached); the estimate, from the first 20
+    answers, says 30 records cost 6. The re-run without a cap asks for the 5 others only."""
+    from toolkit.label import BudgetStop, run_label
+
+    rows = pool[:30]
+    raw = write_jsonl(tmp_path / "raw.jsonl", [{"id": r["id"], "text": r["text"]} for r in rows])
+    prices = ["teacher.price_in_per_mtok=1000", "teacher.price_out_per_mtok=2500", "teacher.concurrency=1"]
+    with TeacherServer({r["text"]: r["label"] for r in rows}) as server:
+        with pytest.raises(BudgetStop, match="teacher.max_cost 5 reached after spending 5: 5 of 30 records"):
+            run_label(load_recipe(RECIPE, None, [*prices, "teacher.max_cost=5"]), raw, tmp_path / "out",
+                      base_url=server.base_url)
+        assert "20 answers: 100 tokens in, 40 out a record; 30 records ≈ 6 at teacher.price_*; teacher.max_cost 5 " \
+               "stops it" in capsys.readouterr().err
+        summary = json.loads((tmp_path / "out" / "label_summary.json").read_text())
+        assert (summary["accepted"], summary["cost"], summary["estimate"]["cost"]) == (25, 5.0, 6.0)
+        assert sum(server.delivered.values()) == 25 and len(read_jsonl(tmp_path / "out" / "labelled.jsonl")) == 25
+
+        again = run_label(load_recipe(RECIPE, None, prices), raw, tmp_path / "out", base_url=server.base_url)
+        assert (again["already_done"], again["accepted"], again["cost"]) == (25, 5, 1.0)
+        assert all(server.delivered[r["text"]] == 1 for r in rows)  # nothing paid twice
