@@ -146,3 +146,77 @@ def test_gap_closed_interval_is_paired_and_a_gapless_resample_is_left_out():
     lo, hi = g["ci95"]
     assert lo < 0.5 < hi and 0 <= lo and hi <= 1  # the student is right wherever the base is: never below 0
     assert gap_closed(e(range(5)), e(range(4)), e(range(4))) == {"value": None, "ci95": None}
+
+
+# --- xtk synth ----------------------------------------------------------------------------------------------------
+
+def synth_script(pool, tests_rows):
+    """The test teacher's answers to synth requests, in the order they arrive (concurrency 1): request k writes
+    8 pool texts 100 + 8k..., with, in request 0, a test input last; in request 1 a copy of request 0's first
+    input and a near copy (one more character) of its second; in request 2 a copy of example 1. Pool texts are
+    far apart (trigram Jaccard < 0.12, measured), so these 4 are the only removals."""
+    asked = []
+
+    def script(text):
+        # the recipe's synth block steers each request
+        assert ("Topic: 校园快递" if len(asked) % 2 == 0 else "Topic: 写字楼") in text
+        k = len(asked)
+        asked.append(text)
+        batch = [r["text"] for r in pool[100 + 8 * k: 108 + 8 * k]]
+        if k == 0:
+            batch[7] = tests_rows[3]["text"]
+        if k == 1:
+            batch[7], batch[6] = pool[100]["text"], pool[101]["text"] + "。"
+        if k == 2:
+            batch[7] = pool[0]["text"]
+        return "Here they are:\n```json\n" + json.dumps(batch, ensure_ascii=False) + "\n```"
+
+    return script, asked
+
+
+def test_synth_smoke_batch_then_the_rest_removing_duplicates_copies_and_test_inputs(tmp_path, key, pool,
+                                                                                    tests_rows, capsys):
+    examples = write_jsonl(tmp_path / "examples.jsonl", [{"id": r["id"], "text": r["text"]} for r in pool[:10]])
+    script, asked = synth_script(pool, tests_rows)
+    out = tmp_path / "synth"
+    with TeacherServer({}, script=script) as server:
+        argv = ["synth", str(RECIPE), "--examples", str(examples), "--n", "32", "--out", str(out),
+                f"teacher.base_url={server.base_url}", "teacher.concurrency=1", "synth.smoke=16",
+                "synth.topics=[校园快递, 写字楼]"]
+        # smoke: 16 asked for in 2 requests; the test input and the two copies removed leave 13, so a third
+        # request (where the copy of an example goes) tops it up to 16
+        assert main(argv) == 0
+        err = capsys.readouterr().err
+        smoke = read_jsonl(out / "smoke.jsonl")
+        assert [r["text"] for r in smoke] == [r["text"] for r in pool[100:107] + pool[108:114] + pool[116:119]]
+        assert "synth-00016: " + pool[118]["text"] in err and "--yes" in err and not (out / "pool.jsonl").exists()
+        assert len(asked) == 3
+
+        # --yes: 4 requests planned for 32 (3 from the journal): 13 + 7 + 8 = 28 kept, so one more
+        assert main(argv + ["--yes"]) == 0
+        assert len(asked) == 5 and sum(server.requests.values()) == 5  # each request paid once
+    kept = read_jsonl(out / "pool.jsonl")
+    assert len(kept) == 32 and kept[:16] == smoke
+    removed = {r["reason"]: r for r in read_jsonl(out / "removed.jsonl")}
+    assert sorted(removed) == ["copies an example", "in a test file", "near-duplicate"]
+    assert removed["in a test file"]["detail"].startswith(f"test.jsonl id {tests_rows[3]['id']}, similarity 1.00")
+    assert removed["copies an example"]["detail"] == "example 1, similarity 1.00"
+    summary = json.loads((out / "synth_summary.json").read_text())
+    assert summary["removed"] == {"in a test file": 1, "near-duplicate": 2, "copies an example": 1}
+    div = json.loads((out / "diversity.json").read_text())
+    lengths = sorted(len(r["text"]) for r in kept)
+    assert div["n"] == 32 and (div["length_chars"]["min"], div["length_chars"]["max"]) == (lengths[0], lengths[-1])
+    assert div["nearest_example_similarity"]["max"] < 0.12 and 0 < div["distinct_2grams"] <= 1
+    # what synth wrote is a pool: labelled as any other
+    from toolkit.label import read_inputs
+
+    assert [r["id"] for r in read_inputs(out / "pool.jsonl", 4000)][:2] == ["synth-00001", "synth-00002"]
+
+
+def test_synth_needs_ten_examples_and_a_balance_field_with_choices(tmp_path, key, pool, capsys):
+    few = write_jsonl(tmp_path / "few.jsonl", [{"id": r["id"], "text": r["text"]} for r in pool[:9]])
+    assert main(["synth", str(RECIPE), "--examples", str(few), "--n", "5", "--out", str(tmp_path / "s")]) == 2
+    assert f"{few}: 9 examples: give at least 10" in " ".join(capsys.readouterr().err.split())
+    assert main(["synth", str(RECIPE), "--examples", str(few), "--n", "5", "synth.balance=phone"]) == 2
+    assert "synth.balance names 'phone': expected a field with choices" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "s").exists()

@@ -605,7 +605,8 @@ def markdown(b: Bakeoff, r: dict) -> str:
                    "student right, c: only the teacher right), and the difference in the task's metric (student "
                    "minus teacher) with a paired bootstrap 95% interval; the gap closed, (fine-tuned − base) / "
                    "(teacher − base) on the task's metric over the records all three answered, with its paired "
-                   "bootstrap interval and distil labs' reading (≥ 0.8 deploy, 0.4–0.8 iterate, below rethink)."), "",
+                   "bootstrap interval and distil labs' reading (≥ 0.8 deploy, 0.4–0.8 iterate, below "
+                   "rethink)."), "",
                   ("| task | student | n | student exact % | teacher exact % | b | c | McNemar p | "
                    "metric difference % | gap closed |"),
                   "|---|---|---|---|---|---|---|---|---|---|"]

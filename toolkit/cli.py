@@ -282,6 +282,27 @@ def cmd_label(args) -> None:
         print(f"teacher vs gold: exact match {100 * m['exact_match']['value']:.1f}% (n={m['n']}); {fields}")
 
 
+def cmd_synth(args) -> None:
+    import json
+
+    from toolkit.synth import run_synth
+
+    recipe = _recipe(args)
+    out = Path(args.out) if args.out else Path(_run_dir(args, recipe)) / "synth"
+    summary = run_synth(recipe, args.examples, args.n, out, yes=args.yes, base_url=args.base_url,
+                        model=args.teacher_model)
+    print(json.dumps(summary, ensure_ascii=False, indent=2))
+    if summary["smoke"]:
+        from toolkit.jsonl import read_jsonl
+
+        for row in read_jsonl(out / "smoke.jsonl"):
+            console.print(f"  {row['id']}: {escape(row['text'])}", highlight=False, soft_wrap=True)
+        console.print(f"synth: the smoke batch above ({out / 'smoke.jsonl'}); if it looks right, run again with "
+                      f"--yes for all {args.n} (its answers are not paid for again)")
+    else:
+        console.print(f"synth: {out / 'pool.jsonl'}: name it as data.pool to label it", highlight=False)
+
+
 def cmd_run(args) -> None:
     from toolkit.pipeline import run_all
 
@@ -458,6 +479,17 @@ COMMANDS: tuple[Command, ...] = (
                 A("--retry-rejects", action="store_true",
                   help="ask again for the records whose answers were rejected (they are paid for again)"),
                 A("--check-gold", metavar="FILE", help="score the labels against gold {id, label} JSONL (default: no check)"),
+            )),
+    Command("synth", "the teacher writes new raw inputs in the style of your examples, steered by the recipe's "
+            "synth block: a smoke batch first, the rest when you say yes; near duplicates, copies and test inputs "
+            "removed; pool.jsonl (a data.pool to label), removed.jsonl, diversity.json", cmd_synth, RECIPE + (
+                A("--examples", required=True, help="at least 10 inputs like the ones wanted: .txt (one a line) "
+                  "or JSONL with a text field"),
+                A("--n", type=positive(int), required=True, help="how many new inputs to write"),
+                A("--out", metavar="DIR", help="synth folder (default: the run's synth/)"),
+                A("--yes", action="store_true", help="go on past the smoke batch to all --n inputs"),
+                A("--base-url", help="OpenAI-compatible endpoint (default: teacher.base_url)"),
+                A("--teacher-model", metavar="NAME", help="the teacher's served model name (default: teacher.model)"),
             )),
     Command("report", "report.md (a table, a section per field type, worst errors, loss chart), accuracy.png and "
             "confusion-FIELD.png per enum field, from the run's current evaluations", cmd_report, RECIPE + OUT + (HOURLY,)),

@@ -6,8 +6,8 @@ request for a record that was answered. Only a record that never got an answer (
 endpoint's retries) is asked again by the next run; rejected answers are re-asked only with
 `--retry-rejects`. After the first answers, the cost of the rest is estimated from their real token counts and
 printed; `teacher.max_cost` stops a run cleanly once spent (requests in flight finish and are kept; the next run
-asks only what was never answered). One `xtk label` per output folder. The API key is read from the environment variable the
-recipe names, and is redacted from every text written or printed.
+asks only what was never answered). One `xtk label` per output folder. The API key is read from the environment
+variable the recipe names, and is redacted from every text written or printed.
 """
 
 from __future__ import annotations

@@ -298,16 +298,19 @@ def _evaluations(*names: str) -> tuple[Stage, ...]:
     return tuple(evaluation_stage(n) for n in names)
 
 
+GATE_CONFIG = ("teacher", "prompts.teacher", "fields", "data.test", "eval")
+
+
 def _gate_ready(ctx: Context) -> bool:
+    """The gate's verdict is recorded for the teacher and evaluation settings now (a forced one stands)."""
     entry = ctx.manifest.data["stages"].get("teacher_gate", {})
     return ctx.manifest.is_complete("teacher_gate") and entry.get("config") == config_digest(ctx.recipe, GATE_CONFIG)
 
 
-GATE_CONFIG = ("teacher", "prompts.teacher", "fields", "data.test", "eval")
 RUN_STAGES: tuple[Stage, ...] = (
     Stage("teacher_gate", stage_teacher_gate, (), GATE_CONFIG, gate_not_applicable, ready=_gate_ready),
-    Stage("data", stage_data, ("teacher_gate",), ("data.labelled", "data.pool", "data.pool_gold", "teacher", "prompts.teacher",
-                                   "fields"),
+    Stage("data", stage_data, ("teacher_gate",), ("data.labelled", "data.pool", "data.pool_gold", "teacher",
+                                                   "prompts.teacher", "fields"),
           ready=lambda ctx: ctx.labelled is not None or (ctx.data_dir / "labelled.jsonl").is_file()),
     Stage("prepare", stage_prepare, ("data",), ("data", "prompts.student", "fields", "student", "train.max_length"),
           ready=lambda ctx: (ctx.data_dir / "train.jsonl").is_file()),

@@ -304,6 +304,31 @@ class ExportSpec(_Strict):
         "--accept-drop."))
 
 
+class SynthSpec(_Strict):
+    topics: list[str] = Field(default_factory=list, description=(
+        "`xtk synth`: what the new inputs are about, one a request in turn (e.g. [office delivery, rural address]); "
+        "empty: as the examples."))
+    lengths: list[str] = Field(default_factory=list, description=(
+        "`xtk synth`: lengths asked for in turn (e.g. [under 30 characters, two lines]); empty: as the examples."))
+    formats: list[str] = Field(default_factory=list, description=(
+        "`xtk synth`: layouts asked for in turn (e.g. [one line, labelled fields, chat message]); empty: as the "
+        "examples."))
+    noise: list[str] = Field(default_factory=list, description=(
+        "`xtk synth`: imperfections asked for in turn (e.g. [typos, missing punctuation]); empty: none asked."))
+    balance: str | None = Field(default=None, description=(
+        "`xtk synth`: a field with choices whose values the new inputs spread over evenly (each request asks for "
+        "inputs whose answer has the next choice); null: none."))
+    per_request: int = Field(default=8, gt=0, description="`xtk synth`: new inputs the teacher writes in one answer.")
+    smoke: int = Field(default=64, gt=0, description=(
+        "`xtk synth`: inputs of the first batch, shown before any more are paid for (`--yes` goes on)."))
+    examples_shown: int = Field(default=10, gt=0, description=(
+        "`xtk synth`: of your examples, how many each request shows the teacher (a different draw each)."))
+    max_similarity: float = Field(default=0.8, gt=0, le=1, description=(
+        "`xtk synth`: an input whose character-trigram Jaccard similarity to a kept one, an example or a test "
+        "input reaches this is removed (a near-duplicate, a copy, a leak)."))
+    temperature: float = Field(default=1.0, ge=0, description="`xtk synth`: the teacher's sampling temperature.")
+
+
 class Recipe(_Strict):
     name: str = Field(description=(
         "The task's name: the run folder (runs/<name>/...) and the datasets folder are named by it."))
@@ -317,6 +342,8 @@ class Recipe(_Strict):
     train: TrainSpec = Field(description="ms-swift training settings (`swift sft`).")
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation settings.")
     export: ExportSpec = Field(default_factory=ExportSpec, description="`xtk export` settings (docs/export.md).")
+    synth: SynthSpec = Field(default_factory=SynthSpec, description=(
+        "How `xtk synth` has the teacher write new raw inputs in the style of your examples (docs/data.md)."))
     baseline: CodeRef | None = Field(default=None, description=(
         "The baseline evaluated as `rules`, as module:function: text -> the answer's JSON text, or a @trained one "
         "that first learns from the run's training split (toolkit/classical.py); null: not evaluated."))
@@ -361,6 +388,15 @@ class Recipe(_Strict):
         if unknown:
             raise AtKey(("data", "spread_over"),
                         f"data.spread_over names {unknown}, not fields of this recipe ({self.field_names})")
+        return self
+
+    @model_validator(mode="after")
+    def _synth_balance_has_choices(self) -> Recipe:
+        name = self.synth.balance
+        if name is not None and (name not in self.field_names or (
+                self.field(name).choices is None and self.field(name).choices_file is None)):
+            raise AtKey(("synth", "balance"), f"synth.balance names {name!r}: expected a field with choices of this "
+                        f"recipe ({[f.name for f in self.fields if f.choices or f.choices_file]})")
         return self
 
     @model_validator(mode="after")

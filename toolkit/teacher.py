@@ -84,9 +84,9 @@ def run_gate(ctx, force: bool = False) -> list[Path]:
             f"{100 * metrics['exact_match']['value']:.1f}%; fields, worst first: "
             + ", ".join(f"{f} {100 * metrics['fields'][f]['value']:.1f}%" for f in fields))
     if said == "PROCEED" or force:
-        from toolkit.pipeline import console
+        from rich.console import Console
 
-        console.print(head + (f" ({'; '.join(reasons)}; --force: labelling anyway)" if reasons else ""),
+        Console(stderr=True).print(head + (f" ({'; '.join(reasons)}; --force: labelling anyway)" if reasons else ""),
                       highlight=False)
         return [out / "predictions.jsonl", out / "metrics.json"]
     advice = ("improve the teacher's prompt (prompts.teacher) or choose a stronger teacher" if said == "ITERATE"
