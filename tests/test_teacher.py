@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import RECIPE
+from conftest import RECIPE, ROOT
 from teacher_server import TeacherServer
 from toolkit.cli import main
 from toolkit.jsonl import read_jsonl, write_jsonl
@@ -207,6 +207,7 @@ def test_synth_smoke_batch_then_the_rest_removing_duplicates_copies_and_test_inp
     lengths = sorted(len(r["text"]) for r in kept)
     assert div["n"] == 32 and (div["length_chars"]["min"], div["length_chars"]["max"]) == (lengths[0], lengths[-1])
     assert div["nearest_example_similarity"]["max"] < 0.12 and 0 < div["distinct_2grams"] <= 1
+    assert all(KEY not in f.read_text() for f in out.iterdir())
     # what synth wrote is a pool: labelled as any other
     from toolkit.label import read_inputs
 
@@ -220,3 +221,20 @@ def test_synth_needs_ten_examples_and_a_balance_field_with_choices(tmp_path, key
     assert main(["synth", str(RECIPE), "--examples", str(few), "--n", "5", "synth.balance=phone"]) == 2
     assert "synth.balance names 'phone': expected a field with choices" in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "s").exists()
+
+
+def test_synth_balance_spreads_the_requests_over_a_fields_choices():
+    from toolkit.synth import parse_inputs, plan
+
+    recipe = load_recipe(ROOT / "recipes" / "review_sentiment_zh.yaml", None,
+                         ["synth.balance=sentiment", "synth.lengths=[short, long]", "synth.examples_shown=3"])
+    choices = recipe.choices("sentiment")
+    examples = [f"example {i}" for i in range(10)]
+    asks = [plan(recipe, examples, i)[1]["content"] for i in range(4)]
+    assert all(f"Each input's sentiment must be: {choices[i % 2]}" in a for i, a in enumerate(asks))
+    assert ["Length: short" in a for a in asks] == [True, False, True, False]
+    assert all(sum(e in a for e in examples) == 3 for a in asks)
+    assert plan(recipe, examples, 2) == plan(recipe, examples, 2)  # the same request, the same journal key
+    # an answer as a JSON array, or failing that as lines without list markers
+    assert parse_inputs('Sure: ["a", " b "]') == ["a", "b"]
+    assert parse_inputs("1. first\n- second\n\n3) third") == ["first", "second", "third"]
