@@ -196,21 +196,20 @@ async def _label_all(recipe: Recipe, todo: list[dict], endpoint: Endpoint, promp
                     append_jsonl(good, {"id": row["id"], "text": row["text"], "label": label,
                                         "key": keys[row["id"]], "teacher": endpoint.model})
             bar.update(advance=1, note=f"{sum(summary.rejected.values())} rejected")
+            if not summary.estimate and endpoint.usage.answered >= ESTIMATE_AFTER:
+                estimate(recipe, summary, len(todo), bar)
 
         try:
-            # A first few answers, then the estimate of the whole from their real token counts, then the rest.
-            await asyncio.gather(*(one(r) for r in todo[:ESTIMATE_AFTER]))
-            estimate(recipe, summary, len(todo))
-            await asyncio.gather(*(one(r) for r in todo[ESTIMATE_AFTER:]))
+            await asyncio.gather(*(one(r) for r in todo))
+            if not summary.estimate:  # fewer answers than ESTIMATE_AFTER in all
+                estimate(recipe, summary, len(todo), bar)
         finally:
             await endpoint.aclose()
 
 
-def estimate(recipe: Recipe, summary: Summary, todo: int) -> None:
+def estimate(recipe: Recipe, summary: Summary, todo: int, bar: Bar) -> None:
     """The cost of labelling `todo` records, from the answers so far (their token counts at teacher.price_*):
-    printed and kept in the summary."""
-    from rich.console import Console
-
+    printed above the progress bar and kept in the summary."""
     answered = summary.usage.answered
     if not answered:
         return
@@ -219,7 +218,7 @@ def estimate(recipe: Recipe, summary: Summary, todo: int) -> None:
     summary.estimate = {"from_answers": answered, "records": todo, **{k: round(v, 1) for k, v in per.items()},
                         "cost": round(summary.cost(recipe) / answered * todo, 4)}
     cap = f"; teacher.max_cost {t.max_cost:g} stops it" if t.max_cost and summary.estimate["cost"] > t.max_cost else ""
-    Console(stderr=True).print(
+    bar.console.print(
         f"label: estimate from the first {answered} answers: {per['tokens_in']:.0f} tokens in, {per['tokens_out']:.0f} "
         f"out a record; {todo} records ≈ {summary.estimate['cost']:g} at teacher.price_*{cap}", highlight=False,
         soft_wrap=True)
