@@ -19,6 +19,7 @@ input text, and picks each text's behaviour from `modes` (text -> mode):
                                   a made-up value: phone 19999999999, province 火星省, city 奥林帕斯市
   schema, missing_keys            keys missing (phone / phone and name)
   empty, always500                an empty answer / 500 on every attempt
+  (a text without a gold label)   `script(text)` as the answer, where a script is given (xtk synth's requests)
 
 Besides requests, it counts per text the answers it DELIVERED: 200 responses written in full to a client that
 was still connected (a `hang` is never one). A delivered answer is one a real teacher would bill. `finished` counts per text the requests whose handling is over
@@ -74,10 +75,11 @@ def assign_faults(texts: list[str], n: int, modes: tuple[str, ...] | list[str] =
 
 class TeacherServer:
     def __init__(self, gold: dict[str, dict], modes: dict[str, str] | None = None, latency_s: float = 0.0,
-                 slow_s: float = 3.0, hang_s: float = 3.0, hold_after: int | None = None):
+                 slow_s: float = 3.0, hang_s: float = 3.0, hold_after: int | None = None, script=None):
         """hold_after: the server holds itself (as POST /hold) once that many answers were delivered, and stays
-        held until released."""
+        held until released. script: user text -> the answer's content, for a text without a gold label."""
         self.gold, self.modes, self.latency_s, self.slow_s, self.hang_s = gold, modes or {}, latency_s, slow_s, hang_s
+        self.script = script
         self.hold_after = hold_after
         self.requests: Counter = Counter()  # text -> requests received
         self.delivered: Counter = Counter()  # text -> 200 responses written in full to a connected client
@@ -177,6 +179,8 @@ class TeacherServer:
             except OSError:
                 pass
             return None
+        if text not in self.gold and self.script is not None:  # a scripted answer (xtk synth's requests)
+            return self.send(h, 200, self.completion(body, self.script(text)), text=text)
         label = dict(self.gold[text])
         content = json.dumps(label, ensure_ascii=False)
         if mode == "fenced":
@@ -193,14 +197,18 @@ class TeacherServer:
             content = json.dumps({k: v for k, v in label.items() if k not in MISSING[mode]}, ensure_ascii=False)
         elif mode == "empty":
             content = ""
-        completion = {"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model", "teacher"),
-                      "choices": [{"index": 0, "finish_reason": "stop",
-                                   "message": {"role": "assistant", "content": 42 if mode == "number" else content}}],
-                      "usage": {"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140}}
+        completion = self.completion(body, 42 if mode == "number" else content)
         if mode == "truncated_body":
             whole = json.dumps(completion, ensure_ascii=False)  # cut between characters: valid UTF-8, bad JSON
             return self.send(h, 200, whole[: len(whole) // 2].encode(), text=text)
         return self.send(h, 200, completion, text=text)
+
+    @staticmethod
+    def completion(body: dict, content) -> dict:
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model", "teacher"),
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": content}}],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140}}
 
     @staticmethod
     def _client_gone(h: BaseHTTPRequestHandler) -> bool:

@@ -246,12 +246,17 @@ def test_tables_from_run_folders_against_hand_worked_ranks_and_mcnemar(tmp_path)
     assert [versus["gemma3-270m"][k] for k in ("b_student_only", "c_teacher_only", "p_mcnemar")] == [0, 3, 0.25]
     assert versus["smollm2-135m-instruct"]["metric_difference"]["value"] == 0.0
     assert versus["gemma3-270m"]["metric_difference"]["value"] == -0.7333
+    # gap closed, (fine-tuned - base) / (teacher - base): A (0.7333 - 0) / (0.7333 - 0) = 1; G's better base is the
+    # guided one: (0 - 1/3) / (0.7333 - 1/3) = -0.8333
+    gaps = {s: (versus[s]["gap_closed"]["value"], versus[s]["gap_closed"]["base"]) for s in versus}
+    assert gaps == {"smollm2-135m-instruct": (1.0, "base"), "gemma3-270m": (-0.8333, "base-guided")}
     assert r["missing"] == ["review_sentiment_zh x smollm2-135m-instruct: no base-guided-test"]
     # where each pair's run is, from the folder the results are in: it holds wherever that folder goes
     assert r["runs"]["review_sentiment_zh"] == {
         "smollm2-135m-instruct": "runs/review_sentiment_zh/smollm2-135m-instruct",
         "gemma3-270m": "runs/review_sentiment_zh/gemma3-270m"}
     text = md.read_text()
+    assert "| 1.00 [" in text and "] deploy |" in text and "| -0.83 [" in text and "] rethink |" in text
     assert "macro-F1 of sentiment" in text and "| review_sentiment_zh | gemma3-270m | 0.0 (2) | 0.0 | 33.3 |" in text
     assert png.stat().st_size > 0
 
@@ -321,8 +326,8 @@ def test_a_real_bakeoff_ranks_resumes_and_never_trains_a_finished_pair_again(tmp
     run = out / "runs" / "msra_ner" / "smollm2-135m-instruct"
     assert res.stdout.split() == [str(out / n) for n in ("bakeoff.md", "bakeoff.json", "bakeoff.png")]
     log = (run / "bakeoff.log").read_text()
-    assert stages_ran(log) == ["data", "prepare", "eval_base", "eval_base_guided", "eval_likelihood", "train",
-                               "merge", "eval_student", "eval_resolved", "train_head", "eval_head", "eval_rules",
+    assert stages_ran(log) == ["teacher_gate", "data", "prepare", "eval_base", "eval_base_guided", "eval_likelihood",
+                               "train", "merge", "eval_student", "eval_resolved", "train_head", "eval_head", "eval_rules",
                                "eval_teacher",
                                "report"]
     stages = json.loads((run / "manifest.json").read_text())["stages"]

@@ -72,6 +72,33 @@ def test_ten_records_through_swift_deploy(tmp_path, deployed, monkeypatch):
     assert summary["tokens_out"] > 0 and summary["requests"] == 10
 
 
+def test_synth_then_label_what_it_wrote_through_swift_deploy(tmp_path, deployed, monkeypatch):
+    """`xtk synth` asks the served student for new inputs in batches of 3 concurrent requests (4 inputs each),
+    then `xtk label` labels the pool it wrote. The protocol end to end: a 135M model's inputs are poor, and
+    whatever it writes must be parsed, filtered and labelled or rejected, never crash."""
+    from toolkit.synth import run_synth
+
+    base_url, _ = deployed
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "local")
+    recipe = load_recipe(RECIPE, None, ["teacher.max_tokens=96", "teacher.concurrency=3", "teacher.timeout_s=300",
+                                        "teacher.enable_thinking=null", "synth.per_request=4", "synth.smoke=12",
+                                        "synth.examples_shown=3"])
+    examples = write_jsonl(tmp_path / "examples.jsonl", read_jsonl(recipe.path(recipe.data.pool))[:10])
+    summary = run_synth(recipe, examples, 12, tmp_path / "synth", yes=True, base_url=base_url, model="smollm2")
+    journal = read_jsonl(tmp_path / "synth" / "synth-answers.jsonl")
+    assert len(journal) == summary["requests"] >= 3 and summary["unanswered"] == 0  # every request answered
+    assert all(r["raw"] and r["tokens"][1] > 0 for r in journal)
+    pool = read_jsonl(tmp_path / "synth" / "pool.jsonl")
+    assert len(pool) == summary["written"] and 1 <= len(pool) <= 12
+    tests = {r["text"] for f in recipe.data.test for r in read_jsonl(recipe.path(f))}
+    assert not tests & {r["text"] for r in pool}
+    labelled = run_label(recipe, tmp_path / "synth" / "pool.jsonl", tmp_path / "labels", base_url=base_url,
+                         model="smollm2")
+    good, bad = read_jsonl(tmp_path / "labels" / "labelled.jsonl"), read_jsonl(tmp_path / "labels" / "rejects.jsonl")
+    assert sorted(r["id"] for r in good + bad) == sorted(r["id"] for r in pool)
+    assert {r["reason"] for r in bad} <= REASONS and labelled["requests"] == len(pool)
+
+
 def test_endpoint_eval_over_three_batches_then_from_its_journal_with_the_server_gone(tmp_path, deployed):
     """Runs last in this module: it stops the server to prove the re-run sends nothing."""
     base_url, stop = deployed

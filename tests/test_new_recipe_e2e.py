@@ -39,8 +39,8 @@ def test_a_fresh_recipe_runs_end_to_end(tmp_path, smollm2):
                          cwd=ROOT, capture_output=True, text=True, env={**__import__("os").environ, "XTK_TEST_KEY": ""})
     assert res.returncode == 0, res.stderr[-4000:]
     assert re.findall(r"^stage (\w+)$", res.stderr, re.M) == [
-        "data", "prepare", "eval_base", "eval_likelihood", "train", "merge", "eval_student", "eval_resolved",
-        "train_head", "eval_head", "eval_rules", "eval_teacher", "report"]
+        "teacher_gate", "data", "prepare", "eval_base", "eval_likelihood", "train", "merge", "eval_student",
+        "eval_resolved", "train_head", "eval_head", "eval_rules", "eval_teacher", "report"]
     stages = json.loads((run / "manifest.json").read_text())["stages"]
     assert stages["data"]["source"] == "your labelled data (mine.jsonl)"
     assert stages["eval_rules"]["skipped"] == "the recipe names no rule baseline"

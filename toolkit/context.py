@@ -19,6 +19,8 @@ class Context:
     labelled: Path | None = None  # `xtk prepare --labelled FILE`: records from elsewhere than the data stage
     fresh_train: bool = False  # `xtk run --from train` (or earlier): train afresh, even under the same settings
     fresh_head: bool = False  # the same for the classification head
+    force_gate: bool = False  # `xtk run --force`: label the pool whatever the teacher gate says
+    hourly: float | None = None  # `--hourly`: the machine's price an hour, for the student's cost in the report
 
     @property
     def data_dir(self) -> Path:

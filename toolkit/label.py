@@ -4,8 +4,10 @@ Every answer is appended (and fsynced) to labelled.jsonl or, when unusable, to r
 as it arrives, keyed by a hash of (model, prompt, input, votes): a re-run, or a run after a crash, sends no
 request for a record that was answered. Only a record that never got an answer ("gave up" after the
 endpoint's retries) is asked again by the next run; rejected answers are re-asked only with
-`--retry-rejects`. One `xtk label` per output folder. The API key is read from the environment variable the
-recipe names, and is redacted from every text written or printed.
+`--retry-rejects`. After the first answers, the cost of the rest is estimated from their real token counts and
+printed; `teacher.max_cost` stops a run cleanly once spent (requests in flight finish and are kept; the next run
+asks only what was never answered). One `xtk label` per output folder. The API key is read from the environment
+variable the recipe names, and is redacted from every text written or printed.
 """
 
 from __future__ import annotations
@@ -29,8 +31,14 @@ from toolkit.recipe import Recipe
 from toolkit.scoring import compute_metrics, extract_json
 
 GAVE_UP = "gave up after retries"
+# The cost estimate is made from the token counts of this many first answers (real ones, of this pool).
+ESTIMATE_AFTER = 20
 # Nothing answered among this many first records, all failing alike: the endpoint, not the records, is wrong.
 FAIL_FAST_AFTER = 8
+
+
+class BudgetStop(StageError):
+    """teacher.max_cost was reached: labelling stopped cleanly, what was answered is kept."""
 
 
 def read_inputs(path: str | Path, max_chars: int) -> list[dict]:
@@ -111,14 +119,22 @@ class Summary:
     usage: Usage = field(default_factory=Usage)
     seconds: float = 0.0
 
-    def as_dict(self, recipe: Recipe) -> dict:
+    stopped: str = ""  # why labelling stopped before every record was asked (teacher.max_cost)
+    estimate: dict = field(default_factory=dict)
+
+    def cost(self, recipe: Recipe) -> float:
         t, u = recipe.teacher, self.usage
-        cost = (u.tokens_in * t.price_in_per_mtok + u.tokens_out * t.price_out_per_mtok) / 1e6
+        return (u.tokens_in * t.price_in_per_mtok + u.tokens_out * t.price_out_per_mtok) / 1e6
+
+    def as_dict(self, recipe: Recipe) -> dict:
+        u, cost = self.usage, self.cost(recipe)
         new = self.accepted + sum(self.rejected.values())
         return {"total": self.total, "already_done": self.cached, "accepted": self.accepted,
                 "rejected": dict(self.rejected), "requests": u.requests, "retries": u.retries,
                 "tokens_in": u.tokens_in, "tokens_out": u.tokens_out, "cost": round(cost, 6),
-                "seconds": round(self.seconds, 2), "records_per_s": round(new / self.seconds, 3) if self.seconds else 0}
+                "seconds": round(self.seconds, 2), "records_per_s": round(new / self.seconds, 3) if self.seconds else 0,
+                **({"estimate": self.estimate} if self.estimate else {}),
+                **({"stopped": self.stopped} if self.stopped else {})}
 
 
 class _FailFast:
@@ -140,6 +156,7 @@ class _FailFast:
 async def _label_all(recipe: Recipe, todo: list[dict], endpoint: Endpoint, prompt: str, votes: int,
                      keys: dict[str, str], out_dir: Path, summary: Summary, bar: Bar) -> None:
     gate = asyncio.Semaphore(recipe.teacher.concurrency)
+    budget = recipe.teacher.max_cost
     temperature = recipe.teacher.temperature if votes == 1 else max(recipe.teacher.temperature, 0.7)
     fail_fast = _FailFast(endpoint, len(todo))
     with open_append(out_dir / "labelled.jsonl") as good, open_append(out_dir / "rejects.jsonl") as bad:
@@ -153,6 +170,9 @@ async def _label_all(recipe: Recipe, todo: list[dict], endpoint: Endpoint, promp
         async def one(row: dict) -> None:
             messages = [{"role": "system", "content": prompt}, {"role": "user", "content": row["text"]}]
             async with gate:
+                if budget is not None and summary.cost(recipe) >= budget:  # not asked: the next run asks it
+                    summary.stopped = f"teacher.max_cost {budget:g} reached"
+                    return
                 try:
                     answers = [await endpoint.ask(messages, recipe.teacher.max_tokens, temperature)
                                for _ in range(votes)]
@@ -176,11 +196,32 @@ async def _label_all(recipe: Recipe, todo: list[dict], endpoint: Endpoint, promp
                     append_jsonl(good, {"id": row["id"], "text": row["text"], "label": label,
                                         "key": keys[row["id"]], "teacher": endpoint.model})
             bar.update(advance=1, note=f"{sum(summary.rejected.values())} rejected")
+            if not summary.estimate and endpoint.usage.answered >= ESTIMATE_AFTER:
+                estimate(recipe, summary, len(todo), bar)
 
         try:
             await asyncio.gather(*(one(r) for r in todo))
+            if not summary.estimate:  # fewer answers than ESTIMATE_AFTER in all
+                estimate(recipe, summary, len(todo), bar)
         finally:
             await endpoint.aclose()
+
+
+def estimate(recipe: Recipe, summary: Summary, todo: int, bar: Bar) -> None:
+    """The cost of labelling `todo` records, from the answers so far (their token counts at teacher.price_*):
+    printed above the progress bar and kept in the summary."""
+    answered = summary.usage.answered
+    if not answered:
+        return
+    u, t = summary.usage, recipe.teacher
+    per = {"tokens_in": u.tokens_in / answered, "tokens_out": u.tokens_out / answered}
+    summary.estimate = {"from_answers": answered, "records": todo, **{k: round(v, 1) for k, v in per.items()},
+                        "cost": round(summary.cost(recipe) / answered * todo, 4)}
+    cap = f"; teacher.max_cost {t.max_cost:g} stops it" if t.max_cost and summary.estimate["cost"] > t.max_cost else ""
+    bar.console.print(
+        f"label: estimate from the first {answered} answers: {per['tokens_in']:.0f} tokens in, {per['tokens_out']:.0f} "
+        f"out a record; {todo} records ≈ {summary.estimate['cost']:g} at teacher.price_*{cap}", highlight=False,
+        soft_wrap=True)
 
 
 def run_label(recipe: Recipe, inputs: str | Path, out_dir: str | Path, *, base_url: str | None = None,
@@ -219,6 +260,11 @@ def run_label(recipe: Recipe, inputs: str | Path, out_dir: str | Path, *, base_u
         summary.seconds = time.perf_counter() - start
         result = summary.as_dict(recipe)
         write_json(out / "label_summary.json", result)
+    if summary.stopped:
+        left = len(todo) - summary.accepted - sum(summary.rejected.values())
+        raise BudgetStop(f"label: {summary.stopped} after spending {result['cost']:g}: {left} of {len(rows)} records "
+                         f"not asked yet; run again (with a higher teacher.max_cost) to label them: the "
+                         f"{len(rows) - left} answered are not paid for again ({out / 'label_summary.json'})")
     return result
 
 

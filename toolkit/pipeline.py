@@ -15,6 +15,7 @@ from toolkit.context import Context, open_run  # noqa: F401 (open_run: where cal
 from toolkit.errors import StageError
 from toolkit.manifest import config_digest
 from toolkit.roles import EVAL_CONFIG, ROLES, Role, identity, not_current, role
+from toolkit.teacher import gate_not_applicable
 
 console = Console(stderr=True)
 
@@ -53,6 +54,14 @@ def stage_data(ctx: Context) -> list[Path]:
     write_jsonl(out, gold_records(ctx.recipe))
     ctx.manifest.record("data", source=f"generator gold labels (no teacher key in ${t.api_key_env})")
     return [out]
+
+
+def stage_teacher_gate(ctx: Context) -> list[Path]:
+    """The teacher on the first test records before it labels the pool (toolkit/teacher.py): stops the run
+    unless PROCEED or --force."""
+    from toolkit.teacher import run_gate
+
+    return run_gate(ctx, ctx.force_gate)
 
 
 def stage_prepare(ctx: Context) -> list[Path]:
@@ -249,7 +258,7 @@ def stage_report(ctx: Context) -> list[Path]:
                     "this report shows: run merge and eval_student")
         return not_current(ctx, m)
 
-    return run_report(ctx.recipe, ctx.run_dir, data_source=stages.get("data", {}).get("source"),
+    return run_report(ctx.recipe, ctx.run_dir, hourly=ctx.hourly, data_source=stages.get("data", {}).get("source"),
                       loss_diagnosis=stages.get("train", {}).get("diagnosis"), stale=stale,
                       skipped={name: e["skipped"] for name, e in stages.items() if e.get("skipped")},
                       train_minutes={"student": (student := training_minutes(ctx.train_dir)), "resolved": student,
@@ -286,9 +295,19 @@ def _evaluations(*names: str) -> tuple[Stage, ...]:
     return tuple(evaluation_stage(n) for n in names)
 
 
+GATE_CONFIG = ("teacher", "prompts.teacher", "fields", "data.test", "eval")
+
+
+def _gate_ready(ctx: Context) -> bool:
+    """The gate's verdict is recorded for the teacher and evaluation settings now (a forced one stands)."""
+    entry = ctx.manifest.data["stages"].get("teacher_gate", {})
+    return ctx.manifest.is_complete("teacher_gate") and entry.get("config") == config_digest(ctx.recipe, GATE_CONFIG)
+
+
 RUN_STAGES: tuple[Stage, ...] = (
-    Stage("data", stage_data, (), ("data.labelled", "data.pool", "data.pool_gold", "teacher", "prompts.teacher",
-                                   "fields"),
+    Stage("teacher_gate", stage_teacher_gate, (), GATE_CONFIG, gate_not_applicable, ready=_gate_ready),
+    Stage("data", stage_data, ("teacher_gate",), ("data.labelled", "data.pool", "data.pool_gold", "teacher",
+                                                   "prompts.teacher", "fields"),
           ready=lambda ctx: ctx.labelled is not None or (ctx.data_dir / "labelled.jsonl").is_file()),
     Stage("prepare", stage_prepare, ("data",), ("data", "prompts.student", "fields", "student", "train.max_length"),
           ready=lambda ctx: (ctx.data_dir / "train.jsonl").is_file()),

@@ -110,6 +110,20 @@ class DataSpec(_Strict):
         return self
 
 
+class GateSpec(_Strict):
+    records: int = Field(default=100, ge=0, description=(
+        "Test records the teacher answers before it labels the pool (the first of data.test's first file; its "
+        "answers are kept and reused by the teacher's evaluation); 0: no gate."))
+    min_exact: float = Field(default=0.6, ge=0, le=1, description=(
+        "The least whole-record exact match (a fraction) the teacher must reach on them for the pool to be "
+        "labelled; below it the run stops with ITERATE (`--force` goes on)."))
+    min_field: float = Field(default=0.7, ge=0, le=1, description=(
+        "The least accuracy (a fraction) of every field on them; a field below it stops the run with ITERATE."))
+    rethink_exact: float = Field(default=0.3, ge=0, le=1, description=(
+        "Exact match below this is RETHINK rather than ITERATE: the task, its fields or the teacher, not the "
+        "prompt's wording, need changing."))
+
+
 class TeacherSpec(_Strict):
     base_url: str = Field(description=(
         "The teacher's OpenAI-compatible endpoint, e.g. https://dashscope.aliyuncs.com/compatible-mode/v1."))
@@ -129,6 +143,11 @@ class TeacherSpec(_Strict):
         "Price per million input tokens, for the labelling cost reported."))
     price_out_per_mtok: float = Field(default=0.0, description=(
         "Price per million output tokens, for the labelling cost reported."))
+    max_cost: float | None = Field(default=None, gt=0, description=(
+        "The most one labelling run may spend at the prices above: labelling stops cleanly once it is reached (the "
+        "answers so far are kept; a re-run pays only for the rest); null: no limit."))
+    gate: GateSpec = Field(default_factory=GateSpec, description=(
+        "The teacher gate: the teacher is scored on test records before it labels the pool (docs/flow.md)."))
 
 
 class StudentSpec(_Strict):
@@ -285,6 +304,31 @@ class ExportSpec(_Strict):
         "--accept-drop."))
 
 
+class SynthSpec(_Strict):
+    topics: list[str] = Field(default_factory=list, description=(
+        "`xtk synth`: what the new inputs are about, one a request in turn (e.g. [office delivery, rural address]); "
+        "empty: as the examples."))
+    lengths: list[str] = Field(default_factory=list, description=(
+        "`xtk synth`: lengths asked for in turn (e.g. [under 30 characters, two lines]); empty: as the examples."))
+    formats: list[str] = Field(default_factory=list, description=(
+        "`xtk synth`: layouts asked for in turn (e.g. [one line, labelled fields, chat message]); empty: as the "
+        "examples."))
+    noise: list[str] = Field(default_factory=list, description=(
+        "`xtk synth`: imperfections asked for in turn (e.g. [typos, missing punctuation]); empty: none asked."))
+    balance: str | None = Field(default=None, description=(
+        "`xtk synth`: a field with choices whose values the new inputs spread over evenly (each request asks for "
+        "inputs whose answer has the next choice); null: none."))
+    per_request: int = Field(default=8, gt=0, description="`xtk synth`: new inputs the teacher writes in one answer.")
+    smoke: int = Field(default=64, gt=0, description=(
+        "`xtk synth`: inputs of the first batch, shown before any more are paid for (`--yes` goes on)."))
+    examples_shown: int = Field(default=10, gt=0, description=(
+        "`xtk synth`: of your examples, how many each request shows the teacher (a different draw each)."))
+    max_similarity: float = Field(default=0.8, gt=0, le=1, description=(
+        "`xtk synth`: an input whose character-trigram Jaccard similarity to a kept one, an example or a test "
+        "input reaches this is removed (a near-duplicate, a copy, a leak)."))
+    temperature: float = Field(default=1.0, ge=0, description="`xtk synth`: the teacher's sampling temperature.")
+
+
 class Recipe(_Strict):
     name: str = Field(description=(
         "The task's name: the run folder (runs/<name>/...) and the datasets folder are named by it."))
@@ -298,6 +342,8 @@ class Recipe(_Strict):
     train: TrainSpec = Field(description="ms-swift training settings (`swift sft`).")
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation settings.")
     export: ExportSpec = Field(default_factory=ExportSpec, description="`xtk export` settings (docs/export.md).")
+    synth: SynthSpec = Field(default_factory=SynthSpec, description=(
+        "How `xtk synth` has the teacher write new raw inputs in the style of your examples (docs/data.md)."))
     baseline: CodeRef | None = Field(default=None, description=(
         "The baseline evaluated as `rules`, as module:function: text -> the answer's JSON text, or a @trained one "
         "that first learns from the run's training split (toolkit/classical.py); null: not evaluated."))
@@ -342,6 +388,15 @@ class Recipe(_Strict):
         if unknown:
             raise AtKey(("data", "spread_over"),
                         f"data.spread_over names {unknown}, not fields of this recipe ({self.field_names})")
+        return self
+
+    @model_validator(mode="after")
+    def _synth_balance_has_choices(self) -> Recipe:
+        name = self.synth.balance
+        if name is not None and (name not in self.field_names or (
+                self.field(name).choices is None and self.field(name).choices_file is None)):
+            raise AtKey(("synth", "balance"), f"synth.balance names {name!r}: expected a field with choices of this "
+                        f"recipe ({[f.name for f in self.fields if f.choices or f.choices_file]})")
         return self
 
     @model_validator(mode="after")

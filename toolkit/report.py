@@ -11,6 +11,7 @@ from pathlib import Path
 from toolkit.jsonl import read_jsonl, save_figure, write_text
 from toolkit.recipe import Recipe
 from toolkit.roles import ROLES
+from toolkit.teacher import report_lines as teacher_lines
 
 # Row order in the table: the roles' (the story of the tutorial), then anything else by name.
 ORDER = tuple(ROLES)
@@ -142,7 +143,7 @@ def plot_accuracy(results: list[tuple[str, dict]], field_names: list[str], out_p
 def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, loss_diagnosis: str | None = None,
                stale: Callable[[dict], str | None] = lambda m: None,
                skipped: dict[str, str] | None = None, train_minutes: dict[str, float | None] | None = None,
-               head_diagnosis: str | None = None) -> list[Path]:
+               head_diagnosis: str | None = None, hourly: float | None = None) -> list[Path]:
     """`stale(metrics)` says why an evaluation no longer describes its model (it is then listed, not shown);
     `skipped` names the stages that did not apply, and why; `train_minutes` the training time behind a role."""
     from toolkit.errors import StageError
@@ -185,6 +186,7 @@ def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, lo
     if (run_dir / "loss-head.png").is_file():
         lines += ["![loss of the classification head](loss-head.png)", "",
                   f"Fit of the classification head: {head_diagnosis or 'see the chart'}.", ""]
+    lines += teacher_lines(recipe, run_dir, results, hourly)  # gate, cost, gap closed (toolkit/teacher.py)
     lines += ["## Worst errors by field", ""]
     for name, _ in results:
         preds_path = run_dir / "eval" / name / "predictions.jsonl"
