@@ -51,7 +51,7 @@ def test_run_makes_every_artifact_then_skips_and_resumes_precisely(tmp_path, smo
     assert "generator gold labels" in report and "(baseline, no model)" in report and "loss.png" in report
 
     res = xtk_run(run)
-    assert res.stderr.count("complete, skipped") == 13 and not ran(res)
+    assert res.stderr.count("complete, skipped") == 14 and not ran(res)
 
     shutil.rmtree(run / "merged")
     res = xtk_run(run)
