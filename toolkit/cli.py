@@ -282,7 +282,8 @@ def cmd_run(args) -> None:
 
     with _open_run(args) as ctx:
         run_all(ctx, args.from_stage, args.only)
-    for label, name in (("report", "report.md"), ("accuracy", "accuracy.png"), ("loss", "loss.png")):
+    for label, name in (("report", "report.md"), ("browse", "report.html"), ("accuracy", "accuracy.png"),
+                        ("loss", "loss.png")):
         if (ctx.run_dir / name).is_file():
             print(f"{label + ':':<10}{ctx.run_dir / name}")
 
@@ -449,8 +450,9 @@ COMMANDS: tuple[Command, ...] = (
                   help="ask again for the records whose answers were rejected (they are paid for again)"),
                 A("--check-gold", metavar="FILE", help="score the labels against gold {id, label} JSONL (default: no check)"),
             )),
-    Command("report", "report.md (a table, a section per field type, worst errors, loss chart), accuracy.png and "
-            "confusion-FIELD.png per enum field, from the run's current evaluations", cmd_report, RECIPE + OUT),
+    Command("report", "report.md (one table, the worst errors, the charts) with accuracy.png and "
+            "confusion-FIELD.png per enum field and report.html (every figure, confusions, an error browser; one file) from the run's current "
+            "evaluations", cmd_report, RECIPE + OUT),
     Command("bakeoff", "rank students across recipes: every (student, recipe) pair trained and scored, mean ranks "
             "with intervals, the teacher compared; bakeoff.md, bakeoff.json, bakeoff.png", cmd_bakeoff, (
                 A("spec", help="bake-off spec YAML, e.g. bakeoffs/cpu.yaml"),
