@@ -110,6 +110,30 @@ def test_the_commit_is_recorded_with_the_versions():
     assert re.fullmatch(r"[0-9a-f]{12}(-dirty)?", versions()["commit"])  # the tests run from a git checkout
 
 
+def test_compare_pairs_two_runs_records_by_id(recipe, tmp_path, capsys):
+    from toolkit.cli import main
+
+    write_eval(recipe, tmp_path / "a", "student-test", "student", STUDENT)
+    better = [(i, t, g, None if i == "a4" else g) for i, t, g, _ in STUDENT]  # right but a4
+    write_eval(recipe, tmp_path / "b", "student-test", "student",
+               better + [("x9", "锦江区 周九", {"district": "锦江区", "name": "周九"}, None)])
+    write_eval(recipe, tmp_path / "b", "rules-test", "rules", RULES)
+    assert main(["report", str(recipe.root / "recipes" / "typed.yaml"), "--compare", str(tmp_path / "a"),
+                 str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    # exact match 1 of 5 against 4 of 5 on the 5 common records (x9 is B's only); a1-a3 right in B alone:
+    # McNemar's exact p = 2 · C(3, 0) / 2^3 = 0.25
+    assert re.search(r"^\| student-test \| exact match \| 5 \| 20\.0 \| 80\.0 \| \+60\.0 \[\+[\d.]+, \+[\d.]+\] "
+                     r"\| 0 / 3 \| 0\.25 \|$", out, re.M)
+    # name right in a1 and a5 in A, all but a4 in B: a2 and a3 in B alone, p = 2 · C(2, 0) / 2^2 = 0.5
+    assert "| student-test | name | 5 | 40.0 | 80.0 | +40.0 [" in out and "| 0 / 2 | 0.5 |" in out
+    assert "In one run only: rules-test." in out
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(recipe.root / "recipes" / "typed.yaml"), "--compare", str(tmp_path / "a"),
+                 str(tmp_path / "empty")]) == 2
+    assert "no evaluation of the same name in" in " ".join(capsys.readouterr().err.split())
+
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 

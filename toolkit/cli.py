@@ -291,6 +291,11 @@ def cmd_run(args) -> None:
 def cmd_report(args) -> None:
     from toolkit.pipeline import run_stage
 
+    if args.compare:
+        from toolkit.report import compare_runs
+
+        print("\n".join(compare_runs(_recipe(args), *map(Path, args.compare))))
+        return
     with _open_run(args) as ctx:
         for path in run_stage(ctx, "report"):
             print(path)
@@ -452,7 +457,11 @@ COMMANDS: tuple[Command, ...] = (
             )),
     Command("report", "report.md (one table, the worst errors, the charts) with accuracy.png and "
             "confusion-FIELD.png per enum field and report.html (every figure, confusions, an error browser; one file) from the run's current "
-            "evaluations", cmd_report, RECIPE + OUT),
+            "evaluations; or --compare two runs", cmd_report, RECIPE + OUT + (
+                A("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
+                  help="print two run folders' evaluations side by side with paired differences (B − A, McNemar), "
+                       "(default: write the run's report)"),
+            )),
     Command("bakeoff", "rank students across recipes: every (student, recipe) pair trained and scored, mean ranks "
             "with intervals, the teacher compared; bakeoff.md, bakeoff.json, bakeoff.png", cmd_bakeoff, (
                 A("spec", help="bake-off spec YAML, e.g. bakeoffs/cpu.yaml"),

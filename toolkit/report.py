@@ -297,3 +297,47 @@ def _clip(text: str, n: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[:n - 1] + "…"
 
+
+def compare_runs(recipe: Recipe, run_a: Path, run_b: Path, bootstrap: int = 1000) -> list[str]:
+    """Two runs' evaluations of the same name side by side, on the records both answered (paired by id): exact
+    match and each field's accuracy in A and in B, B − A with its paired-bootstrap 95% interval, and McNemar's
+    exact p of the records only one of them got right."""
+    from toolkit.errors import StageError
+    from toolkit.ranking import Evaluation, mcnemar, paired_difference
+    from toolkit.stats import mean
+
+    def answers(run: Path) -> dict[str, dict[str, dict]]:
+        return {p.parent.name: {r["id"]: r for r in read_jsonl(p)} for p in sorted(run.glob("eval/*/predictions.jsonl"))}
+
+    a, b = answers(run_a), answers(run_b)
+    names = [name for name in a if name in b]
+    if not names:
+        raise StageError(f"no evaluation of the same name in {run_a / 'eval'} and {run_b / 'eval'}: they have "
+                         f"{', '.join(a) or 'none'} and {', '.join(b) or 'none'}")
+    lines = [f"# {recipe.name}: {run_a} (A) against {run_b} (B)", "",
+             "Each evaluation on the records both runs answered (paired by id). B − A in points, with a paired "
+             "bootstrap 95% interval; McNemar's exact p over the records only one run got right.", ""]
+    rows, unpaired = [], []
+    for name in names:
+        ids = [i for i in a[name] if i in b[name]]
+        if not ids:
+            unpaired.append(name)
+            continue
+        for label, right in [("exact match", lambda r: r["exact"]),
+                             *((f, lambda r, f=f: r["correct"][f]) for f in recipe.field_names)]:
+            first = [bool(right(a[name][i])) for i in ids]
+            second = [bool(right(b[name][i])) for i in ids]
+            diff = paired_difference(Evaluation(second, mean), Evaluation(first, mean), bootstrap=bootstrap)
+            only_a = sum(x and not y for x, y in zip(first, second))
+            only_b = sum(y and not x for x, y in zip(first, second))
+            rows.append([name, label, str(len(ids)), f"{100 * mean(first):.1f}", f"{100 * mean(second):.1f}",
+                         f"{100 * diff['value']:+.1f} [{100 * diff['ci95'][0]:+.1f}, {100 * diff['ci95'][1]:+.1f}]",
+                         f"{only_a} / {only_b}", f"{mcnemar(only_a, only_b):.3g}"])
+    lines += _table(["evaluation", "figure", "n paired", "A %", "B %", "B − A [95%]", "only A / only B right",
+                     "McNemar p"], rows)
+    left = sorted(set(a) ^ set(b))
+    if left:
+        lines += ["", "In one run only: " + ", ".join(left) + "."]
+    if unpaired:
+        lines += ["", "No record in common: " + ", ".join(unpaired) + "."]
+    return lines
