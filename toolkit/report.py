@@ -257,11 +257,14 @@ def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, lo
               "an error browser: [report.html](report.html).", ""]
     head, rows = evaluations_table(recipe, results, train_minutes)
     lines += _table(head, rows)
+    notes = []
     if left_out:
-        lines += ["", "Left out, as they describe another model or configuration than this run's: "
-                  + "; ".join(f"`{name}` ({why})" for name, why in left_out) + "."]
+        notes.append("Left out, as they describe another model or configuration than this run's: "
+                     + "; ".join(f"`{name}` ({why})" for name, why in left_out) + ".")
     if skipped:
-        lines += ["", "Not run: " + "; ".join(f"{stage} ({why})" for stage, why in skipped.items()) + "."]
+        notes.append("Not run: " + "; ".join(f"{stage} ({why})" for stage, why in skipped.items()) + ".")
+    for note in notes:
+        lines += ["", note]
     sections, charts = by_type(results, run_dir)
     lines += ["", "![accuracy](accuracy.png)", "", *(f"![confusion]({png.name})" for png in charts)]
     if (run_dir / "loss.png").is_file():
@@ -288,8 +291,8 @@ def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, lo
     report = run_dir / "report.md"
     write_text(report, "\n".join(lines))
     plot_accuracy(results, fields, run_dir / "accuracy.png")
-    page = write_html(recipe, run_dir, results, run_facts, (head, rows), sections, predictions, loss_diagnosis,
-                      head_diagnosis)
+    page = write_html(recipe, run_dir, results, run_facts, (head, rows), notes, sections, predictions,
+                      loss_diagnosis, head_diagnosis)
     return [report, page, run_dir / "accuracy.png", *charts]
 
 

@@ -88,14 +88,15 @@ def error_rows(predictions: dict[str, list[dict]], fields: list[str]) -> list[di
 
 
 def write_html(recipe: Recipe, run_dir: Path, results: list[tuple[str, dict]], facts: list[tuple[str, str]],
-               table: tuple[list[str], list[list[str]]], sections: list, predictions: dict[str, list[dict]],
+               table: tuple[list[str], list[list[str]]], notes: list[str], sections: list,
+               predictions: dict[str, list[dict]],
                loss_diagnosis: str | None, head_diagnosis: str | None) -> Path:
     fields = recipe.field_names
     parts = [f"<h1>{_e(recipe.name)}: distillation report</h1>"]
     if recipe.description:
         parts.append(f"<p>{_e(recipe.description)}</p>")
     parts += ['<h2 id="summary">Summary</h2>', _table(["run", ""], [[k, v] for k, v in facts], cls="facts"),
-              _table(*table, cls="evaluations")]
+              _table(*table, cls="evaluations"), *(f"<p>{_e(n)}</p>" for n in notes)]
     groups = [("exact match", "exact_match"), ("micro F1", "micro_f1"), *((f, f) for f in fields),
               ("JSON valid", "json_parse_rate")]
     parts += ['<h2 id="accuracy">Accuracy by field</h2>',

@@ -8,6 +8,8 @@ import json
 import random
 import re
 
+from rapidfuzz.distance import Levenshtein
+
 from toolkit.fields import equal, slot_counts, type_metrics
 from toolkit.recipe import Recipe
 from toolkit.stats import f1, proportion, with_interval
@@ -74,8 +76,6 @@ def field_text(value) -> str:
 def how_wrong(prediction: dict, fields: list[str]) -> dict[str, int]:
     """Each wrong field's edit distance (characters) from its gold value; an unparseable answer or a missing
     field is as far as the whole gold value."""
-    from rapidfuzz.distance import Levenshtein
-
     got = prediction["parsed"] or {}
     return {f: Levenshtein.distance(field_text(got.get(f)), field_text(prediction["gold"].get(f)))
             for f in fields if not prediction["correct"][f]}
