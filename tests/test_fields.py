@@ -178,13 +178,19 @@ def test_report_lays_out_the_recipes_types(recipe, tmp_path):
                    {**metrics, "model": who, "role": who, "test_file": "test.jsonl", "records_per_s": 1.0})
     outputs = run_report(recipe, run)
     report = (run / "report.md").read_text(encoding="utf-8")
-    assert "| student-test (fine-tuned student, short prompt) | `student` | test.jsonl | 4 | 25.0 [5–70] |" in report
-    assert "| evaluation | persons P | persons R | persons F1 |" in report
-    assert "| student-test | 75.0 [" in report  # entity precision, then the same row's recall and F1
-    assert "| evaluation | sentiment macro-F1 |" in report and "| rules-test | 33.3 [" in report
-    assert "| evaluation | note |" in report and "![confusion sentiment](confusion-sentiment.png)" in report
-    assert "The chart numbers classes" in report  # 正面 and its kind: glyphs the chart's font may lack
-    assert "| gold \\ predicted | 正面 | 负面 | 中性 | (invalid) |" in report and "| 负面 | 0 | 0 | 1 | 1 |" in report
+    # report.md: the one table (the model a fine-tuned role evaluated is named as the student), the charts
+    assert ("| student-test (fine-tuned student, prompt s.md) | smollm2-135m-instruct, fine-tuned | test.jsonl | 4 "
+            "| 25.0 [5–70] |") in report
+    assert "![confusion](confusion-sentiment.png)" in report
+    # the types' sections: in report.html
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert "<th>persons P</th><th>persons R</th><th>persons F1</th>" in page
+    assert "<tr><td>student-test</td><td>75.0 [" in page  # entity precision, then the same row's recall and F1
+    assert "<th>sentiment macro-F1</th>" in page and "<tr><td>rules-test</td><td>33.3 [" in page
+    assert "<th>evaluation</th><th>note</th>" in page
+    assert "The confusion-FIELD.png charts number classes" in page  # 正面 and its kind: glyphs the chart's font may lack
+    assert ("<th>gold \\ predicted</th><th>正面</th><th>负面</th><th>中性</th><th>(invalid)</th>" in page
+            and "<tr><td>负面</td><td>0</td><td>0</td><td>1</td><td>1</td></tr>" in page)
     assert run / "confusion-sentiment.png" in outputs and (run / "confusion-sentiment.png").stat().st_size > 0
 
 

@@ -52,6 +52,7 @@ def test_a_fresh_recipe_runs_end_to_end(tmp_path, smollm2):
         m = json.loads((run / "eval" / f"{who}-test" / "metrics.json").read_text())
         assert m["n"] == 3 and set(m["entities"]) == {"fruits", "overall"} and set(m["enums"]) == {"mood"}
     report = (run / "report.md").read_text(encoding="utf-8")
-    assert "Training labels: **your labelled data (mine.jsonl)**" in report
+    assert "- training labels: your labelled data (mine.jsonl)" in report
     assert "eval_rules (the recipe names no rule baseline)" in report.split("Not run: ")[1]
-    assert "## Entities" in report and "## Classes" in report and (run / "confusion-mood.png").is_file()
+    page = (run / "report.html").read_text(encoding="utf-8")  # the types' sections: in the page to browse
+    assert "<h2>Entities" in page and "<h2>Classes" in page and (run / "confusion-mood.png").is_file()

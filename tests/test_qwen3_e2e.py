@@ -312,9 +312,9 @@ def test_the_report_rows_are_the_base_fine_tuned_and_rule_evaluations(run):
     lines = report.splitlines()
     table = lines[lines.index(next(x for x in lines if x.startswith("| evaluation |"))) + 2:]
     rows = [line.split(" | ")[0].removeprefix("| ") for line in table[:table.index("")]]
-    assert rows == ["base-test (base student, detailed prompt)", "base-test_unseen (base student, detailed prompt)",
-                    "student-test (fine-tuned student, short prompt)",
-                    "student-test_unseen (fine-tuned student, short prompt)",
+    assert rows == ["base-test (base student, prompt detailed.md)", "base-test_unseen (base student, prompt detailed.md)",
+                    "student-test (fine-tuned student, prompt short.md)",
+                    "student-test_unseen (fine-tuned student, prompt short.md)",
                     "resolved-test (fine-tuned student + the recipe's resolver, not the student alone)",
                     "resolved-test_unseen (fine-tuned student + the recipe's resolver, not the student alone)",
                     "rules-test (baseline, no model)", "rules-test_unseen (baseline, no model)"]

@@ -43,6 +43,8 @@ def test_own_labels_no_baseline_no_teacher_key(tmp_path, monkeypatch):
     run_report(recipe, tmp_path / "run", skipped=skipped)
     assert ("Not run: eval_rules (the recipe names no rule baseline); eval_teacher ($XTK_TEST_KEY is not set, the "
             "teacher is not evaluated).") in (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
+    assert "<p>Not run: eval_rules (the recipe names no rule baseline); eval_teacher" in (
+        tmp_path / "run" / "report.html").read_text(encoding="utf-8")
 
 
 def test_raw_texts_without_teacher_key_or_gold_say_what_to_give(tmp_path, monkeypatch):

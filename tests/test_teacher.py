@@ -129,8 +129,9 @@ def test_the_report_reads_the_gap_closed_the_cost_and_the_gate(tmp_path):
                              "records_per_s": 0.83}}}}))
     text = "\n".join(report_lines(load_recipe(RECIPE), run, results, hourly=1.8))
     assert "Gate: **PROCEED**: exact match 93.0% on the first 100 records of test.jsonl." in text
-    assert "| teacher (labelling, at teacher.price_*) | 2.00 | 2.0 | 0.83 | 20,000.00 |" in text
-    assert "| student (evaluation, at 1.8 an hour) | — | — | 50.00 | 10.00 |" in text
+    assert ("- Teacher (labelling, at teacher.price_*): spent 2.00 in 2.0 min, 0.83 records/s; 1M records would "
+            "cost 20,000.00.") in text
+    assert "- Student (evaluation, at 1.8 an hour): 50.00 records/s; 1M records would cost 10.00." in text
     assert "Gap closed: **0.75** [" in text and "whole-record exact match (n=10" in text and "**iterate**" in text
 
 

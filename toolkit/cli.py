@@ -309,7 +309,8 @@ def cmd_run(args) -> None:
     with _open_run(args) as ctx:
         ctx.force_gate, ctx.hourly = args.force, args.hourly
         run_all(ctx, args.from_stage, args.only)
-    for label, name in (("report", "report.md"), ("accuracy", "accuracy.png"), ("loss", "loss.png")):
+    for label, name in (("report", "report.md"), ("browse", "report.html"), ("accuracy", "accuracy.png"),
+                        ("loss", "loss.png")):
         if (ctx.run_dir / name).is_file():
             print(f"{label + ':':<10}{ctx.run_dir / name}")
 
@@ -317,6 +318,11 @@ def cmd_run(args) -> None:
 def cmd_report(args) -> None:
     from toolkit.pipeline import run_stage
 
+    if args.compare:
+        from toolkit.report import compare_runs
+
+        print("\n".join(compare_runs(_recipe(args), *map(Path, args.compare))))
+        return
     with _open_run(args) as ctx:
         ctx.hourly = args.hourly
         for path in run_stage(ctx, "report"):
@@ -492,8 +498,14 @@ COMMANDS: tuple[Command, ...] = (
                 A("--base-url", help="OpenAI-compatible endpoint (default: teacher.base_url)"),
                 A("--teacher-model", metavar="NAME", help="the teacher's served model name (default: teacher.model)"),
             )),
-    Command("report", "report.md (a table, a section per field type, worst errors, loss chart), accuracy.png and "
-            "confusion-FIELD.png per enum field, from the run's current evaluations", cmd_report, RECIPE + OUT + (HOURLY,)),
+    Command("report", "report.md (one table, the worst errors, the charts) with accuracy.png and "
+            "confusion-FIELD.png per enum field and report.html (every figure, confusions, an error browser; one file) from the run's current "
+            "evaluations; or --compare two runs", cmd_report, RECIPE + OUT + (
+                A("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
+                  help="print two run folders' evaluations side by side with paired differences (B − A, McNemar), "
+                       "(default: write the run's report)"),
+                HOURLY,
+            )),
     Command("bakeoff", "rank students across recipes: every (student, recipe) pair trained and scored, mean ranks "
             "with intervals, the teacher compared; bakeoff.md, bakeoff.json, bakeoff.png", cmd_bakeoff, (
                 A("spec", help="bake-off spec YAML, e.g. bakeoffs/cpu.yaml"),

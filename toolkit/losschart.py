@@ -67,6 +67,12 @@ def _smooth(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
+def log_scale_helps(values: list[float]) -> bool:
+    """A loss that falls over more than a decade: on a linear axis its end is flat against the start."""
+    positive = [v for v in values if v > 0]
+    return len(positive) == len(values) > 1 and max(positive) / min(positive) >= 10
+
+
 def plot_loss(log_rows: list[dict], out_png: Path) -> str:
     """Write the chart; returns the diagnosis (also printed as the chart's subtitle)."""
     import matplotlib
@@ -85,6 +91,9 @@ def plot_loss(log_rows: list[dict], out_png: Path) -> str:
         ax.plot(*zip(*evals), "o-", label="eval loss", color="tab:orange")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
+    if log_scale_helps([v for _, v in train + evals]):
+        ax.set_yscale("log")
+        ax.set_ylabel("loss (log scale)")
     ax.set_title("Training loss", fontsize=11)
     fig.text(0.5, 0.01, verdict, ha="center", fontsize=8, wrap=True)
     ax.legend()

@@ -33,8 +33,29 @@ def default_run_dir(recipe: Recipe) -> Path:
     return Path("runs") / recipe.name / (recipe.profile or "default") / slug(recipe.student.model)
 
 
+def commit() -> str | None:
+    """The git commit xtk runs from ("-dirty" with uncommitted changes to tracked files); None outside a checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=30)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
+    if (c := commit()) is not None:
+        out["commit"] = c
     for dist in VERSIONED:
         try:
             out[dist] = metadata.version(dist)

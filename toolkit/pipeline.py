@@ -263,7 +263,7 @@ def stage_report(ctx: Context) -> list[Path]:
                       skipped={name: e["skipped"] for name, e in stages.items() if e.get("skipped")},
                       train_minutes={"student": (student := training_minutes(ctx.train_dir)), "resolved": student,
                                      "head": training_minutes(ctx.head_dir / "train")},
-                      head_diagnosis=stages.get("train_head", {}).get("diagnosis"))
+                      head_diagnosis=stages.get("train_head", {}).get("diagnosis"), manifest=ctx.manifest.data)
 
 
 # --- the stages and their runner --------------------------------------------------------------------------------

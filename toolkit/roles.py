@@ -3,7 +3,7 @@ guided decoding applies, what identifies it, how the report describes it, the st
 does not apply. The stages, the report's rows and their order, the bake-off's evaluations and the CLI's
 choices are read from ROLES; `not_current` alone says whether an evaluation still describes this run.
 
-    ROLES["student"].describe              # "fine-tuned student, short prompt"
+    ROLES["student"].describe              # "fine-tuned student, prompt {prompt}": the recipe's prompt file
     role(ctx, "student")                   # the evaluation to make now: a Role
     not_current(ctx, metrics)              # None, or why these metrics no longer describe what their name says
 """
@@ -47,7 +47,7 @@ class Role:
 @dataclass(frozen=True)
 class RoleSpec:
     name: str
-    describe: str  # as the report's table describes it
+    describe: str  # as the report's table describes it; {prompt}: the file name of the recipe's prompt it is shown
     stage: str | None  # the stage of `xtk run` that makes it (None: made outside the run's stages)
     model: Callable[[Context], str]
     prompt: str  # which recipe prompt it is shown
@@ -60,6 +60,7 @@ class RoleSpec:
     base_limit: bool = False  # the base model's few records (eval.base_limit), else eval.limit
     endpoint: bool = False  # served at the teacher's endpoint, with its key
     rescores: str | None = None  # re-scores another role's answers: no inference of its own
+    fine_tuned: bool = False  # its model is the recipe's student fine-tuned in this run (the report names the student)
 
 
 def _base(ctx: Context, r: Role) -> dict:
@@ -117,22 +118,23 @@ def _merged(ctx: Context) -> str:
 
 # Row order in the report: the story of the tutorial, then anything else by name.
 ROLES: dict[str, RoleSpec] = {r.name: r for r in (
-    RoleSpec("base", "base student, detailed prompt", "eval_base", _student_model, "base", None, None, _base,
+    RoleSpec("base", "base student, prompt {prompt}", "eval_base", _student_model, "base", None, None, _base,
              config=("student",), base_limit=True),
-    RoleSpec("base-guided", "base student, detailed prompt, decoding guided to the recipe's JSON schema", None,
+    RoleSpec("base-guided", "base student, prompt {prompt}, decoding guided to the recipe's JSON schema", None,
              _student_model, "base", "vllm", True, _base, no_vllm, config=("student",), base_limit=True),
     # the base model again, zero-shot, but choosing among the allowed answers: always well-formed, never guided
-    RoleSpec("likelihood", "base student, detailed prompt, the likeliest allowed answer", "eval_likelihood",
+    RoleSpec("likelihood", "base student, prompt {prompt}, the likeliest allowed answer", "eval_likelihood",
              _student_model, "base", "likelihood", False, _base, not_all_enum, config=("student",)),
-    RoleSpec("student", "fine-tuned student, short prompt", "eval_student", _merged, "student", None, None,
-             lambda ctx, r: {"train_key": trained_key(ctx.merged_dir)}, needs=("merge",)),
+    RoleSpec("student", "fine-tuned student, prompt {prompt}", "eval_student", _merged, "student", None, None,
+             lambda ctx, r: {"train_key": trained_key(ctx.merged_dir)}, needs=("merge",), fine_tuned=True),
     RoleSpec("resolved", "fine-tuned student + the recipe's resolver, not the student alone", "eval_resolved",
              _merged, "student", None, None, lambda ctx, r: {"resolver": ctx.recipe.resolver}, no_resolver,
-             needs=("eval_student",), config=("resolver",), rescores="student"),
+             needs=("eval_student",), config=("resolver",), rescores="student", fine_tuned=True),
     # reads the text alone (the prompt is not shown to it) and answers one of its classes: never guided
     RoleSpec("head", "fine-tuned classification head, the text alone", "eval_head",
              lambda ctx: str(ctx.head_dir / "merged"), "student", "head", False,
-             lambda ctx, r: {"train_key": trained_key(ctx.head_dir / "merged")}, no_head, needs=("train_head",)),
+             lambda ctx, r: {"train_key": trained_key(ctx.head_dir / "merged")}, no_head, needs=("train_head",),
+             fine_tuned=True),
     RoleSpec("teacher", "teacher", "eval_teacher", lambda ctx: ctx.recipe.teacher.model, "teacher", "openai", False,
              lambda ctx, r: {"base_url": r.base_url, "model": r.model}, no_teacher_key, config=("teacher",),
              endpoint=True),

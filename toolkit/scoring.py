@@ -1,12 +1,14 @@
 """Scoring: JSON out of model text, per-record correctness by each field's type (toolkit/fields.py), and
 metrics with 95% intervals (Wilson for proportions, a seeded bootstrap for the rest; toolkit/stats.py), each
-field type adding its own."""
+field type adding its own; how far a wrong answer is from gold (edit distance), for the report's errors."""
 
 from __future__ import annotations
 
 import json
 import random
 import re
+
+from rapidfuzz.distance import Levenshtein
 
 from toolkit.fields import equal, slot_counts, type_metrics
 from toolkit.recipe import Recipe
@@ -62,3 +64,18 @@ def compute_metrics(recipe: Recipe, rows: list[dict], bootstrap: int = 1000, see
         "micro_f1": with_interval(f1, [tuple(map(sum, zip(*record.values()))) for record in counts], samples),
     }
     return metrics | type_metrics(recipe.fields, rows, recipe.choices, samples)
+
+
+def field_text(value) -> str:
+    """A field's value as the report compares texts: a string as it is, anything else as JSON, missing as ""."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def how_wrong(prediction: dict, fields: list[str]) -> dict[str, int]:
+    """Each wrong field's edit distance (characters) from its gold value; an unparseable answer or a missing
+    field is as far as the whole gold value."""
+    got = prediction["parsed"] or {}
+    return {f: Levenshtein.distance(field_text(got.get(f)), field_text(prediction["gold"].get(f)))
+            for f in fields if not prediction["correct"][f]}

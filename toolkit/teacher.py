@@ -149,12 +149,12 @@ def report_lines(recipe, run_dir: Path, results: list[tuple[str, dict]], hourly:
     rps = next((m["records_per_s"] for _, m in results if m.get("role") == "student" and m.get("records_per_s")),
                None)
     student_m = 1e6 / rps / 3600 * hourly if rps and hourly else None
-    lines += ["| | spend | minutes | records/s | cost of 1M records |", "|---|---|---|---|---|",
-              f"| teacher (labelling, at teacher.price_*) | {_money(label.get('cost')) if label else '—'} | "
-              f"{label['seconds'] / 60:.1f} | {label.get('records_per_s', 0):.2f} | {_money(teacher_m)} |"
-              if label else "| teacher | — | — | — | — |",
-              f"| student (evaluation{f', at {hourly:g} an hour' if hourly else ''}) | — | — | "
-              f"{rps or 0:.2f} | {_money(student_m) if hourly else '— (give --hourly)'} |", ""]
+    # as lines, not a table: report.md keeps one table (its evaluations)
+    lines += [f"- Teacher (labelling, at teacher.price_*): spent {_money(label.get('cost'))} in "
+              f"{label['seconds'] / 60:.1f} min, {label.get('records_per_s', 0):.2f} records/s; 1M records would "
+              f"cost {_money(teacher_m)}." if label else "- Teacher: labelled nothing in this run.",
+              f"- Student (evaluation{f', at {hourly:g} an hour' if hourly else ''}): {rps or 0:.2f} records/s; "
+              + (f"1M records would cost {_money(student_m)}." if hourly else "give --hourly for its cost."), ""]
     gap = gap_closed_of_run(recipe, run_dir, results)
     if gap and gap["value"] is not None:
         lo, hi = gap["ci95"]
