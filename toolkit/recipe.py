@@ -18,7 +18,7 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
                       model_validator)
 
-from toolkit.fields import FieldSpec, kind, normalise, not_classes
+from toolkit.fields import FieldSpec, normalise, not_classes, schema
 from toolkit.jsonl import DataError, file_problem, iter_lines, read_text
 
 if TYPE_CHECKING:
@@ -397,7 +397,7 @@ class Recipe(_Strict):
         """The JSON schema of one answer, for guided decoding and for validating labels."""
         return {
             "type": "object",
-            "properties": {f.name: kind(f).schema(f, self.choices(f.name), MAX_ENUM) for f in self.fields},
+            "properties": {f.name: schema(f, self.choices(f.name), MAX_ENUM) for f in self.fields},
             "required": self.field_names,
             "additionalProperties": False,
         }
