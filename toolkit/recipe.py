@@ -317,14 +317,16 @@ class Recipe(_Strict):
         "each overriding any keys)."))
     _choices_cache: dict[str, list[str] | None] = PrivateAttr(default_factory=dict)
     _allowed_cache: dict[str, frozenset[str] | None] = PrivateAttr(default_factory=dict)
-    _fail: Any = PrivateAttr(default=None)  # set by load_recipe: raises RecipeError at a key, with its file and line
+    _where: Any = PrivateAttr(default=None)  # set by load_recipe: a key as `file:line: key 'a.b'`
+
+    def at(self, loc: tuple) -> str:
+        """Where a key is: the recipe file, the key `loc` and its line (a recipe not loaded from a file: the key
+        alone)."""
+        return self._where(loc) if self._where is not None else ".".join(map(str, loc))
 
     def fail_at(self, loc: tuple, problem: str):
-        """Raise RecipeError naming the recipe file, the key `loc` and its line (a recipe not loaded from a file:
-        the key alone)."""
-        if self._fail is None:
-            raise RecipeError(f"{'.'.join(map(str, loc))}: {problem}")
-        self._fail(loc, problem)
+        """Raise RecipeError naming where the key `loc` is (`at`) and the problem."""
+        raise RecipeError(f"{self.at(loc)}: {problem}")
 
     @field_validator("fields")
     @classmethod
@@ -679,9 +681,8 @@ def _check_consent(recipe: Recipe, path: Path, text: str, overridden: set[tuple]
     from toolkit.trust import CODE_KEYS, code_problem, name_problem
 
     lines = _key_lines(text)
-
-    def fail(loc: tuple, problem: str):
-        raise RecipeError(f"{_where(path, loc, lines, recipe.profile, overridden)}: {problem}")
+    recipe._where = lambda loc: _where(path, loc, lines, recipe.profile, overridden)
+    fail = recipe.fail_at
 
     if problem := name_problem(recipe.name):
         fail(("name",), f"expected {problem}")
@@ -695,4 +696,3 @@ def _check_consent(recipe: Recipe, path: Path, text: str, overridden: set[tuple]
     if recipe.student.trust_remote_code and not consent.remote_code:
         fail(("student", "trust_remote_code"), "a recipe cannot grant itself trust: model code runs only with "
              "--trust-remote-code on the command line (only for a model folder you trust)")
-    recipe._fail = fail
