@@ -4,6 +4,8 @@ before anything runs; `xtk run` runs the same check first."""
 import json
 import re
 
+import pytest
+
 from conftest import ROOT, write_recipe
 from toolkit.cli import main
 
@@ -22,10 +24,15 @@ def write_rows(path, rows):
 
 
 def invoice(tmp_path, data="{labelled: data/labelled.jsonl, test: [data/test.jsonl], train_records: 4, "
-                           "val_fraction: 0.25}", extra=""):
+                           "val_fraction: 0.25}", extra="", prompts=""):
+    """The invoice recipe over 4 labelled rows and 1 test row; its prompts rendered from the fields unless given
+    (`prompts`: the recipe's prompts line)."""
     write_rows(tmp_path / "data" / "labelled.jsonl", ROWS[:4])
     write_rows(tmp_path / "data" / "test.jsonl", ROWS[4:])
-    return str(write_recipe(tmp_path, FIELDS, data, extra))
+    path = write_recipe(tmp_path, FIELDS, data, extra)
+    text = path.read_text(encoding="utf-8").replace("prompts: {teacher: t.md, base: d.md, student: s.md}\n", prompts)
+    path.write_text(text, encoding="utf-8")
+    return str(path)
 
 
 def test_a_recipe_whose_files_fit_passes_and_counts_their_rows(tmp_path, capsys):
@@ -41,7 +48,7 @@ def test_a_misspelt_file_is_an_error_naming_its_key_and_line(tmp_path, capsys):
                                "       val_fraction: 0}")
     assert main(["recipe", "check", recipe]) == 2
     err = capsys.readouterr().err
-    assert re.search(r"typed.yaml:5: key 'data.labelled': \S*data/labeled.jsonl: no such file \(misspelt\?\), and no "
+    assert re.search(r"typed.yaml:4: key 'data.labelled': \S*data/labeled.jsonl: no such file \(misspelt\?\), and no "
                      r"data.generator builds it", err.replace("\n", ""))
     assert main(["recipe", "show", recipe]) == 0  # other commands read the files there are, as before
 
@@ -86,11 +93,11 @@ def test_sizes_beyond_the_rows_there_are_are_said(tmp_path, capsys):
     assert main(["recipe", "check", recipe, "--profile", "cpu", "train.per_device_train_batch_size=4"]) == 0
     err = capsys.readouterr().err.replace("\n", "")
     # the profile's line, not the recipe's: the profile set it
-    assert "typed.yaml:15: key 'data.train_records': is 2400, but data/labelled.jsonl has 4 rows: training takes " \
+    assert "typed.yaml:14: key 'data.train_records': is 2400, but data/labelled.jsonl has 4 rows: training takes " \
            "at most those 4" in err
     # 4 rows, a quarter held out: 1 validation row; 3 training rows, fewer than one step's 4
     assert "one optimiser step takes 4 rows (batch x accumulation x processes), more than the 3 training rows" in err
-    assert "typed.yaml:16: key 'eval.limit': 50, but the test files have at most 1 rows" in err
+    assert "typed.yaml:15: key 'eval.limit': 50, but the test files have at most 1 rows" in err
     assert main(["recipe", "check", recipe, "data.train_records=1"]) == 0
     assert "key 'data.val_fraction': 0.25 of 1 row holds out none" in capsys.readouterr().err.replace("\n", "")
     assert main(["recipe", "check", recipe, "data.val_fraction=0.9"]) == 2
@@ -104,3 +111,65 @@ def test_run_checks_the_recipe_before_any_stage(tmp_path, capsys):
     assert main(["run", recipe, "--out", str(tmp_path / "run")]) == 2
     assert "no such file (misspelt?)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing started
+
+
+# --- prompts rendered from the fields -------------------------------------------------------------------------
+
+INVOICE = """\
+fields:
+  - {name: seller, description: 卖方, grounded: true}
+  - {name: amount, type: "float?", description: 金额}
+  - {name: date, type: date, description: 开票日期}
+  - {name: currency, type: enum, description: 币种, choices: [CNY, USD]}
+description: 发票的卖方、金额、日期和币种。
+"""
+
+
+def test_prompts_left_out_are_rendered_from_the_fields(tmp_path):
+    from toolkit.recipe import load_recipe
+
+    path = write_recipe(tmp_path, INVOICE)
+    path.write_text(path.read_text(encoding="utf-8").replace("prompts: {teacher: t.md, base: d.md, student: s.md}\n",
+                                                              "prompts: {base: d.md}\n"), encoding="utf-8")
+    recipe = load_recipe(path)
+    assert recipe.prompt("teacher") == """\
+发票的卖方、金额、日期和币种。
+
+Read the input and answer with one JSON object and nothing else. Its keys, in this order:
+- seller: 卖方 (text copied from the input as written)
+- amount: 金额 (a JSON number, without thousands separators or currency; null when the input does not say)
+- date: 开票日期 (a date as YYYY-MM-DD)
+- currency: 币种 (one of "CNY", "USD")
+
+An answer looks like this (the values are only examples):
+{"seller": "...", "amount": 1234.5, "date": "2024-03-05", "currency": "CNY"}"""
+    assert recipe.prompt("student") == "Extract as JSON: seller, amount, date, currency."
+    assert recipe.prompt("base") == "Answer JSON."  # a file given is used as written
+
+
+def test_a_recipe_template_renders_the_prompts_and_a_bad_placeholder_is_named(tmp_path):
+    from toolkit.recipe import RecipeError, load_recipe
+
+    (tmp_path / "tpl.md").write_text("任务：$task\n键：$keys\n示例：$example\n费用 $$5\n", encoding="utf-8")
+    path = write_recipe(tmp_path, INVOICE)
+    path.write_text(path.read_text(encoding="utf-8").replace(
+        "prompts: {teacher: t.md, base: d.md, student: s.md}", "prompts: {template: tpl.md}"), encoding="utf-8")
+    assert load_recipe(path).prompt("base") == ("任务：发票的卖方、金额、日期和币种。\n键：seller, amount, date, currency\n示例："
+                                                '{"seller": "...", "amount": 1234.5, "date": "2024-03-05", '
+                                                '"currency": "CNY"}\n费用 $5')
+    (tmp_path / "tpl.md").write_text("$task $fieldz\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match=r"typed.yaml:7: key 'prompts.template': tpl.md: 'fieldz' is not one of "
+                                          r"\$task, \$fields"):
+        load_recipe(path)
+
+
+def test_a_hand_written_prompt_that_leaves_a_field_unnamed_is_warned_of(tmp_path, capsys):
+    (tmp_path / "teacher.md").write_text("Give seller and amount as JSON.\n", encoding="utf-8")
+    recipe = invoice(tmp_path, prompts="prompts: {teacher: teacher.md}\n")
+    assert main(["recipe", "check", recipe]) == 0
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "typed.yaml:4: key 'prompts.teacher': teacher.md never names" not in err  # both fields named
+    (tmp_path / "teacher.md").write_text("Give the seller as JSON.\n", encoding="utf-8")
+    assert main(["recipe", "check", recipe]) == 0
+    assert "typed.yaml:4: key 'prompts.teacher': teacher.md never names amount: name every field" in \
+        capsys.readouterr().err.replace("\n", "")

@@ -6,7 +6,8 @@ loads, toolkit/recipe.py). Above toolkit/recipe.py: the readers it uses know rec
   names the key, the file and its line.
 - `check_recipe`, for `xtk recipe check` and before `xtk run`'s first stage: also every file named must exist (or
   be built by data.generator), nothing the recipe uses may be another task's (what a copied recipe leaves
-  behind: a warning), and the sizes must fit the rows there are (said, never cut silently).
+  behind: a warning), a hand-written teacher or base prompt names every field (a warning), and the sizes must fit
+  the rows there are (said, never cut silently).
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ class Checked:
 
 def check_recipe(recipe: Recipe) -> Checked:
     """Everything `check_files` checks, and: a named file that is missing is an error unless data.generator
-    may build it (it is in datasets/<recipe name>/); a key naming another task's generator, baseline, data or prompts is a warning (a copied recipe's
-    leftover); sizes larger than the rows available are warnings saying what will happen instead."""
+    may build it (it is in datasets/<recipe name>/); a key naming another task's generator, baseline, data or
+    prompts is a warning (a copied recipe's leftover), and so are a long prompt that leaves a field unnamed and
+    sizes larger than the rows available (saying what will happen instead)."""
     leftovers = [f"{recipe.at(loc)}: {value} is task {others[0]}'s, not {recipe.name}'s: left from the recipe "
                  "this one was copied from? Point it at this task's own (or remove the key)"
                  for loc, value in _task_keys(recipe)
@@ -86,6 +88,13 @@ def check_recipe(recipe: Recipe) -> Checked:
     checked = Checked(check_files(recipe), leftovers)
     checked.notes += [f"{recipe.at(loc)}: {name} is missing: `xtk run` builds it first with data.generator "
                       f"{recipe.data.generator}" for loc, name in missing]
+    # The long prompts define the answer: a field they never name is one the teacher may never write (its labels
+    # rejected) and the base model never guesses. A warning: a prompt may name a field in other words.
+    for which in ("teacher", "base"):
+        if (given := getattr(recipe.prompts, which)) and (
+                unnamed := [n for n in recipe.field_names if n not in recipe.prompt(which)]):
+            checked.warnings.append(f"{recipe.at(('prompts', which))}: {given} never names {', '.join(unnamed)}: "
+                                    "name every field (or leave the key out: xtk renders the prompt from the fields)")
     _sizes(recipe, checked)
     return checked
 

@@ -139,6 +139,14 @@ class FieldType:
         """The field's JSON schema, for guided decoding and for the teacher."""
         return {"type": self.json_type, "description": spec.description}
 
+    def hint(self, spec: FieldSpec, choices: list[str] | None) -> str:
+        """What a value is, in words, for prompts rendered from the fields."""
+        raise NotImplementedError
+
+    def example(self, spec: FieldSpec, choices: list[str] | None) -> Any:
+        """A value of the type, for a rendered prompt's example answer."""
+        raise NotImplementedError
+
     def slot_counts(self, spec: FieldSpec, predicted: Any, gold: Any) -> Counts:
         """One field of one record as one slot (predicted None: no answer): a non-empty prediction is TP if
         right, FP if wrong; a non-empty gold value not predicted right is FN. Empty gold and empty prediction
@@ -190,6 +198,14 @@ class Text(FieldType):
         if choices is not None and (self.classes or len(choices) <= max_enum):
             out["enum"] = choices
         return out
+
+    def hint(self, spec, choices):
+        if choices is not None:
+            return _one_of(choices)
+        return "text copied from the input as written" if spec.grounded else "text"
+
+    def example(self, spec, choices):
+        return choices[0] if choices else "..."
 
     def is_long(self, spec: FieldSpec, choices: list[str] | None) -> bool:
         """Free text long enough that partial credit (similarity) says something beside exact match."""
@@ -305,6 +321,13 @@ class Entities(FieldType):
             out["maxItems"] = spec.max_items
         return out
 
+    def hint(self, spec, choices):
+        items = _one_of(choices) if choices is not None else "text copied from the input" if spec.grounded else "text"
+        return f"a list, each item {items}; [] when there is none"
+
+    def example(self, spec, choices):
+        return [choices[0] if choices else "..."]
+
     def multiset(self, spec: FieldSpec, value: Any) -> Counter:
         """A value as a multiset of compared items (a wrong-typed prediction is none)."""
         c = self.compared(spec, value)
@@ -364,6 +387,12 @@ class Number(FieldType):
         m = isinstance(value, str) and WRITTEN_NUMBER.fullmatch(normalise(value, ["strip", "width"]))
         return float(m.group(1).replace(",", "")) if m else NO_VALUE
 
+    def hint(self, spec, choices):
+        return "a JSON number, without thousands separators or currency"
+
+    def example(self, spec, choices):
+        return 1234.5
+
     def compared(self, spec, value):
         number = self.read(value)
         return NO_VALUE if number is NO_VALUE else round(number, 9)
@@ -384,6 +413,12 @@ class Integer(Number):
         number = self.read(value)
         return int(number) if number is not NO_VALUE and number.is_integer() else NO_VALUE
 
+    def hint(self, spec, choices):
+        return "a whole number"
+
+    def example(self, spec, choices):
+        return 2
+
 
 class Boolean(FieldType):
     """`bool`: true or false (the text "true"/"false" counts when predicted)."""
@@ -398,6 +433,12 @@ class Boolean(FieldType):
         if value is None:
             return NO_VALUE
         return {"true": True, "false": False}.get(normalise(value, ["strip", "lower"]), NO_VALUE)
+
+    def hint(self, spec, choices):
+        return "true or false"
+
+    def example(self, spec, choices):
+        return False
 
 
 MONTHS = {m: i for i, names in enumerate(
@@ -450,6 +491,12 @@ class Date(FieldType):
     def schema(self, spec, choices, max_enum):
         return {"type": "string", "description": f"{spec.description} (YYYY-MM-DD)".lstrip(), "format": "date"}
 
+    def hint(self, spec, choices):
+        return "a date as YYYY-MM-DD"
+
+    def example(self, spec, choices):
+        return "2024-03-05"
+
 
 TYPES: dict[str, FieldType] = {}
 
@@ -466,6 +513,13 @@ for _builtin in (Text(), Enum(), Entities(), Integer(), Number(), Boolean(), Dat
 
 def _shown(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
+
+
+def _one_of(choices: list[str]) -> str:
+    """A closed set in words: its values when few, else how many."""
+    if len(choices) <= 20:
+        return "one of " + ", ".join(json.dumps(c, ensure_ascii=False) for c in choices)
+    return f"one of {len(choices)} fixed values"
 
 
 def _listing(names) -> str:
@@ -572,6 +626,16 @@ def is_empty(spec: FieldSpec, value: Any) -> bool:
 def equal(spec: FieldSpec, predicted: Any, gold: Any) -> bool:
     p = kind(spec).value(spec, predicted)
     return p is not NO_VALUE and p == kind(spec).value(spec, gold)
+
+
+def hint(spec: FieldSpec, choices: list[str] | None) -> str:
+    """A field for a prompt rendered from the fields: its name, description and what a value is."""
+    optional = "; null when the input does not say" if spec.optional else ""
+    return f"{spec.name}: {spec.description} ({kind(spec).hint(spec, choices)}{optional})"
+
+
+def example(spec: FieldSpec, choices: list[str] | None) -> Any:
+    return kind(spec).example(spec, choices)
 
 
 def schema(spec: FieldSpec, choices: list[str] | None, max_enum: int) -> dict[str, Any]:
