@@ -164,6 +164,20 @@ def cmd_recipe_show(args) -> None:
     print(yaml.safe_dump(_recipe(args).public_dict(), allow_unicode=True, sort_keys=False), end="")
 
 
+def cmd_init(args) -> None:
+    from toolkit.init import init_recipe
+
+    written = init_recipe(args.name, args.fields, args.out, args.examples, args.description)
+    for path in written:
+        print(path)
+    recipe = written[0]
+    if args.examples is None:
+        console.print(f"next: your labelled rows ({{id, text, label}} JSONL) in {args.out}/data/{args.name}/"
+                      "labelled.jsonl and test.jsonl, then", highlight=False, soft_wrap=True)
+    console.print(f"xtk recipe check {recipe} --profile cpu && xtk run {recipe} --profile cpu", highlight=False,
+                  soft_wrap=True)
+
+
 def cmd_recipe_check(args) -> None:
     recipe, checked = _checked(args)
     fields = ", ".join(f"{f.name} ({f.type}{'?' if f.optional else ''})" for f in recipe.fields)
@@ -397,6 +411,18 @@ COMMANDS: tuple[Command, ...] = (
     Command("models list", "list the embedded models: kind, licence, commercial use, parameters, size, package, "
             "whether pulled", cmd_models_list),
     Command("recipe show", "print a recipe as resolved (profile and overrides applied)", cmd_recipe_show, RECIPE),
+    Command("init", "write a new task's recipe from its fields, runnable as it is: prompts rendered from the "
+            "fields, your labelled rows split into its labelled and test files", cmd_init, (
+                A("name", help="the task's name: recipes/NAME.yaml, data/NAME/"),
+                A("--fields", required=True, metavar="FIELDS",
+                  help="name:type[:flag] items, e.g. \"seller:str:grounded, amount:float?, date:date, "
+                       "currency:enum(CNY|USD)\"; types as in docs/field-types.md, flags grounded and optional"),
+                A("--from", dest="examples", metavar="FILE", help="labelled JSONL ({id, text, label}) split into "
+                  "data/NAME/labelled.jsonl and a fifth as data/NAME/test.jsonl (default: none; write them "
+                  "yourself)"),
+                A("--description", help="one line saying what the task is (default: NAME and its fields)"),
+                A("--out", metavar="DIR", default=".", help="the project folder to write into"),
+            )),
     Command("recipe check", "check a recipe's data before a run: every file it names exists and reads row by row "
             "(file:line), labels carry every field with a valid value, nothing left from another task's recipe, "
             "sizes that fit the rows there are (xtk run checks the same first)", cmd_recipe_check, RECIPE),
