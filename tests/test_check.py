@@ -84,7 +84,8 @@ def test_a_copied_recipe_is_told_what_it_left_from_the_other_task(tmp_path, caps
     for line, key, value in [(23, "data.generator", "toolkit.tasks.msra_ner.generate:build"),
                              (15, "prompts.teacher", "prompts/msra_ner/teacher.md"),
                              (20, "baseline", "toolkit.tasks.msra_ner.baseline:jieba_entities")]:
-        assert f"warning: {tmp_path}/recipes/invoice.yaml:{line}: key '{key}': {value} is task msra_ner's, not invoice's" in err
+        assert (f"warning: {tmp_path}/recipes/invoice.yaml:{line}: key '{key}': {value} is task msra_ner's, not "
+                "invoice's") in err
 
 
 def test_sizes_beyond_the_rows_there_are_are_said(tmp_path, capsys):

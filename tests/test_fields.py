@@ -315,6 +315,15 @@ def test_optional_fields_take_null_as_a_value_scored_like_any_other(invoice, tmp
     assert slot_counts(amount.model_copy(update={"optional": False}), {"amount": None}, {"amount": 1}) == (0, 0, 1)
 
 
+def test_the_student_is_trained_on_one_form_of_each_date(invoice):
+    from toolkit.prepare import to_messages
+
+    label = {"seller": "华为", "amount": None, "date": "2024年3月5日", "currency": "USD"}
+    row = to_messages(invoice, {"id": "a", "text": "t", "label": label}, "s")
+    assert row["messages"][-1]["content"] == \
+        '{"seller": "华为", "amount": null, "date": "2024-03-05", "currency": "USD"}'
+
+
 def test_optional_class_field_counts_null_as_a_class(invoice):
     rows = [{"parsed": {"currency": None}, "gold": {"currency": None}},
             {"parsed": {"currency": "CNY"}, "gold": {"currency": None}},

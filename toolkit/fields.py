@@ -147,6 +147,10 @@ class FieldType:
         """A value of the type, for a rendered prompt's example answer."""
         raise NotImplementedError
 
+    def canonical(self, spec: FieldSpec, value: Any) -> Any:
+        """A (type-checked) label as the student is trained to write it."""
+        return value
+
     def slot_counts(self, spec: FieldSpec, predicted: Any, gold: Any) -> Counts:
         """One field of one record as one slot (predicted None: no answer): a non-empty prediction is TP if
         right, FP if wrong; a non-empty gold value not predicted right is FN. Empty gold and empty prediction
@@ -185,7 +189,9 @@ class Text(FieldType):
         return normalise(value, spec.normalise)
 
     def vote_key(self, spec, value):
-        return json.dumps(value.strip(), ensure_ascii=False) if isinstance(value, str) else super().vote_key(spec, value)
+        if isinstance(value, str):
+            return json.dumps(value.strip(), ensure_ascii=False)
+        return super().vote_key(spec, value)  # null in an optional field: "null", apart from the text "null"
 
     def voted_value(self, spec, value):
         return value.strip() if isinstance(value, str) else value
@@ -494,6 +500,10 @@ class Date(FieldType):
     def hint(self, spec, choices):
         return "a date as YYYY-MM-DD"
 
+    def canonical(self, spec, value):
+        """ISO 8601, whichever form the label was written in: the student answers one form."""
+        return read_date(value).isoformat()
+
     def example(self, spec, choices):
         return "2024-03-05"
 
@@ -632,6 +642,11 @@ def hint(spec: FieldSpec, choices: list[str] | None) -> str:
     """A field for a prompt rendered from the fields: its name, description and what a value is."""
     optional = "; null when the input does not say" if spec.optional else ""
     return f"{spec.name}: {spec.description} ({kind(spec).hint(spec, choices)}{optional})"
+
+
+def canonical(spec: FieldSpec, value: Any) -> Any:
+    """A (type-checked) label as the student is trained to write it (null kept)."""
+    return None if value is None else kind(spec).canonical(spec, value)
 
 
 def example(spec: FieldSpec, choices: list[str] | None) -> Any:
