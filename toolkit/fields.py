@@ -141,11 +141,11 @@ class FieldType:
 
     def hint(self, spec: FieldSpec, choices: list[str] | None) -> str:
         """What a value is, in words, for prompts rendered from the fields."""
-        raise NotImplementedError
+        return f"a JSON {self.json_type}"
 
     def example(self, spec: FieldSpec, choices: list[str] | None) -> Any:
-        """A value of the type, for a rendered prompt's example answer."""
-        raise NotImplementedError
+        """A value of the type, for a rendered prompt's example answer (None: null, where a type gives none)."""
+        return None
 
     def canonical(self, spec: FieldSpec, value: Any) -> Any:
         """A (type-checked) label as the student is trained to write it."""
