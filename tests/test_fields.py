@@ -39,7 +39,7 @@ def test_each_type_compares_by_its_own_rules(recipe):
              "note": "送到门口 "}
     assert score_record(recipe, right, GOLD) == {f: True for f in recipe.field_names}  # order, text, spaces
     wrong = score_record(recipe, {**right, "persons": ["张三", "张三", "李四"], "count": 2.5, "urgent": 0,
-                                  "price": "9.5元"}, GOLD)
+                                  "price": "约9.5元"}, GOLD)  # "about 9.5": no number
     assert [f for f, ok in wrong.items() if not ok] == ["persons", "count", "price", "urgent"]
     assert score_record(recipe, {**right, "persons": "张三, 李四"}, GOLD)["persons"] is False  # not a list
 
@@ -160,7 +160,11 @@ def test_labels_of_the_wrong_type_are_refused_with_file_and_line(recipe, tmp_pat
     ("{name: n, type: int, description: d, grounded: true}", "grounded applies to str and list"),
     ("{name: n, type: bool, description: d, choices: [a]}", "choices apply to text fields"),
     ("{name: n, description: d, max_items: 2}", "max_items applies to list"),
-    ("{name: n, type: date, description: d}", "expected 'str', 'enum'"),
+    ("{name: n, type: datetime, description: d}", "expected 'str', 'enum'"),
+    ("{name: n, type: 'list[str]?', description: d}", "a list.str. field cannot be optional"),
+    ("{name: s, type: enum, description: d, choices: [CNY, USD, CNY]}", "each choice once: 'CNY' is 'CNY' again"),
+    ("{name: s, type: enum, description: d, choices: [USD, 'usd '], normalise: [strip, lower]}",
+     "each choice once: 'usd ' is 'USD' again after the normalisers"),
 ])
 def test_recipe_refuses_keys_a_type_does_not_take(tmp_path, field, problem):
     with pytest.raises(RecipeError, match=rf"typed.yaml:2: key 'fields.0.*{problem}"):
@@ -256,3 +260,102 @@ def test_a_registered_type_is_held_to_the_keys_it_takes(isodate, tmp_path):
         load_recipe(write_recipe(tmp_path, "fields:\n  - {name: due, type: isodate, description: d, grounded: true}\n"))
     with pytest.raises(RecipeError, match=r"key 'fields.0': expected choices apply to text fields"):
         load_recipe(write_recipe(tmp_path, "fields:\n  - {name: due, type: isodate, description: d, choices: [a]}\n"))
+
+
+# --- types for real documents: optional values, dates, numbers as written ------------------------------------
+
+INVOICE = """\
+fields:
+  - {name: seller, description: 卖方}
+  - {name: amount, type: "float?", description: 金额}
+  - {name: date, type: date, description: 开票日期}
+  - {name: currency, type: enum, description: 币种, choices: [CNY, USD], optional: true}
+"""
+
+
+@pytest.fixture
+def invoice(tmp_path):
+    return load_recipe(write_recipe(tmp_path, INVOICE))
+
+
+@pytest.mark.parametrize("written,number", [
+    ("1,234.50", 1234.5), ("¥1234.5", 1234.5), ("１，２３４．５", 1234.5), ("１２３４.５元", 1234.5),
+    ("USD 1,234.5", 1234.5), ("$-12", -12.0), (" 7 ", 7.0), (".5", 0.5),
+    ("1,23", NO_VALUE), ("12,3456", NO_VALUE), ("约9.5", NO_VALUE), ("1.2.3", NO_VALUE), ("", NO_VALUE),
+    (True, NO_VALUE), (None, NO_VALUE),
+])
+def test_numbers_are_read_as_documents_write_them(written, number):
+    assert TYPES["float"].read(written) == number
+
+
+@pytest.mark.parametrize("written,day", [
+    ("2024-03-05", "2024-03-05"), ("2024-3-5", "2024-03-05"), ("2024/03/05", "2024-03-05"),
+    ("2024.3.5", "2024-03-05"), ("20240305", "2024-03-05"), ("2024年3月5日", "2024-03-05"),
+    ("2024 年 03 月 05 号", "2024-03-05"), ("２０２４年３月５日", "2024-03-05"), ("March 5, 2024", "2024-03-05"),
+    ("Mar. 5th 2024", "2024-03-05"), ("5 March 2024", "2024-03-05"), ("5 SEPT 2024", "2024-09-05"),
+    ("03/05/2024", NO_VALUE),  # day or month first: ambiguous, refused
+    ("2025-02-30", NO_VALUE), ("2024-3", NO_VALUE), ("Marc 5, 2024", NO_VALUE), (20240305, NO_VALUE),
+])
+def test_dates_are_read_from_chinese_and_english_forms(written, day):
+    assert TYPES["date"].compared(None, written) == day
+
+
+def test_optional_fields_take_null_as_a_value_scored_like_any_other(invoice, tmp_path):
+    gold = {"seller": "华为", "amount": None, "date": "2024-03-05", "currency": None}
+    assert invoice.field("amount").optional and invoice.field("currency").optional
+    # null in an optional field is a label; in a required one (date) it is refused with file and line
+    assert read_record(invoice, {"id": "a", "text": "t", "label": gold}, tmp_path / "l.jsonl", 1)["label"] == gold
+    with pytest.raises(DataError, match=r"l.jsonl:2: field 'date' must be a date .*, got null"):
+        read_record(invoice, {"id": "a", "text": "t", "label": {**gold, "date": None}}, tmp_path / "l.jsonl", 2)
+    right = {"seller": "华为 ", "amount": None, "date": "2024年3月5日", "currency": None}
+    assert score_record(invoice, right, gold) == {f: True for f in invoice.field_names}
+    assert score_record(invoice, {**right, "amount": 0}, gold)["amount"] is False  # 0 is not "not given"
+    assert score_record(invoice, {**right, "amount": None}, {**gold, "amount": 12.5})["amount"] is False
+    assert score_record(invoice, {**right, "amount": "¥12.50"}, {**gold, "amount": 12.5})["amount"] is True
+    # slots: null right is a TP; null for 12.5 is an FP and an FN, as any wrong value
+    amount = invoice.field("amount")
+    assert slot_counts(amount, {"amount": None}, {"amount": None}) == (1, 0, 0)
+    assert slot_counts(amount, {"amount": None}, {"amount": 12.5}) == (0, 1, 1)
+    assert slot_counts(amount, {"amount": 3}, {"amount": None}) == (0, 1, 1)
+    # a required float keeps null as no answer (FN only)
+    assert slot_counts(amount.model_copy(update={"optional": False}), {"amount": None}, {"amount": 1}) == (0, 0, 1)
+
+
+def test_the_student_is_trained_on_one_form_of_each_date(invoice):
+    from toolkit.prepare import to_messages
+
+    label = {"seller": "华为", "amount": None, "date": "2024年3月5日", "currency": "USD"}
+    row = to_messages(invoice, {"id": "a", "text": "t", "label": label}, "s")
+    assert row["messages"][-1]["content"] == \
+        '{"seller": "华为", "amount": null, "date": "2024-03-05", "currency": "USD"}'
+
+
+def test_optional_class_field_counts_null_as_a_class(invoice):
+    rows = [{"parsed": {"currency": None}, "gold": {"currency": None}},
+            {"parsed": {"currency": "CNY"}, "gold": {"currency": None}},
+            {"parsed": {"currency": "USD"}, "gold": {"currency": "USD"}},
+            {"parsed": None, "gold": {"currency": "CNY"}}]
+    rows = [{"parsed": r["parsed"] and {**GOLD_INVOICE, **r["parsed"]}, "gold": {**GOLD_INVOICE, **r["gold"]}}
+            for r in rows]
+    confusion = compute_metrics(invoice, rows, bootstrap=10)["enums"]["currency"]["confusion"]
+    assert confusion == {"gold": ["CNY", "USD", "(null)"], "predicted": ["CNY", "USD", "(null)", "(invalid)"],
+                         "counts": [[0, 0, 0, 1], [0, 1, 0, 0], [1, 0, 1, 0]]}
+
+
+GOLD_INVOICE = {"seller": "华为", "amount": 1.0, "date": "2024-03-05", "currency": "CNY"}
+
+
+def test_optional_schema_allows_null_and_votes_count_null_as_an_answer(invoice):
+    props = invoice.json_schema()["properties"]
+    assert props["amount"] == {"anyOf": [{"type": "number"}, {"type": "null"}], "description": "金额"}
+    assert props["currency"] == {"anyOf": [{"type": "string", "enum": ["CNY", "USD"]}, {"type": "null"}],
+                                 "description": "币种"}
+    assert props["date"] == {"type": "string", "description": "开票日期 (YYYY-MM-DD)", "format": "date"}
+    label, _ = majority(invoice, [{**GOLD_INVOICE, "amount": None}, {**GOLD_INVOICE, "amount": 2.0},
+                                  {**GOLD_INVOICE, "amount": None}])
+    assert label["amount"] is None  # two of three say the invoice gives no amount
+    label, _ = majority(invoice, [GOLD_INVOICE, {**GOLD_INVOICE, "date": "2024年3月5日"},
+                                  {**GOLD_INVOICE, "date": "2024-03-06"}])
+    assert label["date"] == "2024-03-05"
+    xgrammar = pytest.importorskip("xgrammar")
+    xgrammar.Grammar.from_json_schema(json.dumps(invoice.json_schema()), any_whitespace=False)

@@ -1,6 +1,5 @@
-"""A recipe written from scratch (no baseline, no data builder, the user's own labelled JSONL) runs `xtk run`
-end to end on the embedded student, with no code change: "Adding a recipe" (README.md, in full in
-docs/recipes.md) in a test."""
+"""A recipe written by hand (no baseline, no data builder, the user's own labelled JSONL) runs `xtk run` end to
+end on the embedded student, with no code change (`xtk init`'s recipe: tests/test_init.py)."""
 
 import json
 import re

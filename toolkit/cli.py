@@ -97,17 +97,34 @@ def _consent(args):
     return Consent(tuple(args.allow_code), args.trust_remote_code)
 
 
-def _recipe(args):
+def _load(args):
     from toolkit.recipe import load_recipe
 
     overrides = list(args.overrides)
     if args.trust_remote_code:
         overrides.append("student.trust_remote_code=true")
+    return load_recipe(args.recipe, args.profile, overrides, _consent(args))
+
+
+def _recipe(args):
     from toolkit.check import check_files
 
-    recipe = load_recipe(args.recipe, args.profile, overrides, _consent(args))
+    recipe = _load(args)
     check_files(recipe)
     return recipe
+
+
+def _checked(args):
+    """The recipe and what `xtk recipe check` finds in it, its warnings shown."""
+    from toolkit.check import check_recipe
+
+    recipe = _load(args)
+    checked = check_recipe(recipe)
+    for note in checked.notes:
+        console.print("note:", escape(note), highlight=False, soft_wrap=True)
+    for warning in checked.warnings:
+        console.print("[yellow]warning:[/]", escape(warning), highlight=False, soft_wrap=True)
+    return recipe, checked
 
 
 def _run_dir(args, recipe):
@@ -116,10 +133,10 @@ def _run_dir(args, recipe):
     return default_run_dir(recipe) if not args.out else args.out
 
 
-def _open_run(args):
+def _open_run(args, recipe=None):
     from toolkit.pipeline import open_run
 
-    recipe = _recipe(args)
+    recipe = recipe or _recipe(args)
     return open_run(recipe, _run_dir(args, recipe))
 
 
@@ -150,6 +167,30 @@ def cmd_recipe_show(args) -> None:
     import yaml
 
     print(yaml.safe_dump(_recipe(args).public_dict(), allow_unicode=True, sort_keys=False), end="")
+
+
+def cmd_init(args) -> None:
+    from toolkit.init import init_recipe
+
+    written = init_recipe(args.name, args.fields, args.out, args.examples, args.description)
+    for path in written:
+        print(path)
+    recipe = written[0]
+    if args.examples is None:
+        console.print(f"next: your labelled rows ({{id, text, label}} JSONL) in {args.out}/data/{args.name}/"
+                      "labelled.jsonl and test.jsonl, then", highlight=False, soft_wrap=True)
+    console.print(f"xtk recipe check {recipe} --profile cpu && xtk run {recipe} --profile cpu", highlight=False,
+                  soft_wrap=True)
+
+
+def cmd_recipe_check(args) -> None:
+    recipe, checked = _checked(args)
+    fields = ", ".join(f"{f.name} ({f.type}{'?' if f.optional else ''})" for f in recipe.fields)
+    print(f"{args.recipe}: {recipe.name}, fields {fields}")
+    for loc, n in checked.rows.items():
+        name = recipe.data.test[loc[2]] if loc[1] == "test" else getattr(recipe.data, loc[1])
+        print(f"  {'.'.join(map(str, loc))}: {name}: {n} rows")
+    print(f"ok{f' ({len(checked.warnings)} warnings above)' if checked.warnings else ''}")
 
 
 def cmd_recipe_keys(args) -> None:
@@ -306,7 +347,7 @@ def cmd_synth(args) -> None:
 def cmd_run(args) -> None:
     from toolkit.pipeline import run_all
 
-    with _open_run(args) as ctx:
+    with _open_run(args, _checked(args)[0]) as ctx:
         ctx.force_gate, ctx.hourly = args.force, args.hourly
         run_all(ctx, args.from_stage, args.only)
     for label, name in (("report", "report.md"), ("browse", "report.html"), ("accuracy", "accuracy.png"),
@@ -407,6 +448,21 @@ COMMANDS: tuple[Command, ...] = (
     Command("models list", "list the embedded models: kind, licence, commercial use, parameters, size, package, "
             "whether pulled", cmd_models_list),
     Command("recipe show", "print a recipe as resolved (profile and overrides applied)", cmd_recipe_show, RECIPE),
+    Command("init", "write a new task's recipe from its fields, runnable as it is: prompts rendered from the "
+            "fields, your labelled rows split into its labelled and test files", cmd_init, (
+                A("name", help="the task's name: recipes/NAME.yaml, data/NAME/"),
+                A("--fields", required=True, metavar="FIELDS",
+                  help="name:type[:flag] items, e.g. \"seller:str:grounded, amount:float?, date:date, "
+                       "currency:enum(CNY|USD)\"; types as in docs/field-types.md, flags grounded and optional"),
+                A("--from", dest="examples", metavar="FILE", help="labelled JSONL ({id, text, label}) split into "
+                  "data/NAME/labelled.jsonl and a fifth as data/NAME/test.jsonl (default: none; write them "
+                  "yourself)"),
+                A("--description", help="one line saying what the task is (default: NAME and its fields)"),
+                A("--out", metavar="DIR", default=".", help="the project folder to write into"),
+            )),
+    Command("recipe check", "check a recipe's data before a run: every file it names exists and reads row by row "
+            "(file:line), labels carry every field with a valid value, nothing left from another task's recipe, "
+            "sizes that fit the rows there are (xtk run checks the same first)", cmd_recipe_check, RECIPE),
     Command("recipe keys", "every recipe key (dotted path) with its type, default and description; given a recipe, "
             "its value there too", cmd_recipe_keys, (
                 A("recipe", nargs="?", help="recipe YAML whose values to show (profile applied), e.g. "

@@ -7,11 +7,14 @@ false negatives, the type's own metrics, and the headline a task of such fields 
 this module branches on a type's name. Adding a type: docs/field-types.md.
 
 Built in: `str` (free text, or a closed set with choices), `enum` (classification: one of its choices),
-`list[str]` (entities: compared as multisets, order-free), `int`, `float`, `bool`.
+`list[str]` (entities: compared as multisets, order-free), `int`, `float` (numbers read through thousands
+separators, currency signs and full-width digits), `bool`, `date` (ISO 8601, read from common Chinese and English
+formats). Any single-valued field may be optional (`type: float?` or `optional: true`): null is then a value.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import re
@@ -93,6 +96,14 @@ class FieldType:
             return f"grounded applies to {groundable} fields, not to type {self.name}"
         if spec.max_items is not None and not self.listed:
             return f"max_items applies to {_listing(t.name for t in TYPES.values() if t.listed)} fields only"
+        if spec.optional and self.listed:
+            return f"a {self.name} field cannot be optional: an empty list already says there is none"
+        if spec.choices is not None:
+            seen: dict[str, str] = {}
+            for choice in spec.choices:
+                if (same := seen.setdefault(normalise(choice, spec.normalise), choice)) is not choice:
+                    return (f"each choice once: {choice!r} is {same!r} again" + ("" if same == choice else
+                            f" after the normalisers {spec.normalise}"))
         return None
 
     def problem(self, spec: FieldSpec, value: Any) -> str | None:
@@ -112,9 +123,13 @@ class FieldType:
         a number given as text is the number); what cannot be read as the type is NO_VALUE, equal to nothing."""
         raise NotImplementedError
 
+    def value(self, spec: FieldSpec, value: Any) -> Any:
+        """`compared`, but null stays null in an optional field: a value like any other (a missing key too)."""
+        return None if value is None and spec.optional else self.compared(spec, value)
+
     def vote_key(self, spec: FieldSpec, value: Any) -> str:
         """Answers with the same key are the same vote."""
-        return json.dumps(self.compared(spec, value))  # 2 and 2.0 agree
+        return json.dumps(self.value(spec, value))  # 2 and 2.0 agree
 
     def voted_value(self, spec: FieldSpec, value: Any) -> Any:
         """What a vote keeps of the first answer with the winning key."""
@@ -124,11 +139,23 @@ class FieldType:
         """The field's JSON schema, for guided decoding and for the teacher."""
         return {"type": self.json_type, "description": spec.description}
 
+    def hint(self, spec: FieldSpec, choices: list[str] | None) -> str:
+        """What a value is, in words, for prompts rendered from the fields."""
+        return f"a JSON {self.json_type}"
+
+    def example(self, spec: FieldSpec, choices: list[str] | None) -> Any:
+        """A value of the type, for a rendered prompt's example answer (None: null, where a type gives none)."""
+        return None
+
+    def canonical(self, spec: FieldSpec, value: Any) -> Any:
+        """A (type-checked) label as the student is trained to write it."""
+        return value
+
     def slot_counts(self, spec: FieldSpec, predicted: Any, gold: Any) -> Counts:
         """One field of one record as one slot (predicted None: no answer): a non-empty prediction is TP if
         right, FP if wrong; a non-empty gold value not predicted right is FN. Empty gold and empty prediction
         count nowhere."""
-        g, p = self.compared(spec, gold), self.compared(spec, predicted)
+        g, p = self.value(spec, gold), self.value(spec, predicted)
         if present(p) and p == g:
             return 1, 0, 0
         return 0, int(present(p)), int(present(g))
@@ -162,7 +189,9 @@ class Text(FieldType):
         return normalise(value, spec.normalise)
 
     def vote_key(self, spec, value):
-        return value.strip() if isinstance(value, str) else super().vote_key(spec, value)
+        if isinstance(value, str):
+            return json.dumps(value.strip(), ensure_ascii=False)
+        return super().vote_key(spec, value)  # null in an optional field: "null", apart from the text "null"
 
     def voted_value(self, spec, value):
         return value.strip() if isinstance(value, str) else value
@@ -175,6 +204,14 @@ class Text(FieldType):
         if choices is not None and (self.classes or len(choices) <= max_enum):
             out["enum"] = choices
         return out
+
+    def hint(self, spec, choices):
+        if choices is not None:
+            return _one_of(choices)
+        return "text copied from the input as written" if spec.grounded else "text"
+
+    def example(self, spec, choices):
+        return choices[0] if choices else "..."
 
     def is_long(self, spec: FieldSpec, choices: list[str] | None) -> bool:
         """Free text long enough that partial credit (similarity) says something beside exact match."""
@@ -190,6 +227,7 @@ class Text(FieldType):
 
 
 INVALID = "(invalid)"  # the confusion matrix's column for a prediction outside a class field's choices
+NULL = "(null)"  # an optional class field's class for null
 
 
 class Enum(Text):
@@ -209,16 +247,18 @@ class Enum(Text):
         """(gold class, predicted class or None: unparseable or outside the choices), classes as `written`."""
         out = []
         for r in rows:
-            p = self.compared(spec, r["parsed"].get(spec.name)) if r["parsed"] is not None else None
-            g = self.compared(spec, r["gold"].get(spec.name))
+            p = self.value(spec, r["parsed"].get(spec.name)) if r["parsed"] is not None else INVALID
+            g = self.value(spec, r["gold"].get(spec.name))
             out.append((written.get(g, g), written.get(p)))
         return out
 
     def written(self, spec: FieldSpec, choices: Choices) -> dict[str, str]:
         """Each class as compared -> as the recipe writes it, in its order."""
-        out: dict[str, str] = {}
+        out: dict[str | None, str] = {}
         for choice in choices(spec.name):
             out.setdefault(self.compared(spec, choice), choice)
+        if spec.optional:
+            out[None] = NULL
         return out
 
     def metrics(self, specs, rows, choices, samples):
@@ -287,6 +327,13 @@ class Entities(FieldType):
             out["maxItems"] = spec.max_items
         return out
 
+    def hint(self, spec, choices):
+        items = _one_of(choices) if choices is not None else "text copied from the input" if spec.grounded else "text"
+        return f"a list, each item {items}; [] when there is none"
+
+    def example(self, spec, choices):
+        return [choices[0] if choices else "..."]
+
     def multiset(self, spec: FieldSpec, value: Any) -> Counter:
         """A value as a multiset of compared items (a wrong-typed prediction is none)."""
         c = self.compared(spec, value)
@@ -318,8 +365,15 @@ class Entities(FieldType):
         return Headline("entity F1 (micro, every list field)", lambda row: self.record_counts(specs, row), f1)
 
 
+# A number as documents write it: a currency sign or code before or after, thousands separated by commas (in
+# groups of three, so "1,5" is not 15), full-width digits (folded by NFKC first).
+CURRENCY = r"(?:[¥$€£₩₹]|US\$|[A-Z]{3}|元|圆|人民币)"
+WRITTEN_NUMBER = re.compile(rf"{CURRENCY}?\s*([+-]?(?:\d{{1,3}}(?:,\d{{3}})+|\d+)(?:\.\d+)?|[+-]?\.\d+)\s*{CURRENCY}?")
+
+
 class Number(FieldType):
-    """`float`: any finite number (text that reads as one counts when predicted)."""
+    """`float`: any finite number. A label is a JSON number; a prediction may be text that reads as one:
+    "1,234.50", "¥1234.5", "１２３４.５元" and "USD 1,234.5" all read 1234.5."""
 
     name = "float"
     json_type = "number"
@@ -331,14 +385,19 @@ class Number(FieldType):
         return None if self.number(value) else f"must be a number, got {_shown(value)}"
 
     def read(self, value: Any) -> Any:
-        """A finite number, from a number or its text; else NO_VALUE."""
-        if value is None:
+        """A finite number, from a number or its text as written in documents; else NO_VALUE."""
+        if value is None or isinstance(value, bool):
             return NO_VALUE
-        try:
-            number = float(normalise(value, ["strip", "width"]))
-        except ValueError:
-            return NO_VALUE
-        return number if math.isfinite(number) else NO_VALUE
+        if isinstance(value, int | float):
+            return float(value) if math.isfinite(value) else NO_VALUE
+        m = isinstance(value, str) and WRITTEN_NUMBER.fullmatch(normalise(value, ["strip", "width"]))
+        return float(m.group(1).replace(",", "")) if m else NO_VALUE
+
+    def hint(self, spec, choices):
+        return "a JSON number, without thousands separators or currency"
+
+    def example(self, spec, choices):
+        return 1234.5
 
     def compared(self, spec, value):
         number = self.read(value)
@@ -360,6 +419,12 @@ class Integer(Number):
         number = self.read(value)
         return int(number) if number is not NO_VALUE and number.is_integer() else NO_VALUE
 
+    def hint(self, spec, choices):
+        return "a whole number"
+
+    def example(self, spec, choices):
+        return 2
+
 
 class Boolean(FieldType):
     """`bool`: true or false (the text "true"/"false" counts when predicted)."""
@@ -375,6 +440,73 @@ class Boolean(FieldType):
             return NO_VALUE
         return {"true": True, "false": False}.get(normalise(value, ["strip", "lower"]), NO_VALUE)
 
+    def hint(self, spec, choices):
+        return "true or false"
+
+    def example(self, spec, choices):
+        return False
+
+
+MONTHS = {m: i for i, names in enumerate(
+    [("jan", "january"), ("feb", "february"), ("mar", "march"), ("apr", "april"), ("may",), ("jun", "june"),
+     ("jul", "july"), ("aug", "august"), ("sep", "sept", "september"), ("oct", "october"), ("nov", "november"),
+     ("dec", "december")], 1) for m in names}
+_MONTH = r"(?P<m>[a-z]+)\.?"
+# Year first (2024-03-05, 2024/3/5, 2024.3.5, 20240305, 2024年3月5日), or an English month by name (March 5, 2024;
+# 5 March 2024). Day-month-year in digits (03/05/2024) is refused: it reads one way in the US, another elsewhere.
+DATE_FORMATS = [re.compile(p) for p in (
+    r"(?P<y>\d{4})([-/.])(?P<m>\d{1,2})\2(?P<d>\d{1,2})",
+    r"(?P<y>\d{4})(?P<m>\d{2})(?P<d>\d{2})",
+    r"(?P<y>\d{4})\s*年\s*(?P<m>\d{1,2})\s*月\s*(?P<d>\d{1,2})\s*[日号]?",
+    rf"{_MONTH}\s+(?P<d>\d{{1,2}})(?:st|nd|rd|th)?,?\s+(?P<y>\d{{4}})",
+    rf"(?P<d>\d{{1,2}})(?:st|nd|rd|th)?\s+{_MONTH},?\s+(?P<y>\d{{4}})",
+)]
+
+
+def read_date(value: Any) -> datetime.date | object:
+    """A calendar day from its text in one of DATE_FORMATS (full-width digits and case aside); else NO_VALUE."""
+    if not isinstance(value, str):
+        return NO_VALUE
+    text = normalise(value, ["strip", "width", "lower"])
+    for form in DATE_FORMATS:
+        if m := form.fullmatch(text):
+            month = int(m["m"]) if m["m"].isdigit() else MONTHS.get(m["m"])
+            try:
+                return datetime.date(int(m["y"]), month, int(m["d"])) if month else NO_VALUE
+            except ValueError:  # 2025-02-30
+                return NO_VALUE
+    return NO_VALUE
+
+
+class Date(FieldType):
+    """`date`: a calendar day, answered in ISO 8601 (YYYY-MM-DD); compared as a day, so 2024年3月5日,
+    2024/3/5, March 5, 2024 and ２０２４-03-05 agree."""
+
+    name = "date"
+    json_type = "string"
+
+    def problem(self, spec, value):
+        if read_date(value) is NO_VALUE:
+            return f"must be a date (YYYY-MM-DD, or as 2024年3月5日 or March 5, 2024), got {_shown(value)}"
+        return None
+
+    def compared(self, spec, value):
+        day = read_date(value)
+        return day if day is NO_VALUE else day.isoformat()
+
+    def schema(self, spec, choices, max_enum):
+        return {"type": "string", "description": f"{spec.description} (YYYY-MM-DD)".lstrip(), "format": "date"}
+
+    def hint(self, spec, choices):
+        return "a date as YYYY-MM-DD"
+
+    def canonical(self, spec, value):
+        """ISO 8601, whichever form the label was written in: the student answers one form."""
+        return read_date(value).isoformat()
+
+    def example(self, spec, choices):
+        return "2024-03-05"
+
 
 TYPES: dict[str, FieldType] = {}
 
@@ -385,12 +517,19 @@ def register(field_type: FieldType) -> FieldType:
     return field_type
 
 
-for _builtin in (Text(), Enum(), Entities(), Integer(), Number(), Boolean()):
+for _builtin in (Text(), Enum(), Entities(), Integer(), Number(), Boolean(), Date()):
     register(_builtin)
 
 
 def _shown(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
+
+
+def _one_of(choices: list[str]) -> str:
+    """A closed set in words: its values when few, else how many."""
+    if len(choices) <= 20:
+        return "one of " + ", ".join(json.dumps(c, ensure_ascii=False) for c in choices)
+    return f"one of {len(choices)} fixed values"
 
 
 def _listing(names) -> str:
@@ -406,9 +545,12 @@ class FieldSpec(BaseModel):
     name: str = Field(description="The field's key in every answer and label.")
     type: str = Field(default="str", description="What the field holds: a registered field type (docs/field-types.md); "
                       "built in: str, enum (one of its choices: classification), list[str] (entities, compared "
-                      "order-free), int, float and bool.")
+                      "order-free), int, float, bool and date (ISO 8601); a trailing ? (float?) makes it optional.")
     description: str = Field(description="What the field holds, in words: the JSON schema's description, which "
                              "guided decoding and the teacher see.")
+    optional: bool = Field(default=False, description=(
+        "null is a valid label and a valid answer (a document that does not say), scored like any value; "
+        "`type: float?` says the same. Single values only: a list says none with []."))
     normalise: list[Normaliser] = Field(default_factory=lambda: ["strip", "width"], description=(
         "Normalisers applied, in order, before values are compared, checked against choices or grounded: strip "
         "(outer whitespace), width (full-width to half-width), digits (digits only), lower, nospace (no "
@@ -426,6 +568,14 @@ class FieldSpec(BaseModel):
     choices_file: str | None = Field(default=None, description=(
         "The closed set one value a line in a UTF-8 file (recipe-relative; an empty line allows \"\"), instead "
         "of choices."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _question_mark_is_optional(cls, data: Any) -> Any:
+        """`type: float?` is `type: float` with `optional: true`."""
+        if isinstance(data, dict) and isinstance(data.get("type"), str) and data["type"].endswith("?"):
+            data = {**data, "type": data["type"][:-1], "optional": True}
+        return data
 
     @field_validator("type")
     @classmethod
@@ -456,35 +606,60 @@ def not_classes(specs: list[FieldSpec]) -> list[str]:
 
 
 def type_problem(spec: FieldSpec, value: Any) -> str | None:
-    """Why a label's value does not have the field's type (None: it does). Closed sets are checked apart."""
-    return kind(spec).problem(spec, value)
+    """Why a label's value does not have the field's type (None: it does; null in an optional field). Closed sets
+    are checked apart."""
+    return None if value is None and spec.optional else kind(spec).problem(spec, value)
 
 
 def disallowed(spec: FieldSpec, value: Any, allowed: frozenset[str] | None) -> list[str]:
     """The items of a (type-checked) value outside the field's closed set (`allowed`, normalised), as given;
     [] for an open field (allowed None)."""
-    if allowed is None:
+    if allowed is None or value is None:  # null: an optional field's (type_problem refuses it elsewhere)
         return []
     return [v for v in kind(spec).items(value) if normalise(v, spec.normalise) not in allowed]
 
 
 def ungrounded(spec: FieldSpec, value: Any, text: str) -> list[str]:
     """The non-empty items of a grounded field's value that do not occur in the input (after normalising)."""
-    if not spec.grounded:
+    if not spec.grounded or value is None:
         return []
     haystack = normalise(text, spec.normalise)
     return [v for v in kind(spec).items(value) if (n := normalise(v, spec.normalise)) and n not in haystack]
 
 
 def is_empty(spec: FieldSpec, value: Any) -> bool:
-    """A value that says nothing: blank text. An empty list is an answer (no entity in this input), and numbers
-    and booleans always say something."""
-    return kind(spec).is_empty(spec, value)
+    """A value that says nothing: null, blank text. An empty list is an answer (no entity in this input), and
+    numbers and booleans always say something."""
+    return value is None or kind(spec).is_empty(spec, value)
 
 
 def equal(spec: FieldSpec, predicted: Any, gold: Any) -> bool:
-    p = kind(spec).compared(spec, predicted)
-    return p is not NO_VALUE and p == kind(spec).compared(spec, gold)
+    p = kind(spec).value(spec, predicted)
+    return p is not NO_VALUE and p == kind(spec).value(spec, gold)
+
+
+def hint(spec: FieldSpec, choices: list[str] | None) -> str:
+    """A field for a prompt rendered from the fields: its name, description and what a value is."""
+    optional = "; null when the input does not say" if spec.optional else ""
+    return f"{spec.name}: {spec.description} ({kind(spec).hint(spec, choices)}{optional})"
+
+
+def canonical(spec: FieldSpec, value: Any) -> Any:
+    """A (type-checked) label as the student is trained to write it (null kept)."""
+    return None if value is None else kind(spec).canonical(spec, value)
+
+
+def example(spec: FieldSpec, choices: list[str] | None) -> Any:
+    return kind(spec).example(spec, choices)
+
+
+def schema(spec: FieldSpec, choices: list[str] | None, max_enum: int) -> dict[str, Any]:
+    """The field's JSON schema by its type; an optional field's also allows null."""
+    own = kind(spec).schema(spec, choices, max_enum)
+    if not spec.optional:
+        return own
+    return {"anyOf": [{k: v for k, v in own.items() if k != "description"}, {"type": "null"}],
+            "description": own["description"]}
 
 
 def vote_key(spec: FieldSpec, value: Any) -> str:

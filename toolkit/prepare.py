@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from toolkit.fields import disallowed, type_problem
+from toolkit.fields import canonical, disallowed, type_problem
 from toolkit.jsonl import DataError, iter_jsonl, read_jsonl, write_json, write_jsonl
 from toolkit.recipe import Recipe
 
@@ -24,8 +24,9 @@ def normalise_input(text: str) -> str:
 
 
 def canonical_answer(recipe: Recipe, label: dict) -> str:
-    """The assistant turn: the recipe's fields in recipe order, non-ASCII kept."""
-    return json.dumps({k: label[k] for k in recipe.field_names}, ensure_ascii=False)
+    """The assistant turn: the recipe's fields in recipe order, each as its type writes it (a date in ISO 8601),
+    non-ASCII kept."""
+    return json.dumps({f.name: canonical(f, label[f.name]) for f in recipe.fields}, ensure_ascii=False)
 
 
 def check_label(recipe: Recipe, label, path: Path, line: int) -> dict:

@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from string import Template
 from types import UnionType
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -18,7 +19,7 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
                       model_validator)
 
-from toolkit.fields import FieldSpec, kind, normalise, not_classes
+from toolkit.fields import FieldSpec, example, hint, normalise, not_classes, schema
 from toolkit.jsonl import DataError, file_problem, iter_lines, read_text
 
 if TYPE_CHECKING:
@@ -43,11 +44,32 @@ class _Strict(BaseModel):
 
 
 class Prompts(_Strict):
-    teacher: str = Field(description=(
-        "The teacher's prompt file (recipe-relative): the detailed instructions the teacher labels with."))
-    base: str = Field(description=(
-        "The detailed prompt file, for models that were not fine-tuned (the base model, option likelihood)."))
-    student: str = Field(description="The short prompt file the student is trained and evaluated with.")
+    teacher: str | None = Field(default=None, description=(
+        "The teacher's prompt file (recipe-relative): the detailed instructions the teacher labels with; one that "
+        "does not name every field is warned of (`xtk recipe check`). Null: rendered from the fields with "
+        "prompts.template."))
+    base: str | None = Field(default=None, description=(
+        "The detailed prompt file, for models that were not fine-tuned (the base model, option likelihood); one "
+        "that does not name every field is warned of. Null: rendered from the fields with prompts.template."))
+    student: str | None = Field(default=None, description=(
+        "The short prompt file the student is trained and evaluated with (it may name no field: the student learns "
+        "the keys from its training answers). Null: one line naming the fields."))
+    template: str | None = Field(default=None, description=(
+        "The template file (recipe-relative) the teacher's and base prompts are rendered with where they are null: "
+        "text with $task (the description), $fields (a line a field: name, description, what a value is), $keys "
+        "and $example (an answer); $$ is a dollar sign. Null: xtk's own (docs/recipes.md)."))
+
+
+# The teacher's and base prompts where a recipe gives no file and no prompts.template.
+PROMPT_TEMPLATE = """\
+$task
+
+Read the input and answer with one JSON object and nothing else. Its keys, in this order:
+$fields
+
+An answer looks like this (the values are only examples):
+$example
+"""
 
 
 def _code_ref(ref: str) -> str:
@@ -335,7 +357,8 @@ class Recipe(_Strict):
     description: str = Field(default="", description="One line saying what the task is, for people.")
     fields: list[FieldSpec] = Field(description=(
         "The answer's fields, in the order the student writes them (docs/field-types.md)."))
-    prompts: Prompts = Field(description="The prompt files, recipe-relative.")
+    prompts: Prompts = Field(default_factory=Prompts, description=(
+        "The prompt files, recipe-relative; those left out are rendered from the fields."))
     data: DataSpec = Field(description="Where the training and test data come from.")
     teacher: TeacherSpec = Field(description="The large model that labels the pool, by an OpenAI-compatible endpoint.")
     student: StudentSpec = Field(description="The small model to fine-tune.")
@@ -363,14 +386,16 @@ class Recipe(_Strict):
         "each overriding any keys)."))
     _choices_cache: dict[str, list[str] | None] = PrivateAttr(default_factory=dict)
     _allowed_cache: dict[str, frozenset[str] | None] = PrivateAttr(default_factory=dict)
-    _fail: Any = PrivateAttr(default=None)  # set by load_recipe: raises RecipeError at a key, with its file and line
+    _where: Any = PrivateAttr(default=None)  # set by load_recipe: a key as `file:line: key 'a.b'`
+
+    def at(self, loc: tuple) -> str:
+        """Where a key is: the recipe file, the key `loc` and its line (a recipe not loaded from a file: the key
+        alone)."""
+        return self._where(loc) if self._where is not None else ".".join(map(str, loc))
 
     def fail_at(self, loc: tuple, problem: str):
-        """Raise RecipeError naming the recipe file, the key `loc` and its line (a recipe not loaded from a file:
-        the key alone)."""
-        if self._fail is None:
-            raise RecipeError(f"{'.'.join(map(str, loc))}: {problem}")
-        self._fail(loc, problem)
+        """Raise RecipeError naming where the key `loc` is (`at`) and the problem."""
+        raise RecipeError(f"{self.at(loc)}: {problem}")
 
     @field_validator("fields")
     @classmethod
@@ -417,7 +442,23 @@ class Recipe(_Strict):
         return p if p.is_absolute() else self.root / p
 
     def prompt(self, which: Literal["teacher", "base", "student"]) -> str:
-        return self.path(getattr(self.prompts, which)).read_text(encoding="utf-8").strip()
+        """The prompt a role is given: the recipe's file, else rendered from the fields."""
+        if (given := getattr(self.prompts, which)) is not None:
+            return self.path(given).read_text(encoding="utf-8").strip()
+        names = ", ".join(self.field_names)
+        if which == "student":
+            return f"Extract as JSON: {names}."
+        answer = {f.name: example(f, self.choices(f.name)) for f in self.fields}
+        template = PROMPT_TEMPLATE if self.prompts.template is None else self.path(self.prompts.template).read_text(
+            encoding="utf-8")
+        try:
+            return Template(template).substitute(
+                task=self.description or f"Extract {names} from the input.", keys=names,
+                fields="\n".join(f"- {hint(f, self.choices(f.name))}" for f in self.fields),
+                example=json.dumps(answer, ensure_ascii=False)).strip()
+        except (KeyError, ValueError) as exc:
+            self.fail_at(("prompts", "template"), f"{self.prompts.template}: {exc.args[0]!r} is not one of $task, "
+                         "$fields, $keys, $example ($$ for a dollar sign)")
 
     def field(self, name: str) -> FieldSpec:
         for f in self.fields:
@@ -452,7 +493,7 @@ class Recipe(_Strict):
         """The JSON schema of one answer, for guided decoding and for validating labels."""
         return {
             "type": "object",
-            "properties": {f.name: kind(f).schema(f, self.choices(f.name), MAX_ENUM) for f in self.fields},
+            "properties": {f.name: schema(f, self.choices(f.name), MAX_ENUM) for f in self.fields},
             "required": self.field_names,
             "additionalProperties": False,
         }
@@ -707,16 +748,20 @@ def _check_own_files(recipe: Recipe) -> None:
     """The prompts (readable UTF-8, not empty) and choices files (UTF-8, line by line) the recipe names are read
     now, not when a stage first needs them (the data and test files: toolkit/check.py)."""
     fail = recipe.fail_at
-    for which in ("teacher", "base", "student"):
-        loc, p = ("prompts", which), recipe.path(getattr(recipe.prompts, which))
+    for which in ("teacher", "base", "student", "template"):
+        if (given := getattr(recipe.prompts, which)) is None:
+            continue
+        loc, p = ("prompts", which), recipe.path(given)
         if problem := file_problem(p, "a prompt file"):
             fail(loc, f"{p}: {problem}")
         try:
-            empty = not read_text(p, "a prompt file").strip()
+            text = read_text(p, "a prompt file")
         except DataError as exc:
             fail(loc, str(exc))
-        if empty:
+        if not text.strip():
             fail(loc, f"{p}: the prompt file is empty: write the instructions the model is given")
+    if recipe.prompts.template is not None:
+        recipe.prompt("teacher")  # a placeholder it does not know, named now
     for i, f in enumerate(recipe.fields):
         if f.choices_file is not None:
             p = recipe.path(f.choices_file)
@@ -734,9 +779,8 @@ def _check_consent(recipe: Recipe, path: Path, text: str, overridden: set[tuple]
     from toolkit.trust import CODE_KEYS, code_problem, name_problem
 
     lines = _key_lines(text)
-
-    def fail(loc: tuple, problem: str):
-        raise RecipeError(f"{_where(path, loc, lines, recipe.profile, overridden)}: {problem}")
+    recipe._where = lambda loc: _where(path, loc, lines, recipe.profile, overridden)
+    fail = recipe.fail_at
 
     if problem := name_problem(recipe.name):
         fail(("name",), f"expected {problem}")
@@ -750,4 +794,3 @@ def _check_consent(recipe: Recipe, path: Path, text: str, overridden: set[tuple]
     if recipe.student.trust_remote_code and not consent.remote_code:
         fail(("student", "trust_remote_code"), "a recipe cannot grant itself trust: model code runs only with "
              "--trust-remote-code on the command line (only for a model folder you trust)")
-    recipe._fail = fail
