@@ -152,19 +152,24 @@ def make_app(recipe: Recipe, backend, r):
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
 
+    async def checked(request: Request, problem) -> tuple[object, JSONResponse | None]:
+        """The request's JSON body, and the 4xx answer where it is not JSON or `problem(body)` refuses it."""
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as exc:
+            return None, error(400, f"the body is not JSON ({exc})")
+        why = problem(body)
+        return body, error(*why) if why else None
+
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "recipe": recipe.name, "model": r.model, "fields": recipe.field_names}
 
     @app.post("/extract")
     async def extract(request: Request):
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as exc:
-            return error(400, f"the body is not JSON ({exc})")
-        problem = request_problem(body, recipe.data.max_input_chars)
-        if problem:
-            return error(*problem)
+        body, refusal = await checked(request, lambda b: request_problem(b, recipe.data.max_input_chars))
+        if refusal:
+            return refusal
         texts = body["text"] if isinstance(body["text"], list) else [body["text"]]
         answers = await asyncio.wrap_future(batcher.submit(texts))
         refused = [(i, x.refused) for i, x in enumerate(answers) if x.refused]
@@ -188,14 +193,10 @@ def make_app(recipe: Recipe, backend, r):
     async def chat_completions(request: Request):
         from toolkit.evaluate import refused
 
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as exc:
-            return error(400, f"the body is not JSON ({exc})")
         cap = recipe.eval.max_new_tokens
-        problem = chat_problem(body, recipe.data.max_input_chars, cap)
-        if problem:
-            return error(*problem)
+        body, refusal = await checked(request, lambda b: chat_problem(b, recipe.data.max_input_chars, cap))
+        if refusal:
+            return refusal
         if body.get("model") not in (None, served, r.model):
             return error(404, f"model {body['model']!r} is not served here; /v1/models lists {served!r}")
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens")) or cap
