@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_recipe
+from conftest import RECIPE, write_recipe
 from toolkit.jsonl import write_json, write_jsonl
 from toolkit.recipe import load_recipe
 from toolkit.report import run_report
@@ -174,3 +174,16 @@ def test_report_html_in_a_browser_filters_and_sorts_the_errors(run):
             assert errors == []
         finally:
             browser.close()
+
+
+def test_a_row_names_the_prompt_file_or_says_the_prompt_was_rendered_from_the_fields():
+    """A recipe's prompt may be a file or, left out, rendered from its fields (xtk init writes no prompt files):
+    the table's row says which, and a run of such a recipe gets its report (it crashed on the missing file name)."""
+    from toolkit.report import row_label
+
+    shipped = load_recipe(RECIPE, "cpu")
+    assert row_label(shipped, "base-test", {"role": "base"}) == "base-test (base student, prompt detailed.md)"
+    rendered = load_recipe(RECIPE, "cpu", ["prompts.base=null"])
+    assert row_label(rendered, "base-test", {"role": "base"}) == (
+        "base-test (base student, prompt rendered from the fields)")
+    assert row_label(rendered, "mine-test", {"role": "model"}) == "mine-test"

@@ -167,7 +167,8 @@ def row_label(recipe: Recipe, name: str, m: dict) -> str:
     spec = ROLES.get(m.get("role"))
     if spec is None:
         return name
-    return f"{name} ({spec.describe.format(prompt=Path(getattr(recipe.prompts, spec.prompt)).name)})"
+    given = getattr(recipe.prompts, spec.prompt)  # None: rendered from the fields (toolkit/recipe.py)
+    return f"{name} ({spec.describe.format(prompt=Path(given).name if given else 'rendered from the fields')})"
 
 
 def model_label(recipe: Recipe, m: dict) -> str:
