@@ -89,6 +89,19 @@ def test_init_without_examples_names_the_files_to_write(tmp_path, capsys):
     assert "key 'data.labelled': " in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("planted", ["recipes", "data"])
+def test_a_planted_link_does_not_carry_inits_files_out_of_the_folder(tmp_path, capsys, planted):
+    """A project folder from someone else may hold `recipes` or `data` as a link to elsewhere: init refuses
+    (exit 2) and writes nothing there."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir(), elsewhere.mkdir()
+    (project / planted).symlink_to(elsewhere, target_is_directory=True)
+    examples = write_examples(tmp_path / "examples.jsonl", 10)
+    assert main(["init", "invoice", "--fields", FIELDS, "--from", str(examples), "--out", str(project)]) == 2
+    assert "leads outside" in capsys.readouterr().err
+    assert list(elsewhere.rglob("*")) == [] and not (project / "recipes" / "invoice.yaml").exists()
+
+
 @pytest.mark.slow
 def test_init_then_check_then_run_with_no_edit(tmp_path, smollm2):
     """The issue's invoice task: `xtk init` with an optional float, a date and an enum, then `xtk recipe check` and

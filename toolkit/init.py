@@ -156,6 +156,10 @@ def init_recipe(name: str, fields: str, out: str | Path = ".", examples: str | P
     raw = yaml.safe_load(text)
     raw.pop("profiles")
     recipe = Recipe(**raw, root=out.resolve())  # what load_recipe reads, to check the examples against
+    targets = [path, *([recipe.path(recipe.data.labelled), recipe.path(recipe.data.test[0])] if examples else [])]
+    for target in targets:  # a planted link (recipes/, data/) must not carry the files out of the project folder
+        if not target.resolve().is_relative_to(out.resolve()):
+            raise RecipeError(f"{target}: leads outside {out.resolve()} (a link on the way?): nothing written")
     written = []
     if examples is not None:
         rows = read_records(recipe, Path(examples))  # every row checked against the fields, with file and line
