@@ -1,6 +1,7 @@
 """The benchmark scripts' own arithmetic, on hand-worked inputs: recipe_cpu.py's paired verdict of the student
 against the baseline (the prediction rows are real ones, scored by `xtk eval`'s own row builder on the recipes'
-real fields), and gpu_flow.py's on-paper estimate and its refusal of a machine without a GPU."""
+real fields), gpu_flow.py's on-paper estimate and its refusal of a machine without a GPU, and what
+teacher_noise_cpu.py trains its students on."""
 
 import importlib.util
 import json
@@ -24,7 +25,7 @@ def script(name: str):
     return module
 
 
-recipe_cpu, gpu_flow = script("recipe_cpu"), script("gpu_flow")
+recipe_cpu, gpu_flow, teacher_noise = script("recipe_cpu"), script("gpu_flow"), script("teacher_noise_cpu")
 
 
 def write_eval(run_dir, name, recipe, records, answers):
@@ -130,3 +131,35 @@ def test_gpu_flow_refuses_a_machine_without_a_gpu(tmp_path):
                          text=True, env={"PATH": str(tmp_path)})
     assert out.returncode == 2 and "no GPU here" in out.stderr
     assert (results.read_bytes() if results.exists() else None) == before
+
+
+def test_every_teacher_answer_is_the_accepted_labels_and_the_rejects_that_parse(tmp_path):
+    """Set (b): an accepted label, a rejected answer whose fields all parse with their types (ungrounded: kept,
+    the gate's verdict is what (b) ignores), and three that cannot train anything (no JSON, a field missing, a
+    phone that is a list): (b) holds the first two, in id order."""
+    recipe = load_recipe(RECIPE, "cpu")
+    r1, r2, r3, r4, r5 = list(read_jsonl(recipe.path(recipe.data.test[0])))[:5]
+    wrong = {**r1["label"], "name": "不在文中"}
+    write_jsonl(tmp_path / "labelled.jsonl", [{"id": r2["id"], "text": r2["text"], "label": r2["label"], "key": "k"}])
+    write_jsonl(tmp_path / "rejects.jsonl", [
+        {"id": r1["id"], "text": r1["text"], "reason": "ungrounded", "raw": json.dumps(wrong, ensure_ascii=False)},
+        {"id": r3["id"], "text": r3["text"], "reason": "unparseable", "raw": "province: 广东省"},
+        {"id": r4["id"], "text": r4["text"], "reason": "schema",
+         "raw": json.dumps({k: v for k, v in r4["label"].items() if k != "phone"}, ensure_ascii=False)},
+        {"id": r5["id"], "text": r5["text"], "reason": "schema",
+         "raw": json.dumps({**r5["label"], "phone": ["1"]}, ensure_ascii=False)}])
+    rows = teacher_noise.every_answer(recipe, tmp_path)
+    assert rows == sorted([{"id": r1["id"], "text": r1["text"], "label": wrong},
+                           {"id": r2["id"], "text": r2["text"], "label": r2["label"]}], key=lambda r: r["id"])
+
+
+def test_the_teachers_pool_shares_no_text_with_the_shipped_files():
+    """The teacher was trained on the shipped pool and the students are scored on the test files: its pool is
+    new strings, none equal to a shipped one once whitespace is removed, none twice."""
+    recipe = load_recipe(RECIPE, "cpu")
+    shipped = {"".join(r["text"].split()) for f in ("pool.jsonl", "test.jsonl", "test_unseen.jsonl")
+               for r in read_jsonl(ROOT / "datasets" / "logistics_zh" / f)}
+    rows = teacher_noise.fresh_pool(30)
+    texts = ["".join(r["text"].split()) for r in rows]
+    assert len(rows) == 30 and len(set(texts)) == 30 and not set(texts) & shipped
+    assert all(set(r["label"]) == set(recipe.field_names) for r in rows)

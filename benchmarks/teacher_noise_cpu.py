@@ -1,0 +1,246 @@
+"""A real LLM teacher, offline: logistics_zh's fine-tuned student from `bash sft.sh`
+(runs/logistics_zh/cpu/<student>/merged), served by `vllm serve`, is the teacher of a fresh student (long: ~1.5 h
+here).
+
+    .venv/bin/python benchmarks/teacher_noise_cpu.py [--pool 600] [--limit 200]
+
+On strings the teacher never saw (the recipe's generator under another seed; none equal to a shipped pool or test
+text after normalisation), one run measures:
+- the teacher gate (`xtk run --only teacher_gate`): its verdict on test.jsonl's first teacher.gate.records;
+- `xtk label` of --pool strings: labels accepted and rejected by reason, and the teacher's exact match against the
+  generator's gold over every answer, rejected ones too (an answer with no JSON counts as wrong);
+- the same student (the cpu profile) trained on the pool's (a) gold labels, (b) every teacher answer that parses
+  into the recipe's fields, the gate's rejects included, (c) only the labels the gate accepts, (d) the labels
+  `--votes 3` at temperature 0.8 accepts; each scored on the first --limit records of every test file, compared in
+  pairs on the same records (McNemar's exact test and a paired bootstrap: toolkit/ranking.py);
+- `xtk synth` against the same server: its smoke batch (64 inputs asked for, no --yes), written from 10 of the
+  pool's strings.
+The teacher is asked with the prompt it was trained on (the profile's prompts.student), greedy, as xtk evaluated it.
+Resumable: everything lives under runs/logistics_zh/teacher_noise (labelling is journalled, finished training
+stages are reused). Writes benchmarks/results/teacher_noise_cpu.json whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import ROOT, provenance  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+
+from toolkit.journal import load_journal  # noqa: E402
+from toolkit.jsonl import read_jsonl, write_jsonl  # noqa: E402
+
+RECIPE = ROOT / "recipes" / "logistics_zh.yaml"
+WORK = ROOT / "runs" / "logistics_zh" / "teacher_noise"
+OUT = ROOT / "benchmarks" / "results" / "teacher_noise_cpu.json"
+SEED = 20261204  # not the shipped files' seed (20260101 and the two after it)
+VOTE_TEMPERATURE = 0.8
+SYNTH_N = 64
+ALPHA = 0.05
+SETS = {"a": "gold labels", "b": "every teacher answer that parses (the gate's rejects included)",
+        "c": "the labels the gate accepts", "d": "the labels --votes 3 at temperature 0.8 accepts"}
+PAIRS = (("c", "b", "what the gate recovers"), ("a", "b", "what the teacher's noise costs"),
+         ("a", "c", "what the gate leaves"), ("d", "c", "what voting adds to the gate"))
+
+
+def xtk(*args: str, env: dict | None = None, check: bool = True) -> int:
+    return subprocess.run([sys.executable, "-m", "toolkit", *args], cwd=ROOT, check=check,
+                          env={**os.environ, **(env or {})}).returncode
+
+
+def fresh_pool(n: int) -> list[dict]:
+    """n generated records ({id, text, label}) whose texts occur in no shipped logistics_zh file."""
+    from toolkit.tasks.logistics_zh.generate import LogisticsGenerator, normalise_text
+
+    data = ROOT / "datasets" / "logistics_zh"
+    taken = {normalise_text(r["text"]) for f in ("pool.jsonl", "test.jsonl", "test_unseen.jsonl")
+             for r in read_jsonl(data / f)}
+    gen, rows = LogisticsGenerator(SEED, "normal"), []
+    while len(rows) < n:
+        text, label = gen.record()
+        if (key := normalise_text(text)) not in taken:
+            taken.add(key)
+            rows.append({"id": f"noise-{len(rows) + 1:05d}", "text": text, "label": label})
+    return rows
+
+
+def serve(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """`vllm serve` of the teacher on loopback, as "teacher"; returns the process and its /v1 URL once it answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "VLLM_PLUGINS": "lora_filesystem_resolver", "VLLM_CPU_KVCACHE_SPACE": "4",
+           "OMP_NUM_THREADS": str(len(os.sched_getaffinity(0)))}
+    server = subprocess.Popen([str(Path(sys.executable).parent / "vllm"), "serve", str(model), "--served-model-name",
+                               "teacher", "--dtype", "float32", "--max-model-len", "1024", "--host", "127.0.0.1",
+                               "--port", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+                              start_new_session=True)
+    deadline = time.monotonic() + 1200  # a bound for a stuck server only
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+            return server, f"http://127.0.0.1:{port}/v1"
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"vllm serve did not come up:\n{log.read_text()[-3000:]}")
+            time.sleep(3)
+
+
+def stop(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def every_answer(recipe, folder: Path) -> list[dict]:
+    """Set (b): the accepted labels, and each rejected answer that parses into the recipe's fields with their
+    types (what prepare takes), whatever the gate found wrong with it."""
+    from toolkit.fields import type_problem
+    from toolkit.scoring import extract_json
+
+    rows = [{"id": r["id"], "text": r["text"], "label": r["label"]} for r in read_jsonl(folder / "labelled.jsonl")]
+    for r in load_journal(folder / "rejects.jsonl"):
+        parsed = extract_json(r["raw"]) if r.get("raw") else None
+        if parsed is not None and set(parsed) == set(recipe.field_names) and \
+                not any(type_problem(f, parsed[f.name]) for f in recipe.fields):
+            rows.append({"id": r["id"], "text": r["text"], "label": {f: parsed[f] for f in recipe.field_names}})
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def trained(name: str, labelled: Path, limit: int) -> Path:
+    """The cpu profile's student trained on `labelled` and scored on the first `limit` records of each test file;
+    its run folder (every step resumes or is reused)."""
+    run = WORK / f"student-{name}"
+    common = [str(RECIPE), "--profile", "cpu", "--out", str(run), f"eval.limit={limit}"]
+    xtk("prepare", *common, "--labelled", str(labelled))
+    xtk("train", *common)
+    xtk("merge", *common)
+    xtk("eval", *common, "--model", "student")
+    return run
+
+
+def scored(recipe, run: Path) -> dict[str, bool]:
+    """{test file:id: exact} of a run's student evaluation over every test file."""
+    out = {}
+    for test in recipe.data.test:
+        for r in read_jsonl(run / "eval" / f"student-{Path(test).stem}" / "predictions.jsonl"):
+            out[f"{Path(test).stem}:{r['id']}"] = bool(r["exact"])
+    return out
+
+
+def paired(first: dict[str, bool], second: dict[str, bool]) -> dict:
+    """first against second on the records both were scored on: McNemar's exact test and a paired bootstrap of
+    the difference in exact match; "beats" only where McNemar shows first ahead at the 5% level."""
+    from toolkit.ranking import Evaluation, discordant, mcnemar, paired_difference
+
+    both, b, c = discordant(first, second)
+
+    def mean(units: list) -> float:
+        return sum(units) / len(units)
+
+    diff = paired_difference(Evaluation([first[k] for k in both], mean), Evaluation([second[k] for k in both], mean))
+    p = mcnemar(b, c)
+    return {"records": len(both), "difference": diff, "first_only_right": b, "second_only_right": c,
+            "p_mcnemar": round(p, 4), "verdict": "beats" if p < ALPHA and b > c else "not shown"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pool", type=int, default=600, help="strings the teacher labels and the students train on")
+    ap.add_argument("--limit", type=int, default=200, help="records of each test file the students are scored on")
+    args = ap.parse_args()
+
+    from toolkit.manifest import default_run_dir
+    from toolkit.recipe import load_recipe
+    from toolkit.scoring import compute_metrics
+
+    recipe = load_recipe(RECIPE, "cpu")
+    model = ROOT / default_run_dir(recipe) / "merged"
+    if not (model / "config.json").is_file():
+        raise SystemExit(f"no trained teacher at {model}: run `bash sft.sh` first (it trains this student)")
+    WORK.mkdir(parents=True, exist_ok=True)
+    gold_rows = fresh_pool(args.pool)
+    write_jsonl(WORK / "gold.jsonl", gold_rows)
+    write_jsonl(WORK / "pool.jsonl", [{"id": r["id"], "text": r["text"]} for r in gold_rows])
+    gold = {r["id"]: r["label"] for r in gold_rows}
+
+    key = {"DASHSCOPE_API_KEY": "local"}  # a local server takes any key
+    server, url = serve(model, WORK / "vllm-serve.log")
+    try:
+        teacher = [f"teacher.base_url={url}", "teacher.model=teacher", "teacher.enable_thinking=null",
+                   f"teacher.api_key_env={next(iter(key))}", f"prompts.teacher={recipe.prompts.student}",
+                   "teacher.concurrency=8", f"teacher.max_tokens={recipe.eval.max_new_tokens}"]
+        gate_run = WORK / "gate"
+        gate_exit = xtk("run", str(RECIPE), "--profile", "cpu", "--out", str(gate_run), "--only", "teacher_gate",
+                        *teacher, env=key, check=False)
+        xtk("label", str(RECIPE), "--profile", "cpu", "--input", str(WORK / "pool.jsonl"), "--out",
+            str(WORK / "label-1"), *teacher, env=key)
+        xtk("label", str(RECIPE), "--profile", "cpu", "--input", str(WORK / "pool.jsonl"), "--out",
+            str(WORK / "label-3"), "--votes", "3", *teacher, f"teacher.temperature={VOTE_TEMPERATURE}", env=key)
+        examples = WORK / "synth-examples.jsonl"
+        write_jsonl(examples, [{"text": r["text"]} for r in gold_rows[:10]])
+        synth_exit = xtk("synth", str(RECIPE), "--profile", "cpu", "--examples", str(examples), "--n", str(SYNTH_N),
+                         "--out", str(WORK / "synth"), *teacher, env=key, check=False)
+    finally:
+        stop(server)
+
+    gate = json.loads((gate_run / "manifest.json").read_text(encoding="utf-8"))["stages"]["teacher_gate"]
+    answers = every_answer(recipe, WORK / "label-1")
+    sets = {"a": gold_rows, "b": answers, "c": read_jsonl(WORK / "label-1" / "labelled.jsonl"),
+            "d": read_jsonl(WORK / "label-3" / "labelled.jsonl")}
+    by_answer = {r["id"]: r["label"] for r in answers}
+    teacher_vs_gold = compute_metrics(recipe, [{"parsed": by_answer.get(i), "gold": g} for i, g in gold.items()])
+    students, exact = {}, {}
+    for name, rows in sets.items():
+        path = write_jsonl(WORK / f"set-{name}.jsonl", [{"id": r["id"], "text": r["text"], "label": r["label"]}
+                                                         for r in rows])
+        run = trained(name, path, args.limit)
+        exact[name] = scored(recipe, run)
+        labels_right = sum(r["label"] == gold[r["id"]] for r in rows)
+        students[name] = {"trained_on": SETS[name], "rows": len(rows), "rows_equal_to_gold": labels_right,
+                          "exact_match": round(sum(exact[name].values()) / len(exact[name]), 4),
+                          "records": len(exact[name])}
+    summaries = {k: json.loads((WORK / k / "label_summary.json").read_text(encoding="utf-8"))
+                 for k in ("label-1", "label-3")}
+    synth = WORK / "synth"
+    result = {
+        **provenance(),
+        "recipe": "logistics_zh", "profile": "cpu", "pool": args.pool, "limit_per_test_file": args.limit,
+        "seed": SEED, "teacher": {"model": str(model.relative_to(ROOT)), "served_by": "vllm serve",
+                                  "prompt": str(recipe.prompts.student)},
+        "gate": {"exit": gate_exit, **{k: gate.get(k) for k in ("verdict", "n", "test_file", "exact_match",
+                                                                "fields", "reasons")}},
+        "labelling": {"votes_1": summaries["label-1"], "votes_3": summaries["label-3"]},
+        "teacher_vs_gold": {"exact_match": teacher_vs_gold["exact_match"],
+                            "fields": {f: m["value"] for f, m in teacher_vs_gold["fields"].items()},
+                            "json_parse_rate": teacher_vs_gold["json_parse_rate"]},
+        "students": students,
+        "paired": {f"{x} vs {y}": {"question": q, **paired(exact[x], exact[y])} for x, y, q in PAIRS},
+        "synth": {"exit": synth_exit,
+                  "diversity": json.loads((synth / "diversity.json").read_text(encoding="utf-8"))
+                  if (synth / "diversity.json").is_file() else None,
+                  "kept": len(load_journal(synth / "smoke.jsonl")),
+                  "removed": len(load_journal(synth / "removed.jsonl"))},
+    }
+    result["goal"] = {"(c) beats (b) by McNemar at the 5% level": result["paired"]["c vs b"]["verdict"] == "beats"}
+    OUT.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    print(OUT)
+
+
+if __name__ == "__main__":
+    main()
