@@ -423,3 +423,20 @@ def test_a_key_at_its_default_does_not_change_a_stages_digest():
                          ("train",)) == config_digest(plain, ("train",))
     assert config_digest(load_recipe(RECIPE, "cpu", ["train.nnodes=2", "train.master_addr=h"]),
                          ("train",)) != config_digest(plain, ("train",))
+
+
+def test_an_edited_prompt_file_changes_the_digests_of_what_read_it(tmp_path):
+    """The same prompt file name with other words in it is another configuration for the stages that read that
+    prompt (prepare writes it into every training row; evaluations ask with it), and the same one for the rest."""
+    from conftest import RECIPE
+    from toolkit.pipeline import BY_NAME, config_digest
+    from toolkit.recipe import load_recipe
+
+    prompt = tmp_path / "student.md"
+    digests = []
+    for words in ("Extract the address as JSON.", "Extract the address as JSON, please."):
+        prompt.write_text(words, encoding="utf-8")
+        recipe = load_recipe(RECIPE, "cpu", [f"prompts.student={prompt}"])
+        digests.append({name: config_digest(recipe, BY_NAME[name].config)
+                        for name in ("prepare", "eval_student", "train", "data")})
+    assert [name for name in digests[0] if digests[0][name] != digests[1][name]] == ["prepare", "eval_student"]

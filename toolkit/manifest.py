@@ -136,9 +136,13 @@ class Manifest:
         self._update(lambda d: d["stages"].setdefault(stage, {}).update(entry))
 
 
+PROMPT_ROLES = ("teacher", "base", "student")
+
+
 def config_digest(recipe: Recipe, sections: tuple[str, ...]) -> str:
     """The digest of the recipe sections a stage depends on, keys at their defaults left out: a key that a newer
-    xtk adds with a default does not make every finished stage stale."""
+    xtk adds with a default does not make every finished stage stale. A prompts section counts by the texts its
+    prompts render to, not only their file names: an edited prompt file re-runs what was made with the old one."""
     data = recipe.model_dump(mode="json", exclude={"root"}, exclude_defaults=True)
     picked = {}
     for dotted in sections:
@@ -146,4 +150,8 @@ def config_digest(recipe: Recipe, sections: tuple[str, ...]) -> str:
         for part in dotted.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         picked[dotted] = node
+        if dotted.split(".")[0] == "prompts":
+            roles = PROMPT_ROLES if dotted == "prompts" else (dotted.split(".")[1],)
+            picked[f"{dotted} text"] = {r: hashlib.sha256(recipe.prompt(r).encode()).hexdigest()[:16]
+                                        for r in roles if r in PROMPT_ROLES}
     return hashlib.sha256(json.dumps(picked, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
