@@ -263,7 +263,7 @@ def run_label(recipe: Recipe, inputs: str | Path, out_dir: str | Path, *, base_u
     if summary.stopped:
         left = len(todo) - summary.accepted - sum(summary.rejected.values())
         raise BudgetStop(f"label: {summary.stopped} after spending {result['cost']:g}: {left} of {len(rows)} records "
-                         f"not asked yet; run again (with a higher teacher.max_cost) to label them: the "
+                         f"not asked yet; run again to label them (teacher.max_cost bounds each run): the "
                          f"{len(rows) - left} answered are not paid for again ({out / 'label_summary.json'})")
     return result
 
