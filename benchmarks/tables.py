@@ -240,6 +240,28 @@ def advise_memory(d: dict) -> str:
             f"{d['ratio_estimate_to_measured']} of it.")
 
 
+def predict_cpu(d: dict) -> str:
+    rows = [[label, rate(r["records_per_s"]), f"{r['seconds']:.0f} s", f"{r['wall_seconds']:.0f} s",
+             f"{r['valid_pct']}"]
+            for label, r in (("one process (`xtk predict`)", d["single_process"]),
+                             ("local Ray cluster (`--engine ray`)", d["ray_local"]))]
+    same = "identical" if d["outputs_identical"] else f"identical on {d['identical_rows']} of {d['records']} rows"
+    return (f"{provenance('predict_cpu', d)} {d['recipe']} `--profile {d['profile']}` student, {d['records']} "
+            f"records, batch {d['batch_size']}; outputs of the two runs: **{same}**.\n\n"
+            + table(["engine", "records/s", "job seconds", "command wall seconds", "valid %"], rows))
+
+
+def serve_load(d: dict) -> str:
+    rows = [[str(r["clients"]), rate(r["records_per_s"]), f"{r['latency_p50_s']:.1f} s", f"{r['latency_p95_s']:.1f} s",
+             f"{r['answers_equal_predict']} of {r['records']}"] for r in d["serve"].values()]
+    off = d["offline_predict"]
+    return (f"{provenance('serve_load', d)} {d['recipe']} `--profile {d['profile']}` student, {d['records']} "
+            f"records, one text a request to `POST /extract`; offline `xtk predict` of the same records in the same "
+            f"run: **{rate(off['records_per_s'])} records/s**.\n\n"
+            + table(["concurrent clients", "records/s", "latency p50", "latency p95", "answers equal to predict's"],
+                    rows))
+
+
 def headline(d: dict) -> str:
     """README's one figure set: distill_cpu.json's whole-record exact match per model."""
     rows = [[label, *(pct(d["headline"].get(f"{role}-{t}")) for t in ("test", "test_unseen"))]
@@ -263,6 +285,8 @@ TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "msra_ner_cpu": ("msra_ner_cpu", recipe_cpu("msra_ner_cpu")),
     "bakeoff_cpu": ("bakeoff_cpu", bakeoff_cpu),
     "advise_memory": ("advise_memory", advise_memory),
+    "predict_cpu": ("predict_cpu", predict_cpu),
+    "serve_load": ("serve_load", serve_load),
 }
 
 
