@@ -1,10 +1,16 @@
-"""Inference throughput of `xtk eval`: vLLM, ms-swift's TransformersEngine, and a naive one-record-at-a-time
-transformers `generate` loop, on the same model and the same records, in one run.
+"""Inference throughput of `xtk eval` as the cpu profile ships it: vLLM (with the profile's guided decoding, and
+without it), ms-swift's TransformersEngine in batches, and a naive one-record-at-a-time transformers `generate`
+loop, on the same model, the same records and the same threads, in one run.
 
-    .venv/bin/python benchmarks/eval_speed.py [--model PATH] [--records 200] [--max-new-tokens 64]
+    .venv/bin/python benchmarks/eval_speed.py [--model PATH] [--records 64] [--max-new-tokens N] [--batch-size N]
 
-Records per second exclude model loading (reported apart). Ratios are against the naive loop of this run.
-Goal on this CPU: vLLM at least 5x the naive loop.
+The model is the cpu profile's fine-tuned student (runs/logistics_zh/cpu/<student>/merged: `bash sft.sh` trains
+it) unless --model names another; the prompt is the profile's student prompt; new tokens and batch default to
+the profile's eval.max_new_tokens and eval.batch_size. Every engine gets every core of the machine (vLLM takes
+them itself; torch is told). Records per second exclude model loading (reported apart). Ratios are against the
+naive loop and against batched transformers of this run; "identical" compares each engine's free greedy answers
+with the naive loop's (guided decoding may answer otherwise by design). Goal on this CPU: vLLM at least 5x the
+naive loop.
 """
 
 from __future__ import annotations
@@ -44,22 +50,33 @@ def naive_loop(model_dir: str, chats: list, max_new_tokens: int) -> tuple[float,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="model folder (default: the embedded SmolLM2)")
-    parser.add_argument("--records", type=int, default=200)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--model", help="model folder (default: the cpu profile's merged student)")
+    parser.add_argument("--records", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, help="default: the profile's eval.max_new_tokens")
+    parser.add_argument("--batch-size", type=int, help="default: the profile's eval.batch_size")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "eval_speed.json"))
     args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    threads = len(os.sched_getaffinity(0))
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # before torch loads: the loop and the engine get every core
+
+    import torch
 
     from toolkit.infer import TransformersBackend, VllmBackend
     from toolkit.jsonl import read_jsonl, write_json
+    from toolkit.manifest import default_run_dir
     from toolkit.models import resolve_model
     from toolkit.recipe import load_recipe
 
+    torch.set_num_threads(threads)
+    shipped = load_recipe(RECIPE, "cpu")
+    args.max_new_tokens = args.max_new_tokens or shipped.eval.max_new_tokens
+    args.batch_size = args.batch_size or shipped.eval.batch_size
     recipe = load_recipe(RECIPE, "cpu", [f"eval.max_new_tokens={args.max_new_tokens}",
                                          f"eval.batch_size={args.batch_size}"])
-    model = resolve_model(args.model or recipe.student.model, recipe.student.model_type, recipe.student.template)
+    student = ROOT / default_run_dir(recipe) / "merged"
+    if not args.model and not (student / "config.json").is_file():
+        raise SystemExit(f"no fine-tuned student at {student}: run `bash sft.sh` first, or give --model")
+    model = resolve_model(args.model or str(student), recipe.student.model_type, recipe.student.template)
     rows = read_jsonl(recipe.path(recipe.data.test[0]))[:args.records]
     system = recipe.prompt("student")
     chats = [[{"role": "system", "content": system}, {"role": "user", "content": r["text"]}] for r in rows]
@@ -80,6 +97,9 @@ def main() -> None:
         print(name, results[name], flush=True)
         engine.close()  # vLLM's worker would otherwise poll on a core during the next measurement
 
+    if recipe.eval.guided_json:
+        timed("vllm, guided (as xtk eval runs it)", lambda: VllmBackend(recipe, model.ref, guided_json=True),
+              lambda e, batch: e.generate(batch, args.max_new_tokens))
     timed("vllm", lambda: VllmBackend(recipe, model.ref),
           lambda e, batch: e.generate(batch, args.max_new_tokens))
     timed("transformers engine", lambda: TransformersBackend(model.ref, model.model_type, model.template,
@@ -89,12 +109,14 @@ def main() -> None:
     outputs["naive loop"] = texts
     results["naive loop"] = {"load_s": round(load, 1), "generate_s": round(gen, 1),
                              "records_per_s": round(len(chats) / gen, 3)}
-    naive = results["naive loop"]["records_per_s"]
+    naive, batched = results["naive loop"]["records_per_s"], results["transformers engine"]["records_per_s"]
     for name, r in results.items():
         r["ratio_vs_naive_loop"] = round(r["records_per_s"] / naive, 2)
+        r["ratio_vs_transformers_engine"] = round(r["records_per_s"] / batched, 2)
         r["outputs_identical_to_naive"] = sum(a.strip() == b.strip() for a, b in zip(outputs[name],
                                                                                     outputs["naive loop"]))
-    write_json(args.out, {**provenance(), "model": model.ref, "records": len(chats),
+    write_json(args.out, {**provenance(), "model": model.ref, "prompt": str(recipe.prompts.student),
+                          "guided_json": recipe.eval.guided_json, "threads": threads, "records": len(chats),
                           "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "results": results})
     print(json.dumps(results, indent=2))
 
