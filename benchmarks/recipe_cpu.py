@@ -105,11 +105,23 @@ def versus(recipe, run_dir: Path, first: str, second: str, test: str) -> dict:
             "decided_by": decided_by, "verdict": "beats" if shown else "not shown"}
 
 
+def made_by(stages: dict, began: str) -> dict:
+    """Which invocation and commit made each stage's figures: "one_run" only when every stage that ran (not
+    skipped) finished during this invocation, at the commit this results file names."""
+    here = provenance()["git"]["commit"]
+    made = {name: {"commit": s.get("commit"), "finished": s.get("finished"),
+                   "this_invocation": s.get("finished", "") >= began}
+            for name, s in stages.items() if s.get("status") == "done" and not s.get("skipped")}
+    # a stage's commit is short, "-dirty" when the tree had changes: then it is not the code this file names
+    one = all(m["this_invocation"] and bool(m["commit"]) and here.startswith(m["commit"]) for m in made.values())
+    return {"made_by": made, "one_run": one}
+
+
 def run(recipe: str, overrides: list[str], run_dir: Path, profile: str = "cpu") -> dict:
     """Run (or resume) one of the recipe's profiles and gather its figures."""
     from toolkit.recipe import load_recipe
 
-    start = time.monotonic()
+    start, began = time.monotonic(), datetime.now().strftime("%Y-%m-%dT%H:%M:%S")
     if profile == "cpu":
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # as sft.sh sets it for the cpu profile (and what runs after)
     path = ROOT / "recipes" / f"{recipe}.yaml"
@@ -144,6 +156,7 @@ def run(recipe: str, overrides: list[str], run_dir: Path, profile: str = "cpu") 
         "goals": goals,
         "student_vs_baseline": paired,
         "versions": manifest.get("versions"),
+        **made_by(stages, began),
     }
 
 

@@ -57,8 +57,15 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def provenance(name: str, data: dict) -> str:
     git, machine = data["git"], data["machine"]
     tree = "with uncommitted changes" if git["dirty"] else "clean tree"
-    return (f"From `benchmarks/results/{name}.json`: commit {git['commit'][:7]} ({tree}), {machine['cpu_model']}, "
+    line = (f"From `benchmarks/results/{name}.json`: commit {git['commit'][:7]} ({tree}), {machine['cpu_model']}, "
             f"{machine['cpus_usable']} cores, {data['date'][:10]}.")
+    if "made_by" not in data:  # a file that does not say which run made each stage
+        return line
+    if data["one_run"]:
+        return line + " Every stage was made by this one run."
+    reused = [f"{stage} ({m['commit'] or 'commit unknown'}, {m['finished'][:10]})" for stage, m in data["made_by"].items()
+              if not (m["this_invocation"] and m["commit"] and git["commit"].startswith(m["commit"]))]
+    return line + f" Not one run: reused {', '.join(reused)}."
 
 
 # --- one renderer a table ----------------------------------------------------------------------------------

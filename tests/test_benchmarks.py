@@ -163,3 +163,21 @@ def test_the_teachers_pool_shares_no_text_with_the_shipped_files():
     texts = ["".join(r["text"].split()) for r in rows]
     assert len(rows) == 30 and len(set(texts)) == 30 and not set(texts) & shipped
     assert all(set(r["label"]) == set(recipe.field_names) for r in rows)
+
+
+def test_one_run_only_when_every_stage_ran_in_this_invocation_at_this_commit():
+    """A results file says "one run" only of stages this invocation made at its commit: a stage finished before
+    it began, or made by a tree with changes, makes it not one run; a skipped stage made nothing and counts not."""
+    from provenance import provenance
+
+    short = provenance()["git"]["commit"][:12]
+    began = "2026-12-04T10:00:00"
+    ran = {"status": "done", "commit": short, "finished": "2026-12-04T10:30:00"}
+    skipped = {"status": "done", "commit": "0" * 12, "finished": "2026-01-01T00:00:00", "skipped": "no teacher"}
+    made = recipe_cpu.made_by({"train": ran, "eval_teacher": skipped}, began)
+    assert made["one_run"] is True and set(made["made_by"]) == {"train"}
+    assert made["made_by"]["train"] == {"commit": short, "finished": "2026-12-04T10:30:00", "this_invocation": True}
+    earlier = {**ran, "finished": "2026-12-03T23:00:00"}
+    assert recipe_cpu.made_by({"train": ran, "prepare": earlier}, began)["one_run"] is False
+    assert recipe_cpu.made_by({"train": {**ran, "commit": short + "-dirty"}}, began)["one_run"] is False
+    assert recipe_cpu.made_by({"train": {**ran, "commit": None}}, began)["one_run"] is False

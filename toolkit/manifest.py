@@ -130,7 +130,9 @@ class Manifest:
         self._update(lambda d: d["stages"].setdefault(stage, {}).update(info))
 
     def done(self, stage: str, outputs: list[Path], **info) -> None:
-        entry = {**info, "status": "done", "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        # the commit that made it: a benchmark reusing a stage says which code measured which figure
+        made_by = {"commit": c} if (c := commit()) is not None else {}
+        entry = {**info, **made_by, "status": "done", "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                  "outputs": {str(Path(p).resolve().relative_to(self.run_dir)): file_digest(Path(p))
                              for p in outputs}}
         self._update(lambda d: d["stages"].setdefault(stage, {}).update(entry))
