@@ -2,9 +2,9 @@
 
     nice -n 19 .venv/bin/python benchmarks/advise_memory.py [--steps 8] [--out benchmarks/results/advise_memory.json]
 
-The estimate is advise's for the embedded SmolLM2 student under the recipe's cpu profile. The measurement is a real
-`swift sft` of that profile as it is (two DDP processes of one thread, batch 2, max_length 384, float32, LoRA r8; only
-max_steps cut short) on the recipe's longest records, so that every batch is near the longest the data makes, as
+The estimate is advise's for the cpu profile's student (the embedded Gemma 3 270M as shipped) under that profile.
+The measurement is a real `swift sft` of that profile as it is (its processes, threads, batch, max_length, dtype and
+LoRA settings; only max_steps cut short) on the recipe's longest records, so that every batch is near the longest the data makes, as
 the estimate assumes. Peak memory: the sum over the command's processes (the `swift` launcher, torchrun and each
 worker) of each one's own peak resident set (VmHWM, what `/usr/bin/time -v` reports per process), read from /proc
 four times a second; the peak of their summed RSS at any one moment is recorded beside it. The framework's fixed
@@ -164,8 +164,8 @@ def main() -> None:
     ratio = round(estimate.total / measured, 3)
     result = {
         **provenance(),
-        "what": "xtk advise's LoRA-training memory for smollm2-135m-instruct under logistics_zh's cpu profile, against "
-                "the peak RSS of a real swift sft of that profile (sum over its processes of each one's VmHWM)",
+        "what": f"xtk advise's LoRA-training memory for {recipe.student.model} under logistics_zh's cpu profile, "
+                "against the peak RSS of a real swift sft of that profile (sum over its processes of each one's VmHWM)",
         "settings": {"nproc_per_node": t.nproc_per_node, "omp_num_threads": t.omp_num_threads,
                      "per_device_train_batch_size": t.per_device_train_batch_size, "max_length": t.max_length,
                      "torch_dtype": t.torch_dtype, "lora_rank": t.lora_rank, "gradient_checkpointing":
