@@ -2,14 +2,15 @@
 
     nice -n 19 .venv/bin/python benchmarks/advise_memory.py [--steps 8] [--out benchmarks/results/advise_memory.json]
 
-The estimate is advise's for the cpu profile's student (the embedded Gemma 3 270M as shipped) under that profile.
-The measurement is a real `swift sft` of that profile as it is (its processes, threads, batch, max_length, dtype and
-LoRA settings; only max_steps cut short) on the recipe's longest records, so that every batch is near the longest the data makes, as
-the estimate assumes. Peak memory: the sum over the command's processes (the `swift` launcher, torchrun and each
-worker) of each one's own peak resident set (VmHWM, what `/usr/bin/time -v` reports per process), read from /proc
-four times a second; the peak of their summed RSS at any one moment is recorded beside it. The framework's fixed
-memory, which the estimate takes as constants, is measured again here (a Python importing what each process
-imports, its VmHWM), so that a change of torch or ms-swift shows.
+The estimate is advise's for the cpu profile's student (the embedded Gemma 3 270M as shipped) under that profile,
+computed by `xtk advise`'s own code: every sequence train.max_length long. The measurement is a real `swift sft` of
+that profile as it is (its processes, threads, batch, max_length, dtype and LoRA settings; only max_steps cut short)
+on the recipe's longest records, so that every batch is near the longest the data makes (train.max_length may be
+longer: settings.record_tokens says how long they are). Peak memory: the sum over the command's processes (the
+`swift` launcher, torchrun and each worker) of each one's own peak resident set (VmHWM, what `/usr/bin/time -v`
+reports per process), read from /proc four times a second; the peak of their summed RSS at any one moment is
+recorded beside it. The framework's fixed memory, which the estimate takes as constants, is measured again here (a
+Python importing what each process imports, its VmHWM), so that a change of torch or ms-swift shows.
 """
 
 from __future__ import annotations
@@ -129,10 +130,11 @@ def main() -> None:
     recipe = load_recipe(RECIPE, "cpu", [f"train.max_steps={args.steps}", "train.save_steps=100000"])
     t = recipe.train
     model = resolve_model(recipe.student.model, recipe.student.model_type, recipe.student.template)
-    estimate = advise.training_memory(
-        advise.model_shape(Path(model.ref)), batch=t.per_device_train_batch_size, max_length=t.max_length,
-        dtype=t.torch_dtype, lora_rank=t.lora_rank, lora_dropout=t.lora_dropout, target_modules=t.target_modules,
-        gradient_checkpointing=t.gradient_checkpointing, processes=t.nproc_per_node)
+    # advise's own figure, as `xtk advise` computes it for this student on this machine (the bf16 output layer's
+    # copy included where the CPU makes one)
+    sample, _ = advise.sample_rows(recipe)
+    candidate = advise.assess(recipe.student.model, recipe, advise.labelled_rows(recipe), 1e6, None, sample)
+    estimate = candidate.training
 
     imports = {}
     with Bar("framework imports", total=len(IMPORTS)) as bar:
@@ -172,6 +174,7 @@ def main() -> None:
                      t.gradient_checkpointing, "steps": steps, "records": len(lengths),
                      "record_tokens": {"max": max(lengths), "min": min(lengths)}, "wall_s": round(wall, 1)},
         "estimate_gib": estimate.total,
+        "estimate_sequence_tokens": t.max_length,
         "estimate": asdict(estimate),
         "measured_peak_gib": measured,
         "measured_peak_of_summed_rss_gib": round(max(sampler.sums), 2),
