@@ -63,6 +63,30 @@ def test_a_backend_registered_from_a_test_file_runs_an_evaluation(tmp_path, monk
     assert json.loads((tmp_path / "run" / "eval" / "by-recipe-reviews" / "metrics.json").read_text())["n"] == 5
 
 
+def test_an_evaluation_gives_a_backend_at_most_the_batch_it_declares(tmp_path, monkeypatch):
+    """A backend that answers one chat at a time (llama.cpp) says so, and an evaluation hands it batches of that
+    size, not eval.batch_size: its progress moves per record. Five reviews, batch 2: 2, 2, 1."""
+    import toolkit.backends as backends
+    from toolkit.backends import Backend, BackendKind, Generation, register
+    from toolkit.cli import main
+
+    monkeypatch.setattr(backends, "BACKENDS", dict(backends.BACKENDS))
+    sizes = []
+
+    class Pairs(Backend):
+        name, batch = "pairs", 2
+
+        def generate(self, batch, max_tokens):
+            sizes.append(len(batch))
+            return [Generation(json.dumps({"sentiment": "positive"})) for _ in batch]
+
+    register(BackendKind("pairs", lambda served: Pairs(), "two at a time", model_folder=False))
+    test = write_reviews(tmp_path / "reviews.jsonl")
+    assert main(["eval", str(SENTIMENT), "--profile", "cpu", "--out", str(tmp_path / "run"), "--model", "words",
+                 "--backend", "pairs", "--test", str(test), "eval.batch_size=64"]) == 0
+    assert sizes == [2, 2, 1]
+
+
 def test_a_backend_the_registry_does_not_hold_is_refused_where_the_recipe_loads(tmp_path, capsys):
     from toolkit.cli import main
 

@@ -30,6 +30,7 @@ class Backend:
     """One inference engine: `generate` answers a batch of chats; `close` frees what would outlive the object."""
 
     name = ""
+    batch: int | None = None  # the most chats one generate() call gains from; None: eval.batch_size
 
     def generate(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
         raise NotImplementedError

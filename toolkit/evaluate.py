@@ -139,7 +139,7 @@ def run_eval(recipe: Recipe, backend, test_path: str | Path, prompt: str, out_di
     out = Path(out_dir)
     rows = load_test(recipe, test_path, limit)
     system = recipe.prompt(prompt)
-    size = recipe.eval.batch_size
+    size = getattr(backend, "batch", None) or recipe.eval.batch_size
     answers: list[Extraction] = []
     start = time.perf_counter()
     with Bar(f"eval {out.name}", total=len(rows)) as bar:

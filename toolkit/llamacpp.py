@@ -68,6 +68,7 @@ class LlamaCppBackend(Backend):
     """A GGUF file through llama-cpp-python: one chat at a time (its high-level API has no batch), greedy."""
 
     name = "llamacpp"
+    batch = 1  # one chat at a time anyway: an evaluation's progress bar moves, and says time left, per record
 
     def __init__(self, recipe: Recipe, gguf: str | Path, guided_json: bool = False):
         llama_cpp = _llama_cpp()
