@@ -145,6 +145,11 @@ class TeacherServer:
             if not self.lock.wait_for(condition, timeout_s):
                 raise AssertionError(f"the test teacher's counts did not get there within {timeout_s:g} s")
 
+    def settled(self, timeout_s: float = 120.0) -> None:
+        """Wait until the server's side of every request is over: a client can read an answer before the thread
+        that wrote it has counted it delivered, so counts are read after this, never straight after the client."""
+        self.wait_until(lambda: sum(self.finished.values()) == sum(self.requests.values()), timeout_s)
+
     def hold(self) -> None:
         with self._gate:
             self._held = True

@@ -62,6 +62,7 @@ def test_thousand_records_with_faults_end_up_once_with_the_right_reason(tmp_path
         # The exact figures come from the server's log, per record: transient faults were retried as often as
         # needed and no more, a record without a fault was asked once, and every record but the ones that gave up
         # was paid for (delivered) exactly once: an answer that reached the client is never asked for again.
+        server.settled()
         retries = 0
         for r in rows:
             mode = modes.get(r["text"], "ok")

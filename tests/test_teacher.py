@@ -101,10 +101,12 @@ def test_the_budget_stops_labelling_cleanly_and_a_resume_pays_exactly_the_rest(t
                "stops it" in capsys.readouterr().err
         summary = json.loads((tmp_path / "out" / "label_summary.json").read_text())
         assert (summary["accepted"], summary["cost"], summary["estimate"]["cost"]) == (25, 5.0, 6.0)
+        server.settled()
         assert sum(server.delivered.values()) == 25 and len(read_jsonl(tmp_path / "out" / "labelled.jsonl")) == 25
 
         again = run_label(load_recipe(RECIPE, None, prices), raw, tmp_path / "out", base_url=server.base_url)
         assert (again["already_done"], again["accepted"], again["cost"]) == (25, 5, 1.0)
+        server.settled()
         assert all(server.delivered[r["text"]] == 1 for r in rows)  # nothing paid twice
 
 
