@@ -69,8 +69,10 @@ def test_guided_json_makes_the_base_model_answer_the_recipes_schema(run):
         "kids = [c for c in psutil.Process().children(recursive=True) if c.status() != 'zombie']\n"
         "print(json.dumps(sorted(k for k in {**before, **os.environ} if before.get(k) != os.environ.get(k))))\n"
         "print(json.dumps([c.name() for c in kids if c.name().startswith('VLLM')]))\n")
+    # eager: the compiled engine is the unguided test's; this one's start skips minutes of compiling
     res = subprocess.run([sys.executable, "-c", code, str(RECIPE), str(run), TEST, *SMALL,
-                          "eval.max_new_tokens=320"], cwd=ROOT, capture_output=True, text=True)
+                          "eval.max_new_tokens=320", "eval.vllm.enforce_eager=true"], cwd=ROOT, capture_output=True,
+                         text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     changed, left = (json.loads(line) for line in res.stdout.strip().splitlines()[-2:])
     assert changed == [] and left == []  # no setting changed, no engine core, no worker left running

@@ -257,7 +257,7 @@ STEPS = 4
 GEMMA_RUN = ["student.model=gemma3-270m", "student.model_type=gemma3_text", "student.template=gemma3_text",
              f"train.max_steps={STEPS}", f"train.save_steps={STEPS}", "train.per_device_train_batch_size=4",
              "train.learning_rate=5.0e-4", "train.max_length=128", "eval.limit=2", "eval.max_new_tokens=12",
-             "eval.backend=auto"]
+             "eval.backend=auto", "eval.vllm.enforce_eager=true"]  # eager: a vLLM start minutes shorter
 
 
 @pytest.mark.slow

@@ -24,7 +24,9 @@ pytestmark = pytest.mark.slow
 N = 6
 SMALL = [*SMOLLM2_STUDENT, f"eval.limit={N}", f"eval.batch_size={N}", "eval.max_new_tokens=64",
          "eval.backend=transformers", "eval.guided_json=false"]
-VLLM = [*SMALL, "eval.backend=vllm", "eval.guided_json=true"]  # later values win
+# later values win; eager: two engine starts, minutes shorter each without torch.compile (tests/test_eval_e2e.py
+# runs the compiled one)
+VLLM = [*SMALL, "eval.backend=vllm", "eval.guided_json=true", "eval.vllm.enforce_eager=true"]
 TEST = ROOT / "datasets" / "logistics_zh" / "test.jsonl"
 FIELDS = load_recipe(RECIPE, "cpu").field_names
 

@@ -28,9 +28,10 @@ THINKING_OFF = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
 CPU_TRAIN = {"train.torch_dtype": "float32", "train.per_device_train_batch_size": 2,
              "train.gradient_accumulation_steps": 1, "train.max_steps": 2}
 # Outside the training command: a few records, short answers, and vLLM sized for a CPU. The run evaluates with
-# ms-swift's TransformersEngine; vLLM then serves the merged student once (its start-up is the slow part here).
+# ms-swift's TransformersEngine; vLLM then serves the merged student once, eager (its start-up is the slow part
+# here, and torch.compile is most of it).
 SMALL = {"data.train_records": 8, "eval.backend": "transformers", "eval.limit": 3, "eval.max_new_tokens": 16,
-         "eval.vllm.max_model_len": 512, "eval.vllm.cpu_kvcache_gib": 1}
+         "eval.vllm.max_model_len": 512, "eval.vllm.cpu_kvcache_gib": 1, "eval.vllm.enforce_eager": "true"}
 
 # Runs xtk as `python -m toolkit` does, with a spy on one engine's prompt rendering ($XTK_SPY): every prompt
 # vLLM's LLM.chat or ms-swift's inference template encodes is appended to $XTK_TEST_PROMPTS. Nothing else changes.

@@ -252,9 +252,27 @@ def test_vllm_splits_the_model_over_the_recipes_tensor_parallel_gpus(qwen3_tiny,
     assert vllm_kwargs(gpu_recipe(qwen3_tiny), str(qwen3_tiny), cpu=False)["tensor_parallel_size"] == 1
     kwargs = vllm_kwargs(gpu_recipe(qwen3_tiny, "eval.vllm.tensor_parallel_size=2"), str(qwen3_tiny), cpu=False)
     assert kwargs == {"model": str(qwen3_tiny), "dtype": "auto", "max_model_len": 4096, "seed": 0,
-                      "tensor_parallel_size": 2, "trust_remote_code": False, "gpu_memory_utilization": 0.9}
+                      "tensor_parallel_size": 2, "enforce_eager": False, "trust_remote_code": False,
+                      "gpu_memory_utilization": 0.9}
     parallel = EngineArgs(**kwargs).create_engine_config().parallel_config  # vLLM's own reading, no engine started
     assert (parallel.tensor_parallel_size, parallel.world_size) == (2, 2)
+
+
+def test_enforce_eager_reaches_vllm_as_no_compilation(qwen3_tiny, monkeypatch):
+    """eval.vllm.enforce_eager: vLLM's own reading of the arguments turns torch.compile off (CompilationMode.NONE);
+    by default it stays on."""
+    monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver")  # as toolkit.infer sets it
+    from vllm.config import CompilationMode
+    from vllm.engine.arg_utils import EngineArgs
+
+    from toolkit.infer import vllm_kwargs
+
+    def mode(*overrides):
+        kwargs = vllm_kwargs(gpu_recipe(qwen3_tiny, *overrides), str(qwen3_tiny), cpu=True)
+        return EngineArgs(**kwargs).create_engine_config().compilation_config.mode
+
+    assert mode("eval.vllm.enforce_eager=true") == CompilationMode.NONE
+    assert mode() != CompilationMode.NONE
 
 
 def test_early_stopping_reaches_ms_swift_as_its_callback_on_eval_loss(smollm2, data, monkeypatch):

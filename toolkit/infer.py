@@ -30,7 +30,8 @@ def vllm_kwargs(recipe: Recipe, model: str, cpu: bool) -> dict:
     spec = recipe.eval.vllm
     dtype = "float32" if cpu and spec.dtype == "auto" else spec.dtype  # no native bf16 on this CPU: 6x slower
     kwargs = dict(model=model, dtype=dtype, max_model_len=spec.max_model_len, seed=0,
-                  tensor_parallel_size=spec.tensor_parallel_size, trust_remote_code=recipe.student.trust_remote_code)
+                  tensor_parallel_size=spec.tensor_parallel_size, enforce_eager=spec.enforce_eager,
+                  trust_remote_code=recipe.student.trust_remote_code)
     if not cpu:
         kwargs["gpu_memory_utilization"] = spec.gpu_memory_utilization
     return kwargs

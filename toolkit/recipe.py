@@ -298,6 +298,9 @@ class VllmSpec(_Strict):
         "The dtype vLLM loads weights in; auto: the model's own (float32 on CPUs without bfloat16)."))
     tensor_parallel_size: int = Field(default=1, gt=0, description=(
         "GPUs one model is split over (vllm.LLM's tensor_parallel_size): for a model too large for one GPU."))
+    enforce_eager: bool = Field(default=False, description=(
+        "Run the model without torch.compile (vllm.LLM's enforce_eager): on a CPU each start skips minutes of "
+        "compiling, which a short job (a few records, a test) never earns back."))
 
 
 class EvalSpec(_Strict):
