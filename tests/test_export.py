@@ -129,6 +129,17 @@ def test_parity_figures_and_the_max_drop_verdict():
     assert verdict(paired(TwoFields, predictions(exported), predictions(student)), 0.0)["ok"]  # a gain passes
 
 
+def test_a_drop_of_exactly_max_drop_is_kept_whatever_the_rates_round_to():
+    # 800 records: the student gets 579 right (0.72375), the export 571 (0.71375): 9 only the student, 1 only the
+    # export, a drop of 8 records, exactly 1 point; the rates round to 0.7238 and 0.7137, 0.0101 apart.
+    student = [True] * 570 + [True] * 9 + [False] + [False] * 220
+    exported = [True] * 570 + [False] * 9 + [True] + [False] * 220
+    p = paired(TwoFields, predictions(student), predictions(exported))
+    assert (p["student"]["exact_match"], p["exported"]["exact_match"]) == (0.7238, 0.7137)
+    assert verdict(p, 0.01) == {"max_drop": 0.01, "drop": 0.01, "ok": True}
+    assert not verdict(p, 0.0099)["ok"]
+
+
 def test_parity_needs_the_same_records():
     with pytest.raises(StageError, match="same records"):
         paired(TwoFields, predictions([True, False]), predictions([True]))

@@ -144,9 +144,10 @@ def paired(recipe: Recipe, student: list[dict], exported: list[dict]) -> dict:
 
 def verdict(overall: dict, max_drop: float) -> dict:
     """Whether the exported model kept the student's exact match within max_drop (a fraction), all test
-    records together."""
-    drop = round(overall["student"]["exact_match"] - overall["exported"]["exact_match"], 4)
-    return {"max_drop": max_drop, "drop": drop, "ok": drop <= max_drop + 1e-9}
+    records together. The drop is counted from the records only one of them gets right, not from the two rounded
+    rates: 579 and 571 of 800 round to 0.7238 and 0.7137, a drop of 0.0101 where it is exactly one point."""
+    drop = (overall["only_student_right"] - overall["only_exported_right"]) / overall["exported"]["n"]
+    return {"max_drop": max_drop, "drop": round(drop, 4), "ok": drop <= max_drop + 1e-9}
 
 
 # --- the command -------------------------------------------------------------------------------------------------
