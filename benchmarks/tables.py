@@ -293,6 +293,22 @@ def serve_load(d: dict) -> str:
                     rows))
 
 
+def export_parity(d: dict) -> str:
+    student = d["student"]["all"]
+    rows = [["merged student (vLLM)", pct(student["exact_match"]), "—", "—", "—", "—"]]
+    for quant, e in d["exports"].items():
+        a, v = e["all"], e["verdict"]
+        diff = a["exact_match_difference"]
+        rows.append([f"GGUF {quant} (llama.cpp)", pct(a["exported"]["exact_match"]),
+                     f"{100 * diff['value']:+.1f} [{100 * diff['ci95'][0]:+.1f}, {100 * diff['ci95'][1]:+.1f}]",
+                     f"{a['mcnemar_p']}", f"{a['identical_answers']} of {a['exported']['n']}",
+                     f"{'yes' if v['ok'] else 'no'} (drop {100 * v['drop']:.1f}, allowed {100 * v['max_drop']:g})"])
+    return (f"{provenance('export_parity', d)} logistics_zh `--profile {d['profile']}` student, "
+            f"{student['n']} test records (both test files), each scored by the same scorer.\n\n"
+            + table(["model", "exact match %", "difference, points [95% paired CI]", "McNemar p",
+                     "answers identical to the student's", "within export.max_drop"], rows))
+
+
 def headline(d: dict) -> str:
     """README's one figure set: distill_cpu.json's whole-record exact match per model."""
     rows = [[label, *(pct(d["headline"].get(f"{role}-{t}")) for t in ("test", "test_unseen"))]
@@ -318,6 +334,7 @@ TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "advise_memory": ("advise_memory", advise_memory),
     "predict_cpu": ("predict_cpu", predict_cpu),
     "serve_load": ("serve_load", serve_load),
+    "export_parity": ("export_parity", export_parity),
 }
 
 
