@@ -2,7 +2,7 @@
 --teacher-records of the shipped pool's gold labels; trained by this script when absent), served by `vllm serve`,
 is the teacher of a fresh student (long: ~2 h here).
 
-    .venv/bin/python benchmarks/teacher_noise_cpu.py [--teacher-records 1500] [--pool 600] [--limit 200]
+    .venv/bin/python benchmarks/teacher_noise_cpu.py [--teacher-records 1500] [--pool 400] [--limit 150]
 
 The teacher is trained on fewer records than `bash sft.sh`'s student (4,000) so that it finishes in ~25 min here
 and makes mistakes enough to measure what they cost: a real LLM with real mistakes, not a scripted one.
@@ -53,6 +53,8 @@ SYNTH_N = 64
 ALPHA = 0.05
 SETS = {"a": "gold labels", "b": "every teacher answer that parses (the gate's rejects included)",
         "c": "the labels the gate accepts", "d": "the labels --votes 3 at temperature 0.8 accepts"}
+# vLLM without torch.compile: minutes less a start here, and this file measures accuracy, not speed
+EAGER = ["eval.vllm.enforce_eager=true"]
 PAIRS = (("c", "b", "what the gate recovers"), ("a", "b", "what the teacher's noise costs"),
          ("a", "c", "what the gate leaves"), ("d", "c", "what voting adds to the gate"))
 
@@ -99,8 +101,8 @@ def serve(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "VLLM_PLUGINS": "lora_filesystem_resolver", "VLLM_CPU_KVCACHE_SPACE": "4",
            "OMP_NUM_THREADS": str(len(os.sched_getaffinity(0)))}
     server = subprocess.Popen([str(Path(sys.executable).parent / "vllm"), "serve", str(model), "--served-model-name",
-                               "teacher", "--dtype", "float32", "--max-model-len", "1024", "--host", "127.0.0.1",
-                               "--port", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+                               "teacher", "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager",
+                               "--host", "127.0.0.1", "--port", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
                               start_new_session=True)
     deadline = time.monotonic() + 1200  # a bound for a stuck server only
     while True:
@@ -142,7 +144,7 @@ def trained(name: str, labelled: Path, limit: int) -> Path:
     """The cpu profile's student trained on `labelled` and scored on the first `limit` records of each test file;
     its run folder (every step resumes or is reused)."""
     run = WORK / f"student-{name}"
-    common = [str(RECIPE), "--profile", "cpu", "--out", str(run), f"eval.limit={limit}"]
+    common = [str(RECIPE), "--profile", "cpu", "--out", str(run), f"eval.limit={limit}", *EAGER]
     xtk("prepare", *common, "--labelled", str(labelled))
     xtk("train", *common)
     xtk("merge", *common)
@@ -179,8 +181,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--teacher-records", type=int, default=1500,
                     help="gold records of the shipped pool the teacher is trained on")
-    ap.add_argument("--pool", type=int, default=600, help="strings the teacher labels and the students train on")
-    ap.add_argument("--limit", type=int, default=200, help="records of each test file the students are scored on")
+    ap.add_argument("--pool", type=int, default=400, help="strings the teacher labels and the students train on")
+    ap.add_argument("--limit", type=int, default=150, help="records of each test file the students are scored on")
     args = ap.parse_args()
 
     from toolkit.recipe import load_recipe
