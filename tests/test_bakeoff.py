@@ -298,7 +298,7 @@ def test_an_interrupted_pair_leaves_no_process_behind(tmp_path):
 
 TINY = ["data.train_records=16", "data.val_fraction=0.25", "train.max_steps=2", "train.save_steps=2",
         "train.eval_steps=2", "eval.backend=transformers", "eval.limit=8", "eval.base_limit=4",
-        "eval.max_new_tokens=32"]
+        "eval.max_new_tokens=32", "eval.vllm.enforce_eager=true"]  # eager: the guided base evaluation's vLLM
 
 
 def stages_ran(log_section: str) -> list[str]:

@@ -1,8 +1,11 @@
 """Errors a user can act on: the CLI prints their message and exits 2, without a traceback."""
 
 from toolkit.jsonl import DataError
-from toolkit.models import ModelError
 from toolkit.recipe import RecipeError
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be found, fetched or trusted; the message says what to do."""
 
 
 class StageError(RuntimeError):

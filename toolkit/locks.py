@@ -46,7 +46,8 @@ def folder_lock(folder: Path, what: str, name: str = ".xtk.lock", shown: Path | 
 
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """A short blocking lock around one read-modify-write of a shared file (the manifest)."""
+    """A blocking lock around one read-modify-write of a shared file or folder (the manifest, a model being
+    pulled into the cache): `path`.lock beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with _open_lock(path.with_name(path.name + ".lock"), path.parent) as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)

