@@ -49,6 +49,12 @@ def rate(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
 
 
+def points(diff: dict) -> str:
+    """A paired difference in points with its interval: "+1.5 [+0.2, +2.8]"."""
+    lo, hi = diff["ci95"]
+    return f"{100 * diff['value']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
@@ -298,15 +304,34 @@ def export_parity(d: dict) -> str:
     rows = [["merged student (vLLM)", pct(student["exact_match"]), "—", "—", "—", "—"]]
     for quant, e in d["exports"].items():
         a, v = e["all"], e["verdict"]
-        diff = a["exact_match_difference"]
-        rows.append([f"GGUF {quant} (llama.cpp)", pct(a["exported"]["exact_match"]),
-                     f"{100 * diff['value']:+.1f} [{100 * diff['ci95'][0]:+.1f}, {100 * diff['ci95'][1]:+.1f}]",
+        rows.append([f"GGUF {quant} (llama.cpp)", pct(a["exported"]["exact_match"]), points(a["exact_match_difference"]),
                      f"{a['mcnemar_p']}", f"{a['identical_answers']} of {a['exported']['n']}",
                      f"{'yes' if v['ok'] else 'no'} (drop {100 * v['drop']:.1f}, allowed {100 * v['max_drop']:g})"])
     return (f"{provenance('export_parity', d)} logistics_zh `--profile {d['profile']}` student, "
             f"{student['n']} test records (both test files), each scored by the same scorer.\n\n"
             + table(["model", "exact match %", "difference, points [95% paired CI]", "McNemar p",
                      "answers identical to the student's", "within export.max_drop"], rows))
+
+
+def teacher_noise_cpu(d: dict) -> str:
+    t, gate, vs = d["teacher"], d["gate"], d["teacher_vs_gold"]
+    labelling = [[votes, s["total"], s["accepted"],
+                  ", ".join(f"{k} {n}" for k, n in sorted(s["rejected"].items(), key=lambda kv: -kv[1])) or "none"]
+                 for votes, s in (("1, greedy", d["labelling"]["votes_1"]), ("3, sampled", d["labelling"]["votes_3"]))]
+    students = [[f"({k}) {s['trained_on']}", s["rows"], s["rows_equal_to_gold"], pct(s["exact_match"])]
+                for k, s in d["students"].items()]
+    paired = [[pair, p["question"], points(p["difference"]), f"{p['first_only_right']} / {p['second_only_right']}",
+               p["p_mcnemar"], p["verdict"]] for pair, p in d["paired"].items()]
+    return (f"{provenance('teacher_noise_cpu', d)} Teacher: logistics_zh's cpu-profile student trained on "
+            f"{t['trained_on_gold_records']:,} gold records, served by `{t['served_by']}`; exact match against the "
+            f"generator's gold on the {d['pool']} fresh pool strings: {pct(vs['exact_match'])}% (JSON parsed "
+            f"{pct(vs['json_parse_rate'])}%). Teacher gate on {gate['n']} test records: **{gate['verdict']}** "
+            f"({pct(gate['exact_match'])}% exact match). Students: the cpu profile, scored on "
+            f"{d['limit_per_test_file']} records of each test file.\n\n"
+            + table(["votes", "pool strings", "labels accepted", "rejected, by reason"], labelling) + "\n\n"
+            + table(["student trained on", "rows", "rows equal to gold", "exact match %"], students) + "\n\n"
+            + table(["pair", "question", "difference, points [95% paired CI]", "only first / only second right",
+                     "McNemar p", "verdict"], paired))
 
 
 def headline(d: dict) -> str:
@@ -335,6 +360,7 @@ TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "predict_cpu": ("predict_cpu", predict_cpu),
     "serve_load": ("serve_load", serve_load),
     "export_parity": ("export_parity", export_parity),
+    "teacher_noise_cpu": ("teacher_noise_cpu", teacher_noise_cpu),
 }
 
 
