@@ -1,6 +1,6 @@
 """A real LLM teacher, offline: a logistics_zh student fine-tuned by xtk (the cpu profile, Gemma 3 270M, on
---teacher-records of the shipped pool's gold labels; trained by this script when absent), served by `vllm serve`,
-is the teacher of a fresh student (long: ~2 h here).
+--teacher-records of the shipped pool's gold labels; trained by this script when absent), served by vLLM's OpenAI
+server, is the teacher of a fresh student (long: ~2 h here).
 
     .venv/bin/python benchmarks/teacher_noise_cpu.py [--teacher-records 1500] [--pool 400] [--limit 150]
 
@@ -94,15 +94,19 @@ def teacher_model(records: int) -> Path:
 
 
 def serve(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """`vllm serve` of the teacher on loopback, as "teacher"; returns the process and its /v1 URL once it answers."""
+    """vLLM's OpenAI server (what `vllm serve` runs) with the teacher on loopback, as "teacher"; returns the process
+    and its /v1 URL once it answers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "VLLM_PLUGINS": "lora_filesystem_resolver", "VLLM_CPU_KVCACHE_SPACE": "4",
            "OMP_NUM_THREADS": str(len(os.sched_getaffinity(0)))}
-    server = subprocess.Popen([str(Path(sys.executable).parent / "vllm"), "serve", str(model), "--served-model-name",
-                               "teacher", "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager",
-                               "--host", "127.0.0.1", "--port", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+    # vLLM's OpenAI server module, not the `vllm` script: that one asks for the version of a distribution named
+    # "vllm", and on a CPU machine the distribution is vllm-cpu (PackageNotFoundError before it serves)
+    server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+                               "--served-model-name", "teacher", "--dtype", "float32", "--max-model-len", "1024",
+                               "--enforce-eager", "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
                               start_new_session=True)
     deadline = time.monotonic() + 1200  # a bound for a stuck server only
     while True:
@@ -111,7 +115,7 @@ def serve(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
             return server, f"http://127.0.0.1:{port}/v1"
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"vllm serve did not come up:\n{log.read_text()[-3000:]}")
+                raise SystemExit(f"the vLLM server did not come up:\n{log.read_text()[-3000:]}")
             time.sleep(3)
 
 
@@ -238,7 +242,8 @@ def main() -> None:
     result = {
         **provenance(),
         "recipe": "logistics_zh", "profile": "cpu", "pool": args.pool, "limit_per_test_file": args.limit,
-        "seed": SEED, "teacher": {"model": str(model.relative_to(ROOT)), "served_by": "vllm serve",
+        "seed": SEED, "teacher": {"model": str(model.relative_to(ROOT)),
+                                  "served_by": "python -m vllm.entrypoints.openai.api_server",
                                   "trained_on_gold_records": args.teacher_records,
                                   "prompt": str(recipe.prompts.student)},
         "gate": {"exit": gate_exit, **{k: gate.get(k) for k in ("verdict", "n", "test_file", "exact_match",
