@@ -46,9 +46,25 @@ def folder_lock(folder: Path, what: str, name: str = ".xtk.lock", shown: Path | 
 
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """A blocking lock around one read-modify-write of a shared file or folder (the manifest, a model being
-    pulled into the cache): `path`.lock beside it."""
+    """A short blocking lock around one read-modify-write of a shared file (the manifest)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with _open_lock(path.with_name(path.name + ".lock"), path.parent) as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         yield
+
+
+@contextmanager
+def folder_turn(folder: Path) -> Iterator[None]:
+    """Wait for, then hold, an exclusive lock on the folder itself (its own descriptor: no file is added to it, so
+    a folder that must stay as it was, the model cache after a failed pull, does). Released when the block ends
+    or the process dies."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise StageError(f"{folder}: cannot open the folder to lock it: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

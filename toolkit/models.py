@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.errors import ModelError
-from toolkit.locks import file_lock
+from toolkit.locks import folder_turn
 from toolkit.markers import read_marker, write_marker
 
 
@@ -241,9 +241,9 @@ def pull_embedded(name: str, force: bool = False) -> Path:
     if not force and _is_current(target, model):
         _write_chat_template(model, target)  # a folder pulled before its model had a template gets it now
         return target
-    # Two commands pulling at once (two test workers, a bake-off beside a run): the second waits for the first's
+    # Two commands pulling at once (two test processes, a bake-off beside a run): the second waits for the first's
     # folder and uses it, instead of moving it aside under the first one's feet.
-    with file_lock(target):
+    with folder_turn(target.parent):
         if not force and _is_current(target, model):
             return target
         return _pull(name, model, target)
