@@ -360,7 +360,6 @@ TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "predict_cpu": ("predict_cpu", predict_cpu),
     "serve_load": ("serve_load", serve_load),
     "export_parity": ("export_parity", export_parity),
-    "teacher_noise_cpu": ("teacher_noise_cpu", teacher_noise_cpu),
 }
 
 
