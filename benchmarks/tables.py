@@ -313,27 +313,6 @@ def export_parity(d: dict) -> str:
                      "answers identical to the student's", "within export.max_drop"], rows))
 
 
-def teacher_noise_cpu(d: dict) -> str:
-    t, gate, vs = d["teacher"], d["gate"], d["teacher_vs_gold"]
-    labelling = [[votes, s["total"], s["accepted"],
-                  ", ".join(f"{k} {n}" for k, n in sorted(s["rejected"].items(), key=lambda kv: -kv[1])) or "none"]
-                 for votes, s in (("1, greedy", d["labelling"]["votes_1"]), ("3, sampled", d["labelling"]["votes_3"]))]
-    students = [[f"({k}) {s['trained_on']}", s["rows"], s["rows_equal_to_gold"], pct(s["exact_match"])]
-                for k, s in d["students"].items()]
-    paired = [[pair, p["question"], points(p["difference"]), f"{p['first_only_right']} / {p['second_only_right']}",
-               p["p_mcnemar"], p["verdict"]] for pair, p in d["paired"].items()]
-    return (f"{provenance('teacher_noise_cpu', d)} Teacher: logistics_zh's cpu-profile student trained on "
-            f"{t['trained_on_gold_records']:,} gold records, served by `{t['served_by']}`; exact match against the "
-            f"generator's gold on the {d['pool']} fresh pool strings: {pct(vs['exact_match'])}% (JSON parsed "
-            f"{pct(vs['json_parse_rate'])}%). Teacher gate on {gate['n']} test records: **{gate['verdict']}** "
-            f"({pct(gate['exact_match'])}% exact match). Students: the cpu profile, scored on "
-            f"{d['limit_per_test_file']} records of each test file.\n\n"
-            + table(["votes", "pool strings", "labels accepted", "rejected, by reason"], labelling) + "\n\n"
-            + table(["student trained on", "rows", "rows equal to gold", "exact match %"], students) + "\n\n"
-            + table(["pair", "question", "difference, points [95% paired CI]", "only first / only second right",
-                     "McNemar p", "verdict"], paired))
-
-
 def headline(d: dict) -> str:
     """README's one figure set: distill_cpu.json's whole-record exact match per model."""
     rows = [[label, *(pct(d["headline"].get(f"{role}-{t}")) for t in ("test", "test_unseen"))]

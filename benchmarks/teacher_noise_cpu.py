@@ -13,7 +13,8 @@ text after normalisation), one run measures:
 - `xtk label` of --pool strings: labels accepted and rejected by reason, and the teacher's exact match against the
   generator's gold over every answer, rejected ones too (an answer with no JSON counts as wrong);
 - the same student (the cpu profile) trained on the pool's (a) gold labels, (b) every teacher answer that parses
-  into the recipe's fields, the gate's rejects included, (c) only the labels the gate accepts, (d) the labels
+  into the recipe's fields, the gate's rejects included (trained under a copy of the recipe without its closed
+  sets, which prepare would enforce; scored like the others under the shipped one), (c) only the labels the gate accepts, (d) the labels
   `--votes 3` at temperature 0.8 accepts; each scored on the first --limit records of every test file, compared in
   pairs on the same records (McNemar's exact test and a paired bootstrap: toolkit/ranking.py);
 - `xtk synth` against the same server: its smoke batch (64 inputs asked for, no --yes), written from 10 of the
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -51,7 +53,8 @@ SEED = 20261204  # not the shipped files' seed (20260101 and the two after it)
 VOTE_TEMPERATURE = 0.8
 SYNTH_N = 64
 ALPHA = 0.05
-SETS = {"a": "gold labels", "b": "every teacher answer that parses (the gate's rejects included)",
+SETS = {"a": "gold labels", "b": "every teacher answer that parses (the gate's rejects included; trained under the "
+        "recipe without its closed sets)",
         "c": "the labels the gate accepts", "d": "the labels --votes 3 at temperature 0.8 accepts"}
 # vLLM without torch.compile: minutes less a start here, and this file measures accuracy, not speed
 EAGER = ["eval.vllm.enforce_eager=true"]
@@ -144,16 +147,36 @@ def every_answer(recipe, folder: Path) -> list[dict]:
     return sorted(rows, key=lambda r: r["id"])
 
 
-def trained(name: str, labelled: Path, limit: int) -> Path:
-    """The cpu profile's student trained on `labelled` and scored on the first `limit` records of each test file;
-    its run folder (every step resumes or is reused)."""
+def open_recipe() -> Path:
+    """logistics_zh with no closed sets, in a project folder of its own (WORK/open: the recipe and copies of the
+    two folders it names): set (b)'s students train under it, as a flow with no label gate would. Under the shipped
+    recipe, prepare refuses a label outside a closed set, so those answers could not be trained on at all."""
+    root = WORK / "open"
+    for folder in ("datasets/logistics_zh", "prompts/logistics_zh"):
+        shutil.copytree(ROOT / folder, root / folder, dirs_exist_ok=True)
+    lines = RECIPE.read_text(encoding="utf-8").splitlines(keepends=True)
+    path = root / "recipes" / RECIPE.name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(x for x in lines if not x.lstrip().startswith("choices_file:")), encoding="utf-8")
+    return path
+
+
+def trained(name: str, labelled: Path, limit: int, recipe: Path = RECIPE) -> Path:
+    """The cpu profile's student trained under `recipe` on `labelled`, and scored under the shipped recipe (its
+    prompt, closed sets and guided decoding, as every other student) on the first `limit` records of each test
+    file; the folder holding that evaluation (every step resumes or is reused)."""
     run = WORK / f"student-{name}"
-    common = [str(RECIPE), "--profile", "cpu", "--out", str(run), f"eval.limit={limit}", *EAGER]
-    xtk("prepare", *common, "--labelled", str(labelled))
-    xtk("train", *common)
-    xtk("merge", *common)
-    xtk("eval", *common, "--model", "student")
-    return run
+    settings = ["--profile", "cpu", f"eval.limit={limit}", *EAGER]
+    xtk("prepare", str(recipe), "--out", str(run), *settings, "--labelled", str(labelled))
+    for stage in ("train", "merge"):
+        xtk(stage, str(recipe), "--out", str(run), *settings)
+    if recipe == RECIPE:
+        xtk("eval", str(RECIPE), "--out", str(run), *settings, "--model", "student")
+        return run
+    scored_in = WORK / f"student-{name}-scored"
+    xtk("eval", str(RECIPE), "--out", str(scored_in), *settings, "--model", str(run / "merged"), "--name", "student",
+        "--prompt", "student")
+    return scored_in
 
 
 def scored(recipe, run: Path) -> dict[str, bool]:
@@ -230,7 +253,7 @@ def main() -> None:
     for name, rows in sets.items():
         path = write_jsonl(WORK / f"set-{name}.jsonl", [{"id": r["id"], "text": r["text"], "label": r["label"]}
                                                          for r in rows])
-        run = trained(name, path, args.limit)
+        run = trained(name, path, args.limit, open_recipe() if name == "b" else RECIPE)
         exact[name] = scored(recipe, run)
         labels_right = sum(r["label"] == gold[r["id"]] for r in rows)
         students[name] = {"trained_on": SETS[name], "rows": len(rows), "rows_equal_to_gold": labels_right,
