@@ -313,6 +313,35 @@ def export_parity(d: dict) -> str:
                      "answers identical to the student's", "within export.max_drop"], rows))
 
 
+def teacher_noise_cpu(d: dict) -> str:
+    t, gate, vs = d["teacher"], d["gate"], d["teacher_vs_gold"]
+    students = [[f"({k}) {s['trained_on']}", s["rows"], s["rows_equal_to_gold"], pct(s["exact_match"])]
+                for k, s in d["students"].items()]
+    paired = [[pair, p["question"], points(p["difference"]), f"{p['first_only_right']} / {p['second_only_right']}",
+               p["p_mcnemar"], p["verdict"]] for pair, p in d["paired"].items()]
+    return (f"{provenance('teacher_noise_cpu', d)} Teacher: logistics_zh's cpu-profile student trained on "
+            f"{t['trained_on_gold_records']:,} gold records, served by `{t['served_by']}`; exact match against the "
+            f"generator's gold on the {d['pool']} fresh pool strings: {pct(vs['exact_match']['value'])}% (JSON parsed "
+            f"{pct(vs['json_parse_rate']['value'])}%). Teacher gate on {gate['n']} test records: **{gate['verdict']}** "
+            f"({pct(gate['exact_match']['value'])}% exact match). Students: the cpu profile, scored on "
+            f"{d['limit_per_test_file']} records of each test file.\n\n"
+            + table(["student trained on", "rows", "rows equal to gold", "exact match %"], students) + "\n\n"
+            + table(["pair", "question", "difference, points [95% paired CI]", "only first / only second right",
+                     "McNemar p", "verdict"], paired)
+            + f"\n\n`xtk synth` against the same server (its smoke batch, no `--yes`): {d['synth']['kept']} inputs kept, "
+            f"{d['synth']['removed']} removed, exit {d['synth']['exit']}.")
+
+
+def teacher_noise_headline(d: dict) -> str:
+    """README's two figures of it: what the teacher's noise costs the student, and what the gate buys back."""
+    rows = [[p["question"], f"({pair[0]}) vs ({pair[-1]})", points(p["difference"]), p["p_mcnemar"], p["verdict"]]
+            for pair, p in d["paired"].items() if pair in ("a vs b", "c vs b")]
+    teacher = pct(d["teacher_vs_gold"]["exact_match"]["value"])
+    return (f"{provenance('teacher_noise_cpu', d)} A student taught by a real LLM teacher ({teacher}% exact on its "
+            f"{d['pool']} pool strings), scored on {d['students']['a']['records']} test records.\n\n"
+            + table(["", "students", "difference, points [95% paired CI]", "McNemar p", "verdict"], rows))
+
+
 def headline(d: dict) -> str:
     """README's one figure set: distill_cpu.json's whole-record exact match per model."""
     rows = [[label, *(pct(d["headline"].get(f"{role}-{t}")) for t in ("test", "test_unseen"))]
@@ -339,6 +368,8 @@ TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "predict_cpu": ("predict_cpu", predict_cpu),
     "serve_load": ("serve_load", serve_load),
     "export_parity": ("export_parity", export_parity),
+    "teacher_noise_cpu": ("teacher_noise_cpu", teacher_noise_cpu),
+    "teacher_noise_headline": ("teacher_noise_cpu", teacher_noise_headline),
 }
 
 
