@@ -204,6 +204,24 @@ def paired(first: dict[str, bool], second: dict[str, bool]) -> dict:
             "p_mcnemar": round(p, 4), "verdict": "beats" if p < ALPHA and b > c else "not shown"}
 
 
+def earlier_parts() -> dict[str, str]:
+    """{part of the results: when its folder was last written} for each part an earlier invocation left under
+    WORK (this one reuses it); empty when everything is made by this invocation."""
+    import datetime
+
+    folders = {"teacher": "teacher", "gate": "gate", "labels, votes 1": "label-1", "labels, votes 3": "label-3",
+               "synth": "synth", **{f"student {k}": f"student-{k}" for k in SETS}, "student b scored": "student-b-scored"}
+    return {part: datetime.datetime.fromtimestamp((WORK / f).stat().st_mtime).isoformat(timespec="seconds")
+            for part, f in folders.items() if (WORK / f).exists()}
+
+
+def made_by(earlier: dict[str, str], here: dict) -> dict:
+    """Which invocation made each part of the file, in recipe_cpu's form: "one_run" only when this invocation
+    made every part, from a clean tree."""
+    made = {part: {"commit": None, "finished": at, "this_invocation": False} for part, at in earlier.items()}
+    return {"made_by": made, "one_run": not made and here["git"]["dirty"] is False}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--teacher-records", type=int, default=1500,
@@ -216,6 +234,7 @@ def main() -> None:
     from toolkit.scoring import compute_metrics
 
     recipe = load_recipe(RECIPE, "cpu")
+    earlier = earlier_parts()
     WORK.mkdir(parents=True, exist_ok=True)
     model = teacher_model(args.teacher_records)
     gold_rows = fresh_pool(args.pool)
@@ -259,11 +278,12 @@ def main() -> None:
         students[name] = {"trained_on": SETS[name], "rows": len(rows), "rows_equal_to_gold": labels_right,
                           "exact_match": round(sum(exact[name].values()) / len(exact[name]), 4),
                           "records": len(exact[name])}
-    summaries = {k: json.loads((WORK / k / "label_summary.json").read_text(encoding="utf-8"))
+    # the folder's labels by reason (the journal), not only those this invocation's `xtk label` asked for
+    summaries = {k: json.loads((WORK / k / "label_summary.json").read_text(encoding="utf-8"))["journal"]
                  for k in ("label-1", "label-3")}
-    synth = WORK / "synth"
+    synth, here = WORK / "synth", provenance()
     result = {
-        **provenance(),
+        **here, **made_by(earlier, here),
         "recipe": "logistics_zh", "profile": "cpu", "pool": args.pool, "limit_per_test_file": args.limit,
         "seed": SEED, "teacher": {"model": str(model.relative_to(ROOT)),
                                   "served_by": "python -m vllm.entrypoints.openai.api_server",

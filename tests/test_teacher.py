@@ -108,6 +108,9 @@ def test_the_budget_stops_labelling_cleanly_and_a_resume_pays_exactly_the_rest(t
         assert (again["already_done"], again["accepted"], again["cost"]) == (25, 5, 1.0)
         server.settled()
         assert all(server.delivered[r["text"]] == 1 for r in rows)  # nothing paid twice
+        # a re-run over the finished folder asks nothing, and its summary still reports every label the folder holds
+        last = run_label(load_recipe(RECIPE, None, prices), raw, tmp_path / "out", base_url=server.base_url)
+        assert (last["accepted"], last["journal"]) == (0, {"accepted": 30, "rejected": {}})
 
 
 def test_the_report_reads_the_gap_closed_the_cost_and_the_gate(tmp_path):

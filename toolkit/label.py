@@ -258,7 +258,12 @@ def run_label(recipe: Recipe, inputs: str | Path, out_dir: str | Path, *, base_u
             bar.update(summary.cached)
             asyncio.run(_label_all(recipe, todo, endpoint, prompt, votes, keys, out, summary, bar))
         summary.seconds = time.perf_counter() - start
-        result = summary.as_dict(recipe)
+        # this run's counts cover only its new answers: the folder's, over every run, are what a re-run reports
+        mine = set(keys.values())
+        held = {"accepted": sum(r.get("key") in mine for r in load_journal(out / "labelled.jsonl")),
+                "rejected": dict(Counter(r.get("reason") for r in load_journal(out / "rejects.jsonl")
+                                         if r.get("key") in mine))}
+        result = {**summary.as_dict(recipe), "journal": held}
         write_json(out / "label_summary.json", result)
     if summary.stopped:
         left = len(todo) - summary.accepted - sum(summary.rejected.values())
