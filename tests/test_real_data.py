@@ -21,8 +21,8 @@ BUILT = {
     "msra_ner": {"test.jsonl": "3daa3e4eed3f2892c577b558ce33f92077830f43849ad44f2937a43d91689ef0",
                  "pool.jsonl": "4fa7b6a0c5923311f1c7ee3ff0dc5934fa204f508c96263126bd400de2d72e8b",
                  "pool_gold.jsonl": "d48c81c623281f6a2bb3c0e817194721d62e3ffdc48624bcdb32c16df46f2db9"},
-    "review_sentiment_zh": {"test.jsonl": "d927d2da1f8d9ec3cc7d3c6c6ba7182756bf3b83ecb869e783a20ec4464a21db",
-                            "pool.jsonl": "4c54b206539599b6ee8f6638cd24cc3f3007bc104acbc72c1488335836bf121d",
+    "review_sentiment_zh": {"test.jsonl": "6ff55159fcdf0ee3ae60a32560b00b84c33a7b68f06e47f47a3d3bf2e6673d62",
+                            "pool.jsonl": "3bd3ebbc5d6fe7fa65abedc8c50f7035b8291440553899de014d4a09119d40d6",
                             "pool_gold.jsonl": "51afbbab3edc087f9e7322c07e12aca2bbf31fb1f3247e750c58d5b49c666bd9"},
 }
 
