@@ -150,17 +150,18 @@ def train_speed(d: dict) -> str:
     top, goals = d["ceiling"]["float32"], d["goals"]
     rows = [[name, r["seconds_per_step"], pct(r["padding_share"]), r["tokens_per_s"],
              f"{r['ratio_vs_swift_defaults']:.2f}", r["train_gflop_per_s"], r["executed_gflop_per_s"],
-             f"{r['fraction_of_ceiling']:.2f}", f"{r['executed_fraction_of_ceiling']:.2f}"]
+             " / ".join(r["matmul_dtypes"].values()), f"{r['executed_fraction_of_ceiling']:.2f}"]
             for name, r in d["results"].items() if "tokens_per_s" in r]
     at = top["at"]
     return (f"{provenance('train_speed', d)} {d['sequences_measured_per_variant']} sequences a variant, "
             f"~{d['tokens_per_sequence']['mean']:.0f} tokens a sequence. The ceiling, this CPU's best sustained fp32 "
             f"matmul at the model's shapes in the same run: **{top['gflop_per_s']} GFLOP/s** ({at['procs']} "
             f"process(es) × {at['threads_each']} thread(s), {at['rows']} rows); bf16: "
-            f"{d['ceiling']['bfloat16']['gflop_per_s']} GFLOP/s. Goals: ≥ {goals['ratio_vs_swift_defaults']}× the "
+            f"{d['ceiling']['bfloat16']['gflop_per_s']} GFLOP/s. Every fraction at most 1: "
+            f"{'yes' if d['fractions_at_most_1'] else '**no**'}. Goals: ≥ {goals['ratio_vs_swift_defaults']}× the "
             f"defaults, ≥ {goals['fraction_of_ceiling']:.0%} of the ceiling.\n\n"
             + table(["variant", "s/step", "padding %", "tokens/s", "vs defaults", "GFLOP/s by the rule",
-                     "executed GFLOP/s", "of the ceiling, by the rule", "executed, of the ceiling"], rows))
+                     "executed GFLOP/s", "matmuls in (body / output layer)", "of the ceiling"], rows))
 
 
 def _train_speed_launch_limits(d: dict) -> str:
