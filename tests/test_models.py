@@ -74,6 +74,25 @@ def test_a_pull_started_during_another_waits_and_uses_its_folder(tmp_path):
     assert [p.name for p in tmp_path.joinpath("models").iterdir()] == ["smollm2-135m-instruct"]  # nothing moved aside
 
 
+def test_the_pull_lock_holds_a_models_folder_moved_elsewhere_through_a_link(tmp_path):
+    """A cache whose models folder is a link to another disk: the lock is the folder it leads to, so a second
+    holder through the link or the real path waits (seen as not getting it at once)."""
+    import fcntl
+
+    from toolkit.locks import folder_turn
+
+    (tmp_path / "disk" / "models").mkdir(parents=True)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "models").symlink_to(tmp_path / "disk" / "models")
+    with folder_turn(tmp_path / "cache" / "models"):
+        fd = os.open(tmp_path / "disk" / "models", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+
+
 def test_custom_code_is_refused_unless_opted_in(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"auto_map": {"AutoModel": "modeling_x.X"}}))
     with pytest.raises(ModelError, match="auto_map.*trust_remote_code"):

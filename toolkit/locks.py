@@ -57,10 +57,11 @@ def file_lock(path: Path) -> Iterator[None]:
 def folder_turn(folder: Path) -> Iterator[None]:
     """Wait for, then hold, an exclusive lock on the folder itself (its own descriptor: no file is added to it, so
     a folder that must stay as it was, the model cache after a failed pull, does). Released when the block ends
-    or the process dies."""
+    or the process dies. A folder that is a link is locked where it leads: the user's own cache moved to a
+    bigger disk is such a link, and the lock writes nothing through it."""
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise StageError(f"{folder}: cannot open the folder to lock it: {exc.strerror}") from None
     try:
