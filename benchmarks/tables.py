@@ -314,6 +314,12 @@ def export_parity(d: dict) -> str:
                      "answers identical to the student's", "within export.max_drop"], rows))
 
 
+def labels(journal: dict) -> str:
+    """A label folder's counts: accepted, and the rejected by reason."""
+    rejected = ", ".join(f"{n} {reason}" for reason, n in sorted(journal["rejected"].items(), key=lambda kv: -kv[1]))
+    return f"{journal['accepted']} accepted, {sum(journal['rejected'].values())} rejected ({rejected or 'none'})"
+
+
 def teacher_noise_cpu(d: dict) -> str:
     t, gate, vs = d["teacher"], d["gate"], d["teacher_vs_gold"]
     students = [[f"({k}) {s['trained_on']}", s["rows"], s["rows_equal_to_gold"], pct(s["exact_match"])]
@@ -324,7 +330,9 @@ def teacher_noise_cpu(d: dict) -> str:
             f"{t['trained_on_gold_records']:,} gold records, served by `{t['served_by']}`; exact match against the "
             f"generator's gold on the {d['pool']} fresh pool strings: {pct(vs['exact_match']['value'])}% (JSON parsed "
             f"{pct(vs['json_parse_rate']['value'])}%). Teacher gate on {gate['n']} test records: **{gate['verdict']}** "
-            f"({pct(gate['exact_match']['value'])}% exact match). Students: the cpu profile, scored on "
+            f"({pct(gate['exact_match']['value'])}% exact match). Labels of the pool (`xtk label`'s journal): "
+            f"{labels(d['labelling']['votes_1'])}; with `--votes 3` at temperature 0.8: "
+            f"{labels(d['labelling']['votes_3'])}. Students: the cpu profile, scored on "
             f"{d['limit_per_test_file']} records of each test file.\n\n"
             + table(["student trained on", "rows", "rows equal to gold", "exact match %"], students) + "\n\n"
             + table(["pair", "question", "difference, points [95% paired CI]", "only first / only second right",
