@@ -145,8 +145,6 @@ def levers_cpu(d: dict) -> str:
 
 
 def train_speed(d: dict) -> str:
-    if "ceiling" not in d:  # a file from before the ceiling: fractions of each launch's own matmul limit
-        return _train_speed_launch_limits(d)
     top, goals = d["ceiling"]["float32"], d["goals"]
     rows = [[name, r["seconds_per_step"], pct(r["padding_share"]), r["tokens_per_s"],
              f"{r['ratio_vs_swift_defaults']:.2f}", r["train_gflop_per_s"], r["executed_gflop_per_s"],
@@ -162,20 +160,6 @@ def train_speed(d: dict) -> str:
             f"defaults, ≥ {goals['fraction_of_ceiling']:.0%} of the ceiling.\n\n"
             + table(["variant", "s/step", "padding %", "tokens/s", "vs defaults", "GFLOP/s by the rule",
                      "executed GFLOP/s", "matmuls in (body / output layer)", "of the ceiling"], rows))
-
-
-def _train_speed_launch_limits(d: dict) -> str:
-    rows = [[name, r["seconds_per_step"], pct(r["padding_share"]), r["tokens_per_s"], f"{r['ratio_vs_swift_defaults']:.2f}",
-             r["train_gflop_per_s"], r["executed_gflop_per_s"], r["matmul_limit_gflop_per_s"],
-             f"{r['fraction_of_matmul_limit']:.2f}", f"{r['executed_fraction_of_matmul_limit']:.2f}"]
-            for name, r in d["results"].items()]
-    goals = d["goals"]
-    return (f"{provenance('train_speed', d)} {d['sequences_measured_per_variant']} sequences a variant, "
-            f"~{d['tokens_per_sequence']['mean']:.0f} tokens a sequence; goals: ≥ {goals['ratio_vs_swift_defaults']}× "
-            f"the defaults, ≥ {goals['fraction_of_matmul_limit']:.0%} of the matmul limit.\n\n"
-            + table(["variant", "s/step", "padding %", "tokens/s", "vs defaults", "GFLOP/s by the rule",
-                     "executed GFLOP/s", "matmul limit GFLOP/s", "of the limit, by the rule", "executed, of the limit"],
-                    rows))
 
 
 def label_faults(d: dict) -> str:

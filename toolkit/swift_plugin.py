@@ -5,7 +5,7 @@ the CPU multiplies bfloat16 natively, and returns them in the model's dtype for 
 Why: with a batch of several sequences ms-swift keeps the logits of a suffix of each (`use_logits_to_keep`), a
 strided slice that torch multiplies by the vocabulary matrix as a batched matmul with a broadcast weight, in
 float32; Gemma 3's output layer (262,144 tokens) holds 63% of the student's matmul weights. As one bfloat16 matmul
-(avx512_bf16 / AMX) the whole training ran 16% faster (benchmarks/results/train_speed.json, variant "float32
+(avx512_bf16 / AMX) the whole training ran 26% faster (benchmarks/results/train_speed.json, variant "float32
 output layer"). The layer is frozen under LoRA, so only the input gradient flows through it: rounding its input
 and weight to bfloat16 is the mixed precision GPUs train in.
 """
