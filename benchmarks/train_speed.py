@@ -1,6 +1,6 @@
 """Training throughput of the `cpu` profile against plain `swift sft` defaults and each of its levers alone, on the
-same data, in one run, and as a fraction of this CPU's own best sustained matmul throughput (its ceiling, fp32 and bf16),
-measured by the same run.
+same data, in one run, and as a fraction of this CPU's own best sustained matmul throughput (its ceiling,
+fp32 and bf16) measured by the same run.
 
     .venv/bin/python benchmarks/train_speed.py [--sequences 64] [--only NAME ...] [--out FILE]
 
