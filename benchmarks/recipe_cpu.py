@@ -83,11 +83,11 @@ def versus(recipe, run_dir: Path, first: str, second: str, test: str) -> dict:
     tested on, paired, with the bake-off's tests (toolkit/ranking.py): McNemar's exact test on record exact match
     and a paired bootstrap of the difference in the task's headline metric. The verdict is "beats" only where the
     headline's own paired test shows `first` ahead at the 5% level (exact match: McNemar; any other headline: the
-    bootstrap interval of the difference above 0), else "not shown"."""
+    bootstrap interval of the difference above 0), "below" where it shows `first` behind, else "not shown"."""
     from toolkit.bakeoff import task_metric
     from toolkit.fields import EXACT_MATCH
     from toolkit.jsonl import read_jsonl
-    from toolkit.ranking import Evaluation, discordant, mcnemar, paired_difference
+    from toolkit.ranking import Evaluation, discordant, mcnemar, paired_difference, verdict
 
     rows = {name: {str(r["id"]): r for r in read_jsonl(run_dir / "eval" / f"{name}-{test}" / "predictions.jsonl")}
             for name in (first, second)}
@@ -96,13 +96,15 @@ def versus(recipe, run_dir: Path, first: str, second: str, test: str) -> dict:
     a, z = (Evaluation([metric.unit(rows[name][k]) for k in both], metric.statistic) for name in (first, second))
     difference, p = paired_difference(a, z, BOOTSTRAP, SEED), mcnemar(b, c)
     if metric is EXACT_MATCH:
-        decided_by, shown = "McNemar's exact test on record exact match", p < ALPHA and b > c
+        decided_by = "McNemar's exact test on record exact match"
+        ahead, behind = p < ALPHA and b > c, p < ALPHA and c > b
     else:
-        decided_by, shown = f"paired bootstrap of the {metric.name} difference", difference["ci95"][0] > 0
+        decided_by = f"paired bootstrap of the {metric.name} difference"
+        ahead, behind = difference["ci95"][0] > 0, difference["ci95"][1] < 0
     return {"records": len(both), "metric": metric.name, first: round(a.score(), 4), second: round(z.score(), 4),
             "difference": difference, "bootstrap": BOOTSTRAP,
             "exact_match": {f"{first}_only_right": b, f"{second}_only_right": c, "p_mcnemar": round(p, 4)},
-            "decided_by": decided_by, "verdict": "beats" if shown else "not shown"}
+            "decided_by": decided_by, "verdict": verdict(ahead, behind)}
 
 
 def made_by(stages: dict, began: str) -> dict:

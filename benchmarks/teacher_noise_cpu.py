@@ -190,8 +190,8 @@ def scored(recipe, run: Path) -> dict[str, bool]:
 
 def paired(first: dict[str, bool], second: dict[str, bool]) -> dict:
     """first against second on the records both were scored on: McNemar's exact test and a paired bootstrap of
-    the difference in exact match; "beats" only where McNemar shows first ahead at the 5% level."""
-    from toolkit.ranking import Evaluation, discordant, mcnemar, paired_difference
+    the difference in exact match; "beats" ("below") only where McNemar shows first ahead (behind) at the 5% level."""
+    from toolkit.ranking import Evaluation, discordant, mcnemar, paired_difference, verdict
 
     both, b, c = discordant(first, second)
 
@@ -201,7 +201,7 @@ def paired(first: dict[str, bool], second: dict[str, bool]) -> dict:
     diff = paired_difference(Evaluation([first[k] for k in both], mean), Evaluation([second[k] for k in both], mean))
     p = mcnemar(b, c)
     return {"records": len(both), "difference": diff, "first_only_right": b, "second_only_right": c,
-            "p_mcnemar": round(p, 4), "verdict": "beats" if p < ALPHA and b > c else "not shown"}
+            "p_mcnemar": round(p, 4), "verdict": verdict(p < ALPHA and b > c, p < ALPHA and c > b)}
 
 
 def earlier_parts() -> dict[str, str]:

@@ -67,6 +67,14 @@ def test_a_large_gap_on_few_records_is_not_shown(tmp_path):
     assert v["verdict"] == "not shown"
 
 
+def test_a_student_shown_behind_is_below(tmp_path):
+    """The mirror of the first: rules right on 0-8, the student on 0 only: p 0.0078, and the verdict says the
+    student is below, not merely "not shown"."""
+    v = logistics(tmp_path, {0}, set(range(9)))
+    assert v["exact_match"] == {"student_only_right": 0, "rules_only_right": 8, "p_mcnemar": 0.0078}
+    assert v["verdict"] == "below"
+
+
 ENTITIES = [("张伟在北京工作", {"persons": ["张伟"], "locations": ["北京"], "organizations": []}),
             ("李娜去了上海", {"persons": ["李娜"], "locations": ["上海"], "organizations": []}),
             ("新华社报道", {"persons": [], "locations": [], "organizations": ["新华社"]}),
@@ -74,17 +82,22 @@ ENTITIES = [("张伟在北京工作", {"persons": ["张伟"], "locations": ["北
             ("刘洋加入清华大学", {"persons": ["刘洋"], "locations": [], "organizations": ["清华大学"]})]
 
 
-@pytest.mark.parametrize("rules_answer, expected", [
-    (lambda gold: {"persons": [], "locations": [], "organizations": []}, ("beats", 1.0, [1.0, 1.0])),
-    (lambda gold: gold, ("not shown", 0.0, [0.0, 0.0])),
+NONE = {"persons": [], "locations": [], "organizations": []}
+
+
+@pytest.mark.parametrize("student_answer, rules_answer, expected", [
+    (lambda gold: gold, lambda gold: NONE, ("beats", 1.0, [1.0, 1.0])),
+    (lambda gold: gold, lambda gold: gold, ("not shown", 0.0, [0.0, 0.0])),
+    (lambda gold: NONE, lambda gold: gold, ("below", -1.0, [-1.0, -1.0])),
 ])
-def test_entity_f1_claim_is_the_paired_bootstrap(tmp_path, rules_answer, expected):
-    """msra_ner's headline is entity F1. The student finds every entity of five sentences that each have one:
-    F1 1.0 in every resample. Rules finding none score 0.0 in every resample, so the difference's interval is
-    [1, 1] (beats); rules answering as the student does differ by 0 in every resample (not shown)."""
+def test_entity_f1_claim_is_the_paired_bootstrap(tmp_path, student_answer, rules_answer, expected):
+    """msra_ner's headline is entity F1. Five sentences that each have an entity: an answer with every entity
+    scores F1 1.0 in every resample, one with none 0.0. A student finding all against rules finding none differs
+    by 1 in every resample, interval [1, 1] (beats); the same answers differ by 0 (not shown); the student
+    finding none against rules finding all, [-1, -1] (below)."""
     recipe = load_recipe(ROOT / "recipes" / "msra_ner.yaml")
     records = [{"id": f"r{i}", "text": t, "label": g} for i, (t, g) in enumerate(ENTITIES)]
-    write_eval(tmp_path, "student", recipe, records, [g for _, g in ENTITIES])
+    write_eval(tmp_path, "student", recipe, records, [student_answer(g) for _, g in ENTITIES])
     write_eval(tmp_path, "rules", recipe, records, [rules_answer(g) for _, g in ENTITIES])
     v = recipe_cpu.versus(recipe, tmp_path, "student", "rules", "test")
     assert v["decided_by"] == "paired bootstrap of the entity F1 (micro, every list field) difference"
@@ -202,3 +215,13 @@ def test_one_run_only_when_every_stage_ran_in_this_invocation_at_this_commit():
     assert recipe_cpu.made_by({"train": ran, "prepare": earlier}, began)["one_run"] is False
     assert recipe_cpu.made_by({"train": {**ran, "commit": short + "-dirty"}}, began)["one_run"] is False
     assert recipe_cpu.made_by({"train": {**ran, "commit": None}}, began)["one_run"] is False
+
+
+@pytest.mark.parametrize("first_right, second_right, verdict", [
+    (range(9), [0], "beats"), ([0], range(9), "below"), (range(7), [0, 7], "not shown")])
+def test_teacher_noise_reads_each_pair_with_mcnemar(first_right, second_right, verdict):
+    """(c) against (b) on ten records: 8 discordant records all one side's give p 0.0078, so (c) beats (b) or is
+    below it; 6 against 1 (p 0.125) is not shown either way."""
+    first = {f"r{i}": i in first_right for i in range(10)}
+    second = {f"r{i}": i in second_right for i in range(10)}
+    assert teacher_noise.paired(first, second)["verdict"] == verdict

@@ -121,6 +121,12 @@ def discordant(first: dict[Any, bool], second: dict[Any, bool]) -> tuple[list, i
     return both, sum(first[k] and not second[k] for k in both), sum(second[k] and not first[k] for k in both)
 
 
+def verdict(ahead: bool, behind: bool) -> str:
+    """A paired test's reading of "first against second": "beats" or "below" only where the test shows it at the
+    chosen level, else "not shown" (a difference the records cannot tell from chance)."""
+    return "beats" if ahead else "below" if behind else "not shown"
+
+
 def paired_difference(first: Evaluation, second: Evaluation, bootstrap: int = 1000, seed: int = 0) -> dict:
     """first's metric minus second's on the same records, with a 95% interval from resampling those records
     (one draw for both: paired)."""
