@@ -1,6 +1,11 @@
 import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 # One torch thread is ~10x faster than two for generation on the 2-core machines this runs on.
@@ -86,3 +91,28 @@ train: {{lora_rank: 8, lora_alpha: 32, num_train_epochs: 1, per_device_train_bat
 name: typed
 {extra}""", encoding="utf-8")
     return path
+
+
+def start_server(*args: str, seconds: float) -> tuple[subprocess.Popen, str]:
+    """`xtk serve ARGS` on a free port, once /health answers 200 (within `seconds`): the process and its URL.
+    Output is piped for the caller to read; a server that dies or never comes up fails the test and is killed."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "toolkit", "serve", *map(str, args), "--port", str(port)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + seconds
+        while True:
+            assert server.poll() is None, server.stdout.read()[-3000:]
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    return server, url
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(1)
+    except BaseException:
+        server.kill()
+        server.wait()
+        raise

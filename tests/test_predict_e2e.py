@@ -7,16 +7,14 @@ the same over HTTP and turns a text longer than the model's context into a 413, 
 
 import json
 import signal
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from conftest import RECIPE, ROOT, SMOLLM2_STUDENT
+from conftest import RECIPE, ROOT, SMOLLM2_STUDENT, start_server
 from toolkit.jsonl import read_jsonl, write_jsonl
 from toolkit.recipe import load_recipe
 
@@ -74,31 +72,12 @@ def test_ray_on_a_local_cluster_answers_as_the_single_process_run(run, answers):
     assert json.loads(res.stdout[res.stdout.index("{\n"):])["valid"] == answers[1]["valid"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_answers_as_predict_and_refuses_too_long_texts_with_a_413(run):
     xtk("predict", RECIPE, "--run", run / "run", "--input", run / "texts.jsonl", "--out", run / "vllm.jsonl",
         overrides=VLLM)
     answers = (read_jsonl(run / "vllm.jsonl"),)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "toolkit", "serve", str(RECIPE), "--profile", "cpu",
-                               "--run", str(run / "run"), "--port", str(port), *VLLM], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server(RECIPE, "--profile", "cpu", "--run", run / "run", *VLLM, seconds=900)
     try:
-        deadline = time.monotonic() + 900
-        while True:
-            assert server.poll() is None, server.stdout.read()[-3000:]
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(2)
         texts = [r["text"] for r in read_jsonl(run / "texts.jsonl")]
         with ThreadPoolExecutor(N) as pool:  # concurrent clients, answered in shared batches
             got = list(pool.map(lambda t: httpx.post(f"{url}/extract", json={"text": t}, timeout=600), texts))

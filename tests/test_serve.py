@@ -3,16 +3,11 @@ error while the server goes on answering. The engine is the recipe's rule baseli
 in milliseconds); a model longer than its context needs vLLM, in test_serve_e2e.py."""
 
 import signal
-import socket
-import subprocess
-import sys
-import time
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import RECIPE, ROOT
+from conftest import RECIPE, ROOT, start_server
 from toolkit.jsonl import read_jsonl
 from toolkit.predict import local_answerer, predict_role, student_backend
 from toolkit.recipe import load_recipe
@@ -102,22 +97,8 @@ def test_a_chat_the_student_cannot_answer_as_asked_gets_a_4xx_and_the_server_goe
 def test_sigterm_stops_the_server_gracefully(tmp_path):
     """`kill` (a scheduler, systemd) stops `xtk serve` gracefully: uvicorn shuts down and returns, the engine is
     closed, exit 0, and nothing tells the user to resume (the exit 143 of other commands is for work left)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "toolkit", "serve", str(RECIPE), "--profile", "cpu",
-                               "--model", "rules", "--run", str(tmp_path), "--port", str(port)], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server, _ = start_server(RECIPE, "--profile", "cpu", "--model", "rules", "--run", tmp_path, seconds=300)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert server.poll() is None, server.stdout.read()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.5)
         server.send_signal(signal.SIGTERM)
         out, _ = server.communicate(timeout=120)
     finally:
