@@ -132,7 +132,7 @@ def main() -> int:
     raw = write_jsonl(work / "raw.jsonl", [{"id": r["id"], "text": r["text"]} for r in pool])
     cli = [sys.executable, "-m", "toolkit", "label", str(RECIPE), "--input", str(raw), "--out", str(out)]
     overrides = [f"teacher.timeout_s={args.timeout:g}", f"teacher.max_retries={args.max_retries}",
-                 f"teacher.concurrency={args.concurrency}"]
+                 f"teacher.concurrency={args.concurrency}", "teacher.gate.records=0"]  # labelling alone, no gate
 
     teacher = Teacher(args)
     runs, t0 = [], time.monotonic()

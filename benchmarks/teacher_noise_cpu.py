@@ -251,10 +251,11 @@ def main() -> None:
         gate_run = WORK / "gate"
         gate_exit = xtk("run", str(RECIPE), "--profile", "cpu", "--out", str(gate_run), "--only", "teacher_gate",
                         *teacher, env=key, check=False)
-        xtk("label", str(RECIPE), "--profile", "cpu", "--input", str(WORK / "pool.jsonl"), "--out",
-            str(WORK / "label-1"), *teacher, env=key)
-        xtk("label", str(RECIPE), "--profile", "cpu", "--input", str(WORK / "pool.jsonl"), "--out",
-            str(WORK / "label-3"), "--votes", "3", *teacher, f"teacher.temperature={VOTE_TEMPERATURE}", env=key)
+        # the pool is labelled whatever the gate said (what it would have stopped is measured): no second gate
+        labels = ("label", str(RECIPE), "--profile", "cpu", "--input", str(WORK / "pool.jsonl"), *teacher,
+                  "teacher.gate.records=0")
+        xtk(*labels, "--out", str(WORK / "label-1"), env=key)
+        xtk(*labels, "--out", str(WORK / "label-3"), "--votes", "3", f"teacher.temperature={VOTE_TEMPERATURE}", env=key)
         examples = WORK / "synth-examples.jsonl"
         write_jsonl(examples, [{"text": r["text"]} for r in gold_rows[:10]])
         synth_exit = xtk("synth", str(RECIPE), "--profile", "cpu", "--examples", str(examples), "--n", str(SYNTH_N),

@@ -129,7 +129,7 @@ def test_unreadable_jsonl_gives_the_os_reason(tmp_path, capsys):
 def label_argv(tmp_path, inputs) -> list[str]:
     # A port nobody listens on: a text that got through would fail to connect instead of reaching a teacher.
     return ["label", str(RECIPE), "--input", str(inputs), "--out", str(tmp_path / "out"),
-            "--base-url", f"http://127.0.0.1:{free_port()}/v1"]
+            "--base-url", f"http://127.0.0.1:{free_port()}/v1", "teacher.gate.records=0"]
 
 
 @pytest.fixture

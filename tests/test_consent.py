@@ -257,8 +257,9 @@ def test_a_teacher_that_never_answers_is_given_up_on_after_its_first_requests(tm
     rows = pool[:6]
     raw = write_jsonl(tmp_path / "raw.jsonl", [{"id": r["id"], "text": r["text"]} for r in rows])
     with TeacherServer({r["text"]: r["label"] for r in rows}, latency_s=4) as server:
+        # max_retries at its 6; no teacher gate: its requests would be the first given up on
         code = main(["label", str(RECIPE), "--input", str(raw), "--out", str(tmp_path / "out"), "--base-url",
-                     server.base_url, "teacher.timeout_s=1", "teacher.concurrency=2"])  # max_retries at its 6
+                     server.base_url, "teacher.timeout_s=1", "teacher.concurrency=2", "teacher.gate.records=0"])
         asked = sum(server.requests.values())
     err = capsys.readouterr().err
     assert code == 2 and "has never answered" in err and "no answer within 1 s" in err

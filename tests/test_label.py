@@ -95,7 +95,7 @@ def test_sigkill_mid_run_then_rerun_loses_nothing_and_repeats_nothing(tmp_path, 
     # the server holds its answers after 60 (the labeller is killed mid-run however slowly this test polls)
     with TeacherServer({r["text"]: r["label"] for r in rows}, latency_s=0.1, hold_after=60) as server:
         args = [sys.executable, "-m", "toolkit", "label", str(RECIPE), "--input", str(raw), "--out", str(out_dir),
-                "--base-url", server.base_url, "teacher.concurrency=4"]
+                "--base-url", server.base_url, "teacher.concurrency=4", "teacher.gate.records=0"]
         env = {**os.environ, "DASHSCOPE_API_KEY": KEY}
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         labelled = out_dir / "labelled.jsonl"

@@ -84,6 +84,28 @@ def test_a_good_teacher_proceeds_and_its_evaluation_pays_for_the_gate_records_on
         assert [server.requests[r["text"]] for r in tests_rows[:26]] == [1] * 25 + [0]
 
 
+def test_xtk_label_runs_the_gate_before_it_asks_for_one_text(tmp_path, key, pool, tests_rows, capsys):
+    """`xtk label` alone gates the teacher as `xtk run` does, the teacher named by --base-url: 10 made-up phones
+    in the 20 gate records stop it (exit 2, ITERATE) before one of the texts is asked for; a second try asks
+    nothing again; --force labels them; a later label without --force reuses the forced verdict."""
+    rows = pool[:10]
+    raw = write_jsonl(tmp_path / "raw.jsonl", [{"id": r["id"], "text": r["text"]} for r in rows])
+    gold = {r["text"]: r["label"] for r in tests_rows + rows}
+    with TeacherServer(gold, {r["text"]: "hallucinated" for r in tests_rows[:10]}) as server:
+        argv = ["label", str(RECIPE), "--input", str(raw), "--run", str(tmp_path / "run"), "--out",
+                str(tmp_path / "labels"), "--base-url", server.base_url, "teacher.gate.records=20"]
+        assert main(argv) == 2
+        assert "teacher gate: ITERATE" in capsys.readouterr().err
+        assert sum(server.requests[r["text"]] for r in rows) == 0 and sum(server.requests.values()) == 20
+        assert not (tmp_path / "labels" / "labelled.jsonl").exists()
+        assert main(argv) == 2 and sum(server.requests.values()) == 20
+        assert main([*argv, "--force"]) == 0
+        assert len(read_jsonl(tmp_path / "labels" / "labelled.jsonl")) == 10
+        assert (gate_entry(tmp_path)["verdict"], gate_entry(tmp_path)["forced"]) == ("ITERATE", True)
+        assert main(argv) == 0 and sum(server.requests.values()) == 30  # nothing asked again
+    assert KEY not in (tmp_path / "run" / "manifest.json").read_text()
+
+
 def test_the_budget_stops_labelling_cleanly_and_a_resume_pays_exactly_the_rest(tmp_path, key, pool, capsys):
     """Each answer of the test teacher is 100 tokens in and 40 out: at 1000 and 2500 a million, 0.2 each. A
     max_cost of 5 stops one-at-a-time labelling after 25 answers (5.0 reached); the estimate, from the first 20

@@ -252,7 +252,8 @@ def test_an_endpoint_that_refuses_everything_stops_the_run_at_once(tmp_path, poo
         start = time.monotonic()
         res = subprocess.run([sys.executable, "-m", "toolkit", "label", str(RECIPE), "--input",
                               str(raw_file(tmp_path, rows)), "--out", str(tmp_path / "out"), "--base-url",
-                              server.base_url], cwd=ROOT, env=env, capture_output=True, text=True)
+                              server.base_url, "teacher.gate.records=0"], cwd=ROOT, env=env, capture_output=True,
+                             text=True)
     assert res.returncode == 2 and expect in res.stderr, res.stderr[-2000:]
     # stopped at once: a handful of requests, not one per record; the time (seconds, most of it Python starting
     # up) only bounds a run that would sit out the back-off of 50 records
@@ -292,7 +293,7 @@ def test_a_second_labeller_into_the_same_folder_is_refused(tmp_path, pool):
     # second takes to start, until the test releases it
     with TeacherServer({r["text"]: r["label"] for r in rows}, hold_after=1) as server:
         args = [sys.executable, "-m", "toolkit", "label", str(RECIPE), "--input", str(raw), "--out",
-                str(tmp_path / "out"), "--base-url", server.base_url, "teacher.concurrency=2"]
+                str(tmp_path / "out"), "--base-url", server.base_url, "teacher.concurrency=2", "teacher.gate.records=0"]
         first = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         labelled = tmp_path / "out" / "labelled.jsonl"
         server.wait_until(lambda: server.hold_after is None, 600)

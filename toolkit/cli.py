@@ -310,14 +310,23 @@ def cmd_label(args) -> None:
     import json
 
     from toolkit.errors import StageError
-    from toolkit.label import check_gold, run_label
+    from toolkit.label import check_gold, read_inputs, run_label, teacher_key
+    from toolkit.manifest import default_run_dir
+    from toolkit.pipeline import gate_labelling
 
     recipe = _recipe(args)
-    out = Path(args.out) if args.out else Path(_run_dir(args, recipe)) / "data"  # where `xtk run` reads labels
+    teacher = {k: v for k, v in (("base_url", args.base_url), ("model", args.teacher_model)) if v}
+    if teacher:  # the gate scores the teacher that labels
+        recipe = recipe.model_copy(update={"teacher": recipe.teacher.model_copy(update=teacher)})
+    run = Path(args.run or default_run_dir(recipe))
+    out = Path(args.out) if args.out else run / "data"  # where `xtk run` reads labels
     if not args.input and recipe.data.pool is None:
         raise StageError(f"recipe {recipe.name!r} has no data.pool: give the texts to label with --input")
-    summary = run_label(recipe, args.input or recipe.path(recipe.data.pool), out, base_url=args.base_url,
-                        model=args.teacher_model, votes=args.votes, retry_rejects=args.retry_rejects)
+    # what would stop labelling stops it before the gate asks anything
+    rows = read_inputs(args.input or recipe.path(recipe.data.pool), recipe.data.max_input_chars)
+    teacher_key(recipe, args.votes)
+    gate_labelling(recipe, run, args.force)
+    summary = run_label(recipe, rows, out, votes=args.votes, retry_rejects=args.retry_rejects)
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     if args.check_gold:
         m = check_gold(recipe, out / "labelled.jsonl", args.check_gold, out / "label_check.json")
@@ -534,10 +543,14 @@ COMMANDS: tuple[Command, ...] = (
                 A("--accept-drop", action="store_true",
                   help="keep the export (exit 0) even when it loses more exact match than export.max_drop"),
             )),
-    Command("label", "label raw texts with the teacher: labelled.jsonl + rejects.jsonl, never paying twice",
+    Command("label", "label raw texts with the teacher: labelled.jsonl + rejects.jsonl, never paying twice; the "
+            "teacher gate first, as `xtk run` runs it (teacher.gate.records of the test file; 0: none)",
             cmd_label, RECIPE + (
+                A("--run", metavar="DIR", help="the run folder whose teacher gate decides, the gate's verdict and "
+                  "answers kept there (default: runs/<recipe>/<profile or default>/<student>)"),
                 A("--input", help=".txt (one text a line) or JSONL with a text field (default: the recipe's pool)"),
                 A("--out", metavar="DIR", help="labels folder (default: the run's data/, where `xtk run` reads them)"),
+                A("--force", action="store_true", help="label even when the teacher gate says ITERATE or RETHINK"),
                 A("--base-url", help="OpenAI-compatible endpoint (default: teacher.base_url)"),
                 A("--teacher-model", metavar="NAME", help="the teacher's served model name (default: teacher.model)"),
                 A("--votes", type=int, default=1, help="k samples per input, field-wise majority kept"),

@@ -20,6 +20,7 @@ class Context:
     fresh_train: bool = False  # `xtk run --from train` (or earlier): train afresh, even under the same settings
     fresh_head: bool = False  # the same for the classification head
     force_gate: bool = False  # `xtk run --force`: label the pool whatever the teacher gate says
+    labelling: bool = False  # `xtk label`: the teacher is about to label texts, whatever the recipe's data names
     hourly: float | None = None  # `--hourly`: the machine's price an hour, for the student's cost in the report
 
     @property

@@ -224,18 +224,24 @@ def estimate(recipe: Recipe, summary: Summary, todo: int, bar: Bar) -> None:
         soft_wrap=True)
 
 
-def run_label(recipe: Recipe, inputs: str | Path, out_dir: str | Path, *, base_url: str | None = None,
-              model: str | None = None, votes: int = 1, retry_rejects: bool = False) -> dict:
-    """Label every input not yet answered in out_dir; returns the summary (also written to label_summary.json).
-    `retry_rejects` asks again for the records whose answers were rejected (they are paid for again)."""
+def teacher_key(recipe: Recipe, votes: int = 1) -> str:
+    """The teacher's API key, from the variable the recipe names, once the request is known to be askable."""
     if votes < 1:
         raise StageError("--votes must be at least 1")
-    t = recipe.teacher
-    api_key = os.environ.get(t.api_key_env)
+    api_key = os.environ.get(recipe.teacher.api_key_env)
     if not api_key:
-        raise StageError(f"set ${t.api_key_env} to the teacher's API key (any value for a local server)")
+        raise StageError(f"set ${recipe.teacher.api_key_env} to the teacher's API key (any value for a local server)")
+    return api_key
+
+
+def run_label(recipe: Recipe, inputs: str | Path | list[dict], out_dir: str | Path, *, base_url: str | None = None,
+              model: str | None = None, votes: int = 1, retry_rejects: bool = False) -> dict:
+    """Label every input (a file, or rows read_inputs read) not yet answered in out_dir; returns the summary (also
+    written to label_summary.json). `retry_rejects` asks again for the records whose answers were rejected (they
+    are paid for again)."""
+    t, api_key = recipe.teacher, teacher_key(recipe, votes)
     out = Path(out_dir)
-    rows = read_inputs(inputs, recipe.data.max_input_chars)
+    rows = inputs if isinstance(inputs, list) else read_inputs(inputs, recipe.data.max_input_chars)
     prompt = recipe.prompt("teacher")
     model = model or t.model
     keys = {r["id"]: cache_key(model, prompt, r["text"], votes) for r in rows}

@@ -304,6 +304,20 @@ def _gate_ready(ctx: Context) -> bool:
     return ctx.manifest.is_complete("teacher_gate") and entry.get("config") == config_digest(ctx.recipe, GATE_CONFIG)
 
 
+def gate_labelling(recipe, run_dir: Path, force: bool = False) -> None:
+    """`xtk label`'s teacher gate: the run folder's teacher_gate stage, as `xtk run` runs it before the pool is
+    labelled. A verdict recorded under the same teacher and gate settings stands (a forced one too); ITERATE or
+    RETHINK stops with GateStop before one text is labelled, unless `force`."""
+    from toolkit.context import open_run
+
+    if not recipe.teacher.gate.records:
+        return  # no gate: the run folder is not touched
+    with open_run(recipe, run_dir) as ctx:
+        ctx.force_gate, ctx.labelling = force, True
+        if not (_gate_ready(ctx) and ctx.manifest.data["stages"]["teacher_gate"].get("verdict")):
+            run_stage(ctx, "teacher_gate")
+
+
 RUN_STAGES: tuple[Stage, ...] = (
     Stage("teacher_gate", stage_teacher_gate, (), GATE_CONFIG, gate_not_applicable, ready=_gate_ready),
     Stage("data", stage_data, ("teacher_gate",), ("data.labelled", "data.pool", "data.pool_gold", "teacher",

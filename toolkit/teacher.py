@@ -32,7 +32,7 @@ def gate_not_applicable(ctx) -> str | None:
     t, d = ctx.recipe.teacher, ctx.recipe.data
     if not t.gate.records:
         return "teacher.gate.records is 0"
-    if d.labelled or not d.pool:
+    if not ctx.labelling and (d.labelled or not d.pool):
         return "the teacher labels no pool (the recipe names its own labelled data)"
     if not os.environ.get(t.api_key_env):
         return f"${t.api_key_env} is not set, the teacher labels nothing"
