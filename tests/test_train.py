@@ -249,3 +249,33 @@ def test_stopping_early_without_a_validation_split_is_refused_before_training(tm
     with pytest.raises(StageError, match="early_stop_evals needs a validation split"):
         run_train(recipe, model, tmp_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# A launcher and its worker that both ignore SIGTERM, as a torchrun whose workers are stuck would.
+STUBBORN = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited by the worker
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+open(sys.argv[1], "w").write(str(worker.pid))
+time.sleep(600)
+"""
+
+
+def test_an_interrupted_command_leaves_no_process_behind_even_one_deaf_to_sigterm(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM reaches xtk while a child runs: the child is asked to stop and, after the grace period,
+    it and every process it started are killed; the interrupt, not a time-out, is what the caller sees."""
+    import psutil
+
+    from toolkit import runner
+
+    monkeypatch.setattr(runner, "GRACE_S", 1.0)
+    pid_file = tmp_path / "worker.pid"
+
+    def interrupt() -> None:
+        if pid_file.is_file() and pid_file.read_text():
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_logged([sys.executable, "-c", STUBBORN, str(pid_file)], tmp_path / "log", poll=interrupt)
+    worker = int(pid_file.read_text())
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE

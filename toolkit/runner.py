@@ -3,6 +3,7 @@ on failure show the log's last lines and raise StageError."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -48,6 +49,30 @@ def executable(name: str) -> str:
     return found
 
 
+GRACE_S = 60.0  # how long a stopped child (torchrun, and through it its workers) may take to end by itself
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the child, which torchrun passes on to its workers; whatever of it and its descendants still
+    runs GRACE_S later is killed: torchrun killed alone would leave its workers training."""
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    deadline = time.monotonic() + GRACE_S
+    proc.terminate()
+    try:
+        proc.wait(timeout=GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    for left in psutil.wait_procs(family, timeout=max(0.0, deadline - time.monotonic()))[1]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            left.kill()
+
+
 def run_logged(argv: list[str], log_path: Path, env: Mapping[str, str] | None = None,
                poll: Callable[[], None] | None = None, what: str | None = None) -> None:
     """Run argv with stdout+stderr appended to log_path, calling poll() about once a second. The output goes
@@ -76,8 +101,7 @@ def run_logged(argv: list[str], log_path: Path, env: Mapping[str, str] | None = 
                     poll()
                 time.sleep(1.0)
         except BaseException:
-            proc.terminate()  # an exception of ours (not a signal to the group): don't leave the child running
-            proc.wait(timeout=60)
+            stop(proc)  # an exception of ours (not a signal to the group): don't leave the child running
             raise
         finally:
             copier.join(timeout=30)  # torchrun's workers may hold the pipe a moment after torchrun exits
