@@ -68,9 +68,12 @@ def stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    for left in psutil.wait_procs(family, timeout=max(0.0, deadline - time.monotonic()))[1]:
+    left = psutil.wait_procs(family, timeout=max(0.0, deadline - time.monotonic()))[1]
+    for p in left:
         with contextlib.suppress(psutil.NoSuchProcess):
-            left.kill()
+            p.kill()
+    # SIGKILL is delivered, not done: return once they are gone (or zombies), not while they still hold memory
+    psutil.wait_procs(left, timeout=10)
 
 
 def run_logged(argv: list[str], log_path: Path, env: Mapping[str, str] | None = None,
