@@ -102,3 +102,22 @@ def test_version_is_the_package_version(capsys):
     assert exit_.value.code == 0
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert capsys.readouterr().out.strip() == f"xtk {version}"
+
+
+def test_a_signal_whose_exception_a_library_drops_is_raised_again():
+    """pyzmq's poll (vLLM's engine start-up) runs the handler and drops what it raised; reraise() raises it again,
+    as Terminated for SIGTERM; once the command is over the handler before it is back and nothing is pending."""
+    import os
+    import signal
+
+    from toolkit.signals import Terminated, handled, reraise
+
+    before = signal.getsignal(signal.SIGTERM)
+    with handled():
+        reraise()  # nothing received: nothing raised
+        with pytest.raises(Terminated):  # the handler runs as soon as os.kill returns
+            os.kill(os.getpid(), signal.SIGTERM)  # ...and the exception is dropped here, as pyzmq does
+        with pytest.raises(Terminated):
+            reraise()
+    assert signal.getsignal(signal.SIGTERM) is before
+    reraise()  # the signal does not outlive the command

@@ -85,10 +85,9 @@ def test_guided_json_makes_the_base_model_answer_the_recipes_schema(run):
     assert all(sorted(p["parsed"]) == sorted(keys) for p in preds)
 
 
-def test_a_terminated_eval_stops_its_vllm_engine_and_says_so(tmp_path, smollm2):
-    """`kill` (SIGTERM) of an `xtk eval` while its vLLM engine is up: the command exits 143 saying a re-run resumes,
-    and the engine core and worker go with it (SIGTERM is raised where Ctrl-C would be, so the evaluation closes
-    its engine). Before, the engine core outlived the command, holding its memory, until killed by hand."""
+def _terminate_eval(tmp_path, ready) -> None:
+    """Start an `xtk eval` on vLLM, SIGTERM it once `ready(engine processes, log)` holds, and check that it exits
+    143 saying a re-run resumes and that every engine process it had started is gone."""
     import signal
     import time
 
@@ -102,10 +101,9 @@ def test_a_terminated_eval_stops_its_vllm_engine_and_says_so(tmp_path, smollm2):
                             stderr=subprocess.STDOUT)
     engine: list[psutil.Process] = []
     deadline = time.monotonic() + 600  # a bound for a stuck start only
-    # killed mid-evaluation: the engine answers (a progress line) and its worker is known
-    while not (any(p.name() == "VLLM::Worker" for p in engine) and re.search(r"base-test: [1-9]", log.read_text())):
+    while not ready(engine, log.read_text()):
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.5)
+        time.sleep(0.2)
         try:
             engine = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name().startswith("VLLM")]
         except psutil.NoSuchProcess:
@@ -115,3 +113,19 @@ def test_a_terminated_eval_stops_its_vllm_engine_and_says_so(tmp_path, smollm2):
     assert "terminated: re-run the same command to resume" in log.read_text()
     gone, alive = psutil.wait_procs(engine, timeout=60)
     assert not alive, [(p.pid, p.name()) for p in alive]
+
+
+def test_a_terminated_eval_stops_its_vllm_engine_and_says_so(tmp_path, smollm2):
+    """`kill` (SIGTERM) of an `xtk eval` while its vLLM engine is up: the command exits 143 saying a re-run resumes,
+    and the engine core and worker go with it (SIGTERM is raised where Ctrl-C would be, so the evaluation closes
+    its engine). Before, the engine core outlived the command, holding its memory, until killed by hand."""
+    # killed mid-evaluation: the engine answers (a progress line) and its worker is known
+    _terminate_eval(tmp_path, lambda engine, log: any(p.name() == "VLLM::Worker" for p in engine)
+                    and re.search(r"base-test: [1-9]", log))
+
+
+def test_an_eval_terminated_while_its_vllm_engine_starts_leaves_no_engine(tmp_path, smollm2):
+    """SIGTERM while vLLM is still starting its engine (the engine-core process is up, its start-up not yet
+    logged as done): the exception is raised inside vLLM's constructor, before xtk holds an engine to close, and
+    the engine core it had started must still not outlive the command."""
+    _terminate_eval(tmp_path, lambda engine, log: engine and "init engine" not in log)

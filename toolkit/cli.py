@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -638,35 +637,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, a time-out, a scheduler), raised where Ctrl-C would be: every `finally` runs, so a vLLM
-    engine's processes are stopped and a training's process group ended, instead of outliving the command."""
-
-
-def _terminated(signum, frame) -> None:
-    raise Terminated()
-
-
 def main(argv: list[str] | None = None) -> int:
     from toolkit.errors import USER_ERRORS
+    from toolkit.signals import Terminated, handled
 
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # only the main thread may set a handler (a test may call main from another)
-    previous = signal.signal(signal.SIGTERM, _terminated) if threading.current_thread() is threading.main_thread() \
-        else None
-    try:
-        return int(args.handler(args) or 0)
-    except USER_ERRORS as exc:
-        console.print("[bold red]error:[/]", escape(str(exc)), highlight=False, soft_wrap=True)
-        return 2
-    except KeyboardInterrupt as exc:
-        killed = isinstance(exc, Terminated)
-        console.print(f"[yellow]{'terminated' if killed else 'interrupted'}: re-run the same command to resume[/]")
-        return 128 + (signal.SIGTERM if killed else signal.SIGINT)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    with handled():
+        try:
+            return int(args.handler(args) or 0)
+        except USER_ERRORS as exc:
+            console.print("[bold red]error:[/]", escape(str(exc)), highlight=False, soft_wrap=True)
+            return 2
+        except KeyboardInterrupt as exc:
+            killed = isinstance(exc, Terminated)
+            console.print(f"[yellow]{'terminated' if killed else 'interrupted'}: re-run the same command to "
+                          "resume[/]")
+            return 128 + (signal.SIGTERM if killed else signal.SIGINT)
 
 
 if __name__ == "__main__":

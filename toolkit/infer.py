@@ -17,6 +17,7 @@ from pathlib import Path
 from toolkit.backends import Backend, Generation, Messages, Served
 from toolkit.errors import StageError
 from toolkit.recipe import Recipe
+from toolkit.signals import reraise
 
 
 def _cpu_only() -> bool:
@@ -63,10 +64,18 @@ class VllmBackend(Backend):
             from vllm import LLM
 
             self.llm = LLM(**vllm_kwargs(recipe, model, cpu))
+        except Exception:
+            reraise()  # the engine died of the Ctrl-C or kill that pyzmq's poll dropped (toolkit/signals.py)
+            raise
         finally:
             os.environ.clear()
             os.environ.update(saved)
         self.recipe, self.guided_json, self.thinking_off = recipe, guided_json, thinking_off
+        try:
+            reraise()  # a signal received while LLM() waited for its engine, whose exception was dropped there
+        except KeyboardInterrupt:
+            self.close()
+            raise
 
     def generate(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
         from vllm import SamplingParams
