@@ -127,5 +127,6 @@ def test_a_terminated_eval_stops_its_vllm_engine_and_says_so(tmp_path, smollm2):
 def test_an_eval_terminated_while_its_vllm_engine_starts_leaves_no_engine(tmp_path, smollm2):
     """SIGTERM while vLLM is still starting its engine (the engine-core process is up, its start-up not yet
     logged as done): the exception is raised inside vLLM's constructor, before xtk holds an engine to close, and
-    the engine core it had started must still not outlive the command."""
+    the engine core it had started must still not outlive the command. Before, pyzmq's poll dropped the exception
+    there and the command evaluated every record and exited 0."""
     _terminate_eval(tmp_path, lambda engine, log: engine and "init engine" not in log)

@@ -34,7 +34,9 @@ def handled():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    mine = [signal.SIGTERM] + [signal.SIGINT] * (signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    mine = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        mine.append(signal.SIGINT)
     previous = {s: signal.signal(s, _raise) for s in mine}
     try:
         yield
