@@ -36,6 +36,20 @@ def _restore_environ():
     os.environ.update(saved)
 
 
+@pytest.fixture(autouse=True)
+def _same_working_folder():
+    """A test that leaves its process in another folder fails: every later test of that process, and each command
+    it starts, would run in it, and in none once pytest removes a passed test's tmp_path (torch then fails to load)."""
+    cwd = os.getcwd()
+    yield
+    try:
+        moved = os.getcwd()
+    except FileNotFoundError:
+        moved = "a removed folder"
+    os.chdir(cwd)
+    assert moved == cwd, f"the test left the working folder in {moved}"
+
+
 # The end-to-end tests of the flow's mechanics train and evaluate SmolLM2-135M, the smaller embedded student,
 # whatever the cpu profile's student is: they test xtk, not the student (max_length: its byte-level tokens make
 # the longest logistics strings pass the profile's 384), unguided: they also run ms-swift's transformers engine,

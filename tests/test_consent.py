@@ -3,7 +3,6 @@ writes outside its folder or through a planted link without the user's consent o
 file a recipe names is checked when it loads, before anything is paid for. The audit's cases, each reproduced."""
 
 import json
-import os
 
 import pytest
 
@@ -167,15 +166,12 @@ def test_a_recipe_name_that_is_not_one_folder_name_is_refused_where_it_loads(tmp
     assert f"typed.yaml:{line_of(recipe, 'name: ')}: key 'name': expected a plain name" in capsys.readouterr().err
 
 
-def test_a_profile_name_that_climbs_out_of_runs_is_refused(tmp_path, capsys):
+def test_a_profile_name_that_climbs_out_of_runs_is_refused(tmp_path, monkeypatch, capsys):
     recipe = write_recipe(tmp_path, FIELD, extra="profiles:\n  '../../../x': {eval: {limit: 1}}\n")
     run = tmp_path / "cwd"
     run.mkdir()
-    os.chdir(run)
-    try:
-        assert main(["eval", str(recipe), "--profile", "../../../x", "--model", "rules"]) == 2
-    finally:
-        os.chdir(tmp_path)
+    monkeypatch.chdir(run)
+    assert main(["eval", str(recipe), "--profile", "../../../x", "--model", "rules"]) == 2
     err = capsys.readouterr().err
     assert f"typed.yaml:{line_of(recipe, '../../../x')}: profile: expected a plain name" in err
     assert not [p for p in tmp_path.parent.rglob("x") if p.is_dir()]
