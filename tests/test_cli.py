@@ -121,3 +121,25 @@ def test_a_signal_whose_exception_a_library_drops_is_raised_again():
             reraise()
     assert signal.getsignal(signal.SIGTERM) is before
     reraise()  # the signal does not outlive the command
+
+
+def test_a_call_that_drops_a_signal_and_waits_on_is_interrupted_by_it_again():
+    """A Ctrl-C while vLLM starts its engine also stops the engine core (the whole process group gets it); pyzmq's
+    poll drops the exception and vLLM then waits for the core's answer forever (measured: an `xtk eval` hung there).
+    Inside redelivered() the signal is sent again until the call ends, and not once after it."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from toolkit.signals import RESEND_S, Terminated, handled, redelivered
+
+    with handled():
+        with pytest.raises(Terminated):
+            with redelivered():
+                try:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                except Terminated:
+                    pass  # dropped, as pyzmq does
+                threading.Event().wait(60)  # then waits on, as vLLM does for an engine core that is gone
+        time.sleep(3 * RESEND_S)  # a signal sent after the call ended would raise here

@@ -85,32 +85,46 @@ def test_guided_json_makes_the_base_model_answer_the_recipes_schema(run):
     assert all(sorted(p["parsed"]) == sorted(keys) for p in preds)
 
 
-def _terminate_eval(tmp_path, ready) -> None:
-    """Start an `xtk eval` on vLLM, SIGTERM it once `ready(engine processes, log)` holds, and check that it exits
-    143 saying a re-run resumes and that every engine process it had started is gone."""
+def _terminate_eval(tmp_path, ready, ctrl_c: bool = False) -> None:
+    """Start an `xtk eval` on vLLM, SIGTERM it (or, `ctrl_c`, SIGINT its whole process group, as a terminal's Ctrl-C
+    does) once `ready(engine processes, log)` holds, and check that it exits 143 (130) saying a re-run resumes and
+    that every engine process it had started is gone."""
+    import os
     import signal
     import time
 
     import psutil
 
     log = tmp_path / "eval.log"
+    # its own process group, where SIGINT does what it does in a terminal (a background job, such as a CI step
+    # may run pytest in, starts with SIGINT ignored, and Python keeps it so)
     proc = subprocess.Popen([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--out",
                              str(tmp_path / "run"), "--model", "base", "--test", TEST, "--backend", "vllm",
                              *SMOLLM2_STUDENT, "eval.limit=100", "eval.batch_size=4", "eval.max_new_tokens=64",
                              "eval.vllm.enforce_eager=true"], cwd=ROOT, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, process_group=0,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     engine: list[psutil.Process] = []
     deadline = time.monotonic() + 600  # a bound for a stuck start only
-    while not ready(engine, log.read_text()):
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.2)
-        try:
-            engine = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.name().startswith("VLLM")]
-        except psutil.NoSuchProcess:
-            engine = []
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=300) == 143, log.read_text()[-3000:]
-    assert "terminated: re-run the same command to resume" in log.read_text()
+    try:
+        while not ready(engine, log.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+            try:
+                engine = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                          if p.name().startswith("VLLM")]
+            except psutil.NoSuchProcess:
+                engine = []
+        if ctrl_c:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=300) == (130 if ctrl_c else 143), log.read_text()[-3000:]
+    finally:  # a command that hangs is not left to load the machine for the tests after this one
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert f"{'interrupted' if ctrl_c else 'terminated'}: re-run the same command to resume" in log.read_text()
     gone, alive = psutil.wait_procs(engine, timeout=60)
     assert not alive, [(p.pid, p.name()) for p in alive]
 
@@ -130,3 +144,11 @@ def test_an_eval_terminated_while_its_vllm_engine_starts_leaves_no_engine(tmp_pa
     the engine core it had started must still not outlive the command. Before, pyzmq's poll dropped the exception
     there and the command evaluated every record and exited 0."""
     _terminate_eval(tmp_path, lambda engine, log: engine and "init engine" not in log)
+
+
+def test_ctrl_c_while_the_vllm_engine_starts_interrupts_the_eval_and_leaves_no_engine(tmp_path, smollm2):
+    """Ctrl-C in a terminal once the engine core has logged its start-up done, before vLLM's constructor returns:
+    SIGINT reaches the whole process group, the engine core stops, pyzmq's poll drops the command's exception and
+    vLLM then waits for the stopped core's answer. The command must exit 130 as interrupted and leave no engine
+    process. Before, it hung there (measured: still waiting after 300 s)."""
+    _terminate_eval(tmp_path, lambda engine, log: engine and "init engine" in log, ctrl_c=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from toolkit.backends import Backend, Generation, Messages, Served
 from toolkit.errors import StageError
 from toolkit.recipe import Recipe
-from toolkit.signals import reraise
+from toolkit.signals import redelivered, reraise
 
 
 def _cpu_only() -> bool:
@@ -63,9 +63,10 @@ class VllmBackend(Backend):
                 os.environ["OMP_NUM_THREADS"] = str(len(os.sched_getaffinity(0)))
             from vllm import LLM
 
-            self.llm = LLM(**vllm_kwargs(recipe, model, cpu))
+            with redelivered():  # pyzmq's poll drops a signal's exception here (toolkit/signals.py)
+                self.llm = LLM(**vllm_kwargs(recipe, model, cpu))
         except Exception:
-            reraise()  # the engine died of the Ctrl-C or kill that pyzmq's poll dropped (toolkit/signals.py)
+            reraise()  # the engine died of the Ctrl-C or kill whose exception was dropped
             raise
         finally:
             os.environ.clear()
