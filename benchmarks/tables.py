@@ -296,6 +296,21 @@ def export_parity(d: dict) -> str:
                      "answers identical to the student's", "within export.max_drop"], rows))
 
 
+
+def guided_llamacpp(d: dict) -> str:
+    rows = []
+    for model, m in d["models"].items():
+        rate = {k: f"{m[k]['seconds_per_record']:.2f} s ({m[k]['ms_per_token']:.0f} ms)"
+                for k in ("llama_cpp_python_grammar_sampler", "xtk_grammar_check", "free")}
+        rows.append([f"{model} ({m['vocabulary']:,} tokens)", rate["llama_cpp_python_grammar_sampler"],
+                     rate["xtk_grammar_check"], f"**{m['speedup_over_grammar_sampler']}×**", rate["free"],
+                     f"{m['identical_guided_answers']} of {m['records']}", f"{100 * m['searched_share']:.1f}%"])
+    return (f"{provenance('guided_llamacpp', d)} {d['recipe']} `--profile {d['profile']}`'s chats and JSON schema, "
+            f"greedy to {d['max_new_tokens']} tokens, GGUF {d['quant']}, {m['threads']} threads, zero-shot models; "
+            "a record's seconds (a token's milliseconds).\n\n"
+            + table(["model (vocabulary)", "llama-cpp-python's grammar sampler", "xtk's grammar check", "speed-up",
+                     "free decoding", "guided answers identical", "tokens whose best the grammar rejected"], rows))
+
 def labels(journal: dict) -> str:
     """A label folder's counts: accepted, and the rejected by reason."""
     rejected = ", ".join(f"{n} {reason}" for reason, n in sorted(journal["rejected"].items(), key=lambda kv: -kv[1]))
@@ -359,6 +374,7 @@ TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "predict_cpu": ("predict_cpu", predict_cpu),
     "serve_load": ("serve_load", serve_load),
     "export_parity": ("export_parity", export_parity),
+    "guided_llamacpp": ("guided_llamacpp", guided_llamacpp),
     "teacher_noise_cpu": ("teacher_noise_cpu", teacher_noise_cpu),
     "teacher_noise_headline": ("teacher_noise_cpu", teacher_noise_headline),
 }

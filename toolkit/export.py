@@ -189,7 +189,7 @@ def _file_sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def write_gguf(ctx, model_dir: Path, quant: str, out: Path, log: Path) -> dict:
+def write_gguf(model_dir: Path, quant: str, out: Path, log: Path) -> dict:
     """Convert (and quantise) `model_dir` into `out` with the chat template evaluation used; written under a
     temporary name and renamed whole. Returns what export.json records of it."""
     from transformers import AutoTokenizer
@@ -263,7 +263,7 @@ def run_export(ctx, quant: str, model: str = "student", accept_drop: bool = Fals
         console.print(f"export: {gguf.name} is current, kept")
     else:
         console.print(f"export: converting {model_dir} to {quant} with llama.cpp's converter")
-        made = write_gguf(ctx, model_dir, quant, gguf, folder / "convert.log")
+        made = write_gguf(model_dir, quant, gguf, folder / "convert.log")
     record = {"recipe": recipe.name, "profile": recipe.profile, "model": str(model_dir), "source": source,
               "format": "gguf", "gguf": made}
     write_json(record_path, record)  # what exists so far: a re-run after an interruption keeps the GGUF
