@@ -16,15 +16,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "logistics_zh.yaml"
 
 
-def pytest_collection_modifyitems(items):
-    """The slow tests run one after another in one test process (pyproject.toml's `--dist loadgroup`), as alone as
-    they ran before: two vLLM engines or trainings at once on 2 cores would each pin and fight for the same core.
-    The quick tests take the other process meanwhile."""
-    for item in items:
-        if item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group("slow"))
-
-
 @pytest.fixture(autouse=True)
 def _restore_environ():
     """ms-swift's and vLLM's Python code writes os.environ as it parses arguments or imports
