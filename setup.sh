@@ -56,8 +56,9 @@ if ! ls "$built"/llama_cpp_python-"$llama"-*.whl >/dev/null 2>&1; then
     -w "$built.partial"
   mv "$built.partial" "$built"
 fi
-# forced: a wheel built with other flags, same version, would otherwise stay installed
-pip --force-reinstall --no-deps "$built"/llama_cpp_python-"$llama"-*.whl
+# an installed build goes first: pip keeps an installed wheel of the same version, whatever flags built it
+"$py" -m pip uninstall --quiet -y llama-cpp-python 2>/dev/null || true
+pip "$built"/llama_cpp_python-"$llama"-*.whl
 
 echo "$want" > "$stamp"
 echo "xtk: ready in $venv (activate with: source $venv/bin/activate)"
