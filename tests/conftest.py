@@ -14,6 +14,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "logistics_zh.yaml"
+# The environment the tests' commands start from: the shell's, with the two settings above.
+ENVIRON = dict(os.environ)
+
+
+def pytest_collection_finish(session):
+    """Collecting imports ms-swift (toolkit/swift_plugin.py), whose TRL import writes os.environ (VLLM_LOGGING_LEVEL=
+    ERROR, KMP_*, TORCHINDUCTOR_*, LD_LIBRARY_PATH): undone before the first test, or every command a test starts
+    would inherit them (vLLM's INFO lines, which a test waits for, were gone in CI)."""
+    os.environ.clear()
+    os.environ.update(ENVIRON)
 
 
 @pytest.fixture(autouse=True)

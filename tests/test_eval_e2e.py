@@ -89,8 +89,8 @@ def test_guided_json_makes_the_base_model_answer_the_recipes_schema(run):
     assert all(sorted(p["parsed"]) == sorted(keys) for p in preds)
 
 
-# `ready` reads vLLM's INFO lines: asked for, whatever the test process inherited (in one CI run the command logged
-# none, cause not found, and the Ctrl-C test waited for a line that never came).
+# `ready` reads vLLM's INFO lines: asked for, whatever the test process holds (TRL, imported with ms-swift, sets
+# VLLM_LOGGING_LEVEL=ERROR; a CI run's Ctrl-C test waited for a line that never came).
 VLLM_INFO = {"VLLM_CONFIGURE_LOGGING": "1", "VLLM_LOGGING_LEVEL": "INFO"}
 
 

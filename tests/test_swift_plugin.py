@@ -1,6 +1,8 @@
 """toolkit/swift_plugin.py: the output layer `swift sft` gets with `train.bf16_output_layer`, on the real SmolLM2
 weights (its output layer is its tied embedding, as Gemma 3's is)."""
 
+import os
+
 import pytest
 import torch
 
@@ -90,3 +92,13 @@ def test_the_callback_train_passes_is_the_one_the_plugin_registers():
     from swift.callbacks import callbacks_map
 
     assert PASSED == CALLBACK and callbacks_map[CALLBACK].__name__ == "BF16OutputLayer"
+
+
+def test_the_tests_commands_start_from_the_shells_environment():
+    """Collecting this file imports ms-swift, and with it TRL, which writes VLLM_LOGGING_LEVEL=ERROR and more into
+    os.environ; tests/conftest.py undoes it after collection, so the commands tests start see what a user's shell
+    gives them (before, vLLM logged no INFO line in any of them)."""
+    from conftest import ENVIRON
+
+    assert "VLLM_LOGGING_LEVEL" in ENVIRON or "VLLM_LOGGING_LEVEL" not in os.environ
+    assert {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"} == ENVIRON  # pytest's own, per test
