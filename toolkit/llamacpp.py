@@ -103,15 +103,13 @@ class LlamaCppBackend(Backend):
         return self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
 
     def generate(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
-        llama_cpp = _llama_cpp()
         out = []
         for messages in batch:
-            guide = None
             if self.grammar is not None:
                 self.grammar.reset()
-                guide = llama_cpp.LogitsProcessorList([self.grammar])
             done = self.llm.create_completion(self.prompt_tokens(messages), max_tokens=max_tokens, temperature=0.0,
-                                              repeat_penalty=1.0, logits_processor=guide)
+                                              repeat_penalty=1.0,
+                                              logits_processor=[self.grammar] if self.grammar else None)
             out.append(Generation(done["choices"][0]["text"], done["usage"]["completion_tokens"]))
         return out
 
