@@ -30,13 +30,13 @@ from provenance import ROOT, provenance  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from toolkit import advise  # noqa: E402
-from toolkit.jsonl import read_jsonl, write_json, write_jsonl  # noqa: E402
-from toolkit.models import resolve_model  # noqa: E402
-from toolkit.prepare import gold_records, run_prepare, token_lengths  # noqa: E402
-from toolkit.progress import Bar  # noqa: E402
-from toolkit.recipe import load_recipe  # noqa: E402
-from toolkit.runner import run_logged  # noqa: E402
-from toolkit.train import read_log, sft_argv, sft_env, stale_trainers  # noqa: E402
+from toolkit.io.jsonl import read_jsonl, write_json, write_jsonl  # noqa: E402
+from toolkit.model.models import resolve_model  # noqa: E402
+from toolkit.data.prepare import gold_records, run_prepare, token_lengths  # noqa: E402
+from toolkit.io.progress import Bar  # noqa: E402
+from toolkit.task.recipe import load_recipe  # noqa: E402
+from toolkit.io.runner import run_logged  # noqa: E402
+from toolkit.train.swift import read_log, sft_argv, sft_env, stale_trainers  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "logistics_zh.yaml"
 GIB = 1024 ** 3

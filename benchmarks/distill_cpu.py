@@ -33,12 +33,12 @@ from pathlib import Path
 from recipe_cpu import ROOT, evaluated, figures, run, save
 
 sys.path.insert(0, str(ROOT))
-from toolkit.jsonl import read_jsonl  # noqa: E402
-from toolkit.markers import mark_trained, read_marker, trained_key  # noqa: E402
-from toolkit.recipe import load_recipe  # noqa: E402
-from toolkit.stats import proportion  # noqa: E402
+from toolkit.io.jsonl import read_jsonl  # noqa: E402
+from toolkit.io.markers import mark_trained, read_marker, trained_key  # noqa: E402
+from toolkit.task.recipe import load_recipe  # noqa: E402
+from toolkit.maths.stats import proportion  # noqa: E402
 from toolkit.tasks.logistics_zh.generate import places  # noqa: E402
-from toolkit.train import checkpoints, run_merge  # noqa: E402
+from toolkit.train.swift import checkpoints, run_merge  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "logistics_zh.yaml"
 GOALS = {"test": 0.9, "test_unseen": 0.8}

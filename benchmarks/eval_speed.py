@@ -61,11 +61,11 @@ def main() -> None:
 
     import torch
 
-    from toolkit.infer import TransformersBackend, VllmBackend
-    from toolkit.jsonl import read_jsonl, write_json
-    from toolkit.manifest import default_run_dir
-    from toolkit.models import resolve_model
-    from toolkit.recipe import load_recipe
+    from toolkit.infer.engines import TransformersBackend, VllmBackend
+    from toolkit.io.jsonl import read_jsonl, write_json
+    from toolkit.run.manifest import default_run_dir
+    from toolkit.model.models import resolve_model
+    from toolkit.task.recipe import load_recipe
 
     torch.set_num_threads(threads)
     shipped = load_recipe(RECIPE, "cpu")

@@ -48,7 +48,7 @@ def timed(answer, chats: list) -> tuple[dict, list[str]]:
 def measure(recipe, gguf: Path, chats: list) -> dict:
     from llama_cpp import LlamaGrammar
 
-    from toolkit.llamacpp import LlamaCppBackend, json_grammar, threads
+    from toolkit.infer.llamacpp import LlamaCppBackend, json_grammar, threads
 
     max_tokens = recipe.eval.max_new_tokens
     t0 = time.perf_counter()
@@ -98,11 +98,11 @@ def main() -> None:
     parser.add_argument("--quant", default="q8_0", choices=["f16", "q8_0", "q4_k_m"])
     args = parser.parse_args()
 
-    from toolkit.evaluate import chat
-    from toolkit.export import write_gguf
-    from toolkit.jsonl import read_jsonl
-    from toolkit.models import resolve_model
-    from toolkit.recipe import load_recipe
+    from toolkit.evaluate.evaluation import chat
+    from toolkit.deploy.export import write_gguf
+    from toolkit.io.jsonl import read_jsonl
+    from toolkit.model.models import resolve_model
+    from toolkit.task.recipe import load_recipe
 
     made = provenance()  # the tree as the run starts
     recipe = load_recipe(RECIPE, "cpu")

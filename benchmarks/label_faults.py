@@ -44,8 +44,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from teacher_server import FAULT_MIX, MADEUP, TRANSIENT_TRIES  # noqa: E402
 from provenance import git_state, machine  # noqa: E402
-from toolkit.jsonl import read_jsonl, write_json, write_jsonl  # noqa: E402
-from toolkit.manifest import versions  # noqa: E402
+from toolkit.io.jsonl import read_jsonl, write_json, write_jsonl  # noqa: E402
+from toolkit.run.manifest import versions  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "logistics_zh.yaml"
 WRAPPED = ("ok", "prose", "fenced", "think")

@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from provenance import provenance  # noqa: E402
-from toolkit.jsonl import read_jsonl, write_json, write_jsonl  # noqa: E402
-from toolkit.label import run_label  # noqa: E402
-from toolkit.recipe import load_recipe  # noqa: E402
+from toolkit.io.jsonl import read_jsonl, write_json, write_jsonl  # noqa: E402
+from toolkit.data.label import run_label  # noqa: E402
+from toolkit.task.recipe import load_recipe  # noqa: E402
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from distill_cpu import GOALS, by_what_the_text_names, log_fit  # noqa: E402
 from recipe_cpu import ROOT, evaluated, figures, minutes  # noqa: E402
 from provenance import provenance  # noqa: E402
 
-from toolkit.jsonl import read_jsonl  # noqa: E402
+from toolkit.io.jsonl import read_jsonl  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "logistics_zh.yaml"
 TESTS = tuple(GOALS)
@@ -63,8 +63,8 @@ def folder(name: str) -> Path:
 
 def train_variant(run_dir: Path, overrides: list[str]) -> None:
     """The variant's stages, in this process: each one run unless finished under the same settings."""
-    from toolkit.pipeline import STAGES as ALL, is_stale, open_run, run_stage
-    from toolkit.recipe import load_recipe
+    from toolkit.flow.pipeline import STAGES as ALL, is_stale, open_run, run_stage
+    from toolkit.task.recipe import load_recipe
 
     with open_run(load_recipe(RECIPE, "cpu", overrides), run_dir) as ctx:
         ran: list[str] = []
@@ -78,7 +78,7 @@ def eval_again(run_dir: Path, source: Path, overrides: list[str]) -> None:
     """Another evaluation of a merged student, named `student` in its own run folder; a finished one is reused
     only while it is current for both the student (its training key, in its marker) and the evaluation settings,
     so a retrained student or another --limit is never reported from older answers."""
-    from toolkit.recipe import load_recipe
+    from toolkit.task.recipe import load_recipe
 
     if evaluated(load_recipe(RECIPE, "cpu", overrides), run_dir, source / "merged", "student"):
         return

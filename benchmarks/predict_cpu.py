@@ -51,8 +51,8 @@ def arguments(doc: str, records: int) -> tuple[argparse.Namespace, list[str]]:
 def main() -> None:
     args, overrides = arguments(__doc__, 400)
 
-    from toolkit.jsonl import read_jsonl, write_jsonl
-    from toolkit.recipe import load_recipe
+    from toolkit.io.jsonl import read_jsonl, write_jsonl
+    from toolkit.task.recipe import load_recipe
 
     recipe = load_recipe(RECIPE, args.profile, overrides)
     with tempfile.TemporaryDirectory() as tmp:

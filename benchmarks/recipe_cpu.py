@@ -68,11 +68,11 @@ def minutes(stage: dict) -> float | None:
 
 def evaluated(recipe, run_dir: Path, model: Path, name: str) -> bool:
     """Whether `xtk eval --model MODEL --name NAME` has evaluated `model` into run_dir on every test file, and its
-    evaluations are current (toolkit.roles.not_current): a retrained model (its training key, in its marker) or
+    evaluations are current (toolkit.run.roles.not_current): a retrained model (its training key, in its marker) or
     other evaluation settings are evaluated afresh."""
-    from toolkit.context import Context
-    from toolkit.manifest import Manifest
-    from toolkit.roles import evaluations_current, named_model
+    from toolkit.run.context import Context
+    from toolkit.run.manifest import Manifest
+    from toolkit.run.roles import evaluations_current, named_model
 
     ctx = Context(recipe, run_dir, Manifest(run_dir))
     return evaluations_current(ctx, named_model(ctx, str(model), name=name), recipe.data.test) is None
@@ -80,14 +80,14 @@ def evaluated(recipe, run_dir: Path, model: Path, name: str) -> bool:
 
 def versus(recipe, run_dir: Path, first: str, second: str, test: str) -> dict:
     """`first` against `second` (evaluation names: eval/<name>-<test>/predictions.jsonl) on the records both were
-    tested on, paired, with the bake-off's tests (toolkit/ranking.py): McNemar's exact test on record exact match
+    tested on, paired, with the bake-off's tests (toolkit/maths/ranking.py): McNemar's exact test on record exact match
     and a paired bootstrap of the difference in the task's headline metric. The verdict is "beats" only where the
     headline's own paired test shows `first` ahead at the 5% level (exact match: McNemar; any other headline: the
     bootstrap interval of the difference above 0), "below" where it shows `first` behind, else "not shown"."""
-    from toolkit.bakeoff import task_metric
-    from toolkit.fields import EXACT_MATCH
-    from toolkit.jsonl import read_jsonl
-    from toolkit.ranking import Evaluation, discordant, mcnemar, paired_difference, verdict
+    from toolkit.choose.bakeoff import task_metric
+    from toolkit.task.fields import EXACT_MATCH
+    from toolkit.io.jsonl import read_jsonl
+    from toolkit.maths.ranking import Evaluation, discordant, mcnemar, paired_difference, verdict
 
     rows = {name: {str(r["id"]): r for r in read_jsonl(run_dir / "eval" / f"{name}-{test}" / "predictions.jsonl")}
             for name in (first, second)}
@@ -121,7 +121,7 @@ def made_by(stages: dict, began: str) -> dict:
 
 def run(recipe: str, overrides: list[str], run_dir: Path, profile: str = "cpu") -> dict:
     """Run (or resume) one of the recipe's profiles and gather its figures."""
-    from toolkit.recipe import load_recipe
+    from toolkit.task.recipe import load_recipe
 
     start, began = time.monotonic(), datetime.now().strftime("%Y-%m-%dT%H:%M:%S")
     if profile == "cpu":

@@ -35,7 +35,7 @@ def offline(recipe, r, texts: list[dict]) -> tuple[dict, list[dict], float]:
     """predict's summary and rows for `texts`, and the engine's load seconds, in this process."""
     import tempfile
 
-    from toolkit.predict import identity, local_answerer, run_predict, student_backend
+    from toolkit.deploy.predict import identity, local_answerer, run_predict, student_backend
 
     t0 = time.perf_counter()
     backend = student_backend(recipe, r)
@@ -44,7 +44,7 @@ def offline(recipe, r, texts: list[dict]) -> tuple[dict, list[dict], float]:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "answers.jsonl"
             summary = run_predict(recipe, texts, out, identity(recipe, r), local_answerer(recipe, backend, r))
-            from toolkit.jsonl import read_jsonl
+            from toolkit.io.jsonl import read_jsonl
 
             return summary, read_jsonl(out), load
     finally:
@@ -83,10 +83,10 @@ def main() -> None:
 
     import httpx
 
-    from toolkit.jsonl import read_jsonl
-    from toolkit.manifest import default_run_dir
-    from toolkit.predict import predict_role
-    from toolkit.recipe import load_recipe
+    from toolkit.io.jsonl import read_jsonl
+    from toolkit.run.manifest import default_run_dir
+    from toolkit.deploy.predict import predict_role
+    from toolkit.task.recipe import load_recipe
 
     recipe = load_recipe(RECIPE, args.profile, overrides)
     run_dir = ROOT / default_run_dir(recipe)

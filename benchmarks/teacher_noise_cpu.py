@@ -16,7 +16,7 @@ text after normalisation), one run measures:
   into the recipe's fields, the gate's rejects included (trained under a copy of the recipe without its closed
   sets, which prepare would enforce; scored like the others under the shipped one), (c) only the labels the gate accepts, (d) the labels
   `--votes 3` at temperature 0.8 accepts; each scored on the first --limit records of every test file, compared in
-  pairs on the same records (McNemar's exact test and a paired bootstrap: toolkit/ranking.py);
+  pairs on the same records (McNemar's exact test and a paired bootstrap: toolkit/maths/ranking.py);
 - `xtk synth` against the same server: its smoke batch (64 inputs asked for, no --yes), written from 10 of the
   pool's strings.
 The teacher is asked with the prompt it was trained on (the profile's prompts.student), greedy, as xtk evaluated it.
@@ -43,8 +43,8 @@ from provenance import ROOT, provenance  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
-from toolkit.journal import load_journal  # noqa: E402
-from toolkit.jsonl import read_jsonl, write_jsonl  # noqa: E402
+from toolkit.io.journal import load_journal  # noqa: E402
+from toolkit.io.jsonl import read_jsonl, write_jsonl  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "logistics_zh.yaml"
 WORK = ROOT / "runs" / "logistics_zh" / "teacher_noise"
@@ -135,8 +135,8 @@ def stop(server: subprocess.Popen) -> None:
 def every_answer(recipe, folder: Path) -> list[dict]:
     """Set (b): the accepted labels, and each rejected answer that parses into the recipe's fields with their
     types (what prepare takes), whatever the gate found wrong with it."""
-    from toolkit.fields import type_problem
-    from toolkit.scoring import extract_json
+    from toolkit.task.fields import type_problem
+    from toolkit.task.scoring import extract_json
 
     rows = [{"id": r["id"], "text": r["text"], "label": r["label"]} for r in read_jsonl(folder / "labelled.jsonl")]
     for r in load_journal(folder / "rejects.jsonl"):
@@ -191,7 +191,7 @@ def scored(recipe, run: Path) -> dict[str, bool]:
 def paired(first: dict[str, bool], second: dict[str, bool]) -> dict:
     """first against second on the records both were scored on: McNemar's exact test and a paired bootstrap of
     the difference in exact match; "beats" ("below") only where McNemar shows first ahead (behind) at the 5% level."""
-    from toolkit.ranking import Evaluation, discordant, mcnemar, paired_difference, verdict
+    from toolkit.maths.ranking import Evaluation, discordant, mcnemar, paired_difference, verdict
 
     both, b, c = discordant(first, second)
 
@@ -230,8 +230,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=150, help="records of each test file the students are scored on")
     args = ap.parse_args()
 
-    from toolkit.recipe import load_recipe
-    from toolkit.scoring import compute_metrics
+    from toolkit.task.recipe import load_recipe
+    from toolkit.task.scoring import compute_metrics
 
     recipe = load_recipe(RECIPE, "cpu")
     earlier = earlier_parts()

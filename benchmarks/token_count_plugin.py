@@ -10,7 +10,7 @@ The output layer's rows: with `use_logits_to_keep` (ms-swift's default where the
 trainer computes logits only from the first answer token on (mixin.py `prepare_logits_to_keep`); the callback
 counts them as that function cuts them. It only counts; what is trained is unchanged. The sums go through the
 trainer's accelerator, over the DDP group (a multi-process CPU launch is one only with `--use_cpu true`, which
-toolkit/train.py's sft_argv adds).
+toolkit/train/swift.py's sft_argv adds).
 """
 
 import torch

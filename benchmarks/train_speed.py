@@ -23,7 +23,7 @@ The ceiling: torch matmuls at the student's layer shapes (every nn.Linear, the t
 (1 thread; one process on every core; one 1-thread process per core) and at the profile's rows and 1024 rows: the
 best aggregate of them all in float32, and in bfloat16 (one process per core, one process on every core). A
 variant's fraction of it: its executed FLOP, the body's and the output layer's each at the ceiling of the dtype it
-ran in (the profile's output layer is bfloat16 where the CPU multiplies it natively: toolkit/swift_plugin.py), as
+ran in (the profile's output layer is bfloat16 where the CPU multiplies it natively: toolkit/train/swift_plugin.py), as
 seconds, over the seconds it took. Above 1 would mean the ceiling is not one; the results say whether any is.
 """
 
@@ -45,21 +45,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import ROOT, provenance  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-from toolkit.jsonl import write_json  # noqa: E402
-from toolkit.models import resolve_model  # noqa: E402
-from toolkit.pipeline import console  # noqa: E402
-from toolkit.prepare import gold_records, run_prepare  # noqa: E402
-from toolkit.recipe import load_recipe  # noqa: E402
-from toolkit.runner import run_logged  # noqa: E402
-from toolkit.swift_plugin import cpu_has_bf16  # noqa: E402
-from toolkit.train import read_log, sft_argv, sft_env  # noqa: E402
+from toolkit.io.jsonl import write_json  # noqa: E402
+from toolkit.model.models import resolve_model  # noqa: E402
+from toolkit.flow.pipeline import console  # noqa: E402
+from toolkit.data.prepare import gold_records, run_prepare  # noqa: E402
+from toolkit.task.recipe import load_recipe  # noqa: E402
+from toolkit.io.runner import run_logged  # noqa: E402
+from toolkit.train.swift_plugin import cpu_has_bf16  # noqa: E402
+from toolkit.train.swift import read_log, sft_argv, sft_env  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "logistics_zh.yaml"
 PROFILE = "cpu profile"
 
 
 # name: overrides of the cpu profile; None = plain `swift sft` defaults. The profile's two processes are one DDP
-# group (toolkit/train.py passes `--use_cpu true` to every multi-process CPU launch). Few variants: the whole run
+# group (toolkit/train/swift.py passes `--use_cpu true` to every multi-process CPU launch). Few variants: the whole run
 # must stay under 30 minutes here.
 VARIANTS = {
     "swift defaults": None,
@@ -87,7 +87,7 @@ COUNT_TOKENS = {"--external_plugins": str(ROOT / "benchmarks" / "token_count_plu
 
 def counting_tokens(argv: list[str]) -> list[str]:
     """argv with the token counter added to the plugins and callbacks it already names: ms-swift keeps the last of
-    a repeated flag, so a second --callbacks would drop the profile's own (toolkit/swift_plugin.py)."""
+    a repeated flag, so a second --callbacks would drop the profile's own (toolkit/train/swift_plugin.py)."""
     argv = list(argv)
     for flag, value in COUNT_TOKENS.items():
         if flag in argv:
@@ -202,7 +202,7 @@ def ceiling(shapes: Counter, profile_rows: int, reps: int) -> dict:
 
 def dtypes(overrides: list[str] | None) -> tuple[str, str]:
     """The dtypes a variant's matmuls ran in: (body, output layer). The output layer is bfloat16 where
-    train.bf16_output_layer hands it to toolkit/swift_plugin.py and this CPU multiplies bfloat16 natively."""
+    train.bf16_output_layer hands it to toolkit/train/swift_plugin.py and this CPU multiplies bfloat16 natively."""
     if overrides is None:  # plain swift sft: the model's float32 throughout
         return "float32", "float32"
     t = load_recipe(RECIPE, "cpu", overrides).train

@@ -19,7 +19,7 @@ ENVIRON = dict(os.environ)
 
 
 def pytest_collection_finish(session):
-    """Collecting imports ms-swift (toolkit/swift_plugin.py), whose TRL import writes os.environ (VLLM_LOGGING_LEVEL=
+    """Collecting imports ms-swift (toolkit/train/swift_plugin.py), whose TRL import writes os.environ (VLLM_LOGGING_LEVEL=
     ERROR, KMP_*, TORCHINDUCTOR_*, LD_LIBRARY_PATH): undone before the first test, or every command a test starts
     would inherit them (vLLM's INFO lines, which a test waits for, were gone in CI)."""
     os.environ.clear()
@@ -62,7 +62,7 @@ SMOLLM2_STUDENT = ["student.model=smollm2-135m-instruct", "student.model_type=ll
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     """The embedded student as an HF folder (pulled once per machine, then cached)."""
-    from toolkit.models import pull_embedded
+    from toolkit.model.models import pull_embedded
 
     return pull_embedded("smollm2-135m-instruct")
 
@@ -70,7 +70,7 @@ def smollm2() -> Path:
 @pytest.fixture(scope="session")
 def gemma() -> Path:
     """The other embedded student, logistics_zh's and msra_ner's cpu profile student (pulled once, cached)."""
-    from toolkit.models import pull_embedded
+    from toolkit.model.models import pull_embedded
 
     return pull_embedded("gemma3-270m")
 
@@ -78,8 +78,8 @@ def gemma() -> Path:
 @pytest.fixture(scope="session")
 def pool() -> list[dict]:
     """logistics_zh's raw pool joined to its gold labels: {id, text, label}, the teacher double's answers."""
-    from toolkit.jsonl import read_jsonl
-    from toolkit.recipe import load_recipe
+    from toolkit.io.jsonl import read_jsonl
+    from toolkit.task.recipe import load_recipe
 
     recipe = load_recipe(RECIPE)
     gold = {r["id"]: r["label"] for r in read_jsonl(recipe.path(recipe.data.pool_gold))}

@@ -206,7 +206,7 @@ def qwen3_tiny_folder(root: Path | None = None) -> Path:
     """The fixture as an HF folder (config, bf16 safetensors, generation config, tokenizer, chat template),
     built once under `root` (default: xtk's cache) and re-used while this file and its inputs are unchanged."""
     if root is None:
-        from toolkit.models import cache_dir
+        from toolkit.model.models import cache_dir
 
         root = cache_dir() / "test-fixtures"
     target = root / f"qwen3-tiny-{_key()}"

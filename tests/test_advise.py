@@ -6,10 +6,10 @@ import json
 import pytest
 
 from conftest import RECIPE, write_recipe
-from toolkit.advise import (Shape, assess, makes_bf16_output_copy, model_shape, rows_favour, rows_verdict,
+from toolkit.choose.advise import (Shape, assess, makes_bf16_output_copy, model_shape, rows_favour, rows_verdict,
                             sample_rows, training_memory)
-from toolkit.recipe import load_recipe
-from toolkit.swift_plugin import cpu_has_bf16
+from toolkit.task.recipe import load_recipe
+from toolkit.train.swift_plugin import cpu_has_bf16
 
 SMOLLM2 = "smollm2-135m-instruct"
 

@@ -8,11 +8,12 @@ import pytest
 
 from conftest import RECIPE, ROOT
 from toolkit.cli import main
-from toolkit.jsonl import DataError
-from toolkit.label import read_inputs
-from toolkit.prepare import read_records
-from toolkit.recipe import RecipeError, load_recipe
-from toolkit.train import free_port  # closed again at once: nothing listens there
+from toolkit.io.errors import DataError
+from toolkit.data.label import read_inputs
+from toolkit.data.prepare import read_records
+from toolkit.task.recipe import load_recipe
+from toolkit.io.errors import RecipeError
+from toolkit.train.swift import free_port  # closed again at once: nothing listens there
 
 LABEL = {"province": "天津市", "city": "天津市", "district": "和平区", "specific_location": "南京路1号",
          "name": "欧阳丽", "phone": "13812345678"}

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from toolkit.bakeoff import base, fine_tuned, load_spec, task_metric, tunability
+from toolkit.choose.bakeoff import base, fine_tuned, load_spec, task_metric, tunability
 from toolkit.cli import main
-from toolkit.ranking import Evaluation, mcnemar, mean_rank, paired_difference, ranks
-from toolkit.recipe import load_recipe
+from toolkit.maths.ranking import Evaluation, mcnemar, mean_rank, paired_difference, ranks
+from toolkit.task.recipe import load_recipe
 
 
 def mean(xs):
@@ -197,9 +197,9 @@ def test_spec_errors_name_the_file_the_key_and_its_line_and_exit_2(tmp_path, cap
 def write_evaluation(pair, name, predicted, gold):
     """eval/<name>-test/ as `xtk eval` leaves it, written by hand: a teacher and students whose answers give
     hand-worked tables (the real parts cannot be made to answer these exact records)."""
-    from toolkit.jsonl import write_json, write_jsonl
-    from toolkit.manifest import Manifest
-    from toolkit.pipeline import Context, identity, role
+    from toolkit.io.jsonl import write_json, write_jsonl
+    from toolkit.run.manifest import Manifest
+    from toolkit.flow.pipeline import Context, identity, role
 
     ctx = Context(pair.recipe, pair.run_dir, Manifest(pair.run_dir))
     rows = [{"id": f"r{i}", "parsed": None if p is None else {"sentiment": p}, "gold": {"sentiment": g},
@@ -210,7 +210,7 @@ def write_evaluation(pair, name, predicted, gold):
 
 
 def test_tables_from_run_folders_against_hand_worked_ranks_and_mcnemar(tmp_path):
-    from toolkit.bakeoff import collect, write_outputs
+    from toolkit.choose.bakeoff import collect, write_outputs
 
     sentiment = ROOT / "recipes" / "review_sentiment_zh.yaml"
     spec = write_spec(tmp_path, "students: [smollm2-135m-instruct, gemma3-270m]\n"
@@ -274,7 +274,7 @@ def alive(pid: int) -> bool:
 def test_an_interrupted_pair_leaves_no_process_behind(tmp_path):
     """A pair's child whose own child ignores SIGINT and SIGTERM, as a vLLM engine still starting up did here (a
     stand-in: a real engine takes minutes to reach that state): stopping the pair ends both."""
-    from toolkit.bakeoff import _stop
+    from toolkit.choose.bakeoff import _stop
 
     pid_file = tmp_path / "engine.pid"
     engine = ("import os, signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "

@@ -11,9 +11,10 @@ import sys
 import pytest
 from conftest import ROOT, RECIPE
 
-from toolkit.evaluate import prediction
-from toolkit.jsonl import DataError, read_jsonl, write_jsonl
-from toolkit.recipe import load_recipe
+from toolkit.evaluate.evaluation import prediction
+from toolkit.io.jsonl import read_jsonl, write_jsonl
+from toolkit.io.errors import DataError
+from toolkit.task.recipe import load_recipe
 
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the scripts import each other as scripts do
 
@@ -170,7 +171,7 @@ def test_set_b_trains_under_a_recipe_with_no_closed_sets_and_only_that_differs(t
     """Most of a real teacher's rejected answers name a place outside a closed set (92 of 94 in the first run),
     and prepare refuses those under the shipped recipe: set (b) trains under a copy without the closed sets, which
     takes such a label and is the shipped recipe in every other field and path."""
-    from toolkit.prepare import read_records
+    from toolkit.data.prepare import read_records
 
     monkeypatch.setattr(teacher_noise, "WORK", tmp_path)
     shipped, opened = load_recipe(RECIPE, "cpu"), load_recipe(teacher_noise.open_recipe(), "cpu")

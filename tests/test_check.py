@@ -1,4 +1,4 @@
-"""`xtk recipe check` (toolkit/check.py): a recipe's files, rows, leftovers of a copied recipe and sizes, checked
+"""`xtk recipe check` (toolkit/flow/check.py): a recipe's files, rows, leftovers of a copied recipe and sizes, checked
 before anything runs; `xtk run` runs the same check first."""
 
 import json
@@ -127,7 +127,7 @@ description: 发票的卖方、金额、日期和币种。
 
 
 def test_prompts_left_out_are_rendered_from_the_fields(tmp_path):
-    from toolkit.recipe import load_recipe
+    from toolkit.task.recipe import load_recipe
 
     path = write_recipe(tmp_path, INVOICE)
     path.write_text(path.read_text(encoding="utf-8").replace("prompts: {teacher: t.md, base: d.md, student: s.md}\n",
@@ -149,7 +149,8 @@ An answer looks like this (the values are only examples):
 
 
 def test_a_recipe_template_renders_the_prompts_and_a_bad_placeholder_is_named(tmp_path):
-    from toolkit.recipe import RecipeError, load_recipe
+    from toolkit.task.recipe import load_recipe
+    from toolkit.io.errors import RecipeError
 
     (tmp_path / "tpl.md").write_text("任务：$task\n键：$keys\n示例：$example\n费用 $$5\n", encoding="utf-8")
     path = write_recipe(tmp_path, INVOICE)

@@ -1,4 +1,4 @@
-"""The classical baselines of toolkit/classical.py, as the `rules` evaluation runs them: jieba's name tagger on
+"""The classical baselines of toolkit/infer/classical.py, as the `rules` evaluation runs them: jieba's name tagger on
 hand-checked sentences, TF-IDF + logistic regression learnt from a run's training split of the real review
 data, and the errors a user meets when a learning baseline has nothing to learn from."""
 
@@ -7,12 +7,12 @@ import json
 import pytest
 
 from conftest import ROOT
-from toolkit.datagen import generate
-from toolkit.errors import StageError
-from toolkit.infer import RulesBackend
-from toolkit.jsonl import read_jsonl
-from toolkit.prepare import run_prepare
-from toolkit.recipe import load_recipe
+from toolkit.data.generators import generate
+from toolkit.io.errors import StageError
+from toolkit.infer.engines import RulesBackend
+from toolkit.io.jsonl import read_jsonl
+from toolkit.data.prepare import run_prepare
+from toolkit.task.recipe import load_recipe
 from toolkit.tasks.msra_ner.baseline import jieba_entities
 
 SENTIMENT = ROOT / "recipes" / "review_sentiment_zh.yaml"
@@ -50,7 +50,7 @@ def test_a_learning_baseline_without_a_training_split_says_to_prepare_first(tmp_
 
 
 def test_tfidf_logreg_refuses_fields_that_are_not_classes(tmp_path):
-    recipe = load_recipe(ROOT / "recipes" / "msra_ner.yaml", None, ["baseline=toolkit.classical:tfidf_logreg"])
+    recipe = load_recipe(ROOT / "recipes" / "msra_ner.yaml", None, ["baseline=toolkit.infer.classical:tfidf_logreg"])
     train = tmp_path / "train.jsonl"
     answer = json.dumps({"persons": ["张三"], "locations": [], "organizations": []}, ensure_ascii=False)
     train.write_text(json.dumps({"messages": [{"role": "system", "content": "x"}, {"role": "user", "content": "张三"},

@@ -71,7 +71,7 @@ def test_one_grammar(cmd):
 
 
 def test_from_and_only_list_every_stage():
-    from toolkit.pipeline import STAGE_NAMES
+    from toolkit.flow.pipeline import STAGE_NAMES
 
     run = next(c for c in COMMANDS if c.name == "run")
     for a in options(run):
@@ -80,7 +80,7 @@ def test_from_and_only_list_every_stage():
 
 
 def test_help_names_what_commands_write_and_pull():
-    from toolkit.models import EMBEDDED
+    from toolkit.model.models import EMBEDDED
 
     by_name = {c.name: c for c in COMMANDS}
     assert all(f in by_name["report"].help for f in ("report.md", "accuracy.png", "confusion-FIELD.png"))
@@ -110,7 +110,7 @@ def test_a_signal_whose_exception_a_library_drops_is_raised_again():
     import os
     import signal
 
-    from toolkit.signals import Terminated, handled, reraise
+    from toolkit.io.signals import Terminated, handled, reraise
 
     before = signal.getsignal(signal.SIGTERM)
     with handled():
@@ -132,7 +132,7 @@ def test_a_call_that_drops_a_signal_and_waits_on_is_interrupted_by_it_again():
     import threading
     import time
 
-    from toolkit.signals import RESEND_S, Terminated, handled, redelivered
+    from toolkit.io.signals import RESEND_S, Terminated, handled, redelivered
 
     with handled():
         with pytest.raises(Terminated):

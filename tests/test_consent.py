@@ -9,9 +9,10 @@ import pytest
 from conftest import RECIPE, write_recipe
 from teacher_server import TeacherServer
 from toolkit.cli import main
-from toolkit.errors import StageError
-from toolkit.jsonl import DataError, read_jsonl, write_jsonl
-from toolkit.recipe import load_recipe
+from toolkit.io.errors import StageError
+from toolkit.io.jsonl import read_jsonl, write_jsonl
+from toolkit.io.errors import DataError
+from toolkit.task.recipe import load_recipe
 
 KEY = "sk-consent-0a1b2c3d"
 
@@ -36,7 +37,7 @@ def test_a_run_folder_whose_lock_is_a_link_is_refused_and_the_file_kept(tmp_path
 
 
 def test_temporary_files_planted_as_links_are_not_followed(tmp_path, monkeypatch):
-    from toolkit.pipeline import open_run
+    from toolkit.flow.pipeline import open_run
 
     run = tmp_path / "run"
     victims = [planted(run, "manifest.json.tmp"), planted(run, "manifest.json.lock")]
@@ -52,7 +53,7 @@ def test_temporary_files_planted_as_links_are_not_followed(tmp_path, monkeypatch
 
 
 def test_labels_never_go_through_a_planted_link(tmp_path, pool, monkeypatch):
-    from toolkit.label import run_label
+    from toolkit.data.label import run_label
 
     monkeypatch.setenv("DASHSCOPE_API_KEY", KEY)
     rows = pool[:3]
@@ -132,8 +133,8 @@ def test_a_generators_file_names_stay_inside_its_datasets_folder(tmp_path, monke
 
 
 def test_a_recipe_or_spec_cannot_grant_itself_trust_remote_code(tmp_path, capsys):
-    from toolkit.bakeoff import SpecError, load_spec
-    from toolkit.trust import Consent
+    from toolkit.choose.bakeoff import SpecError, load_spec
+    from toolkit.io.trust import Consent
 
     recipe = write_recipe(tmp_path, FIELD)
     recipe.write_text(recipe.read_text().replace("template: chatml}", "template: chatml,\n  trust_remote_code: true}"))
@@ -271,11 +272,11 @@ def test_the_report_never_shows_a_trainings_loss_beside_another_trainings_studen
     student's evaluation is a real one (the rule backend standing in for the merged model)."""
     from dataclasses import replace
 
-    from toolkit.jsonl import write_json
-    from toolkit.losschart import plot_loss
-    from toolkit.markers import MARKER
-    from toolkit.pipeline import current_train_key, evaluate_model, open_run, role, run_stage
-    from toolkit.prepare import gold_records, run_prepare
+    from toolkit.io.jsonl import write_json
+    from toolkit.train.losschart import plot_loss
+    from toolkit.io.markers import MARKER
+    from toolkit.flow.pipeline import current_train_key, evaluate_model, open_run, role, run_stage
+    from toolkit.data.prepare import gold_records, run_prepare
 
     recipe = load_recipe(RECIPE, "cpu", ["data.val_fraction=0"])
     test = [str(recipe.path(recipe.data.test[0]))]

@@ -4,8 +4,8 @@ from collections import Counter
 import pytest
 
 from conftest import ROOT
-from toolkit.datagen import generate
-from toolkit.jsonl import read_jsonl
+from toolkit.data.generators import generate
+from toolkit.io.jsonl import read_jsonl
 from toolkit.tasks.logistics_zh.generate import (FORMATS, LogisticsGenerator, normalise_text, places,
                                                  shared_district_names)
 

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from conftest import RECIPE, ROOT, SMOLLM2_STUDENT
-from toolkit.jsonl import read_jsonl
-from toolkit.recipe import load_recipe
-from toolkit.scoring import compute_metrics
+from toolkit.io.jsonl import read_jsonl
+from toolkit.task.recipe import load_recipe
+from toolkit.task.scoring import compute_metrics
 
 pytestmark = pytest.mark.slow
 SMALL = [*SMOLLM2_STUDENT, "eval.limit=20", "eval.batch_size=20", "eval.max_new_tokens=64"]
@@ -65,8 +65,8 @@ def test_guided_json_makes_the_base_model_answer_the_recipes_schema(run):
         "import json, os, sys, psutil\n"
         "from dataclasses import replace\n"
         "before = dict(os.environ)\n"
-        "from toolkit.pipeline import evaluate_model, open_run, role\n"
-        "from toolkit.recipe import load_recipe\n"
+        "from toolkit.flow.pipeline import evaluate_model, open_run, role\n"
+        "from toolkit.task.recipe import load_recipe\n"
         "recipe = load_recipe(sys.argv[1], 'cpu', sys.argv[4:])\n"
         "with open_run(recipe, sys.argv[2]) as ctx:\n"
         "    evaluate_model(ctx, replace(role(ctx, 'base'), name='base-guided', backend='vllm', guided_json=True),\n"

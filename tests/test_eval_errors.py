@@ -2,7 +2,7 @@
 
 from conftest import RECIPE
 from toolkit.cli import main
-from toolkit.train import free_port  # closed again at once: nothing listens there
+from toolkit.train.swift import free_port  # closed again at once: nothing listens there
 
 
 def test_unknown_model_path(tmp_path, capsys):

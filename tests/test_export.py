@@ -6,10 +6,11 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from conftest import RECIPE, ROOT
 from toolkit.cli import main, parse_args
-from toolkit.errors import StageError
-from toolkit.export import go_template, modelfile, paired, verdict
-from toolkit.models import GEMMA3_TEXT_TEMPLATE
-from toolkit.recipe import RecipeError, load_recipe
+from toolkit.io.errors import StageError
+from toolkit.deploy.export import go_template, modelfile, paired, verdict
+from toolkit.model.models import GEMMA3_TEXT_TEMPLATE
+from toolkit.task.recipe import load_recipe
+from toolkit.io.errors import RecipeError
 
 # SmolLM2-Instruct's chat template (ChatML, with its default system prompt when none is given).
 CHATML = """{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system
@@ -149,7 +150,7 @@ def test_parity_needs_the_same_records():
 def test_a_drop_beyond_max_drop_exits_1_unless_accepted(tmp_path, monkeypatch, capsys, accept):
     """run_export is replaced by a double returning hand-made parity figures: the exit code and the warning are
     the CLI's, whatever the conversion gives (the real one runs in test_export_e2e.py)."""
-    import toolkit.export as export
+    import toolkit.deploy.export as export
 
     overall = paired(TwoFields, predictions([True] * 10), predictions([True] * 8 + [False] * 2))
     record = {"parity": {"all": overall, "verdict": verdict(overall, 0.01)}}
@@ -171,7 +172,7 @@ def test_export_without_a_merged_student_exits_2(tmp_path, capsys):
 def test_json_grammar_is_the_schema_with_bounded_whitespace():
     from llama_cpp import LlamaGrammar
 
-    from toolkit.llamacpp import json_grammar
+    from toolkit.infer.llamacpp import json_grammar
 
     recipe = load_recipe(RECIPE, "cpu")
     gbnf = json_grammar(recipe.json_schema())
@@ -191,10 +192,10 @@ def test_guided_answers_are_llama_cpps_own_grammar_answers():
     eight test texts. Zero-shot, the model breaks the grammar often, so both paths are taken (asserted)."""
     from llama_cpp import LlamaGrammar
 
-    from toolkit.evaluate import chat
-    from toolkit.jsonl import read_jsonl
-    from toolkit.llamacpp import LlamaCppBackend, json_grammar
-    from toolkit.models import EMBEDDED, _gguf_path
+    from toolkit.evaluate.evaluation import chat
+    from toolkit.io.jsonl import read_jsonl
+    from toolkit.infer.llamacpp import LlamaCppBackend, json_grammar
+    from toolkit.model.models import EMBEDDED, _gguf_path
 
     recipe = load_recipe(RECIPE, "cpu")
     backend = LlamaCppBackend(recipe, _gguf_path(EMBEDDED["smollm2-135m-instruct"]), guided_json=True)

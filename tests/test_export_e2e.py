@@ -16,8 +16,8 @@ def test_export_smollm2_to_f16_answers_as_the_transformers_path(tmp_path, smollm
     from gguf import GGUFReader
     from transformers import AutoTokenizer
 
-    from toolkit.manifest import slug
-    from toolkit.recipe import load_recipe
+    from toolkit.run.manifest import slug
+    from toolkit.task.recipe import load_recipe
 
     run = tmp_path / "run"
     # The base model, not a trained one: parity is about the file answering as the folder does, whatever it says.

@@ -1,4 +1,4 @@
-"""Typed fields (toolkit/fields.py) and metrics by type, checked against figures worked out by hand."""
+"""Typed fields (toolkit/task/fields.py) and metrics by type, checked against figures worked out by hand."""
 
 import datetime
 import json
@@ -7,13 +7,14 @@ import re
 import pytest
 
 from conftest import write_recipe
-from toolkit.endpoint import Answer
-from toolkit.fields import NO_VALUE, TYPES, FieldType, headline, normalise, register, slot_counts
-from toolkit.jsonl import DataError
-from toolkit.label import check_answer, majority
-from toolkit.prepare import read_record
-from toolkit.recipe import RecipeError, load_recipe
-from toolkit.scoring import compute_metrics, score_record
+from toolkit.model.endpoint import Answer
+from toolkit.task.fields import NO_VALUE, TYPES, FieldType, headline, normalise, register, slot_counts
+from toolkit.io.errors import DataError
+from toolkit.data.label import check_answer, majority
+from toolkit.data.prepare import read_record
+from toolkit.task.recipe import load_recipe
+from toolkit.io.errors import RecipeError
+from toolkit.task.scoring import compute_metrics, score_record
 
 FIELDS = """\
 fields:
@@ -172,8 +173,8 @@ def test_recipe_refuses_keys_a_type_does_not_take(tmp_path, field, problem):
 
 
 def test_report_lays_out_the_recipes_types(recipe, tmp_path):
-    from toolkit.jsonl import write_json
-    from toolkit.report import run_report
+    from toolkit.io.jsonl import write_json
+    from toolkit.evaluate.report import run_report
 
     run = tmp_path / "run"
     metrics = compute_metrics(recipe, [{"parsed": p, "gold": g} for p, g in ROWS])
@@ -322,7 +323,7 @@ def test_optional_fields_take_null_as_a_value_scored_like_any_other(invoice, tmp
 
 
 def test_the_student_is_trained_on_one_form_of_each_date(invoice):
-    from toolkit.prepare import to_messages
+    from toolkit.data.prepare import to_messages
 
     label = {"seller": "华为", "amount": None, "date": "2024年3月5日", "currency": "USD"}
     row = to_messages(invoice, {"id": "a", "text": "t", "label": label}, "s")

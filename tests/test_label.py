@@ -10,10 +10,10 @@ import pytest
 
 from conftest import RECIPE, ROOT
 from teacher_server import TeacherServer
-from toolkit.jsonl import read_jsonl, write_jsonl
-from toolkit.endpoint import EndpointError
-from toolkit.label import GAVE_UP, check_gold, majority, run_label
-from toolkit.recipe import load_recipe
+from toolkit.io.jsonl import read_jsonl, write_jsonl
+from toolkit.model.endpoint import EndpointError
+from toolkit.data.label import GAVE_UP, check_gold, majority, run_label
+from toolkit.task.recipe import load_recipe
 
 KEY = "sk-test-9f8e7d6c5b4a-SECRET"
 MODES = {"fenced": "ok", "think": "ok", "429": "ok", "500": "ok", "slow": "ok", "drop": "ok",
@@ -141,8 +141,8 @@ def test_votes_against_the_server_and_check_gold(tmp_path, pool, key):
 
 
 def test_missing_key_and_bad_input_are_clear_errors(tmp_path, monkeypatch):
-    from toolkit.errors import StageError
-    from toolkit.jsonl import DataError
+    from toolkit.io.errors import StageError
+    from toolkit.io.errors import DataError
 
     monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
     recipe = load_recipe(RECIPE)
@@ -155,6 +155,6 @@ def test_missing_key_and_bad_input_are_clear_errors(tmp_path, monkeypatch):
         run_label(recipe, bad, tmp_path)
     txt = tmp_path / "in.txt"
     txt.write_text("第一条\n\n第二条\n")
-    from toolkit.label import read_inputs
+    from toolkit.data.label import read_inputs
 
     assert read_inputs(txt, 100) == [{"id": "line-1", "text": "第一条"}, {"id": "line-3", "text": "第二条"}]

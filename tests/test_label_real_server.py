@@ -14,10 +14,10 @@ import pytest
 
 from conftest import RECIPE
 from toolkit.cli import main
-from toolkit.jsonl import read_jsonl, write_jsonl
-from toolkit.label import run_label
-from toolkit.recipe import load_recipe
-from toolkit.train import free_port
+from toolkit.io.jsonl import read_jsonl, write_jsonl
+from toolkit.data.label import run_label
+from toolkit.task.recipe import load_recipe
+from toolkit.train.swift import free_port
 
 pytestmark = pytest.mark.slow
 REASONS = {"unparseable", "schema", "ungrounded", "empty", "no majority", "not allowed"}
@@ -76,7 +76,7 @@ def test_synth_then_label_what_it_wrote_through_swift_deploy(tmp_path, deployed,
     """`xtk synth` asks the served student for new inputs in batches of 3 concurrent requests (4 inputs each),
     then `xtk label` labels the pool it wrote. The protocol end to end: a 135M model's inputs are poor, and
     whatever it writes must be parsed, filtered and labelled or rejected, never crash."""
-    from toolkit.synth import run_synth
+    from toolkit.data.synth import run_synth
 
     base_url, _ = deployed
     monkeypatch.setenv("DASHSCOPE_API_KEY", "local")

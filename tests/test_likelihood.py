@@ -1,4 +1,4 @@
-"""Zero-shot by option likelihood (toolkit/likelihood.py) on the real embedded student: the batched scorer
+"""Zero-shot by option likelihood (toolkit/infer/likelihood.py) on the real embedded student: the batched scorer
 against a plain one-pair-at-a-time log-probability computed here with transformers, and the backend's choice."""
 
 import json
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import write_recipe
-from toolkit.errors import StageError
-from toolkit.likelihood import LikelihoodBackend, choice_logprobs
-from toolkit.recipe import load_recipe
+from toolkit.io.errors import StageError
+from toolkit.infer.likelihood import LikelihoodBackend, choice_logprobs
+from toolkit.task.recipe import load_recipe
 
 ENUMS = """\
 fields:

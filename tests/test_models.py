@@ -7,8 +7,8 @@ import pytest
 
 from conftest import ROOT
 
-from toolkit.markers import MARKER
-from toolkit.models import ModelError, check_custom_code, pull_embedded, resolve_model
+from toolkit.io.markers import MARKER
+from toolkit.model.models import ModelError, check_custom_code, pull_embedded, resolve_model
 
 
 @pytest.mark.slow
@@ -51,11 +51,11 @@ def test_a_pull_started_during_another_waits_and_uses_its_folder(tmp_path):
     import subprocess
     import sys
 
-    import toolkit.models as models
-    from toolkit.locks import folder_turn
+    import toolkit.model.models as models
+    from toolkit.io.locks import folder_turn
 
     env = {**os.environ, "XTK_CACHE": str(tmp_path)}
-    second = ("import toolkit.models as m\nreal, calls = m._pull, []\n"
+    second = ("import toolkit.model.models as m\nreal, calls = m._pull, []\n"
               "m._pull = lambda *a: calls.append(1) or real(*a)\nprint('start', flush=True)\n"
               "print(m.pull_embedded('smollm2-135m-instruct'), len(calls))\n")
     target = tmp_path / "models" / "smollm2-135m-instruct"
@@ -79,7 +79,7 @@ def test_the_pull_lock_holds_a_models_folder_moved_elsewhere_through_a_link(tmp_
     holder through the link or the real path waits (seen as not getting it at once)."""
     import fcntl
 
-    from toolkit.locks import folder_turn
+    from toolkit.io.locks import folder_turn
 
     (tmp_path / "disk" / "models").mkdir(parents=True)
     (tmp_path / "cache").mkdir()

@@ -10,11 +10,11 @@ import pytest
 
 from conftest import RECIPE, ROOT
 from toolkit.cli import main
-from toolkit.evaluate import answer_problems
-from toolkit.jsonl import read_jsonl, write_jsonl
-from toolkit.predict import (identity, journal_path, local_answerer, predict_role, read_texts, run_predict,
+from toolkit.evaluate.evaluation import answer_problems
+from toolkit.io.jsonl import read_jsonl, write_jsonl
+from toolkit.deploy.predict import (identity, journal_path, local_answerer, predict_role, read_texts, run_predict,
                              student_backend)
-from toolkit.recipe import load_recipe
+from toolkit.task.recipe import load_recipe
 
 TEST = ROOT / "datasets" / "logistics_zh" / "test.jsonl"
 
@@ -145,7 +145,7 @@ def test_a_killed_run_resumes_answering_each_record_once(tmp_path, recipe, texts
 
 def test_a_journal_of_another_model_is_not_resumed(tmp_path, recipe, texts):
     write_jsonl(journal_path(tmp_path / "out.jsonl"), [{"xtk_predict": "another", "recipe": "x"}])
-    from toolkit.errors import StageError
+    from toolkit.io.errors import StageError
     with pytest.raises(StageError, match="another model"):
         run_predict(recipe, texts, tmp_path / "out.jsonl", "this", lambda todo: iter(()))
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from conftest import RECIPE, ROOT, SMOLLM2_STUDENT, start_server
-from toolkit.jsonl import read_jsonl, write_jsonl
-from toolkit.recipe import load_recipe
+from toolkit.io.jsonl import read_jsonl, write_jsonl
+from toolkit.task.recipe import load_recipe
 
 pytestmark = pytest.mark.slow
 N = 6
@@ -115,8 +115,8 @@ def test_the_transformers_engine_refuses_a_text_over_the_context_as_vllm_does(sm
     """Where vLLM is absent, ms-swift's transformers engine is given vLLM's context (eval.vllm.max_model_len): a
     longer prompt is refused (serve answers it with a 413) instead of being cut or run; the others in its batch
     are answered."""
-    from toolkit.backends import make_backend
-    from toolkit.evaluate import extract
+    from toolkit.infer.backends import make_backend
+    from toolkit.evaluate.evaluation import extract
 
     recipe = load_recipe(RECIPE, "cpu", [*SMALL, "eval.max_new_tokens=8"])
     backend = make_backend(recipe, "transformers", recipe.student.model)

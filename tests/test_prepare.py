@@ -3,9 +3,10 @@ import json
 import pytest
 
 from conftest import RECIPE
-from toolkit.jsonl import DataError, read_jsonl
-from toolkit.prepare import check_messages_file, gold_records, normalise_input, read_records, run_prepare
-from toolkit.recipe import load_recipe
+from toolkit.io.jsonl import read_jsonl
+from toolkit.io.errors import DataError
+from toolkit.data.prepare import check_messages_file, gold_records, normalise_input, read_records, run_prepare
+from toolkit.task.recipe import load_recipe
 
 LABEL = {"province": "天津市", "city": "天津市", "district": "和平区", "specific_location": "南京路1号",
          "name": "欧阳丽", "phone": "13812345678"}

@@ -17,8 +17,8 @@ import pytest
 
 from conftest import RECIPE, ROOT
 from qwen3_fixture import QWEN3_CHAT_TEMPLATE, qwen3_tiny_folder
-from toolkit.models import ResolvedModel
-from toolkit.recipe import load_recipe
+from toolkit.model.models import ResolvedModel
+from toolkit.task.recipe import load_recipe
 
 TEST_FILES = [ROOT / "datasets" / "logistics_zh" / n for n in ("test.jsonl", "test_unseen.jsonl")]
 THINKING_OFF = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
@@ -43,7 +43,7 @@ def record(**row):
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 if os.environ["XTK_SPY"] == "vllm":
-    os.environ.setdefault("VLLM_PLUGINS", "lora_filesystem_resolver")  # as toolkit.infer sets it
+    os.environ.setdefault("VLLM_PLUGINS", "lora_filesystem_resolver")  # as toolkit.infer.engines sets it
     from vllm import LLM
 
     chat = LLM.chat
@@ -145,9 +145,9 @@ def test_the_gpu_profiles_template_trains_and_prompts_as_qwen3_with_thinking_off
 
 
 def test_an_answer_behind_an_empty_think_block_scores_on_its_json_only(tmp_path):
-    from toolkit.evaluate import run_eval
-    from toolkit.backends import Backend, Generation
-    from toolkit.jsonl import read_jsonl
+    from toolkit.evaluate.evaluation import run_eval
+    from toolkit.infer.backends import Backend, Generation
+    from toolkit.io.jsonl import read_jsonl
 
     recipe = load_recipe(RECIPE, "gpu")
     rows = read_jsonl(TEST_FILES[0])[:4]
@@ -203,7 +203,7 @@ def run(tmp_path_factory, qwen3_tiny):
 
 @pytest.mark.slow
 def test_the_cpu_overrides_are_the_only_differences_from_the_tutorials_command(run, qwen3_tiny):
-    from toolkit.train import sft_argv
+    from toolkit.train.swift import sft_argv
 
     run_dir, _ = run
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -238,7 +238,7 @@ def test_training_rendered_qwen3s_thinking_off_format(run, tokenizer):
     """ms-swift logs the first training row it encoded: it must be Qwen3's own rendering of one of our rows,
     the answer behind the empty think block, and the loss on the answer only (ms-swift adds
     `ignore_empty_think` to the loss scale of hybrid-thinking templates: the block is input, never a target)."""
-    from toolkit.jsonl import read_jsonl
+    from toolkit.io.jsonl import read_jsonl
 
     run_dir, _ = run
     log = (run_dir / "train" / "train.log").read_text(encoding="utf-8")
@@ -255,7 +255,7 @@ def test_training_rendered_qwen3s_thinking_off_format(run, tokenizer):
 
 @pytest.mark.slow
 def test_both_engines_prompt_base_and_student_as_qwen3_with_thinking_off(run, qwen3_tiny, tokenizer):
-    from toolkit.jsonl import read_jsonl
+    from toolkit.io.jsonl import read_jsonl
 
     run_dir, seen = run
     recipe = load_recipe(RECIPE, "gpu", overrides(qwen3_tiny))

@@ -7,13 +7,14 @@ import subprocess
 import pytest
 
 from conftest import ROOT
-from toolkit.datagen import generate
-from toolkit.datagen.sources import fetch
-from toolkit.errors import StageError
-from toolkit.fields import ungrounded
-from toolkit.jsonl import DataError, read_jsonl
-from toolkit.prepare import normalise_input, read_record, read_records, run_prepare
-from toolkit.recipe import load_recipe
+from toolkit.data.generators import generate
+from toolkit.data.sources import fetch
+from toolkit.io.errors import StageError
+from toolkit.task.fields import ungrounded
+from toolkit.io.jsonl import read_jsonl
+from toolkit.io.errors import DataError
+from toolkit.data.prepare import normalise_input, read_record, read_records, run_prepare
+from toolkit.task.recipe import load_recipe
 from toolkit.tasks.msra_ner.generate import sentences
 
 # sha256 of every file as built on the machine this was written on: another machine must give the same bytes

@@ -4,7 +4,8 @@ import pytest
 import yaml
 
 from conftest import RECIPE, ROOT
-from toolkit.recipe import Recipe, RecipeError, load_recipe, load_ref, parse_override, recipe_keys
+from toolkit.task.recipe import Recipe, load_recipe, load_ref, parse_override, recipe_keys
+from toolkit.io.errors import RecipeError
 
 
 def shipped_recipes() -> list:
@@ -148,7 +149,7 @@ def test_choices_and_choices_file_together_are_refused(tmp_path):
 
 def test_code_is_named_as_module_function_and_a_wrong_name_says_which_key():
     with pytest.raises(RecipeError, match=r"key 'baseline' \(from a command-line override\): expected "
-                                          r"module:function \(e.g. toolkit.classical:tfidf_logreg\), got "
+                                          r"module:function \(e.g. toolkit.infer.classical:tfidf_logreg\), got "
                                           r"'toolkit.tasks.logistics_zh.baseline.answer'$"):
         load_recipe(RECIPE, None, ["baseline=toolkit.tasks.logistics_zh.baseline.answer"])
     with pytest.raises(RecipeError, match=r"recipe key baseline: toolkit.tasks.logistics_zh.baseline:nope: "

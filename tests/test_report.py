@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from conftest import RECIPE, write_recipe
-from toolkit.jsonl import write_json, write_jsonl
-from toolkit.recipe import load_recipe
-from toolkit.report import run_report
-from toolkit.scoring import compute_metrics, score_record
+from toolkit.io.jsonl import write_json, write_jsonl
+from toolkit.task.recipe import load_recipe
+from toolkit.evaluate.report import run_report
+from toolkit.task.scoring import compute_metrics, score_record
 
 FIELDS = """\
 fields:
@@ -98,14 +98,14 @@ def test_report_html_is_one_escaped_file_with_the_confusions_of_closed_set_field
 
 
 def test_the_loss_chart_turns_logarithmic_when_the_loss_falls_over_a_decade():
-    from toolkit.losschart import log_scale_helps
+    from toolkit.train.losschart import log_scale_helps
 
     assert log_scale_helps([3.0, 0.5, 0.29]) and not log_scale_helps([3.0, 0.5, 0.31])
     assert not log_scale_helps([3.0, 0.0])  # a zero has no logarithm
 
 
 def test_the_commit_is_recorded_with_the_versions():
-    from toolkit.manifest import versions
+    from toolkit.run.manifest import versions
 
     assert re.fullmatch(r"[0-9a-f]{12}(-dirty)?", versions()["commit"])  # the tests run from a git checkout
 
@@ -179,7 +179,7 @@ def test_report_html_in_a_browser_filters_and_sorts_the_errors(run):
 def test_a_row_names_the_prompt_file_or_says_the_prompt_was_rendered_from_the_fields():
     """A recipe's prompt may be a file or, left out, rendered from its fields (xtk init writes no prompt files):
     the table's row says which, and a run of such a recipe gets its report (it crashed on the missing file name)."""
-    from toolkit.report import row_label
+    from toolkit.evaluate.report import row_label
 
     shipped = load_recipe(RECIPE, "cpu")
     assert row_label(shipped, "base-test", {"role": "base"}) == "base-test (base student, prompt detailed.md)"

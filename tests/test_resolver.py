@@ -6,11 +6,11 @@ import shutil
 
 import pytest
 from conftest import RECIPE
-from toolkit.errors import StageError
-from toolkit.jsonl import read_jsonl, write_json, write_jsonl
-from toolkit.pipeline import identity, open_run, role, run_stage
-from toolkit.recipe import load_recipe
-from toolkit.report import run_report
+from toolkit.io.errors import StageError
+from toolkit.io.jsonl import read_jsonl, write_json, write_jsonl
+from toolkit.flow.pipeline import identity, open_run, role, run_stage
+from toolkit.task.recipe import load_recipe
+from toolkit.evaluate.report import run_report
 from toolkit.tasks.logistics_zh.generate import shared_district_names
 from toolkit.tasks.logistics_zh.resolver import complete_admin
 

@@ -1,4 +1,4 @@
-"""Backends by name (toolkit/backends.py), roles declared once (toolkit/roles.py), run identity (markers) and the
+"""Backends by name (toolkit/infer/backends.py), roles declared once (toolkit/run/roles.py), run identity (markers) and the
 stage order the runner resolves: each decided in one place, and what derives from it."""
 
 import ast
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, write_recipe
-from toolkit.jsonl import read_jsonl, write_jsonl
-from toolkit.recipe import load_recipe
+from toolkit.io.jsonl import read_jsonl, write_jsonl
+from toolkit.task.recipe import load_recipe
 
 SENTIMENT = ROOT / "recipes" / "review_sentiment_zh.yaml"
 REVIEWS = [("r1", "很好，物超所值", "positive"), ("r2", "质量很好", "positive"), ("r3", "太差了", "negative"),
@@ -26,8 +26,8 @@ def write_reviews(path: Path) -> Path:
 def test_a_backend_registered_from_a_test_file_runs_an_evaluation(tmp_path, monkeypatch):
     """A new backend is one class and one `register` call, here in this file alone: `xtk eval --backend` offers
     it and an evaluation runs through it into predictions.jsonl and metrics.json."""
-    import toolkit.backends as backends
-    from toolkit.backends import Backend, BackendKind, Generation, register
+    import toolkit.infer.backends as backends
+    from toolkit.infer.backends import Backend, BackendKind, Generation, register
     from toolkit.cli import main
 
     monkeypatch.setattr(backends, "BACKENDS", dict(backends.BACKENDS))  # the registry as it was, after the test
@@ -66,8 +66,8 @@ def test_a_backend_registered_from_a_test_file_runs_an_evaluation(tmp_path, monk
 def test_an_evaluation_gives_a_backend_at_most_the_batch_it_declares(tmp_path, monkeypatch):
     """A backend that answers one chat at a time (llama.cpp) says so, and an evaluation hands it batches of that
     size, not eval.batch_size: its progress moves per record. Five reviews, batch 2: 2, 2, 1."""
-    import toolkit.backends as backends
-    from toolkit.backends import Backend, BackendKind, Generation, register
+    import toolkit.infer.backends as backends
+    from toolkit.infer.backends import Backend, BackendKind, Generation, register
     from toolkit.cli import main
 
     monkeypatch.setattr(backends, "BACKENDS", dict(backends.BACKENDS))
@@ -102,7 +102,7 @@ def test_guided_decoding_reaches_no_backend_that_cannot_guide(tmp_path, smollm2)
     their stages evaluate them, answer (neither can be guided, and neither needs it: each answers one of the
     classes). The head here is SmolLM2 with an untrained 2-class layer: training a real one takes minutes
     (tests/test_seqcls.py does), and what is under test is only that guided decoding does not reach it."""
-    from toolkit.pipeline import evaluate_model, open_run, role
+    from toolkit.flow.pipeline import evaluate_model, open_run, role
 
     recipe = load_recipe(SENTIMENT, "cpu", ["eval.guided_json=true"])
     test = write_reviews(tmp_path / "reviews.jsonl")
@@ -116,9 +116,9 @@ def test_guided_decoding_reaches_no_backend_that_cannot_guide(tmp_path, smollm2)
 
 
 def test_every_role_that_cannot_be_guided_is_not(tmp_path):
-    from toolkit.backends import backend_kind
-    from toolkit.pipeline import open_run
-    from toolkit.roles import ROLES, role
+    from toolkit.infer.backends import backend_kind
+    from toolkit.flow.pipeline import open_run
+    from toolkit.run.roles import ROLES, role
 
     with open_run(load_recipe(SENTIMENT, "cpu", ["eval.guided_json=true", "eval.backend=vllm"]), tmp_path) as ctx:
         for who in ROLES:
@@ -127,8 +127,8 @@ def test_every_role_that_cannot_be_guided_is_not(tmp_path):
 
 
 def test_thinking_off_is_decided_by_the_served_template():
-    from toolkit.backends import make_backend
-    from toolkit.models import thinking_off
+    from toolkit.infer.backends import make_backend
+    from toolkit.model.models import thinking_off
 
     assert thinking_off("qwen3", "qwen3") and thinking_off(None, "qwen3")
     assert not thinking_off("llama", "chatml", "Qwen3-named-llama")  # the template decides, not the name
@@ -143,11 +143,11 @@ def test_thinking_off_is_decided_by_the_served_template():
 
 def test_roles_are_the_reports_rows_the_bakeoffs_evaluations_and_the_clis_choices():
     from toolkit import report
-    from toolkit.bakeoff import EVALUATIONS
-    from toolkit.backends import BACKENDS
+    from toolkit.choose.bakeoff import EVALUATIONS
+    from toolkit.infer.backends import BACKENDS
     from toolkit.cli import make_parser
-    from toolkit.pipeline import STAGE_NAMES
-    from toolkit.roles import ROLES
+    from toolkit.flow.pipeline import STAGE_NAMES
+    from toolkit.run.roles import ROLES
 
     assert report.ORDER == tuple(ROLES)
     assert set(EVALUATIONS) <= set(ROLES)
@@ -173,7 +173,7 @@ def test_a_full_fine_tunes_checkpoint_is_its_merged_model(tmp_path, smollm2):
     folder with a trainer's files added (a real full fine-tune is in test_a_full_fine_tune_runs_end_to_end)."""
     from transformers import AutoModelForCausalLM
 
-    from toolkit.train import run_merge
+    from toolkit.train.swift import run_merge
 
     ckpt = tmp_path / "train" / "checkpoint-2"
     shutil.copytree(smollm2, ckpt)
@@ -195,8 +195,8 @@ fields:
 def test_a_full_fine_tune_runs_end_to_end(tmp_path):
     """`train.tuner_type: full`, two real `swift sft` steps on SmolLM2, then the student's evaluation alone: the
     runner trains and merges first (what eval_student needs), and the student answers."""
-    from toolkit.markers import trained_key
-    from toolkit.pipeline import open_run, run_stage
+    from toolkit.io.markers import trained_key
+    from toolkit.flow.pipeline import open_run, run_stage
 
     rows = [{"id": f"r{i}", "text": t, "label": {"mood": m}}
             for i, (t, m) in enumerate([("很好吃", "good"), ("不新鲜", "bad"), ("下次还买", "good"), ("难吃", "bad")])]
@@ -218,10 +218,10 @@ def test_a_full_fine_tune_runs_end_to_end(tmp_path):
 def test_an_evaluation_of_a_merged_folder_is_current_only_for_the_training_that_made_it(tmp_path):
     """What the benchmarks ask before reusing an evaluation of a folder they merged (distill_cpu.py's curve,
     levers_cpu.py's re-evaluations), and what the report asks of the same metrics: one answer, from the marker."""
-    from toolkit.jsonl import write_json
-    from toolkit.markers import mark_trained
-    from toolkit.pipeline import open_run
-    from toolkit.roles import evaluations_current, identity, named_model, not_current
+    from toolkit.io.jsonl import write_json
+    from toolkit.io.markers import mark_trained
+    from toolkit.flow.pipeline import open_run
+    from toolkit.run.roles import evaluations_current, identity, named_model, not_current
 
     recipe = load_recipe(SENTIMENT, "cpu")
     merged = tmp_path / "curve" / "checkpoint-50"
@@ -248,10 +248,10 @@ def test_an_exported_files_evaluation_is_current_while_what_it_was_exported_from
     evaluation: current while that model is the run's student of the same training under the same evaluation
     settings; stale once the student is retrained or the settings change. From a named folder: that folder's
     training now."""
-    from toolkit.manifest import config_digest
-    from toolkit.markers import write_marker
-    from toolkit.pipeline import open_run
-    from toolkit.roles import EVAL_CONFIG, identity, named_model, not_current, role
+    from toolkit.run.manifest import config_digest
+    from toolkit.io.markers import write_marker
+    from toolkit.flow.pipeline import open_run
+    from toolkit.run.roles import EVAL_CONFIG, identity, named_model, not_current, role
 
     def exported(ctx, source):
         return {"role": "gguf", "identity": {"source": identity(ctx, source), "gguf_sha256": "ab12", "quant": "q8_0",

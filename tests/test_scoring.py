@@ -5,9 +5,9 @@ import json
 import pytest
 
 from conftest import RECIPE
-from toolkit.recipe import load_recipe
-from toolkit.scoring import compute_metrics, extract_json, score_record
-from toolkit.stats import wilson
+from toolkit.task.recipe import load_recipe
+from toolkit.task.scoring import compute_metrics, extract_json, score_record
+from toolkit.maths.stats import wilson
 
 GOLD_TJ = {"province": "天津市", "city": "天津市", "district": "和平区", "specific_location": "南京路1号",
            "name": "欧阳丽", "phone": "13812345678"}
@@ -72,9 +72,9 @@ def test_extract_json(text, expected):
 
 
 def test_metrics_recomputed_from_predictions_file_equal_the_written_ones(recipe, tmp_path):
-    from toolkit.evaluate import run_eval
-    from toolkit.infer import RulesBackend
-    from toolkit.jsonl import read_jsonl
+    from toolkit.evaluate.evaluation import run_eval
+    from toolkit.infer.engines import RulesBackend
+    from toolkit.io.jsonl import read_jsonl
 
     test = tmp_path / "t.jsonl"
     test.write_text("".join(json.dumps({"id": f"x{i}", "text": f"欧阳丽 13812345678 天津市和平区南京路{i}号",
@@ -89,8 +89,8 @@ def test_metrics_recomputed_from_predictions_file_equal_the_written_ones(recipe,
 
 
 def test_test_file_without_gold_is_a_clear_error(recipe, tmp_path):
-    from toolkit.evaluate import load_test
-    from toolkit.jsonl import DataError
+    from toolkit.evaluate.evaluation import load_test
+    from toolkit.io.errors import DataError
 
     bad = tmp_path / "nogold.jsonl"
     bad.write_text('{"id": "1", "text": "x", "label": {}}\n{"id": "2", "text": "y"}\n')

@@ -1,4 +1,4 @@
-"""The classification head (toolkit/seqcls.py, recipe key classification_head): seq_cls rows from a prepared
+"""The classification head (toolkit/infer/head.py, recipe key classification_head): seq_cls rows from a prepared
 split, their checks, the `swift sft --task_type seq_cls` argv, and for real on the embedded student: a short
 training, its merge, and evaluation logits equal to the trained adapter's own forward."""
 
@@ -7,8 +7,10 @@ import json
 import pytest
 
 from conftest import write_recipe
-from toolkit.jsonl import DataError, write_jsonl
-from toolkit.recipe import RecipeError, load_recipe
+from toolkit.io.jsonl import write_jsonl
+from toolkit.io.errors import DataError
+from toolkit.task.recipe import load_recipe
+from toolkit.io.errors import RecipeError
 
 MOOD = "fields:\n  - {name: mood, type: enum, description: 评价, choices: [good, bad, 一般]}\n"
 
@@ -19,7 +21,7 @@ def prepared(answer: str, text: str = "很好") -> dict:
 
 
 def test_head_rows_are_the_user_turn_and_the_choice_index(tmp_path):
-    from toolkit.seqcls import head_rows
+    from toolkit.infer.head import head_rows
 
     recipe = load_recipe(write_recipe(tmp_path, MOOD, extra="classification_head: true\n"))
     path = tmp_path / "train.jsonl"
@@ -35,7 +37,7 @@ def test_head_rows_are_the_user_turn_and_the_choice_index(tmp_path):
 
 
 def test_head_file_check_names_the_line(tmp_path):
-    from toolkit.seqcls import check_head_file
+    from toolkit.infer.head import check_head_file
 
     recipe = load_recipe(write_recipe(tmp_path, MOOD, extra="classification_head: true\n"))
     path = tmp_path / "head.jsonl"
@@ -59,8 +61,8 @@ def test_a_head_needs_exactly_one_enum_field(tmp_path):
 def test_sft_argv_of_a_head(tmp_path):
     from pathlib import Path
 
-    from toolkit.models import ResolvedModel
-    from toolkit.train import sft_argv, train_key
+    from toolkit.model.models import ResolvedModel
+    from toolkit.train.swift import sft_argv, train_key
 
     recipe = load_recipe(write_recipe(tmp_path, MOOD, extra="classification_head: true\n"))
     model = ResolvedModel("/m", "llama", "chatml", True)
@@ -84,8 +86,8 @@ def test_a_trained_head_is_evaluated_as_it_was_trained(tmp_path, smollm2):
     from peft import PeftModel
     from swift.model import get_model_processor
 
-    from toolkit.pipeline import open_run, run_stage
-    from toolkit.seqcls import HeadBackend
+    from toolkit.flow.pipeline import open_run, run_stage
+    from toolkit.infer.head import HeadBackend
 
     texts = {"good": ["很好吃", "新鲜又甜", "下次还买", "味道不错，包装好"],
              "bad": ["不新鲜", "烂了一半", "太差了，再也不买", "难吃"], "一般": ["还行吧", "一般般"]}

@@ -8,10 +8,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import RECIPE, ROOT, start_server
-from toolkit.jsonl import read_jsonl
-from toolkit.predict import local_answerer, predict_role, student_backend
-from toolkit.recipe import load_recipe
-from toolkit.serve import make_app
+from toolkit.io.jsonl import read_jsonl
+from toolkit.deploy.predict import local_answerer, predict_role, student_backend
+from toolkit.task.recipe import load_recipe
+from toolkit.deploy.serve import make_app
 
 TEST = ROOT / "datasets" / "logistics_zh" / "test.jsonl"
 

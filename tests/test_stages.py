@@ -5,12 +5,12 @@ import json
 import pytest
 
 from conftest import write_recipe
-from toolkit.errors import StageError
-from toolkit.jsonl import read_jsonl, write_json
-from toolkit.pipeline import open_run, run_stage
-from toolkit.recipe import load_recipe
-from toolkit.report import run_report
-from toolkit.trust import Consent
+from toolkit.io.errors import StageError
+from toolkit.io.jsonl import read_jsonl, write_json
+from toolkit.flow.pipeline import open_run, run_stage
+from toolkit.task.recipe import load_recipe
+from toolkit.evaluate.report import run_report
+from toolkit.io.trust import Consent
 
 FIELDS = """\
 fields:
@@ -56,12 +56,12 @@ def test_raw_texts_without_teacher_key_or_gold_say_what_to_give(tmp_path, monkey
 
 
 def test_a_bad_row_in_your_labels_names_its_line(tmp_path):
-    from toolkit.recipe import RecipeError
+    from toolkit.io.errors import RecipeError
 
     write_labelled(tmp_path / "mine.jsonl")
     with (tmp_path / "mine.jsonl").open("a", encoding="utf-8") as f:
         f.write(json.dumps({"id": "x", "text": "一般", "label": {"tone": "一般"}}, ensure_ascii=False) + "\n")
-    from toolkit.check import check_files
+    from toolkit.flow.check import check_files
 
     # found where a command loads the recipe (every file it names is read then), before any stage runs
     with pytest.raises(RecipeError, match=r"key 'data.labelled': .*mine.jsonl:4: tone '一般' is not"):
@@ -107,7 +107,7 @@ def test_a_stage_that_does_not_apply_stays_skipped_until_its_reason_goes(tmp_pat
     recipe without a classification head does not re-run train_head whenever train.* changes); once the key is
     set it is stale and runs; a stage that ran and then stops applying is stale too (its record turns into a
     skip)."""
-    from toolkit.pipeline import STAGES, is_stale
+    from toolkit.flow.pipeline import STAGES, is_stale
 
     monkeypatch.delenv("XTK_TEST_KEY", raising=False)
     path = write_recipe(tmp_path, FIELDS)

@@ -14,9 +14,10 @@ import pytest
 
 from conftest import RECIPE
 from qwen3_fixture import qwen3_tiny_folder
-from toolkit.models import resolve_model
-from toolkit.recipe import RecipeError, load_recipe
-from toolkit.train import sft_argv
+from toolkit.model.models import resolve_model
+from toolkit.task.recipe import load_recipe
+from toolkit.io.errors import RecipeError
+from toolkit.train.swift import sft_argv
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +120,10 @@ def test_deepspeed_when_set_names_one_of_ms_swifts_zero_configs(qwen3_tiny, data
 def test_vllm_takes_the_recipes_gpu_memory_and_length_in_its_own_engine_arguments(qwen3_tiny, monkeypatch):
     import torch
 
-    monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver")  # as toolkit.infer sets it
+    monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver")  # as toolkit.infer.engines sets it
     from vllm.engine.arg_utils import EngineArgs
 
-    from toolkit.infer import vllm_kwargs
+    from toolkit.infer.engines import vllm_kwargs
 
     recipe = gpu_recipe(qwen3_tiny)
     spec = recipe.eval.vllm
@@ -154,7 +155,7 @@ def test_a_multi_node_run_hands_torchrun_the_recipes_nodes_rank_address_and_port
     from swift.cli.main import get_torchrun_args
     from torch.distributed.run import get_args_parser
 
-    from toolkit.train import sft_env
+    from toolkit.train.swift import sft_env
 
     monkeypatch.setenv("MASTER_PORT", "31337")  # a port in the shell must not split the nodes: the recipe's wins
     recipe = load_recipe(RECIPE, "cpu", ["train.nnodes=2", "train.node_rank=1", "train.master_addr=10.0.0.1"])
@@ -176,7 +177,7 @@ def test_a_multi_node_run_hands_torchrun_the_recipes_nodes_rank_address_and_port
 
 
 def test_one_node_keeps_a_free_port_unless_the_recipe_names_one(monkeypatch):
-    from toolkit.train import sft_env
+    from toolkit.train.swift import sft_env
 
     def launch(recipe):  # the launch settings, without CPU training's allocator setting (test_train.py)
         return {k: v for k, v in sft_env(recipe).items() if k != "GLIBC_TUNABLES"}
@@ -201,7 +202,7 @@ def test_one_node_keeps_a_free_port_unless_the_recipe_names_one(monkeypatch):
                                  "file, got 'zero4'")),
 ])
 def test_nodes_that_cannot_meet_are_a_recipe_error(overrides, says):
-    from toolkit.recipe import RecipeError
+    from toolkit.io.errors import RecipeError
 
     with pytest.raises(RecipeError) as err:
         load_recipe(RECIPE, "cpu", overrides)
@@ -225,8 +226,8 @@ def test_deepspeed_json_file_reaches_ms_swift_which_reads_it(qwen3_tiny, data, t
 def test_every_node_trains_under_one_key_but_more_nodes_is_another_training(tmp_path):
     """train_key: the rendezvous (rank, address, port) is where a node meets the others, not what it trains; the
     node and process counts change the effective batch, so they make another model."""
-    from toolkit.models import ResolvedModel
-    from toolkit.train import train_key
+    from toolkit.model.models import ResolvedModel
+    from toolkit.train.swift import train_key
 
     (tmp_path / "train.jsonl").write_text('{"messages": []}\n')
     model = ResolvedModel("/models/smollm2", "llama", "chatml", True)
@@ -244,10 +245,10 @@ def test_every_node_trains_under_one_key_but_more_nodes_is_another_training(tmp_
 
 
 def test_vllm_splits_the_model_over_the_recipes_tensor_parallel_gpus(qwen3_tiny, monkeypatch):
-    monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver")  # as toolkit.infer sets it
+    monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver")  # as toolkit.infer.engines sets it
     from vllm.engine.arg_utils import EngineArgs
 
-    from toolkit.infer import vllm_kwargs
+    from toolkit.infer.engines import vllm_kwargs
 
     assert vllm_kwargs(gpu_recipe(qwen3_tiny), str(qwen3_tiny), cpu=False)["tensor_parallel_size"] == 1
     kwargs = vllm_kwargs(gpu_recipe(qwen3_tiny, "eval.vllm.tensor_parallel_size=2"), str(qwen3_tiny), cpu=False)
@@ -261,11 +262,11 @@ def test_vllm_splits_the_model_over_the_recipes_tensor_parallel_gpus(qwen3_tiny,
 def test_enforce_eager_reaches_vllm_as_no_compilation(qwen3_tiny, monkeypatch):
     """eval.vllm.enforce_eager: vLLM's own reading of the arguments turns torch.compile off (CompilationMode.NONE);
     by default it stays on."""
-    monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver")  # as toolkit.infer sets it
+    monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver")  # as toolkit.infer.engines sets it
     from vllm.config import CompilationMode
     from vllm.engine.arg_utils import EngineArgs
 
-    from toolkit.infer import vllm_kwargs
+    from toolkit.infer.engines import vllm_kwargs
 
     def mode(*overrides):
         kwargs = vllm_kwargs(gpu_recipe(qwen3_tiny, *overrides), str(qwen3_tiny), cpu=True)
@@ -289,13 +290,13 @@ def test_early_stopping_reaches_ms_swift_as_its_callback_on_eval_loss(smollm2, d
 def test_cpu_ddp_is_one_job_only_with_use_cpu(smollm2, data, monkeypatch):
     """Without CUDA, accelerate sets up DDP only when told the run is on CPU: the two processes of the cpu profile
     get --use_cpu true there, and a GPU machine's argv stays as it was."""
-    import toolkit.train
+    import toolkit.train.swift
 
     recipe = load_recipe(RECIPE, "cpu")
-    monkeypatch.setattr(toolkit.train, "_cuda", lambda: False)
+    monkeypatch.setattr(toolkit.train.swift, "_cuda", lambda: False)
     assert swift_parse(argv_for(recipe, data), monkeypatch).training_args.use_cpu is True
     assert "--use_cpu" not in argv_for(load_recipe(RECIPE, "cpu", ["train.nproc_per_node=1"]), data)
-    monkeypatch.setattr(toolkit.train, "_cuda", lambda: True)
+    monkeypatch.setattr(toolkit.train.swift, "_cuda", lambda: True)
     assert "--use_cpu" not in argv_for(recipe, data)
 
 
@@ -306,9 +307,9 @@ def test_two_nodes_on_this_machine_meet_and_train_as_one_ddp_group(qwen3_tiny, t
     group of 2 (gloo on CPU). Only global rank 0 writes the log and the adapter."""
     import threading
 
-    from toolkit.errors import StageError
-    from toolkit.runner import run_logged
-    from toolkit.train import free_port, read_log, sft_env
+    from toolkit.io.errors import StageError
+    from toolkit.io.runner import run_logged
+    from toolkit.train.swift import free_port, read_log, sft_env
 
     row = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
                         {"role": "assistant", "content": "{}"}]}

@@ -1,4 +1,4 @@
-"""toolkit/swift_plugin.py: the output layer `swift sft` gets with `train.bf16_output_layer`, on the real SmolLM2
+"""toolkit/train/swift_plugin.py: the output layer `swift sft` gets with `train.bf16_output_layer`, on the real SmolLM2
 weights (its output layer is its tied embedding, as Gemma 3's is)."""
 
 import os
@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from toolkit.swift_plugin import CALLBACK, bf16_output_layer, cpu_has_bf16
-from toolkit.train import CALLBACK as PASSED
+from toolkit.train.swift_plugin import CALLBACK, bf16_output_layer, cpu_has_bf16
+from toolkit.train.swift import CALLBACK as PASSED
 
 
 TEXT = ["The parcel goes to Li Wei, 138 0013 8000, No. 25 Renmin Road, Dali, Yunnan, building 3, room 402.",

@@ -8,8 +8,8 @@ import pytest
 from conftest import RECIPE, ROOT
 from teacher_server import TeacherServer
 from toolkit.cli import main
-from toolkit.jsonl import read_jsonl, write_jsonl
-from toolkit.recipe import load_recipe
+from toolkit.io.jsonl import read_jsonl, write_jsonl
+from toolkit.task.recipe import load_recipe
 
 KEY = "sk-test-gate-7a6b5c-SECRET"
 
@@ -110,7 +110,7 @@ def test_the_budget_stops_labelling_cleanly_and_a_resume_pays_exactly_the_rest(t
     """Each answer of the test teacher is 100 tokens in and 40 out: at 1000 and 2500 a million, 0.2 each. A
     max_cost of 5 stops one-at-a-time labelling after 25 answers (5.0 reached); the estimate, from the first 20
     answers, says 30 records cost 6. The re-run without a cap asks for the 5 others only."""
-    from toolkit.label import BudgetStop, run_label
+    from toolkit.data.label import BudgetStop, run_label
 
     rows = pool[:30]
     raw = write_jsonl(tmp_path / "raw.jsonl", [{"id": r["id"], "text": r["text"]} for r in rows])
@@ -139,7 +139,7 @@ def test_the_report_reads_the_gap_closed_the_cost_and_the_gate(tmp_path):
     """Hand-worked: on 10 records the base is right on 2, the teacher on 10, the student on 8 (the base's two
     among them): (0.8 - 0.2) / (1.0 - 0.2) = 0.75, iterate. The teacher spent 2.0 on 100 answers: 20,000 a
     million; the student's 50 records/s at 1.8 an hour: 1e6 / 50 / 3600 * 1.8 = 10.00 a million."""
-    from toolkit.teacher import report_lines
+    from toolkit.evaluate.teacher import report_lines
 
     run = tmp_path / "run"
     right = {"base": range(2), "teacher": range(10), "student": range(8)}
@@ -163,8 +163,8 @@ def test_the_report_reads_the_gap_closed_the_cost_and_the_gate(tmp_path):
 
 
 def test_gap_closed_interval_is_paired_and_a_gapless_resample_is_left_out():
-    from toolkit.fields import EXACT_MATCH
-    from toolkit.ranking import Evaluation, gap_closed
+    from toolkit.task.fields import EXACT_MATCH
+    from toolkit.maths.ranking import Evaluation, gap_closed
 
     def e(ok):
         return Evaluation([i in ok for i in range(20)], EXACT_MATCH.statistic)
@@ -237,7 +237,7 @@ def test_synth_smoke_batch_then_the_rest_removing_duplicates_copies_and_test_inp
     assert div["nearest_example_similarity"]["max"] < 0.12 and 0 < div["distinct_2grams"] <= 1
     assert all(KEY not in f.read_text() for f in out.iterdir())
     # what synth wrote is a pool: labelled as any other
-    from toolkit.label import read_inputs
+    from toolkit.data.label import read_inputs
 
     assert [r["id"] for r in read_inputs(out / "pool.jsonl", 4000)][:2] == ["synth-00001", "synth-00002"]
 
@@ -252,7 +252,7 @@ def test_synth_needs_ten_examples_and_a_balance_field_with_choices(tmp_path, key
 
 
 def test_synth_balance_spreads_the_requests_over_a_fields_choices():
-    from toolkit.synth import parse_inputs, plan
+    from toolkit.data.synth import parse_inputs, plan
 
     recipe = load_recipe(ROOT / "recipes" / "review_sentiment_zh.yaml", None,
                          ["synth.balance=sentiment", "synth.lengths=[short, long]", "synth.examples_shown=3"])

@@ -5,12 +5,12 @@ from pathlib import Path
 import pytest
 
 from conftest import RECIPE
-from toolkit.errors import StageError
-from toolkit.losschart import diagnose
-from toolkit.models import ResolvedModel
-from toolkit.recipe import load_recipe
-from toolkit.runner import tail
-from toolkit.train import merge_argv, sft_argv, stale_trainers, training_lock
+from toolkit.io.errors import StageError
+from toolkit.train.losschart import diagnose
+from toolkit.model.models import ResolvedModel
+from toolkit.task.recipe import load_recipe
+from toolkit.io.runner import tail
+from toolkit.train.swift import merge_argv, sft_argv, stale_trainers, training_lock
 
 
 def as_options(argv):
@@ -57,7 +57,7 @@ def test_cpu_argv_uses_the_embedded_student_settings_and_resume():
 
 
 def test_ddp_training_gets_a_rendezvous_port_of_its_own(monkeypatch):
-    from toolkit.train import sft_env
+    from toolkit.train.swift import sft_env
 
     monkeypatch.delenv("MASTER_PORT", raising=False)
     env = sft_env(load_recipe(RECIPE, "cpu"))
@@ -86,8 +86,8 @@ print(libc.mallinfo2().hblks - before)
 def test_cpu_training_keeps_large_blocks_off_mmap(monkeypatch, tunables):
     """A 64 MB block (Gemma's logits are this size) is mmap'd by default and kept in the heap in the environment
     CPU training gets, the caller's own tunables kept beside ours."""
-    from toolkit.secrets import child_env
-    from toolkit.train import sft_env
+    from toolkit.io.secrets import child_env
+    from toolkit.train.swift import sft_env
 
     if tunables:
         monkeypatch.setenv("GLIBC_TUNABLES", tunables)
@@ -106,7 +106,7 @@ def test_cpu_training_keeps_large_blocks_off_mmap(monkeypatch, tunables):
 
 def test_the_allocator_setting_is_not_part_of_the_training_key(monkeypatch, tmp_path):
     """Memory tunables change how fast a model trains, not the model: a folder trained under others is reused."""
-    from toolkit.train import train_key
+    from toolkit.train.swift import train_key
 
     data = tmp_path / "train.jsonl"
     data.write_text("{}\n")
@@ -122,7 +122,7 @@ def test_the_allocator_setting_is_not_part_of_the_training_key(monkeypatch, tmp_
 
 def test_the_plugins_place_on_disk_is_not_part_of_the_training_key(monkeypatch, tmp_path):
     """The same recipe in two clones trains the same model: the bf16 output layer plugin is keyed by its name."""
-    import toolkit.train as train
+    import toolkit.train.swift as train
 
     data = tmp_path / "train.jsonl"
     data.write_text("{}\n")
@@ -206,7 +206,7 @@ def test_training_minutes_come_from_the_summary_of_the_session_that_finished(tmp
     """ms-swift's logging.jsonl: step rows, then a summary whose log_history ends with train_runtime (seconds)."""
     import json
 
-    from toolkit.train import training_minutes
+    from toolkit.train.swift import training_minutes
 
     log = tmp_path / "logging.jsonl"
     log.write_text(json.dumps({"loss": 1.0, "global_step/max_steps": "1/2"}) + "\n")
@@ -222,7 +222,7 @@ def test_stopping_early_merges_the_checkpoint_of_lowest_eval_loss(tmp_path):
     `best` takes the best, and the last where nothing was evaluated."""
     import json
 
-    from toolkit.train import finished_checkpoint
+    from toolkit.train.swift import finished_checkpoint
 
     for step in (2, 4):
         (tmp_path / f"checkpoint-{step}").mkdir()
@@ -238,8 +238,8 @@ def test_stopping_early_merges_the_checkpoint_of_lowest_eval_loss(tmp_path):
 def test_stopping_early_without_a_validation_split_is_refused_before_training(tmp_path, smollm2, pool):
     import json
 
-    from toolkit.prepare import to_messages
-    from toolkit.train import run_train
+    from toolkit.data.prepare import to_messages
+    from toolkit.train.swift import run_train
 
     recipe = load_recipe(RECIPE, "cpu", ["train.early_stop_evals=2"])
     row = to_messages(recipe, pool[0], "s")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RECIPE, ROOT, SMOLLM2_STUDENT
-from toolkit.train import checkpoints, read_log, stale_trainers
+from toolkit.train.swift import checkpoints, read_log, stale_trainers
 
 pytestmark = pytest.mark.slow
 TINY = [*SMOLLM2_STUDENT, "data.train_records=24", "data.val_fraction=0.1", "train.per_device_train_batch_size=2",

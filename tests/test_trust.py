@@ -14,10 +14,11 @@ import pytest
 from conftest import RECIPE, ROOT
 from teacher_server import TeacherServer
 from toolkit.cli import main
-from toolkit.errors import StageError
-from toolkit.jsonl import DataError, read_jsonl, write_jsonl
-from toolkit.label import run_label
-from toolkit.recipe import load_recipe
+from toolkit.io.errors import StageError
+from toolkit.io.jsonl import read_jsonl, write_jsonl
+from toolkit.io.errors import DataError
+from toolkit.data.label import run_label
+from toolkit.task.recipe import load_recipe
 
 KEY = "sk-trust-0a1b2c3d4e5f-SECRET"
 
@@ -71,11 +72,11 @@ class StatusServer:
 # --- 1. a training folder belongs to one configuration ---------------------------------------------------
 
 def test_a_finished_training_of_other_settings_is_moved_aside_and_never_returned(tmp_path, smollm2_ref):
-    from toolkit.train import OWNER, run_train, train_key, trained_checkpoint
+    from toolkit.train.swift import OWNER, run_train, train_key, trained_checkpoint
 
     recipe = load_recipe(RECIPE, "cpu", ["data.val_fraction=0", "train.early_stop_evals=null"])
     data = tmp_path / "data"
-    from toolkit.prepare import gold_records, run_prepare
+    from toolkit.data.prepare import gold_records, run_prepare
 
     run_prepare(recipe, gold_records(recipe)[:4], data)
     out = tmp_path / "train"
@@ -110,17 +111,17 @@ def test_a_finished_training_of_other_settings_is_moved_aside_and_never_returned
 
 @pytest.fixture(scope="module")
 def smollm2_ref():
-    from toolkit.models import ResolvedModel
+    from toolkit.model.models import ResolvedModel
 
     return ResolvedModel("/nonexistent/smollm2", "llama", "chatml", True)
 
 
 def test_the_report_leaves_out_evaluations_of_another_model(tmp_path):
-    from toolkit.pipeline import open_run, run_stage
+    from toolkit.flow.pipeline import open_run, run_stage
 
     recipe = load_recipe(RECIPE, "cpu")
     with open_run(recipe, tmp_path) as ctx:
-        from toolkit.pipeline import evaluate_model, role
+        from toolkit.flow.pipeline import evaluate_model, role
 
         evaluate_model(ctx, role(ctx, "rules"), tests=[str(recipe.path(recipe.data.test[0]))])
     # the same run folder, now with another prompt for the student: the rules evaluation describes the old one
@@ -136,7 +137,7 @@ def test_the_report_leaves_out_evaluations_of_another_model(tmp_path):
 # --- 2. run identity ------------------------------------------------------------------------------------
 
 def test_each_student_gets_its_own_run_folder_and_eval_names_do_not_collide(tmp_path, capsys):
-    from toolkit.manifest import default_run_dir, slug
+    from toolkit.run.manifest import default_run_dir, slug
 
     a = default_run_dir(load_recipe(RECIPE, "gpu"))
     b = default_run_dir(load_recipe(RECIPE, "gpu", ["student.model=unsloth/Qwen3-0.6B"]))
@@ -236,7 +237,7 @@ def test_delivered_but_unusable_answers_are_kept_and_asked_again_only_on_request
 def test_retry_after_values_that_are_not_a_delay_fall_back_to_back_off():
     from email.utils import formatdate
 
-    from toolkit.endpoint import retry_after
+    from toolkit.model.endpoint import retry_after
 
     assert retry_after({"retry-after": "2"}) == 2.0
     assert retry_after({"retry-after": "nan"}) is None and retry_after({"retry-after": "-3"}) is None
@@ -264,7 +265,7 @@ def test_an_endpoint_that_refuses_everything_stops_the_run_at_once(tmp_path, poo
 
 
 def test_an_unreachable_endpoint_stops_the_run_at_once(tmp_path, pool, key):
-    from toolkit.train import free_port
+    from toolkit.train.swift import free_port
 
     start = time.monotonic()
     with pytest.raises(StageError, match=r"cannot reach http://127\.0\.0\.1:\d+/v1"):
@@ -310,7 +311,7 @@ def test_a_second_labeller_into_the_same_folder_is_refused(tmp_path, pool):
 
 
 def test_manifest_writers_do_not_overwrite_each_other(tmp_path):
-    from toolkit.manifest import Manifest
+    from toolkit.run.manifest import Manifest
 
     a, b = Manifest(tmp_path), Manifest(tmp_path)
     a.record("eval_x", note="a")
@@ -321,7 +322,7 @@ def test_manifest_writers_do_not_overwrite_each_other(tmp_path):
 # --- 8. secrets -------------------------------------------------------------------------------------------
 
 def test_children_get_the_hub_tokens_they_need_and_logs_show_none(tmp_path, monkeypatch):
-    from toolkit.runner import run_logged
+    from toolkit.io.runner import run_logged
 
     monkeypatch.setenv("HF_TOKEN", "hf_abcdefghijklmnop")
     monkeypatch.setenv("DASHSCOPE_API_KEY", KEY)
@@ -331,7 +332,7 @@ def test_children_get_the_hub_tokens_they_need_and_logs_show_none(tmp_path, monk
     log = (tmp_path / "log").read_text()
     assert "hf ***" in log and "teacher None" in log  # passed on, yet never written
     assert "hf_abcdefghijklmnop" not in log and "ms-hubtoken-123456" not in log and KEY not in log
-    from toolkit.secrets import child_env
+    from toolkit.io.secrets import child_env
 
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")  # a setting, not a secret: children keep it
     assert child_env()["TOKENIZERS_PARALLELISM"] == "false" and "DASHSCOPE_API_KEY" not in child_env()
@@ -340,7 +341,7 @@ def test_children_get_the_hub_tokens_they_need_and_logs_show_none(tmp_path, monk
 def test_args_json_written_by_ms_swift_is_scrubbed_of_secret_arguments(tmp_path):
     """ms-swift writes every argument it was given into args.json (a --hub_token makes it log in to the hub,
     which this machine cannot reach, so the file is written here as ms-swift writes it)."""
-    from toolkit.secrets import scrub_files, secret_arg_values
+    from toolkit.io.secrets import scrub_files, secret_arg_values
 
     argv = ["swift", "sft", "--model", "m", "--hub_token", "ms-hubtoken-123456"]
     args = tmp_path / "v0" / "args.json"
@@ -351,7 +352,7 @@ def test_args_json_written_by_ms_swift_is_scrubbed_of_secret_arguments(tmp_path)
 
 
 def test_secret_extra_args_never_reach_the_manifest(tmp_path, monkeypatch):
-    from toolkit.pipeline import open_run
+    from toolkit.flow.pipeline import open_run
 
     monkeypatch.setattr(sys, "argv", ["xtk", "run", "train.extra_args=[--hub_token,ms-hubtoken-123456]"])
     recipe = load_recipe(RECIPE, "cpu", ["train.extra_args=[--hub_token,ms-hubtoken-123456]"])
@@ -365,7 +366,7 @@ def test_secret_extra_args_never_reach_the_manifest(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("where", ["tokenizer_config.json", "py"])
 def test_a_folder_with_code_anywhere_is_refused_with_an_opt_in_that_exists(tmp_path, where, capsys):
-    from toolkit.models import ModelError, check_custom_code
+    from toolkit.model.models import ModelError, check_custom_code
 
     model = tmp_path / "m"
     model.mkdir()
@@ -392,12 +393,12 @@ def test_a_folder_with_code_anywhere_is_refused_with_an_opt_in_that_exists(tmp_p
 # --- 12. internal errors are not user errors ------------------------------------------------------------
 
 def test_a_bug_shows_its_traceback_and_vllm_is_closed_on_every_way_out(tmp_path, monkeypatch):
-    import toolkit.backends
-    import toolkit.pipeline
+    import toolkit.infer.backends
+    import toolkit.flow.pipeline
 
     closed = []
 
-    class Engine(toolkit.backends.Backend):
+    class Engine(toolkit.infer.backends.Backend):
         name = "fake"
 
         def generate(self, batch, max_tokens):
@@ -406,7 +407,7 @@ def test_a_bug_shows_its_traceback_and_vllm_is_closed_on_every_way_out(tmp_path,
         def close(self):
             closed.append(True)
 
-    monkeypatch.setattr(toolkit.backends, "make_backend", lambda *a, **k: Engine())
+    monkeypatch.setattr(toolkit.infer.backends, "make_backend", lambda *a, **k: Engine())
     with pytest.raises(KeyError):
         main(["eval", str(RECIPE), "--out", str(tmp_path), "--model", "base", "eval.limit=1"])
     assert closed == [True]
@@ -416,8 +417,8 @@ def test_a_key_at_its_default_does_not_change_a_stages_digest():
     """A newer xtk adds recipe keys with defaults: spelt out at that default, or absent, a section is the same
     configuration, and finished stages stay finished; another value is another configuration."""
     from conftest import RECIPE
-    from toolkit.pipeline import config_digest
-    from toolkit.recipe import load_recipe
+    from toolkit.flow.pipeline import config_digest
+    from toolkit.task.recipe import load_recipe
 
     plain = load_recipe(RECIPE, "cpu")
     assert config_digest(load_recipe(RECIPE, "cpu", ["train.deepspeed=null", "train.nnodes=1"]),
@@ -430,8 +431,8 @@ def test_an_edited_prompt_file_changes_the_digests_of_what_read_it(tmp_path):
     """The same prompt file name with other words in it is another configuration for the stages that read that
     prompt (prepare writes it into every training row; evaluations ask with it), and the same one for the rest."""
     from conftest import RECIPE
-    from toolkit.pipeline import BY_NAME, config_digest
-    from toolkit.recipe import load_recipe
+    from toolkit.flow.pipeline import BY_NAME, config_digest
+    from toolkit.task.recipe import load_recipe
 
     prompt = tmp_path / "student.md"
     digests = []

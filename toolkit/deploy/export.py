@@ -1,0 +1,321 @@
+"""export: the student as one GGUF file for llama.cpp and Ollama, and the check that it still answers as the
+evaluated student does.
+
+- Conversion by llama.cpp's own converter of the pinned release (toolkit/infer/llamacpp.py): f16 and q8_0 directly,
+  q4_k_m by llama.cpp's quantiser from an f16 file. The converter is handed the model folder with its chat
+  template set to the one evaluation used (what transformers, and so vLLM, load from the folder), and the GGUF's
+  `tokenizer.chat_template` is read back and compared.
+- An Ollama Modelfile: the same template as a Go template (rendered from the chat template itself), the
+  student's prompt as SYSTEM, greedy, the turn-end tokens as stops; schema.json for Ollama's `format`.
+- Parity: the GGUF scored by the llamacpp backend through toolkit/evaluate.run_eval (the same chats, scorer and,
+  where the recipe decodes guided, schema) on the recipe's test files, beside the merged student's evaluation
+  (reused when current, else run), record by record: exact match and per-field accuracy of both, the paired
+  difference with its interval and McNemar's exact test. A drop of exact match beyond export.max_drop fails.
+
+    <run>/export/<source>-<quant>/  <recipe>-<source>-<quant>.gguf  Modelfile  schema.json  export.json  convert.log
+    <run>/eval/gguf-<source>-<quant>-<test>/  predictions.jsonl  metrics.json  (shown by the report)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from toolkit.io.errors import StageError
+from toolkit.io.jsonl import read_jsonl, write_json, write_text
+from toolkit.task.recipe import Recipe
+
+console = Console(stderr=True)
+
+# Marks where the system prompt and the user's text go when a chat template is rendered into an Ollama template.
+_SYSTEM, _USER = "\u2063xtk-system\u2063", "\u2063xtk-user\u2063"
+
+
+# --- the chat template and the Modelfile ---------------------------------------------------------------------
+
+def go_template(render, bos: str) -> str:
+    """An Ollama (Go) template that renders a one-turn chat, with or without a system prompt, to the very text
+    `render(messages)` (the chat template with the generation prompt) gives; a leading BOS is left to the
+    runtime, which adds it. StageError when the chat template does not place the texts verbatim."""
+    def literal(text: str) -> str:
+        return text.replace("{{", '{{ "{{" }}')
+
+    def part(messages: list[dict], marks: dict[str, str]) -> str:
+        text = render(messages)
+        text = text[len(bos):] if bos and text.startswith(bos) else text
+        for mark, go in marks.items():
+            if text.count(mark) != 1:
+                raise StageError("the chat template does not write each message's text once, as given: it cannot be "
+                                 "written as an Ollama template (use the GGUF's own template, e.g. with llama.cpp)")
+        out = literal(text)
+        for mark, go in marks.items():
+            out = out.replace(mark, go)
+        return out
+
+    with_system = part([{"role": "system", "content": _SYSTEM}, {"role": "user", "content": _USER}],
+                       {_SYSTEM: "{{ .System }}", _USER: "{{ .Prompt }}"})
+    without = part([{"role": "user", "content": _USER}], {_USER: "{{ .Prompt }}"})
+    return f"{{{{ if .System }}}}{with_system}{{{{ else }}}}{without}{{{{ end }}}}"
+
+
+def modelfile(gguf_name: str, template: str, system: str, stops: list[str], max_new_tokens: int,
+              context: int) -> str:
+    """The Ollama Modelfile: `ollama create NAME -f Modelfile` in the export folder."""
+    for what, text in (("template", template), ("prompt", system)):
+        if '"""' in text:
+            raise StageError(f'the student\'s {what} contains """, which a Modelfile cannot quote')
+    lines = ["# xtk export: `ollama create NAME -f Modelfile` here, then ask with the student's schema as format",
+             f"FROM ./{gguf_name}",
+             f'TEMPLATE """{template}"""',
+             f'SYSTEM """{system}"""',
+             "PARAMETER temperature 0",
+             f"PARAMETER num_predict {max_new_tokens}",
+             f"PARAMETER num_ctx {context}",
+             *(f"PARAMETER stop {json.dumps(s, ensure_ascii=False)}" for s in stops)]
+    return "\n".join(lines) + "\n"
+
+
+def stop_tokens(tokenizer, model_dir: Path) -> list[str]:
+    """The tokens that end the student's answer: its generation config's eos ids and the tokenizer's eos."""
+    ids = []
+    config = model_dir / "generation_config.json"
+    if config.is_file():
+        eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token_id")
+        ids += eos if isinstance(eos, list) else [eos] if eos is not None else []
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return list(dict.fromkeys(tokenizer.convert_ids_to_tokens(ids)))
+
+
+def staged(model_dir: Path, template: str, work: Path) -> Path:
+    """The model folder as the converter should read it: its files linked, tokenizer_config.json carrying
+    `template` (the converter prefers that key to chat_template.jinja, transformers the other way round)."""
+    folder = work / "model"
+    folder.mkdir()
+    for p in model_dir.iterdir():
+        if p.name not in ("tokenizer_config.json", "chat_template.jinja", "chat_template.json"):
+            (folder / p.name).symlink_to(p.resolve())
+    path = model_dir / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    config["chat_template"] = template
+    write_text(folder / "tokenizer_config.json", json.dumps(config, ensure_ascii=False, indent=2) + "\n")
+    return folder
+
+
+# --- parity ----------------------------------------------------------------------------------------------------
+
+def _rates(recipe: Recipe, rows: list[dict]) -> dict:
+    n = len(rows)
+    return {"n": n, "exact_match": round(sum(r["exact"] for r in rows) / n, 4),
+            "fields": {f: round(sum(r["correct"][f] for r in rows) / n, 4) for f in recipe.field_names}}
+
+
+def paired(recipe: Recipe, student: list[dict], exported: list[dict]) -> dict:
+    """The exported model's figures beside the student's on the same records (same ids, same order): exact match
+    and per-field accuracy, the difference in exact match (exported minus student) with a paired bootstrap
+    interval, and McNemar's exact test on the records only one of them gets right."""
+    from toolkit.maths.ranking import Evaluation, mcnemar, paired_difference
+
+    if [r["id"] for r in student] != [r["id"] for r in exported]:
+        raise StageError("the student's and the exported model's predictions are not of the same records")
+    if not student:
+        raise StageError("no records to compare")
+    only_student = sum(s["exact"] and not e["exact"] for s, e in zip(student, exported))
+    only_exported = sum(e["exact"] and not s["exact"] for s, e in zip(student, exported))
+
+    def mean(units: list) -> float:
+        return sum(units) / len(units)
+
+    diff = paired_difference(Evaluation([r["exact"] for r in exported], mean),
+                             Evaluation([r["exact"] for r in student], mean))
+    return {"student": _rates(recipe, student), "exported": _rates(recipe, exported),
+            "exact_match_difference": diff,
+            "fields_difference": {f: round(sum(e["correct"][f] - s["correct"][f] for s, e in zip(student, exported))
+                                          / len(student), 4) for f in recipe.field_names},
+            "only_student_right": only_student, "only_exported_right": only_exported,
+            "mcnemar_p": round(mcnemar(only_student, only_exported), 4),
+            "identical_answers": sum(s["raw"] == e["raw"] for s, e in zip(student, exported))}
+
+
+def verdict(overall: dict, max_drop: float) -> dict:
+    """Whether the exported model kept the student's exact match within max_drop (a fraction), all test
+    records together. The drop is counted from the records only one of them gets right, not from the two rounded
+    rates: 579 and 571 of 800 round to 0.7238 and 0.7137, a drop of 0.0101 where it is exactly one point."""
+    drop = (overall["only_student_right"] - overall["only_exported_right"]) / overall["exported"]["n"]
+    return {"max_drop": max_drop, "drop": round(drop, 4), "ok": drop <= max_drop + 1e-9}
+
+
+# --- the command -------------------------------------------------------------------------------------------------
+
+@dataclass
+class ExportResult:
+    folder: Path
+    gguf: Path
+    record: dict  # export.json
+
+
+def _source(ctx, model: str):
+    """The model to export, its name, the evaluation role its figures come from and its ms-swift model type: the
+    run's merged student, or a folder."""
+    from toolkit.run.manifest import slug
+    from toolkit.model.models import resolve_model
+    from toolkit.io.markers import trained_key
+    from toolkit.flow.pipeline import current_train_key
+    from toolkit.run.roles import named_model, role
+
+    recipe = ctx.recipe
+    if model == "student":
+        merged = ctx.merged_dir
+        if not (merged / "config.json").is_file():
+            raise StageError(f"no merged student in {merged}: run `xtk run` (or `xtk merge`) first, or give "
+                             "--model FOLDER")
+        if (ctx.data_dir / "train.jsonl").is_file() and trained_key(merged) != current_train_key(ctx):
+            raise StageError(f"{merged} holds a student trained under other settings than the recipe's now: run "
+                             "`xtk merge` (or `xtk run`) first")
+        return merged, "student", role(ctx, "student"), ctx.student().model_type
+    resolved = resolve_model(model, trust_remote_code=recipe.student.trust_remote_code)
+    name = slug(model)
+    return Path(resolved.ref), name, named_model(ctx, resolved.ref, name=name), resolved.model_type
+
+
+def _file_sha256(path: Path) -> str:
+    from toolkit.model.models import sha256_file
+
+    return sha256_file(path)
+
+
+def write_gguf(model_dir: Path, quant: str, out: Path, log: Path) -> dict:
+    """Convert (and quantise) `model_dir` into `out` with the chat template evaluation used; written under a
+    temporary name and renamed whole. Returns what export.json records of it."""
+    from transformers import AutoTokenizer
+
+    from toolkit.infer.llamacpp import CONVERTER_TYPES, LLAMA_CPP_PYTHON, convert, gguf_metadata, quantize
+
+    template = AutoTokenizer.from_pretrained(model_dir).chat_template
+    if not isinstance(template, str) or not template:
+        raise StageError(f"{model_dir}: the model folder has no chat template (chat_template.jinja or "
+                         "tokenizer_config.json): the student was not evaluated through one")
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
+        work = Path(tmp)
+        folder = staged(model_dir, template, work)
+        first = work / ("f16.gguf" if quant not in CONVERTER_TYPES else out.name)
+        argv = convert(folder, first, CONVERTER_TYPES.get(quant, "f16"), log)
+        if quant not in CONVERTER_TYPES:
+            console.print(f"export: quantising to {quant} with llama.cpp")
+            quantize(first, work / out.name, quant)
+        written = gguf_metadata(work / out.name, ("tokenizer.chat_template", "general.architecture",
+                                                  "tokenizer.ggml.add_bos_token"))
+        if written.get("tokenizer.chat_template") != template:
+            raise StageError(f"the converter wrote another chat template than {model_dir}'s into the GGUF")
+        os.replace(work / out.name, out)
+    return {"path": str(out), "bytes": out.stat().st_size, "sha256": _file_sha256(out), "quant": quant,
+            "architecture": written.get("general.architecture"), "chat_template": template,
+            "add_bos_token": bool(written.get("tokenizer.ggml.add_bos_token")),
+            "converter": f"llama.cpp convert_hf_to_gguf.py from llama-cpp-python=={LLAMA_CPP_PYTHON}",
+            "converter_argv": [str(model_dir) if a == str(folder) else a for a in argv]}
+
+
+def prompt_check(backend, tokenizer, chats: list[list[dict]], thinking_off: bool) -> dict:
+    """Whether llama.cpp is given the very tokens vLLM is for the same chats (the folder's template rendered by
+    transformers, tokenised without added special tokens, as vLLM's LLM.chat does)."""
+    kwargs = {"enable_thinking": False} if thinking_off else {}
+    differ = None
+    same = 0
+    for chat in chats:
+        text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True, **kwargs)
+        want = tokenizer(text, add_special_tokens=False)["input_ids"]
+        got = backend.prompt_tokens(chat)
+        if got == want:
+            same += 1
+        elif differ is None:
+            differ = {"text": text, "transformers": want, "llama.cpp": got}
+    return {"checked": len(chats), "identical": same, "first_difference": differ}
+
+
+def run_export(ctx, quant: str, model: str = "student", accept_drop: bool = False) -> ExportResult:
+    """`xtk export RECIPE --format gguf`: convert, write the Modelfile, score for parity, write export.json."""
+    from toolkit.run.manifest import config_digest
+    from toolkit.model.models import thinking_off
+    from toolkit.flow.pipeline import evaluate_model
+    from toolkit.run.roles import EVAL_CONFIG, evaluations_current, identity, read_metrics
+
+    recipe = ctx.recipe
+    model_dir, name, source_role, model_type = _source(ctx, model)
+    from transformers import AutoTokenizer  # after the checks above: a missing student is said at once
+
+    from toolkit.evaluate.evaluation import load_test, run_eval
+    from toolkit.infer.llamacpp import LLAMA_CPP_PYTHON, LlamaCppBackend
+
+    source = identity(ctx, source_role)
+    folder = ctx.run_dir / "export" / f"{name}-{quant}"
+    folder.mkdir(parents=True, exist_ok=True)
+    gguf = folder / f"{recipe.name}-{name}-{quant}.gguf"
+    record_path = folder / "export.json"
+    previous = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
+    made = previous.get("gguf") or {}
+    if (previous.get("source") == source and gguf.is_file() and made.get("sha256") == _file_sha256(gguf)
+            and made.get("converter", "").endswith(LLAMA_CPP_PYTHON)):
+        console.print(f"export: {gguf.name} is current, kept")
+    else:
+        console.print(f"export: converting {model_dir} to {quant} with llama.cpp's converter")
+        made = write_gguf(model_dir, quant, gguf, folder / "convert.log")
+    record = {"recipe": recipe.name, "profile": recipe.profile, "model": str(model_dir), "source": source,
+              "format": "gguf", "gguf": made}
+    write_json(record_path, record)  # what exists so far: a re-run after an interruption keeps the GGUF
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    system = recipe.prompt(source_role.prompt)
+    # A runtime that adds BOS itself (the GGUF says so) must not get it from the template too.
+    bos = tokenizer.bos_token if made.get("add_bos_token") and tokenizer.bos_token else ""
+    template = go_template(lambda m: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True),
+                           bos)
+    write_text(folder / "Modelfile", modelfile(gguf.name, template, system, stop_tokens(tokenizer, model_dir),
+                                               recipe.eval.max_new_tokens, recipe.eval.vllm.max_model_len))
+    write_text(folder / "schema.json", json.dumps(recipe.json_schema(), ensure_ascii=False, indent=2) + "\n")
+
+    # The student's evaluation (reused when it is of the current student, settings and records).
+    tests = [(Path(t).stem, load_test(recipe, recipe.path(t), recipe.eval.limit)) for t in recipe.data.test]
+    if evaluations_current(ctx, source_role, recipe.data.test):
+        console.print(f"export: evaluating {source_role.folder} for the comparison")
+        evaluate_model(ctx, source_role)
+
+    guided = recipe.eval.guided_json
+    gguf_identity = {"source": source, "gguf_sha256": made["sha256"], "quant": quant,
+                     "llama_cpp_python": LLAMA_CPP_PYTHON, "guided_json": guided, "prompt": source_role.prompt,
+                     "eval_config": config_digest(recipe, EVAL_CONFIG)}
+    evals = {stem: ctx.run_dir / "eval" / f"gguf-{name}-{quant}-{stem}" for stem, _ in tests}
+    backend = None
+    try:
+        for (stem, rows), test in zip(tests, recipe.data.test):
+            m = read_metrics(evals[stem])
+            if m and m.get("identity") == gguf_identity:  # this file, under the settings now
+                continue
+            if backend is None:
+                backend = LlamaCppBackend(recipe, gguf, guided)
+                record["prompt_tokens"] = prompt_check(
+                    backend, tokenizer, [[{"role": "system", "content": system}, {"role": "user", "content": r["text"]}]
+                                         for r in rows[:20]], thinking_off(model_type, None))
+            m = run_eval(recipe, backend, recipe.path(test), source_role.prompt, evals[stem], str(gguf),
+                         recipe.eval.limit, extra={"role": "gguf", "identity": gguf_identity})
+            console.print(f"eval {evals[stem].name}: exact match {100 * m['exact_match']['value']:.1f}% "
+                          f"(n={m['n']}, {m['records_per_s']} rec/s, llamacpp)")
+    finally:
+        if backend is not None:
+            backend.close()
+
+    student = {stem: read_jsonl(ctx.run_dir / "eval" / f"{source_role.folder}-{stem}" / "predictions.jsonl")
+               for stem, _ in tests}
+    exported = {stem: read_jsonl(evals[stem] / "predictions.jsonl") for stem, _ in tests}
+    per_test = {stem: paired(recipe, student[stem], exported[stem]) for stem, _ in tests}
+    overall = paired(recipe, [r for stem, _ in tests for r in student[stem]],
+                     [r for stem, _ in tests for r in exported[stem]])
+    record["parity"] = {"backend": "llamacpp", "guided_json": guided, "tests": per_test, "all": overall,
+                        "verdict": verdict(overall, recipe.export.max_drop), "accept_drop": accept_drop}
+    record.setdefault("prompt_tokens", previous.get("prompt_tokens"))
+    write_json(record_path, record)
+    return ExportResult(folder, gguf, record)

@@ -1,0 +1,28 @@
+"""Errors a user can act on: the CLI prints their message and exits 2, without a traceback."""
+
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the line and what was expected."""
+
+    def __init__(self, path: str | Path, line: int | None, message: str):
+        self.path, self.line = Path(path), line
+        super().__init__(f"{path}:{line}: {message}" if line else f"{path}: {message}")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message says where and why."""
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be found, fetched or trusted; the message says what to do."""
+
+
+class StageError(RuntimeError):
+    """A stage that could not finish (an external command failed, an endpoint is unreachable)."""
+
+
+# Only errors raised on purpose, with a message for the user: anything else (a KeyError, an AttributeError) is
+# a bug in xtk and shows its traceback.
+USER_ERRORS = (RecipeError, DataError, ModelError, StageError)

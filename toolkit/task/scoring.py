@@ -1,0 +1,81 @@
+"""Scoring: JSON out of model text, per-record correctness by each field's type (toolkit/task/fields.py), and
+metrics with 95% intervals (Wilson for proportions, a seeded bootstrap for the rest; toolkit/maths/stats.py), each
+field type adding its own; how far a wrong answer is from gold (edit distance), for the report's errors."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+from rapidfuzz.distance import Levenshtein
+
+from toolkit.task.fields import equal, slot_counts, type_metrics
+from toolkit.task.recipe import Recipe
+from toolkit.maths.stats import f1, proportion, with_interval
+
+_THINK = re.compile(r"<think>.*?(</think>|$)", re.S)
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
+
+
+def extract_json(text: str) -> dict | None:
+    """The JSON object in a model's answer: <think> blocks and code fences removed, prose around it ignored.
+    None when there is no complete object."""
+    text = _THINK.sub("", text or "")
+    fenced = _FENCE.search(text)
+    if fenced:
+        text = fenced.group(1)
+    start = text.find("{")
+    while start != -1:
+        try:
+            obj, _ = json.JSONDecoder().raw_decode(text, start)
+            if isinstance(obj, dict):
+                return obj
+        except json.JSONDecodeError:
+            pass
+        start = text.find("{", start + 1)
+    return None
+
+
+def score_record(recipe: Recipe, parsed: dict | None, gold: dict) -> dict[str, bool]:
+    """Per-field correctness by the field's type. An unparseable answer is wrong in every field; a missing key
+    counts as the empty value."""
+    if parsed is None:
+        return {f.name: False for f in recipe.fields}
+    return {f.name: equal(f, parsed.get(f.name), gold.get(f.name)) for f in recipe.fields}
+
+
+def compute_metrics(recipe: Recipe, rows: list[dict], bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Metrics of prediction rows (each with `parsed` and `gold`), recomputed from those two alone: for every
+    recipe exact match, JSON validity, per-field accuracy and micro F1 over all slots (a list's entities are
+    its slots); then each field type's own (toolkit/task/fields.py): entity precision/recall/F1 for list fields,
+    macro-F1 and a confusion matrix for enum fields, similarity for long free text. Intervals: Wilson for
+    proportions, else a seeded bootstrap."""
+    n = len(rows)
+    scored = [score_record(recipe, r["parsed"], r["gold"]) for r in rows]
+    counts = [{f.name: slot_counts(f, r["parsed"], r["gold"]) for f in recipe.fields} for r in rows]
+    rng = random.Random(seed)
+    samples = [[rng.randrange(n) for _ in range(n)] for _ in range(bootstrap)] if n else []
+    metrics = {
+        "n": n,
+        "json_parse_rate": proportion(sum(r["parsed"] is not None for r in rows), n),
+        "exact_match": proportion(sum(all(s.values()) for s in scored), n),
+        "fields": {f: proportion(sum(s[f] for s in scored), n) for f in recipe.field_names},
+        "micro_f1": with_interval(f1, [tuple(map(sum, zip(*record.values()))) for record in counts], samples),
+    }
+    return metrics | type_metrics(recipe.fields, rows, recipe.choices, samples)
+
+
+def field_text(value) -> str:
+    """A field's value as the report compares texts: a string as it is, anything else as JSON, missing as ""."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def how_wrong(prediction: dict, fields: list[str]) -> dict[str, int]:
+    """Each wrong field's edit distance (characters) from its gold value; an unparseable answer or a missing
+    field is as far as the whole gold value."""
+    got = prediction["parsed"] or {}
+    return {f: Levenshtein.distance(field_text(got.get(f)), field_text(prediction["gold"].get(f)))
+            for f in fields if not prediction["correct"][f]}
