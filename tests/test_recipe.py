@@ -4,7 +4,8 @@ import pytest
 import yaml
 
 from conftest import RECIPE, ROOT
-from toolkit.task.recipe import Recipe, load_recipe, load_ref, parse_override, recipe_keys
+from toolkit.task.keys import recipe_keys
+from toolkit.task.recipe import Recipe, load_recipe, load_ref, parse_override
 from toolkit.io.errors import RecipeError
 
 

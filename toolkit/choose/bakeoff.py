@@ -34,7 +34,9 @@ from toolkit.task.fields import Headline, headline
 from toolkit.io.jsonl import open_append, read_jsonl, save_figure, write_json, write_text
 from toolkit.maths.ranking import (Evaluation, discordant, gap_closed, mcnemar, mean_rank, paired_difference, ranks,
                              task_scores)
-from toolkit.task.recipe import Recipe, _describe, _key_lines, _Strict, load_recipe, read_yaml_mapping
+from toolkit.io.yamlfile import describe, key_lines, read_yaml_mapping
+from toolkit.task.recipe import Recipe, load_recipe
+from toolkit.task.schema import Strict
 from toolkit.io.errors import RecipeError
 from toolkit.run.roles import ROLES
 from toolkit.io.trust import Consent
@@ -44,7 +46,7 @@ class SpecError(RecipeError):
     """A bake-off spec that cannot be used; the message names the spec file, the key and its line."""
 
 
-class StudentEntry(_Strict):
+class StudentEntry(Strict):
     model: str  # an embedded name (`xtk models list`), a model folder, or a hub id
     name: str | None = None  # as the tables show it (default: model as written)
     # ms-swift's model type and template; default: the embedded model's, or the recipe's own where the student is
@@ -54,14 +56,14 @@ class StudentEntry(_Strict):
     trust_remote_code: bool = False
 
 
-class RecipeEntry(_Strict):
+class RecipeEntry(Strict):
     recipe: str  # a recipe file, relative to the project root
     name: str | None = None  # the task's name (default: the recipe's name)
     profile: str | None = None
     overrides: list[str] = Field(default_factory=list)
 
 
-class Spec(_Strict):
+class Spec(Strict):
     students: list[StudentEntry] = Field(min_length=1)
     recipes: list[RecipeEntry] = Field(min_length=1)
     bootstrap: int = Field(default=1000, gt=0)  # samples behind every interval
@@ -155,12 +157,12 @@ def load_spec(path: str | Path, out: str | Path | None = None, consent: Consent 
 
     path = Path(path)
     text, raw = read_yaml_mapping(path, "bake-off spec", "a mapping with students and recipes", SpecError)
-    lines = _key_lines(text)
+    lines = key_lines(text)
     try:
         spec = Spec(**raw)
     except ValidationError as exc:
         raise SpecError("invalid bake-off spec\n  " + "\n  ".join(
-            f"{_where(path, tuple(e['loc']), lines)}: {_describe(e)}" for e in exc.errors())) from None
+            f"{_where(path, tuple(e['loc']), lines)}: {describe(e)}" for e in exc.errors())) from None
     # Paths in a spec are relative to the project root: the parent of bakeoffs/.
     folder = path.resolve().parent
     root = folder.parent if folder.name == "bakeoffs" else folder
