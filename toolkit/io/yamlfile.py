@@ -12,7 +12,7 @@ from toolkit.io.errors import DataError, RecipeError
 from toolkit.io.jsonl import read_text
 
 
-class DuplicateKey(yaml.YAMLError):
+class _DuplicateKey(yaml.YAMLError):
     def __init__(self, key: Any, line: int, first: int):
         self.line = line
         self.problem = f"duplicate key {key!r} (first given on line {first}): give each key once"
@@ -31,7 +31,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 if isinstance(key_node, yaml.ScalarNode):  # a complex key is refused by PyYAML anyway
                     key, line = self.construct_object(key_node), key_node.start_mark.line + 1
                     if key in first:
-                        raise DuplicateKey(key, line, first[key])
+                        raise _DuplicateKey(key, line, first[key])
                     first[key] = line
         return super().construct_mapping(node, deep)
 
@@ -81,7 +81,7 @@ def read_yaml_mapping(path: Path, what: str, expected: str, error: type[RecipeEr
         raw = yaml.load(text, Loader=UniqueKeyLoader)
     except DataError as exc:
         raise error(str(exc)) from None
-    except DuplicateKey as exc:
+    except _DuplicateKey as exc:
         raise error(f"{path}:{exc.line}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise error(f"{path}: not valid YAML: {exc}") from None

@@ -39,7 +39,6 @@ class Prompts(Strict):
         "and $example (an answer); $$ is a dollar sign. Null: xtk's own (docs/recipes.md)."))
 
 
-
 def _code_ref(ref: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", ref):
         raise ValueError("module:function (e.g. toolkit.infer.classical:tfidf_logreg)")
