@@ -72,7 +72,8 @@ def evaluated(recipe, run_dir: Path, model: Path, name: str) -> bool:
     other evaluation settings are evaluated afresh."""
     from toolkit.run.context import Context
     from toolkit.run.manifest import Manifest
-    from toolkit.run.roles import evaluations_current, named_model
+    from toolkit.run.identity import evaluations_current
+    from toolkit.run.roles import named_model
 
     ctx = Context(recipe, run_dir, Manifest(run_dir))
     return evaluations_current(ctx, named_model(ctx, str(model), name=name), recipe.data.test) is None
@@ -85,7 +86,7 @@ def versus(recipe, run_dir: Path, first: str, second: str, test: str) -> dict:
     headline's own paired test shows `first` ahead at the 5% level (exact match: McNemar; any other headline: the
     bootstrap interval of the difference above 0), "below" where it shows `first` behind, else "not shown"."""
     from toolkit.choose.bakeoff import task_metric
-    from toolkit.task.fields import EXACT_MATCH
+    from toolkit.task.scoring import EXACT_MATCH
     from toolkit.io.jsonl import read_jsonl
     from toolkit.maths.ranking import Evaluation, discordant, mcnemar, paired_difference, verdict
 

@@ -8,13 +8,13 @@ import pytest
 
 from conftest import write_recipe
 from toolkit.model.endpoint import Answer
-from toolkit.task.fields import NO_VALUE, TYPES, FieldType, headline, normalise, register, slot_counts
+from toolkit.task.fields import NO_VALUE, TYPES, FieldType, normalise, register
 from toolkit.io.errors import DataError
 from toolkit.data.label import check_answer, majority
 from toolkit.data.prepare import read_record
 from toolkit.task.recipe import load_recipe
 from toolkit.io.errors import RecipeError
-from toolkit.task.scoring import compute_metrics, score_record
+from toolkit.task.scoring import compute_metrics, headline, score_record, slot_counts
 
 FIELDS = """\
 fields:

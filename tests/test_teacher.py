@@ -163,7 +163,7 @@ def test_the_report_reads_the_gap_closed_the_cost_and_the_gate(tmp_path):
 
 
 def test_gap_closed_interval_is_paired_and_a_gapless_resample_is_left_out():
-    from toolkit.task.fields import EXACT_MATCH
+    from toolkit.task.scoring import EXACT_MATCH
     from toolkit.maths.ranking import Evaluation, gap_closed
 
     def e(ok):

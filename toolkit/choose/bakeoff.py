@@ -30,12 +30,13 @@ from pydantic import Field, ValidationError, field_validator
 
 from toolkit.flow.check import check_files
 from toolkit.io.errors import StageError
-from toolkit.task.fields import Headline, headline
+from toolkit.task.fields import Headline
 from toolkit.io.jsonl import open_append, read_jsonl, save_figure, write_json, write_text
 from toolkit.maths.ranking import (Evaluation, discordant, gap_closed, mcnemar, mean_rank, paired_difference, ranks,
                              task_scores)
 from toolkit.io.yamlfile import describe, key_lines, read_yaml_mapping
 from toolkit.task.recipe import Recipe, load_recipe
+from toolkit.task.scoring import headline
 from toolkit.task.schema import Strict
 from toolkit.io.errors import RecipeError
 from toolkit.run.roles import ROLES

@@ -117,7 +117,7 @@ def _rows(run_dir: Path, results: list[tuple[str, dict]], who: str) -> dict[tupl
 def gap_closed_of_run(recipe, run_dir: Path, results: list[tuple[str, dict]]) -> dict | None:
     """(student - base) / (teacher - base) on the task metric over the records all three answered, with a paired
     bootstrap interval; None when one of them was not evaluated."""
-    from toolkit.task.fields import headline
+    from toolkit.task.scoring import headline
     from toolkit.maths.ranking import Evaluation, gap_closed
 
     found = [_rows(run_dir, results, who) for who in ("student", "base", "teacher")]

@@ -1,18 +1,20 @@
 """Scoring: JSON out of model text, per-record correctness by each field's type (toolkit/task/fields.py), and
 metrics with 95% intervals (Wilson for proportions, a seeded bootstrap for the rest; toolkit/maths/stats.py), each
-field type adding its own; how far a wrong answer is from gold (edit distance), for the report's errors."""
+field type adding its own; the headline a task is judged by; how far a wrong answer is from gold (edit distance),
+for the report's errors."""
 
 from __future__ import annotations
 
 import json
 import random
 import re
+from typing import Any
 
 from rapidfuzz.distance import Levenshtein
 
-from toolkit.task.fields import equal, slot_counts, type_metrics
+from toolkit.maths.stats import Counts, f1, mean, proportion, with_interval
+from toolkit.task.fields import NO_VALUE, TYPES, Choices, FieldSpec, Headline, Rows, kind
 from toolkit.task.recipe import Recipe
-from toolkit.maths.stats import f1, proportion, with_interval
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.S)
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
@@ -35,6 +37,41 @@ def extract_json(text: str) -> dict | None:
             pass
         start = text.find("{", start + 1)
     return None
+
+
+EXACT_MATCH = Headline("whole-record exact match", lambda row: bool(row["exact"]), mean)
+
+
+def equal(spec: FieldSpec, predicted: Any, gold: Any) -> bool:
+    p = kind(spec).value(spec, predicted)
+    return p is not NO_VALUE and p == kind(spec).value(spec, gold)
+
+
+def slot_counts(spec: FieldSpec, parsed: dict | None, gold: dict) -> Counts:
+    """One field of one record as (TP, FP, FN), by its type; an unparseable answer (parsed None) predicts
+    nothing."""
+    return kind(spec).slot_counts(spec, parsed.get(spec.name) if parsed is not None else None, gold.get(spec.name))
+
+
+def type_metrics(specs: list[FieldSpec], rows: Rows, choices: Choices, samples: list[list[int]]) -> dict:
+    """Every type's own metric sections for the fields of that type, types in registry order."""
+    out: dict = {}
+    for t in TYPES.values():
+        mine = [f for f in specs if kind(f) is t]
+        if mine:
+            out.update(t.metrics(mine, rows, choices, samples))
+    return out
+
+
+def headline(specs: list[FieldSpec], choices: Choices) -> Headline:
+    """The figure a task is judged by, the headline its field types call for: the highest-ranked type among its
+    fields that offers one (entity F1 over every list field; else the macro-F1 of its one enum field), else
+    whole-record exact match."""
+    for t in sorted(TYPES.values(), key=lambda t: -t.headline_rank):
+        mine = [f for f in specs if kind(f) is t]
+        if mine and (found := t.headline(mine, choices)) is not None:
+            return found
+    return EXACT_MATCH
 
 
 def score_record(recipe: Recipe, parsed: dict | None, gold: dict) -> dict[str, bool]:
