@@ -118,7 +118,8 @@ def test_every_shipped_label_is_in_the_allowed_values():
 
 def test_generate_reproduces_the_shipped_files_byte_for_byte(tmp_path):
     written = generate("logistics_zh", tmp_path)
-    assert sorted(p.name for p in written) == sorted(p.name for p in [*DATA.glob("*.jsonl"), *DATA.glob("*.txt")])
-    assert {"provinces.txt", "cities.txt", "districts.txt"} <= {p.name for p in written}
+    shipped = [*DATA.glob("*.jsonl"), *DATA.glob("*.txt"), *DATA.glob("*.csv")]
+    assert sorted(p.name for p in written) == sorted(p.name for p in shipped)
+    assert {"provinces.txt", "cities.txt", "districts.txt", "admin.csv"} <= {p.name for p in written}
     for p in written:
         assert p.read_bytes() == (DATA / p.name).read_bytes(), p.name

