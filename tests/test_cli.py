@@ -5,7 +5,8 @@ import sys
 import pytest
 
 from conftest import RECIPE, ROOT
-from toolkit.cli import COMMANDS, MODEL, HelpFormatter, main, make_parser, parse_args
+from toolkit.cli import HelpFormatter, main, make_parser, parse_args
+from toolkit.cli.table import COMMANDS, MODEL
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: c.name)

@@ -9,15 +9,20 @@ A request that is not JSON, whose text is not a string or a list of strings, is 
 model's context gets a 4xx with a JSON `error`; the server keeps serving.
 """
 
-from __future__ import annotations
-
+import asyncio
+import json
 import queue
 import threading
+import time
+import uuid
 from concurrent.futures import Future
 
-from fastapi import Request  # at module level: FastAPI resolves the handler's annotations from its globals
-
+from toolkit.evaluate.evaluation import extract, refused
 from toolkit.task.recipe import Recipe
+
+# No `from __future__ import annotations` here: FastAPI reads a route's annotations to inject the Request, and
+# an annotation left as text would be looked up in this module's globals, where fastapi (imported by make_app
+# only: `xtk serve` alone needs it) is not.
 
 
 class Batcher:
@@ -43,8 +48,6 @@ class Batcher:
         return future
 
     def _loop(self) -> None:
-        from toolkit.evaluate.evaluation import extract
-
         size = self.recipe.eval.batch_size
         held = None  # a chat met while gathering texts: answered right after their batch
         while True:
@@ -138,12 +141,7 @@ def chat_problem(body, max_chars: int, max_tokens: int) -> tuple[int, str] | Non
 
 def make_app(recipe: Recipe, backend, r):
     """The FastAPI app around one engine (`backend`, built for role `r` by toolkit.deploy.predict.student_backend)."""
-    import asyncio
-    import json
-    import time
-    import uuid
-
-    from fastapi import FastAPI
+    from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
     batcher = Batcher(recipe, backend, recipe.prompt(r.prompt))
@@ -172,9 +170,9 @@ def make_app(recipe: Recipe, backend, r):
             return refusal
         texts = body["text"] if isinstance(body["text"], list) else [body["text"]]
         answers = await asyncio.wrap_future(batcher.submit(texts))
-        refused = [(i, x.refused) for i, x in enumerate(answers) if x.refused]
-        if refused:
-            i, why = refused[0]
+        too_long = [(i, x.refused) for i, x in enumerate(answers) if x.refused]
+        if too_long:
+            i, why = too_long[0]
             where = f"text[{i}]" if isinstance(body["text"], list) else "text"
             return error(413, f"{where} is longer than the model's context: {why}")
         out = [answer_json(recipe, x) for x in answers]
@@ -191,8 +189,6 @@ def make_app(recipe: Recipe, backend, r):
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        from toolkit.evaluate.evaluation import refused
-
         cap = recipe.eval.max_new_tokens
         body, refusal = await checked(request, lambda b: chat_problem(b, recipe.data.max_input_chars, cap))
         if refusal:

@@ -7,6 +7,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from toolkit.io.locks import folder_lock
+from toolkit.model.models import resolve_model
 from toolkit.run.manifest import Manifest
 from toolkit.task.recipe import Recipe
 
@@ -41,8 +43,6 @@ class Context:
         return self.run_dir / "head"
 
     def student(self):
-        from toolkit.model.models import resolve_model
-
         s = self.recipe.student
         return resolve_model(s.model, s.model_type, s.template, s.trust_remote_code)
 
@@ -50,8 +50,6 @@ class Context:
 @contextmanager
 def open_run(recipe: Recipe, run_dir: str | Path) -> Iterator[Context]:
     """The run folder, held for as long as a command writes into it: one writer per run folder."""
-    from toolkit.io.locks import folder_lock
-
     with folder_lock(Path(run_dir), "run"):
         ctx = Context(recipe, Path(run_dir), Manifest(run_dir))
         ctx.manifest.set_recipe(recipe)

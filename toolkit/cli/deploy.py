@@ -1,0 +1,67 @@
+"""Commands that put a run's student to work: `predict` (a file of texts), `serve` (HTTP) and `export` (a GGUF
+file scored against the merged student)."""
+
+from __future__ import annotations
+
+import json
+
+from toolkit.cli.resolve import console, load, opened
+from toolkit.deploy.export import run_export
+from toolkit.deploy.predict import check_out, local_answerer, predict_role, ray_answerer, read_texts, run_predict, \
+    student_backend
+from toolkit.deploy.serve import make_app
+from toolkit.io.errors import StageError
+from toolkit.run.identity import predict_key
+from toolkit.run.manifest import default_run_dir
+
+
+def cmd_predict(args) -> None:
+    if args.engine != "ray" and (args.address or args.replicas):
+        raise StageError("--address and --replicas go with --engine ray")
+    recipe = load(args)  # not its training data: predict_role checks what answering needs
+    out = check_out(args.out)  # before the model loads: a wrong suffix is a usage error, not minutes lost
+    rows = read_texts(args.input, args.text_column, args.id_column)
+    r = predict_role(recipe, args.model, args.run or default_run_dir(recipe))
+    if args.engine == "ray":
+        summary = run_predict(recipe, rows, out, predict_key(recipe, r),
+                              ray_answerer(recipe, r, args.address, args.replicas))
+    else:
+        backend = student_backend(recipe, r)
+        try:
+            summary = run_predict(recipe, rows, out, predict_key(recipe, r), local_answerer(recipe, backend, r))
+        finally:
+            backend.close()
+    print(json.dumps(summary, ensure_ascii=False, indent=2))
+
+
+def cmd_serve(args) -> None:
+    import uvicorn
+
+    recipe = load(args)  # not its training data: predict_role checks what answering needs
+    r = predict_role(recipe, args.model, args.run or default_run_dir(recipe))
+    backend = student_backend(recipe, r)
+    try:
+        console.print(f"serve: {r.model} on http://{args.host}:{args.port} (POST /extract, GET /health)")
+        uvicorn.run(make_app(recipe, backend, r), host=args.host, port=args.port, log_level="warning")
+    finally:
+        backend.close()
+
+
+def cmd_export(args) -> int:
+    with opened(args) as ctx:
+        result = run_export(ctx, args.quant or ctx.recipe.export.quant, args.model, args.accept_drop)
+    parity = result.record["parity"]
+    verdict, overall = parity["verdict"], parity["all"]
+    diff = overall["exact_match_difference"]
+    print(f"{result.gguf}\n{result.folder / 'Modelfile'}\n{result.folder / 'export.json'}")
+    console.print(f"parity on {overall['student']['n']} test records: exact match "
+                  f"{100 * overall['exported']['exact_match']:.1f}% exported vs "
+                  f"{100 * overall['student']['exact_match']:.1f}% student, difference "
+                  f"{100 * diff['value']:+.1f} points [{100 * diff['ci95'][0]:+.1f}, {100 * diff['ci95'][1]:+.1f}], "
+                  f"McNemar p={overall['mcnemar_p']}", highlight=False)
+    if verdict["ok"]:
+        return 0
+    console.print(f"[bold red]WARNING: the exported model loses {100 * verdict['drop']:.1f} points of exact match, "
+                  f"more than export.max_drop ({100 * verdict['max_drop']:.1f}); see {result.folder / 'export.json'}[/]"
+                  + ("" if args.accept_drop else " (exit 1; --accept-drop keeps it anyway)"), highlight=False)
+    return 0 if args.accept_drop else 1
