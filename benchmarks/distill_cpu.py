@@ -71,7 +71,7 @@ def score_checkpoint(ckpt, rows: int, run_dir, overrides: list[str], recipe) -> 
                      student.template)
     if evaluated(recipe, run_dir, merged, name):
         return name
-    subprocess.run([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--out",
+    subprocess.run([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--run",
                     str(run_dir), "--model", str(merged), "--name", name, *overrides], cwd=ROOT, check=True)
     return name
 

@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--quants", default="f16,q8_0,q4_k_m", help="comma-separated quantisations")
     ap.add_argument("--run-dir", type=Path, default=RUN_DIR)
     args, overrides = ap.parse_known_args()
-    common = [str(RECIPE), "--profile", "cpu", "--out", str(args.run_dir), *overrides,
+    common = [str(RECIPE), "--profile", "cpu", "--run", str(args.run_dir), *overrides,
               *([f"eval.limit={args.limit}"] if args.limit else [])]
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as sft.sh sets it for the cpu profile
     xtk("merge", *common)

@@ -82,7 +82,7 @@ def eval_again(run_dir: Path, source: Path, overrides: list[str]) -> None:
 
     if evaluated(load_recipe(RECIPE, "cpu", overrides), run_dir, source / "merged", "student"):
         return
-    subprocess.run([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--out",
+    subprocess.run([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--run",
                     str(run_dir), "--model", str(source / "merged"), "--name", "student", *overrides], cwd=ROOT,
                    check=True)
 

@@ -128,7 +128,7 @@ def run(recipe: str, overrides: list[str], run_dir: Path, profile: str = "cpu") 
     if profile == "cpu":
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # as sft.sh sets it for the cpu profile (and what runs after)
     path = ROOT / "recipes" / f"{recipe}.yaml"
-    subprocess.run([sys.executable, "-m", "toolkit", "run", str(path), "--profile", profile, "--out", str(run_dir),
+    subprocess.run([sys.executable, "-m", "toolkit", "run", str(path), "--profile", profile, "--run", str(run_dir),
                     *overrides], cwd=ROOT, check=True)
     wall = round((time.monotonic() - start) / 60, 1)
     manifest = json.loads((run_dir / "manifest.json").read_text())

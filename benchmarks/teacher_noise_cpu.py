@@ -88,7 +88,7 @@ def teacher_model(records: int) -> Path:
     stage, prepare, train, merge, each resumed or reused); its merged folder."""
     run = WORK / "teacher"
     # gold labels even where the user's teacher key is set: the key is looked for under a name nobody sets
-    common = [str(RECIPE), "--profile", "cpu", "--out", str(run), f"data.train_records={records}",
+    common = [str(RECIPE), "--profile", "cpu", "--run", str(run), f"data.train_records={records}",
               "teacher.api_key_env=XTK_TEACHER_NOISE_GOLD_ONLY"]
     xtk("run", *common, "--only", "data")
     for stage in ("prepare", "train", "merge"):
@@ -167,14 +167,14 @@ def trained(name: str, labelled: Path, limit: int, recipe: Path = RECIPE) -> Pat
     file; the folder holding that evaluation (every step resumes or is reused)."""
     run = WORK / f"student-{name}"
     settings = ["--profile", "cpu", f"eval.limit={limit}", *EAGER]
-    xtk("prepare", str(recipe), "--out", str(run), *settings, "--labelled", str(labelled))
+    xtk("prepare", str(recipe), "--run", str(run), *settings, "--labelled", str(labelled))
     for stage in ("train", "merge"):
-        xtk(stage, str(recipe), "--out", str(run), *settings)
+        xtk(stage, str(recipe), "--run", str(run), *settings)
     if recipe == RECIPE:
-        xtk("eval", str(RECIPE), "--out", str(run), *settings, "--model", "student")
+        xtk("eval", str(RECIPE), "--run", str(run), *settings, "--model", "student")
         return run
     scored_in = WORK / f"student-{name}-scored"
-    xtk("eval", str(RECIPE), "--out", str(scored_in), *settings, "--model", str(run / "merged"), "--name", "student",
+    xtk("eval", str(RECIPE), "--run", str(scored_in), *settings, "--model", str(run / "merged"), "--name", "student",
         "--prompt", "student")
     return scored_in
 
@@ -249,7 +249,7 @@ def main() -> None:
                    f"teacher.api_key_env={next(iter(key))}", f"prompts.teacher={recipe.prompts.student}",
                    "teacher.concurrency=8", f"teacher.max_tokens={recipe.eval.max_new_tokens}"]
         gate_run = WORK / "gate"
-        gate_exit = xtk("run", str(RECIPE), "--profile", "cpu", "--out", str(gate_run), "--only", "teacher_gate",
+        gate_exit = xtk("run", str(RECIPE), "--profile", "cpu", "--run", str(gate_run), "--only", "teacher_gate",
                         *teacher, env=key, check=False)
         # the pool is labelled whatever the gate said (what it would have stopped is measured): no second gate
         labels = ("label", str(RECIPE), "--profile", "cpu", "--input", str(WORK / "pool.jsonl"), *teacher,

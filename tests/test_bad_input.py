@@ -104,13 +104,13 @@ def test_labelled_file_not_utf8_names_file_and_line(tmp_path, capsys):
     bad = tmp_path / "labelled.jsonl"
     row = json.dumps({"id": "1", "text": "欧阳丽 13812345678", "label": LABEL}, ensure_ascii=False).encode()
     bad.write_bytes(row + b"\n" + row.replace("欧阳".encode(), "欧阳".encode("gbk")) + b"\n")
-    err = failure(capsys, ["prepare", str(RECIPE), "--out", str(tmp_path / "run"), "--labelled", str(bad)])
+    err = failure(capsys, ["prepare", str(RECIPE), "--run", str(tmp_path / "run"), "--labelled", str(bad)])
     assert f"{bad}:2: not valid UTF-8" in err
     assert not (tmp_path / "run" / "data" / "train.jsonl").exists()
 
 
 def test_test_file_that_is_a_directory(tmp_path, capsys):
-    err = failure(capsys, ["eval", str(RECIPE), "--out", str(tmp_path / "run"), "--model", "rules",
+    err = failure(capsys, ["eval", str(RECIPE), "--run", str(tmp_path / "run"), "--model", "rules",
                            "--test", str(tmp_path)])
     assert f"{tmp_path}: is a directory, expected a JSONL file" in err
 
@@ -120,7 +120,7 @@ def test_unreadable_jsonl_gives_the_os_reason(tmp_path, capsys):
     bad = tmp_path / "t.jsonl"
     bad.write_text("{}\n")
     bad.chmod(0)
-    err = failure(capsys, ["eval", str(RECIPE), "--out", str(tmp_path / "run"), "--model", "rules",
+    err = failure(capsys, ["eval", str(RECIPE), "--run", str(tmp_path / "run"), "--model", "rules",
                            "--test", str(bad)])
     assert f"{bad}: cannot read: Permission denied" in err
 

@@ -109,7 +109,7 @@ def test_sizes_beyond_the_rows_there_are_are_said(tmp_path, capsys):
 def test_run_checks_the_recipe_before_any_stage(tmp_path, capsys):
     recipe = invoice(tmp_path, "{labelled: data/labeled.jsonl, test: [data/test.jsonl], train_records: 4, "
                                "val_fraction: 0}")
-    assert main(["run", recipe, "--out", str(tmp_path / "run")]) == 2
+    assert main(["run", recipe, "--run", str(tmp_path / "run")]) == 2
     assert "no such file (misspelt?)" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing started
 

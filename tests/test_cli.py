@@ -51,12 +51,15 @@ def options(cmd):
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: c.name)
 def test_one_grammar(cmd):
-    """The folder a command writes is --out, --model is one argument everywhere, a recipe command's usage shows
-    key=value overrides, and every option with a value says its default."""
+    """A run folder is --run and any other folder a command writes is --out, --model is one argument everywhere,
+    a recipe command's usage shows key=value overrides, and every option with a value says its default."""
     p = subparser(cmd)
     flags = {f for a in options(cmd) for f in a.option_strings}
-    folders = {f for f in flags if re.fullmatch(r"--([\w-]+-)?(dir|out|output|folder)", f)}
-    assert folders <= {"--out"}, f"an output folder is --out, not {folders - {'--out'}}"
+    folders = {f for f in flags if re.fullmatch(r"--([\w-]+-)?(dir|out|output|folder|run)", f)}
+    assert folders <= {"--out", "--run"}, f"a folder is --run or --out, not {folders - {'--out', '--run'}}"
+    for a in options(cmd):
+        if "--out" in a.option_strings:
+            assert "run folder" not in a.help, "a run folder is --run, not --out"
     if "--model" in flags:
         model = next(a for a in options(cmd) if "--model" in a.option_strings)
         assert model.help == MODEL.options["help"], "--model means the same on every command"
@@ -69,6 +72,16 @@ def test_one_grammar(cmd):
         shown = HelpFormatter("xtk")._get_help_string(a) % {"default": a.default}
         assert "default" in shown, f"{cmd.name} {a.option_strings[0]}: the help says no default"
         assert " ".join(shown.split()[:3]) in " ".join(text.split())
+
+
+def test_every_command_on_a_run_folder_takes_run():
+    """Commands speak one language: each command that reads or writes a run folder names it with --run DIR."""
+    takes_run = {c.name for c in COMMANDS if any("--run" in a.option_strings for a in options(c))}
+    assert takes_run == {"run", "prepare", "train", "merge", "eval", "report", "export", "predict", "serve",
+                         "label", "synth"}
+    for c in COMMANDS:
+        run = next((a for a in options(c) if "--run" in a.option_strings), None)
+        assert run is None or (run.metavar == "DIR" and "run folder" in run.help), c.name
 
 
 def test_from_and_only_list_every_stage():
@@ -89,8 +102,8 @@ def test_help_names_what_commands_write_and_pull():
 
 
 def test_overrides_before_and_after_options_keep_their_order():
-    args = parse_args(["run", str(RECIPE), "eval.limit=1", "--out", "x", "eval.limit=2", "--only", "report"])
-    assert args.overrides == ["eval.limit=1", "eval.limit=2"] and args.out == "x"
+    args = parse_args(["run", str(RECIPE), "eval.limit=1", "--run", "x", "eval.limit=2", "--only", "report"])
+    assert args.overrides == ["eval.limit=1", "eval.limit=2"] and args.run == "x"
     with pytest.raises(SystemExit):
         parse_args(["run", str(RECIPE), "notakeyvalue"])
 

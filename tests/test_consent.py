@@ -31,7 +31,7 @@ def planted(folder, name, target_text="precious\n"):
 def test_a_run_folder_whose_lock_is_a_link_is_refused_and_the_file_kept(tmp_path, capsys):
     run = tmp_path / "run"
     victim = planted(run, ".xtk.lock")
-    assert main(["report", str(RECIPE), "--out", str(run)]) == 2
+    assert main(["report", str(RECIPE), "--run", str(run)]) == 2
     err = capsys.readouterr().err
     assert ".xtk.lock is a link" in err and victim.read_text() == "precious\n"
 
@@ -88,7 +88,7 @@ def test_a_recipe_cannot_run_code_outside_xtk_without_allow_code(tmp_path, capsy
     pwned = tmp_path / "pwned"
     recipe = write_recipe(tmp_path, FIELD, extra="baseline: os:system\n")
     write_jsonl(tmp_path / "test.jsonl", [{"id": 1, "text": f"touch {pwned}", "label": {"a": "x"}}])
-    code = main(["eval", str(recipe), "--model", "rules", "--out", str(tmp_path / "run")])
+    code = main(["eval", str(recipe), "--model", "rules", "--run", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and not pwned.exists()
     assert f"typed.yaml:{line_of(recipe, 'baseline:')}: key 'baseline'" in err and "--allow-code os" in err
@@ -105,7 +105,7 @@ def test_code_the_user_allows_runs_and_is_never_taken_from_the_current_folder(tm
     recipe = write_recipe(tmp_path / "p", FIELD, extra="baseline: my_rules:answer\n")
     write_jsonl(tmp_path / "p" / "test.jsonl", [{"id": 1, "text": "xyz", "label": {"a": "x"}}])
     run = tmp_path / "run"
-    assert main(["eval", str(recipe), "--model", "rules", "--out", str(run), "--allow-code", "my_rules"]) == 0
+    assert main(["eval", str(recipe), "--model", "rules", "--run", str(run), "--allow-code", "my_rules"]) == 0
     assert json.loads((run / "eval" / "rules-test" / "metrics.json").read_text())["exact_match"]["value"] == 1
     # a generator planted beside a downloaded recipe, run from its folder: never imported, even when allowed
     beside = tmp_path / "downloaded"
@@ -208,7 +208,7 @@ def test_duplicate_ids_in_a_test_file_are_an_error_with_file_and_line(tmp_path, 
     recipe = load_recipe(RECIPE)
     rows = read_jsonl(recipe.path(recipe.data.test[0]))[:5]
     test = write_jsonl(tmp_path / "dup.jsonl", rows + [rows[2]])
-    code = main(["eval", str(RECIPE), "--model", "rules", "--test", str(test), "--out", str(tmp_path / "run")])
+    code = main(["eval", str(RECIPE), "--model", "rules", "--test", str(test), "--run", str(tmp_path / "run")])
     assert code == 2 and f"dup.jsonl:6: duplicate id {rows[2]['id']!r} (first on line 3)" in capsys.readouterr().err
     # a recipe's own test file is checked where the recipe loads
     spec = write_recipe(tmp_path / "p", FIELD)

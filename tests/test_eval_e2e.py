@@ -18,7 +18,7 @@ TEST = str(ROOT / "datasets" / "logistics_zh" / "test.jsonl")
 
 
 def xtk_eval(run, backend):
-    res = subprocess.run([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--out",
+    res = subprocess.run([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--run",
                           str(run), "--model", "base", "--test", TEST, "--backend", backend, "--name",
                           f"base-{backend}", *SMALL], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -107,7 +107,7 @@ def _terminate_eval(tmp_path, ready, ctrl_c: bool = False) -> None:
     log = tmp_path / "eval.log"
     # its own process group, where SIGINT does what it does in a terminal (a background job, such as a CI step
     # may run pytest in, starts with SIGINT ignored, and Python keeps it so)
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--out",
+    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "eval", str(RECIPE), "--profile", "cpu", "--run",
                              str(tmp_path / "run"), "--model", "base", "--test", TEST, "--backend", "vllm",
                              *SMOLLM2_STUDENT, "eval.limit=100", "eval.batch_size=4", "eval.max_new_tokens=64",
                              "eval.vllm.enforce_eager=true"], cwd=ROOT, stdout=log.open("w"),

@@ -156,7 +156,7 @@ def test_a_drop_beyond_max_drop_exits_1_unless_accepted(tmp_path, monkeypatch, c
     record = {"parity": {"all": overall, "verdict": verdict(overall, 0.01)}}
     monkeypatch.setattr(export, "run_export",
                         lambda ctx, quant, model, accept_drop: export.ExportResult(tmp_path, tmp_path / "m.gguf", record))
-    code = main(["export", str(RECIPE), "--format", "gguf", "--out", str(tmp_path / "run"),
+    code = main(["export", str(RECIPE), "--format", "gguf", "--run", str(tmp_path / "run"),
                  *(["--accept-drop"] if accept else [])])
     err = capsys.readouterr().err
     assert code == (0 if accept else 1)
@@ -164,7 +164,7 @@ def test_a_drop_beyond_max_drop_exits_1_unless_accepted(tmp_path, monkeypatch, c
 
 
 def test_export_without_a_merged_student_exits_2(tmp_path, capsys):
-    assert main(["export", str(RECIPE), "--format", "gguf", "--out", str(tmp_path)]) == 2
+    assert main(["export", str(RECIPE), "--format", "gguf", "--run", str(tmp_path)]) == 2
     assert "no merged student" in capsys.readouterr().err
     assert not (tmp_path / "export").exists()
 

@@ -21,7 +21,7 @@ def test_export_smollm2_to_f16_answers_as_the_transformers_path(tmp_path, smollm
 
     run = tmp_path / "run"
     # The base model, not a trained one: parity is about the file answering as the folder does, whatever it says.
-    args = [sys.executable, "-m", "toolkit", "export", str(RECIPE), "--profile", "cpu", "--out", str(run),
+    args = [sys.executable, "-m", "toolkit", "export", str(RECIPE), "--profile", "cpu", "--run", str(run),
             *SMOLLM2_STUDENT, "--model", str(smollm2), "--format", "gguf", "--quant", "f16", "eval.limit=3",
             "eval.backend=transformers", "eval.max_new_tokens=32"]
     res = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)

@@ -281,7 +281,7 @@ def test_gemma_fine_tunes_merges_and_is_served_with_the_template_it_trained_on(t
     run = tmp_path / "run"
 
     def xtk(*args):
-        res = subprocess.run([sys.executable, "-m", "toolkit", *args, str(recipe), "--out", str(run), *GEMMA_RUN],
+        res = subprocess.run([sys.executable, "-m", "toolkit", *args, str(recipe), "--run", str(run), *GEMMA_RUN],
                              cwd=ROOT, capture_output=True, text=True, env={**os.environ, "XTK_TEST_KEY": ""})
         assert res.returncode == 0, res.stderr[-4000:]
 

@@ -124,7 +124,7 @@ def test_init_then_check_then_run_with_no_edit(tmp_path, smollm2):
     assert "is 2000, but data/invoice/labelled.jsonl has 16 rows" in check.stderr  # said, not silently cut
     tiny = [*SMOLLM2_STUDENT, "data.val_fraction=0.2", "train.max_steps=2", "train.save_steps=2", "train.eval_steps=2",
             "eval.backend=transformers", "eval.limit=2", "eval.max_new_tokens=48"]
-    res = xtk("run", "recipes/invoice.yaml", "--profile", "cpu", "--out", "run", *tiny)
+    res = xtk("run", "recipes/invoice.yaml", "--profile", "cpu", "--run", "run", *tiny)
     assert re.findall(r"^stage (\w+)$", res.stderr, re.M)[-1] == "report"
     for who in ("base", "student"):
         m = json.loads((tmp_path / "run" / "eval" / f"{who}-test" / "metrics.json").read_text())

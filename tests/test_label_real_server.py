@@ -103,7 +103,7 @@ def test_endpoint_eval_over_three_batches_then_from_its_journal_with_the_server_
     """Runs last in this module: it stops the server to prove the re-run sends nothing."""
     base_url, stop = deployed
     run = tmp_path / "run"
-    args = ["eval", str(RECIPE), "--out", str(run), "--model", "smollm2", "--backend", "openai", "--base-url",
+    args = ["eval", str(RECIPE), "--run", str(run), "--model", "smollm2", "--backend", "openai", "--base-url",
             base_url, "--name", "served", "eval.batch_size=4", "eval.limit=12", "eval.max_new_tokens=24",
             "teacher.timeout_s=300"]
     assert main(args) == 0

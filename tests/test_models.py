@@ -117,7 +117,7 @@ def test_a_hub_id_is_downloaded_and_checked_before_use_and_a_failure_is_one_line
     """No model hub is reachable here: the download fails, and that failure is one clear line, exit 2."""
     from toolkit.cli import main
 
-    code = main(["eval", str(ROOT / "recipes" / "logistics_zh.yaml"), "--out", str(tmp_path), "--model",
+    code = main(["eval", str(ROOT / "recipes" / "logistics_zh.yaml"), "--run", str(tmp_path), "--model",
                  "nobody-xtk/no-such-model", "--backend", "transformers", "eval.limit=1"])
     err = capsys.readouterr().err
     assert code == 2 and "error: could not download nobody-xtk/no-such-model" in err and "Traceback" not in err

@@ -53,7 +53,7 @@ def answers(run):
 
 
 def test_predict_answers_what_eval_scored(run, answers):
-    xtk("eval", RECIPE, "--out", run / "run", "--model", "student", "--test", TEST)
+    xtk("eval", RECIPE, "--run", run / "run", "--model", "student", "--test", TEST)
     scored = read_jsonl(run / "run" / "eval" / "student-test" / "predictions.jsonl")
     rows, summary = answers
     assert [a["id"] for a in rows] == [s["id"] for s in scored] and len(rows) == N

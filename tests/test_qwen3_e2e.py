@@ -193,7 +193,7 @@ def run(tmp_path_factory, qwen3_tiny):
     GPU user's evaluations run on); the prompts both engines rendered are collected."""
     run_dir = tmp_path_factory.mktemp("qwen3run") / "run"
     prompts = run_dir.parent / "prompts.jsonl"
-    common = ["--profile", "gpu", "--out", str(run_dir), *overrides(qwen3_tiny)]
+    common = ["--profile", "gpu", "--run", str(run_dir), *overrides(qwen3_tiny)]
     spied_xtk(["run", str(RECIPE), *common], prompts, "transformers")
     spied_xtk(["eval", str(RECIPE), *common, "--model", "student", "--backend", "vllm", "--name", "student_vllm"],
               prompts, "vllm")

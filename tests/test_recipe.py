@@ -169,7 +169,7 @@ def test_the_cpu_profile_decodes_to_the_schema_and_the_transformers_engine_says_
     from toolkit.cli import main
 
     assert load_recipe(RECIPE, "cpu").eval.guided_json and not load_recipe(RECIPE, "gpu").eval.guided_json
-    args = ["eval", str(RECIPE), "--profile", "cpu", "--out", str(tmp_path), "--model", "base", "eval.limit=1"]
+    args = ["eval", str(RECIPE), "--profile", "cpu", "--run", str(tmp_path), "--model", "base", "eval.limit=1"]
     assert main([*args, "--backend", "transformers"]) == 2
     err = capsys.readouterr().err
     assert "needs the vllm or llamacpp backend, not transformers" in err and "eval.guided_json=false" in err

@@ -46,7 +46,7 @@ def test_a_backend_registered_from_a_test_file_runs_an_evaluation(tmp_path, monk
 
     register(BackendKind("keywords", lambda served: Keywords(), "a word list", model_folder=False))
     test = write_reviews(tmp_path / "reviews.jsonl")
-    assert main(["eval", str(SENTIMENT), "--profile", "cpu", "--out", str(tmp_path / "run"), "--model", "words",
+    assert main(["eval", str(SENTIMENT), "--profile", "cpu", "--run", str(tmp_path / "run"), "--model", "words",
                  "--backend", "keywords", "--test", str(test)]) == 0
     out = tmp_path / "run" / "eval" / "words-reviews"
     rows = read_jsonl(out / "predictions.jsonl")
@@ -58,7 +58,7 @@ def test_a_backend_registered_from_a_test_file_runs_an_evaluation(tmp_path, monk
     assert m["role"] == "model" and m["identity"]["backend"] == "keywords"
     assert seen[0][0] == {"role": "system", "content": load_recipe(SENTIMENT, "cpu").prompt("student")}
     # the recipe may name it too (eval.backend is checked against the registry, not a fixed list)
-    assert main(["eval", str(SENTIMENT), "--profile", "cpu", "--out", str(tmp_path / "run"), "--model", "words",
+    assert main(["eval", str(SENTIMENT), "--profile", "cpu", "--run", str(tmp_path / "run"), "--model", "words",
                  "--name", "by-recipe", "--test", str(test), "eval.backend=keywords"]) == 0
     assert json.loads((tmp_path / "run" / "eval" / "by-recipe-reviews" / "metrics.json").read_text())["n"] == 5
 
@@ -82,7 +82,7 @@ def test_an_evaluation_gives_a_backend_at_most_the_batch_it_declares(tmp_path, m
 
     register(BackendKind("pairs", lambda served: Pairs(), "two at a time", model_folder=False))
     test = write_reviews(tmp_path / "reviews.jsonl")
-    assert main(["eval", str(SENTIMENT), "--profile", "cpu", "--out", str(tmp_path / "run"), "--model", "words",
+    assert main(["eval", str(SENTIMENT), "--profile", "cpu", "--run", str(tmp_path / "run"), "--model", "words",
                  "--backend", "pairs", "--test", str(test), "eval.batch_size=64"]) == 0
     assert sizes == [2, 2, 1]
 
@@ -90,7 +90,7 @@ def test_an_evaluation_gives_a_backend_at_most_the_batch_it_declares(tmp_path, m
 def test_a_backend_the_registry_does_not_hold_is_refused_where_the_recipe_loads(tmp_path, capsys):
     from toolkit.cli import main
 
-    assert main(["eval", str(SENTIMENT), "--profile", "cpu", "--out", str(tmp_path / "run"), "--model", "words",
+    assert main(["eval", str(SENTIMENT), "--profile", "cpu", "--run", str(tmp_path / "run"), "--model", "words",
                  "eval.backend=vlm"]) == 2
     err = capsys.readouterr().err
     assert "eval.backend" in err and "no backend 'vlm'; backends: auto, vllm, transformers, openai" in err

@@ -17,7 +17,7 @@ TINY = [*SMOLLM2_STUDENT, "data.train_records=12", "data.val_fraction=0.2", "tra
 
 
 def xtk_run(run, *extra):
-    res = subprocess.run([sys.executable, "-m", "toolkit", "run", str(RECIPE), "--profile", "cpu", "--out",
+    res = subprocess.run([sys.executable, "-m", "toolkit", "run", str(RECIPE), "--profile", "cpu", "--run",
                           str(run), *TINY, *extra], cwd=ROOT, capture_output=True, text=True,
                          env={**__import__("os").environ, "DASHSCOPE_API_KEY": ""})
     assert res.returncode == 0, res.stderr[-4000:]

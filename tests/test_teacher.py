@@ -27,7 +27,7 @@ def tests_rows():
 
 def run_data(tmp_path, server, pool_rows, *more):
     pool = write_jsonl(tmp_path / "pool.jsonl", [{"id": r["id"], "text": r["text"]} for r in pool_rows])
-    return main(["run", str(RECIPE), "--only", "data", "--out", str(tmp_path / "run"), f"data.pool={pool}",
+    return main(["run", str(RECIPE), "--only", "data", "--run", str(tmp_path / "run"), f"data.pool={pool}",
                  f"teacher.base_url={server.base_url}", "teacher.gate.records=20", *more])
 
 
@@ -77,7 +77,7 @@ def test_a_good_teacher_proceeds_and_its_evaluation_pays_for_the_gate_records_on
         assert run_data(tmp_path, server, pool[:10]) == 0
         assert gate_entry(tmp_path)["verdict"] == "PROCEED"
         assert len(read_jsonl(tmp_path / "run" / "data" / "labelled.jsonl")) == 10
-        assert main(["eval", str(RECIPE), "--model", "teacher", "--out", str(tmp_path / "run"),
+        assert main(["eval", str(RECIPE), "--model", "teacher", "--run", str(tmp_path / "run"),
                      "--test", str(load_recipe(RECIPE).path(load_recipe(RECIPE).data.test[0])),
                      f"teacher.base_url={server.base_url}", "eval.limit=25"]) == 0
         # the 20 the gate asked are not asked again; the 5 more are asked once

@@ -25,7 +25,7 @@ def xtk(*args, **kwargs):
 
 def test_train_then_merge_for_real(tmp_path):
     run = tmp_path / "run"
-    res = xtk("train", str(RECIPE), "--profile", "cpu", "--out", str(run), *TINY,
+    res = xtk("train", str(RECIPE), "--profile", "cpu", "--run", str(run), *TINY,
               "train.max_steps=8", "train.save_steps=4", "train.eval_steps=4")
     assert res.returncode == 0, res.stderr[-3000:]
     rows = read_log(run / "train")
@@ -40,7 +40,7 @@ def test_train_then_merge_for_real(tmp_path):
     stats = json.loads((run / "data" / "stats.json").read_text())
     assert train["train_rows_seen_by_swift"] == stats["train"] == 22  # no row silently dropped
 
-    res = xtk("merge", str(RECIPE), "--profile", "cpu", "--out", str(run), *TINY,
+    res = xtk("merge", str(RECIPE), "--profile", "cpu", "--run", str(run), *TINY,
               "train.max_steps=8", "train.save_steps=4", "train.eval_steps=4")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "moved" not in res.stderr  # merged what was trained, under the same settings
@@ -59,7 +59,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     """kill -9 of the job's process group leaves torchrun's workers training (they run in sessions of their
     own) and rotating checkpoints away; the re-run must stop them, then resume from the newest checkpoint."""
     run = tmp_path / "run"
-    args = ["train", str(RECIPE), "--profile", "cpu", "--out", str(run), *TINY, "data.val_fraction=0",
+    args = ["train", str(RECIPE), "--profile", "cpu", "--run", str(run), *TINY, "data.val_fraction=0",
             "train.early_stop_evals=null", "train.max_steps=6", "train.save_steps=2"]
     proc = subprocess.Popen([sys.executable, "-m", "toolkit", *args], cwd=ROOT, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -145,7 +145,7 @@ def test_each_student_gets_its_own_run_folder_and_eval_names_do_not_collide(tmp_
     assert slug("Qwen/Qwen3-0.6B") != slug("unsloth/Qwen3-0.6B")
     assert slug(str(tmp_path / "x" / "model")) != slug(str(tmp_path / "y" / "model"))
     for bad in ("../../etc", "a/b", "-x", ".."):
-        code = main(["eval", str(RECIPE), "--out", str(tmp_path / "run"), "--model", "rules", f"--name={bad}"])
+        code = main(["eval", str(RECIPE), "--run", str(tmp_path / "run"), "--model", "rules", f"--name={bad}"])
         assert code == 2 and "--name" in capsys.readouterr().err
     assert not (tmp_path / "etc").exists()
 
@@ -160,7 +160,7 @@ def test_endpoint_eval_over_several_batches_keeps_what_it_paid_for(tmp_path, mon
     test = write_jsonl(tmp_path / "t.jsonl", rows)
     gold = {r["text"]: r["label"] for r in rows}
     run = tmp_path / "run"
-    args = ["eval", str(RECIPE), "--out", str(run), "--model", "teacher", "--test", str(test),
+    args = ["eval", str(RECIPE), "--run", str(run), "--model", "teacher", "--test", str(test),
             "eval.batch_size=4", "teacher.max_retries=1"]
     with TeacherServer(gold, {rows[5]["text"]: "truncated_body"}) as server:
         assert main(args + ["--base-url", server.base_url]) == 0
@@ -185,7 +185,7 @@ def test_an_endpoint_slower_than_the_time_out_is_named_as_such(tmp_path, monkeyp
     test = write_jsonl(tmp_path / "t.jsonl", rows)
     # each answer would take 600 s; the server stops waiting when the client's 1 s time-out closes the connection
     with TeacherServer({r["text"]: r["label"] for r in rows}, latency_s=600) as server:
-        code = main(["eval", str(RECIPE), "--out", str(tmp_path / "run"), "--model", "teacher", "--test",
+        code = main(["eval", str(RECIPE), "--run", str(tmp_path / "run"), "--model", "teacher", "--test",
                      str(test), "--base-url", server.base_url, "teacher.timeout_s=1", "teacher.max_retries=1"])
     err = capsys.readouterr().err
     assert code == 2 and "no answer within 1 s" in err and "is the server running" not in err.lower()
@@ -379,7 +379,7 @@ def test_a_folder_with_code_anywhere_is_refused_with_an_opt_in_that_exists(tmp_p
         check_custom_code(model, trust_remote_code=False)
     for command in (["eval", str(RECIPE), "--model", str(model), "--backend", "transformers"],
                     ["prepare", str(RECIPE), "student.model=" + str(model)]):
-        code = main(command + ["--out", str(tmp_path / "run")])
+        code = main(command + ["--run", str(tmp_path / "run")])
         err = capsys.readouterr().err
         assert code == 2 and "--trust-remote-code" in err
     from toolkit.cli import make_parser
@@ -409,7 +409,7 @@ def test_a_bug_shows_its_traceback_and_vllm_is_closed_on_every_way_out(tmp_path,
 
     monkeypatch.setattr(toolkit.infer.backends, "make_backend", lambda *a, **k: Engine())
     with pytest.raises(KeyError):
-        main(["eval", str(RECIPE), "--out", str(tmp_path), "--model", "base", "eval.limit=1"])
+        main(["eval", str(RECIPE), "--run", str(tmp_path), "--model", "base", "eval.limit=1"])
     assert closed == [True]
 
 

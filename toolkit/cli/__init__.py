@@ -1,7 +1,8 @@
 """The `xtk` command line: the parser made from the command table (toolkit/cli/table.py), and main().
 
-One grammar for every command (tests/test_cli.py holds it): the folder a command writes is `--out`; `--model`
-is the same MODEL argument on every command that takes it; a command that reads a recipe takes `key=value`
+One grammar for every command (tests/test_cli.py holds it): a run folder is `--run DIR` on every command that
+reads or writes one, and `--out` names anything else a command writes; `--model` is the same MODEL argument on
+every command that takes it; a command that reads a recipe takes `key=value`
 overrides anywhere on its line (its usage says so); help shows every default."""
 
 from __future__ import annotations

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 
-from toolkit.cli.resolve import console, load, opened
+from toolkit.cli.resolve import console, load, opened, run_dir
 from toolkit.deploy.export import run_export
 from toolkit.deploy.predict import check_out, local_answerer, predict_role, ray_answerer, read_texts, run_predict, \
     student_backend
 from toolkit.deploy.serve import make_app
 from toolkit.io.errors import StageError
 from toolkit.run.identity import predict_key
-from toolkit.run.manifest import default_run_dir
 
 
 def cmd_predict(args) -> None:
@@ -21,7 +20,7 @@ def cmd_predict(args) -> None:
     recipe = load(args)  # not its training data: predict_role checks what answering needs
     out = check_out(args.out)  # before the model loads: a wrong suffix is a usage error, not minutes lost
     rows = read_texts(args.input, args.text_column, args.id_column)
-    r = predict_role(recipe, args.model, args.run or default_run_dir(recipe))
+    r = predict_role(recipe, args.model, run_dir(args, recipe))
     if args.engine == "ray":
         summary = run_predict(recipe, rows, out, predict_key(recipe, r),
                               ray_answerer(recipe, r, args.address, args.replicas))
@@ -38,7 +37,7 @@ def cmd_serve(args) -> None:
     import uvicorn
 
     recipe = load(args)  # not its training data: predict_role checks what answering needs
-    r = predict_role(recipe, args.model, args.run or default_run_dir(recipe))
+    r = predict_role(recipe, args.model, run_dir(args, recipe))
     backend = student_backend(recipe, r)
     try:
         console.print(f"serve: {r.model} on http://{args.host}:{args.port} (POST /extract, GET /health)")

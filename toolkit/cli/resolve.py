@@ -3,6 +3,8 @@ folder. Every handler goes through here, so that each command reads a line the s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
 from rich.markup import escape
 
@@ -44,8 +46,9 @@ def checked(args):
     return recipe, found
 
 
-def run_dir(args, recipe):
-    return default_run_dir(recipe) if not args.out else args.out
+def run_dir(args, recipe) -> Path:
+    """The run folder the line names with --run, else the recipe's default one."""
+    return Path(args.run) if args.run else default_run_dir(recipe)
 
 
 def opened(args, recipe=None):

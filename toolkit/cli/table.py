@@ -55,10 +55,9 @@ RECIPE = (
     A("--profile", help="a profile of the recipe, e.g. cpu or gpu (default: the recipe without one)"),
     *CONSENT,
 )
-# predict and serve read a run (its model), they do not write one: --out is predict's answers file
-RUN = (A("--run", metavar="DIR", help="the run folder whose model answers (default: runs/<recipe>/<profile or "
-         "default>/<student>)"),)
-OUT = (A("--out", metavar="DIR", help="run folder (default: runs/<recipe>/<profile or default>/<student>)"),)
+# One flag for the run folder on every command that reads or writes one; --out names anything else a command
+# writes (predict's answers, label's labels, a project, a bake-off).
+RUN = A("--run", metavar="DIR", help="the run folder (default: runs/<recipe>/<profile or default>/<student>)")
 MODEL = A("--model", help=" | ".join(n for n, r in ROLES.items() if not r.rescores) + " (a role of the run: "
           "student is its merged model) | an embedded name (xtk models list), a model folder, a hub id, or a served "
           "model name with --backend openai, or a GGUF file with --backend llamacpp")
@@ -90,7 +89,8 @@ EMBEDDED_LIST = ", ".join(EMBEDDED)
 COMMANDS: tuple[Command, ...] = (
     Command("run", f"the whole flow, stage by stage ({STAGE_LIST}); a stage that does not apply is skipped and "
             "the report says why, a finished one is skipped, an interrupted one resumes",
-            cmd_run, RECIPE + OUT + (
+            cmd_run, RECIPE + (
+                RUN,
                 A("--from", dest="from_stage", metavar="STAGE",
                   help=f"re-run this stage and every one after it: {STAGE_LIST} (default: every stage, "
                   "finished ones skipped)"),
@@ -140,15 +140,17 @@ COMMANDS: tuple[Command, ...] = (
                 A("--json", action="store_true", help="print JSON instead of the table"),
             )),
     Command("prepare", "labelled records -> ms-swift messages JSONL, validated, de-duplicated, checked for test leaks, split; "
-            "stats.json", stage_command("prepare"), RECIPE + OUT + (
+            "stats.json", stage_command("prepare"), RECIPE + (
+                RUN,
                 A("--labelled", help="labelled JSONL ({id,text,label} or {messages}) (default: the run's data)"),)),
     Command("train", "train the student with swift sft (LoRA unless train.tuner_type says full), resuming an "
             "interrupted run; loss.png with a fit diagnosis", stage_command("train"),
-            RECIPE + OUT),
+            RECIPE + (RUN,)),
     Command("merge", "merge the trained LoRA checkpoint (the last, or the best with train.early_stop_evals) into "
-            "the run's merged/ with swift export", stage_command("merge"), RECIPE + OUT),
+            "the run's merged/ with swift export", stage_command("merge"), RECIPE + (RUN,)),
     Command("eval", "score a model on the recipe's test files: predictions.jsonl and metrics.json under the run's "
-            "eval/", cmd_eval, RECIPE + OUT + (
+            "eval/", cmd_eval, RECIPE + (
+                RUN,
                 A(*MODEL.flags, required=True, **MODEL.options),
                 A("--test", action="append", help="test JSONL with gold labels, repeatable (default: the recipe's "
                   "test files)"),
@@ -165,7 +167,8 @@ COMMANDS: tuple[Command, ...] = (
             )),
     Command("predict", "run the student on new texts (JSONL, CSV, TSV, Parquet) exactly as it was evaluated: "
             "one row per input with its fields and what is wrong with the answer, resumable", cmd_predict,
-            RECIPE + RUN + (
+            RECIPE + (
+                RUN,
                 A("--input", required=True, help="texts: .jsonl ({id, text}), .csv, .tsv or .parquet"),
                 A("--out", metavar="FILE", required=True, help="answers: .jsonl or .parquet (by the suffix)"),
                 A(*MODEL.flags, default="student", **MODEL.options),
@@ -178,14 +181,16 @@ COMMANDS: tuple[Command, ...] = (
             )),
     Command("serve", "the student over HTTP: POST /extract answers texts as predict does, GET /health, and "
             "OpenAI-compatible /v1/chat/completions over the same engine", cmd_serve,
-            RECIPE + RUN + (
+            RECIPE + (
+                RUN,
                 A(*MODEL.flags, default="student", **MODEL.options),
                 A("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all) (default: 127.0.0.1)"),
                 A("--port", type=int, default=8000, help="port (default: 8000)"),
             )),
     Command("export", "the student as a GGUF file (llama.cpp's converter) with an Ollama Modelfile, scored by "
             "llama.cpp beside the merged student: exit 1 when it loses more than export.max_drop", cmd_export,
-            RECIPE + OUT + (
+            RECIPE + (
+                RUN,
                 A("--format", required=True, choices=["gguf"], help="the file format (gguf: llama.cpp, Ollama)"),
                 A("--quant", choices=["f16", "q8_0", "q4_k_m"], help="default: the recipe's export.quant"),
                 A(*MODEL.flags, default="student", **MODEL.options),
@@ -210,6 +215,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("synth", "the teacher writes new raw inputs in the style of your examples, steered by the recipe's "
             "synth block: a smoke batch first, the rest when you say yes; near duplicates, copies and test inputs "
             "removed; pool.jsonl (a data.pool to label), removed.jsonl, diversity.json", cmd_synth, RECIPE + (
+                RUN,
                 A("--examples", required=True, help="at least 10 inputs like the ones wanted: .txt (one a line) "
                   "or JSONL with a text field"),
                 A("--n", type=positive(int), required=True, help="how many new inputs to write"),
@@ -220,7 +226,8 @@ COMMANDS: tuple[Command, ...] = (
             )),
     Command("report", "report.md (one table, the worst errors, the charts) with accuracy.png and "
             "confusion-FIELD.png per enum field and report.html (every figure, confusions, an error browser; one file) from the run's current "
-            "evaluations; or --compare two runs", cmd_report, RECIPE + OUT + (
+            "evaluations; or --compare two runs", cmd_report, RECIPE + (
+                RUN,
                 A("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
                   help="print two run folders' evaluations side by side with paired differences (B − A, McNemar), "
                        "(default: write the run's report)"),

@@ -14,7 +14,6 @@ from toolkit.data.synth import run_synth
 from toolkit.flow.pipeline import gate_labelling
 from toolkit.io.errors import StageError
 from toolkit.io.jsonl import read_jsonl
-from toolkit.run.manifest import default_run_dir
 
 
 def cmd_label(args) -> None:
@@ -22,7 +21,7 @@ def cmd_label(args) -> None:
     teacher = {k: v for k, v in (("base_url", args.base_url), ("model", args.teacher_model)) if v}
     if teacher:  # the gate scores the teacher that labels
         recipe = recipe.model_copy(update={"teacher": recipe.teacher.model_copy(update=teacher)})
-    run = Path(args.run or default_run_dir(recipe))
+    run = run_dir(args, recipe)
     out = Path(args.out) if args.out else run / "data"  # where `xtk run` reads labels
     if not args.input and recipe.data.pool is None:
         raise StageError(f"recipe {recipe.name!r} has no data.pool: give the texts to label with --input")
@@ -40,7 +39,7 @@ def cmd_label(args) -> None:
 
 def cmd_synth(args) -> None:
     recipe = recipe_of(args)
-    out = Path(args.out) if args.out else Path(run_dir(args, recipe)) / "synth"
+    out = Path(args.out) if args.out else run_dir(args, recipe) / "synth"
     summary = run_synth(recipe, args.examples, args.n, out, yes=args.yes, base_url=args.base_url,
                         model=args.teacher_model)
     print(json.dumps(summary, ensure_ascii=False, indent=2))

@@ -121,7 +121,7 @@ def predict_role(recipe: Recipe, model: str, run_dir: str | Path):
     r = role(ctx, model)
     if model in ("student", "head") and not Path(r.model, "config.json").is_file():
         raise StageError(f"no {model} model in {r.model} (no config.json): train and merge it first with "
-                         f"`xtk run {recipe.name} ...`, or pass --out, or a model folder as --model")
+                         f"`xtk run {recipe.name} ...`, or pass --run, or a model folder as --model")
     return r
 
 
