@@ -3,8 +3,10 @@ link that was planted where xtk writes (an output folder may come from someone e
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -80,8 +82,6 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
 def write_bytes(path: str | Path, data: bytes) -> Path:
     """Write a file whole: into a new temporary file beside it (created exclusively, so a link planted under
     any name is never followed), then renamed over `path` (which replaces a link there, never its target)."""
-    import tempfile
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -98,8 +98,6 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 
 def save_figure(fig, path: str | Path) -> Path:
     """A matplotlib figure as a PNG file, written as write_bytes writes (the format from the file's suffix)."""
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png")
     return write_bytes(path, buf.getvalue())

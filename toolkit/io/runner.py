@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import psutil
+
 from toolkit.io.errors import StageError
 from toolkit.io.jsonl import open_append
 from toolkit.io.secrets import child_env, redact, redact_argv, secret_arg_values
@@ -55,8 +57,6 @@ GRACE_S = 60.0  # how long a stopped child (torchrun, and through it its workers
 def stop(proc: subprocess.Popen) -> None:
     """SIGTERM to the child, which torchrun passes on to its workers; whatever of it and its descendants still
     runs GRACE_S later is killed: torchrun killed alone would leave its workers training."""
-    import psutil
-
     try:
         family = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from toolkit.io.jsonl import write_text
 
 SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 # Credentials a child (swift sft / export / deploy) needs for gated or private hub models; other secrets (a
@@ -64,10 +67,6 @@ def secret_arg_values(argv: Iterable[str]) -> list[str]:
 
 def scrub_files(paths: Iterable, extra: Iterable[str] = ()) -> None:
     """Redact secrets from files a child wrote (ms-swift's args.json records every argument it was given)."""
-    from pathlib import Path
-
-    from toolkit.io.jsonl import write_text
-
     extra = list(extra)
     for path in map(Path, paths):
         text = path.read_text(encoding="utf-8", errors="replace")
