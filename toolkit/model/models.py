@@ -27,7 +27,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from platformdirs import user_cache_dir
+
 from toolkit.io.errors import ModelError
+from toolkit.io.jsonl import write_text
 from toolkit.io.locks import folder_turn
 from toolkit.io.markers import read_marker, write_marker
 
@@ -121,8 +124,6 @@ def cache_dir() -> Path:
     """Where pulled models live: $XTK_CACHE, else the user's cache folder."""
     if os.environ.get("XTK_CACHE"):
         return Path(os.environ["XTK_CACHE"]).expanduser()
-    from platformdirs import user_cache_dir
-
     return Path(user_cache_dir("xtk"))
 
 
@@ -326,8 +327,6 @@ def _convert(model: EmbeddedModel, gguf: Path, out: Path) -> None:
 def _write_chat_template(model: EmbeddedModel, folder: Path) -> None:
     """Give a pulled folder the model's chat template (transformers, vLLM and ms-swift's export all read
     chat_template.jinja), unless it has this very one already."""
-    from toolkit.io.jsonl import write_text
-
     path = folder / "chat_template.jinja"
     if model.chat_template and not (path.is_file() and path.read_text(encoding="utf-8") == model.chat_template):
         write_text(path, model.chat_template)
