@@ -89,7 +89,7 @@ def test_metrics_recomputed_from_predictions_file_equal_the_written_ones(recipe,
 
 
 def test_test_file_without_gold_is_a_clear_error(recipe, tmp_path):
-    from toolkit.evaluate.evaluation import load_test
+    from toolkit.data.prepare import load_test
     from toolkit.io.errors import DataError
 
     bad = tmp_path / "nogold.jsonl"

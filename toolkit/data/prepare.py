@@ -2,7 +2,8 @@
 
 Input rows are either labelled records `{id, text, label}` (what `xtk label` writes) or ms-swift rows
 `{messages: [...]}` a user brings. Either way every row is checked before anything else happens: a bad one
-stops with file:line and the reason, since ms-swift would silently drop it.
+stops with file:line and the reason, since ms-swift would silently drop it. A recipe's test files are read here
+too (`load_test`), their labels held to the same checks.
 """
 
 from __future__ import annotations
@@ -87,6 +88,30 @@ def read_records(recipe: Recipe, path: str | Path) -> list[dict]:
     if not records:
         raise DataError(path, None, "no records: the file is empty or has only blank lines")
     return records
+
+
+def load_test(recipe: Recipe, path: str | Path, limit: int | None = None) -> list[dict]:
+    """Test rows {id, text, label}; a row without gold fields, or whose id an earlier row has (it would be
+    counted twice), is an error naming its line."""
+    path = Path(path)
+    rows, first = [], {}
+    for line, row in iter_jsonl(path):
+        if not isinstance(row.get("text"), str) or "id" not in row:
+            raise DataError(path, line, "expected a test row with id and text")
+        rid = json.dumps(row["id"])  # any JSON value: 1 and "1" are two ids
+        if rid in first:
+            raise DataError(path, line, f"duplicate id {row['id']!r} (first on line {first[rid]}): each test "
+                            "record once, or it counts twice")
+        first[rid] = line
+        if "label" not in row:
+            raise DataError(path, line, f"no gold label: a test row needs label with fields {recipe.field_names}")
+        check_label(recipe, row["label"], path, line)
+        rows.append(row)
+        if limit and len(rows) >= limit:
+            break
+    if not rows:
+        raise DataError(path, None, "no test rows")
+    return rows
 
 
 def to_messages(recipe: Recipe, record: dict, system: str) -> dict:

@@ -28,6 +28,8 @@ from toolkit.io.jsonl import append_jsonl, open_append, write_json, write_jsonl
 from toolkit.io.errors import DataError
 from toolkit.io.locks import folder_lock
 from toolkit.io.progress import Bar
+from toolkit.data.label import read_inputs
+from toolkit.data.prepare import load_test
 from toolkit.task.recipe import Recipe
 
 MIN_EXAMPLES = 10
@@ -174,9 +176,6 @@ def run_synth(recipe: Recipe, examples_path: str | Path, n: int, out_dir: str | 
               base_url: str | None = None, model: str | None = None) -> dict:
     """Write pool.jsonl (n inputs, or the smoke batch alone without `yes`), removed.jsonl, diversity.json and
     synth_summary.json into out_dir; returns the summary."""
-    from toolkit.evaluate.evaluation import load_test
-    from toolkit.data.label import read_inputs
-
     t, s = recipe.teacher, recipe.synth
     examples = [r["text"] for r in read_inputs(examples_path, recipe.data.max_input_chars)]
     if len(examples) < MIN_EXAMPLES:

@@ -10,9 +10,8 @@ from pathlib import Path
 
 from toolkit.io.errors import StageError
 from toolkit.task.fields import disallowed, type_problem, ungrounded
-from toolkit.io.jsonl import iter_jsonl, write_json, write_jsonl
-from toolkit.io.errors import DataError
-from toolkit.data.prepare import check_label
+from toolkit.io.jsonl import write_json, write_jsonl
+from toolkit.data.prepare import load_test
 from toolkit.io.progress import Bar
 from toolkit.task.recipe import Recipe
 from toolkit.task.scoring import compute_metrics, extract_json, score_record
@@ -79,30 +78,6 @@ def extract(recipe: Recipe, backend, system: str, texts: list[str], max_tokens: 
         parsed = extract_json(g.text)
         out.append(Extraction(g.text, parsed, answer_problems(recipe, text, parsed), g.completion_tokens))
     return out
-
-
-def load_test(recipe: Recipe, path: str | Path, limit: int | None = None) -> list[dict]:
-    """Test rows {id, text, label}; a row without gold fields, or whose id an earlier row has (it would be
-    counted twice), is an error naming its line."""
-    path = Path(path)
-    rows, first = [], {}
-    for line, row in iter_jsonl(path):
-        if not isinstance(row.get("text"), str) or "id" not in row:
-            raise DataError(path, line, "expected a test row with id and text")
-        rid = json.dumps(row["id"])  # any JSON value: 1 and "1" are two ids
-        if rid in first:
-            raise DataError(path, line, f"duplicate id {row['id']!r} (first on line {first[rid]}): each test "
-                            "record once, or it counts twice")
-        first[rid] = line
-        if "label" not in row:
-            raise DataError(path, line, f"no gold label: a test row needs label with fields {recipe.field_names}")
-        check_label(recipe, row["label"], path, line)
-        rows.append(row)
-        if limit and len(rows) >= limit:
-            break
-    if not rows:
-        raise DataError(path, None, "no test rows")
-    return rows
 
 
 def prediction(recipe: Recipe, rid, text: str, gold: dict, raw: str, parsed: dict | None) -> dict:

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.infer.backends import backend_names
-from toolkit.evaluate.evaluation import load_test
 from toolkit.io.jsonl import iter_jsonl
 from toolkit.io.errors import DataError
 from toolkit.data.label import read_inputs
-from toolkit.data.prepare import check_label, read_records
+from toolkit.data.prepare import check_label, load_test, read_records
 from toolkit.task.recipe import Recipe
 from toolkit.io.errors import RecipeError
 
