@@ -16,10 +16,12 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from toolkit.data.prepare import read_records
 from toolkit.task.fields import FieldSpec
 from toolkit.io.jsonl import write_jsonl, write_text
 from toolkit.task.recipe import Recipe
 from toolkit.io.errors import RecipeError
+from toolkit.io.trust import name_problem
 
 FLAGS = ("grounded", "optional")
 # One field of --fields: name[:type[:flag...]]; a type takes its choices in parentheses: enum(CNY|USD).
@@ -140,9 +142,6 @@ def init_recipe(name: str, fields: str, out: str | Path = ".", examples: str | P
                 description: str | None = None) -> list[Path]:
     """Write recipes/NAME.yaml under `out` (the project folder), and with `examples` (labelled JSONL) its
     data/NAME/labelled.jsonl and test.jsonl; the paths written."""
-    from toolkit.data.prepare import read_records
-    from toolkit.io.trust import name_problem
-
     if problem := name_problem(name):
         raise RecipeError(f"NAME: expected {problem}")
     out = Path(out)

@@ -24,7 +24,7 @@ from toolkit.model.endpoint import Answer, Endpoint, EndpointError, GaveUp, Usag
 from toolkit.io.errors import StageError
 from toolkit.task.fields import disallowed, is_empty, type_problem, ungrounded, vote_key, voted_value
 from toolkit.io.journal import load_journal
-from toolkit.io.jsonl import append_jsonl, iter_jsonl, open_append, read_jsonl, write_json, write_jsonl
+from toolkit.io.jsonl import append_jsonl, iter_jsonl, iter_lines, open_append, read_jsonl, write_json, write_jsonl
 from toolkit.io.errors import DataError
 from toolkit.io.locks import folder_lock
 from toolkit.io.progress import Bar
@@ -45,8 +45,6 @@ class BudgetStop(StageError):
 def read_inputs(path: str | Path, max_chars: int) -> list[dict]:
     """Raw texts: .txt one per line (id = line number), or JSONL with a text field (and an optional id).
     A text over max_chars is refused: it would go to the teacher, and be paid for, as one request."""
-    from toolkit.io.jsonl import iter_lines
-
     path = Path(path)
     rows, first_line = [], {}
     for n, item in iter_lines(path, "a text file") if path.suffix == ".txt" else iter_jsonl(path):

