@@ -8,12 +8,12 @@ from __future__ import annotations
 from collections import defaultdict
 from functools import lru_cache
 
+from toolkit.tasks.logistics_zh.generate import places
+
 
 @lru_cache(maxsize=1)
 def _index() -> tuple[dict[str, list], dict[str, set[str]]]:
     """Places by district name, and provinces by city name, from the table the generator labels with."""
-    from toolkit.tasks.logistics_zh.generate import places
-
     by_district: dict[str, list] = defaultdict(list)
     provinces: dict[str, set[str]] = defaultdict(set)
     for p in places():
