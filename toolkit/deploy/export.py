@@ -249,7 +249,7 @@ def run_export(ctx, quant: str, model: str = "student", accept_drop: bool = Fals
     from transformers import AutoTokenizer  # after the checks above: a missing student is said at once
 
     from toolkit.data.prepare import load_test
-from toolkit.evaluate.evaluation import run_eval
+    from toolkit.evaluate.evaluation import run_eval
     from toolkit.infer.llamacpp import LLAMA_CPP_PYTHON, LlamaCppBackend
 
     source = identity(ctx, source_role)
