@@ -150,11 +150,12 @@ def test_parity_needs_the_same_records():
 def test_a_drop_beyond_max_drop_exits_1_unless_accepted(tmp_path, monkeypatch, capsys, accept):
     """run_export is replaced by a double returning hand-made parity figures: the exit code and the warning are
     the CLI's, whatever the conversion gives (the real one runs in test_export_e2e.py)."""
+    import toolkit.cli.deploy
     import toolkit.deploy.export as export
 
     overall = paired(TwoFields, predictions([True] * 10), predictions([True] * 8 + [False] * 2))
     record = {"parity": {"all": overall, "verdict": verdict(overall, 0.01)}}
-    monkeypatch.setattr(export, "run_export",
+    monkeypatch.setattr(toolkit.cli.deploy, "run_export",  # where `xtk export` finds it
                         lambda ctx, quant, model, accept_drop: export.ExportResult(tmp_path, tmp_path / "m.gguf", record))
     code = main(["export", str(RECIPE), "--format", "gguf", "--run", str(tmp_path / "run"),
                  *(["--accept-drop"] if accept else [])])
