@@ -5,8 +5,12 @@ import sys
 import pytest
 
 from conftest import RECIPE, ROOT
+import toolkit.cli.deploy
 from toolkit.cli import HelpFormatter, main, make_parser, parse_args
+from toolkit.cli.resolve import load, open_to_make
 from toolkit.cli.table import COMMANDS, MODEL
+from toolkit.io.errors import StageError
+from toolkit.io.jsonl import write_jsonl
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: c.name)
@@ -82,6 +86,42 @@ def test_every_command_on_a_run_folder_takes_run():
     for c in COMMANDS:
         run = next((a for a in options(c) if "--run" in a.option_strings), None)
         assert run is None or (run.metavar == "DIR" and "run folder" in run.help), c.name
+
+
+def test_predict_on_a_run_folder_uses_the_settings_the_run_was_made_with(tmp_path, monkeypatch, capsys):
+    """`xtk predict --run DIR` after `xtk run RECIPE --profile cpu train.max_steps=5 --run DIR`: the profile and
+    overrides, kept in the folder when `xtk run` opened it, are predict's too; a value given again that differs
+    wins, and stderr says so."""
+    run = tmp_path / "run"
+    made = parse_args(["run", str(RECIPE), "--profile", "cpu", "train.max_steps=5", "--run", str(run)])
+    with open_to_make(made, load(made)):  # as `xtk run` opens its folder, before its first stage
+        pass
+    resolved = []
+
+    def predict_role(recipe, model, run_dir):  # where predict has resolved everything but the model
+        resolved.append((recipe, run_dir))
+        raise StageError("no model needed here")
+
+    monkeypatch.setattr(toolkit.cli.deploy, "predict_role", predict_role)
+    write_jsonl(tmp_path / "in.jsonl", [{"id": "1", "text": "x"}])
+    predict = ["predict", str(RECIPE), "--run", str(run), "--input", str(tmp_path / "in.jsonl"), "--out",
+               str(tmp_path / "out.jsonl")]
+    assert main(predict) == 2
+    recipe, where = resolved[-1]
+    assert (recipe.train.max_steps, recipe.profile, where) == (5, "cpu", run)
+    capsys.readouterr()
+    assert main([*predict, "train.max_steps=7"]) == 2
+    assert resolved[-1][0].train.max_steps == 7
+    err = " ".join(capsys.readouterr().err.split())
+    assert "train.max_steps=7 given: used instead of train.max_steps=5" in err
+
+
+def test_a_secret_in_an_override_is_not_kept_in_the_run_folder(tmp_path):
+    made = parse_args(["train", str(RECIPE), "--run", str(tmp_path), "train.extra_args=[--hub_token,hf_not_kept]"])
+    with open_to_make(made, load(made)):
+        pass
+    kept = (tmp_path / "settings.json").read_text(encoding="utf-8")
+    assert "hf_not_kept" not in kept and "***" in kept
 
 
 def test_from_and_only_list_every_stage():

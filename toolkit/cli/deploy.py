@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from toolkit.cli.resolve import console, load, opened, run_dir
+from toolkit.cli.resolve import console, open_to_use, run_recipe
 from toolkit.deploy.export import run_export
 from toolkit.deploy.predict import check_out, local_answerer, predict_role, ray_answerer, read_texts, run_predict, \
     student_backend
@@ -17,10 +17,10 @@ from toolkit.run.identity import predict_key
 def cmd_predict(args) -> None:
     if args.engine != "ray" and (args.address or args.replicas):
         raise StageError("--address and --replicas go with --engine ray")
-    recipe = load(args)  # not its training data: predict_role checks what answering needs
+    recipe, run = run_recipe(args)  # not its training data: predict_role checks what answering needs
     out = check_out(args.out)  # before the model loads: a wrong suffix is a usage error, not minutes lost
     rows = read_texts(args.input, args.text_column, args.id_column)
-    r = predict_role(recipe, args.model, run_dir(args, recipe))
+    r = predict_role(recipe, args.model, run)
     if args.engine == "ray":
         summary = run_predict(recipe, rows, out, predict_key(recipe, r),
                               ray_answerer(recipe, r, args.address, args.replicas))
@@ -36,8 +36,8 @@ def cmd_predict(args) -> None:
 def cmd_serve(args) -> None:
     import uvicorn
 
-    recipe = load(args)  # not its training data: predict_role checks what answering needs
-    r = predict_role(recipe, args.model, run_dir(args, recipe))
+    recipe, run = run_recipe(args)  # not its training data: predict_role checks what answering needs
+    r = predict_role(recipe, args.model, run)
     backend = student_backend(recipe, r)
     try:
         console.print(f"serve: {r.model} on http://{args.host}:{args.port} (POST /extract, GET /health)")
@@ -47,7 +47,7 @@ def cmd_serve(args) -> None:
 
 
 def cmd_export(args) -> int:
-    with opened(args) as ctx:
+    with open_to_use(args) as ctx:
         result = run_export(ctx, args.quant or ctx.recipe.export.quant, args.model, args.accept_drop)
     parity = result.record["parity"]
     verdict, overall = parity["verdict"], parity["all"]

@@ -1,5 +1,6 @@
 """From a command line to what it names: the recipe (profile, overrides, consent), its checks, and the run
-folder. Every handler goes through here, so that each command reads a line the same way."""
+folder, with the settings the run was made with. Every handler goes through here, so that each command reads a
+line the same way."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from rich.markup import escape
 
 from toolkit.flow.check import check_files, check_recipe
 from toolkit.io.trust import Consent
-from toolkit.run.context import open_run
+from toolkit.run.context import Settings, open_run, with_kept_settings
 from toolkit.run.manifest import default_run_dir
-from toolkit.task.recipe import load_recipe
+from toolkit.task.recipe import Recipe, load_recipe
 
 console = Console(stderr=True)
 
@@ -21,11 +22,18 @@ def consent(args) -> Consent:
     return Consent(tuple(args.allow_code), args.trust_remote_code)
 
 
-def load(args):
-    overrides = list(args.overrides)
+def given(args) -> Settings:
+    """The profile and overrides the line gives."""
+    return Settings(Path(args.recipe).resolve(), args.profile, tuple(args.overrides))
+
+
+def load(args, settings: Settings | None = None) -> Recipe:
+    """The recipe under `settings` (default: the line's), with the line's consent."""
+    settings = settings or given(args)
+    overrides = list(settings.overrides)
     if args.trust_remote_code:
         overrides.append("student.trust_remote_code=true")
-    return load_recipe(args.recipe, args.profile, overrides, consent(args))
+    return load_recipe(args.recipe, settings.profile, overrides, consent(args))
 
 
 def recipe_of(args):
@@ -51,7 +59,26 @@ def run_dir(args, recipe) -> Path:
     return Path(args.run) if args.run else default_run_dir(recipe)
 
 
-def opened(args, recipe=None):
-    """The run folder, opened (locked) for the command."""
-    recipe = recipe or recipe_of(args)
-    return open_run(recipe, run_dir(args, recipe))
+def open_to_make(args, recipe: Recipe):
+    """The run folder opened (locked) by a command that makes the run (`xtk run`, a stage): the line's profile and
+    overrides are kept there, for the commands that use the run."""
+    return open_run(recipe, run_dir(args, recipe), given(args))
+
+
+def run_recipe(args) -> tuple[Recipe, Path]:
+    """The recipe as the run the line names was made, and that run folder: the profile and overrides kept there,
+    then the line's, which win (stderr says where they differ). Its data files are not checked: a command that
+    uses a run needs its model, not its training data."""
+    run = Path(args.run) if args.run else default_run_dir(load(args))
+    settings, notes = with_kept_settings(run, given(args))
+    for note in notes:
+        console.print("note:", escape(note), highlight=False, soft_wrap=True)
+    return load(args, settings), run
+
+
+def open_to_use(args):
+    """The run folder opened (locked) by a command that uses the run (eval, report, export): the recipe as it was
+    made, its data files checked (evaluations read the test files)."""
+    recipe, run = run_recipe(args)
+    check_files(recipe)
+    return open_run(recipe, run)

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from toolkit.choose.bakeoff import load_spec, run_bakeoff, run_pair
-from toolkit.cli.resolve import checked, consent, opened, recipe_of
+from toolkit.cli.resolve import checked, consent, open_to_make, open_to_use, recipe_of
 from toolkit.evaluate.report import compare_runs
 from toolkit.flow.pipeline import evaluate_model, run_all, run_stage
 from toolkit.infer.backends import backend_kind
@@ -20,7 +20,7 @@ EVAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def cmd_run(args) -> None:
-    with opened(args, checked(args)[0]) as ctx:
+    with open_to_make(args, checked(args)[0]) as ctx:
         ctx.force_gate, ctx.hourly = args.force, args.hourly
         run_all(ctx, args.from_stage, args.only)
     for label, name in (("report", "report.md"), ("browse", "report.html"), ("accuracy", "accuracy.png"),
@@ -33,7 +33,7 @@ def stage_command(name: str):
     """The handler of a command that runs one stage (`xtk prepare`, `xtk train`, `xtk merge`)."""
 
     def handler(args) -> None:
-        with opened(args) as ctx:
+        with open_to_make(args, recipe_of(args)) as ctx:
             if getattr(args, "labelled", None):
                 ctx.labelled = Path(args.labelled)
             run_stage(ctx, name)
@@ -44,7 +44,7 @@ def stage_command(name: str):
 def cmd_eval(args) -> None:
     if args.name and not EVAL_NAME.fullmatch(args.name):
         raise StageError(f"--name {args.name!r}: use letters, digits, '.', '_' and '-' (at most 64, no path parts)")
-    with opened(args) as ctx:
+    with open_to_use(args) as ctx:
         spec = ROLES.get(args.model)
         if spec and spec.rescores:
             raise StageError(f"--model {args.model}: it re-scores another evaluation's answers; run the "
@@ -67,7 +67,7 @@ def cmd_report(args) -> None:
     if args.compare:
         print("\n".join(compare_runs(recipe_of(args), *map(Path, args.compare))))
         return
-    with opened(args) as ctx:
+    with open_to_use(args) as ctx:
         ctx.hourly = args.hourly
         for path in run_stage(ctx, "report"):
             print(path)
