@@ -86,6 +86,7 @@ class TeacherServer:
         self.finished: Counter = Counter()  # text -> requests whose handling is over
         self.lock = threading.Condition()  # notified whenever a count changes (wait_until)
         self.auth_headers: list[str] = []
+        self.bodies: list[dict] = []  # every chat request's JSON body, in the order received
         self._gate = threading.Condition()  # /hold and /release
         self._held = False
         self._sending = 0
@@ -122,6 +123,7 @@ class TeacherServer:
                     server.requests[text] += 1
                     attempt = server.requests[text]
                     server.auth_headers.append(self.headers.get("authorization", ""))
+                    server.bodies.append(body)
                     server.lock.notify_all()
                 try:
                     server.respond(self, text, attempt, body)

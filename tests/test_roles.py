@@ -128,17 +128,20 @@ def test_every_role_that_cannot_be_guided_is_not(tmp_path):
 
 def test_thinking_off_is_decided_by_the_served_template():
     from toolkit.infer.backends import make_backend
-    from toolkit.model.models import thinking_off
+    from toolkit.model.thinking import thinking_off
 
     assert thinking_off("qwen3", "qwen3") and thinking_off(None, "qwen3")
     assert not thinking_off("llama", "chatml", "Qwen3-named-llama")  # the template decides, not the name
     assert thinking_off(None, None, "qwen3-235b-a22b") and thinking_off(None, None, "Qwen/Qwen3-8B")
     assert not thinking_off(None, None, "gpt-4o") and not thinking_off("gemma3_text", "gemma3_text")
-    recipe = load_recipe(SENTIMENT)
-    for model, off in (("qwen3-235b-a22b", True), ("deepseek-v3", False)):
-        teacher = make_backend(recipe, "openai", model, base_url="http://127.0.0.1:1/v1")
-        assert teacher.endpoint.extra_body == ({"enable_thinking": False} if off else {})
-        teacher.close()
+    # an endpoint's template is not known: every model there is sent the recipe's teacher.enable_thinking, as
+    # labelling sends it (toolkit/model/thinking.py), whatever the model's name
+    for setting, body in (("false", {"enable_thinking": False}), ("null", {})):
+        recipe = load_recipe(SENTIMENT, None, [f"teacher.enable_thinking={setting}"])
+        for model in ("qwen3-235b-a22b", "deepseek-v3"):
+            teacher = make_backend(recipe, "openai", model, base_url="http://127.0.0.1:1/v1")
+            assert teacher.endpoint.extra_body == body
+            teacher.close()
 
 
 def test_roles_are_the_reports_rows_the_bakeoffs_evaluations_and_the_clis_choices():

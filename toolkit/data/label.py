@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.model.endpoint import Answer, Endpoint, EndpointError, GaveUp, Usage, request_key
+from toolkit.model.thinking import request_body
 from toolkit.io.errors import StageError
 from toolkit.task.fields import disallowed, is_empty, type_problem, ungrounded, vote_key, voted_value
 from toolkit.io.journal import load_journal
@@ -255,9 +256,8 @@ def run_label(recipe: Recipe, inputs: str | Path | list[dict], out_dir: str | Pa
         done = {r.get("key") for r in labelled} | {r.get("key") for r in final}
         todo = [r for r in rows if keys[r["id"]] not in done]
         summary = Summary(total=len(rows), cached=len(rows) - len(todo))
-        extra = {"enable_thinking": t.enable_thinking} if t.enable_thinking is not None else {}
         endpoint = Endpoint(base_url or t.base_url, model, api_key, t.api_key_env, t.timeout_s, t.max_retries,
-                            extra, summary.usage)  # imports openai: ~1 s
+                            request_body(t), summary.usage)  # imports openai: ~1 s
         start = time.perf_counter()
         with Bar("label", total=len(rows), note="0 rejected") as bar:
             bar.update(summary.cached)

@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from toolkit.model.endpoint import Endpoint, GaveUp, request_key
+from toolkit.model.thinking import request_body
 from toolkit.io.errors import StageError
 from toolkit.io.journal import load_journal
 from toolkit.io.jsonl import append_jsonl, open_append, write_json, write_jsonl
@@ -193,7 +194,6 @@ def run_synth(recipe: Recipe, examples_path: str | Path, n: int, out_dir: str | 
         done = {r["key"]: r["inputs"] for r in load_journal(journal)}
         keys: list[str] = []  # every request's key, in request order
         kept: list[dict] = []
-        extra = {"enable_thinking": t.enable_thinking} if t.enable_thinking is not None else {}
         for round_ in range(1 + EXTRA_ROUNDS):  # more rounds only where removals left fewer than asked for
             more = math.ceil((target - len(kept)) / s.per_request)
             new = [(i, plan(recipe, examples, i)) for i in range(len(keys), len(keys) + more)]
@@ -202,7 +202,7 @@ def run_synth(recipe: Recipe, examples_path: str | Path, n: int, out_dir: str | 
             todo = [x for x in new if x[1] not in done]
             if todo:
                 endpoint = Endpoint(base_url or t.base_url, model, api_key, t.api_key_env, t.timeout_s,
-                                    t.max_retries, extra)  # imports openai: ~1 s
+                                    t.max_retries, request_body(t))  # imports openai: ~1 s
                 with Bar(f"synth round {round_ + 1}", total=len(todo)) as bar:
                     asyncio.run(_ask(recipe, endpoint, todo, journal, done, bar))
             kept, removed = filtered(recipe, [done.get(k, []) for k in keys], examples, tests)

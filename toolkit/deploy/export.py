@@ -28,6 +28,7 @@ from rich.console import Console
 
 from toolkit.io.errors import StageError
 from toolkit.io.jsonl import read_jsonl, write_json, write_text
+from toolkit.model.thinking import template_kwargs
 from toolkit.task.recipe import Recipe
 
 console = Console(stderr=True)
@@ -223,7 +224,7 @@ def write_gguf(model_dir: Path, quant: str, out: Path, log: Path) -> dict:
 def prompt_check(backend, tokenizer, chats: list[list[dict]], thinking_off: bool) -> dict:
     """Whether llama.cpp is given the very tokens vLLM is for the same chats (the folder's template rendered by
     transformers, tokenised without added special tokens, as vLLM's LLM.chat does)."""
-    kwargs = {"enable_thinking": False} if thinking_off else {}
+    kwargs = template_kwargs(thinking_off)
     differ = None
     same = 0
     for chat in chats:
@@ -240,7 +241,7 @@ def prompt_check(backend, tokenizer, chats: list[list[dict]], thinking_off: bool
 def run_export(ctx, quant: str, model: str = "student", accept_drop: bool = False) -> ExportResult:
     """`xtk export RECIPE --format gguf`: convert, write the Modelfile, score for parity, write export.json."""
     from toolkit.run.manifest import config_digest
-    from toolkit.model.models import thinking_off
+    from toolkit.model.thinking import thinking_off
     from toolkit.flow.pipeline import evaluate_model
     from toolkit.run.roles import EVAL_CONFIG, evaluations_current, identity, read_metrics
 

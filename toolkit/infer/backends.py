@@ -1,9 +1,10 @@
 """Inference backends by name, each declaring what it can do; `make_backend` looks one up and builds it.
 
 A backend answers `generate(list of chat message lists) -> list of Generation`. The built-in ones live in their
-own modules (infer.py, likelihood.py, seqcls.py) and are named here by a "module:function" reference, so that
-this registry imports none of them (nor torch) until one is built; a backend from elsewhere registers itself
-with `register` (docs/extending.md). Every list of backend names (the CLI's choices among them) is read here.
+own modules (engines.py, likelihood.py, head.py, llamacpp.py) and are named here by a "module:function"
+reference, so that this registry imports none of them (nor torch) until one is built; a backend from elsewhere
+registers itself with `register` (docs/extending.md). Every list of backend names (the CLI's choices among them)
+is read here.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolkit.io.errors import StageError
+from toolkit.model.models import resolve_model
+from toolkit.model.thinking import thinking_off
 from toolkit.task.recipe import Recipe
 
 Messages = list[dict[str, str]]
@@ -48,7 +51,7 @@ class Served:
     model_type: str | None = None
     template: str | None = None
     guided_json: bool = False  # decode to the recipe's JSON schema (only for a kind that can)
-    thinking_off: bool = False  # a hybrid-thinking template, served with thinking off (models.thinking_off)
+    thinking_off: bool = False  # a hybrid-thinking template, served with thinking off (toolkit/model/thinking.py)
     base_url: str | None = None
     api_key_env: str | None = None
     cache: Path | None = None  # where an endpoint's answers are journalled
@@ -124,8 +127,6 @@ def make_backend(recipe: Recipe, backend: str, model: str, *, base_url: str | No
                  train: Path | None = None) -> Backend:
     """Build the backend `backend` names to serve `model`; `cache` journals an endpoint's answers; `train` is the
     run's training split, for a baseline that learns from it."""
-    from toolkit.model.models import resolve_model, thinking_off
-
     kind = backend_kind(backend)
     if guided_json and not kind.guided:
         able = [k.name for k in BACKENDS.values() if k.guided]

@@ -5,19 +5,25 @@
 - openai: any OpenAI-compatible endpoint (a teacher, `swift deploy`, `vllm serve`).
 - rules: the recipe's baseline (rules, or a classical model learnt from the training split), which reads the
   user turn and answers JSON.
-(likelihood.py and seqcls.py hold the two that choose among classes; llamacpp.py runs a GGUF file from `xtk export`.) Greedy decoding throughout; optional JSON-schema guided decoding on vLLM.
+(likelihood.py and head.py hold the two that choose among classes; llamacpp.py runs a GGUF file from
+`xtk export`.) Greedy decoding throughout; optional JSON-schema guided decoding on vLLM.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
-from toolkit.infer.backends import Backend, Generation, Messages, Served
+from toolkit.infer.backends import Backend, Generation, Messages, Served, vllm_available
 from toolkit.io.errors import StageError
-from toolkit.task.recipe import Recipe
+from toolkit.io.journal import load_journal
+from toolkit.io.jsonl import append_jsonl, open_append, read_jsonl
 from toolkit.io.signals import redelivered, reraise
+from toolkit.model.endpoint import Endpoint, EndpointError, GaveUp, request_key
+from toolkit.model.thinking import request_body, template_kwargs
+from toolkit.task.recipe import Recipe, load_ref
 
 
 def _cpu_only() -> bool:
@@ -88,8 +94,8 @@ class VllmBackend(Backend):
             # No free whitespace between JSON tokens: a small model can loop on newlines as on any string.
             params["structured_outputs"] = StructuredOutputsParams(json=self.recipe.json_schema(),
                                                                    disable_any_whitespace=True)
-        kwargs = {"chat_template_kwargs": {"enable_thinking": False}} if self.thinking_off else {}
-        outs = self.llm.chat(batch, SamplingParams(**params), use_tqdm=False, **kwargs)
+        outs = self.llm.chat(batch, SamplingParams(**params), use_tqdm=False,
+                             chat_template_kwargs=template_kwargs(self.thinking_off) or None)
         return [Generation(o.outputs[0].text, len(o.outputs[0].token_ids)) for o in outs]
 
     def close(self) -> None:
@@ -125,20 +131,16 @@ class TransformersBackend(Backend):
 class OpenAIBackend(Backend):
     """An OpenAI-compatible endpoint, with labelling's retries and an answer journal: every answer paid for is
     appended to `cache` as it arrives, so a re-run (after a crash, or with another limit) pays only for the
-    requests it has no answer to. One client and one event loop for the whole evaluation."""
+    requests it has no answer to. One client and one event loop for the whole evaluation. `extra_body` goes with
+    every request (toolkit/model/thinking.py decides it)."""
 
     name = "openai"
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None, *, cache: Path | None,
-                 concurrency: int = 16, timeout_s: float = 120, max_retries: int = 6, thinking_off: bool = False):
-        from toolkit.model.endpoint import Endpoint
-        from toolkit.io.journal import load_journal
-        from toolkit.io.jsonl import open_append
-
+                 concurrency: int = 16, timeout_s: float = 120, max_retries: int = 6, extra_body: dict | None = None):
         key = os.environ.get(api_key_env, "") if api_key_env else ""
-        extra = {"enable_thinking": False} if thinking_off else {}
         self.loop = asyncio.new_event_loop()  # the client's connections belong to the loop they were made on
-        self.endpoint = Endpoint(base_url, model, key, api_key_env, timeout_s, max_retries, extra)
+        self.endpoint = Endpoint(base_url, model, key, api_key_env, timeout_s, max_retries, dict(extra_body or {}))
         self.concurrency, self.reused = concurrency, 0
         self.cache = {r["key"]: r for r in load_journal(cache)} if cache else {}
         if cache:
@@ -146,9 +148,6 @@ class OpenAIBackend(Backend):
         self.journal = open_append(cache) if cache else None
 
     async def _all(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
-        from toolkit.model.endpoint import EndpointError, GaveUp, request_key
-        from toolkit.io.jsonl import append_jsonl
-
         gate = asyncio.Semaphore(self.concurrency)
         e = self.endpoint
 
@@ -196,8 +195,6 @@ class RulesBackend(Backend):
     name = "rules"
 
     def __init__(self, recipe: Recipe, train: Path | None = None):
-        from toolkit.task.recipe import load_ref
-
         if recipe.baseline is None:
             raise StageError(f"recipe {recipe.name!r} names no rule baseline (the recipe key baseline)")
         self.answer = load_ref(recipe.baseline, "baseline")
@@ -211,10 +208,6 @@ class RulesBackend(Backend):
 
 def training_examples(recipe: Recipe, train: Path | None) -> list[tuple[str, dict]]:
     """(text, gold record) pairs of a run's prepared training split, for a baseline that learns."""
-    import json
-
-    from toolkit.io.jsonl import read_jsonl
-
     if train is None or not train.is_file():
         raise StageError(f"the baseline {recipe.baseline} learns from the training split, and there is none yet "
                          f"({train or 'no run folder'}): run `xtk prepare` first")
@@ -228,8 +221,6 @@ def training_examples(recipe: Recipe, train: Path | None) -> list[tuple[str, dic
 # --- the registry's builders (toolkit/infer/backends.py names each) -------------------------------------------------
 
 def build_vllm(s: Served) -> Backend:
-    from toolkit.infer.backends import vllm_available
-
     if not vllm_available():
         raise StageError("vLLM is not installed here: use --backend transformers, or `bash setup.sh`")
     return VllmBackend(s.recipe, s.model, s.guided_json, s.thinking_off)
@@ -243,7 +234,7 @@ def build_transformers(s: Served) -> Backend:
 def build_openai(s: Served) -> Backend:
     t = s.recipe.teacher
     return OpenAIBackend(s.base_url, s.model, s.api_key_env, cache=s.cache, concurrency=t.concurrency,
-                         timeout_s=t.timeout_s, max_retries=t.max_retries, thinking_off=s.thinking_off)
+                         timeout_s=t.timeout_s, max_retries=t.max_retries, extra_body=request_body(t))
 
 
 def build_rules(s: Served) -> Backend:

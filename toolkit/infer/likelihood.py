@@ -10,6 +10,7 @@ import json
 
 from toolkit.io.errors import StageError
 from toolkit.infer.backends import Backend, Generation, Messages, Served
+from toolkit.model.thinking import template_kwargs
 from toolkit.task.fields import not_classes
 from toolkit.task.recipe import Recipe
 
@@ -70,7 +71,7 @@ class LikelihoodBackend(Backend):
         # float32: no native bf16 on the CPUs this runs on (as vllm_kwargs)
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype="float32", trust_remote_code=trust).eval()
         self.options = {f.name: recipe.choices(f.name) for f in recipe.fields}
-        self.template_kwargs = {"enable_thinking": False} if thinking_off else {}
+        self.template_kwargs = template_kwargs(thinking_off)
         self.batch_size = batch_size
 
     def prompt(self, messages: Messages) -> str:

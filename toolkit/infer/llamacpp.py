@@ -19,9 +19,12 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from toolkit.io.errors import StageError
 from toolkit.infer.backends import Backend, Generation, Messages, Served
 from toolkit.model.models import ModelError, cache_dir
+from toolkit.model.thinking import template_kwargs, thinking_off
 from toolkit.task.recipe import Recipe
 
 # llama-cpp-python's release: its runtime and the converter extracted from its sdist (setup.sh builds it).
@@ -91,9 +94,8 @@ class LlamaCppBackend(Backend):
         # As llama-cpp-python builds the chat format of a GGUF with a template (Llama.__init__).
         self.formatter = Jinja2ChatFormatter(template=template, eos_token=text(self.llm.token_eos()),
                                              bos_token=text(self.llm.token_bos()))
-        # vLLM's chats with Qwen3 keep thinking off (infer.VllmBackend); the same switch for the same template.
-        arch = self.llm.metadata.get("general.architecture", "")
-        self.template_kwargs = {"enable_thinking": False} if arch.startswith("qwen3") else {}
+        # thinking off as vLLM serves the same template: the GGUF's architecture stands for ms-swift's model type
+        self.template_kwargs = template_kwargs(thinking_off(self.llm.metadata.get("general.architecture"), None))
         self.grammar = GreedyGrammar(self.llm, json_grammar(recipe.json_schema())) if guided_json else None
 
     def prompt_tokens(self, messages: Messages) -> list[int]:
@@ -150,8 +152,6 @@ class GreedyGrammar:
         self.llama_cpp.llama_sampler_apply(self.sampler, ctypes.byref(cur))
 
     def __call__(self, input_ids, scores):
-        import numpy as np
-
         best = int(np.argmax(scores))  # the first of equals, as llama.cpp's greedy sampler
         self.one[0].id, self.one[0].logit, self.one[0].p = best, float(scores[best]), 0.0
         self._apply(self.one, 1)

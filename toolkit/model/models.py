@@ -398,15 +398,6 @@ def resolve_model(ref: str, model_type: str | None = None, template: str | None 
     return ResolvedModel(str(pull_hub(ref, trust_remote_code)), model_type, template, True)
 
 
-def thinking_off(model_type: str | None, template: str | None, name: str | None = None) -> bool:
-    """Whether a model is trained and served with thinking off: xtk's students answer at once, so a
-    hybrid-thinking (Qwen3) template gets `enable_thinking: false` in training and in every engine. Decided by
-    the template the model is served with (its ms-swift model type or template); an endpoint's template is not
-    known here, and there the served model's name says."""
-    served = model_type or template
-    return served.startswith("qwen3") if served else "qwen3" in (name or "").lower()
-
-
 def pull_hub(model_id: str, trust_remote_code: bool = False) -> Path:
     """Download a hub model through ms-swift's own downloader (ModelScope, or HF with USE_HF=1)."""
     from swift.utils.hub_utils import safe_snapshot_download

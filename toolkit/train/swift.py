@@ -19,7 +19,8 @@ from pathlib import Path
 
 from toolkit.io.errors import StageError
 from toolkit.io.markers import OWNER, read_marker, write_marker
-from toolkit.model.models import ResolvedModel, thinking_off
+from toolkit.model.models import ResolvedModel
+from toolkit.model.thinking import thinking_off
 from toolkit.io.progress import Bar
 from toolkit.task.recipe import Recipe
 
