@@ -51,7 +51,7 @@ from toolkit.flow.pipeline import console  # noqa: E402
 from toolkit.data.prepare import gold_records, run_prepare  # noqa: E402
 from toolkit.task.recipe import load_recipe  # noqa: E402
 from toolkit.io.runner import run_logged  # noqa: E402
-from toolkit.train.swift_plugin import cpu_has_bf16  # noqa: E402
+from toolkit.train.cpu import cpu_has_bf16  # noqa: E402
 from toolkit.train.swift import read_log, sft_argv, sft_env  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "logistics_zh.yaml"

@@ -9,7 +9,7 @@ from conftest import RECIPE, write_recipe
 from toolkit.choose.advise import (Shape, assess, makes_bf16_output_copy, model_shape, rows_favour, rows_verdict,
                             sample_rows, training_memory)
 from toolkit.task.recipe import load_recipe
-from toolkit.train.swift_plugin import cpu_has_bf16
+from toolkit.train.cpu import cpu_has_bf16
 
 SMOLLM2 = "smollm2-135m-instruct"
 

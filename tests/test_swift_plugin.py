@@ -6,8 +6,9 @@ import os
 import pytest
 import torch
 
-from toolkit.train.swift_plugin import CALLBACK, bf16_output_layer, cpu_has_bf16
+from toolkit.train.cpu import cpu_has_bf16
 from toolkit.train.swift import CALLBACK as PASSED
+from toolkit.train.swift_plugin import CALLBACK, bf16_output_layer
 
 
 TEXT = ["The parcel goes to Li Wei, 138 0013 8000, No. 25 Renmin Road, Dali, Yunnan, building 3, room 402.",

@@ -13,11 +13,21 @@ from the config (a model built on torch's meta device), the tokens from the toke
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 
+import yaml
+from rich.table import Table
+
+from toolkit.data.prepare import gold_records, read_record, to_messages, token_lengths
+from toolkit.io.jsonl import iter_jsonl
+from toolkit.io.progress import Bar
+from toolkit.model.models import EMBEDDED, ModelError, check_custom_code, pull_embedded
 from toolkit.task.recipe import Recipe
+from toolkit.train.cpu import cpu_has_bf16
 
 GIB = 1024 ** 3
 # Labelled rows: instruct models learn the task from a few hundred; base models need more to learn the answer
@@ -230,8 +240,6 @@ def _folder_kind(folder: Path, name: str) -> str:
 def locate(name: str, candidate: Candidate, trust_remote_code: bool) -> Path | None:
     """The candidate's folder (config and tokenizer, weights not needed), filling in the facts its source gives;
     None, with the reason in its notes, where there is none here."""
-    from toolkit.model.models import EMBEDDED, ModelError, check_custom_code, pull_embedded
-
     if name in EMBEDDED:
         m = EMBEDDED[name]
         candidate.source, candidate.licence, candidate.commercial_use, candidate.kind = \
@@ -266,11 +274,6 @@ def locate(name: str, candidate: Candidate, trust_remote_code: bool) -> Path | N
 def sample_rows(recipe: Recipe, n: int = SAMPLE_RECORDS) -> tuple[list[dict], str]:
     """Up to n training rows as `xtk prepare` writes them (student prompt, text, answer), from the recipe's
     labelled data or its pool's gold labels; else the pool's texts without an answer."""
-    from itertools import islice
-
-    from toolkit.io.jsonl import iter_jsonl
-    from toolkit.data.prepare import gold_records, read_record, to_messages
-
     system = recipe.prompt("student")
     d = recipe.data
     if d.labelled and recipe.path(d.labelled).is_file():
@@ -289,8 +292,6 @@ def sample_rows(recipe: Recipe, n: int = SAMPLE_RECORDS) -> tuple[list[dict], st
 def labelled_rows(recipe: Recipe) -> int:
     """How many labelled rows training would get: the labelled file's (or the pool's) lines, at most
     data.train_records."""
-    from toolkit.io.jsonl import iter_jsonl
-
     d = recipe.data
     source = d.labelled if d.labelled and recipe.path(d.labelled).is_file() else d.pool
     if source is None or not recipe.path(source).is_file():
@@ -300,8 +301,6 @@ def labelled_rows(recipe: Recipe) -> int:
 
 def tokenizer_facts(candidate: Candidate, folder: Path, recipe: Recipe, rows: list[dict]) -> None:
     from transformers import AutoTokenizer
-
-    from toolkit.data.prepare import token_lengths
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -326,8 +325,6 @@ def makes_bf16_output_copy(recipe: Recipe) -> bool:
     CPU has bfloat16 (elsewhere the plugin keeps float32 and copies nothing)."""
     if not recipe.train.bf16_output_layer or recipe.train.torch_dtype != "float32":
         return False
-    from toolkit.train.swift_plugin import cpu_has_bf16
-
     return cpu_has_bf16()
 
 
@@ -382,21 +379,15 @@ class Advice:
 
 
 def machine_ram_gib() -> float:
-    import os
-
     return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1)
 
 
 def default_candidates(recipe: Recipe) -> list[str]:
-    from toolkit.model.models import EMBEDDED
-
     return list(dict.fromkeys([recipe.student.model, *EMBEDDED]))
 
 
 def advise(recipe: Recipe, recipe_path: str, *, rows: int | None = None, ram_gib: float | None = None,
            gpu_gib: float | None = None, candidates: list[str] | None = None) -> Advice:
-    from toolkit.io.progress import Bar
-
     rows = labelled_rows(recipe) if rows is None else rows
     ram_gib = machine_ram_gib() if ram_gib is None else ram_gib
     names = candidates or default_candidates(recipe)
@@ -423,9 +414,6 @@ def _gib(value: float | None, fits: bool | None) -> str:
 
 def render(advice: Advice, console) -> None:
     """The table, the notes and the bake-off that tests the short-list."""
-    import yaml
-    from rich.table import Table
-
     where = f"GPU {advice.gpu_gib:g} GiB" if advice.gpu_gib is not None else f"RAM {advice.ram_gib:g} GiB"
     table = Table(title=f"{advice.recipe}{' --profile ' + advice.profile if advice.profile else ''}: "
                         f"{advice.rows:,} labelled rows (favour {advice.rows_favour}), {where}", title_justify="left")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from toolkit.io.errors import StageError
 from toolkit.task.fields import disallowed, type_problem, ungrounded
-from toolkit.io.jsonl import write_json, write_jsonl
+from toolkit.io.jsonl import read_jsonl, write_json, write_jsonl
 from toolkit.data.prepare import load_test
 from toolkit.io.progress import Bar
 from toolkit.task.recipe import Recipe
@@ -91,8 +91,6 @@ def prediction(recipe: Recipe, rid, text: str, gold: dict, raw: str, parsed: dic
 def run_resolved(recipe: Recipe, resolve, source: Path, out: Path, extra: dict) -> dict:
     """Another evaluation's answers passed through the recipe's resolver (text, parsed answer -> answer) and
     scored again: no new inference. Its records/s count the source's generation time too."""
-    from toolkit.io.jsonl import read_jsonl
-
     src = json.loads((source / "metrics.json").read_text(encoding="utf-8"))
     start = time.perf_counter()
     predictions = [prediction(recipe, r["id"], r["input"], r["gold"], r["raw"], resolve(r["input"], r["parsed"]))

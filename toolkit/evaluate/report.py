@@ -9,10 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.io.jsonl import read_jsonl, save_figure, write_text
-from toolkit.task.recipe import Recipe
-from toolkit.run.roles import ROLES
+from toolkit.evaluate.report_html import write_html
 from toolkit.evaluate.teacher import report_lines as teacher_lines
+from toolkit.io.errors import StageError
+from toolkit.io.jsonl import read_jsonl, save_figure, write_text
+from toolkit.maths.ranking import Evaluation, mcnemar, paired_difference
+from toolkit.maths.stats import mean
+from toolkit.run.roles import ROLES
+from toolkit.task.recipe import Recipe
 from toolkit.task.scoring import field_text, how_wrong
 
 # Row order in the table: the roles' (the story of the tutorial), then anything else by name.
@@ -238,9 +242,6 @@ def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, lo
     """`stale(metrics)` says why an evaluation no longer describes its model (it is then listed, not shown);
     `skipped` names the stages that did not apply, and why; `train_minutes` the training time behind a role;
     `manifest` the run's manifest.json (training rows, labelling cost, commit)."""
-    from toolkit.io.errors import StageError
-    from toolkit.evaluate.report_html import write_html
-
     found = collect(run_dir / "eval")
     why_stale = {name: stale(m) for name, m in found}
     left_out = [(name, why) for name, why in why_stale.items() if why]
@@ -309,10 +310,6 @@ def compare_runs(recipe: Recipe, run_a: Path, run_b: Path, bootstrap: int = 1000
     """Two runs' evaluations of the same name side by side, on the records both answered (paired by id): exact
     match and each field's accuracy in A and in B, B − A with its paired-bootstrap 95% interval, and McNemar's
     exact p of the records only one of them got right."""
-    from toolkit.io.errors import StageError
-    from toolkit.maths.ranking import Evaluation, mcnemar, paired_difference
-    from toolkit.maths.stats import mean
-
     def answers(run: Path) -> dict[str, dict[str, dict]]:
         return {p.parent.name: {r["id"]: r for r in read_jsonl(p)} for p in sorted(run.glob("eval/*/predictions.jsonl"))}
 

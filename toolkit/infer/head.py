@@ -16,6 +16,7 @@ from pathlib import Path
 from toolkit.infer.backends import Backend, Generation, Messages, Served
 from toolkit.io.jsonl import iter_jsonl, write_jsonl
 from toolkit.io.errors import DataError
+from toolkit.task.fields import normalise
 from toolkit.task.recipe import Recipe
 
 
@@ -27,8 +28,6 @@ def head_labels(recipe: Recipe) -> tuple[str, list[str]]:
 
 def head_rows(recipe: Recipe, prepared: Path) -> list[dict]:
     """A prepared split (system, user, assistant rows) as seq_cls rows: the user turn and the label's index."""
-    from toolkit.task.fields import normalise
-
     name, choices = head_labels(recipe)
     steps = recipe.field(name).normalise
     index = {normalise(c, steps): i for i, c in enumerate(choices)}

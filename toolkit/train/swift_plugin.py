@@ -13,22 +13,14 @@ and weight to bfloat16 is the mixed precision GPUs train in.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from swift.callbacks import TrainerCallback, callbacks_map
 
+from toolkit.train.cpu import cpu_has_bf16
+
 CALLBACK = "bf16_output_layer"
 logger = logging.getLogger("xtk")
-
-
-def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware; elsewhere torch emulates it, slower than float32."""
-    try:
-        flags = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split(":", 1)[-1].split()))
 
 
 def bf16_output_layer(model: torch.nn.Module, bf16: bool) -> str:
