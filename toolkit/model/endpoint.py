@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import math
 import random
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
 from toolkit.io.errors import StageError
+from toolkit.io.keys import digest
 from toolkit.io.secrets import redact
 
 # Before the endpoint has answered once, a refused connection is most likely a wrong URL or a server that is
@@ -61,7 +61,7 @@ class Usage:
 
 def request_key(*parts) -> str:
     """A stable key of what was asked (model, prompt, input, settings): an answer is never paid for twice."""
-    return hashlib.sha256(json.dumps(parts, ensure_ascii=False, sort_keys=True).encode()).hexdigest()[:32]
+    return digest(parts, 32)
 
 
 def parse_completion(body: str) -> Answer:

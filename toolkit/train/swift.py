@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -17,8 +19,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
+from toolkit.data.prepare import check_messages_file
+from toolkit.infer.head import check_head_file
 from toolkit.io.errors import StageError
+from toolkit.io.keys import digest, file_digest
+from toolkit.io.locks import folder_lock
 from toolkit.io.markers import OWNER, read_marker, write_marker
+from toolkit.io.runner import run_logged
+from toolkit.io.secrets import redact_argv, scrub_files, secret_arg_values
 from toolkit.model.models import ResolvedModel
 from toolkit.model.thinking import thinking_off
 from toolkit.io.progress import Bar
@@ -90,8 +100,6 @@ def sft_argv(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: P
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -192,8 +200,6 @@ def stale_trainers(output_dir: Path) -> list[int]:
     """Processes still training into output_dir. torchrun starts its workers in sessions of their own, so a
     `kill -9` of xtk (and of its process group) leaves them training, rotating away the checkpoint a re-run
     would resume from."""
-    import psutil
-
     target, pids = str(output_dir.resolve()), []
     for proc in psutil.process_iter(["cmdline"]):
         args = proc.info["cmdline"] or []  # None: not ours to read, or a zombie
@@ -226,8 +232,6 @@ def stop_stale_trainers(output_dir: Path, grace_s: float = 30.0) -> None:
 def training_lock(output_dir: Path) -> Iterator[None]:
     """One xtk per training folder. Holding the lock also proves that whatever else trains there is stale.
     The lock sits beside the folder, not in it, so that a folder of other settings can be moved aside."""
-    from toolkit.io.locks import folder_lock
-
     with folder_lock(output_dir.parent, "training", f".{output_dir.name}.lock", shown=output_dir):
         stop_stale_trainers(output_dir)
         yield
@@ -238,15 +242,12 @@ def train_key(recipe: Recipe, model: ResolvedModel, train_file: Path, val_file: 
     """What makes a trained adapter what it is: the whole `swift sft` command (model, type, template, every
     hyper-parameter), its environment and the bytes of the data. A folder trained under another key holds
     another model."""
-    from toolkit.model.endpoint import request_key
-    from toolkit.run.manifest import file_digest
-
     argv = sft_argv(recipe, model, Path("TRAIN"), Path("VAL") if val_file else None, Path("OUT"),
                     num_labels=num_labels)
     argv = [arg if arg != str(PLUGIN) else PLUGIN.name for arg in argv]  # the same wherever xtk is installed
     env = {k: v for k, v in sft_env(recipe).items() if k not in NOT_THE_MODEL}
     data = [file_digest(f) for f in (train_file, val_file) if f is not None]
-    return request_key(argv, env, data)
+    return digest([argv, env, data], 32)
 
 
 def trained_checkpoint(output_dir: Path, key: str, best: bool = False) -> Path | None:
@@ -297,11 +298,6 @@ def run_train(recipe: Recipe, model: ResolvedModel, data_dir: Path, output_dir: 
     """Train into output_dir: skip when it holds a finished training of these very settings, resume an
     unfinished one of them, and otherwise (other settings, or `fresh`) move the folder aside and start over.
     With num_labels, a classification head on data_dir's head rows (toolkit/infer/head.py)."""
-    from toolkit.data.prepare import check_messages_file
-    from toolkit.infer.head import check_head_file
-    from toolkit.io.runner import run_logged
-    from toolkit.io.secrets import redact_argv, scrub_files, secret_arg_values
-
     train_file, val_file = data_dir / "train.jsonl", data_dir / "val.jsonl"
     check = check_messages_file if num_labels is None else check_head_file
     n_train = check(recipe, train_file)
@@ -360,10 +356,6 @@ def run_merge(checkpoint: Path, merged_dir: Path, log_path: Path) -> list[str]:
     model): a LoRA checkpoint merged into its base with swift export --merge_lora; a full fine-tune's checkpoint
     (train.tuner_type full) is the whole model already, copied without the trainer's state. Returns the argv
     run (none for a copy)."""
-    import shutil
-
-    from toolkit.io.runner import run_logged
-
     lora = (checkpoint / "adapter_config.json").is_file()
     if not lora and not (checkpoint / "config.json").is_file():
         raise StageError(f"{checkpoint}: neither a LoRA checkpoint (adapter_config.json) nor a whole model "
