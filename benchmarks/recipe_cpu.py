@@ -68,7 +68,7 @@ def minutes(stage: dict) -> float | None:
 
 def evaluated(recipe, run_dir: Path, model: Path, name: str) -> bool:
     """Whether `xtk eval --model MODEL --name NAME` has evaluated `model` into run_dir on every test file, and its
-    evaluations are current (toolkit.run.roles.not_current): a retrained model (its training key, in its marker) or
+    evaluations are current (toolkit.run.identity.not_current): a retrained model (its training key, in its marker) or
     other evaluation settings are evaluated afresh."""
     from toolkit.run.context import Context
     from toolkit.run.manifest import Manifest

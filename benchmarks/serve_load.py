@@ -35,7 +35,8 @@ def offline(recipe, r, texts: list[dict]) -> tuple[dict, list[dict], float]:
     """predict's summary and rows for `texts`, and the engine's load seconds, in this process."""
     import tempfile
 
-    from toolkit.deploy.predict import identity, local_answerer, run_predict, student_backend
+    from toolkit.deploy.predict import local_answerer, run_predict, student_backend
+    from toolkit.run.identity import predict_key
 
     t0 = time.perf_counter()
     backend = student_backend(recipe, r)
@@ -43,7 +44,7 @@ def offline(recipe, r, texts: list[dict]) -> tuple[dict, list[dict], float]:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "answers.jsonl"
-            summary = run_predict(recipe, texts, out, identity(recipe, r), local_answerer(recipe, backend, r))
+            summary = run_predict(recipe, texts, out, predict_key(recipe, r), local_answerer(recipe, backend, r))
             from toolkit.io.jsonl import read_jsonl
 
             return summary, read_jsonl(out), load

@@ -11,9 +11,11 @@ import pytest
 from conftest import RECIPE, ROOT
 from toolkit.cli import main
 from toolkit.evaluate.evaluation import answer_problems
+from toolkit.io.errors import StageError
 from toolkit.io.jsonl import read_jsonl, write_jsonl
-from toolkit.deploy.predict import (identity, journal_path, local_answerer, predict_role, read_texts, run_predict,
-                             student_backend)
+from toolkit.io.markers import write_marker
+from toolkit.deploy.predict import journal_path, local_answerer, predict_role, read_texts, run_predict, student_backend
+from toolkit.run.identity import predict_key
 from toolkit.task.recipe import load_recipe
 
 TEST = ROOT / "datasets" / "logistics_zh" / "test.jsonl"
@@ -110,27 +112,33 @@ def test_bad_arguments_exit_2_before_any_work(tmp_path, capsys):
     assert exc.value.code == 2
 
 
+def answering(recipe, backend, r, asked: list, stop_after: int | None = None):
+    """local_answerer, noting the ids it is asked, killed after batch `stop_after`: the kill is a
+    KeyboardInterrupt (a real SIGKILL lands at a moment a test cannot choose)."""
+    inner = local_answerer(recipe, backend, r)
+
+    def answer(todo):
+        for n, batch in enumerate(inner(todo), 1):
+            asked.extend(row["id"] for row in batch)
+            yield batch
+            if n == stop_after:
+                raise KeyboardInterrupt
+
+    return answer
+
+
 def test_a_killed_run_resumes_answering_each_record_once(tmp_path, recipe, texts):
-    """The kill is a KeyboardInterrupt raised by the answerer after its second batch (a real SIGKILL lands at a
-    moment a test cannot choose); the journal's torn last line is what a kill mid-write leaves."""
+    """Killed after its second batch, then run again; the journal's torn last line is what a kill mid-write
+    leaves."""
     r = predict_role(recipe, "rules", tmp_path)
     backend = student_backend(recipe, r)
     small = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"batch_size": 2})})
     asked: list = []
 
     def counting(stop_after: int | None):
-        inner = local_answerer(small, backend, r)
+        return answering(small, backend, r, asked, stop_after)
 
-        def answer(todo):
-            for n, batch in enumerate(inner(todo), 1):
-                asked.extend(row["id"] for row in batch)
-                yield batch
-                if n == stop_after:
-                    raise KeyboardInterrupt
-
-        return answer
-
-    out, key = tmp_path / "out.parquet", identity(recipe, r)
+    out, key = tmp_path / "out.parquet", predict_key(recipe, r)
     with pytest.raises(KeyboardInterrupt):
         run_predict(small, texts, out, key, counting(2))
     assert not out.exists() and len(read_jsonl(journal_path(out))) == 1 + 4
@@ -143,9 +151,38 @@ def test_a_killed_run_resumes_answering_each_record_once(tmp_path, recipe, texts
     assert summary["valid"] == whole["valid"] and not journal_path(out).exists()
 
 
+def test_a_student_retrained_into_the_same_folder_reuses_none_of_the_old_students_answers(tmp_path, recipe, texts):
+    """Interrupt predict, retrain the student into the same run folder, predict again: the journal holds the old
+    student's answers, and not one of them is taken for the new student's. A trained run is faked as cheaply as
+    a test can: merged/ with a config.json and the marker a training leaves (its training key), the answers
+    coming from the rule baseline's engine; the retraining is a new training key in that marker."""
+    run = tmp_path / "run"
+    (run / "merged").mkdir(parents=True)
+    (run / "merged" / "config.json").write_text("{}", encoding="utf-8")
+    write_marker(run / "merged", {"train_key": "the first training"})
+    rules = predict_role(recipe, "rules", run)
+    backend = student_backend(recipe, rules)
+    small = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"batch_size": 2})})
+    out, asked = tmp_path / "out.jsonl", []
+    first = predict_role(small, "student", run)
+    with pytest.raises(KeyboardInterrupt):
+        run_predict(small, texts, out, predict_key(small, first), answering(small, backend, rules, asked, 2))
+    assert len(read_jsonl(journal_path(out))) == 1 + 4  # the old student's answers, waiting to be resumed
+
+    write_marker(run / "merged", {"train_key": "the second training"})  # retrained into the same folder
+    again = predict_role(small, "student", run)
+    assert again == first  # the same folder, prompt and settings: only the training tells the students apart
+    asked.clear()
+    with pytest.raises(StageError, match="another model"):
+        run_predict(small, texts, out, predict_key(small, again), answering(small, backend, rules, asked))
+    assert asked == [] and not out.exists()
+    journal_path(out).unlink()  # as the error says: start afresh
+    summary = run_predict(small, texts, out, predict_key(small, again), answering(small, backend, rules, asked))
+    assert summary["answered_now"] == len(texts) and sorted(asked) == sorted(t["id"] for t in texts)
+
+
 def test_a_journal_of_another_model_is_not_resumed(tmp_path, recipe, texts):
     write_jsonl(journal_path(tmp_path / "out.jsonl"), [{"xtk_predict": "another", "recipe": "x"}])
-    from toolkit.io.errors import StageError
     with pytest.raises(StageError, match="another model"):
         run_predict(recipe, texts, tmp_path / "out.jsonl", "this", lambda todo: iter(()))
 

@@ -145,7 +145,7 @@ def test_thinking_off_is_decided_by_the_served_template():
 
 
 def test_roles_are_the_reports_rows_the_bakeoffs_evaluations_and_the_clis_choices():
-    from toolkit import report
+    from toolkit.evaluate import report
     from toolkit.choose.bakeoff import EVALUATIONS
     from toolkit.infer.backends import BACKENDS
     from toolkit.cli import make_parser
@@ -160,9 +160,39 @@ def test_roles_are_the_reports_rows_the_bakeoffs_evaluations_and_the_clis_choice
     assert backend.choices == ("auto", *BACKENDS)
 
 
+def role_name_comparisons(source: str, names: set[str]) -> list[str]:
+    """Each comparison in `source` with one of `names` written out as a string (alone or in a tuple, list or set)."""
+    def strings(node) -> set[str]:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return {node.value}
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return {s for e in node.elts for s in strings(e)}
+        return set()
+
+    return [f"{node.lineno}: {ast.unparse(node)}" for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Compare) and names & {s for n in (node.left, *node.comparators) for s in strings(n)}]
+
+
+def test_no_module_but_the_registry_compares_a_role_name():
+    """Roles are told apart by their traits (toolkit/run/roles.py: training, endpoint, deployed, ...), so a new
+    role is one entry there: a role name compared anywhere else is a decision the registry does not make. Below
+    run/ no module can see the roles; there "student" or "teacher" names a prompt."""
+    from test_imports import floor, modules
+    from toolkit.run.roles import ROLES
+
+    names = set(ROLES)
+    assert role_name_comparisons('if m.get("role") in ("student", "resolved"): pass', names) == [
+        "1: m.get('role') in ('student', 'resolved')"]
+    lowest = floor("toolkit.run.roles")[0]
+    found = [f"{path.relative_to(ROOT)}:{where}" for name, path in sorted(modules(ROOT).items())
+             if name != "toolkit.run.roles" and floor(name)[0] >= lowest
+             for where in role_name_comparisons(path.read_text(encoding="utf-8"), names)]
+    assert not found, "role names compared outside toolkit/run/roles.py (ask a trait):\n" + "\n".join(found)
+
+
 def test_no_stage_body_calls_another_stage():
     """The order of the stages is stated once, in their needs: the runner runs what a stage needs."""
-    tree = ast.parse((ROOT / "toolkit" / "pipeline.py").read_text(encoding="utf-8"))
+    tree = ast.parse((ROOT / "toolkit" / "flow" / "pipeline.py").read_text(encoding="utf-8"))
     bodies = [f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name.startswith("stage_")]
     assert len(bodies) >= 6
     for f in bodies:
@@ -224,7 +254,8 @@ def test_an_evaluation_of_a_merged_folder_is_current_only_for_the_training_that_
     from toolkit.io.jsonl import write_json
     from toolkit.io.markers import mark_trained
     from toolkit.flow.pipeline import open_run
-    from toolkit.run.roles import evaluations_current, identity, named_model, not_current
+    from toolkit.run.identity import evaluations_current, identity, not_current
+    from toolkit.run.roles import named_model
 
     recipe = load_recipe(SENTIMENT, "cpu")
     merged = tmp_path / "curve" / "checkpoint-50"
@@ -251,10 +282,10 @@ def test_an_exported_files_evaluation_is_current_while_what_it_was_exported_from
     evaluation: current while that model is the run's student of the same training under the same evaluation
     settings; stale once the student is retrained or the settings change. From a named folder: that folder's
     training now."""
-    from toolkit.run.manifest import config_digest
     from toolkit.io.markers import write_marker
     from toolkit.flow.pipeline import open_run
-    from toolkit.run.roles import EVAL_CONFIG, identity, named_model, not_current, role
+    from toolkit.run.identity import EVAL_CONFIG, config_digest, identity, not_current
+    from toolkit.run.roles import named_model, role
 
     def exported(ctx, source):
         return {"role": "gguf", "identity": {"source": identity(ctx, source), "gguf_sha256": "ab12", "quant": "q8_0",

@@ -394,7 +394,7 @@ def test_a_folder_with_code_anywhere_is_refused_with_an_opt_in_that_exists(tmp_p
 
 def test_a_bug_shows_its_traceback_and_vllm_is_closed_on_every_way_out(tmp_path, monkeypatch):
     import toolkit.infer.backends
-    import toolkit.flow.pipeline
+    import toolkit.run.roles
 
     closed = []
 
@@ -407,7 +407,7 @@ def test_a_bug_shows_its_traceback_and_vllm_is_closed_on_every_way_out(tmp_path,
         def close(self):
             closed.append(True)
 
-    monkeypatch.setattr(toolkit.infer.backends, "make_backend", lambda *a, **k: Engine())
+    monkeypatch.setattr(toolkit.run.roles, "make_backend", lambda *a, **k: Engine())  # where engine() finds it
     with pytest.raises(KeyError):
         main(["eval", str(RECIPE), "--run", str(tmp_path), "--model", "base", "eval.limit=1"])
     assert closed == [True]

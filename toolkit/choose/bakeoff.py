@@ -228,7 +228,8 @@ def eval_base_guided(ctx) -> None:
     """The base model with the detailed prompt again, decoding constrained to the recipe's JSON schema (vLLM), as
     eval/base-guided-<test>/ (the role base-guided). Skipped while every one of them is current."""
     from toolkit.flow.pipeline import console, evaluate_model, skip
-    from toolkit.run.roles import ROLES, evaluations_current, role
+    from toolkit.run.identity import evaluations_current
+    from toolkit.run.roles import ROLES, role
 
     guided = role(ctx, "base-guided")
     if evaluations_current(ctx, guided, ctx.recipe.data.test) is None:
@@ -406,7 +407,8 @@ def read_predictions(pair: Pair, name: str) -> tuple[dict[tuple[str, str], dict]
     why: missing, or made for another model or configuration than the run's now."""
     from toolkit.run.manifest import Manifest
     from toolkit.flow.pipeline import Context
-    from toolkit.run.roles import evaluations_current, role
+    from toolkit.run.identity import evaluations_current
+    from toolkit.run.roles import role
 
     ctx = Context(pair.recipe, pair.run_dir, Manifest(pair.run_dir))
     r = role(ctx, name)
@@ -436,7 +438,7 @@ def collect(b: Bakeoff) -> dict:
             for name in EVALUATIONS:
                 rows, why = read_predictions(pair, name)
                 if rows is None:
-                    if name != "teacher" or teacher_reachable(pair.recipe):
+                    if not ROLES[name].endpoint or teacher_reachable(pair.recipe):
                         notes.append(f"{task} x {s.name}: {why}")
                     continue
                 found[(s.name, name)] = rows
@@ -452,7 +454,7 @@ def collect(b: Bakeoff) -> dict:
             e = Evaluation([metric.unit(rows[k]) for k in keys], metric.statistic, EVALUATIONS[name])
             exact[(task, student, name)] = {k: bool(rows[k]["exact"]) for k in keys}
             units[(task, student, name)] = {k: metric.unit(r) for k, r in rows.items()}
-            if name == "teacher":
+            if ROLES[name].endpoint:
                 teacher.setdefault(task, {})[student] = e
             else:
                 tasks[task].setdefault(student, {})[name] = e
@@ -513,7 +515,8 @@ def statistics(b: Bakeoff, found: dict) -> dict:
     versus = []
     for task, by_student in found["teacher"].items():
         for student, t in by_student.items():
-            if "student" not in tasks[task].get(student, {}):
+            own = tasks[task].get(student, {}).get("student")  # its fine-tuned evaluation, where it has one
+            if own is None:
                 continue
             se, te = found["exact"][(task, student, "student")], found["exact"][(task, student, "teacher")]
             both, b_, c_ = discordant(se, te)
@@ -521,7 +524,7 @@ def statistics(b: Bakeoff, found: dict) -> dict:
                            "student_exact": round(sum(se[k] for k in both) / len(both), 4) if both else None,
                            "teacher_exact": round(sum(te[k] for k in both) / len(both), 4) if both else None,
                            "b_student_only": b_, "c_teacher_only": c_, "p_mcnemar": round(mcnemar(b_, c_), 4),
-                           "metric_difference": paired_difference(tasks[task][student]["student"], t, B, seed),
+                           "metric_difference": paired_difference(own, t, B, seed),
                            "gap_closed": student_gap_closed(found, task, student, t.statistic, B, seed)})
     return {"scores": scores, "ranks": per_task, "mean_rank": mean, "student_vs_teacher": versus}
 

@@ -26,9 +26,21 @@ from pathlib import Path
 
 from rich.console import Console
 
+from toolkit.data.prepare import load_test
+from toolkit.evaluate.evaluation import run_eval
+from toolkit.flow.pipeline import evaluate_model
+from toolkit.infer.llamacpp import (CONVERTER_TYPES, LLAMA_CPP_PYTHON, LlamaCppBackend, convert, gguf_metadata,
+                                    quantize)
 from toolkit.io.errors import StageError
 from toolkit.io.jsonl import read_jsonl, write_json, write_text
-from toolkit.model.thinking import template_kwargs
+from toolkit.io.keys import file_digest
+from toolkit.maths.ranking import Evaluation, mcnemar, paired_difference
+from toolkit.model.models import resolve_model
+from toolkit.model.thinking import template_kwargs, thinking_off
+from toolkit.run.identity import evaluations_current, gguf_current, gguf_identity, identity, merged_current, \
+    read_metrics
+from toolkit.run.manifest import slug
+from toolkit.run.roles import ROLES, named_model, role
 from toolkit.task.recipe import Recipe
 
 console = Console(stderr=True)
@@ -120,8 +132,6 @@ def paired(recipe: Recipe, student: list[dict], exported: list[dict]) -> dict:
     """The exported model's figures beside the student's on the same records (same ids, same order): exact match
     and per-field accuracy, the difference in exact match (exported minus student) with a paired bootstrap
     interval, and McNemar's exact test on the records only one of them gets right."""
-    from toolkit.maths.ranking import Evaluation, mcnemar, paired_difference
-
     if [r["id"] for r in student] != [r["id"] for r in exported]:
         raise StageError("the student's and the exported model's predictions are not of the same records")
     if not student:
@@ -162,40 +172,27 @@ class ExportResult:
 
 def _source(ctx, model: str):
     """The model to export, its name, the evaluation role its figures come from and its ms-swift model type: the
-    run's merged student, or a folder."""
-    from toolkit.run.manifest import slug
-    from toolkit.model.models import resolve_model
-    from toolkit.io.markers import trained_key
-    from toolkit.flow.pipeline import current_train_key
-    from toolkit.run.roles import named_model, role
-
+    run's merged student (the role predict and export take by default), or a folder."""
     recipe = ctx.recipe
-    if model == "student":
-        merged = ctx.merged_dir
+    if (spec := ROLES.get(model)) and spec.deployed:
+        r = role(ctx, model)
+        merged = Path(r.model)
         if not (merged / "config.json").is_file():
             raise StageError(f"no merged student in {merged}: run `xtk run` (or `xtk merge`) first, or give "
                              "--model FOLDER")
-        if (ctx.data_dir / "train.jsonl").is_file() and trained_key(merged) != current_train_key(ctx):
+        if (ctx.data_dir / "train.jsonl").is_file() and not merged_current(ctx):
             raise StageError(f"{merged} holds a student trained under other settings than the recipe's now: run "
                              "`xtk merge` (or `xtk run`) first")
-        return merged, "student", role(ctx, "student"), ctx.student().model_type
+        return merged, model, r, ctx.student().model_type
     resolved = resolve_model(model, trust_remote_code=recipe.student.trust_remote_code)
     name = slug(model)
     return Path(resolved.ref), name, named_model(ctx, resolved.ref, name=name), resolved.model_type
-
-
-def _file_sha256(path: Path) -> str:
-    from toolkit.model.models import sha256_file
-
-    return sha256_file(path)
 
 
 def write_gguf(model_dir: Path, quant: str, out: Path, log: Path) -> dict:
     """Convert (and quantise) `model_dir` into `out` with the chat template evaluation used; written under a
     temporary name and renamed whole. Returns what export.json records of it."""
     from transformers import AutoTokenizer
-
-    from toolkit.infer.llamacpp import CONVERTER_TYPES, LLAMA_CPP_PYTHON, convert, gguf_metadata, quantize
 
     template = AutoTokenizer.from_pretrained(model_dir).chat_template
     if not isinstance(template, str) or not template:
@@ -214,7 +211,7 @@ def write_gguf(model_dir: Path, quant: str, out: Path, log: Path) -> dict:
         if written.get("tokenizer.chat_template") != template:
             raise StageError(f"the converter wrote another chat template than {model_dir}'s into the GGUF")
         os.replace(work / out.name, out)
-    return {"path": str(out), "bytes": out.stat().st_size, "sha256": _file_sha256(out), "quant": quant,
+    return {"path": str(out), "bytes": out.stat().st_size, "sha256": file_digest(out, 64), "quant": quant,
             "architecture": written.get("general.architecture"), "chat_template": template,
             "add_bos_token": bool(written.get("tokenizer.ggml.add_bos_token")),
             "converter": f"llama.cpp convert_hf_to_gguf.py from llama-cpp-python=={LLAMA_CPP_PYTHON}",
@@ -240,18 +237,9 @@ def prompt_check(backend, tokenizer, chats: list[list[dict]], thinking_off: bool
 
 def run_export(ctx, quant: str, model: str = "student", accept_drop: bool = False) -> ExportResult:
     """`xtk export RECIPE --format gguf`: convert, write the Modelfile, score for parity, write export.json."""
-    from toolkit.run.manifest import config_digest
-    from toolkit.model.thinking import thinking_off
-    from toolkit.flow.pipeline import evaluate_model
-    from toolkit.run.roles import EVAL_CONFIG, evaluations_current, identity, read_metrics
-
     recipe = ctx.recipe
     model_dir, name, source_role, model_type = _source(ctx, model)
     from transformers import AutoTokenizer  # after the checks above: a missing student is said at once
-
-    from toolkit.data.prepare import load_test
-    from toolkit.evaluate.evaluation import run_eval
-    from toolkit.infer.llamacpp import LLAMA_CPP_PYTHON, LlamaCppBackend
 
     source = identity(ctx, source_role)
     folder = ctx.run_dir / "export" / f"{name}-{quant}"
@@ -260,8 +248,7 @@ def run_export(ctx, quant: str, model: str = "student", accept_drop: bool = Fals
     record_path = folder / "export.json"
     previous = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
     made = previous.get("gguf") or {}
-    if (previous.get("source") == source and gguf.is_file() and made.get("sha256") == _file_sha256(gguf)
-            and made.get("converter", "").endswith(LLAMA_CPP_PYTHON)):
+    if gguf_current(previous, gguf, source, LLAMA_CPP_PYTHON):
         console.print(f"export: {gguf.name} is current, kept")
     else:
         console.print(f"export: converting {model_dir} to {quant} with llama.cpp's converter")
@@ -287,15 +274,13 @@ def run_export(ctx, quant: str, model: str = "student", accept_drop: bool = Fals
         evaluate_model(ctx, source_role)
 
     guided = recipe.eval.guided_json
-    gguf_identity = {"source": source, "gguf_sha256": made["sha256"], "quant": quant,
-                     "llama_cpp_python": LLAMA_CPP_PYTHON, "guided_json": guided, "prompt": source_role.prompt,
-                     "eval_config": config_digest(recipe, EVAL_CONFIG)}
+    evaluated = gguf_identity(ctx, source_role, made["sha256"], quant, LLAMA_CPP_PYTHON, guided)
     evals = {stem: ctx.run_dir / "eval" / f"gguf-{name}-{quant}-{stem}" for stem, _ in tests}
     backend = None
     try:
         for (stem, rows), test in zip(tests, recipe.data.test):
             m = read_metrics(evals[stem])
-            if m and m.get("identity") == gguf_identity:  # this file, under the settings now
+            if m and m.get("identity") == evaluated:  # this file, under the settings now
                 continue
             if backend is None:
                 backend = LlamaCppBackend(recipe, gguf, guided)
@@ -303,7 +288,7 @@ def run_export(ctx, quant: str, model: str = "student", accept_drop: bool = Fals
                     backend, tokenizer, [[{"role": "system", "content": system}, {"role": "user", "content": r["text"]}]
                                          for r in rows[:20]], thinking_off(model_type, None))
             m = run_eval(recipe, backend, recipe.path(test), source_role.prompt, evals[stem], str(gguf),
-                         recipe.eval.limit, extra={"role": "gguf", "identity": gguf_identity})
+                         recipe.eval.limit, extra={"role": "gguf", "identity": evaluated})
             console.print(f"eval {evals[stem].name}: exact match {100 * m['exact_match']['value']:.1f}% "
                           f"(n={m['n']}, {m['records_per_s']} rec/s, llamacpp)")
     finally:

@@ -1,4 +1,5 @@
-"""predict: the student on new, unlabelled texts, through evaluation's own code path (toolkit.evaluate.evaluation.extract).
+"""predict: the student on new, unlabelled texts, through evaluation's own code path
+(toolkit.evaluate.evaluation.extract).
 
 Input: JSONL ({id, text}), CSV, TSV or Parquet (columns named by --text-column / --id-column; without an id
 column a row's id is its line, or for Parquet its row number). Output: one row per input, in input order, as
@@ -11,16 +12,20 @@ file is written whole at the end, and the journal removed.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from toolkit.io.errors import StageError
+from toolkit.evaluate.evaluation import extract
+from toolkit.io.errors import DataError, StageError
+from toolkit.io.journal import load_journal
 from toolkit.io.jsonl import append_jsonl, dumps, file_problem, iter_jsonl, iter_lines, write_jsonl
-from toolkit.io.errors import DataError
+from toolkit.io.progress import Bar
+from toolkit.run.context import Context
+from toolkit.run.manifest import Manifest, slug
+from toolkit.run.roles import ROLES, engine, named_model, role
 from toolkit.task.recipe import Recipe
 
 INPUT_SUFFIXES = {".jsonl": "JSONL", ".csv": "CSV", ".tsv": "TSV", ".parquet": "Parquet"}
@@ -111,15 +116,11 @@ def read_texts(path: str | Path, text_column: str = "text", id_column: str = "id
 def predict_role(recipe: Recipe, model: str, run_dir: str | Path):
     """What `--model` names, resolved as `xtk eval --model` resolves it: a role of the run folder (student: its
     merged model; head: its classification head) or any model folder, embedded name or hub id."""
-    from toolkit.run.context import Context
-    from toolkit.run.manifest import Manifest, slug
-    from toolkit.run.roles import ROLES, named_model, role
-
     ctx = Context(recipe, Path(run_dir), Manifest(run_dir))
     if model not in ROLES:
         return named_model(ctx, model, name=slug(model))
     r = role(ctx, model)
-    if model in ("student", "head") and not Path(r.model, "config.json").is_file():
+    if ROLES[model].training and not Path(r.model, "config.json").is_file():
         raise StageError(f"no {model} model in {r.model} (no config.json): train and merge it first with "
                          f"`xtk run {recipe.name} ...`, or pass --run, or a model folder as --model")
     return r
@@ -127,8 +128,6 @@ def predict_role(recipe: Recipe, model: str, run_dir: str | Path):
 
 def student_backend(recipe: Recipe, r):
     """The engine for role `r`, built as its evaluation builds it (toolkit/run/roles.py:engine)."""
-    from toolkit.run.roles import engine
-
     return engine(recipe, r)
 
 
@@ -136,16 +135,6 @@ def output_row(recipe: Recipe, rid, x) -> dict:
     """One output row: the id, each field's value (None when the answer has none), problems, raw."""
     parsed = x.parsed or {}
     return {"id": rid, **{f: parsed.get(f) for f in recipe.field_names}, "problems": x.problems, "raw": x.raw}
-
-
-def identity(recipe: Recipe, r) -> str:
-    """What the answers depend on: model, prompt, schema and decoding settings. A journal written under other
-    ones is not resumed."""
-    e = recipe.eval
-    guided = e.guided_json if r.guided_json is None else r.guided_json
-    key = [r.model, r.backend, recipe.prompt(r.prompt), recipe.json_schema(), guided, e.max_new_tokens,
-           e.vllm.model_dump()]
-    return hashlib.sha256(json.dumps(key, ensure_ascii=False, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # --- the job -----------------------------------------------------------------------------------------------
@@ -165,9 +154,7 @@ def journal_path(out: Path) -> Path:
 
 def open_journal(recipe: Recipe, out: Path, key: str) -> dict:
     """The answers already in OUT.journal by id (a torn last line dropped), after checking that they were made
-    by the same model and settings; a fresh journal gets its header line."""
-    from toolkit.io.journal import load_journal
-
+    by the same model and settings (toolkit/run/identity.py:predict_key); a fresh journal gets its header line."""
     path = journal_path(out)
     rows = load_journal(path)
     if rows and rows[0].get("xtk_predict") != key:
@@ -212,8 +199,6 @@ Answerer = Callable[[list[dict]], Iterator[list[dict]]]  # todo rows -> batches 
 def run_predict(recipe: Recipe, rows: list[dict], out: str | Path, key: str, answer: Answerer) -> dict:
     """Answer every row not yet in the journal (`answer` yields output rows batch by batch), journal each batch
     as it comes, then write the output in input order and remove the journal. Returns the summary."""
-    from toolkit.io.progress import Bar
-
     out = check_out(out)
     clash = [f for f in RESERVED if f in recipe.field_names]
     if clash:
@@ -245,8 +230,6 @@ def run_predict(recipe: Recipe, rows: list[dict], out: str | Path, key: str, ans
 
 def local_answerer(recipe: Recipe, backend, r) -> Answerer:
     """Batches of eval.batch_size rows through this process's engine."""
-    from toolkit.evaluate.evaluation import extract
-
     system, size = recipe.prompt(r.prompt), recipe.eval.batch_size
 
     def answer(todo: list[dict]) -> Iterator[list[dict]]:
@@ -269,8 +252,6 @@ class _Replica:
         self.backend = student_backend(recipe, r)
 
     def __call__(self, batch: dict) -> dict:
-        from toolkit.evaluate.evaluation import extract
-
         ids, texts = [json.loads(i) for i in batch["id"]], [str(t) for t in batch["text"]]
         xs = extract(self.recipe, self.backend, self.system, texts, self.recipe.eval.max_new_tokens)
         return {"row": [dumps(output_row(self.recipe, i, x)) for i, x in zip(ids, xs)]}

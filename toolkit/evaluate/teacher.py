@@ -18,6 +18,7 @@ from pathlib import Path
 
 from toolkit.io.errors import StageError
 from toolkit.io.jsonl import read_jsonl
+from toolkit.run.roles import ROLES
 
 DEPLOY, ITERATE_FROM = 0.8, 0.4  # distil labs' reading of the gap closed
 
@@ -146,8 +147,8 @@ def report_lines(recipe, run_dir: Path, results: list[tuple[str, dict]], hourly:
     label = stages.get("data", {}).get("summary") or {}
     paid = label.get("accepted", 0) + sum((label.get("rejected") or {}).values())
     teacher_m = label["cost"] / paid * 1e6 if paid and label.get("cost") else None
-    rps = next((m["records_per_s"] for _, m in results if m.get("role") == "student" and m.get("records_per_s")),
-               None)
+    deployed = [m for _, m in results if (spec := ROLES.get(m.get("role"))) and spec.deployed]
+    rps = next((m["records_per_s"] for m in deployed if m.get("records_per_s")), None)
     student_m = 1e6 / rps / 3600 * hourly if rps and hourly else None
     # as lines, not a table: report.md keeps one table (its evaluations)
     lines += [f"- Teacher (labelling, at teacher.price_*): spent {_money(label.get('cost'))} in "

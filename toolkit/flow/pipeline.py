@@ -4,18 +4,33 @@ never runs another stage: the runner runs first what a stage's `needs` name, whe
 
 from __future__ import annotations
 
+import gc
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
-from toolkit.run.context import Context, open_run  # noqa: F401 (open_run: where callers have always found it)
+from toolkit.data.generators import write_data
+from toolkit.data.label import run_label
+from toolkit.data.prepare import gold_records, read_records, run_prepare
+from toolkit.evaluate.evaluation import run_eval, run_resolved
+from toolkit.evaluate.report import run_report
+from toolkit.evaluate.teacher import gate_not_applicable, run_gate
+from toolkit.infer.head import head_labels, write_head_data
 from toolkit.io.errors import StageError
-from toolkit.run.manifest import config_digest
-from toolkit.run.roles import EVAL_CONFIG, ROLES, Role, identity, not_current, role
-from toolkit.evaluate.teacher import gate_not_applicable
+from toolkit.io.jsonl import write_jsonl
+from toolkit.io.markers import mark_trained
+from toolkit.run.context import Context, open_run
+from toolkit.run.identity import (EVAL_CONFIG, config_digest, current_train_key, head_current, identity,
+                                  merged_current, not_current, read_metrics)
+from toolkit.run.manifest import versions
+from toolkit.run.roles import ROLES, Role, engine as make_engine, role
+from toolkit.task.recipe import load_ref
+from toolkit.train.losschart import plot_loss
+from toolkit.train.swift import read_log, run_merge, run_train, trained_checkpoint, training_minutes
 
 console = Console(stderr=True)
 
@@ -26,15 +41,10 @@ def stage_data(ctx: Context) -> list[Path]:
     """data/labelled.jsonl from the first source that applies: the recipe's data.labelled (your own labels),
     the teacher's labels of data.pool when its key is set, data.pool_gold (the generator's labels). Data files
     that are missing are built first by the recipe's data.generator, where it has one."""
-    from toolkit.io.jsonl import write_jsonl
-    from toolkit.data.prepare import gold_records, read_records
-
     d, t = ctx.recipe.data, ctx.recipe.teacher
     missing = [name for name in (d.labelled, d.pool, d.pool_gold, *d.test)
                if name and not ctx.recipe.path(name).exists()]
     if d.generator and missing:  # built on this machine (a data set's licence may keep it out of git)
-        from toolkit.data.generators import write_data
-
         console.print(f"data: {', '.join(missing)} missing: building them with {d.generator}")
         write_data(ctx.recipe)
     out = ctx.data_dir / "labelled.jsonl"
@@ -43,8 +53,6 @@ def stage_data(ctx: Context) -> list[Path]:
         ctx.manifest.record("data", source=f"your labelled data ({d.labelled})")
         return [out]
     if d.pool and os.environ.get(t.api_key_env):
-        from toolkit.data.label import run_label
-
         summary = run_label(ctx.recipe, ctx.recipe.path(d.pool), ctx.data_dir)
         ctx.manifest.record("data", source=f"teacher {t.model}", summary=summary)
         return [out, ctx.data_dir / "rejects.jsonl"]
@@ -59,14 +67,10 @@ def stage_data(ctx: Context) -> list[Path]:
 def stage_teacher_gate(ctx: Context) -> list[Path]:
     """The teacher on the first test records before it labels the pool (toolkit/evaluate/teacher.py): stops the run
     unless PROCEED or --force."""
-    from toolkit.evaluate.teacher import run_gate
-
     return run_gate(ctx, ctx.force_gate)
 
 
 def stage_prepare(ctx: Context) -> list[Path]:
-    from toolkit.data.prepare import read_records, run_prepare
-
     records = read_records(ctx.recipe, ctx.labelled or ctx.data_dir / "labelled.jsonl")
     stats = run_prepare(ctx.recipe, records, ctx.data_dir, ctx.student().ref)
     ctx.manifest.record("prepare", stats=stats)
@@ -74,43 +78,13 @@ def stage_prepare(ctx: Context) -> list[Path]:
     return [ctx.data_dir / n for n in ("train.jsonl", "val.jsonl", "stats.json")]
 
 
-def _key(ctx: Context, data: Path, num_labels: int | None = None) -> str | None:
-    """The training key of a split in `data` under the run's settings now, or None where it is not prepared."""
-    from toolkit.train.swift import train_key
-
-    train, val = data / "train.jsonl", data / "val.jsonl"
-    if not train.is_file():
-        return None
-    return train_key(ctx.recipe, ctx.student(), train, val if val.is_file() and val.stat().st_size > 0 else None,
-                     num_labels)
-
-
-def current_train_key(ctx: Context) -> str | None:
-    return _key(ctx, ctx.data_dir)
-
-
-def current_head_key(ctx: Context) -> str | None:
-    from toolkit.infer.head import head_labels, write_head_data
-
-    if not (ctx.data_dir / "train.jsonl").is_file():
-        return None
-    write_head_data(ctx.recipe, ctx.data_dir, ctx.head_dir / "data")  # the head's rows of the prepared split
-    return _key(ctx, ctx.head_dir / "data", len(head_labels(ctx.recipe)[1]))
-
-
 def _trained(ctx: Context) -> Path | None:
     """The finished checkpoint of the student under the run's settings now, or None."""
-    from toolkit.train.swift import trained_checkpoint
-
     key = current_train_key(ctx)
     return trained_checkpoint(ctx.train_dir, key, ctx.recipe.train.early_stop_evals is not None) if key else None
 
 
 def stage_train(ctx: Context) -> list[Path]:
-    from toolkit.train.losschart import plot_loss
-    from toolkit.run.manifest import versions
-    from toolkit.train.swift import read_log, run_train
-
     result = run_train(ctx.recipe, ctx.student(), ctx.data_dir, ctx.train_dir, fresh=ctx.fresh_train)
     ctx.fresh_train = False
     verdict = plot_loss(read_log(ctx.train_dir), ctx.run_dir / "loss.png")
@@ -126,9 +100,6 @@ def stage_train(ctx: Context) -> list[Path]:
 
 def merge_into(ctx: Context, checkpoint: Path, key: str, merged: Path, log: Path, what: str, **more) -> list[str]:
     """A trained checkpoint as a whole model in `merged`, marked with the training that made it."""
-    from toolkit.io.markers import mark_trained
-    from toolkit.train.swift import run_merge
-
     argv = run_merge(checkpoint, merged, log)
     student = ctx.student()
     mark_trained(merged, f"{ctx.recipe.name} {what}", student.ref, checkpoint, key, student.model_type,
@@ -149,10 +120,6 @@ def stage_merge(ctx: Context) -> list[Path]:
 def stage_train_head(ctx: Context) -> list[Path]:
     """The classification head (recipe.classification_head): seq_cls rows from the prepared split, `swift sft
     --task_type seq_cls` with the student's training settings, merged into head/merged/."""
-    from toolkit.train.losschart import plot_loss
-    from toolkit.infer.head import head_labels, write_head_data
-    from toolkit.train.swift import read_log, run_train
-
     data, train, merged = ctx.head_dir / "data", ctx.head_dir / "train", ctx.head_dir / "merged"
     write_head_data(ctx.recipe, ctx.data_dir, data)
     labels = head_labels(ctx.recipe)[1]
@@ -167,30 +134,10 @@ def stage_train_head(ctx: Context) -> list[Path]:
     return [merged, ctx.run_dir / "loss-head.png"]
 
 
-def _merged_current(ctx: Context) -> bool:
-    from toolkit.io.markers import trained_key
-
-    key = current_train_key(ctx)
-    return key is not None and (ctx.merged_dir / "config.json").is_file() and trained_key(ctx.merged_dir) == key
-
-
-def _head_current(ctx: Context) -> bool:
-    from toolkit.io.markers import trained_key
-
-    key = trained_key(ctx.head_dir / "merged")
-    return key is not None and key == current_head_key(ctx)
-
-
 # --- evaluations: each role's (toolkit/run/roles.py) ---------------------------------------------------------------
 
 def evaluate_model(ctx: Context, r: Role, tests: list[str] | None = None) -> list[Path]:
     """Evaluate one model on each test file (the model is loaded once), into eval/<name>-<test name>/."""
-    import gc
-    import time
-
-    from toolkit.evaluate.evaluation import run_eval
-    from toolkit.run.roles import engine as make_engine
-
     recipe = ctx.recipe
     start = time.perf_counter()
     engine = make_engine(recipe, r, ctx.run_dir)
@@ -211,25 +158,23 @@ def evaluate_model(ctx: Context, r: Role, tests: list[str] | None = None) -> lis
     return outputs
 
 
-def stage_eval_resolved(ctx: Context) -> list[Path]:
-    """The student's answers through the recipe's resolver, as eval/resolved-<test>/ (no new inference)."""
-    from toolkit.evaluate.evaluation import run_resolved
-    from toolkit.task.recipe import load_ref
-    from toolkit.run.roles import read_metrics
-
+def rescore(ctx: Context, who: str) -> list[Path]:
+    """The answers of the role that role `who` re-scores (the student's), through the recipe's resolver, as
+    eval/<who>-<test>/ (no new inference)."""
     resolve = load_ref(ctx.recipe.resolver, "resolver")
-    resolved = role(ctx, "resolved")
-    extra = {"role": "resolved", "identity": identity(ctx, resolved)}
+    r, spec = role(ctx, who), ROLES[who]
+    scored = role(ctx, spec.rescores)
+    extra = {"role": r.who, "identity": identity(ctx, r)}
     outputs = []
     for test in ctx.recipe.data.test:
-        out = ctx.run_dir / "eval" / f"resolved-{Path(test).stem}"
-        source = ctx.run_dir / "eval" / f"student-{Path(test).stem}"
+        out = ctx.run_dir / "eval" / f"{r.folder}-{Path(test).stem}"
+        source = ctx.run_dir / "eval" / f"{scored.folder}-{Path(test).stem}"
         # Re-scored answers are named after the current student: refuse an older student's (`--only` after
         # retraining) rather than report them under the new one's name.
-        why = not_current(ctx, read_metrics(source), role(ctx, "student"))
+        why = not_current(ctx, read_metrics(source), scored)
         if why:
-            raise StageError(f"{source / 'metrics.json'} is not the current student's evaluation ({why}): "
-                             "run the eval_student stage first")
+            raise StageError(f"{source / 'metrics.json'} is not the current {scored.who}'s evaluation ({why}): "
+                             f"run the {ROLES[spec.rescores].stage} stage first")
         m = run_resolved(ctx.recipe, resolve, source, out, extra)
         console.print(f"eval {out.name}: exact match {100 * m['exact_match']['value']:.1f}% (n={m['n']})")
         outputs += [out / "predictions.jsonl", out / "metrics.json"]
@@ -244,16 +189,14 @@ def skip(ctx: Context, stage: str, why: str) -> list[Path]:
 
 
 def stage_report(ctx: Context) -> list[Path]:
-    from toolkit.evaluate.report import run_report
-    from toolkit.train.swift import training_minutes
-
     stages = ctx.manifest.data["stages"]
     # The loss chart, fit verdict and minutes are the last training's: student rows of another are left out.
     trained = stages.get("train", {}).get("key")
+    minutes = {"train": training_minutes(ctx.train_dir), "train_head": training_minutes(ctx.head_dir / "train")}
 
     def stale(m: dict) -> str | None:
-        was = m.get("identity") or {}
-        if m.get("role") in ("student", "resolved") and trained and was.get("train_key") != trained:
+        was, spec = m.get("identity") or {}, ROLES.get(m.get("role"))
+        if spec and spec.training == "train" and trained and was.get("train_key") != trained:
             return ("made with the student of an earlier training, not the one whose loss chart, fit and minutes "
                     "this report shows: run merge and eval_student")
         return not_current(ctx, m)
@@ -261,8 +204,7 @@ def stage_report(ctx: Context) -> list[Path]:
     return run_report(ctx.recipe, ctx.run_dir, hourly=ctx.hourly, data_source=stages.get("data", {}).get("source"),
                       loss_diagnosis=stages.get("train", {}).get("diagnosis"), stale=stale,
                       skipped={name: e["skipped"] for name, e in stages.items() if e.get("skipped")},
-                      train_minutes={"student": (student := training_minutes(ctx.train_dir)), "resolved": student,
-                                     "head": training_minutes(ctx.head_dir / "train")},
+                      train_minutes={name: minutes[spec.training] for name, spec in ROLES.items() if spec.training},
                       head_diagnosis=stages.get("train_head", {}).get("diagnosis"), manifest=ctx.manifest.data)
 
 
@@ -287,7 +229,7 @@ class Stage:
 def evaluation_stage(who: str) -> Stage:
     """The stage that makes a role's evaluations, as the role declares it."""
     spec = ROLES[who]
-    run = stage_eval_resolved if spec.rescores else (lambda ctx: evaluate_model(ctx, role(ctx, who)))
+    run = (lambda ctx: rescore(ctx, who)) if spec.rescores else (lambda ctx: evaluate_model(ctx, role(ctx, who)))
     return Stage(spec.stage, run, spec.needs, EVAL_CONFIG + spec.config, spec.not_applicable)
 
 
@@ -308,8 +250,6 @@ def gate_labelling(recipe, run_dir: Path, force: bool = False) -> None:
     """`xtk label`'s teacher gate: the run folder's teacher_gate stage, as `xtk run` runs it before the pool is
     labelled. A verdict recorded under the same teacher and gate settings stands (a forced one too); ITERATE or
     RETHINK stops with GateStop before one text is labelled, unless `force`."""
-    from toolkit.run.context import open_run
-
     if not recipe.teacher.gate.records:
         return  # no gate: the run folder is not touched
     with open_run(recipe, run_dir) as ctx:
@@ -327,10 +267,10 @@ RUN_STAGES: tuple[Stage, ...] = (
           ready=lambda ctx: (ctx.data_dir / "train.jsonl").is_file()),
     *_evaluations("base", "likelihood"),
     Stage("train", stage_train, ("prepare",), ("student", "train"), ready=lambda ctx: _trained(ctx) is not None),
-    Stage("merge", stage_merge, ("train",), (), ready=_merged_current),
+    Stage("merge", stage_merge, ("train",), (), ready=merged_current),
     *_evaluations("student", "resolved"),
     Stage("train_head", stage_train_head, ("prepare",), ("student", "train", "classification_head"),
-          ROLES["head"].not_applicable, ready=_head_current),
+          ROLES["head"].not_applicable, ready=head_current),
     *_evaluations("head", "rules", "teacher"),
 )
 STAGES: tuple[Stage, ...] = (*RUN_STAGES, Stage("report", stage_report, (), (), reads=tuple(

