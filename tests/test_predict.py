@@ -96,6 +96,19 @@ def test_bad_input_exits_2_naming_file_and_line_and_writes_nothing(tmp_path, cap
     assert list(tmp_path.iterdir()) == [tmp_path / name]
 
 
+def test_predict_reads_no_training_data_but_checks_the_backend(tmp_path, texts, capsys):
+    """predict answers with the model, its prompt, schema and tables: a broken training file (the run's data,
+    not predict's) stops nothing, while an eval.backend that no backend registers is refused at its key."""
+    write_jsonl(tmp_path / "in.jsonl", texts)
+    (tmp_path / "labelled.jsonl").write_text('{"id": 1, "text": \n', encoding="utf-8")
+    assert predict("--input", tmp_path / "in.jsonl", "--out", tmp_path / "out.jsonl", "--run", tmp_path / "run",
+                   f"data.labelled={tmp_path / 'labelled.jsonl'}") == 0
+    assert len(read_jsonl(tmp_path / "out.jsonl")) == len(texts)
+    assert predict("--input", tmp_path / "in.jsonl", "--out", tmp_path / "again.jsonl", "--run", tmp_path / "run",
+                   "eval.backend=vlm") == 2
+    assert "eval.backend" in capsys.readouterr().err and not (tmp_path / "again.jsonl").exists()
+
+
 def test_bad_arguments_exit_2_before_any_work(tmp_path, capsys):
     write_jsonl(tmp_path / "in.jsonl", [{"id": 1, "text": "a"}])
     assert predict("--input", tmp_path / "in.jsonl", "--out", tmp_path / "out.csv") == 2

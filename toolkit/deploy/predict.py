@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from toolkit.evaluate.evaluation import extract
+from toolkit.flow.check import check_backend
 from toolkit.io.errors import DataError, StageError
 from toolkit.io.journal import load_journal
 from toolkit.io.jsonl import append_jsonl, dumps, file_problem, iter_jsonl, iter_lines, write_jsonl
@@ -115,7 +116,9 @@ def read_texts(path: str | Path, text_column: str = "text", id_column: str = "id
 
 def predict_role(recipe: Recipe, model: str, run_dir: str | Path):
     """What `--model` names, resolved as `xtk eval --model` resolves it: a role of the run folder (student: its
-    merged model; head: its classification head) or any model folder, embedded name or hub id."""
+    merged model; head: its classification head) or any model folder, embedded name or hub id. Of the recipe, it
+    checks only what answering needs (its prompt, schema and tables are read where it loads): not the data files."""
+    check_backend(recipe)
     ctx = Context(recipe, Path(run_dir), Manifest(run_dir))
     if model not in ROLES:
         return named_model(ctx, model, name=slug(model))

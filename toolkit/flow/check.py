@@ -1,9 +1,11 @@
 """A recipe's data checked before anything is paid for or trained (its prompts and choices files are read where it
 loads, toolkit/task/recipe.py). Above toolkit/task/recipe.py: the readers it uses know recipes.
 
-- `check_files`, wherever a command loads a recipe: every data and test file it names that exists is read row by
-  row with the stages' own readers, so a file that passes here does not fail later (docs/trust.md); an error
-  names the key, the file and its line.
+- `check_files`, wherever a command that trains or evaluates loads a recipe: every data and test file it names
+  that exists is read row by row with the stages' own readers, so a file that passes here does not fail later
+  (docs/trust.md); an error names the key, the file and its line.
+- `check_backend`, the part of it that predict and serve need (they read no data file): eval.backend is one
+  registered.
 - `check_recipe`, for `xtk recipe check` and before `xtk run`'s first stage: also every file named must exist (or
   be built by data.generator), nothing the recipe uses may be another task's (what a copied recipe leaves
   behind: a warning), a hand-written teacher or base prompt names every field (a warning), and the sizes must fit
@@ -16,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import toolkit.tasks
 from toolkit.infer.backends import backend_names
 from toolkit.io.jsonl import iter_jsonl
 from toolkit.io.errors import DataError
@@ -34,13 +37,18 @@ def _named(recipe: Recipe) -> list[tuple[tuple, str | None, object]]:
                     (("data", "pool_gold"), d.pool_gold, lambda p: _gold_rows(recipe, p))]
 
 
+def check_backend(recipe: Recipe) -> None:
+    """eval.backend names a registered backend (a str, not a Literal: a registered backend may be named)."""
+    if recipe.eval.backend not in backend_names():
+        recipe.fail_at(("eval", "backend"),
+                       f"no backend {recipe.eval.backend!r}; backends: {', '.join(backend_names())}")
+
+
 def check_files(recipe: Recipe) -> dict[tuple, int]:
     """The data and test files the recipe names that exist (missing ones are built by data.generator or named by
     the stage that needs them) are read now: rows, labels and ids, a duplicate id in a test file being an error
     with its line. Returns the rows each file read has, by its key. eval.backend names a registered backend."""
-    if recipe.eval.backend not in backend_names():  # a str, not a Literal: a registered backend may be named
-        recipe.fail_at(("eval", "backend"),
-                       f"no backend {recipe.eval.backend!r}; backends: {', '.join(backend_names())}")
+    check_backend(recipe)
     rows = {}
     for loc, name, read in _named(recipe):
         if name and recipe.path(name).exists():
@@ -116,8 +124,6 @@ def _task_keys(recipe: Recipe) -> list[tuple[tuple, str]]:
 
 def _other_tasks(recipe: Recipe) -> set[str]:
     """The names of the other tasks a project knows: its recipes and xtk's own task packages."""
-    import toolkit.tasks
-
     names = {p.stem for p in (recipe.root / "recipes").glob("*.yaml")}
     names |= {p.name for p in Path(toolkit.tasks.__file__).parent.iterdir() if (p / "__init__.py").is_file()}
     return names - {recipe.name}
