@@ -266,7 +266,7 @@ def test_an_interrupted_command_leaves_no_process_behind_even_one_deaf_to_sigter
     it and every process it started are killed; the interrupt, not a time-out, is what the caller sees."""
     import psutil
 
-    from toolkit import runner
+    from toolkit.io import runner
 
     monkeypatch.setattr(runner, "GRACE_S", 1.0)
     pid_file = tmp_path / "worker.pid"
