@@ -13,11 +13,19 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
+from rich.console import Console
+
+from toolkit.evaluate.evaluation import run_eval
 from toolkit.io.errors import StageError
 from toolkit.io.jsonl import read_jsonl
+from toolkit.maths.ranking import Evaluation, gap_closed
+from toolkit.run.roles import engine as make_engine
+from toolkit.run.roles import role
+from toolkit.task.scoring import headline
 from toolkit.run.roles import ROLES
 
 DEPLOY, ITERATE_FROM = 0.8, 0.4  # distil labs' reading of the gap closed
@@ -28,8 +36,6 @@ class GateStop(StageError):
 
 
 def gate_not_applicable(ctx) -> str | None:
-    import os
-
     t, d = ctx.recipe.teacher, ctx.recipe.data
     if not t.gate.records:
         return "teacher.gate.records is 0"
@@ -62,10 +68,6 @@ def worst(predictions: list[dict], metrics: dict, k: int = 3) -> tuple[list[str]
 
 
 def run_gate(ctx, force: bool = False) -> list[Path]:
-    from toolkit.evaluate.evaluation import run_eval
-    from toolkit.run.roles import engine as make_engine
-    from toolkit.run.roles import role
-
     recipe, g = ctx.recipe, ctx.recipe.teacher.gate
     r = replace(role(ctx, "teacher"), limit=g.records)
     test, out = recipe.data.test[0], ctx.run_dir / "gate"
@@ -85,8 +87,6 @@ def run_gate(ctx, force: bool = False) -> list[Path]:
             f"{100 * metrics['exact_match']['value']:.1f}%; fields, worst first: "
             + ", ".join(f"{f} {100 * metrics['fields'][f]['value']:.1f}%" for f in fields))
     if said == "PROCEED" or force:
-        from rich.console import Console
-
         Console(stderr=True).print(head + (f" ({'; '.join(reasons)}; --force: labelling anyway)" if reasons else ""),
                       highlight=False)
         return [out / "predictions.jsonl", out / "metrics.json"]
@@ -118,9 +118,6 @@ def _rows(run_dir: Path, results: list[tuple[str, dict]], who: str) -> dict[tupl
 def gap_closed_of_run(recipe, run_dir: Path, results: list[tuple[str, dict]]) -> dict | None:
     """(student - base) / (teacher - base) on the task metric over the records all three answered, with a paired
     bootstrap interval; None when one of them was not evaluated."""
-    from toolkit.task.scoring import headline
-    from toolkit.maths.ranking import Evaluation, gap_closed
-
     found = [_rows(run_dir, results, who) for who in ("student", "base", "teacher")]
     keys = [k for k in found[0] if all(k in f for f in found[1:])]
     if not keys:
