@@ -85,7 +85,7 @@ def versus(recipe, run_dir: Path, first: str, second: str, test: str) -> dict:
     and a paired bootstrap of the difference in the task's headline metric. The verdict is "beats" only where the
     headline's own paired test shows `first` ahead at the 5% level (exact match: McNemar; any other headline: the
     bootstrap interval of the difference above 0), "below" where it shows `first` behind, else "not shown"."""
-    from toolkit.choose.bakeoff import task_metric
+    from toolkit.choose.bakeoff_scores import task_metric
     from toolkit.task.scoring import EXACT_MATCH
     from toolkit.io.jsonl import read_jsonl
     from toolkit.maths.ranking import Evaluation, discordant, mcnemar, paired_difference, verdict

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from toolkit.choose.bakeoff import base, fine_tuned, load_spec, task_metric, tunability
+from toolkit.choose.bakeoff_scores import base, fine_tuned, task_metric, tunability
+from toolkit.choose.bakeoff_spec import load_spec
 from toolkit.cli import main
 from toolkit.maths.ranking import Evaluation, mcnemar, mean_rank, paired_difference, ranks
 from toolkit.task.recipe import load_recipe
@@ -210,7 +211,8 @@ def write_evaluation(pair, name, predicted, gold):
 
 
 def test_tables_from_run_folders_against_hand_worked_ranks_and_mcnemar(tmp_path):
-    from toolkit.choose.bakeoff import collect, write_outputs
+    from toolkit.choose.bakeoff_report import write_outputs
+    from toolkit.choose.bakeoff_scores import collect
 
     sentiment = ROOT / "recipes" / "review_sentiment_zh.yaml"
     spec = write_spec(tmp_path, "students: [smollm2-135m-instruct, gemma3-270m]\n"
@@ -274,7 +276,7 @@ def alive(pid: int) -> bool:
 def test_an_interrupted_pair_leaves_no_process_behind(tmp_path):
     """A pair's child whose own child ignores SIGINT and SIGTERM, as a vLLM engine still starting up did here (a
     stand-in: a real engine takes minutes to reach that state): stopping the pair ends both."""
-    from toolkit.choose.bakeoff import _stop
+    from toolkit.choose.bakeoff_pairs import _stop
 
     pid_file = tmp_path / "engine.pid"
     engine = ("import os, signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "

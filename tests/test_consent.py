@@ -133,7 +133,7 @@ def test_a_generators_file_names_stay_inside_its_datasets_folder(tmp_path, monke
 
 
 def test_a_recipe_or_spec_cannot_grant_itself_trust_remote_code(tmp_path, capsys):
-    from toolkit.choose.bakeoff import SpecError, load_spec
+    from toolkit.choose.bakeoff_spec import SpecError, load_spec
     from toolkit.io.trust import Consent
 
     recipe = write_recipe(tmp_path, FIELD)

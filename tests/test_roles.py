@@ -146,7 +146,7 @@ def test_thinking_off_is_decided_by_the_served_template():
 
 def test_roles_are_the_reports_rows_the_bakeoffs_evaluations_and_the_clis_choices():
     from toolkit.evaluate import report
-    from toolkit.choose.bakeoff import EVALUATIONS
+    from toolkit.choose.bakeoff_scores import EVALUATIONS
     from toolkit.infer.backends import BACKENDS
     from toolkit.cli import make_parser
     from toolkit.flow.pipeline import STAGE_NAMES

@@ -7,7 +7,9 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from toolkit.choose.bakeoff import load_spec, run_bakeoff, run_pair
+from toolkit.choose.bakeoff import run_bakeoff
+from toolkit.choose.bakeoff_pairs import run_pair
+from toolkit.choose.bakeoff_spec import load_spec
 from toolkit.cli.resolve import checked, consent, open_to_make, open_to_use, recipe_of
 from toolkit.evaluate.report import compare_runs
 from toolkit.flow.pipeline import evaluate_model, run_all, run_stage
