@@ -23,10 +23,9 @@ from toolkit.evaluate.evaluation import run_eval
 from toolkit.io.errors import StageError
 from toolkit.io.jsonl import read_jsonl
 from toolkit.maths.ranking import Evaluation, gap_closed
+from toolkit.run.roles import ROLES, role
 from toolkit.run.roles import engine as make_engine
-from toolkit.run.roles import role
 from toolkit.task.scoring import headline
-from toolkit.run.roles import ROLES
 
 DEPLOY, ITERATE_FROM = 0.8, 0.4  # distil labs' reading of the gap closed
 
