@@ -149,6 +149,47 @@ def test_a_schema_constrained_answer_cannot_leave_the_mca_table(admin):
         assert not accepts(schema, {**dict(zip(admin.columns, outside)), **free}), outside
 
 
+def test_xgrammar_over_a_real_tokenizer_keeps_the_answer_in_the_table(admin, smollm2):
+    """What vLLM's guided decoding runs: xgrammar compiles the schema over SmolLM2's tokenizer; token by token it
+    takes every 10th combination, refuses each city under another province, and random decoding under it (any
+    allowed token, 30 answers) writes only combinations of the table."""
+    xgr = pytest.importorskip("xgrammar")
+    import numpy as np
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=AutoConfig.from_pretrained(smollm2).vocab_size)
+    schema = json.dumps(answer_schema(ADMIN_PROPERTIES, [admin]), ensure_ascii=False)
+    matcher = xgr.GrammarMatcher(xgr.GrammarCompiler(info, max_threads=1).compile_json_schema(schema,
+                                                                                              any_whitespace=False))
+    free = {"specific_location": "文三路 1号", "name": "王五", "phone": "13800000000"}
+
+    def takes(row) -> bool:
+        matcher.reset()
+        values = {**dict(zip(admin.columns, row)), **free}
+        answer = json.dumps({n: values[n] for n in ADMIN_PROPERTIES}, ensure_ascii=False)  # district first
+        tokens = [*tokenizer.encode(answer, add_special_tokens=False), *info.stop_token_ids[:1]]
+        return all(matcher.accept_token(t) for t in tokens) and matcher.is_terminated()
+
+    assert all(takes(row) for row in admin.combinations[::10])
+    provinces = sorted({row[0] for row in admin.rows})
+    moved = {(provinces[(provinces.index(p) + 1) % len(provinces)], city, "") for p, city, _ in admin.rows}
+    assert len(moved) > 300 and not any(takes(row) for row in moved)
+
+    bitmask, rng = xgr.allocate_token_bitmask(1, info.vocab_size), np.random.default_rng(0)
+    for _ in range(30):
+        matcher.reset()
+        written = []
+        while not matcher.is_terminated():
+            matcher.fill_next_token_bitmask(bitmask)
+            allowed = np.flatnonzero(np.unpackbits(bitmask[0].numpy().view(np.uint8), bitorder="little"))
+            token = int(rng.choice(allowed[allowed < info.vocab_size]))
+            assert matcher.accept_token(token)
+            written += [] if matcher.is_terminated() else [token]
+        answer = json.loads(tokenizer.decode(written), strict=False)  # random free text: control characters too
+        assert list(answer) == list(ADMIN_PROPERTIES) and admin.contains(answer), answer
+
+
 def test_repair_completes_a_unique_combination(admin, catalogue):
     label = {"province": "江苏省", "city": "杭州市", "district": "西湖区", "name": "王五"}
     fixed = admin.repair(label)
