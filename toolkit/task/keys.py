@@ -1,5 +1,5 @@
-"""`xtk recipe keys`: every key a recipe may set, listed from the typed model itself (toolkit/task/schema.py),
-so the listing cannot drift from what a recipe is checked against."""
+"""`xtk recipe keys`: every key a recipe may set, listed from the typed model itself (Recipe and its sections in
+toolkit/task/schema.py), so the listing cannot drift from what a recipe is checked against."""
 
 from __future__ import annotations
 
