@@ -3,7 +3,8 @@ as one JSON schema (toolkit/task/tables.answer_schema: an anyOf of one branch pe
 districts and "", the other fields by reference), compiled by the two grammar engines xtk decodes with, over each
 embedded student's vocabulary:
 
-- xgrammar (vLLM's structured outputs), GrammarCompiler.compile_json_schema with vLLM's any_whitespace;
+- xgrammar (vLLM's structured outputs), GrammarCompiler.compile_json_schema without free whitespace, as the vllm
+  backend asks (toolkit/infer/engines.py);
 - llama.cpp: llama-cpp-python's LlamaGrammar.from_json_schema (the Python JSON schema -> GBNF converter), then
   llama.cpp's grammar parser over the GGUF's vocabulary (llama_sampler_init_grammar, what the llamacpp backend's
   GreedyGrammar makes).
@@ -70,7 +71,7 @@ def xgrammar_run(folder: Path, schema: str, accept: list[str], refuse: list[str]
     info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=AutoConfig.from_pretrained(folder).vocab_size)
     t0 = time.process_time()
     compiled = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False).compile_json_schema(
-        schema, any_whitespace=True)
+        schema, any_whitespace=False)
     seconds = time.process_time() - t0
     matcher = xgr.GrammarMatcher(compiled)
     bitmask = xgr.allocate_token_bitmask(1, info.vocab_size)
