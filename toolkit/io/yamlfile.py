@@ -1,5 +1,6 @@
-"""YAML files a person writes (recipes, bake-off specs): read strictly (a key given twice is refused), with the
-line of every key, so that an error names the file, the key, its line and what was expected."""
+"""YAML files a person writes (recipes, bake-off specs): read strictly (a key given twice is refused, aliases may
+not expand past a bound), with the line of every key, so that an error names the file, the key, its line and what
+was expected."""
 
 from __future__ import annotations
 
@@ -19,8 +20,51 @@ class _DuplicateKey(yaml.YAMLError):
         super().__init__(f"line {line}: {self.problem}")
 
 
+# The most values a document may hold once its aliases are expanded. A recipe holds a few hundred; nested anchors
+# (`b: &b [*a, *a, ...]`, each level ten times the last) reach billions in a few lines, and PyYAML builds every one.
+MAX_VALUES = 100_000
+
+
+class _TooLarge(yaml.YAMLError):
+    def __init__(self, line: int, recursive: bool = False):
+        self.line = line
+        self.problem = "an alias inside its own anchor: it would expand for ever" if recursive else (
+            f"its aliases expand to more than {MAX_VALUES:,} values (anchors nested in anchors): write the values "
+            "out, or repeat fewer")
+        super().__init__(f"line {line}: {self.problem}")
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the values `root` holds with every alias expanded, each shared node counted once per use but walked
+    once; _TooLarge at the smallest value past the bound (or at an alias inside its own anchor)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            if sizes[id(node)] < 0:  # still being counted: an anchor that contains itself
+                raise _TooLarge(node.start_mark.line + 1, recursive=True)
+            return sizes[id(node)]
+        sizes[id(node)] = -1
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        total = 1 + sum(size(child) for child in children)
+        if total > MAX_VALUES:
+            raise _TooLarge(node.start_mark.line + 1)
+        sizes[id(node)] = total
+        return total
+
+    size(root)
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping, where PyYAML silently keeps the last."""
+    """SafeLoader that refuses a key given twice in one mapping, where PyYAML silently keeps the last, and a
+    document whose aliases expand past MAX_VALUES, before it builds any of it."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _check_expansion(node)
+        return node
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -51,7 +95,7 @@ def key_lines(text: str) -> dict[tuple, int]:
                 lines[prefix + (i,)] = v.start_mark.line + 1
                 walk(v, prefix + (i,))
 
-    root = yaml.compose(text)
+    root = yaml.compose(text, Loader=UniqueKeyLoader)
     if root is not None:
         walk(root, ())
     return lines
@@ -81,7 +125,7 @@ def read_yaml_mapping(path: Path, what: str, expected: str, error: type[RecipeEr
         raw = yaml.load(text, Loader=UniqueKeyLoader)
     except DataError as exc:
         raise error(str(exc)) from None
-    except _DuplicateKey as exc:
+    except (_DuplicateKey, _TooLarge) as exc:
         raise error(f"{path}:{exc.line}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise error(f"{path}: not valid YAML: {exc}") from None
