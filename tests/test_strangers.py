@@ -40,3 +40,73 @@ def test_an_alias_bomb_in_an_override_is_refused(capsys):
         f", &{b} [{','.join(['*' + a] * 10)}]" for a, b in zip("abcde", "bcdef")) + "]"
     err = failure(capsys, ["recipe", "show", str(RECIPE), f"train.extra_args={nested}"])
     assert "aliases expand to more than 100,000 values" in err
+
+
+# --- 4, 5. a link planted anywhere below the folder xtk writes in ---------------------------------------------
+
+def planted_folder(run, name):
+    """`run/name` a link to a folder outside the run: xtk must never write there."""
+    victim = run.parent / f"victim-{name.replace('/', '-')}"
+    victim.mkdir(parents=True)
+    (run / name).parent.mkdir(parents=True, exist_ok=True)
+    (run / name).symlink_to(victim, target_is_directory=True)
+    return victim
+
+
+def test_the_writer_refuses_a_link_at_any_depth_below_the_root_it_holds(tmp_path):
+    from toolkit.io.errors import DataError
+    from toolkit.io.jsonl import open_append, own_folder, write_root, write_text
+
+    run = tmp_path / "run"
+    victim = planted_folder(run, "eval/x")
+    with write_root(run):
+        for write in (lambda: write_text(run / "eval" / "x" / "deep" / "m.json", "{}"),
+                      lambda: open_append(run / "eval" / "x" / "j.jsonl"), lambda: own_folder(run / "eval" / "x")):
+            with pytest.raises(DataError, match=r"run/eval/x: is a link \(to .*victim-eval-x\)"):
+                write()
+        write_text(run / "eval" / "y" / "m.json", "{}")  # a folder of its own, made on the way
+    assert not list(victim.iterdir()) and (run / "eval" / "y" / "m.json").read_text() == "{}"
+    linked = tmp_path / "linked-run"  # the folder the user names may itself be a link: it is theirs
+    linked.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir()
+    with write_root(linked):
+        write_text(linked / "a" / "b.txt", "ok")
+    assert (tmp_path / "elsewhere" / "a" / "b.txt").read_text() == "ok"
+
+
+def test_an_evaluation_never_writes_through_a_link_at_a_folder_of_the_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    victim = planted_folder(run, "eval")
+    err = failure(capsys, ["eval", str(RECIPE), "--model", "rules", "--run", str(run), "eval.limit=2"])
+    assert f"{run}/eval: is a link" in err and not list(victim.iterdir())
+
+
+def test_labels_never_go_through_a_link_at_the_runs_data_folder(tmp_path, pool, monkeypatch, capsys):
+    from toolkit.io.jsonl import write_jsonl
+    from toolkit.train.swift import free_port
+
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-x")
+    run = tmp_path / "run"
+    victim = planted_folder(run, "data")
+    raw = write_jsonl(tmp_path / "raw.jsonl", [{"id": r["id"], "text": r["text"]} for r in pool[:3]])
+    err = failure(capsys, ["label", str(RECIPE), "--run", str(run), "--input", str(raw), "--base-url",
+                           f"http://127.0.0.1:{free_port()}/v1", "teacher.gate.records=0"])
+    assert f"{run}/data: is a link" in err and not list(victim.iterdir())
+
+
+def test_predict_never_follows_a_link_planted_at_its_temporary_file_or_journal(tmp_path, capsys):
+    from toolkit.io.jsonl import read_jsonl, write_jsonl
+
+    rows = read_jsonl(RECIPE.parent.parent / "datasets" / "logistics_zh" / "test.jsonl")[:3]
+    texts = write_jsonl(tmp_path / "in.jsonl", [{"id": r["id"], "text": r["text"]} for r in rows])
+    out = tmp_path / "out.parquet"
+    victims = []
+    for name in ("out.parquet.tmp", "out.parquet.journal"):
+        victims.append(tmp_path / f"victim-{name}")
+        victims[-1].write_text("precious\n")
+        (tmp_path / name).symlink_to(victims[-1])
+    argv = ["predict", str(RECIPE), "--model", "rules", "--input", str(texts), "--out", str(out)]
+    assert "out.parquet.journal: is a link" in failure(capsys, argv)
+    (tmp_path / "out.parquet.journal").unlink()
+    assert main(argv) == 0
+    assert [v.read_text() for v in victims] == ["precious\n"] * 2 and out.is_file() and not out.is_symlink()

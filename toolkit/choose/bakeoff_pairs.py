@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 from toolkit.choose.bakeoff_spec import Bakeoff, Pair
 from toolkit.flow.pipeline import console, evaluate_model, run_all, skip
 from toolkit.io.errors import StageError
-from toolkit.io.jsonl import open_append
+from toolkit.io.jsonl import open_append, write_bytes
 from toolkit.io.progress import Bar
 from toolkit.model.models import EMBEDDED, pull_embedded
 from toolkit.run.context import open_run
@@ -51,9 +50,8 @@ def share_teacher_answers(first: Path, run_dir: Path) -> None:
     """The teacher's labels and answers from the task's first pair: they do not depend on the student, and each
     was paid for (both files are journals keyed by what was asked, so nothing is asked twice)."""
     for rel in SHARED:
-        if (first / rel).is_file() and not (run_dir / rel).exists():
-            (run_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(first / rel, run_dir / rel)
+        if (first / rel).is_file() and not os.path.lexists(run_dir / rel):
+            write_bytes(run_dir / rel, (first / rel).read_bytes())
 
 
 def teacher_reachable(recipe: Recipe) -> bool:
@@ -154,7 +152,6 @@ def _stop(proc: subprocess.Popen, grace: tuple[float, float, float] = (60, 10, 5
 
 def _start(b: Bakeoff, index: int, slot: str | None):
     pair = b.pairs[index]
-    pair.run_dir.mkdir(parents=True, exist_ok=True)
     log = pair.run_dir / "bakeoff.log"
     fh = open_append(log)
     fh.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} pair {index}: {pair.task} x {pair.student.name}\n")

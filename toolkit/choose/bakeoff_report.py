@@ -136,5 +136,4 @@ def plot_mean_ranks(mean: dict[str, dict], students: list[str], out_png: Path) -
     axes[0][0].set_yticks(range(len(order)), order, fontsize=8)
     axes[0][0].invert_yaxis()
     fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
     return save_figure(fig, out_png)

@@ -13,7 +13,7 @@ from toolkit.data.label import check_gold, read_inputs, run_label, teacher_key
 from toolkit.data.synth import run_synth
 from toolkit.flow.pipeline import gate_labelling
 from toolkit.io.errors import StageError
-from toolkit.io.jsonl import read_jsonl
+from toolkit.io.jsonl import read_jsonl, write_root
 
 
 def cmd_label(args) -> None:
@@ -29,7 +29,8 @@ def cmd_label(args) -> None:
     rows = read_inputs(args.input or recipe.path(recipe.data.pool), recipe.data.max_input_chars)
     teacher_key(recipe, args.votes)
     gate_labelling(recipe, run, args.force)
-    summary = run_label(recipe, rows, out, votes=args.votes, retry_rejects=args.retry_rejects)
+    with write_root(out if args.out else run):  # the run's data/ is written as the run is: no link below it
+        summary = run_label(recipe, rows, out, votes=args.votes, retry_rejects=args.retry_rejects)
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     if args.check_gold:
         m = check_gold(recipe, out / "labelled.jsonl", args.check_gold, out / "label_check.json")
@@ -39,9 +40,11 @@ def cmd_label(args) -> None:
 
 def cmd_synth(args) -> None:
     recipe = recipe_of(args)
-    out = Path(args.out) if args.out else run_dir(args, recipe) / "synth"
-    summary = run_synth(recipe, args.examples, args.n, out, yes=args.yes, base_url=args.base_url,
-                        model=args.teacher_model)
+    run = run_dir(args, recipe)
+    out = Path(args.out) if args.out else run / "synth"
+    with write_root(out if args.out else run):
+        summary = run_synth(recipe, args.examples, args.n, out, yes=args.yes, base_url=args.base_url,
+                            model=args.teacher_model)
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     if summary["smoke"]:
         for row in read_jsonl(out / "smoke.jsonl"):

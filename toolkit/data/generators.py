@@ -44,6 +44,5 @@ def write_data(recipe: Recipe, out_dir: str | Path | None = None) -> list[Path]:
                  for filename in files]
     except ValueError as exc:
         raise RecipeError(str(exc)) from None
-    out.mkdir(parents=True, exist_ok=True)
     return [write_text(p, content) if isinstance(content, str) else write_jsonl(p, content)
             for p, content in zip(paths, files.values())]

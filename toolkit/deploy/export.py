@@ -32,7 +32,7 @@ from toolkit.flow.pipeline import evaluate_model
 from toolkit.infer.llamacpp import (CONVERTER_TYPES, LLAMA_CPP_PYTHON, LlamaCppBackend, convert, gguf_metadata,
                                     quantize)
 from toolkit.io.errors import StageError
-from toolkit.io.jsonl import read_jsonl, write_json, write_text
+from toolkit.io.jsonl import own_folder, read_jsonl, write_json, write_text
 from toolkit.io.keys import file_digest
 from toolkit.maths.ranking import Evaluation, mcnemar, paired_difference
 from toolkit.model.models import resolve_model
@@ -242,8 +242,7 @@ def run_export(ctx, quant: str, model: str = "student", accept_drop: bool = Fals
     from transformers import AutoTokenizer  # after the checks above: a missing student is said at once
 
     source = identity(ctx, source_role)
-    folder = ctx.run_dir / "export" / f"{name}-{quant}"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = own_folder(ctx.run_dir / "export" / f"{name}-{quant}")
     gguf = folder / f"{recipe.name}-{name}-{quant}.gguf"
     record_path = folder / "export.json"
     previous = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +21,8 @@ from toolkit.evaluate.evaluation import extract
 from toolkit.flow.check import check_backend
 from toolkit.io.errors import DataError, StageError
 from toolkit.io.journal import load_journal
-from toolkit.io.jsonl import append_jsonl, dumps, file_problem, iter_jsonl, iter_lines, write_jsonl
+from toolkit.io.jsonl import append_jsonl, dumps, file_problem, iter_jsonl, iter_lines, open_append, write_bytes, \
+    write_jsonl
 from toolkit.io.progress import Bar
 from toolkit.run.context import Context
 from toolkit.run.manifest import Manifest, slug
@@ -164,9 +164,7 @@ def open_journal(recipe: Recipe, out: Path, key: str) -> dict:
         raise StageError(f"{path} holds answers from another model or other settings (key "
                          f"{rows[0].get('xtk_predict')}, now {key}): delete it to start afresh, or use another --out")
     if not rows:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as fh:
-            append_jsonl(fh, {"xtk_predict": key, "recipe": recipe.name})
+        write_jsonl(path, [{"xtk_predict": key, "recipe": recipe.name}])
     return {r["id"]: r for r in rows[1:]}
 
 
@@ -178,9 +176,9 @@ def write_output(recipe: Recipe, out: Path, rows: list[dict]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tmp = out.with_name(out.name + ".tmp")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    os.replace(tmp, out)
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    write_bytes(out, buf.getvalue().to_pybytes())
 
 
 def summary(recipe: Recipe, rows: list[dict]) -> dict:
@@ -211,7 +209,7 @@ def run_predict(recipe: Recipe, rows: list[dict], out: str | Path, key: str, ans
     todo = [r for r in rows if r["id"] not in done]
     start = time.perf_counter()
     note = f"{len(rows) - len(todo)} done before" if len(todo) < len(rows) else ""
-    with journal_path(out).open("a", encoding="utf-8") as journal, Bar("predict", total=len(todo), note=note) as bar:
+    with open_append(journal_path(out)) as journal, Bar("predict", total=len(todo), note=note) as bar:
         for batch in answer(todo):
             for row in batch:
                 if row["id"] in ids and row["id"] not in done:

@@ -143,8 +143,6 @@ class OpenAIBackend(Backend):
         self.endpoint = Endpoint(base_url, model, key, api_key_env, timeout_s, max_retries, dict(extra_body or {}))
         self.concurrency, self.reused = concurrency, 0
         self.cache = {r["key"]: r for r in load_journal(cache)} if cache else {}
-        if cache:
-            cache.parent.mkdir(parents=True, exist_ok=True)
         self.journal = open_append(cache) if cache else None
 
     async def _all(self, batch: list[Messages], max_tokens: int) -> list[Generation]:

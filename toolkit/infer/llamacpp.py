@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.io.errors import StageError
+from toolkit.io.jsonl import open_own
 from toolkit.infer.backends import Backend, Generation, Messages, Served
 from toolkit.model.models import ModelError, cache_dir
 from toolkit.model.thinking import template_kwargs, thinking_off
@@ -229,7 +230,7 @@ def convert(model_dir: Path, out: Path, outtype: str, log: Path) -> list[str]:
     """convert_hf_to_gguf.py MODEL --outfile OUT --outtype T, its output kept in `log`; StageError with its last
     lines when it fails. Returns the argv."""
     argv = [sys.executable, str(converter()), str(model_dir), "--outfile", str(out), "--outtype", outtype]
-    with log.open("w", encoding="utf-8") as fh:
+    with os.fdopen(open_own(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w", encoding="utf-8") as fh:
         done = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0 or not out.is_file():
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]

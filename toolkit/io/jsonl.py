@@ -1,13 +1,21 @@
 """JSONL in and out. Reading names the file and line of a bad row; writing is atomic and never goes through a
-link that was planted where xtk writes (an output folder may come from someone else)."""
+link that was planted where xtk writes (an output folder may come from someone else).
+
+Every file xtk writes is opened by `open_own` (whole files by write_bytes, journals by open_append, locks by
+toolkit/io/locks.py), and every folder a child process writes into is made by `own_folder`: below the folder a
+command holds (its run folder, its --out folder: `write_root`), each part of the path is opened without following
+a link, so a link planted at `data/`, `gate/` or a file's temporary name is refused, never written through. Above
+that folder the path is the user's own (a runs/ folder linked to a bigger disk is theirs to make).
+"""
 
 from __future__ import annotations
 
 import io
 import json
 import os
-import tempfile
+import shutil
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,19 +87,108 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     return write_bytes(path, "".join(dumps(row) + "\n" for row in rows).encode("utf-8"))
 
 
+# The folders this process holds to write in, outermost first where they nest (a bake-off's folder holds its pairs'
+# runs): a write below one follows no link from the outermost down.
+_ROOTS: list[Path] = []
+
+
+@contextmanager
+def write_root(folder: str | Path) -> Iterator[Path]:
+    """While the block runs, everything written below `folder` is xtk's own: a link there is refused. The folder
+    itself is made where missing (through the user's own path to it, unless a root held already holds it)."""
+    root = Path(os.path.abspath(folder))
+    os.close(_folder_fd(root))
+    _ROOTS.append(root)
+    try:
+        yield root
+    finally:
+        _ROOTS.remove(root)
+
+
+def _folder_fd(folder: Path) -> int:
+    """An open descriptor of `folder`, made part by part where missing: from the outermost held root above it (or,
+    outside every root, from the folder itself), each part opened without following a link."""
+    folder = Path(os.path.abspath(folder))
+    root = min((r for r in _ROOTS if folder.is_relative_to(r)), key=lambda r: len(r.parts), default=folder)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DataError(root, None, f"cannot write there: {exc.strerror}") from None
+    here = root
+    try:
+        for part in folder.relative_to(root).parts:
+            here = here / part
+            try:
+                os.mkdir(part, dir_fd=fd)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise DataError(here, None, f"cannot make the folder: {exc.strerror}") from None
+            try:
+                inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                if os.path.islink(here):
+                    raise DataError(here, None, f"is a link (to {os.readlink(here)}); below {root} xtk writes only "
+                                    "into folders of its own: remove the link") from None
+                raise DataError(here, None, f"cannot write there: {exc.strerror}") from None
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def own_folder(folder: str | Path) -> Path:
+    """`folder`, made where missing, with no link on the way down from the root that holds it: for a child process
+    to write into (ms-swift's training and merge folders)."""
+    os.close(_folder_fd(Path(folder)))
+    return Path(folder)
+
+
+def cleared(path: str | Path) -> Path:
+    """`path` with nothing there (a folder removed with its contents; a file or a link removed itself, never what
+    a link points at), its folder made as own_folder makes it: for a child process that makes `path` itself."""
+    path = Path(path)
+    own_folder(path.parent)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    return path
+
+
+def open_own(path: str | Path, flags: int) -> int:
+    """The one way xtk opens a file to write (os.open's `flags`, created 0644 where O_CREAT): in a folder reached as
+    _folder_fd reaches it, never through a link at the file itself."""
+    path = Path(path)
+    fd = _folder_fd(path.parent)
+    try:
+        return os.open(path.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=fd)
+    except OSError as exc:
+        if path.is_symlink():
+            raise DataError(path, None, "is a link; xtk writes only files of its own here: remove the link") from None
+        raise DataError(path, None, f"cannot write: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
 def write_bytes(path: str | Path, data: bytes) -> Path:
     """Write a file whole: into a new temporary file beside it (created exclusively, so a link planted under
     any name is never followed), then renamed over `path` (which replaces a link there, never its target)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
+    fd = open_own(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the user's other accounts and tools
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DataError(path, None, f"cannot write: {exc.strerror}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -106,13 +203,7 @@ def save_figure(fig, path: str | Path) -> Path:
 def open_append(path: str | Path):
     """A text file opened for appending (created when missing), refused when `path` is a link: a journal is
     xtk's own file, and appending through a planted link would write into whatever it points at."""
-    path = Path(path)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        if path.is_symlink():
-            raise DataError(path, None, "is a link; xtk writes only files of its own here: remove the link") from None
-        raise DataError(path, None, f"cannot write: {exc.strerror}") from None
+    fd = open_own(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     return os.fdopen(fd, "a", encoding="utf-8", newline="\n")
 
 

@@ -8,19 +8,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from toolkit.io.errors import StageError
+from toolkit.io.errors import DataError, StageError
+from toolkit.io.jsonl import open_own, write_root
 
 
 def _open_lock(path: Path, folder: Path):
-    """The lock file, opened without following a link: a lock planted as a link to another file would have that
-    file's content replaced by a pid, so such a folder is refused."""
+    """The lock file, opened as every file xtk writes is (toolkit/io/jsonl.py:open_own): a lock planted as a link to
+    another file would have that file's content replaced by a pid, so such a folder is refused."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
+        fd = open_own(path, os.O_RDWR | os.O_CREAT)
+    except DataError as exc:
         if path.is_symlink():
             raise StageError(f"{folder}: its lock file {path.name} is a link ({path} -> {os.readlink(path)}); xtk "
                              "does not write through links it did not make: remove the link") from None
-        raise StageError(f"{path}: cannot open the lock file: {exc.strerror}") from None
+        raise StageError(str(exc)) from None
     return os.fdopen(fd, "r+")
 
 
@@ -28,9 +29,9 @@ def _open_lock(path: Path, folder: Path):
 def folder_lock(folder: Path, what: str, name: str = ".xtk.lock", shown: Path | None = None) -> Iterator[None]:
     """Hold `folder/name` exclusively; a second holder is refused at once with the first one's pid. The lock
     dies with its process, so a crashed or killed command never leaves a stale lock behind. `shown` is the
-    folder named in the refusal, where the lock file guards another one than it sits in."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with _open_lock(folder / name, shown or folder) as fh:
+    folder named in the refusal, where the lock file guards another one than it sits in. The folder held is a
+    folder it writes in: below it, xtk writes through no link (toolkit/io/jsonl.py:write_root)."""
+    with write_root(folder), _open_lock(folder / name, shown or folder) as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -47,7 +48,6 @@ def folder_lock(folder: Path, what: str, name: str = ".xtk.lock", shown: Path | 
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """A short blocking lock around one read-modify-write of a shared file (the manifest)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     with _open_lock(path.with_name(path.name + ".lock"), path.parent) as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         yield

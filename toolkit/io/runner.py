@@ -81,7 +81,6 @@ def run_logged(argv: list[str], log_path: Path, env: Mapping[str, str] | None = 
     """Run argv with stdout+stderr appended to log_path, calling poll() about once a second. The output goes
     through us on its way to the log so that secrets (a token in the argv, which ms-swift prints with its
     arguments, or in the environment) are redacted before they reach the disk."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     what = what or " ".join(Path(argv[0]).name.split() + argv[1:2])
     hidden = secret_arg_values(argv)
     with open_append(log_path) as log:

@@ -24,6 +24,7 @@ import psutil
 from toolkit.data.prepare import check_messages_file
 from toolkit.infer.head import check_head_file
 from toolkit.io.errors import StageError
+from toolkit.io.jsonl import cleared, own_folder
 from toolkit.io.keys import digest, file_digest
 from toolkit.io.locks import folder_lock
 from toolkit.io.markers import OWNER, read_marker, write_marker
@@ -322,7 +323,7 @@ def run_train(recipe: Recipe, model: ResolvedModel, data_dir: Path, output_dir: 
         resume = checkpoints(output_dir)[-1] if checkpoints(output_dir) else None
         argv = sft_argv(recipe, model, train_file.resolve(), val_file.resolve() if has_val else None,
                         output_dir.resolve(), resume.resolve() if resume else None, num_labels)
-        output_dir.mkdir(parents=True, exist_ok=True)
+        own_folder(output_dir)  # where ms-swift writes: no link on the way
         write_marker(output_dir, {"key": key, "argv": redact_argv(argv)}, OWNER)
         log_path = output_dir / "train.log"
         try:
@@ -360,8 +361,7 @@ def run_merge(checkpoint: Path, merged_dir: Path, log_path: Path) -> list[str]:
     if not lora and not (checkpoint / "config.json").is_file():
         raise StageError(f"{checkpoint}: neither a LoRA checkpoint (adapter_config.json) nor a whole model "
                          "(config.json)")
-    partial = merged_dir.with_name(merged_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = cleared(merged_dir.with_name(merged_dir.name + ".partial"))
     argv = merge_argv(checkpoint.resolve(), partial.resolve()) if lora else []
     if lora:
         run_logged(argv, log_path, what="swift export")
@@ -369,6 +369,6 @@ def run_merge(checkpoint: Path, merged_dir: Path, log_path: Path) -> list[str]:
         shutil.copytree(checkpoint, partial, ignore=shutil.ignore_patterns(*TRAINING_STATE))
     if not (partial / "config.json").is_file():
         raise StageError(f"swift export wrote no model into {partial}; see {log_path}")
-    shutil.rmtree(merged_dir, ignore_errors=True)
+    cleared(merged_dir)
     partial.rename(merged_dir)
     return argv
