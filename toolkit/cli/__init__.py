@@ -16,7 +16,7 @@ from rich.markup import escape
 from toolkit import __version__
 from toolkit.cli.resolve import console
 from toolkit.cli.table import COMMANDS, RECIPE
-from toolkit.io.errors import USER_ERRORS
+from toolkit.io.errors import USER_ERRORS, Unanswered
 from toolkit.io.signals import Terminated, handled
 
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.handler(args) or 0)
         except USER_ERRORS as exc:
             console.print("[bold red]error:[/]", escape(str(exc)), highlight=False, soft_wrap=True)
-            return 2
+            return 3 if isinstance(exc, Unanswered) else 2
         except KeyboardInterrupt as exc:
             killed = isinstance(exc, Terminated)
             console.print(f"[yellow]{'terminated' if killed else 'interrupted'}: re-run the same command to "

@@ -1,4 +1,4 @@
-"""Errors a user can act on: the CLI prints their message and exits 2, without a traceback."""
+"""Errors a user can act on: the CLI prints their message and exits 2 (3: Unanswered), without a traceback."""
 
 from pathlib import Path
 
@@ -21,6 +21,12 @@ class ModelError(RuntimeError):
 
 class StageError(RuntimeError):
     """A stage that could not finish (an external command failed, an endpoint is unreachable)."""
+
+
+class Unanswered(StageError):
+    """An endpoint that had answered stopped answering (time-outs, refused connections in a row), or left requests
+    unanswered after their retries: what was answered is kept and the same command asks the rest. Exit 3, not 2:
+    nothing the user gave is wrong, the work is unfinished."""
 
 
 # Only errors raised on purpose, with a message for the user: anything else (a KeyError, an AttributeError) is

@@ -7,6 +7,8 @@
   as an `Answer` with its problem, to be kept (it was paid for), never as an exception.
 - Fail fast: an endpoint that refuses the key, does not exist, cannot be reached, or lets its first requests time
   out before it ever answered stops the job with one clear error instead of turning every record into "gave up".
+  One that answered and then dies (DOWN_AFTER requests in a row with no response at all: time-outs, refused or
+  dropped connections) stops it too, with Unanswered (exit 3): the job resumes once the endpoint is back.
 - Every error text is redacted of the API key before anyone sees it.
 """
 
@@ -20,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
-from toolkit.io.errors import StageError
+from toolkit.io.errors import StageError, Unanswered
 from toolkit.io.keys import digest
 from toolkit.io.secrets import redact
 
@@ -31,6 +33,9 @@ UNREACHED_TRIES = 3
 # up on: at the defaults (120 s, 6 retries) a hung server would otherwise hold a job ~14 minutes before its
 # first record even gave up. Once it has answered, time-outs get the full retries (a busy server, not a dead one).
 UNANSWERED_TIMEOUT_TRIES = 2
+# Once it has answered, this many requests in a row without any response (each after its time-out, or refused):
+# the endpoint is down. With 16 in flight that is one round of time-outs, not ~14 minutes of retries a record.
+DOWN_AFTER = 8
 
 
 class EndpointError(StageError):
@@ -114,7 +119,8 @@ class Endpoint:
     def __post_init__(self) -> None:
         import openai
 
-        self.fatal: EndpointError | None = None  # once the endpoint is known unusable, no request is sent
+        self.fatal: StageError | None = None  # once the endpoint is known unusable, no request is sent
+        self.silent = 0  # requests in a row that got no response at all (no status line)
 
         self.openai = openai
         self.client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key or "EMPTY",
@@ -172,6 +178,12 @@ class Endpoint:
                 if not isinstance(exc, self.openai.APIError):
                     raise
                 self.fatal = self._fatal(exc)
+                # APITimeoutError is an APIConnectionError: neither has a response; any status line resets the count
+                self.silent = self.silent + 1 if isinstance(exc, self.openai.APIConnectionError) else 0
+                if self.usage.answered and self.silent >= DOWN_AFTER:
+                    self.fatal = Unanswered(
+                        f"{self.base_url} stopped answering: after {self.usage.answered} answers, {self.silent} "
+                        f"requests in a row got no response (the last: {self.describe(exc)})")
                 unreached = not self.usage.answered and isinstance(exc, self.openai.APIConnectionError) \
                     and not isinstance(exc, self.openai.APITimeoutError)
                 if unreached and attempt + 1 >= UNREACHED_TRIES:
@@ -191,6 +203,7 @@ class Endpoint:
                 await asyncio.sleep(0.2 * (attempt + 1) if unreached else self._delay(attempt, exc))
                 continue
             self.usage.answered += 1
+            self.silent = 0
             answer = parse_completion(text)
             self.usage.tokens_in += answer.prompt_tokens
             self.usage.tokens_out += answer.completion_tokens
