@@ -110,3 +110,23 @@ def test_predict_never_follows_a_link_planted_at_its_temporary_file_or_journal(t
     (tmp_path / "out.parquet.journal").unlink()
     assert main(argv) == 0
     assert [v.read_text() for v in victims] == ["precious\n"] * 2 and out.is_file() and not out.is_symlink()
+
+
+# --- 2. code a recipe names: only the functions xtk registered for that key --------------------------------------
+
+@pytest.mark.parametrize("key,ref", [("baseline", "toolkit.io.jsonl:write_json"),
+                                     ("baseline", "toolkit.tasks.logistics_zh.resolver:complete_admin"),
+                                     ("resolver", "toolkit.data.init:init_recipe"),
+                                     ("data.generator", "toolkit.tasks.logistics_zh.baseline:answer")])
+def test_a_recipe_names_only_the_functions_xtk_registered_for_the_key(key, ref, capsys):
+    err = failure(capsys, ["recipe", "show", str(RECIPE), f"{key}={ref}"])
+    assert f"key '{key}'" in err and f"{ref} is not one of xtk's {key.split('.')[-1]} functions" in err
+
+
+def test_the_shipped_and_classical_functions_are_registered_and_load():
+    from toolkit.task.recipe import load_ref
+
+    recipe = load_recipe(RECIPE, None, ["baseline=toolkit.infer.classical:tfidf_logreg"])
+    assert load_ref(recipe.baseline, "baseline").trained
+    with pytest.raises(RecipeError, match="is not one of xtk's baseline functions"):
+        load_ref("toolkit.io.jsonl:write_json", "baseline")

@@ -11,6 +11,7 @@ import json
 from typing import Callable
 
 from toolkit.io.errors import StageError
+from toolkit.io.trust import recipe_code
 from toolkit.task.fields import not_classes
 from toolkit.task.recipe import Recipe
 
@@ -23,6 +24,7 @@ def trained(fit: Callable[[Recipe, list[tuple[str, dict]]], Answer]):
     return fit
 
 
+@recipe_code("baseline")
 @trained
 def tfidf_logreg(recipe: Recipe, examples: list[tuple[str, dict]]) -> Answer:
     """TF-IDF of character 1-3-grams + logistic regression, one classifier per enum field: the usual first try

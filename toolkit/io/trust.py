@@ -2,9 +2,10 @@
 
 A recipe is a file from elsewhere, like a model folder: reading one must not run code, write outside its run
 or grant itself trust. So, when a recipe loads:
-- code it names (`baseline`, `resolver`, `data.generator`: `module:function`) is xtk's own (`toolkit.…`) unless
-  the user allows the module with `--allow-code MODULE`; an allowed module is never imported from the current
-  folder (where a downloaded recipe's neighbours lie);
+- code it names (`baseline`, `resolver`, `data.generator`: `module:function`) is a function xtk registered for
+  that key (`recipe_code`: the shipped tasks' baselines, resolver and generators, the classical baselines), never
+  any other of xtk's functions, unless the user allows the module with `--allow-code MODULE`; an allowed module
+  is never imported from the current folder (where a downloaded recipe's neighbours lie);
 - `student.trust_remote_code` takes effect only with `--trust-remote-code` on the command line;
 - names that become paths (the recipe's name, the profile's) are one plain path part;
 - every file it names (prompts, choices files, data and test files) is read and checked before anything is
@@ -18,13 +19,31 @@ from __future__ import annotations
 import importlib
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-OWN_CODE = "toolkit"  # xtk's own package: code a recipe may always name
+OWN_CODE = "toolkit"  # xtk's own package: its registered functions are what a recipe may name without consent
 # One path part that cannot climb out of its folder or hide: what a recipe's and a profile's name become.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 CODE_KEYS = (("baseline",), ("resolver",), ("data", "generator"))
+# The functions of xtk a recipe may name, by the last part of the key that names them: registered where they are
+# defined (@recipe_code("baseline")), so that `baseline: toolkit.io.jsonl:write_json` names nothing.
+RECIPE_CODE: dict[str, dict[str, Callable]] = {loc[-1]: {} for loc in CODE_KEYS}
+
+
+def recipe_code(kind: str):
+    """Register a function of xtk as one a recipe may name in its `kind` key (baseline, resolver, generator)."""
+
+    def register(function: Callable) -> Callable:
+        RECIPE_CODE[kind][f"{function.__module__}:{function.__name__}"] = function
+        return function
+
+    return register
+
+
+def own(module: str) -> bool:
+    return module == OWN_CODE or module.startswith(OWN_CODE + ".")
 
 
 @dataclass(frozen=True)
@@ -35,7 +54,8 @@ class Consent:
     remote_code: bool = False  # model folders that ship their own Python code
 
     def allows(self, module: str) -> bool:
-        return any(module == m or module.startswith(m + ".") for m in (OWN_CODE, *self.code))
+        """Whether the user allowed the functions of `module` (a module outside xtk) to run."""
+        return any(module == m or module.startswith(m + ".") for m in self.code)
 
     def argv(self) -> list[str]:
         """The same consent as command-line flags, for a child xtk (a bake-off's pairs)."""
@@ -51,19 +71,30 @@ def name_problem(value: str) -> str | None:
             "no path separators, no leading '.' or '-'")
 
 
-def code_problem(ref: str, consent: Consent) -> str | None:
-    """Why a recipe may not run `module:function`, or None."""
+def code_problem(ref: str, kind: str, consent: Consent) -> str | None:
+    """Why a recipe may not run `module:function` as its `kind` (baseline, resolver, generator), or None. xtk's
+    own module is imported to see what it registers (its imports run no recipe's code)."""
     module = ref.partition(":")[0]
+    if own(module):
+        try:
+            import_module(module)
+        except ImportError as exc:
+            return f"{ref}: cannot import {module} ({exc})"
+        if ref in RECIPE_CODE[kind]:
+            return None
+        known = ", ".join(sorted(RECIPE_CODE[kind])) or "none"
+        return (f"{ref} is not one of xtk's {kind} functions ({known}): a recipe names only those, or code of "
+                "your own that you allow on the command line (--allow-code MODULE)")
     if consent.allows(module):
         return None
-    return (f"{ref} is code outside xtk: a recipe runs only xtk's own functions ({OWN_CODE}.…) unless you allow "
-            f"its module on the command line: --allow-code {module} (only for code you trust: it runs as you)")
+    return (f"{ref} is code outside xtk: a recipe runs only xtk's registered functions unless you allow its "
+            f"module on the command line: --allow-code {module} (only for code you trust: it runs as you)")
 
 
 def import_module(module: str):
     """Import a module a recipe names. Outside toolkit, never from the current folder: Python puts it first on
     sys.path, so a file planted beside a downloaded recipe would shadow the module the user allowed."""
-    if module == OWN_CODE or module.startswith(OWN_CODE + "."):
+    if own(module):
         return importlib.import_module(module)
     here = Path.cwd().resolve()
     saved = sys.path[:]

@@ -18,7 +18,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 
 from toolkit.io.errors import DataError, RecipeError
 from toolkit.io.jsonl import file_problem, iter_lines, read_text
-from toolkit.io.trust import CODE_KEYS, Consent, code_problem, import_module, name_problem
+from toolkit.io.trust import CODE_KEYS, RECIPE_CODE, Consent, code_problem, import_module, name_problem, own
 from toolkit.io.yamlfile import UniqueKeyLoader, describe, key_lines, read_yaml_mapping
 from toolkit.task.fields import FieldSpec, example, hint, normalise, not_classes, schema
 from toolkit.task.schema import (AtKey, CodeRef, DataSpec, EvalSpec, ExportSpec, Prompts, Strict, StudentSpec,
@@ -194,8 +194,9 @@ class Recipe(Strict):
 
 
 def load_ref(ref: str, key: str):
-    """The function a recipe key names as `module:function`; RecipeError naming the key when it is not there.
-    Which modules a recipe may name is checked where it loads (toolkit/io/trust.py)."""
+    """The function a recipe key names as `module:function`; RecipeError naming the key when it is not there, or
+    when it is xtk's but not registered for the key. Which code a recipe may name is checked where it loads, with
+    the user's consent (toolkit/io/trust.py)."""
     module, _, name = ref.partition(":")
     try:
         found = getattr(import_module(module), name, None)
@@ -203,6 +204,9 @@ def load_ref(ref: str, key: str):
         raise RecipeError(f"recipe key {key}: {ref}: cannot import {module} ({exc})") from None
     if not callable(found):
         raise RecipeError(f"recipe key {key}: {ref}: {module} has no function {name}")
+    kind = key.rpartition(".")[2]
+    if own(module) and RECIPE_CODE[kind].get(ref) is not found:
+        raise RecipeError(f"recipe key {key}: {ref} is not one of xtk's {kind} functions")
     return found
 
 
@@ -338,7 +342,7 @@ def _check_consent(recipe: Recipe, path: Path, text: str, overridden: set[tuple]
         raise RecipeError(f"{path}{f':{line}' if line else ''}: profile: expected {problem}")
     for loc in CODE_KEYS:
         ref = getattr(recipe.data, loc[1]) if loc[0] == "data" else getattr(recipe, loc[0])
-        if ref and (problem := code_problem(ref, consent)):
+        if ref and (problem := code_problem(ref, loc[-1], consent)):
             fail(loc, problem)
     if recipe.student.trust_remote_code and not consent.remote_code:
         fail(("student", "trust_remote_code"), "a recipe cannot grant itself trust: model code runs only with "

