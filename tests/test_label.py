@@ -1,5 +1,6 @@
 """xtk label against a local OpenAI-compatible server (tests/teacher_server.py) that injects faults."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 
 from conftest import RECIPE, ROOT
 from teacher_server import TeacherServer
+from toolkit.io.errors import Unanswered
 from toolkit.io.jsonl import read_jsonl, write_jsonl
 from toolkit.model.endpoint import EndpointError
 from toolkit.data.label import GAVE_UP, check_gold, majority, run_label
@@ -49,7 +51,11 @@ def test_thousand_records_with_faults_end_up_once_with_the_right_reason(tmp_path
     modes = {r["text"]: names[i % len(names)] for i, r in enumerate(rows[:220])}  # 20 of each mode
     recipe = load_recipe(RECIPE, None, RETRIES)
     with TeacherServer({r["text"]: r["label"] for r in rows}, modes, slow_s=SLOW_S) as server:
-        summary = run_label(recipe, inputs_file(tmp_path, rows), tmp_path / "out", base_url=server.base_url)
+        # records that gave up end the run with exit 3, never 0: the next run asks them again
+        with pytest.raises(Unanswered, match="20 records got no answer after 3 retries each .* 980 of 1000 records "
+                                             "are answered .* run the same command again to ask the 20 others"):
+            run_label(recipe, inputs_file(tmp_path, rows), tmp_path / "out", base_url=server.base_url, yes=True)
+        summary = json.loads((tmp_path / "out" / "label_summary.json").read_text())
         good, bad = read_jsonl(tmp_path / "out" / "labelled.jsonl"), read_jsonl(tmp_path / "out" / "rejects.jsonl")
         ids = [r["id"] for r in good + bad]
         assert sorted(ids) == sorted(r["id"] for r in rows)  # every record exactly once

@@ -125,27 +125,41 @@ def test_xtk_label_runs_the_gate_before_it_asks_for_one_text(tmp_path, key, pool
 
 
 def test_the_budget_stops_labelling_cleanly_and_a_resume_pays_exactly_the_rest(tmp_path, key, pool, capsys):
-    """Each answer of the test teacher is 100 tokens in and 40 out: at 1000 and 2500 a million, 0.2 each. A
-    max_cost of 5 stops one-at-a-time labelling after 25 answers (5.0 reached); the estimate, from the first 20
-    answers, says 30 records cost 6. The re-run without a cap asks for the 5 others only."""
+    """Each answer of the test teacher is 100 tokens in and 40 out: at 1000 and 2500 a million, 0.2 each. With
+    answers of at most 40 tokens, a request's worst case is its prompt's bound (its UTF-8 bytes, no tokenizer
+    named) at 1000 a million and 0.1 out, about 1.5: one at a time, a max_cost of 5.6 stops before the request
+    whose worst case would pass it, after 21 answers (4.2 paid). The estimate from the first 20 answers says 30
+    records cost 6. A re-run under the same cap asks nothing (the folder has paid); without a cap it asks for the
+    others only."""
+    from toolkit.data.cost import count_prompts
     from toolkit.data.label import BudgetStop, run_label
 
     rows = pool[:30]
     raw = write_jsonl(tmp_path / "raw.jsonl", [{"id": r["id"], "text": r["text"]} for r in rows])
-    prices = ["teacher.price_in_per_mtok=1000", "teacher.price_out_per_mtok=2500", "teacher.concurrency=1"]
+    prices = ["teacher.price_in_per_mtok=1000", "teacher.price_out_per_mtok=2500", "teacher.concurrency=1",
+              "teacher.max_tokens=40"]
+    capped = load_recipe(RECIPE, None, [*prices, "teacher.max_cost=5.6"])
+    bounds = count_prompts(capped.teacher, capped.prompt("teacher"), [r["text"] for r in rows]).bound
+    worst = [b * 1000 / 1e6 + 40 * 2500 / 1e6 for b in bounds]
+    asked = next(n for n in range(30) if n * 0.2 + worst[n] > 5.6)  # the first record whose worst case passes
+    assert asked == 21
     with TeacherServer({r["text"]: r["label"] for r in rows}) as server:
-        with pytest.raises(BudgetStop, match="teacher.max_cost 5 reached after spending 5: 5 of 30 records"):
-            run_label(load_recipe(RECIPE, None, [*prices, "teacher.max_cost=5"]), raw, tmp_path / "out",
-                      base_url=server.base_url)
-        assert "20 answers: 100 tokens in, 40 out a record; 30 records ≈ 6 at teacher.price_*; teacher.max_cost 5 " \
-               "stops it" in capsys.readouterr().err
+        with pytest.raises(BudgetStop, match="teacher.max_cost 5.6 USD reached: the folder has paid 4.2 USD and "
+                                             "the next request's worst case would pass it. 21 of 30 records"):
+            run_label(capped, raw, tmp_path / "out", base_url=server.base_url, yes=True)
+        assert "20 answers: 100 tokens in, 40 out a record; 30 records ≈ 6 USD at teacher.price_*; teacher.max_cost " \
+               "5.6 USD stops it" in capsys.readouterr().err
         summary = json.loads((tmp_path / "out" / "label_summary.json").read_text())
-        assert (summary["accepted"], summary["cost"], summary["estimate"]["cost"]) == (25, 5.0, 6.0)
+        assert (summary["accepted"], summary["cost"], summary["estimate"]["cost"]) == (21, 4.2, 6.0)
         server.settled()
-        assert sum(server.delivered.values()) == 25 and len(read_jsonl(tmp_path / "out" / "labelled.jsonl")) == 25
+        assert sum(server.delivered.values()) == 21 and len(read_jsonl(tmp_path / "out" / "labelled.jsonl")) == 21
 
-        again = run_label(load_recipe(RECIPE, None, prices), raw, tmp_path / "out", base_url=server.base_url)
-        assert (again["already_done"], again["accepted"], again["cost"]) == (25, 5, 1.0)
+        with pytest.raises(BudgetStop, match="the folder has paid 4.2 USD"):
+            run_label(capped, raw, tmp_path / "out", base_url=server.base_url, yes=True)
+        assert sum(server.requests.values()) == 21
+
+        again = run_label(load_recipe(RECIPE, None, prices), raw, tmp_path / "out", base_url=server.base_url, yes=True)
+        assert (again["already_done"], again["accepted"], again["cost"], again["spent_by_folder"]) == (21, 9, 1.8, 6.0)
         server.settled()
         assert all(server.delivered[r["text"]] == 1 for r in rows)  # nothing paid twice
         # a re-run over the finished folder asks nothing, and its summary still reports every label the folder holds

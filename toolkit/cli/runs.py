@@ -23,7 +23,7 @@ EVAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 def cmd_run(args) -> None:
     with open_to_make(args, checked(args)[0]) as ctx:
-        ctx.force_gate, ctx.hourly = args.force, args.hourly
+        ctx.force_gate, ctx.hourly, ctx.yes = args.force, args.hourly, args.yes
         run_all(ctx, args.from_stage, args.only)
     for label, name in (("report", "report.md"), ("browse", "report.html"), ("accuracy", "accuracy.png"),
                         ("loss", "loss.png")):

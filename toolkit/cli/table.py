@@ -82,6 +82,8 @@ def positive(kind: type):
 HOURLY = A("--hourly", type=positive(float), metavar="PRICE",
            help="the student's machine price an hour: the report's cost of a million records by the student "
                 "(default: not priced)")
+YES_COST = A("--yes", action="store_true", help="label even when the printed estimate is over "
+             "teacher.confirm_above, without asking (for scripts: without a terminal it is refused otherwise)")
 STAGE_LIST = ", ".join(STAGE_NAMES)
 EMBEDDED_LIST = ", ".join(EMBEDDED)
 
@@ -97,6 +99,7 @@ COMMANDS: tuple[Command, ...] = (
                 A("--only", metavar="STAGE", help=f"run just this stage: {STAGE_LIST} (default: every stage)"),
                 A("--force", action="store_true", help="label the pool even when the teacher gate says ITERATE or "
                   "RETHINK"),
+                YES_COST,
                 HOURLY,
             )),
     Command("models pull", f"materialise an embedded model ({EMBEDDED_LIST}) as a float32 safetensors folder, "
@@ -210,6 +213,7 @@ COMMANDS: tuple[Command, ...] = (
                 A("--votes", type=int, default=1, help="k samples per input, field-wise majority kept"),
                 A("--retry-rejects", action="store_true",
                   help="ask again for the records whose answers were rejected (they are paid for again)"),
+                YES_COST,
                 A("--check-gold", metavar="FILE", help="score the labels against gold {id, label} JSONL (default: no check)"),
             )),
     Command("synth", "the teacher writes new raw inputs in the style of your examples, steered by the recipe's "

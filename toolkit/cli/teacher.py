@@ -30,7 +30,7 @@ def cmd_label(args) -> None:
     teacher_key(recipe, args.votes)
     gate_labelling(recipe, run, args.force)
     with write_root(out if args.out else run):  # the run's data/ is written as the run is: no link below it
-        summary = run_label(recipe, rows, out, votes=args.votes, retry_rejects=args.retry_rejects)
+        summary = run_label(recipe, rows, out, votes=args.votes, retry_rejects=args.retry_rejects, yes=args.yes)
     print(json.dumps(summary, ensure_ascii=False, indent=2))
     if args.check_gold:
         m = check_gold(recipe, out / "labelled.jsonl", args.check_gold, out / "label_check.json")

@@ -4,10 +4,12 @@ Every answer is appended (and fsynced) to labelled.jsonl or, when unusable, to r
 as it arrives, keyed by a hash of (model, prompt, input, votes): a re-run, or a run after a crash, sends no
 request for a record that was answered. Only a record that never got an answer ("gave up" after the
 endpoint's retries) is asked again by the next run; rejected answers are re-asked only with
-`--retry-rejects`. After the first answers, the cost of the rest is estimated from their real token counts and
-printed; `teacher.max_cost` stops a run cleanly once spent (requests in flight finish and are kept; the next run
-asks only what was never answered). One `xtk label` per output folder. The API key is read from the environment
-variable the recipe names, and is redacted from every text written or printed.
+`--retry-rejects`. Before the first request the cost is estimated from the prompts as they will be sent, and a
+large one is confirmed (toolkit/data/cost.py); each answer keeps what it cost, and `teacher.max_cost` bounds what
+the folder pays over all its runs: a request is sent only while its worst case fits. A teacher that stops
+answering, or records left without an answer, end the run with Unanswered (exit 3): the next run asks only what
+was never answered. One `xtk label` per output folder. The API key is read from the environment variable the
+recipe names, and is redacted from every text written or printed.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.console import Console
+
+from toolkit.data.cost import Budget, Estimate, confirm, cost, count_prompts, folder_spent, keep_dropped, money
 from toolkit.model.endpoint import Answer, Endpoint, EndpointError, GaveUp, Usage, request_key
 from toolkit.model.thinking import request_body
-from toolkit.io.errors import StageError
+from toolkit.io.errors import StageError, Unanswered
 from toolkit.task.fields import disallowed, is_empty, type_problem, ungrounded, vote_key, voted_value
 from toolkit.io.journal import load_journal
 from toolkit.io.jsonl import append_jsonl, iter_jsonl, iter_lines, open_append, read_jsonl, write_json, write_jsonl
@@ -40,7 +45,8 @@ FAIL_FAST_AFTER = 8
 
 
 class BudgetStop(StageError):
-    """teacher.max_cost was reached: labelling stopped cleanly, what was answered is kept."""
+    """teacher.max_cost was reached for the folder: labelling stopped before passing it, what was answered is
+    kept."""
 
 
 def read_inputs(path: str | Path, max_chars: int) -> list[dict]:
@@ -118,21 +124,22 @@ class Summary:
     rejected: Counter = field(default_factory=Counter)
     usage: Usage = field(default_factory=Usage)
     seconds: float = 0.0
+    paid: float = 0.0  # by this run: its answers at the prices (an answer without usage: at its worst case)
+    spent_before: float = 0.0  # by the folder's earlier runs
 
     stopped: str = ""  # why labelling stopped before every record was asked (teacher.max_cost)
-    estimate: dict = field(default_factory=dict)
-
-    def cost(self, recipe: Recipe) -> float:
-        t, u = recipe.teacher, self.usage
-        return (u.tokens_in * t.price_in_per_mtok + u.tokens_out * t.price_out_per_mtok) / 1e6
+    planned: dict = field(default_factory=dict)  # the estimate before the first request
+    estimate: dict = field(default_factory=dict)  # the estimate from the first answers
 
     def as_dict(self, recipe: Recipe) -> dict:
-        u, cost = self.usage, self.cost(recipe)
+        u = self.usage
         new = self.accepted + sum(self.rejected.values())
         return {"total": self.total, "already_done": self.cached, "accepted": self.accepted,
                 "rejected": dict(self.rejected), "requests": u.requests, "retries": u.retries,
-                "tokens_in": u.tokens_in, "tokens_out": u.tokens_out, "cost": round(cost, 6),
+                "tokens_in": u.tokens_in, "tokens_out": u.tokens_out, "cost": round(self.paid, 6),
+                "spent_by_folder": round(self.spent_before + self.paid, 6), "currency": recipe.teacher.currency,
                 "seconds": round(self.seconds, 2), "records_per_s": round(new / self.seconds, 3) if self.seconds else 0,
+                **({"planned": self.planned} if self.planned else {}),
                 **({"estimate": self.estimate} if self.estimate else {}),
                 **({"stopped": self.stopped} if self.stopped else {})}
 
@@ -154,47 +161,60 @@ class _FailFast:
 
 
 async def _label_all(recipe: Recipe, todo: list[dict], endpoint: Endpoint, prompt: str, votes: int,
-                     keys: dict[str, str], out_dir: Path, summary: Summary, bar: Bar) -> None:
-    gate = asyncio.Semaphore(recipe.teacher.concurrency)
-    budget = recipe.teacher.max_cost
-    temperature = recipe.teacher.temperature if votes == 1 else max(recipe.teacher.temperature, 0.7)
+                     keys: dict[str, str], out_dir: Path, summary: Summary, bar: Bar, worst: dict[str, float]) -> None:
+    """Ask for every record of `todo`; `worst` is each record's worst case a request, what the budget holds."""
+    t = recipe.teacher
+    gate = asyncio.Semaphore(t.concurrency)
+    budget = Budget(t.max_cost, summary.spent_before)
+    temperature = t.temperature if votes == 1 else max(t.temperature, 0.7)
     fail_fast = _FailFast(endpoint, len(todo))
     with open_append(out_dir / "labelled.jsonl") as good, open_append(out_dir / "rejects.jsonl") as bad:
 
-        def reject(row: dict, reason: str, detail: str, raw: str = "") -> None:
+        def reject(row: dict, reason: str, detail: str, paid: float, raw: str = "") -> None:
             summary.rejected[reason] += 1
             append_jsonl(bad, {"id": row["id"], "text": row["text"], "reason": reason,
                                "detail": endpoint.redact(detail), "raw": endpoint.redact(raw[:2000]),
-                               "key": keys[row["id"]]})
+                               "key": keys[row["id"]], "cost": round(paid, 9)})
+
+        def paid_for(answer: Answer, most: float) -> float:  # a teacher that reports no usage: at the worst case
+            tokens = (answer.prompt_tokens, answer.completion_tokens)
+            return cost(t, *tokens) if any(tokens) else most
 
         async def one(row: dict) -> None:
             messages = [{"role": "system", "content": prompt}, {"role": "user", "content": row["text"]}]
+            most = worst[row["id"]]
             async with gate:
-                if budget is not None and summary.cost(recipe) >= budget:  # not asked: the next run asks it
-                    summary.stopped = f"teacher.max_cost {budget:g} reached"
+                held = await budget.take(most * votes)
+                if held is None:  # not asked: a run with a higher cap asks it
+                    summary.stopped = f"teacher.max_cost {money(t, t.max_cost)} reached"
                     return
+                answers: list[Answer] = []
                 try:
-                    answers = [await endpoint.ask(messages, recipe.teacher.max_tokens, temperature)
-                               for _ in range(votes)]
-                except GaveUp as exc:
-                    reject(row, GAVE_UP, str(exc))
+                    for _ in range(votes):
+                        answers.append(await endpoint.ask(messages, t.max_tokens, temperature))
+                except GaveUp as exc:  # the votes answered before are paid: the reject keeps their cost
+                    reject(row, GAVE_UP, str(exc), sum(paid_for(a, most) for a in answers))
                     bar.update(advance=1, note=f"{sum(summary.rejected.values())} rejected")
                     fail_fast.gave_up(str(exc))
                     return
+                finally:
+                    paid = sum(paid_for(a, most) for a in answers)
+                    summary.paid += paid
+                    await budget.settle(held, most * votes, paid)
             checked = [check_answer(recipe, row["text"], a) for a in answers]
             failed = next((c for c in checked if c[0] is None), None)
             if failed:
                 at = checked.index(failed)
-                reject(row, failed[1], failed[2], answers[at].content or answers[at].raw)
+                reject(row, failed[1], failed[2], paid, answers[at].content or answers[at].raw)
             else:
                 label, split = majority(recipe, [c[0] for c in checked])
                 if label is None:
-                    reject(row, "no majority", f"the {votes} answers disagree on {split}",
+                    reject(row, "no majority", f"the {votes} answers disagree on {split}", paid,
                            json.dumps([a.content for a in answers], ensure_ascii=False))
                 else:
                     summary.accepted += 1
                     append_jsonl(good, {"id": row["id"], "text": row["text"], "label": label,
-                                        "key": keys[row["id"]], "teacher": endpoint.model})
+                                        "key": keys[row["id"]], "teacher": endpoint.model, "cost": round(paid, 9)})
             bar.update(advance=1, note=f"{sum(summary.rejected.values())} rejected")
             if not summary.estimate and endpoint.usage.answered >= ESTIMATE_AFTER:
                 estimate(recipe, summary, len(todo), bar)
@@ -216,12 +236,13 @@ def estimate(recipe: Recipe, summary: Summary, todo: int, bar: Bar) -> None:
     u, t = summary.usage, recipe.teacher
     per = {"tokens_in": u.tokens_in / answered, "tokens_out": u.tokens_out / answered}
     summary.estimate = {"from_answers": answered, "records": todo, **{k: round(v, 1) for k, v in per.items()},
-                        "cost": round(summary.cost(recipe) / answered * todo, 4)}
-    cap = f"; teacher.max_cost {t.max_cost:g} stops it" if t.max_cost and summary.estimate["cost"] > t.max_cost else ""
+                        "cost": round(summary.paid / answered * todo, 4), "currency": t.currency}
+    over = t.max_cost is not None and summary.spent_before + summary.estimate["cost"] > t.max_cost
+    cap = f"; teacher.max_cost {money(t, t.max_cost)} stops it" if over else ""
     bar.console.print(
         f"label: estimate from the first {answered} answers: {per['tokens_in']:.0f} tokens in, {per['tokens_out']:.0f} "
-        f"out a record; {todo} records ≈ {summary.estimate['cost']:g} at teacher.price_*{cap}", highlight=False,
-        soft_wrap=True)
+        f"out a record; {todo} records ≈ {money(t, summary.estimate['cost'])} at teacher.price_*{cap}",
+        highlight=False, soft_wrap=True)
 
 
 def teacher_key(recipe: Recipe, votes: int = 1) -> str:
@@ -235,10 +256,10 @@ def teacher_key(recipe: Recipe, votes: int = 1) -> str:
 
 
 def run_label(recipe: Recipe, inputs: str | Path | list[dict], out_dir: str | Path, *, base_url: str | None = None,
-              model: str | None = None, votes: int = 1, retry_rejects: bool = False) -> dict:
+              model: str | None = None, votes: int = 1, retry_rejects: bool = False, yes: bool = False) -> dict:
     """Label every input (a file, or rows read_inputs read) not yet answered in out_dir; returns the summary (also
     written to label_summary.json). `retry_rejects` asks again for the records whose answers were rejected (they
-    are paid for again)."""
+    are paid for again). The estimate is printed first; `yes` goes on past teacher.confirm_above without asking."""
     t, api_key = recipe.teacher, teacher_key(recipe, votes)
     out = Path(out_dir)
     rows = inputs if isinstance(inputs, list) else read_inputs(inputs, recipe.data.max_input_chars)
@@ -248,20 +269,31 @@ def run_label(recipe: Recipe, inputs: str | Path | list[dict], out_dir: str | Pa
     with folder_lock(out, "label"):
         labelled = load_journal(out / "labelled.jsonl")
         rejects = load_journal(out / "rejects.jsonl")
-        # A record that gave up was never answered (nor paid): it is asked again. A rejected answer was paid
-        # for: it is final unless the user asks for it again.
+        # A record that gave up was never answered: it is asked again. A rejected answer was paid for: it is final
+        # unless the user asks for it again. What a dropped row paid stays counted (spent.json).
         final = [r for r in rejects if r.get("reason") != GAVE_UP and not retry_rejects]
         if len(final) != len(rejects):
+            keep_dropped(out, [r for r in rejects if r.get("reason") == GAVE_UP or retry_rejects])
             write_jsonl(out / "rejects.jsonl", final)
         done = {r.get("key") for r in labelled} | {r.get("key") for r in final}
         todo = [r for r in rows if keys[r["id"]] not in done]
-        summary = Summary(total=len(rows), cached=len(rows) - len(todo))
+        folder = recipe.path(t.tokenizer) if t.tokenizer else None  # a folder of the project, or a hub id
+        tokens = count_prompts(t, prompt, [r["text"] for r in todo],
+                               str(folder) if folder and folder.is_dir() else None)
+        plan = Estimate(len(todo), votes, tokens, folder_spent(out, labelled + final))
+        confirm(plan, t, yes, Console(stderr=True))
+        worst = {r["id"]: cost(t, n, t.max_tokens) for r, n in zip(todo, tokens.bound)}
+        summary = Summary(total=len(rows), cached=len(rows) - len(todo), spent_before=plan.spent,
+                          planned=plan.figures(t) if todo else {})
         endpoint = Endpoint(base_url or t.base_url, model, api_key, t.api_key_env, t.timeout_s, t.max_retries,
                             request_body(t), summary.usage)  # imports openai: ~1 s
-        start = time.perf_counter()
+        start, down = time.perf_counter(), None
         with Bar("label", total=len(rows), note="0 rejected") as bar:
             bar.update(summary.cached)
-            asyncio.run(_label_all(recipe, todo, endpoint, prompt, votes, keys, out, summary, bar))
+            try:
+                asyncio.run(_label_all(recipe, todo, endpoint, prompt, votes, keys, out, summary, bar, worst))
+            except Unanswered as exc:  # the teacher stopped answering: what it answered is kept and counted
+                down = exc
         summary.seconds = time.perf_counter() - start
         # this run's counts cover only its new answers: the folder's, over every run, are what a re-run reports
         mine = set(keys.values())
@@ -270,11 +302,19 @@ def run_label(recipe: Recipe, inputs: str | Path | list[dict], out_dir: str | Pa
                                          if r.get("key") in mine))}
         result = {**summary.as_dict(recipe), "journal": held}
         write_json(out / "label_summary.json", result)
+    finished = held["accepted"] + sum(n for reason, n in held["rejected"].items() if reason != GAVE_UP)
+    resume = (f"{finished} of {len(rows)} records are answered and kept in {out}; run the same command again to "
+              f"ask the {len(rows) - finished} others (nothing answered is paid for again)")
+    if down is not None:
+        raise Unanswered(f"label: {down}. {resume}") from None
     if summary.stopped:
-        left = len(todo) - summary.accepted - sum(summary.rejected.values())
-        raise BudgetStop(f"label: {summary.stopped} after spending {result['cost']:g}: {left} of {len(rows)} records "
-                         f"not asked yet; run again to label them (teacher.max_cost bounds each run): the "
-                         f"{len(rows) - left} answered are not paid for again ({out / 'label_summary.json'})")
+        raise BudgetStop(f"label: {summary.stopped}: the folder has paid {money(t, result['spent_by_folder'])} "
+                         f"and the next request's worst case would pass it. {finished} of {len(rows)} records are "
+                         f"answered; raise teacher.max_cost and run again to ask the {len(rows) - finished} others "
+                         f"({out / 'label_summary.json'})")
+    if gave_up := summary.rejected[GAVE_UP]:
+        raise Unanswered(f"label: {gave_up} records got no answer after {t.max_retries} retries each (kept as "
+                         f"{GAVE_UP!r} in rejects.jsonl). {resume}")
     return result
 
 

@@ -53,7 +53,7 @@ def stage_data(ctx: Context) -> list[Path]:
         ctx.manifest.record("data", source=f"your labelled data ({d.labelled})")
         return [out]
     if d.pool and os.environ.get(t.api_key_env):
-        summary = run_label(ctx.recipe, ctx.recipe.path(d.pool), ctx.data_dir)
+        summary = run_label(ctx.recipe, ctx.recipe.path(d.pool), ctx.data_dir, yes=ctx.yes)
         ctx.manifest.record("data", source=f"teacher {t.model}", summary=summary)
         return [out, ctx.data_dir / "rejects.jsonl"]
     if not d.pool_gold:

@@ -39,6 +39,7 @@ class Context:
     force_gate: bool = False  # `xtk run --force`: label the pool whatever the teacher gate says
     labelling: bool = False  # `xtk label`: the teacher is about to label texts, whatever the recipe's data names
     hourly: float | None = None  # `--hourly`: the machine's price an hour, for the student's cost in the report
+    yes: bool = False  # `xtk run --yes`: label past teacher.confirm_above without asking
 
     @property
     def data_dir(self) -> Path:

@@ -114,14 +114,35 @@ class TeacherSpec(Strict):
     enable_thinking: bool | None = Field(default=False, description=(
         "Sent as the request's extra_body enable_thinking, for Qwen3 teachers; null sends nothing."))
     price_in_per_mtok: float = Field(default=0.0, description=(
-        "Price per million input tokens, for the labelling cost reported."))
+        "Price per million input tokens (in teacher.currency): the estimate before labelling, the cost reported, "
+        "the budget (max_cost)."))
     price_out_per_mtok: float = Field(default=0.0, description=(
-        "Price per million output tokens, for the labelling cost reported."))
+        "Price per million output tokens (in teacher.currency), as price_in_per_mtok."))
+    currency: str = Field(default="USD", min_length=1, description=(
+        "The currency of the prices, named with every cost printed or kept."))
     max_cost: float | None = Field(default=None, gt=0, description=(
-        "The most one labelling run may spend at the prices above: labelling stops cleanly once it is reached (the "
-        "answers so far are kept; a re-run pays only for the rest); null: no limit."))
+        "The most the label folder may spend at the prices above, everything it paid in earlier runs counted: a "
+        "request is sent only if the worst case of it (its prompt tokens and max_tokens) and of every request in "
+        "flight still fits, so labelling stops before passing it (the answers are kept); null: no limit. Needs a "
+        "price: with both prices 0 it would never stop."))
+    confirm_above: float = Field(default=1.0, ge=0, description=(
+        "`xtk label` and `xtk run` print the labelling's estimate before asking anything; when it may spend more "
+        "than this (at most, or what max_cost leaves), a terminal is asked to confirm, and without one --yes is "
+        "needed."))
+    tokenizer: str | None = Field(default=None, description=(
+        "A tokenizer of the teacher's family (a local folder or a hub id transformers loads) that the estimate "
+        "and the budget count the rendered prompts with; null: estimated without one (the budget then reserves "
+        "a prompt's UTF-8 bytes as its tokens, a bound no byte-level tokenizer passes)."))
     gate: GateSpec = Field(default_factory=GateSpec, description=(
         "The teacher gate: the teacher is scored on test records before it labels the pool (docs/flow.md)."))
+
+    @model_validator(mode="after")
+    def _cap_needs_a_price(self) -> TeacherSpec:
+        if self.max_cost is not None and not (self.price_in_per_mtok or self.price_out_per_mtok):
+            raise AtKey(("max_cost",), "teacher.price_in_per_mtok or price_out_per_mtok above 0 with a cap: at "
+                        f"prices of 0 nothing is counted and max_cost {self.max_cost:g} would never stop labelling; "
+                        "set the teacher's prices (per million tokens, in teacher.currency) or remove max_cost")
+        return self
 
 
 class StudentSpec(Strict):
