@@ -130,3 +130,45 @@ def test_the_shipped_and_classical_functions_are_registered_and_load():
     assert load_ref(recipe.baseline, "baseline").trained
     with pytest.raises(RecipeError, match="is not one of xtk's baseline functions"):
         load_ref("toolkit.io.jsonl:write_json", "baseline")
+
+
+# --- 1. words a recipe adds to a command xtk runs --------------------------------------------------------------
+
+@pytest.mark.parametrize("words", [
+    "[--external_plugins, /tmp/evil.py]",  # ms-swift imports and runs the file
+    "[--external_plugins=/tmp/evil.py]", "[--external_plug, /tmp/evil.py]",  # argparse takes a prefix for the flag
+    "[--lorap_lr_ratio, '16', --output_dir, /tmp/elsewhere]", "[--report_to, wandb]", "[--dataset, /etc/passwd]",
+    "[/tmp/evil.py]",  # a value with no flag before it: the last list flag xtk passed would take it
+    "[--attn_impl, kernels-community/flash-attn]"])  # a kernel from the hub, run as code
+def test_extra_args_pass_only_the_training_flags_xtk_vouches_for(tmp_path, words, capsys):
+    path = write_recipe(tmp_path, FIELD)
+    path.write_text(path.read_text().replace("dataloader_num_workers: 0}", f"dataloader_num_workers: 0,\n"
+                                             f"        extra_args: {words}}}"))
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if "extra_args" in text)
+    err = failure(capsys, ["recipe", "show", str(path)])
+    assert f"typed.yaml:{line}: key 'train.extra_args'" in err
+
+
+def test_a_flag_outside_the_list_passes_with_the_users_consent_and_reaches_swift(tmp_path, capsys):
+    from pathlib import Path
+
+    from toolkit.io.trust import Consent
+    from toolkit.model.models import ResolvedModel
+    from toolkit.train.swift import sft_argv
+
+    words = "train.extra_args=[--external_plugins, /tmp/plugin.py, --group_by_length, 'true', --attn_impl=sdpa]"
+    err = failure(capsys, ["recipe", "show", str(RECIPE), words])
+    assert "--allow-code swift:external_plugins" in err
+    recipe = load_recipe(RECIPE, None, [words], Consent(("swift:external_plugins",)))
+    argv = sft_argv(recipe, ResolvedModel("m", None, None, True), Path("t"), None, Path("o"))
+    assert argv[-5:] == ["--external_plugins", "/tmp/plugin.py", "--group_by_length", "true", "--attn_impl=sdpa"]
+
+
+def test_every_flag_on_the_list_is_one_ms_swift_has():
+    import dataclasses
+
+    from swift.arguments import SftArguments
+
+    from toolkit.task.schema import SWIFT_FLAGS
+
+    assert set(SWIFT_FLAGS) <= {f.name for f in dataclasses.fields(SftArguments)}

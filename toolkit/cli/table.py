@@ -41,7 +41,8 @@ def A(*flags: str, **options) -> Arg:
 CONSENT = (
     A("--allow-code", action="append", default=[], metavar="MODULE",
       help="let the recipe run functions of MODULE (and its submodules), e.g. its baseline; without it a recipe "
-           "runs xtk's own code only (toolkit.…). Repeat for several"),
+           "runs only the functions xtk registered (its tasks' and classical baselines). swift:FLAG lets "
+           "train.extra_args pass ms-swift a flag outside xtk's list (docs/trust.md). Repeat for several"),
     A("--trust-remote-code", action="store_true",
       help="allow model folders that ship their own Python code (sets student.trust_remote_code=true; a recipe "
            "setting it needs this flag too)"),

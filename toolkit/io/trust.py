@@ -6,6 +6,9 @@ or grant itself trust. So, when a recipe loads:
   that key (`recipe_code`: the shipped tasks' baselines, resolver and generators, the classical baselines), never
   any other of xtk's functions, unless the user allows the module with `--allow-code MODULE`; an allowed module
   is never imported from the current folder (where a downloaded recipe's neighbours lie);
+- words it adds to a command xtk runs (`train.extra_args` for `swift sft`) are flags on xtk's list of those that only
+  change how the model trains, with their values; another flag (`--external_plugins x.py` makes ms-swift import a
+  file) needs `--allow-code swift:FLAG`;
 - `student.trust_remote_code` takes effect only with `--trust-remote-code` on the command line;
 - names that become paths (the recipe's name, the profile's) are one plain path part;
 - every file it names (prompts, choices files, data and test files) is read and checked before anything is
@@ -50,12 +53,16 @@ def own(module: str) -> bool:
 class Consent:
     """What the user allowed on the command line; a recipe or a spec cannot grant any of it to itself."""
 
-    code: tuple[str, ...] = ()  # modules (with their submodules) outside toolkit whose functions may run
+    code: tuple[str, ...] = ()  # modules (with their submodules) outside toolkit whose functions may run, and
+    # PROGRAM:FLAG, a flag a recipe may pass to a program xtk runs beyond those it vouches for
     remote_code: bool = False  # model folders that ship their own Python code
 
     def allows(self, module: str) -> bool:
         """Whether the user allowed the functions of `module` (a module outside xtk) to run."""
         return any(module == m or module.startswith(m + ".") for m in self.code)
+
+    def allows_flag(self, program: str, flag: str) -> bool:
+        return f"{program}:{flag}" in self.code
 
     def argv(self) -> list[str]:
         """The same consent as command-line flags, for a child xtk (a bake-off's pairs)."""
@@ -89,6 +96,40 @@ def code_problem(ref: str, kind: str, consent: Consent) -> str | None:
         return None
     return (f"{ref} is code outside xtk: a recipe runs only xtk's registered functions unless you allow its "
             f"module on the command line: --allow-code {module} (only for code you trust: it runs as you)")
+
+
+def _number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+def argv_problem(words: list[str], allowed: dict[str, str | None], program: str, consent: Consent) -> str | None:
+    """Why a recipe may not add `words` to `program`'s command line, or None. Each word is a flag (`--name` or
+    `--name=value`) of `allowed` or of the user's consent (--allow-code PROGRAM:NAME), or a value after one; where
+    `allowed` gives a pattern, the flag's values must match it. A word that starts with '-' and is not a number is a
+    flag wherever it stands: the program's parser reads it as one (and takes a prefix of a flag for the flag)."""
+    flag = None
+    for word in words:
+        if word.startswith("-") and not _number(word):
+            flag, given, value = word[2:].partition("=") if word.startswith("--") else (word, "", "")
+            if flag not in allowed and not consent.allows_flag(program, flag):
+                return (f"{word!r} is not one of the {program} flags a recipe may pass on its own (those that only "
+                        f"change how the model trains; others can make {program} import code, read or write other "
+                        f"files, or send data out): allow it on the command line with --allow-code {program}:{flag} "
+                        "(only for a recipe you trust)")
+            if not given:
+                continue
+        elif flag is None:
+            return f"{word!r} stands before any flag: expected --name value ..."
+        else:
+            value = word
+        pattern = allowed.get(flag)
+        if pattern and not re.fullmatch(pattern, value):
+            return f"--{flag} {value!r}: expected one of {pattern.replace('|', ', ')}"
+    return None
 
 
 def import_module(module: str):

@@ -18,11 +18,12 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 
 from toolkit.io.errors import DataError, RecipeError
 from toolkit.io.jsonl import file_problem, iter_lines, read_text
-from toolkit.io.trust import CODE_KEYS, RECIPE_CODE, Consent, code_problem, import_module, name_problem, own
+from toolkit.io.trust import CODE_KEYS, RECIPE_CODE, Consent, argv_problem, code_problem, import_module, name_problem, \
+    own
 from toolkit.io.yamlfile import UniqueKeyLoader, describe, key_lines, read_yaml_mapping
 from toolkit.task.fields import FieldSpec, example, hint, normalise, not_classes, schema
-from toolkit.task.schema import (AtKey, CodeRef, DataSpec, EvalSpec, ExportSpec, Prompts, Strict, StudentSpec,
-                                 SynthSpec, TeacherSpec, TrainSpec)
+from toolkit.task.schema import (SWIFT_FLAGS, AtKey, CodeRef, DataSpec, EvalSpec, ExportSpec, Prompts, Strict,
+                                 StudentSpec, SynthSpec, TeacherSpec, TrainSpec)
 
 
 # The teacher's and base prompts where a recipe gives no file and no prompts.template.
@@ -344,6 +345,8 @@ def _check_consent(recipe: Recipe, path: Path, text: str, overridden: set[tuple]
         ref = getattr(recipe.data, loc[1]) if loc[0] == "data" else getattr(recipe, loc[0])
         if ref and (problem := code_problem(ref, loc[-1], consent)):
             fail(loc, problem)
+    if problem := argv_problem(recipe.train.extra_args, SWIFT_FLAGS, "swift", consent):
+        fail(("train", "extra_args"), problem)
     if recipe.student.trust_remote_code and not consent.remote_code:
         fail(("student", "trust_remote_code"), "a recipe cannot grant itself trust: model code runs only with "
              "--trust-remote-code on the command line (only for a model folder you trust)")

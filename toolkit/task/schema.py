@@ -219,7 +219,9 @@ class TrainSpec(Strict):
         "--early_stop_interval, counted at checkpoints, hence save_steps = eval_steps) and merge the checkpoint of "
         "lowest eval loss rather than the last. Needs a validation split; null: train every epoch."))
     extra_args: list[str] = Field(default_factory=list, description=(
-        "More `swift sft` arguments, passed as given (e.g. [--lorap_lr_ratio, '16'])."))
+        "More `swift sft` arguments, passed as given (e.g. [--lorap_lr_ratio, '16']): flags of SWIFT_FLAGS (those "
+        "that only change how the model trains) and their values; any other needs --allow-code swift:FLAG on the "
+        "command line (docs/trust.md)."))
 
     @field_validator("deepspeed")
     @classmethod
@@ -258,6 +260,33 @@ class TrainSpec(Strict):
 
 # ms-swift 4.6 resolves these names to its own config files (swift/config/<name>.json).
 DEEPSPEED_PRESETS = ("zero0", "zero1", "zero2", "zero3", "zero2_offload", "zero3_offload")
+
+# The `swift sft` flags (ms-swift 4.6 names) train.extra_args may pass without the user's consent: each only changes
+# how the given model trains on the given data; none names a file, code, a place to write or a service to report to
+# (--external_plugins, --custom_register_path, --output_dir, --dataset, --report_to, --push_to_hub... are not
+# here). A pattern restricts a flag's values: attn_impl may also name a kernel repository on the hub, which runs its
+# code.
+SWIFT_FLAGS: dict[str, str | None] = {
+    **dict.fromkeys((  # the adapter and which weights train
+        "lorap_lr_ratio", "lora_bias", "lora_dtype", "use_rslora", "use_dora", "init_weights", "target_regex",
+        "modules_to_save", "freeze_llm", "freeze_parameters", "freeze_parameters_ratio", "freeze_parameters_regex",
+        "trainable_parameters", "trainable_parameters_regex",
+        # the optimiser, its schedule and the loss
+        "optim", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "warmup_steps",
+        "label_smoothing_factor", "neftune_noise_alpha", "loss_type",
+        # batches and the order of rows
+        "group_by_length", "padding_free", "padding_side", "packing_length", "lazy_tokenize", "dataset_shuffle",
+        "train_dataloader_shuffle", "dataloader_drop_last", "dataloader_pin_memory", "dataloader_persistent_workers",
+        "dataloader_prefetch_factor",
+        # precision, speed, checkpoints and processes
+        "bf16", "fp16", "tf32", "use_liger_kernel", "torch_empty_cache_steps", "vit_gradient_checkpointing",
+        "logging_first_step", "save_only_model", "save_strategy", "ddp_find_unused_parameters", "ddp_timeout",
+        "ddp_backend", "ddp_bucket_cap_mb",
+        "callbacks",  # names of callbacks ms-swift registers (code comes only through --external_plugins)
+        "hub_token",  # a gated student's download (masked wherever xtk writes it)
+    )),
+    "attn_impl": "eager|sdpa|flash_attn|flash_attention_2|flash_attention_3|flex_attention",
+}
 
 
 class VllmSpec(Strict):
