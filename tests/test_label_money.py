@@ -142,6 +142,20 @@ def test_an_estimate_over_confirm_above_needs_yes_without_a_terminal(tmp_path, k
         assert len(read_jsonl(tmp_path / "out" / "labelled.jsonl")) == 10
 
 
+def test_xtk_run_prints_the_estimate_and_needs_yes_as_label_does(tmp_path, key, pool, capsys):
+    rows = pool[:10]
+    raw = write_jsonl(tmp_path / "pool.jsonl", [{"id": r["id"], "text": r["text"]} for r in rows])
+    with TeacherServer(gold(rows)) as server:
+        argv = ["run", str(RECIPE), "--only", "data", "--run", str(tmp_path / "run"), f"data.pool={raw}",
+                f"teacher.base_url={server.base_url}", NO_GATE, TIMEOUT, "teacher.confirm_above=0.001"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "label: 10 records to ask" in err and "over teacher.confirm_above 0.001 USD: nothing was asked" in err
+        assert sum(server.requests.values()) == 0
+        assert main([*argv, "--yes"]) == 0
+    assert len(read_jsonl(tmp_path / "run" / "data" / "labelled.jsonl")) == 10
+
+
 def test_on_a_terminal_the_estimate_is_confirmed_before_anything_is_asked(tmp_path, pool):
     rows = pool[:5]
     env = {**os.environ, "DASHSCOPE_API_KEY": KEY}
