@@ -89,7 +89,7 @@ def teacher_model(records: int) -> Path:
     run = WORK / "teacher"
     # gold labels even where the user's teacher key is set: the key is looked for under a name nobody sets
     common = [str(RECIPE), "--profile", "cpu", "--run", str(run), f"data.train_records={records}",
-              "teacher.api_key_env=XTK_TEACHER_NOISE_GOLD_ONLY"]
+              "teacher.api_key_env=XTK_TEACHER_NOISE_GOLD_ONLY_API_KEY"]
     xtk("run", *common, "--only", "data")
     for stage in ("prepare", "train", "merge"):
         xtk(stage, *common)

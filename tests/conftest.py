@@ -97,7 +97,7 @@ def write_recipe(root: Path, fields: str, data: str = "{pool: pool.jsonl, test: 
     path.write_text(fields + f"""\
 prompts: {{teacher: t.md, base: d.md, student: s.md}}
 data: {data}
-teacher: {{base_url: "http://127.0.0.1:1/v1", model: m, api_key_env: XTK_TEST_KEY}}
+teacher: {{base_url: "http://127.0.0.1:1/v1", model: m, api_key_env: XTK_TEST_API_KEY}}
 student: {{model: smollm2-135m-instruct, model_type: llama, template: chatml}}
 train: {{lora_rank: 8, lora_alpha: 32, num_train_epochs: 1, per_device_train_batch_size: 1,
         per_device_eval_batch_size: 1, gradient_accumulation_steps: 1, learning_rate: 1.0e-4, warmup_ratio: 0,

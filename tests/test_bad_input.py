@@ -3,6 +3,7 @@ before anything is written or sent."""
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -21,9 +22,10 @@ as_root = pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatev
 
 
 def recipe_copy(tmp_path, text: str):
-    """The recipe's text under tmp_path/recipes/, with the project's prompts and data beside it."""
+    """The recipe's text under tmp_path/recipes/, with copies of the project's prompts and data beside it (a recipe
+    names only files of its own project: links out of it would be refused)."""
     for folder in ("prompts", "datasets"):
-        (tmp_path / folder).symlink_to(ROOT / folder)
+        shutil.copytree(ROOT / folder, tmp_path / folder)
     path = tmp_path / "recipes" / "r.yaml"
     path.parent.mkdir()
     path.write_text(text, encoding="utf-8")

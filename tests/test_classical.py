@@ -9,6 +9,7 @@ import pytest
 from conftest import ROOT
 from toolkit.data.generators import generate
 from toolkit.io.errors import StageError
+from toolkit.io.trust import Consent
 from toolkit.infer.engines import RulesBackend
 from toolkit.io.jsonl import read_jsonl
 from toolkit.data.prepare import run_prepare
@@ -29,7 +30,8 @@ def test_tfidf_logreg_learns_the_training_split_and_classifies_held_out_reviews(
     """Learnt from the training split `xtk prepare` writes (never the test set), it must classify the real
     held-out reviews far above the 50% of a balanced coin: a swapped or constant label mapping scores ~50%."""
     files = {p.name: p for p in generate("review_sentiment_zh", tmp_path / "data")}
-    recipe = load_recipe(SENTIMENT, None, [f"data.test=[{files['test.jsonl']}]", "data.train_records=2000"])
+    recipe = load_recipe(SENTIMENT, None, [f"data.test=[{files['test.jsonl']}]", "data.train_records=2000"],
+                         Consent(paths=(str(tmp_path),)))
     gold = {r["id"]: r["label"] for r in read_jsonl(files["pool_gold.jsonl"])}
     records = [{**r, "label": gold[r["id"]]} for r in read_jsonl(files["pool.jsonl"])]
     run_prepare(recipe, records, tmp_path / "run")

@@ -191,7 +191,7 @@ def test_a_teacher_prompt_that_is_not_utf8_or_empty_is_refused_by_recipe_show(tm
 
 
 def test_a_bad_choices_file_is_found_before_a_single_answer_is_paid(tmp_path, pool, monkeypatch, capsys):
-    monkeypatch.setenv("XTK_TEST_KEY", KEY)
+    monkeypatch.setenv("XTK_TEST_API_KEY", KEY)
     (tmp_path / "places.txt").write_bytes("北京市\n上海市\n\xa0\n".encode() + b"\xc3\x28\n")
     recipe = write_recipe(tmp_path, "fields:\n  - {name: province, description: p, choices_file: places.txt}\n")
     rows = pool[:3]

@@ -282,7 +282,7 @@ def test_gemma_fine_tunes_merges_and_is_served_with_the_template_it_trained_on(t
 
     def xtk(*args):
         res = subprocess.run([sys.executable, "-m", "toolkit", *args, str(recipe), "--run", str(run), *GEMMA_RUN],
-                             cwd=ROOT, capture_output=True, text=True, env={**os.environ, "XTK_TEST_KEY": ""})
+                             cwd=ROOT, capture_output=True, text=True, env={**os.environ, "XTK_TEST_API_KEY": ""})
         assert res.returncode == 0, res.stderr[-4000:]
 
     xtk("train")

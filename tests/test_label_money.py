@@ -147,7 +147,8 @@ def test_xtk_run_prints_the_estimate_and_needs_yes_as_label_does(tmp_path, key, 
     raw = write_jsonl(tmp_path / "pool.jsonl", [{"id": r["id"], "text": r["text"]} for r in rows])
     with TeacherServer(gold(rows)) as server:
         argv = ["run", str(RECIPE), "--only", "data", "--run", str(tmp_path / "run"), f"data.pool={raw}",
-                f"teacher.base_url={server.base_url}", NO_GATE, TIMEOUT, "teacher.confirm_above=0.001"]
+                "--allow-path", str(tmp_path), f"teacher.base_url={server.base_url}", NO_GATE, TIMEOUT,
+                "teacher.confirm_above=0.001"]
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "label: 10 records to ask" in err and "over teacher.confirm_above 0.001 USD: nothing was asked" in err

@@ -35,7 +35,7 @@ def test_a_fresh_recipe_runs_end_to_end(tmp_path, smollm2):
                                             "val_fraction: 0.2}")
     run = tmp_path / "run"
     res = subprocess.run([sys.executable, "-m", "toolkit", "run", str(recipe), "--run", str(run), *TINY],
-                         cwd=ROOT, capture_output=True, text=True, env={**__import__("os").environ, "XTK_TEST_KEY": ""})
+                         cwd=ROOT, capture_output=True, text=True, env={**__import__("os").environ, "XTK_TEST_API_KEY": ""})
     assert res.returncode == 0, res.stderr[-4000:]
     assert re.findall(r"^stage (\w+)$", res.stderr, re.M) == [
         "teacher_gate", "data", "prepare", "eval_base", "eval_likelihood", "train", "merge", "eval_student",

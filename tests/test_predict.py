@@ -102,7 +102,7 @@ def test_predict_reads_no_training_data_but_checks_the_backend(tmp_path, texts, 
     write_jsonl(tmp_path / "in.jsonl", texts)
     (tmp_path / "labelled.jsonl").write_text('{"id": 1, "text": \n', encoding="utf-8")
     assert predict("--input", tmp_path / "in.jsonl", "--out", tmp_path / "out.jsonl", "--run", tmp_path / "run",
-                   f"data.labelled={tmp_path / 'labelled.jsonl'}") == 0
+                   f"data.labelled={tmp_path / 'labelled.jsonl'}", "--allow-path", tmp_path) == 0
     assert len(read_jsonl(tmp_path / "out.jsonl")) == len(texts)
     assert predict("--input", tmp_path / "in.jsonl", "--out", tmp_path / "again.jsonl", "--run", tmp_path / "run",
                    "eval.backend=vlm") == 2

@@ -10,6 +10,7 @@ from conftest import ROOT
 from toolkit.data.generators import generate
 from toolkit.data.sources import fetch
 from toolkit.io.errors import StageError
+from toolkit.io.trust import Consent
 from toolkit.task.fields import ungrounded
 from toolkit.io.jsonl import read_jsonl
 from toolkit.io.errors import DataError
@@ -41,7 +42,8 @@ def test_generate_gives_the_same_bytes(built):
 
 def test_test_set_is_apart_from_the_pool_and_every_label_is_valid(built, tmp_path):
     name, files = built
-    recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml", None, [f"data.test=[{files['test.jsonl']}]"])
+    recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml", None, [f"data.test=[{files['test.jsonl']}]"],
+                         Consent(paths=(str(files["test.jsonl"].parent),)))
     test, pool = read_records(recipe, files["test.jsonl"]), read_jsonl(files["pool.jsonl"])
     gold = {r["id"]: r["label"] for r in read_jsonl(files["pool_gold.jsonl"])}
     assert not {normalise_input(r["text"]) for r in test} & {normalise_input(r["text"]) for r in pool}

@@ -25,7 +25,7 @@ def write_labelled(path, n=3):
 
 
 def test_own_labels_no_baseline_no_teacher_key(tmp_path, monkeypatch):
-    monkeypatch.delenv("XTK_TEST_KEY", raising=False)
+    monkeypatch.delenv("XTK_TEST_API_KEY", raising=False)
     write_labelled(tmp_path / "mine.jsonl")
     recipe = load_recipe(write_recipe(tmp_path, FIELDS, "{labelled: mine.jsonl, test: [test.jsonl], "
                                                         "train_records: 10, val_fraction: 0}"))
@@ -36,22 +36,22 @@ def test_own_labels_no_baseline_no_teacher_key(tmp_path, monkeypatch):
         assert run_stage(ctx, "eval_rules") == [] and run_stage(ctx, "eval_teacher") == []
         skipped = {k: v["skipped"] for k, v in ctx.manifest.data["stages"].items() if "skipped" in v}
     assert skipped == {"eval_rules": "the recipe names no rule baseline",
-                       "eval_teacher": "$XTK_TEST_KEY is not set, the teacher is not evaluated"}
+                       "eval_teacher": "$XTK_TEST_API_KEY is not set, the teacher is not evaluated"}
     write_json(tmp_path / "run" / "eval" / "base-test" / "metrics.json", {
         "n": 1, "model": "m", "test_file": "test.jsonl", "records_per_s": 1.0, "fields": {"tone": P},
         "exact_match": P, "json_parse_rate": P, "micro_f1": P})
     run_report(recipe, tmp_path / "run", skipped=skipped)
-    assert ("Not run: eval_rules (the recipe names no rule baseline); eval_teacher ($XTK_TEST_KEY is not set, the "
+    assert ("Not run: eval_rules (the recipe names no rule baseline); eval_teacher ($XTK_TEST_API_KEY is not set, the "
             "teacher is not evaluated).") in (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
     assert "<p>Not run: eval_rules (the recipe names no rule baseline); eval_teacher" in (
         tmp_path / "run" / "report.html").read_text(encoding="utf-8")
 
 
 def test_raw_texts_without_teacher_key_or_gold_say_what_to_give(tmp_path, monkeypatch):
-    monkeypatch.delenv("XTK_TEST_KEY", raising=False)
+    monkeypatch.delenv("XTK_TEST_API_KEY", raising=False)
     recipe = load_recipe(write_recipe(tmp_path, FIELDS))
     with open_run(recipe, tmp_path / "run") as ctx, pytest.raises(
-            StageError, match=r"set \$XTK_TEST_KEY for the teacher to label pool.jsonl, or name your labelled"):
+            StageError, match=r"set \$XTK_TEST_API_KEY for the teacher to label pool.jsonl, or name your labelled"):
         run_stage(ctx, "data")
 
 
@@ -77,7 +77,7 @@ def tiny_builder() -> dict:
 
 
 def test_missing_data_files_are_built_by_the_recipes_generator(tmp_path, monkeypatch):
-    monkeypatch.delenv("XTK_TEST_KEY", raising=False)
+    monkeypatch.delenv("XTK_TEST_API_KEY", raising=False)
     recipe = load_recipe(write_recipe(tmp_path, FIELDS, "{generator: 'test_stages:tiny_builder', pool: "
                                       "datasets/typed/pool.jsonl, pool_gold: datasets/typed/pool_gold.jsonl, "
                                       "test: [datasets/typed/test.jsonl], train_records: 9, val_fraction: 0}"),
@@ -109,7 +109,7 @@ def test_a_stage_that_does_not_apply_stays_skipped_until_its_reason_goes(tmp_pat
     skip)."""
     from toolkit.flow.pipeline import STAGES, is_stale
 
-    monkeypatch.delenv("XTK_TEST_KEY", raising=False)
+    monkeypatch.delenv("XTK_TEST_API_KEY", raising=False)
     path = write_recipe(tmp_path, FIELDS)
     teacher = next(s for s in STAGES if s.name == "eval_teacher")
     with open_run(load_recipe(path), tmp_path / "run") as ctx:
@@ -118,9 +118,9 @@ def test_a_stage_that_does_not_apply_stays_skipped_until_its_reason_goes(tmp_pat
         assert not is_stale(ctx, teacher, [])
     with open_run(load_recipe(path, None, ["teacher.model=other", "eval.limit=2"]), tmp_path / "run") as ctx:
         assert not is_stale(ctx, teacher, [])
-        monkeypatch.setenv("XTK_TEST_KEY", "k")
+        monkeypatch.setenv("XTK_TEST_API_KEY", "k")
         assert is_stale(ctx, teacher, [])
         ctx.manifest.start("eval_teacher")  # as if the teacher had been evaluated
         ctx.manifest.done("eval_teacher", [], config="whatever")
-        monkeypatch.delenv("XTK_TEST_KEY")
+        monkeypatch.delenv("XTK_TEST_API_KEY")
         assert is_stale(ctx, teacher, [])

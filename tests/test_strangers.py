@@ -172,3 +172,41 @@ def test_every_flag_on_the_list_is_one_ms_swift_has():
     from toolkit.task.schema import SWIFT_FLAGS
 
     assert set(SWIFT_FLAGS) <= {f.name for f in dataclasses.fields(SftArguments)}
+
+
+# --- 3. what a recipe may send: the key's variable, and files of its own project only --------------------------
+
+def test_a_recipe_reads_the_teachers_key_only_from_an_api_keys_variable(tmp_path, capsys):
+    path = write_recipe(tmp_path, FIELD)
+    path.write_text(path.read_text().replace("api_key_env: XTK_TEST_API_KEY", "api_key_env: GITHUB_TOKEN"))
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if "GITHUB_TOKEN" in text)
+    err = failure(capsys, ["recipe", "show", str(path)])
+    assert f"typed.yaml:{line}: key 'teacher.api_key_env': $GITHUB_TOKEN is not an API key's variable" in err
+    assert "--api-key-env GITHUB_TOKEN" in err
+    assert main(["recipe", "show", str(path), "--api-key-env", "GITHUB_TOKEN"]) == 0  # the user's own choice
+    assert "api_key_env: GITHUB_TOKEN" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("key,value", [("prompts.teacher", "{outside}/secret.md"),  # absolute
+                                       ("prompts.base", "../home/secret.md"),  # climbing out
+                                       ("prompts.student", "linked/secret.md"),  # a link in the project
+                                       ("fields.0.choices_file", "{outside}/secret.md"),
+                                       ("data.test", "[{outside}/test.jsonl]"),
+                                       ("train.deepspeed", "{outside}/ds.json")])
+def test_every_file_a_recipe_names_lies_in_its_project(tmp_path, key, value, capsys):
+    project, outside = tmp_path / "project", tmp_path / "home"
+    outside.mkdir()
+    (outside / "secret.md").write_text("the user's secret\n")
+    (outside / "test.jsonl").write_text('{"id": 1, "text": "t", "label": {"a": "x"}}\n')
+    (outside / "ds.json").write_text("{}")
+    path = write_recipe(project, FIELD)
+    (project / "linked").symlink_to(outside, target_is_directory=True)
+    override = f"{key}={value.format(outside=outside)}"
+    if key.startswith("fields"):  # a field's own key, written in the file: its line is named
+        path.write_text(path.read_text().replace("description: anything}", "description: anything,\n"
+                                                 f"      choices_file: {outside}/secret.md}}"))
+        override = "name=typed"
+    err = failure(capsys, ["recipe", "show", str(path), override])
+    assert f"key '{key}" in err and "leads outside" in err
+    assert f"--allow-path {outside}" in err and "the user's secret" not in err
+    assert main(["recipe", "show", str(path), override, "--allow-path", str(outside)]) == 0

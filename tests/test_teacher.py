@@ -28,7 +28,7 @@ def tests_rows():
 def run_data(tmp_path, server, pool_rows, *more):
     pool = write_jsonl(tmp_path / "pool.jsonl", [{"id": r["id"], "text": r["text"]} for r in pool_rows])
     return main(["run", str(RECIPE), "--only", "data", "--run", str(tmp_path / "run"), f"data.pool={pool}",
-                 f"teacher.base_url={server.base_url}", "teacher.gate.records=20", *more])
+                 "--allow-path", str(tmp_path), f"teacher.base_url={server.base_url}", "teacher.gate.records=20", *more])
 
 
 def gate_entry(tmp_path):
@@ -79,7 +79,7 @@ def test_a_good_teacher_proceeds_and_its_evaluation_pays_for_the_gate_records_on
         assert len(read_jsonl(tmp_path / "run" / "data" / "labelled.jsonl")) == 10
         assert main(["eval", str(RECIPE), "--model", "teacher", "--run", str(tmp_path / "run"),
                      "--test", str(load_recipe(RECIPE).path(load_recipe(RECIPE).data.test[0])),
-                     f"teacher.base_url={server.base_url}", "eval.limit=25"]) == 0
+                     f"teacher.base_url={server.base_url}", "eval.limit=25", "--allow-path", str(tmp_path)]) == 0
         # the 20 the gate asked are not asked again; the 5 more are asked once
         assert [server.requests[r["text"]] for r in tests_rows[:26]] == [1] * 25 + [0]
 

@@ -18,6 +18,7 @@ from toolkit.io.errors import StageError
 from toolkit.io.jsonl import read_jsonl, write_jsonl
 from toolkit.io.errors import DataError
 from toolkit.data.label import run_label
+from toolkit.io.trust import Consent
 from toolkit.task.recipe import load_recipe
 
 KEY = "sk-trust-0a1b2c3d4e5f-SECRET"
@@ -438,7 +439,7 @@ def test_an_edited_prompt_file_changes_the_digests_of_what_read_it(tmp_path):
     digests = []
     for words in ("Extract the address as JSON.", "Extract the address as JSON, please."):
         prompt.write_text(words, encoding="utf-8")
-        recipe = load_recipe(RECIPE, "cpu", [f"prompts.student={prompt}"])
+        recipe = load_recipe(RECIPE, "cpu", [f"prompts.student={prompt}"], Consent(paths=(str(tmp_path),)))
         digests.append({name: config_digest(recipe, BY_NAME[name].config)
                         for name in ("prepare", "eval_student", "train", "data")})
     assert [name for name in digests[0] if digests[0][name] != digests[1][name]] == ["prepare", "eval_student"]

@@ -19,7 +19,7 @@ console = Console(stderr=True)
 
 
 def consent(args) -> Consent:
-    return Consent(tuple(args.allow_code), args.trust_remote_code)
+    return Consent(tuple(args.allow_code), args.trust_remote_code, tuple(args.allow_path), args.api_key_env)
 
 
 def given(args) -> Settings:
@@ -33,6 +33,8 @@ def load(args, settings: Settings | None = None) -> Recipe:
     overrides = list(settings.overrides)
     if args.trust_remote_code:
         overrides.append("student.trust_remote_code=true")
+    if args.api_key_env:
+        overrides.append(f"teacher.api_key_env={args.api_key_env}")
     return load_recipe(args.recipe, settings.profile, overrides, consent(args))
 
 

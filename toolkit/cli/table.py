@@ -46,6 +46,12 @@ CONSENT = (
     A("--trust-remote-code", action="store_true",
       help="allow model folders that ship their own Python code (sets student.trust_remote_code=true; a recipe "
            "setting it needs this flag too)"),
+    A("--allow-path", action="append", default=[], metavar="DIR",
+      help="let the recipe name files under DIR (prompts, choices, data, test files); without it a recipe names only "
+           "files of its own project. Repeat for several"),
+    A("--api-key-env", metavar="NAME",
+      help="the environment variable holding the teacher's key (or, with eval --base-url, the endpoint's); a recipe "
+           "may itself name only a variable called *_API_KEY (default: the recipe's teacher.api_key_env)"),
 )
 RECIPE = (
     A("recipe", help="recipe YAML, e.g. recipes/logistics_zh.yaml"),
@@ -166,7 +172,6 @@ COMMANDS: tuple[Command, ...] = (
                   "when it imports); " + "; ".join(f"{k.name}: {k.description}" for k in BACKENDS.values())),
                 A("--base-url", help="OpenAI-compatible endpoint, with --backend openai (default: teacher.base_url "
                   "for teacher)"),
-                A("--api-key-env", help="environment variable holding the endpoint's key (default: the recipe's)"),
                 A("--guided-json", action="store_true", help="vLLM JSON-schema guided decoding"),
             )),
     Command("predict", "run the student on new texts (JSONL, CSV, TSV, Parquet) exactly as it was evaluated: "

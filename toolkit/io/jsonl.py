@@ -95,9 +95,8 @@ _ROOTS: list[Path] = []
 @contextmanager
 def write_root(folder: str | Path) -> Iterator[Path]:
     """While the block runs, everything written below `folder` is xtk's own: a link there is refused. The folder
-    itself is made where missing (through the user's own path to it, unless a root held already holds it)."""
+    itself is made by the first write (through the user's own path to it, unless a root held already holds it)."""
     root = Path(os.path.abspath(folder))
-    os.close(_folder_fd(root))
     _ROOTS.append(root)
     try:
         yield root

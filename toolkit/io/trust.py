@@ -9,6 +9,11 @@ or grant itself trust. So, when a recipe loads:
 - words it adds to a command xtk runs (`train.extra_args` for `swift sft`) are flags on xtk's list of those that only
   change how the model trains, with their values; another flag (`--external_plugins x.py` makes ms-swift import a
   file) needs `--allow-code swift:FLAG`;
+- every file it names (prompts, choices files, data and test files, a DeepSpeed config) lies, links followed, inside
+  the recipe's project (the folder holding its recipes/, or its own folder), unless the user allows another folder
+  with `--allow-path DIR`: a prompt or choices file is sent to the teacher the recipe names;
+- the variable it reads the teacher's key from is one named `*_API_KEY`, unless the user names another with
+  `--api-key-env NAME`: the key goes to the recipe's base_url, and `GITHUB_TOKEN` is nobody's teacher key;
 - `student.trust_remote_code` takes effect only with `--trust-remote-code` on the command line;
 - names that become paths (the recipe's name, the profile's) are one plain path part;
 - every file it names (prompts, choices files, data and test files) is read and checked before anything is
@@ -56,6 +61,8 @@ class Consent:
     code: tuple[str, ...] = ()  # modules (with their submodules) outside toolkit whose functions may run, and
     # PROGRAM:FLAG, a flag a recipe may pass to a program xtk runs beyond those it vouches for
     remote_code: bool = False  # model folders that ship their own Python code
+    paths: tuple[str, ...] = ()  # folders outside the recipe's project whose files the recipe may name
+    key_env: str | None = None  # the teacher key's variable, given on the command line (--api-key-env)
 
     def allows(self, module: str) -> bool:
         """Whether the user allowed the functions of `module` (a module outside xtk) to run."""
@@ -67,7 +74,43 @@ class Consent:
     def argv(self) -> list[str]:
         """The same consent as command-line flags, for a child xtk (a bake-off's pairs)."""
         flags = [w for m in self.code for w in ("--allow-code", m)]
+        flags += [w for p in self.paths for w in ("--allow-path", p)]
+        flags += ["--api-key-env", self.key_env] if self.key_env else []
         return flags + (["--trust-remote-code"] if self.remote_code else [])
+
+
+@dataclass(frozen=True)
+class NamesFiles:
+    """Marks a recipe key (in typing.Annotated) whose value names files, one or a list: each must lie inside the
+    recipe's project (path_problem), checked where the recipe loads. `only` picks the values that are file names
+    (train.deepspeed names a .json file, or one of ms-swift's presets)."""
+    only: Callable[[str], bool] | None = None
+
+
+FILE = NamesFiles()
+# An API key's variable by the providers' convention (DASHSCOPE_API_KEY, OPENAI_API_KEY): what a recipe may name.
+API_KEY_ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]*_API_KEY")
+
+
+def path_problem(path: Path, root: Path, consent: Consent) -> str | None:
+    """Why a recipe may not name the file `path`, or None: it must lead (links followed) inside the recipe's project
+    `root`, or inside a folder the user allowed on the command line."""
+    real = path.resolve()
+    if any(real.is_relative_to(Path(folder).resolve()) for folder in (root, *consent.paths)):
+        return None
+    to = f" (to {real})" if real != path.absolute() else ""
+    return (f"{path} leads outside the recipe's project {root}{to}: a recipe names only files of its own project "
+            f"(a prompt or a choices file is sent to the teacher it names), unless you allow their folder on the "
+            f"command line: --allow-path {real.parent}")
+
+
+def key_env_problem(name: str, consent: Consent) -> str | None:
+    """Why a recipe may not read the teacher's key from the variable `name`, or None."""
+    if API_KEY_ENV.fullmatch(name) or name == consent.key_env:
+        return None
+    return (f"${name} is not an API key's variable (NAME_API_KEY, e.g. DASHSCOPE_API_KEY): a recipe names only "
+            "those, so that it cannot send another secret of yours ($GITHUB_TOKEN, $AWS_SECRET_ACCESS_KEY) to the "
+            f"endpoint it names; to use ${name}, give it on the command line: --api-key-env {name}")
 
 
 def name_problem(value: str) -> str | None:

@@ -17,10 +17,11 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from toolkit.io.trust import FILE
 from toolkit.maths.stats import Counts
 
 Choices = Callable[[str], "list[str] | None"]  # a field's name -> its allowed values as written, or None
@@ -202,7 +203,7 @@ class FieldSpec(BaseModel):
     choices: list[str] | None = Field(default=None, description=(
         "A closed set: the values a label may take. Labels outside it are refused; sets of up to 512 values "
         "become the schema's enum."))
-    choices_file: str | None = Field(default=None, description=(
+    choices_file: Annotated[str | None, FILE] = Field(default=None, description=(
         "The closed set one value a line in a UTF-8 file (recipe-relative; an empty line allows \"\"), instead "
         "of choices."))
 

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from string import Template
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from toolkit.io.errors import DataError, RecipeError
 from toolkit.io.jsonl import file_problem, iter_lines, read_text
-from toolkit.io.trust import CODE_KEYS, RECIPE_CODE, Consent, argv_problem, code_problem, import_module, name_problem, \
-    own
+from toolkit.io.trust import CODE_KEYS, RECIPE_CODE, Consent, NamesFiles, argv_problem, code_problem, import_module, \
+    key_env_problem, name_problem, own, path_problem
 from toolkit.io.yamlfile import UniqueKeyLoader, describe, key_lines, read_yaml_mapping
 from toolkit.task.fields import FieldSpec, example, hint, normalise, not_classes, schema
 from toolkit.task.schema import (SWIFT_FLAGS, AtKey, CodeRef, DataSpec, EvalSpec, ExportSpec, Prompts, Strict,
@@ -246,7 +247,7 @@ def _where(path: Path, loc: tuple, lines: dict[tuple, int], profile: str | None,
            missing: bool = False) -> str:
     """`file:line: key 'a.b'` for a key of the recipe, the line taken from the profile where it set the key."""
     dotted = ".".join(str(p) for p in loc)
-    if loc in overridden:
+    if any(loc[:n] in overridden for n in range(1, len(loc) + 1)):
         return f"{path}: key '{dotted}' (from a command-line override)"
     line = (lines.get(("profiles", profile) + loc) if profile else None) or lines.get(loc)
     if line is None and missing:
@@ -329,6 +330,24 @@ def _check_own_files(recipe: Recipe) -> None:
                 fail(("fields", i, "choices_file"), str(exc))
 
 
+def named_files(model: BaseModel, loc: tuple = ()) -> Iterator[tuple[tuple, str]]:
+    """(key, file name) for every file the recipe names: the values of every key marked as naming files (NamesFiles),
+    in every section, field and list."""
+    for name, info in type(model).model_fields.items():
+        value, here = getattr(model, name), loc + (name,)
+        marker = next((m for m in info.metadata if isinstance(m, NamesFiles)), None)
+        if marker is not None:
+            values = enumerate(value) if isinstance(value, list) else [(None, value)]
+            yield from ((here if i is None else here + (i,), v) for i, v in values
+                        if v is not None and (marker.only is None or marker.only(v)))
+        elif isinstance(value, BaseModel):
+            yield from named_files(value, here)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    yield from named_files(item, here + (i,))
+
+
 def _check_consent(recipe: Recipe, path: Path, text: str, overridden: set[tuple], consent: Consent) -> None:
     """What a loaded recipe may do on its own (toolkit/io/trust.py's docstring); RecipeError naming the file, the
     key and its line. The files it names are read by toolkit/flow/check.py."""
@@ -347,6 +366,11 @@ def _check_consent(recipe: Recipe, path: Path, text: str, overridden: set[tuple]
             fail(loc, problem)
     if problem := argv_problem(recipe.train.extra_args, SWIFT_FLAGS, "swift", consent):
         fail(("train", "extra_args"), problem)
+    if problem := key_env_problem(recipe.teacher.api_key_env, consent):
+        fail(("teacher", "api_key_env"), problem)
+    for loc, name in named_files(recipe):
+        if problem := path_problem(recipe.path(name), recipe.root, consent):
+            fail(loc, problem)
     if recipe.student.trust_remote_code and not consent.remote_code:
         fail(("student", "trust_remote_code"), "a recipe cannot grant itself trust: model code runs only with "
              "--trust-remote-code on the command line (only for a model folder you trust)")

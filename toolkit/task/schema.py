@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from toolkit.io.trust import FILE, NamesFiles
+
 
 class AtKey(ValueError):
     """A check across keys whose error belongs to one of them: `loc`, below the model that raises it, is where
@@ -23,17 +25,17 @@ class Strict(BaseModel):
 
 
 class Prompts(Strict):
-    teacher: str | None = Field(default=None, description=(
+    teacher: Annotated[str | None, FILE] = Field(default=None, description=(
         "The teacher's prompt file (recipe-relative): the detailed instructions the teacher labels with; one that "
         "does not name every field is warned of (`xtk recipe check`). Null: rendered from the fields with "
         "prompts.template."))
-    base: str | None = Field(default=None, description=(
+    base: Annotated[str | None, FILE] = Field(default=None, description=(
         "The detailed prompt file, for models that were not fine-tuned (the base model, option likelihood); one "
         "that does not name every field is warned of. Null: rendered from the fields with prompts.template."))
-    student: str | None = Field(default=None, description=(
+    student: Annotated[str | None, FILE] = Field(default=None, description=(
         "The short prompt file the student is trained and evaluated with (it may name no field: the student learns "
         "the keys from its training answers). Null: one line naming the fields."))
-    template: str | None = Field(default=None, description=(
+    template: Annotated[str | None, FILE] = Field(default=None, description=(
         "The template file (recipe-relative) the teacher's and base prompts are rendered with where they are null: "
         "text with $task (the description), $fields (a line a field: name, description, what a value is), $keys "
         "and $example (an answer); $$ is a dollar sign. Null: xtk's own (docs/recipes.md)."))
@@ -53,14 +55,15 @@ class DataSpec(Strict):
     generator: CodeRef | None = Field(default=None, description=(
         "The function that builds this recipe's data files (`xtk data generate NAME`), as module:function; null: "
         "none."))
-    labelled: str | None = Field(default=None, description=(
+    labelled: Annotated[str | None, FILE] = Field(default=None, description=(
         "Your own labelled JSONL ({id, text, label} or ms-swift messages rows): used for training when set, before "
         "pool and pool_gold."))
-    pool: str | None = Field(default=None, description="JSONL {id, text}: raw strings to label for training.")
-    pool_gold: str | None = Field(default=None, description=(
+    pool: Annotated[str | None, FILE] = Field(default=None, description=(
+        "JSONL {id, text}: raw strings to label for training."))
+    pool_gold: Annotated[str | None, FILE] = Field(default=None, description=(
         "JSONL {id, label}: the generator's labels of the pool, to train on without a teacher and to check a teacher "
         "against."))
-    test: list[str] = Field(description=(
+    test: Annotated[list[str], FILE] = Field(description=(
         "Test JSONL files with gold labels ({id, text, label}); every evaluation scores each of them."))
     train_records: int = Field(gt=0, description=(
         "How many labelled rows to train on (training and validation together)."))
@@ -156,6 +159,9 @@ class StudentSpec(Strict):
         "Allow a model folder that ships its own Python code to run it (as --trust-remote-code)."))
 
 
+DEEPSPEED_FILE = NamesFiles(only=lambda value: value.endswith(".json"))  # not a preset's name, nor JSON text
+
+
 class TrainSpec(Strict):
     tuner_type: Literal["lora", "full"] = Field(default="lora", description=(
         "lora (a low-rank adapter, merged after training) or full (every weight trained)."))
@@ -211,7 +217,7 @@ class TrainSpec(Strict):
     master_port: int | None = Field(default=None, gt=0, le=65535, description=(
         "Node 0's rendezvous port (torchrun's MASTER_PORT); null on one machine: a DDP training gets a free port of "
         "its own."))
-    deepspeed: str | None = Field(default=None, description=(
+    deepspeed: Annotated[str | None, DEEPSPEED_FILE] = Field(default=None, description=(
         "One of ms-swift's shipped ZeRO configs (zero0 ... zero3_offload), a DeepSpeed JSON file or JSON text; null: "
         "none."))
     early_stop_evals: int | None = Field(default=None, gt=0, description=(
