@@ -137,8 +137,11 @@ class OpenAIBackend(Backend):
     name = "openai"
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None, *, cache: Path | None,
-                 concurrency: int = 16, timeout_s: float = 120, max_retries: int = 6, extra_body: dict | None = None):
+                 concurrency: int = 16, timeout_s: float = 120, max_retries: int = 6, extra_body: dict | None = None,
+                 max_tokens: int | None = None, temperature: float = 0.0):
         key = os.environ.get(api_key_env, "") if api_key_env else ""
+        # The teacher's own length and temperature, whoever asks: the gate scores it as labelling will ask it.
+        self.max_tokens, self.temperature = max_tokens, temperature
         self.loop = asyncio.new_event_loop()  # the client's connections belong to the loop they were made on
         self.endpoint = Endpoint(base_url, model, key, api_key_env, timeout_s, max_retries, dict(extra_body or {}))
         self.concurrency, self.reused = concurrency, 0
@@ -148,14 +151,15 @@ class OpenAIBackend(Backend):
     async def _all(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
         gate = asyncio.Semaphore(self.concurrency)
         e = self.endpoint
+        max_tokens = self.max_tokens or max_tokens
 
         async def one(messages: Messages) -> Generation:
-            key = request_key(e.base_url, e.model, messages, max_tokens, e.extra_body)
+            key = request_key(e.base_url, e.model, messages, max_tokens, e.extra_body, self.temperature)
             if key in self.cache:
                 self.reused += 1
             else:
                 async with gate:
-                    answer = await e.ask(messages, max_tokens)
+                    answer = await e.ask(messages, max_tokens, self.temperature)
                 # A malformed response is scored as no answer (its raw body is kept for a person to read).
                 row = {"key": key, "text": answer.content or "", "problem": answer.problem,
                        "raw": e.redact(answer.raw), "completion_tokens": answer.completion_tokens}
@@ -232,7 +236,8 @@ def build_transformers(s: Served) -> Backend:
 def build_openai(s: Served) -> Backend:
     t = s.recipe.teacher
     return OpenAIBackend(s.base_url, s.model, s.api_key_env, cache=s.cache, concurrency=t.concurrency,
-                         timeout_s=t.timeout_s, max_retries=t.max_retries, extra_body=request_body(t))
+                         timeout_s=t.timeout_s, max_retries=t.max_retries, extra_body=request_body(t),
+                         max_tokens=t.max_tokens, temperature=t.temperature)
 
 
 def build_rules(s: Served) -> Backend:
