@@ -85,17 +85,19 @@ def test_a_good_teacher_proceeds_and_its_evaluation_pays_for_the_gate_records_on
 
 
 @pytest.mark.parametrize("setting, thinking", [("teacher.model=deepseek-v3", False),
+                                               ("teacher.temperature=0.3", False),
                                                ("teacher.enable_thinking=true", True),
                                                ("teacher.enable_thinking=null", None)])
 def test_the_gate_asks_the_teacher_with_the_settings_it_labels_with(tmp_path, key, pool, tests_rows, setting,
                                                                      thinking):
     """The gate scores the teacher as it will label: its 20 requests and labelling's carry the same settings
-    beside the chat and its length, teacher.enable_thinking among them whatever the teacher's name (before, the
-    gate sent it only to a model named qwen3, and then always false). Null sends no switch at all."""
+    beside the chat: length, temperature and teacher.enable_thinking whatever the teacher's name (before, the
+    gate sent the switch only to a model named qwen3, and asked with eval's length and temperature 0). Null sends
+    no switch at all."""
     gold = {r["text"]: r["label"] for r in tests_rows + pool[:5]}
     with TeacherServer(gold) as server:
         assert run_data(tmp_path, server, pool[:5], setting) == 0
-    settings = {json.dumps({k: v for k, v in body.items() if k not in ("messages", "max_tokens")}, sort_keys=True)
+    settings = {json.dumps({k: v for k, v in body.items() if k != "messages"}, sort_keys=True)
                 for body in server.bodies}
     assert len(server.bodies) == 25 and len(settings) == 1, settings  # 20 for the gate, 5 to label
     [sent] = map(json.loads, settings)
