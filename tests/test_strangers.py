@@ -210,3 +210,36 @@ def test_every_file_a_recipe_names_lies_in_its_project(tmp_path, key, value, cap
     assert f"key '{key}" in err and "leads outside" in err
     assert f"--allow-path {outside}" in err and "the user's secret" not in err
     assert main(["recipe", "show", str(path), override, "--allow-path", str(outside)]) == 0
+
+
+# --- 7. a choices file that starts with a byte-order mark ---------------------------------------------------------
+
+def test_a_choices_file_with_a_bom_is_refused_by_recipe_check_with_its_line(tmp_path, capsys):
+    (tmp_path / "places.txt").write_bytes("\ufeff北京市\n上海市\n".encode())
+    recipe = write_recipe(tmp_path, "fields:\n  - {name: province, description: p, choices_file: places.txt}\n")
+    err = failure(capsys, ["recipe", "check", str(recipe)])
+    assert "key 'fields.0.choices_file'" in err
+    assert "places.txt:1: '\\ufeff北京市' holds U+FEFF, a byte-order mark" in err
+    (tmp_path / "places.txt").write_text("北京市\n上\u200b海市\n", encoding="utf-8")  # any character nobody sees
+    assert "places.txt:2:" in failure(capsys, ["recipe", "check", str(recipe)])
+    recipe.write_text(recipe.read_text().replace("choices_file: places.txt", "choices: [北京市, \u200b上海市]"))
+    assert "U+200B, zero width space" in failure(capsys, ["recipe", "show", str(recipe)])
+
+
+# --- 9. accepted silently before: each refused with a clear error -------------------------------------------------
+
+@pytest.mark.parametrize("fields", ["a:enum()", "a:enum( )", "a:enum(|)"])
+def test_an_enum_with_no_values_is_refused_by_init(tmp_path, fields, capsys):
+    err = failure(capsys, ["init", "t", "--fields", fields, "--out", str(tmp_path)])
+    assert f"--fields item {fields!r}: expected an enum field needs at least one class" in err
+    assert not (tmp_path / "recipes").exists()
+
+
+def test_a_closed_set_with_no_values_is_refused_where_the_recipe_loads(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, "fields:\n  - {name: a, type: str, description: p, choices: []}\n")
+    assert "key 'fields.0': expected at least one choice" in failure(capsys, ["recipe", "show", str(recipe)])
+    recipe.write_text(recipe.read_text().replace("type: str", "type: enum"))
+    assert "an enum field needs at least one class" in failure(capsys, ["recipe", "show", str(recipe)])
+    (tmp_path / "none.txt").write_text("\n\n")  # an empty line allows "", which is no class
+    recipe.write_text(recipe.read_text().replace("choices: []", "choices_file: none.txt"))
+    assert "none.txt: no values" in failure(capsys, ["recipe", "show", str(recipe)])

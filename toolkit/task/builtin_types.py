@@ -90,6 +90,8 @@ class Enum(Text):
     def declaration_problem(self, spec):
         if spec.choices is None and spec.choices_file is None:
             return "an enum field needs its choices (choices or choices_file)"
+        if spec.choices is not None and not any(c.strip() for c in spec.choices):
+            return f"an enum field needs at least one class (a choice that is not empty), got {spec.choices}"
         return super().declaration_problem(spec)
 
     def pairs(self, spec: FieldSpec, rows: Rows, written: dict[str, str]) -> list[tuple[str, str | None]]:

@@ -51,6 +51,18 @@ def normalise(value, steps: list[str]) -> str:
     return s
 
 
+def hidden_character(value: str) -> str | None:
+    """The first character of `value` that nobody sees and no normaliser removes (a byte-order mark, a zero-width
+    space, a control character), named, or None. A label must match a choice character for character: a choice
+    holding one would refuse every answer (after it was paid for)."""
+    for ch in value:
+        if ch != "\t" and unicodedata.category(ch) in ("Cf", "Cc"):
+            name = "a byte-order mark" if ch == "\ufeff" else unicodedata.name(ch, "a control character").lower()
+            return (f"U+{ord(ch):04X}, {name}: a character nobody sees, which no answer carries; remove it" +
+                    (" (save the file as UTF-8 without a byte-order mark)" if ch == "\ufeff" else ""))
+    return None
+
+
 NO_VALUE = object()  # a prediction of the wrong type: equal to no gold value
 
 
@@ -91,8 +103,12 @@ class FieldType:
         if spec.optional and self.listed:
             return f"a {self.name} field cannot be optional: an empty list already says there is none"
         if spec.choices is not None:
+            if not spec.choices:
+                return "at least one choice: a closed set with none refuses every label"
             seen: dict[str, str] = {}
             for choice in spec.choices:
+                if hidden := hidden_character(choice):
+                    return f"choice {choice!r} holds {hidden}"
                 if (same := seen.setdefault(normalise(choice, spec.normalise), choice)) is not choice:
                     return (f"each choice once: {choice!r} is {same!r} again" + ("" if same == choice else
                             f" after the normalisers {spec.normalise}"))

@@ -22,7 +22,7 @@ from toolkit.io.jsonl import file_problem, iter_lines, read_text
 from toolkit.io.trust import CODE_KEYS, RECIPE_CODE, Consent, NamesFiles, argv_problem, code_problem, import_module, \
     key_env_problem, name_problem, own, path_problem
 from toolkit.io.yamlfile import UniqueKeyLoader, describe, key_lines, read_yaml_mapping
-from toolkit.task.fields import FieldSpec, example, hint, normalise, not_classes, schema
+from toolkit.task.fields import FieldSpec, example, hidden_character, hint, kind, normalise, not_classes, schema
 from toolkit.task.schema import (SWIFT_FLAGS, AtKey, CodeRef, DataSpec, EvalSpec, ExportSpec, Prompts, Strict,
                                  StudentSpec, SynthSpec, TeacherSpec, TrainSpec)
 
@@ -164,12 +164,24 @@ class Recipe(Strict):
         if field_name not in self._choices_cache:
             f = self.field(field_name)
             if f.choices_file is not None:
-                # Line endings only: the field's normalisers decide what else is insignificant.
-                values = [line.rstrip("\r\n") for _, line in iter_lines(self.path(f.choices_file), "a text file")]
+                values = self._choices_file(f)
             else:
                 values = f.choices
             self._choices_cache[field_name] = None if values is None else list(dict.fromkeys(values))
         return self._choices_cache[field_name]
+
+    def _choices_file(self, f: FieldSpec) -> list[str]:
+        """A choices file's values, one a line; DataError with the line of one holding a character nobody sees (a
+        byte-order mark), and for a file with none, or an enum's with no class."""
+        path, values = self.path(f.choices_file), []
+        for line, text in iter_lines(path, "a text file of allowed values"):
+            value = text.rstrip("\r\n")  # line endings only: the field's normalisers decide what else is insignificant
+            if hidden := hidden_character(value):
+                raise DataError(path, line, f"{value!r} holds {hidden}")
+            values.append(value)
+        if not values or (kind(f).classes and not any(v.strip() for v in values)):
+            raise DataError(path, None, "no values: write the allowed values one a line")
+        return values
 
     def allowed_values(self, field_name: str) -> frozenset[str] | None:
         """The values a field's label may take, normalised with the field's normalisers; None: any value."""
