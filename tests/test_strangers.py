@@ -243,3 +243,25 @@ def test_a_closed_set_with_no_values_is_refused_where_the_recipe_loads(tmp_path,
     (tmp_path / "none.txt").write_text("\n\n")  # an empty line allows "", which is no class
     recipe.write_text(recipe.read_text().replace("choices: []", "choices_file: none.txt"))
     assert "none.txt: no values" in failure(capsys, ["recipe", "show", str(recipe)])
+
+
+# --- 8. xtk init with odd input: a clean error, never a traceback ----------------------------------------------
+
+@pytest.mark.parametrize("case", ["a field twice", "--out a file", "--out under a file", "--from a device",
+                                  "--from nested too deeply"])
+def test_init_with_odd_input_ends_in_a_clean_error(tmp_path, case, capsys):
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "deep.jsonl").write_text('{"id": 1, "text": "x", "label": {"a": ' + "[" * 100_000 + "]" * 100_000
+                                         + "}}\n")
+    argv = {"a field twice": ["--fields", "a:str, a:int"],
+            "--out a file": ["--fields", "a", "--out", str(tmp_path / "afile")],
+            "--out under a file": ["--fields", "a", "--out", str(tmp_path / "afile" / "sub")],
+            "--from a device": ["--fields", "a", "--from", "/proc/self/mem"],
+            "--from nested too deeply": ["--fields", "a", "--from", str(tmp_path / "deep.jsonl")]}[case]
+    err = failure(capsys, ["init", "t", "--out", str(tmp_path / "p"), *argv])
+    expected = {"a field twice": "expected each field name once; given more than once: a",
+                "--out a file": "afile/recipes: cannot write there: Not a directory",
+                "--out under a file": "afile/sub/recipes: cannot write there: Not a directory",
+                "--from a device": "/proc/self/mem:1: cannot read: Input/output error",
+                "--from nested too deeply": "deep.jsonl:1: JSON nested too deeply to read"}[case]
+    assert expected in err and not (tmp_path / "p" / "recipes").exists()

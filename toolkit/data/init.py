@@ -155,7 +155,11 @@ def init_recipe(name: str, fields: str, out: str | Path = ".", examples: str | P
                          fields="\n".join(f"  - {json.dumps(f, ensure_ascii=False)}" for f in specs))
     raw = yaml.safe_load(text)
     raw.pop("profiles")
-    recipe = Recipe(**raw, root=out.resolve())  # what load_recipe reads, to check the examples against
+    try:
+        recipe = Recipe(**raw, root=out.resolve())  # what load_recipe reads, to check the examples against
+    except ValidationError as exc:  # what no single --fields item shows: a field name given twice
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise RecipeError(f"--fields {fields!r}: expected {problems}") from None
     targets = [path, *([recipe.path(recipe.data.labelled), recipe.path(recipe.data.test[0])] if examples else [])]
     for target in targets:  # a planted link (recipes/, data/) must not carry the files out of the project folder
         if not target.resolve().is_relative_to(out.resolve()):

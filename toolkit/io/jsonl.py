@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,7 +50,15 @@ def iter_lines(path: str | Path, expected: str) -> Iterator[tuple[int, str]]:
     except OSError as exc:
         raise DataError(path, None, f"cannot read: {exc.strerror}") from None
     with fh:
-        for lineno, raw in enumerate(fh, 1):
+        lineno = 0
+        while True:
+            try:  # a device or a failing disk may refuse a read: the line it stopped at is named
+                raw = fh.readline()
+            except OSError as exc:
+                raise DataError(path, lineno + 1, f"cannot read: {exc.strerror}") from None
+            if not raw:
+                return
+            lineno += 1
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -73,6 +82,9 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(path, lineno, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise DataError(path, lineno, "JSON nested too deeply to read (arrays or objects inside each other "
+                            f"beyond Python's limit of {sys.getrecursionlimit()})") from None
         if not isinstance(obj, dict):
             raise DataError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
         yield lineno, obj
