@@ -13,7 +13,7 @@ Three schemas: the recipe's own (no table: districts left out, cities and provin
 in the recipe's field order (district first) and the table's with province first. Each engine is checked token by
 token on the model's own tokenisation of each answer: it should accept every combination the table allows
 (xgrammar: all; llama.cpp: every 10th, it is slower) and refuse a city under another province; the recipe's own
-schema refuses none of those. The time one decoding step costs the grammar, on the steps of 5 answers spread over the table:
+schema refuses none of those (not_taken and let_through quote the first answers an engine got wrong). The time one decoding step costs the grammar, on the steps of 5 answers spread over the table:
 xgrammar's bitmask of allowed tokens (ms_per_bitmask, what vLLM computes before every token); llama.cpp's check of
 one token (ms_per_token_check, what GreedyGrammar does first) and its pass over the whole vocabulary
 (ms_per_vocabulary_pass, when the model's best token is refused). Times are CPU seconds of this process (the
@@ -63,6 +63,14 @@ def timed(i: int, n: int) -> bool:
     return i % max(1, n // TIMED) == 0 and i // max(1, n // TIMED) < TIMED
 
 
+def checked(accept: list[str], refuse: list[str], not_taken: list[str], let_through: list[str]) -> dict:
+    """How many answers the engine took and refused, with the first few it got wrong."""
+    return {"accepted": f"{len(accept) - len(not_taken)} of {len(accept)}",
+            "refused": f"{len(refuse) - len(let_through)} of {len(refuse)}",
+            **({"not_taken": not_taken[:3]} if not_taken else {}),
+            **({"let_through": let_through[:3]} if let_through else {})}
+
+
 def xgrammar_run(folder: Path, schema: str, accept: list[str], refuse: list[str]) -> dict:
     import xgrammar as xgr
     from transformers import AutoConfig, AutoTokenizer
@@ -92,11 +100,10 @@ def xgrammar_run(folder: Path, schema: str, accept: list[str], refuse: list[str]
                 return False
         return matcher.is_terminated()
 
-    accepted = sum(walk(a, timed(i, len(accept))) for i, a in enumerate(accept))
-    refused = sum(not walk(r) for r in refuse)
+    not_taken = [a for i, a in enumerate(accept) if not walk(a, timed(i, len(accept)))]
+    let_through = [r for r in refuse if walk(r)]
     return {"vocabulary": info.vocab_size, "compile_seconds": round(seconds, 2),
-            "accepted": f"{accepted} of {len(accept)}", "refused": f"{refused} of {len(refuse)}",
-            "ms_per_bitmask": round(1000 * mask_seconds / steps, 3)}
+            **checked(accept, refuse, not_taken, let_through), "ms_per_bitmask": round(1000 * mask_seconds / steps, 3)}
 
 
 def llama_run(gguf: Path, schema: dict, names: list[str], accept: list[str], refuse: list[str]) -> dict:
@@ -149,13 +156,13 @@ def llama_run(gguf: Path, schema: dict, names: list[str], accept: list[str], ref
         return True
 
     sample = accept[::10]
-    accepted = sum(walk(a, timed(i, len(sample))) for i, a in enumerate(sample))
-    refused = sum(not walk(r) for r in refuse)
+    not_taken = [a for i, a in enumerate(sample) if not walk(a, timed(i, len(sample)))]
+    let_through = [r for r in refuse if walk(r)]
     llama_cpp.llama_sampler_free(sampler)
     (n_one, one_s), (n_every, every_s) = timings["one"], timings["every"]
     return {"vocabulary": llm.n_vocab(), "gbnf_bytes": len(gbnf.encode()),
             "from_json_schema_seconds": round(from_json_schema, 2), "grammar_parse_seconds": round(parse, 2),
-            "accepted": f"{accepted} of {len(sample)}", "refused": f"{refused} of {len(refuse)}",
+            **checked(sample, refuse, not_taken, let_through),
             "ms_per_token_check": round(1000 * one_s / n_one, 3),
             "ms_per_vocabulary_pass": round(1000 * every_s / n_every, 3)}
 
