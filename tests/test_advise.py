@@ -151,12 +151,13 @@ def test_a_hub_id_that_cannot_be_fetched_here_is_unknown_with_the_reason():
     assert c.shortlisted  # it may exist where the bake-off runs
 
 
-def test_the_cli_prints_json_for_every_candidate_and_the_bakeoff(smollm2, capsys):
+def test_the_cli_prints_json_for_every_candidate_and_the_bakeoff(smollm2, tmp_path, capsys):
     from toolkit.cli import main
 
-    # short.md, the 57-token prompt these figures were measured with (the profile's is 5 tokens)
+    # short.md, the 57-token prompt these figures were measured with (the profile's is 5 tokens); a folder that is
+    # no model, beside it
     assert main(["advise", str(RECIPE), "--profile", "cpu", "train.max_length=360",
-                 "prompts.student=prompts/logistics_zh/short.md", "--candidates", f"{SMOLLM2},./no-such-model",
+                 "prompts.student=prompts/logistics_zh/short.md", "--candidates", f"{SMOLLM2},{tmp_path}",
                  "--rows", "200", "--ram", "7", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"recipe", "profile", "rows", "rows_favour", "ram_gib", "gpu_gib", "data", "candidates",

@@ -265,3 +265,43 @@ def test_init_with_odd_input_ends_in_a_clean_error(tmp_path, case, capsys):
                 "--from a device": "/proc/self/mem:1: cannot read: Input/output error",
                 "--from nested too deeply": "deep.jsonl:1: JSON nested too deeply to read"}[case]
     assert expected in err and not (tmp_path / "p" / "recipes").exists()
+
+
+@pytest.mark.parametrize("override,key,expected", [
+    ("train.num_train_epochs=.inf", "train.num_train_epochs", "expected a finite number, got inf"),
+    ("train.learning_rate=.nan", "train.learning_rate", "expected a finite number, got nan"),
+    ("teacher.price_in_per_mtok=-1", "teacher.price_in_per_mtok", "expected greater than or equal to 0, got -1"),
+    ("teacher.price_out_per_mtok=-0.5", "teacher.price_out_per_mtok", "expected greater than or equal to 0"),
+    ("teacher.temperature=-1", "teacher.temperature", "expected greater than or equal to 0, got -1"),
+    ("train.max_steps=0", "train.max_steps", "expected a number of steps above 0, or -1"),
+    ("data.test=[]", "data.test", "expected at least one test file"),
+    ("data.test=[datasets/logistics_zh/test.jsonl, ./datasets/logistics_zh/test.jsonl]", "data.test.1",
+     "expected each test file once: ./datasets/logistics_zh/test.jsonl is data.test[0]")])
+def test_settings_that_make_no_sense_are_refused_at_their_key(override, key, expected, capsys):
+    err = failure(capsys, ["recipe", "check", str(RECIPE), override])
+    assert f"key '{key}' (from a command-line override): {expected}" in err
+
+
+def write_test(path, texts):
+    from toolkit.io.jsonl import read_jsonl, write_jsonl
+
+    rows = read_jsonl(RECIPE.parent.parent / "datasets" / "logistics_zh" / "test.jsonl")[:len(texts)]
+    return write_jsonl(path, [{**r, "text": t} for r, t in zip(rows, texts)])
+
+
+@pytest.mark.parametrize("text,expected", [("", ":2: the input text is empty"),
+                                           ("长" * 5_000_000, ":2: text is 5000000 characters, over "
+                                                              "data.max_input_chars=4000")])
+def test_an_empty_or_runaway_text_is_refused_by_eval_and_predict_with_its_line(tmp_path, text, expected, capsys):
+    test = write_test(tmp_path / "t.jsonl", ["短", text])
+    err = failure(capsys, ["eval", str(RECIPE), "--model", "rules", "--run", str(tmp_path / "run"),
+                           "--test", str(test)])
+    assert f"t.jsonl{expected}" in err and not (tmp_path / "run" / "eval").exists()
+    err = failure(capsys, ["predict", str(RECIPE), "--model", "rules", "--input", str(test), "--out",
+                           str(tmp_path / "out.jsonl"), "--run", str(tmp_path / "run")])
+    assert f"t.jsonl:2: {'text is 5000000' if text else 'expected'}" in err and not (tmp_path / "out.jsonl").exists()
+
+
+def test_advise_refuses_a_candidate_folder_that_does_not_exist(tmp_path, capsys):
+    err = failure(capsys, ["advise", str(RECIPE), "--candidates", f"smollm2-135m-instruct,{tmp_path}/nope"])
+    assert f"{tmp_path}/nope: no such model folder" in err

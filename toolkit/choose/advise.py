@@ -391,6 +391,12 @@ def advise(recipe: Recipe, recipe_path: str, *, rows: int | None = None, ram_gib
     rows = labelled_rows(recipe) if rows is None else rows
     ram_gib = machine_ram_gib() if ram_gib is None else ram_gib
     names = candidates or default_candidates(recipe)
+    # a folder that is not there is a typo, not a candidate: it would be "unknown" and still go into the bake-off
+    missing = [n for n in names
+               if n not in EMBEDDED and n.startswith((".", "/", "~")) and not Path(n).expanduser().exists()]
+    if missing:
+        raise ModelError(f"{', '.join(missing)}: no such model folder (a candidate is an embedded name, a model "
+                         "folder or a hub id)")
     sample, described = sample_rows(recipe)
     found = []
     with Bar("advise", total=len(names)) as bar:

@@ -19,7 +19,7 @@ def cmd_predict(args) -> None:
         raise StageError("--address and --replicas go with --engine ray")
     recipe, run = run_recipe(args)  # not its training data: predict_role checks what answering needs
     out = check_out(args.out)  # before the model loads: a wrong suffix is a usage error, not minutes lost
-    rows = read_texts(args.input, args.text_column, args.id_column)
+    rows = read_texts(args.input, args.text_column, args.id_column, max_chars=recipe.data.max_input_chars)
     r = predict_role(recipe, args.model, run)
     if args.engine == "ray":
         summary = run_predict(recipe, rows, out, predict_key(recipe, r),

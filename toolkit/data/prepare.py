@@ -31,6 +31,17 @@ def canonical_answer(recipe: Recipe, label: dict) -> str:
     return json.dumps({f.name: canonical(f, label[f.name]) for f in recipe.fields}, ensure_ascii=False)
 
 
+def text_problem(text, max_chars: int) -> str | None:
+    """Why an input text cannot be answered, trained on or scored, or None: every reader of texts asks this (prepare,
+    the test files, predict; labelling's inputs). A runaway text would reach a model as one prompt (minutes of
+    generation, or a paid request); an empty one asks nothing."""
+    if not isinstance(text, str) or not text.strip():
+        return "the input text is empty"
+    if len(text) > max_chars:
+        return f"text is {len(text)} characters, over data.max_input_chars={max_chars}"
+    return None
+
+
 def check_label(recipe: Recipe, label, path: Path, line: int) -> dict:
     if not isinstance(label, dict):
         raise DataError(path, line, f"expected the label to be a JSON object, got {type(label).__name__}")
@@ -73,11 +84,8 @@ def read_record(recipe: Recipe, row: dict, path: Path, line: int) -> dict:
             if key not in row:
                 raise DataError(path, line, f"expected keys id, text, label (or messages); {key!r} is missing")
         text, rid, label = row["text"], row["id"], row["label"]
-    if not isinstance(text, str) or not text.strip():
-        raise DataError(path, line, "the input text is empty")
-    if len(text) > recipe.data.max_input_chars:
-        raise DataError(path, line, f"text is {len(text)} characters, over data.max_input_chars="
-                        f"{recipe.data.max_input_chars}")
+    if problem := text_problem(text, recipe.data.max_input_chars):
+        raise DataError(path, line, problem)
     check_label(recipe, label, path, line)
     return {"id": str(rid), "text": text, "label": label}
 
@@ -98,6 +106,8 @@ def load_test(recipe: Recipe, path: str | Path, limit: int | None = None) -> lis
     for line, row in iter_jsonl(path):
         if not isinstance(row.get("text"), str) or "id" not in row:
             raise DataError(path, line, "expected a test row with id and text")
+        if problem := text_problem(row["text"], recipe.data.max_input_chars):
+            raise DataError(path, line, problem)
         rid = json.dumps(row["id"])  # any JSON value: 1 and "1" are two ids
         if rid in first:
             raise DataError(path, line, f"duplicate id {row['id']!r} (first on line {first[rid]}): each test "

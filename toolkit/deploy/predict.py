@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from toolkit.data.prepare import text_problem
 from toolkit.evaluate.evaluation import extract
 from toolkit.flow.check import check_backend
 from toolkit.io.errors import DataError, StageError
@@ -78,9 +79,10 @@ def _parquet_rows(path: Path, columns: list[str]) -> Iterator[tuple[int, dict]]:
             yield n, row
 
 
-def read_texts(path: str | Path, text_column: str = "text", id_column: str = "id") -> list[dict]:
-    """Texts to answer: [{id, text, line}]. A row without a non-empty string text, an id that is not a string or
-    an integer, or an id seen before is a DataError naming the file and line (row, for Parquet)."""
+def read_texts(path: str | Path, text_column: str = "text", id_column: str = "id", *, max_chars: int) -> list[dict]:
+    """Texts to answer: [{id, text, line}]. A row without a non-empty string text, one over `max_chars` (the
+    recipe's data.max_input_chars), an id that is not a string or an integer, or an id seen before is a DataError
+    naming the file and line (row, for Parquet)."""
     path = Path(path)
     kind = INPUT_SUFFIXES.get(path.suffix.lower())
     if kind is None:
@@ -99,6 +101,8 @@ def read_texts(path: str | Path, text_column: str = "text", id_column: str = "id
         text = row[text_column]
         if not isinstance(text, str) or not text.strip():
             raise DataError(path, line, f"expected {text_column!r} to be a non-empty string, got {dumps(text)[:80]}")
+        if problem := text_problem(text, max_chars):
+            raise DataError(path, line, problem)
         rid = row.get(id_column, line)
         if isinstance(rid, bool) or not isinstance(rid, str | int) or rid == "":
             raise DataError(path, line, f"expected {id_column!r} to be a non-empty string or an integer, "

@@ -194,7 +194,7 @@ def _listing(names) -> str:
 class FieldSpec(BaseModel):
     """One field of a recipe's answer (`fields:` in the recipe, a list of these)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     name: str = Field(description="The field's key in every answer and label.")
     type: str = Field(default="str", description="What the field holds: a registered field type (docs/field-types.md); "

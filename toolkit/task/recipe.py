@@ -109,6 +109,15 @@ class Recipe(Strict):
         return self
 
     @model_validator(mode="after")
+    def _each_test_file_once(self) -> Recipe:
+        seen: dict[Path, int] = {}
+        for i, name in enumerate(self.data.test):
+            if (first := seen.setdefault(self.path(name).resolve(), i)) != i:
+                raise AtKey(("data", "test", i), f"each test file once: {name} is data.test[{first}] "
+                            f"({self.data.test[first]}) again, and its records would count twice")
+        return self
+
+    @model_validator(mode="after")
     def _synth_balance_has_choices(self) -> Recipe:
         name = self.synth.balance
         if name is not None and (name not in self.field_names or (

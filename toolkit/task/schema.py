@@ -21,7 +21,8 @@ class AtKey(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No key is infinite or NaN: `.inf` epochs would train for ever, a NaN price compares false with every cap.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Prompts(Strict):
@@ -78,6 +79,13 @@ class DataSpec(Strict):
         "The longest input text accepted for labelling and training: a runaway text must not reach the teacher as one "
         "(paid) request, nor the student's training data."))
 
+    @field_validator("test")
+    @classmethod
+    def _some_test_file(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one test file: every evaluation, the teacher gate and the report score them")
+        return value
+
     @model_validator(mode="after")
     def _some_training_data(self) -> DataSpec:
         if self.labelled is None and self.pool is None:
@@ -112,14 +120,14 @@ class TeacherSpec(Strict):
         "Retries of a failed teacher request (rate limits, server errors, timeouts), with backoff."))
     timeout_s: float = Field(default=120, gt=0, description="Seconds one teacher request may take.")
     max_tokens: int = Field(default=512, gt=0, description="The most tokens a teacher answer may have.")
-    temperature: float = Field(default=0.0, description=(
+    temperature: float = Field(default=0.0, ge=0, description=(
         "The teacher's sampling temperature (with --votes k above 1, at least 0.7)."))
     enable_thinking: bool | None = Field(default=False, description=(
         "Sent as the request's extra_body enable_thinking, for Qwen3 teachers; null sends nothing."))
-    price_in_per_mtok: float = Field(default=0.0, description=(
+    price_in_per_mtok: float = Field(default=0.0, ge=0, description=(
         "Price per million input tokens (in teacher.currency): the estimate before labelling, the cost reported, "
         "the budget (max_cost)."))
-    price_out_per_mtok: float = Field(default=0.0, description=(
+    price_out_per_mtok: float = Field(default=0.0, ge=0, description=(
         "Price per million output tokens (in teacher.currency), as price_in_per_mtok."))
     currency: str = Field(default="USD", min_length=1, description=(
         "The currency of the prices, named with every cost printed or kept."))
@@ -172,7 +180,7 @@ class TrainSpec(Strict):
         "The layers LoRA adapts (ms-swift's --target_modules), e.g. all-linear."))
     num_train_epochs: float = Field(gt=0, description=(
         "Passes over the training rows (the ceiling when early_stop_evals is set)."))
-    max_steps: int = Field(default=-1, description=(
+    max_steps: int = Field(default=-1, ge=-1, description=(
         "Optimiser steps to train for; above 0 overrides num_train_epochs, -1: by epochs."))
     per_device_train_batch_size: int = Field(gt=0, description=(
         "Training rows per device per step, before gradient accumulation."))
@@ -245,6 +253,13 @@ class TrainSpec(Strict):
             raise ValueError(f"bf16_output_layer passes ms-swift {' and '.join(sorted(taken))} itself; extra_args "
                              "naming them would replace its own: set bf16_output_layer false or drop them")
         return self
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_epochs(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("a number of steps above 0, or -1 to train by num_train_epochs; 0 would train nothing")
+        return value
 
     @model_validator(mode="after")
     def _early_stop_counts_evaluations(self) -> TrainSpec:
