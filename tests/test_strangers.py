@@ -305,3 +305,10 @@ def test_an_empty_or_runaway_text_is_refused_by_eval_and_predict_with_its_line(t
 def test_advise_refuses_a_candidate_folder_that_does_not_exist(tmp_path, capsys):
     err = failure(capsys, ["advise", str(RECIPE), "--candidates", f"smollm2-135m-instruct,{tmp_path}/nope"])
     assert f"{tmp_path}/nope: no such model folder" in err
+
+
+def test_an_error_at_line_100_names_line_100(tmp_path, capsys):
+    """rich reads `:100:` as the emoji code for 💯 (and `:1234:` for 🔢): the CLI prints file:line as written."""
+    path = write_recipe(tmp_path, "# a note\n" * 99 + "fields:\n  - {name: a, description: anything}\n"
+                        "  - {name: a, description: again}\n")
+    assert "typed.yaml:100: key 'fields'" in failure(capsys, ["recipe", "show", str(path)])

@@ -15,7 +15,7 @@ from toolkit.run.context import Settings, open_run, with_kept_settings
 from toolkit.run.manifest import default_run_dir
 from toolkit.task.recipe import Recipe, load_recipe
 
-console = Console(stderr=True)
+console = Console(stderr=True, emoji=False)  # rich would print "r.yaml:100:" as "r.yaml💯"
 
 
 def consent(args) -> Consent:
