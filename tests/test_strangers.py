@@ -312,3 +312,29 @@ def test_an_error_at_line_100_names_line_100(tmp_path, capsys):
     path = write_recipe(tmp_path, "# a note\n" * 99 + "fields:\n  - {name: a, description: anything}\n"
                         "  - {name: a, description: again}\n")
     assert "typed.yaml:100: key 'fields'" in failure(capsys, ["recipe", "show", str(path)])
+
+
+# --- benchmarks/bad_input.py: a case for every hole ----------------------------------------------------------------
+
+def test_the_bad_input_benchmark_has_a_case_for_each_hole_and_each_builds(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("bad_input", ROOT / "benchmarks" / "bad_input.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bad_input", bench)  # its dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    assert {str(n) for n in range(1, 10)} | {"round 1"} <= {c.hole for c in bench.CASES}
+    names = " | ".join(c.name for c in bench.CASES)
+    for item in ("--external_plugins", "baseline: a toolkit function", "GITHUB_TOKEN", "prompts.teacher: an absolute",
+                 "data/", "gate/", "out.parquet.tmp", "alias bomb", "byte-order mark", "init: ", ".inf",
+                 "negative price", "negative temperature", "max_steps: 0", "empty test list", "same test file twice",
+                 "empty text", "5 MB line", "enum() with no values", "advise on a folder that does not exist"):
+        assert item in names, item
+    assert len({c.name for c in bench.CASES}) == len(bench.CASES)
+    for i, c in enumerate(bench.CASES):  # each builds what it runs, in a folder of its own
+        (tmp_path / str(i)).mkdir()
+        run = c.make(tmp_path / str(i))
+        assert run.argv and run.expect in (0, 2, 3) and (run.file or run.key or run.says or run.check), c.name
