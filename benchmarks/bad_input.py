@@ -198,8 +198,7 @@ def baseline_a_toolkit_function_that_writes(w):
                says="is not one of xtk's baseline functions")
 
 
-for _key, _ref in (("baseline", "toolkit.tasks.logistics_zh.resolver:complete_admin"),
-                   ("resolver", "toolkit.data.init:init_recipe"),
+for _key, _ref in (("baseline", "toolkit.tasks.logistics_zh.generate:build"),
                    ("data.generator", "toolkit.tasks.logistics_zh.baseline:answer")):
     case("2", f"{_key}: a toolkit function registered for no such key")(
         lambda w, key=_key, ref=_ref: Run(["recipe", "show", str(RECIPE), f"{key}={ref}"], key=key))
@@ -608,7 +607,7 @@ def baseline_os_system_a_test_row_that_is_a(w):
                says="--allow-code os", check=absent(w / "pwned"))
 
 
-for _key, _ref in (("resolver", "subprocess:call"), ("data.generator", "shutil:rmtree")):
+for _key, _ref in (("baseline", "subprocess:call"), ("data.generator", "shutil:rmtree")):
     case("round 1", f"{_key}: {_ref} (override)")(
         lambda w, key=_key, ref=_ref: Run(["recipe", "show", str(RECIPE), f"{key}={ref}"], key=key,
                                           says="--allow-code"))

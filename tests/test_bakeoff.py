@@ -329,7 +329,7 @@ def test_a_real_bakeoff_ranks_resumes_and_never_trains_a_finished_pair_again(tmp
     assert res.stdout.split() == [str(out / n) for n in ("bakeoff.md", "bakeoff.json", "bakeoff.png")]
     log = (run / "bakeoff.log").read_text()
     assert stages_ran(log) == ["teacher_gate", "data", "prepare", "eval_base", "eval_base_guided", "eval_likelihood",
-                               "train", "merge", "eval_student", "eval_resolved", "train_head", "eval_head", "eval_rules",
+                               "train", "merge", "eval_student", "train_head", "eval_head", "eval_rules",
                                "eval_teacher",
                                "report"]
     stages = json.loads((run / "manifest.json").read_text())["stages"]

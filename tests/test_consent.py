@@ -92,7 +92,7 @@ def test_a_recipe_cannot_run_code_outside_xtk_without_allow_code(tmp_path, capsy
     err = capsys.readouterr().err
     assert code == 2 and not pwned.exists()
     assert f"typed.yaml:{line_of(recipe, 'baseline:')}: key 'baseline'" in err and "--allow-code os" in err
-    for key, value in (("resolver", "subprocess:call"), ("data.generator", "shutil:rmtree")):
+    for key, value in (("baseline", "subprocess:call"), ("data.generator", "shutil:rmtree")):
         assert main(["recipe", "show", str(recipe), "baseline=null", f"{key}={value}"]) == 2
         assert f"key '{key}'" in capsys.readouterr().err
 

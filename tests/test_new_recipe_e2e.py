@@ -39,7 +39,7 @@ def test_a_fresh_recipe_runs_end_to_end(tmp_path, smollm2):
     assert res.returncode == 0, res.stderr[-4000:]
     assert re.findall(r"^stage (\w+)$", res.stderr, re.M) == [
         "teacher_gate", "data", "prepare", "eval_base", "eval_likelihood", "train", "merge", "eval_student",
-        "eval_resolved", "train_head", "eval_head", "eval_rules", "eval_teacher", "report"]
+        "train_head", "eval_head", "eval_rules", "eval_teacher", "report"]
     stages = json.loads((run / "manifest.json").read_text())["stages"]
     assert stages["data"]["source"] == "your labelled data (mine.jsonl)"
     assert stages["eval_rules"]["skipped"] == "the recipe names no rule baseline"

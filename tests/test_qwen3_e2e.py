@@ -308,7 +308,7 @@ def test_the_report_rows_are_the_base_fine_tuned_and_rule_evaluations(run):
                ("data", "prepare", "eval_base", "train", "merge", "eval_student", "eval_rules", "report"))
     backends = {json.loads(p.read_text())["backend"] for p in (run_dir / "eval").glob("*-test*/metrics.json")
                 if not p.parent.name.startswith("student_vllm")}
-    assert backends == {"transformers", "transformers + resolver", "rules"}
+    assert backends == {"transformers", "rules"}
     report = (run_dir / "report.md").read_text(encoding="utf-8")
     lines = report.splitlines()
     table = lines[lines.index(next(x for x in lines if x.startswith("| evaluation |"))) + 2:]
@@ -316,7 +316,5 @@ def test_the_report_rows_are_the_base_fine_tuned_and_rule_evaluations(run):
     assert rows == ["base-test (base student, prompt detailed.md)", "base-test_unseen (base student, prompt detailed.md)",
                     "student-test (fine-tuned student, prompt short.md)",
                     "student-test_unseen (fine-tuned student, prompt short.md)",
-                    "resolved-test (fine-tuned student + the recipe's resolver, not the student alone)",
-                    "resolved-test_unseen (fine-tuned student + the recipe's resolver, not the student alone)",
                     "rules-test (baseline, no model)", "rules-test_unseen (baseline, no model)"]
     assert (run_dir / "accuracy.png").is_file() and (run_dir / "loss.png").is_file()

@@ -5,7 +5,7 @@ import yaml
 
 from conftest import RECIPE, ROOT
 from toolkit.task.keys import recipe_keys
-from toolkit.task.recipe import Recipe, load_recipe, load_ref, parse_override
+from toolkit.task.recipe import MAX_ENUM, Recipe, load_recipe, load_ref, parse_override
 from toolkit.io.errors import RecipeError
 
 
@@ -31,7 +31,8 @@ def test_every_shipped_recipe_loads_and_its_files_exist(path, profile):
             ["git", "check-ignore", "-q", name], cwd=ROOT).returncode == 0, name
     for key, ref in (("baseline", recipe.baseline), ("data.generator", recipe.data.generator)):
         assert ref is None or callable(load_ref(ref, key))
-    assert recipe.json_schema()["required"] == recipe.field_names
+    schema = recipe.json_schema()
+    assert all(answer["required"] == recipe.field_names for answer in schema.get("anyOf", [schema]))
 
 
 def test_profiles_override_only_what_they_name():
@@ -99,13 +100,33 @@ def test_unknown_profile_and_missing_file():
         load_recipe(ROOT / "recipes" / "nope.yaml")
 
 
+def untabled(recipe: Recipe) -> Recipe:
+    """The recipe without its tables: each field's schema on its own."""
+    return Recipe(**{**recipe.public_dict(), "tables": []}, root=recipe.root)
+
+
 def test_json_schema_bounds_every_string_the_recipe_bounds():
-    recipe = load_recipe(RECIPE, "cpu")
+    recipe = untabled(load_recipe(RECIPE, "cpu"))
     schema = recipe.json_schema()
     assert schema["required"] == recipe.field_names and schema["additionalProperties"] is False
     assert {k: v.get("maxLength") for k, v in schema["properties"].items()} == {
         f.name: f.max_chars for f in recipe.fields}
     assert schema["properties"]["phone"]["maxLength"] == 11
+
+
+def test_fields_bound_to_a_table_take_its_combinations_in_the_schema_whatever_their_number():
+    """logistics_zh binds province, city and district to the MCA table: every branch of the schema is one
+    province and city with their districts, the free fields by reference to their own bounded schemas, and the
+    2,800 districts are all there (before, a closed set over MAX_ENUM values was dropped from the schema)."""
+    recipe = load_recipe(RECIPE, "cpu")
+    table, schema = recipe.table_of("district"), recipe.json_schema()
+    assert recipe.table_of("phone") is None and table.columns == ("province", "city", "district")
+    assert all(b["required"] == recipe.field_names and b["additionalProperties"] is False for b in schema["anyOf"])
+    districts = {d for b in schema["anyOf"] for d in b["properties"]["district"].get("enum", [
+        b["properties"]["district"].get("const")])}
+    assert len(districts) > MAX_ENUM and districts == table.values("district") and "" in districts
+    assert {k: v.get("maxLength") for k, v in schema["$defs"].items()} == {
+        f.name: f.max_chars for f in recipe.fields if f.name not in table.columns}
 
 
 def with_fields(recipe: Recipe, **changes: dict) -> Recipe:
@@ -126,7 +147,7 @@ def test_allowed_values_come_from_the_recipe_normalised_with_the_fields_normalis
 
 
 def test_small_closed_sets_become_the_schemas_enum():
-    recipe = load_recipe(RECIPE, "cpu")
+    recipe = untabled(load_recipe(RECIPE, "cpu"))
     props = recipe.json_schema()["properties"]
     assert props["province"]["enum"] == recipe.path("datasets/logistics_zh/provinces.txt").read_text(
         encoding="utf-8").splitlines()

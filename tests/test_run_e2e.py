@@ -43,7 +43,7 @@ def test_run_makes_every_artifact_then_skips_and_resumes_precisely(tmp_path, smo
     for f in ("data/labelled.jsonl", "data/train.jsonl", "data/val.jsonl", "data/stats.json", "loss.png",
               "merged/config.json", "merged/model.safetensors", "report.md", "accuracy.png"):
         assert (run / f).is_file(), f
-    for who in ("base", "student", "resolved", "rules"):
+    for who in ("base", "student", "rules"):
         for test in ("test", "test_unseen"):
             m = json.loads((run / "eval" / f"{who}-{test}" / "metrics.json").read_text())
             assert m["n"] == 3
@@ -51,17 +51,17 @@ def test_run_makes_every_artifact_then_skips_and_resumes_precisely(tmp_path, smo
     assert "generator gold labels" in report and "(baseline, no model)" in report and "loss.png" in report
 
     res = xtk_run(run)
-    assert res.stderr.count("complete, skipped") == 14 and not ran(res)
+    assert res.stderr.count("complete, skipped") == 13 and not ran(res)
 
     shutil.rmtree(run / "merged")
     res = xtk_run(run)
-    assert ran(res) == ["merge", "eval_student", "eval_resolved", "report"]
+    assert ran(res) == ["merge", "eval_student", "report"]
 
     # another training setting: trained afresh (the old adapter moved aside, never resumed or reused), and
     # merge, the student's evaluation and the report all describe the new model
     old_key = json.loads((run / "manifest.json").read_text())["stages"]["train"]["key"]
     res = xtk_run(run, "train.learning_rate=0.001")
-    assert ran(res) == ["train", "merge", "eval_student", "eval_resolved", "report"]
+    assert ran(res) == ["train", "merge", "eval_student", "report"]
     assert len(list(run.glob("train.superseded-*"))) == 1
     manifest = json.loads((run / "manifest.json").read_text())
     new_key = manifest["stages"]["train"]["key"]

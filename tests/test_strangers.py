@@ -115,8 +115,7 @@ def test_predict_never_follows_a_link_planted_at_its_temporary_file_or_journal(t
 # --- 2. code a recipe names: only the functions xtk registered for that key --------------------------------------
 
 @pytest.mark.parametrize("key,ref", [("baseline", "toolkit.io.jsonl:write_json"),
-                                     ("baseline", "toolkit.tasks.logistics_zh.resolver:complete_admin"),
-                                     ("resolver", "toolkit.data.init:init_recipe"),
+                                     ("baseline", "toolkit.tasks.logistics_zh.generate:build"),
                                      ("data.generator", "toolkit.tasks.logistics_zh.baseline:answer")])
 def test_a_recipe_names_only_the_functions_xtk_registered_for_the_key(key, ref, capsys):
     err = failure(capsys, ["recipe", "show", str(RECIPE), f"{key}={ref}"])

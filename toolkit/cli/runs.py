@@ -48,9 +48,6 @@ def cmd_eval(args) -> None:
         raise StageError(f"--name {args.name!r}: use letters, digits, '.', '_' and '-' (at most 64, no path parts)")
     with open_to_use(args) as ctx:
         spec = ROLES.get(args.model)
-        if spec and spec.rescores:
-            raise StageError(f"--model {args.model}: it re-scores another evaluation's answers; run the "
-                             f"{spec.stage} stage instead")
         if spec:  # a role, on another engine where asked: not an endpoint or the rules, which no engine loads
             r = role(ctx, args.model)
             r = replace(r, backend=r.backend if not backend_kind(r.backend).model_folder else args.backend or r.backend)

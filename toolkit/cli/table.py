@@ -65,7 +65,7 @@ RECIPE = (
 # One flag for the run folder on every command that reads or writes one; --out names anything else a command
 # writes (predict's answers, label's labels, a project, a bake-off).
 RUN = A("--run", metavar="DIR", help="the run folder (default: runs/<recipe>/<profile or default>/<student>)")
-MODEL = A("--model", help=" | ".join(n for n, r in ROLES.items() if not r.rescores) + " (a role of the run: "
+MODEL = A("--model", help=" | ".join(ROLES) + " (a role of the run: "
           "student is its merged model) | an embedded name (xtk models list), a model folder, a hub id, or a served "
           "model name with --backend openai, or a GGUF file with --backend llamacpp")
 

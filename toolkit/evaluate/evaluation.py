@@ -10,7 +10,7 @@ from pathlib import Path
 
 from toolkit.io.errors import StageError
 from toolkit.task.fields import disallowed, type_problem, ungrounded
-from toolkit.io.jsonl import read_jsonl, write_json, write_jsonl
+from toolkit.io.jsonl import write_json, write_jsonl
 from toolkit.data.prepare import load_test
 from toolkit.io.progress import Bar
 from toolkit.task.recipe import Recipe
@@ -42,7 +42,7 @@ def answer_problems(recipe: Recipe, text: str, parsed: dict | None) -> list[str]
         else:
             outside = disallowed(f, parsed[f.name], recipe.allowed_values(f.name))
             problems += [f"{f.name}: {v!r} is not in the closed set" for v in outside]
-            problems += [f"{f.name}: {v!r} is not in the text" for v in ungrounded(f, parsed[f.name], text)]
+            problems += [f"{f.name}: {why}" for why in ungrounded(f, parsed[f.name], text)]
     return problems
 
 
@@ -86,24 +86,6 @@ def prediction(recipe: Recipe, rid, text: str, gold: dict, raw: str, parsed: dic
     correct = score_record(recipe, parsed, gold)
     return {"id": rid, "input": text, "gold": gold, "raw": raw, "parsed": parsed, "correct": correct,
             "exact": all(correct.values()), "problems": answer_problems(recipe, text, parsed)}
-
-
-def run_resolved(recipe: Recipe, resolve, source: Path, out: Path, extra: dict) -> dict:
-    """Another evaluation's answers passed through the recipe's resolver (text, parsed answer -> answer) and
-    scored again: no new inference. Its records/s count the source's generation time too."""
-    src = json.loads((source / "metrics.json").read_text(encoding="utf-8"))
-    start = time.perf_counter()
-    predictions = [prediction(recipe, r["id"], r["input"], r["gold"], r["raw"], resolve(r["input"], r["parsed"]))
-                   for r in read_jsonl(source / "predictions.jsonl")]
-    seconds = (src.get("seconds") or 0) + time.perf_counter() - start
-    write_jsonl(out / "predictions.jsonl", predictions)
-    metrics = compute_metrics(recipe, predictions)
-    metrics.update(model=src["model"], backend=f"{src['backend']} + resolver", prompt=src["prompt"],
-                   test_file=src["test_file"], seconds=round(seconds, 2), load_seconds=src.get("load_seconds"),
-                   records_per_s=round(len(predictions) / seconds, 3) if seconds else None, source=source.name,
-                   **extra)
-    write_json(out / "metrics.json", metrics)
-    return metrics
 
 
 def run_eval(recipe: Recipe, backend, test_path: str | Path, prompt: str, out_dir: str | Path,

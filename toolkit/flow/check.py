@@ -118,7 +118,8 @@ def _task_keys(recipe: Recipe) -> list[tuple[tuple, str]]:
     keys = [(("data", k), getattr(d, k)) for k in ("generator", "labelled", "pool", "pool_gold")]
     keys += [(("data", "test", i), t) for i, t in enumerate(d.test)]
     keys += [(("prompts", k), getattr(recipe.prompts, k)) for k in ("teacher", "base", "student")]
-    keys += [((k,), getattr(recipe, k)) for k in ("baseline", "resolver")]
+    keys += [(("baseline",), recipe.baseline)]
+    keys += [(("tables", i, "file"), t.file) for i, t in enumerate(recipe.tables)]
     return [(loc, v) for loc, v in keys if v]
 
 

@@ -16,7 +16,7 @@ from rich.console import Console
 from toolkit.data.generators import write_data
 from toolkit.data.label import run_label
 from toolkit.data.prepare import gold_records, read_records, run_prepare
-from toolkit.evaluate.evaluation import run_eval, run_resolved
+from toolkit.evaluate.evaluation import run_eval
 from toolkit.evaluate.report import run_report
 from toolkit.evaluate.teacher import gate_not_applicable, run_gate
 from toolkit.infer.head import head_labels, write_head_data
@@ -25,10 +25,9 @@ from toolkit.io.jsonl import write_jsonl
 from toolkit.io.markers import mark_trained
 from toolkit.run.context import Context, open_run
 from toolkit.run.identity import (EVAL_CONFIG, config_digest, current_train_key, head_current, identity,
-                                  merged_current, not_current, read_metrics)
+                                  merged_current, not_current)
 from toolkit.run.manifest import versions
 from toolkit.run.roles import ROLES, Role, engine as make_engine, role
-from toolkit.task.recipe import load_ref
 from toolkit.train.losschart import plot_loss
 from toolkit.train.swift import read_log, run_merge, run_train, trained_checkpoint, training_minutes
 
@@ -158,29 +157,6 @@ def evaluate_model(ctx: Context, r: Role, tests: list[str] | None = None) -> lis
     return outputs
 
 
-def rescore(ctx: Context, who: str) -> list[Path]:
-    """The answers of the role that role `who` re-scores (the student's), through the recipe's resolver, as
-    eval/<who>-<test>/ (no new inference)."""
-    resolve = load_ref(ctx.recipe.resolver, "resolver")
-    r, spec = role(ctx, who), ROLES[who]
-    scored = role(ctx, spec.rescores)
-    extra = {"role": r.who, "identity": identity(ctx, r)}
-    outputs = []
-    for test in ctx.recipe.data.test:
-        out = ctx.run_dir / "eval" / f"{r.folder}-{Path(test).stem}"
-        source = ctx.run_dir / "eval" / f"{scored.folder}-{Path(test).stem}"
-        # Re-scored answers are named after the current student: refuse an older student's (`--only` after
-        # retraining) rather than report them under the new one's name.
-        why = not_current(ctx, read_metrics(source), scored)
-        if why:
-            raise StageError(f"{source / 'metrics.json'} is not the current {scored.who}'s evaluation ({why}): "
-                             f"run the {ROLES[spec.rescores].stage} stage first")
-        m = run_resolved(ctx.recipe, resolve, source, out, extra)
-        console.print(f"eval {out.name}: exact match {100 * m['exact_match']['value']:.1f}% (n={m['n']})")
-        outputs += [out / "predictions.jsonl", out / "metrics.json"]
-    return outputs
-
-
 def skip(ctx: Context, stage: str, why: str) -> list[Path]:
     """A stage that does not apply to this recipe or run: said now, kept in the manifest for the report."""
     console.print(f"[dim]{stage}: skipped, {why}[/]")
@@ -229,8 +205,8 @@ class Stage:
 def evaluation_stage(who: str) -> Stage:
     """The stage that makes a role's evaluations, as the role declares it."""
     spec = ROLES[who]
-    run = (lambda ctx: rescore(ctx, who)) if spec.rescores else (lambda ctx: evaluate_model(ctx, role(ctx, who)))
-    return Stage(spec.stage, run, spec.needs, EVAL_CONFIG + spec.config, spec.not_applicable)
+    return Stage(spec.stage, lambda ctx: evaluate_model(ctx, role(ctx, who)), spec.needs, EVAL_CONFIG + spec.config,
+                 spec.not_applicable)
 
 
 def _evaluations(*names: str) -> tuple[Stage, ...]:
@@ -261,14 +237,14 @@ def gate_labelling(recipe, run_dir: Path, force: bool = False) -> None:
 RUN_STAGES: tuple[Stage, ...] = (
     Stage("teacher_gate", stage_teacher_gate, (), GATE_CONFIG, gate_not_applicable, ready=_gate_ready),
     Stage("data", stage_data, ("teacher_gate",), ("data.labelled", "data.pool", "data.pool_gold", "teacher",
-                                                   "prompts.teacher", "fields"),
+                                                   "prompts.teacher", "fields", "tables"),
           ready=lambda ctx: ctx.labelled is not None or (ctx.data_dir / "labelled.jsonl").is_file()),
     Stage("prepare", stage_prepare, ("data",), ("data", "prompts.student", "fields", "student", "train.max_length"),
           ready=lambda ctx: (ctx.data_dir / "train.jsonl").is_file()),
     *_evaluations("base", "likelihood"),
     Stage("train", stage_train, ("prepare",), ("student", "train"), ready=lambda ctx: _trained(ctx) is not None),
     Stage("merge", stage_merge, ("train",), (), ready=merged_current),
-    *_evaluations("student", "resolved"),
+    *_evaluations("student"),
     Stage("train_head", stage_train_head, ("prepare",), ("student", "train", "classification_head"),
           ROLES["head"].not_applicable, ready=head_current),
     *_evaluations("head", "rules", "teacher"),

@@ -2,8 +2,8 @@
 
 A recipe is a file from elsewhere, like a model folder: reading one must not run code, write outside its run
 or grant itself trust. So, when a recipe loads:
-- code it names (`baseline`, `resolver`, `data.generator`: `module:function`) is a function xtk registered for
-  that key (`recipe_code`: the shipped tasks' baselines, resolver and generators, the classical baselines), never
+- code it names (`baseline`, `data.generator`: `module:function`) is a function xtk registered for
+  that key (`recipe_code`: the shipped tasks' baselines and generators, the classical baselines), never
   any other of xtk's functions, unless the user allows the module with `--allow-code MODULE`; an allowed module
   is never imported from the current folder (where a downloaded recipe's neighbours lie);
 - words it adds to a command xtk runs (`train.extra_args` for `swift sft`) are flags on xtk's list of those that only
@@ -34,14 +34,14 @@ from pathlib import Path
 OWN_CODE = "toolkit"  # xtk's own package: its registered functions are what a recipe may name without consent
 # One path part that cannot climb out of its folder or hide: what a recipe's and a profile's name become.
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-CODE_KEYS = (("baseline",), ("resolver",), ("data", "generator"))
+CODE_KEYS = (("baseline",), ("data", "generator"))
 # The functions of xtk a recipe may name, by the last part of the key that names them: registered where they are
 # defined (@recipe_code("baseline")), so that `baseline: toolkit.io.jsonl:write_json` names nothing.
 RECIPE_CODE: dict[str, dict[str, Callable]] = {loc[-1]: {} for loc in CODE_KEYS}
 
 
 def recipe_code(kind: str):
-    """Register a function of xtk as one a recipe may name in its `kind` key (baseline, resolver, generator)."""
+    """Register a function of xtk as one a recipe may name in its `kind` key (baseline, generator)."""
 
     def register(function: Callable) -> Callable:
         RECIPE_CODE[kind][f"{function.__module__}:{function.__name__}"] = function
@@ -122,7 +122,7 @@ def name_problem(value: str) -> str | None:
 
 
 def code_problem(ref: str, kind: str, consent: Consent) -> str | None:
-    """Why a recipe may not run `module:function` as its `kind` (baseline, resolver, generator), or None. xtk's
+    """Why a recipe may not run `module:function` as its `kind` (baseline, generator), or None. xtk's
     own module is imported to see what it registers (its imports run no recipe's code)."""
     module = ref.partition(":")[0]
     if own(module):

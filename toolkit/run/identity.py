@@ -26,7 +26,7 @@ from toolkit.run.roles import ROLES, Role, RoleSpec, role
 from toolkit.task.recipe import Recipe, load_ref
 from toolkit.train.swift import train_key
 
-EVAL_CONFIG = ("eval", "prompts", "fields", "data.test")  # the recipe sections every evaluation depends on
+EVAL_CONFIG = ("eval", "prompts", "fields", "tables", "data.test")  # the recipe sections every evaluation depends on
 PROMPT_ROLES = ("teacher", "base", "student")
 
 
@@ -111,11 +111,8 @@ def _model(ctx: Context, spec: RoleSpec | None, r: Role) -> dict:
 
 
 def identity(ctx: Context, r: Role) -> dict:
-    """What an evaluation evaluated, under which evaluation settings: kept in its metrics.json. A role that
-    re-scores another's answers is that one's identity and the recipe's resolver."""
+    """What an evaluation evaluated, under which evaluation settings: kept in its metrics.json."""
     spec = ROLES.get(r.who)
-    if spec and spec.rescores:
-        return {**identity(ctx, role(ctx, spec.rescores)), "resolver": ctx.recipe.resolver}
     return {**_model(ctx, spec, r), "prompt": r.prompt, "backend": None if spec else r.backend,
             "eval_config": config_digest(ctx.recipe, EVAL_CONFIG)}
 

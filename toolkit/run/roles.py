@@ -55,7 +55,6 @@ class RoleSpec:
     config: tuple[str, ...] = ()  # recipe sections beside identity.EVAL_CONFIG whose change makes its stage stale
     base_limit: bool = False  # the base model's few records (eval.base_limit), else eval.limit
     endpoint: bool = False  # served at the teacher's endpoint, with its key
-    rescores: str | None = None  # re-scores another role's answers with the recipe's resolver: no inference of its own
     training: str | None = None  # the stage that trains its model, a folder of this run (None: not trained here)
     baseline: bool = False  # the recipe's rule baseline, no model
     deployed: bool = False  # the run's fine-tuned student: what predict, serve and export take by default
@@ -70,10 +69,6 @@ def not_all_enum(ctx: Context) -> str | None:
     if not_classes(ctx.recipe.fields):
         return "option likelihood chooses among classes, and not every field is enum"
     return None
-
-
-def no_resolver(ctx: Context) -> str | None:
-    return "the recipe names no resolver" if ctx.recipe.resolver is None else None
 
 
 def no_head(ctx: Context) -> str | None:
@@ -112,9 +107,6 @@ ROLES: dict[str, RoleSpec] = {r.name: r for r in (
              _student_model, "base", "likelihood", False, not_all_enum, config=("student",)),
     RoleSpec("student", "fine-tuned student, prompt {prompt}", "eval_student", _merged, "student", None, None,
              needs=("merge",), training="train", deployed=True),
-    RoleSpec("resolved", "fine-tuned student + the recipe's resolver, not the student alone", "eval_resolved",
-             _merged, "student", None, None, no_resolver, needs=("eval_student",), config=("resolver",),
-             rescores="student", training="train"),
     # reads the text alone (the prompt is not shown to it) and answers one of its classes: never guided
     RoleSpec("head", "fine-tuned classification head, the text alone", "eval_head",
              lambda ctx: str(ctx.head_dir / "merged"), "student", "head", False, no_head, needs=("train_head",),

@@ -25,6 +25,7 @@ from toolkit.io.yamlfile import UniqueKeyLoader, describe, key_lines, read_yaml_
 from toolkit.task.fields import FieldSpec, example, hidden_character, hint, kind, normalise, not_classes, schema
 from toolkit.task.schema import (SWIFT_FLAGS, AtKey, CodeRef, DataSpec, EvalSpec, ExportSpec, Prompts, Strict,
                                  StudentSpec, SynthSpec, TeacherSpec, TrainSpec)
+from toolkit.task.tables import Table, TableSpec, answer_schema, load_table
 
 
 # The teacher's and base prompts where a recipe gives no file and no prompts.template.
@@ -39,8 +40,8 @@ $example
 """
 
 
-# A larger closed set (every county) is checked after decoding but left out of the schema: an enum that size
-# makes guided decoding's grammar slow to build.
+# A larger closed set is checked after decoding but left out of the schema: an enum that size makes guided
+# decoding's grammar slow to build. A field bound to a table (`tables:`) keeps its whole set there, by its branches.
 MAX_ENUM = 512
 
 
@@ -63,10 +64,11 @@ class Recipe(Strict):
     baseline: CodeRef | None = Field(default=None, description=(
         "The baseline evaluated as `rules`, as module:function: text -> the answer's JSON text, or a @trained one "
         "that first learns from the run's training split (toolkit/infer/classical.py); null: not evaluated."))
-    resolver: CodeRef | None = Field(default=None, description=(
-        "A post-step on the fine-tuned student's answers, module:function (text, parsed answer) -> answer, scored as "
-        "its own row `resolved` beside the pure student's (e.g. completing province and city from the district by a "
-        "table); null: none."))
+    tables: list[TableSpec] = Field(default_factory=list, description=(
+        "Knowledge tables: each binds a group of fields to the rows they may jointly take (province -> city -> "
+        "district). Guided decoding writes only their combinations, a teacher's label outside them is repaired "
+        "where the table makes it unique (else rejected), and scoring tells a value not in the table from one in it "
+        "but wrong (docs/recipes.md)."))
     classification_head: bool = Field(default=False, description=(
         "Also train a linear classification head with ms-swift itself (`swift sft --task_type seq_cls`) and evaluate "
         "it as `head` (toolkit/infer/head.py): the encoder-style alternative to a generative student. One enum field "
@@ -79,6 +81,7 @@ class Recipe(Strict):
         "each overriding any keys)."))
     _choices_cache: dict[str, list[str] | None] = PrivateAttr(default_factory=dict)
     _allowed_cache: dict[str, frozenset[str] | None] = PrivateAttr(default_factory=dict)
+    _tables: list[Table] | None = PrivateAttr(default=None)
     _where: Any = PrivateAttr(default=None)  # set by load_recipe: a key as `file:line: key 'a.b'`
 
     def at(self, loc: tuple) -> str:
@@ -115,6 +118,18 @@ class Recipe(Strict):
             if (first := seen.setdefault(self.path(name).resolve(), i)) != i:
                 raise AtKey(("data", "test", i), f"each test file once: {name} is data.test[{first}] "
                             f"({self.data.test[first]}) again, and its records would count twice")
+        return self
+
+    @model_validator(mode="after")
+    def _tables_bind_fields(self) -> Recipe:
+        seen: dict[str, int] = {}
+        for i, spec in enumerate(self.tables):
+            for name in spec.fields:
+                if name not in self.field_names:
+                    raise AtKey(("tables", i, "fields"), f"{name!r} is not a field of this recipe ({self.field_names})")
+                if (first := seen.setdefault(name, i)) != i:
+                    raise AtKey(("tables", i, "fields"), f"{name!r} is bound by tables[{first}] already: a field "
+                                "belongs to one table")
         return self
 
     @model_validator(mode="after")
@@ -203,14 +218,21 @@ class Recipe(Strict):
         """Where a field's allowed values come from, for messages."""
         return self.field(field_name).choices_file or f"fields.{field_name}.choices"
 
+    def loaded_tables(self) -> list[Table]:
+        """The recipe's tables, read once (DataError naming the table file's line where one is bad)."""
+        if self._tables is None:
+            self._tables = [load_table(self.path(spec.file), spec) for spec in self.tables]
+        return self._tables
+
+    def table_of(self, field_name: str) -> Table | None:
+        """The table a field is bound to, or None."""
+        return next((t for t in self.loaded_tables() if field_name in t.columns), None)
+
     def json_schema(self) -> dict[str, Any]:
-        """The JSON schema of one answer, for guided decoding and for validating labels."""
-        return {
-            "type": "object",
-            "properties": {f.name: schema(f, self.choices(f.name), MAX_ENUM) for f in self.fields},
-            "required": self.field_names,
-            "additionalProperties": False,
-        }
+        """The JSON schema of one answer, for guided decoding (vLLM, llama.cpp, predict, serve, export): the
+        fields' own schemas, with the tables' combinations where the recipe binds fields to tables."""
+        properties = {f.name: schema(f, self.choices(f.name), MAX_ENUM) for f in self.fields}
+        return answer_schema(properties, self.loaded_tables())
 
     def public_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"root"})
@@ -323,8 +345,8 @@ def load_recipe(path: str | Path, profile: str | None = None, overrides: list[st
 
 
 def _check_own_files(recipe: Recipe) -> None:
-    """The prompts (readable UTF-8, not empty) and choices files (UTF-8, line by line) the recipe names are read
-    now, not when a stage first needs them (the data and test files: toolkit/flow/check.py)."""
+    """The prompts (readable UTF-8, not empty), choices files (UTF-8, line by line) and tables (every row) the
+    recipe names are read now, not when a stage first needs them (the data and test files: toolkit/flow/check.py)."""
     fail = recipe.fail_at
     for which in ("teacher", "base", "student", "template"):
         if (given := getattr(recipe.prompts, which)) is None:
@@ -349,6 +371,11 @@ def _check_own_files(recipe: Recipe) -> None:
                 recipe.choices(f.name)
             except DataError as exc:
                 fail(("fields", i, "choices_file"), str(exc))
+    for i, spec in enumerate(recipe.tables):
+        try:
+            load_table(recipe.path(spec.file), spec)
+        except DataError as exc:
+            fail(("tables", i, "file"), str(exc))
 
 
 def named_files(model: BaseModel, loc: tuple = ()) -> Iterator[tuple[tuple, str]]:

@@ -22,12 +22,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from toolkit.io.errors import DataError
 from toolkit.io.jsonl import file_problem, iter_lines
+from toolkit.io.trust import FILE
 
 NOT_IN_TABLE = "not in the table"
 WRONG_IN_TABLE = "in the table but wrong"
@@ -38,7 +39,7 @@ class TableSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    file: str = Field(description="The table, recipe-relative: a CSV file with a header line naming the fields, or "
+    file: Annotated[str, FILE] = Field(description="The table, recipe-relative: a CSV file with a header line naming the fields, or "
                       "a JSONL file of objects with the fields as keys; one row a line.")
     fields: list[str] = Field(min_length=2, description=(
         "The fields the table binds, from the most general level to the most specific (province, city, district)."))

@@ -1,3 +1,3 @@
 """Task-specific code, one package a shipped recipe (toolkit/tasks/<recipe name>/): the data generator
-(`generate.py`, named by the recipe's data.generator), and any rule baseline or resolver (named by its baseline
-and resolver keys). The rest of toolkit knows no task: it reaches this code only through the names a recipe gives."""
+(`generate.py`, named by the recipe's data.generator), and any rule baseline (named by its baseline
+key). The rest of toolkit knows no task: it reaches this code only through the names a recipe gives."""

@@ -1,1 +1,1 @@
-"""logistics_zh: messy Chinese shipping strings; its generator, rule baseline and admin-division resolver."""
+"""logistics_zh: messy Chinese shipping strings; its generator and rule baseline."""
