@@ -179,9 +179,14 @@ def test_json_grammar_is_the_schema_with_bounded_whitespace():
     gbnf = json_grammar(recipe.json_schema())
     assert 'space ::= | " " | "\\n" [ \\t]{0,20}' in gbnf.splitlines()
     rules = dict(line.split(" ::= ", 1) for line in gbnf.splitlines())
-    assert rules["root"] == ('"{" space district-kv "," space city-kv "," space province-kv "," space '
-                             'specific-location-kv "," space name-kv "," space phone-kv "}"')  # schema order, nothing after the brace
-    assert rules["province"].count(" | ") + 1 == len(recipe.choices("province"))  # the closed set as the enum
+    # one alternative per province and city of the recipe's table, each in the schema's order, nothing after the brace
+    branches = recipe.json_schema()["anyOf"]
+    assert rules["root"] == " | ".join(f"alternative-{i}" for i in range(len(branches)))
+    assert all(rules[f"alternative-{i}"] == (
+        f'"{{" space a-district-kv "," space a-city-kv "," space a-province-kv "," space a-specific-location-kv '
+        f'"," space a-name-kv "," space a-phone-kv "}}"').replace("a-", f"alternative-{i}-") for i in range(len(branches)))
+    provinces = {rules[f"alternative-{i}-province"] for i in range(len(branches))}  # each a branch's constant
+    assert len(provinces) == len(recipe.choices("province"))
     LlamaGrammar.from_string(gbnf, verbose=False)  # llama.cpp parses it
 
 

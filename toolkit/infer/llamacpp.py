@@ -53,14 +53,17 @@ def json_grammar(schema: dict) -> str:
     """The recipe's JSON schema as llama.cpp GBNF, properties in the schema's order, with llama.cpp's own (C++)
     whitespace rule: nothing, one space, or a newline and up to 20 indent characters. llama-cpp-python's Python
     converter allows one optional space only, which would forbid the indented JSON vLLM's guided decoding lets the
-    student write here (measured: `{\\n    "district": ...`)."""
+    student write here (measured: `{\\n    "district": ...`). A recipe with tables gives an `anyOf` of objects, one
+    per branch of its tables: each is an alternative of the root rule."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-    gbnf = json_schema_to_gbnf(json.dumps(schema, ensure_ascii=False), prop_order=list(schema["properties"]))
+    objects = schema.get("anyOf", [schema])
+    gbnf = json_schema_to_gbnf(json.dumps(schema, ensure_ascii=False), prop_order=list(objects[0]["properties"]))
     spaced, found = re.subn(r"^space ::= .*$", lambda _: SPACE_RULE, gbnf, flags=re.M)  # taken as written
     # The answer ends at its closing brace, as under vLLM (else the model writes a newline after it first).
-    ended, closed = re.subn(r"^(root ::= .*) space$", r"\1", spaced, flags=re.M)
-    if found != 1 or closed != 1:
+    ends = r"root" if "anyOf" not in schema else r"alternative-\d+"
+    ended, closed = re.subn(rf"^({ends} ::= .*) space$", r"\1", spaced, flags=re.M)
+    if found != 1 or closed != len(objects):
         raise StageError(f"llama-cpp-python {LLAMA_CPP_PYTHON}'s grammar has no single `space` and `root` rule")
     return ended
 
