@@ -164,3 +164,26 @@ def test_missing_key_and_bad_input_are_clear_errors(tmp_path, monkeypatch):
     from toolkit.data.label import read_inputs
 
     assert read_inputs(txt, 100) == [{"id": "line-1", "text": "第一条"}, {"id": "line-3", "text": "第二条"}]
+
+
+def test_a_label_outside_the_table_is_repaired_where_the_table_tells_how_else_rejected_with_why(tmp_path, pool, key):
+    """logistics_zh binds province, city and district to the MCA table: an answer naming a county under another
+    province is repaired from the county (the row records what changed), one naming a county the table lacks is
+    rejected with its reason. The teacher double answers these labels as given."""
+    recipe = load_recipe(RECIPE)
+    table = recipe.table_of("district")
+    unique = {d for d in table.values("district") if sum(c[2] == d for c in table.rows) == 1}
+    rows = [r for r in pool if r["label"]["district"] in unique][:3]
+    other = next(p for p in table.values("province") if p != rows[0]["label"]["province"])
+    answers = {rows[0]["text"]: {**rows[0]["label"], "province": other},
+               rows[1]["text"]: {**rows[1]["label"], "district": "滨江西路区"},
+               rows[2]["text"]: rows[2]["label"]}
+    with TeacherServer(answers) as server:
+        summary = run_label(recipe, inputs_file(tmp_path, rows), tmp_path, base_url=server.base_url)
+    good = {r["id"]: r for r in read_jsonl(tmp_path / "labelled.jsonl")}
+    bad = {r["id"]: r for r in read_jsonl(tmp_path / "rejects.jsonl")}
+    assert summary["accepted"] == 2 and summary["rejected"] == {"not in the table": 1}
+    assert good[rows[0]["id"]]["label"] == rows[0]["label"]
+    assert good[rows[0]["id"]]["repaired"] == {"province": [other, rows[0]["label"]["province"]]}
+    assert "repaired" not in good[rows[2]["id"]] and good[rows[2]["id"]]["label"] == rows[2]["label"]
+    assert bad[rows[1]["id"]]["detail"] == "district '滨江西路区' is not in the table"

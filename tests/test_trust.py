@@ -219,14 +219,14 @@ def test_a_garbled_line_in_the_middle_stops_with_file_and_line_and_deletes_nothi
 
 def test_delivered_but_unusable_answers_are_kept_and_asked_again_only_on_request(tmp_path, pool, key):
     rows = pool[:8]
-    modes = {rows[0]["text"]: "truncated_body", rows[1]["text"]: "number", rows[2]["text"]: "madeup_province",
-             rows[3]["text"]: "madeup_city", rows[4]["text"]: "429_nan"}
+    modes = {rows[0]["text"]: "truncated_body", rows[1]["text"]: "number", rows[2]["text"]: "hallucinated",
+             rows[3]["text"]: "schema", rows[4]["text"]: "429_nan"}
     recipe = load_recipe(RECIPE, None, ["teacher.max_retries=2"])
     with TeacherServer({r["text"]: r["label"] for r in rows}, modes) as server:
         summary = run_label(recipe, raw_file(tmp_path, rows), tmp_path, base_url=server.base_url)
         bad = {r["id"]: r["reason"] for r in read_jsonl(tmp_path / "rejects.jsonl")}
-        assert bad == {rows[0]["id"]: "malformed", rows[1]["id"]: "malformed", rows[2]["id"]: "not allowed",
-                       rows[3]["id"]: "not allowed"}
+        assert bad == {rows[0]["id"]: "malformed", rows[1]["id"]: "malformed", rows[2]["id"]: "ungrounded",
+                       rows[3]["id"]: "schema"}
         assert summary["accepted"] == 4 and summary["retries"] == 1  # the nan Retry-After was retried
         server.requests.clear()
         again = run_label(recipe, raw_file(tmp_path, rows), tmp_path, base_url=server.base_url)

@@ -1,7 +1,8 @@
 """label: a teacher behind any OpenAI-compatible endpoint turns raw texts into labels, never paying twice.
 
 Every answer is appended (and fsynced) to labelled.jsonl or, when unusable, to rejects.jsonl with its reason,
-as it arrives, keyed by a hash of (model, prompt, input, votes): a re-run, or a run after a crash, sends no
+as it arrives (a label whose fields bound to a recipe's table name no row of it is repaired where the table makes
+that unique, and the row records `repaired`; else it is rejected as "not in the table"), keyed by a hash of (model, prompt, input, votes): a re-run, or a run after a crash, sends no
 request for a record that was answered. Only a record that never got an answer ("gave up" after the
 endpoint's retries) is asked again by the next run; rejected answers are re-asked only with
 `--retry-rejects`. Before the first request the cost is estimated from the prompts as they will be sent, and a
@@ -28,7 +29,7 @@ from toolkit.data.cost import Budget, Estimate, confirm, cost, count_prompts, fo
 from toolkit.model.endpoint import Answer, Endpoint, EndpointError, GaveUp, Usage, request_key
 from toolkit.model.thinking import request_body
 from toolkit.io.errors import StageError, Unanswered
-from toolkit.task.fields import disallowed, is_empty, type_problem, ungrounded, vote_key, voted_value
+from toolkit.task.fields import disallowed, is_empty, normalise, type_problem, ungrounded, vote_key, voted_value
 from toolkit.io.journal import load_journal
 from toolkit.io.jsonl import append_jsonl, iter_jsonl, iter_lines, open_append, read_jsonl, write_json, write_jsonl
 from toolkit.io.errors import DataError
@@ -36,6 +37,7 @@ from toolkit.io.locks import folder_lock
 from toolkit.io.progress import Bar
 from toolkit.task.recipe import Recipe
 from toolkit.task.scoring import compute_metrics, extract_json
+from toolkit.task.tables import NOT_IN_TABLE
 
 GAVE_UP = "gave up after retries"
 # The cost estimate is made from the token counts of this many first answers (real ones, of this pool).
@@ -97,11 +99,28 @@ def check_answer(recipe: Recipe, text: str, answer: Answer) -> tuple[dict | None
     if all(is_empty(f, label[f.name]) for f in recipe.fields):
         return None, "empty", "every field is empty"
     for f in recipe.fields:
-        if outside := disallowed(f, label[f.name], recipe.allowed_values(f.name)):
+        # a field bound to a table is checked against the table's rows after the votes, and repaired there
+        if recipe.table_of(f.name) is None and (outside := disallowed(f, label[f.name], recipe.allowed_values(f.name))):
             return None, "not allowed", f"{f.name}={outside[0]!r} is not one of the recipe's allowed values"
         if missing := ungrounded(f, label[f.name], text):
             return None, "ungrounded", f"{f.name}={missing[0]!r} does not occur in the input"
     return label, None, ""
+
+
+def repair_label(recipe: Recipe, text: str, label: dict) -> tuple[dict | None, dict[str, list], str]:
+    """The label with the fields bound to each of the recipe's tables made one of its combinations (values
+    normalised with their fields' steps first), the fields it changed (field -> [as answered, as repaired]), and
+    why it could not be repaired (label None) where the table leaves more than one combination, or none."""
+    repaired: dict[str, list] = {}
+    for table in recipe.loaded_tables():
+        bound = {c: normalise(label[c], recipe.field(c).normalise) if isinstance(label[c], str) else label[c]
+                 for c in table.columns}
+        fixed = table.repair(bound, text)
+        if fixed.answer is None:
+            return None, {}, fixed.reason
+        repaired.update({c: [label[c], now] for c, (_, now) in fixed.changed.items()})
+        label = {**label, **{c: fixed.answer[c] for c in table.columns}}
+    return label, repaired, ""
 
 
 def majority(recipe: Recipe, labels: list[dict]) -> tuple[dict | None, str]:
@@ -212,9 +231,14 @@ async def _label_all(recipe: Recipe, todo: list[dict], endpoint: Endpoint, promp
                     reject(row, "no majority", f"the {votes} answers disagree on {split}", paid,
                            json.dumps([a.content for a in answers], ensure_ascii=False))
                 else:
-                    summary.accepted += 1
-                    append_jsonl(good, {"id": row["id"], "text": row["text"], "label": label,
-                                        "key": keys[row["id"]], "teacher": endpoint.model, "cost": round(paid, 9)})
+                    label, repaired, why = repair_label(recipe, row["text"], label)
+                    if label is None:
+                        reject(row, NOT_IN_TABLE, why, paid, answers[0].content or answers[0].raw)
+                    else:
+                        summary.accepted += 1
+                        append_jsonl(good, {"id": row["id"], "text": row["text"], "label": label,
+                                            **({"repaired": repaired} if repaired else {}), "key": keys[row["id"]],
+                                            "teacher": endpoint.model, "cost": round(paid, 9)})
             bar.update(advance=1, note=f"{sum(summary.rejected.values())} rejected")
             if not summary.estimate and endpoint.usage.answered >= ESTIMATE_AFTER:
                 estimate(recipe, summary, len(todo), bar)
