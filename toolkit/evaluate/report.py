@@ -18,6 +18,7 @@ from toolkit.maths.stats import mean
 from toolkit.run.roles import ROLES
 from toolkit.task.recipe import Recipe
 from toolkit.task.scoring import field_text, how_wrong
+from toolkit.task.tables import NOT_IN_TABLE, WRONG_IN_TABLE
 
 # Row order in the table: the roles' (the story of the tutorial), then anything else by name.
 ORDER = tuple(ROLES)
@@ -234,6 +235,15 @@ def evaluations_table(recipe: Recipe, results: list[tuple[str, dict]],
     return head, rows
 
 
+def table_error_lines(results: list[tuple[str, dict]]) -> list[str]:
+    """One line per evaluation of a recipe with tables: each bound field's wrong answers, how many name a value
+    the table lacks and how many a value it has but not the right one."""
+    lines = [f"- **{name}**: " + "; ".join(f"{field} {e[NOT_IN_TABLE]} {NOT_IN_TABLE}, {e[WRONG_IN_TABLE]} "
+                                             f"{WRONG_IN_TABLE}" for field, e in m["table_errors"].items())
+             for name, m in results if m.get("table_errors")]
+    return ["", "Wrong answers of the fields bound to a table, by how they are wrong:", "", *lines] if lines else []
+
+
 def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, loss_diagnosis: str | None = None,
                stale: Callable[[dict], str | None] = lambda m: None,
                skipped: dict[str, str] | None = None, train_minutes: dict[str, float | None] | None = None,
@@ -269,6 +279,7 @@ def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, lo
         notes.append("Not run: " + "; ".join(f"{stage} ({why})" for stage, why in skipped.items()) + ".")
     for note in notes:
         lines += ["", note]
+    lines += table_error_lines(results)
     sections, charts = by_type(results, run_dir)
     lines += ["", "![accuracy](accuracy.png)", "", *(f"![confusion]({png.name})" for png in charts)]
     if (run_dir / "loss.png").is_file():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections import Counter
 from typing import Any
 
 from rapidfuzz.distance import Levenshtein
@@ -15,6 +16,7 @@ from rapidfuzz.distance import Levenshtein
 from toolkit.maths.stats import Counts, f1, mean, proportion, with_interval
 from toolkit.task.fields import NO_VALUE, TYPES, Choices, FieldSpec, Headline, Rows, kind
 from toolkit.task.recipe import Recipe
+from toolkit.task.tables import NOT_IN_TABLE, WRONG_IN_TABLE
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.S)
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
@@ -99,8 +101,21 @@ def compute_metrics(recipe: Recipe, rows: list[dict], bootstrap: int = 1000, see
         "exact_match": proportion(sum(all(s.values()) for s in scored), n),
         "fields": {f: proportion(sum(s[f] for s in scored), n) for f in recipe.field_names},
         "micro_f1": with_interval(f1, [tuple(map(sum, zip(*record.values()))) for record in counts], samples),
+        **({"table_errors": table_errors(recipe, rows, scored)} if recipe.tables else {}),
     }
     return metrics | type_metrics(recipe.fields, rows, recipe.choices, samples)
+
+
+def table_errors(recipe: Recipe, rows: list[dict], scored: list[dict[str, bool]]) -> dict[str, dict[str, int]]:
+    """For each field bound to a table, its wrong answers counted by how they are wrong: a value the table does
+    not have (an unparseable answer's too) or one it has, not the right one."""
+    out = {}
+    for table in recipe.loaded_tables():
+        for col in table.columns:
+            errors = Counter(table.value_error(col, (r["parsed"] or {}).get(col))
+                             for r, s in zip(rows, scored) if not s[col])
+            out[col] = {kind: errors[kind] for kind in (NOT_IN_TABLE, WRONG_IN_TABLE)}
+    return out
 
 
 def field_text(value) -> str:
