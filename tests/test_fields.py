@@ -7,11 +7,12 @@ import re
 import pytest
 
 from conftest import write_recipe
+from toolkit.cli import main
 from toolkit.model.endpoint import Answer
 from toolkit.task.fields import NO_VALUE, TYPES, FieldType, normalise, register
 from toolkit.io.errors import DataError
 from toolkit.data.label import check_answer, majority
-from toolkit.data.prepare import read_record
+from toolkit.data.prepare import canonical_answer, read_record
 from toolkit.task.recipe import load_recipe
 from toolkit.io.errors import RecipeError
 from toolkit.task.scoring import compute_metrics, headline, score_record, slot_counts
@@ -360,3 +361,91 @@ def test_optional_schema_allows_null_and_votes_count_null_as_an_answer(invoice):
     assert label["date"] == "2024-03-05"
     xgrammar = pytest.importorskip("xgrammar")
     xgrammar.Grammar.from_json_schema(json.dumps(invoice.json_schema()), any_whitespace=False)
+
+
+# --- grounded values: placeholders, whole numbers and patterns (issue 43, item 2) -------------------------------
+
+CONTACT = """\
+fields:
+  - {name: name, description: 收件人, grounded: true, normalise: [strip, width, nospace]}
+  - {name: phone, description: 电话, grounded: true, normalise: [digits]}
+  - {name: mobile, description: 手机, grounded: true, normalise: [digits], pattern: "[0-9]{11}", max_chars: 11}
+"""
+CONTACT_TEXT = "无锡市 新吴区 张三 电话 138 1234 5678 手机 (不详) 13912345678"
+
+
+def contact(**changes) -> Answer:
+    return Answer(json.dumps({"name": "张三", "phone": "13812345678", "mobile": "13912345678", **changes},
+                             ensure_ascii=False))
+
+
+@pytest.mark.parametrize("changes,reason,detail", [
+    ({}, None, ""),
+    ({"phone": "138-1234-5678"}, None, ""),  # the number as written, in groups
+    ({"name": "无"}, "ungrounded", "name='无' is a placeholder"),  # in the text (无锡市), still no name
+    ({"name": "不详"}, "ungrounded", "name='不详' is a placeholder"),
+    ({"phone": "--"}, "ungrounded", "phone='--' is a placeholder"),  # no digit: nothing to compare under digits
+    ({"phone": "N/A"}, "ungrounded", "phone='N/A' is a placeholder"),
+    ({"phone": "1381234567"}, "ungrounded", "phone='1381234567' is only part of the number 13812345678"),
+    ({"mobile": "1391234567"}, "schema", "mobile must match the pattern '[0-9]{11}' after the normalisers"),
+    ({"mobile": "未知"}, "schema", "mobile must match the pattern"),
+    ({"name": ""}, None, ""),  # "" says the text gives none
+])
+def test_placeholders_and_short_numbers_are_not_grounded(tmp_path, changes, reason, detail):
+    recipe = load_recipe(write_recipe(tmp_path, CONTACT))
+    label, why, text = check_answer(recipe, CONTACT_TEXT, contact(**changes))
+    assert why == reason and detail in text
+
+
+def test_a_pattern_is_checked_in_labels_and_compiles_into_the_schema(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path, CONTACT))
+    props = recipe.json_schema()["properties"]
+    assert props["mobile"] == {"type": "string", "description": "手机", "maxLength": 11, "pattern": "^([0-9]{11})?$"}
+    assert "pattern" not in props["phone"]
+    gold = {"name": "张三", "phone": "13812345678", "mobile": "13912345678"}
+    with pytest.raises(DataError, match=r"l.jsonl:2: field 'mobile' must match the pattern '\[0-9\]\{11\}'"):
+        read_record(recipe, {"id": "x", "text": CONTACT_TEXT, "label": {**gold, "mobile": "139"}}, tmp_path / "l.jsonl", 2)
+    # trained on the form the schema lets it write
+    assert json.loads(canonical_answer(recipe, {**gold, "mobile": "139 1234 5678"}))["mobile"] == "13912345678"
+
+
+def test_the_pattern_compiles_for_vllm_and_llama_cpp(tmp_path):
+    """xgrammar (vLLM's structured outputs) and llama.cpp's grammar (the GGUF) both hold the answer to it."""
+    schema = json.dumps(load_recipe(write_recipe(tmp_path, CONTACT)).json_schema(), ensure_ascii=False)
+    answers = [json.dumps({"name": "张三", "phone": "1", "mobile": m}, ensure_ascii=False)
+               for m in ("13912345678", "", "1391234567", "未知")]
+    xgrammar = pytest.importorskip("xgrammar")
+    from xgrammar.testing import _is_grammar_accept_string
+
+    grammar = xgrammar.Grammar.from_json_schema(schema, any_whitespace=False)
+    assert [_is_grammar_accept_string(grammar, a) for a in answers] == [True, True, False, False]
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from toolkit.infer.llamacpp import json_grammar
+    from toolkit.model.models import EMBEDDED, _gguf_path
+
+    llm = llama_cpp.Llama(model_path=str(_gguf_path(EMBEDDED["smollm2-135m-instruct"])), vocab_only=True,
+                          verbose=False)
+    gbnf = json_grammar(json.loads(schema))
+    assert "mobile ::= \"\\\"\" (mobile-1" in gbnf  # the pattern, not a bare string
+    sampler = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, gbnf.encode("utf-8"), b"root")
+    assert sampler  # llama.cpp parsed it
+    llama_cpp.llama_sampler_free(sampler)
+
+
+@pytest.mark.parametrize("pattern,problem", [
+    ("[0-9", r"a regular expression \(unterminated character set at position 0\), got '\[0-9'"),
+    ("\\\\d{11}", r"no backslash escape \(llama.cpp's grammar takes none\): a class instead, \[0-9\] for a digit"),
+    ("(?:13|15)[0-9]{9}", r"no \(\?...\) group"),
+    ("^[0-9]{11}$", r"no \^ or \$: the pattern matches the whole value"),
+])
+def test_a_bad_pattern_is_refused_with_its_key_and_line(tmp_path, capsys, pattern, problem):
+    path = write_recipe(tmp_path, f"fields:\n  - name: phone\n    description: d\n    pattern: \"{pattern}\"\n")
+    assert main(["recipe", "check", str(path)]) == 2
+    assert re.search(rf"typed.yaml:4: key 'fields.0.pattern': expected {problem}",
+                     capsys.readouterr().err.replace("\n", ""))
+
+
+def test_a_pattern_applies_to_str_fields_only(tmp_path):
+    with pytest.raises(RecipeError, match=r"key 'fields.0': expected pattern applies to str fields only"):
+        load_recipe(write_recipe(tmp_path, "fields:\n  - {name: n, type: int, description: d, pattern: '[0-9]'}\n"))
+    assert load_recipe(write_recipe(tmp_path, "fields:\n  - {name: n, description: d, pattern: '[^ ]+[$]'}\n"))

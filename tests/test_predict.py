@@ -211,4 +211,4 @@ def test_problems_name_what_is_wrong_with_an_answer(recipe):
     del bad["city"]
     assert answer_problems(recipe, text, bad) == [
         "unexpected field 'extra'", "district: '火星区' is not in the closed set", "city: missing",
-        "name: '李四' is not in the text", "phone: must be a string, got 13800000000"]
+        "name: '李四' does not occur in the input", "phone: must be a string, got 13800000000"]

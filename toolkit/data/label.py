@@ -103,7 +103,7 @@ def check_answer(recipe: Recipe, text: str, answer: Answer) -> tuple[dict | None
         if recipe.table_of(f.name) is None and (outside := disallowed(f, label[f.name], recipe.allowed_values(f.name))):
             return None, "not allowed", f"{f.name}={outside[0]!r} is not one of the recipe's allowed values"
         if missing := ungrounded(f, label[f.name], text):
-            return None, "ungrounded", f"{f.name}={missing[0]!r} does not occur in the input"
+            return None, "ungrounded", f"{f.name}={missing[0]}"
     return label, None, ""
 
 

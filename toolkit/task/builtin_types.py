@@ -18,21 +18,44 @@ from toolkit.maths.stats import Counts, f1, macro_f1, mean, precision, recall, w
 from toolkit.task.fields import NO_VALUE, Choices, FieldSpec, FieldType, Headline, Rows, normalise, register
 
 
+# What a writer puts where they have no value: never grounded, even where the input holds it (无 in 无锡市).
+# Compared stripped, width-folded and lower-cased; a run of mask characters (x, xx, ***, ???, --) is one too.
+PLACEHOLDERS = frozenset({
+    "未知", "无", "不详", "暂无", "待定", "空", "没有", "未提供", "不明", "略", "无名", "匿名", "某某", "见上",
+    "n/a", "none", "null", "unknown", "tbd", "undefined"})
+MASK = re.compile(r"[-x*?？_.…—/]+")
+
+
+def placeholder(item: str) -> bool:
+    """An item that is one of PLACEHOLDERS or all mask characters."""
+    folded = normalise(item, ["strip", "width", "lower"])
+    return folded in PLACEHOLDERS or bool(MASK.fullmatch(folded))
+
+
 class Text(FieldType):
-    """`str`: free text, or a closed set with choices (small sets become the schema's enum)."""
+    """`str`: free text, or a closed set with choices (small sets become the schema's enum); a `pattern` bounds its
+    form."""
 
     name = "str"
-    text = groundable = True
+    text = groundable = patterned = True
     # A free-text field this long or longer (max_chars, or no bound) also gets a similarity score: partial
     # credit for a nearly right verbatim span, as NuExtract scores them.
     LONG_TEXT = 24
 
     def problem(self, spec, value):
-        return None if isinstance(value, str) else f"must be a string, got {_shown(value)}"
+        if not isinstance(value, str):
+            return f"must be a string, got {_shown(value)}"
+        pattern = self.pattern(spec)
+        if pattern is not None and value.strip() and not re.fullmatch(pattern, normalise(value, spec.normalise)):
+            return f"must match the pattern {pattern!r} after the normalisers {spec.normalise}, got {_shown(value)}"
+        return None
 
     def is_empty(self, spec, value):
         """Text that says nothing ("" or whitespace)."""
         return not value.strip()
+
+    def is_placeholder(self, item):
+        return placeholder(item)
 
     def compared(self, spec, value):
         return normalise(value, spec.normalise)
@@ -46,10 +69,14 @@ class Text(FieldType):
         return value.strip() if isinstance(value, str) else value
 
     def schema(self, spec, choices, max_enum):
-        """Strings bounded by max_chars (a looping model's string ends there under guided decoding)."""
+        """Strings bounded by max_chars (a looping model's string ends there under guided decoding) and by the
+        pattern, anchored, "" allowed: the value the input does not give. xgrammar then compiles the pattern alone
+        (it warns that it ignores maxLength beside it)."""
         out: dict[str, Any] = {"type": "string", "description": spec.description}
         if spec.max_chars:
             out["maxLength"] = spec.max_chars
+        if (pattern := self.pattern(spec)) is not None:
+            out["pattern"] = f"^({pattern})?$"
         if choices is not None and (self.classes or len(choices) <= max_enum):
             out["enum"] = choices
         return out
@@ -61,6 +88,11 @@ class Text(FieldType):
 
     def example(self, spec, choices):
         return choices[0] if choices else "..."
+
+    def canonical(self, spec, value):
+        """A patterned value as the pattern reads it (normalised: "138-1234-5678" is 13812345678), the form the
+        schema lets the student write."""
+        return normalise(value, spec.normalise) if self.pattern(spec) is not None and value.strip() else value
 
     def is_long(self, spec: FieldSpec, choices: list[str] | None) -> bool:
         """Free text long enough that partial credit (similarity) says something beside exact match."""
@@ -83,7 +115,7 @@ class Enum(Text):
     """`enum`: classification, a value is one of the field's choices; macro-F1 and a confusion matrix."""
 
     name = "enum"
-    groundable = False
+    groundable = patterned = False
     classes = True
     headline_rank = 1
 
@@ -151,6 +183,9 @@ class Entities(FieldType):
 
     def items(self, value):
         return value
+
+    def is_placeholder(self, item):
+        return placeholder(item)
 
     def compared(self, spec, value):
         if value is None:

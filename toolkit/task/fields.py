@@ -42,6 +42,9 @@ NORMALISERS = {
 }
 Normaliser = Literal["strip", "width", "digits", "lower", "nospace"]
 
+# Digits written as one number: groups apart by a space, hyphen, dot or bracket ("138 1234 5678", "(021) 6234-5678").
+NUMBER = re.compile(r"\d+(?:[\s\-.()（）]{1,3}\d+)*")
+
 
 def normalise(value, steps: list[str]) -> str:
     """A value as compared: non-strings (null, numbers) become text first, then each normaliser in order."""
@@ -85,6 +88,7 @@ class FieldType:
     name: ClassVar[str]
     text: ClassVar[bool] = False  # values are strings: choices apply (normalisers apply to every type)
     groundable: ClassVar[bool] = False  # `grounded: true` may ask its items to occur in the input
+    patterned: ClassVar[bool] = False  # `pattern` applies: a value, normalised, matches it whole
     listed: ClassVar[bool] = False  # a value is a list of items: max_items applies
     classes: ClassVar[bool] = False  # a value is one of the field's choices, read as a class: classification
     # Where the headline of a task is chosen: the type of highest rank among the recipe's fields that offers one.
@@ -100,6 +104,8 @@ class FieldType:
             return f"grounded applies to {groundable} fields, not to type {self.name}"
         if spec.max_items is not None and not self.listed:
             return f"max_items applies to {_listing(t.name for t in TYPES.values() if t.listed)} fields only"
+        if spec.pattern is not None and not self.patterned:
+            return f"pattern applies to {_listing(t.name for t in TYPES.values() if t.patterned)} fields only"
         if spec.optional and self.listed:
             return f"a {self.name} field cannot be optional: an empty list already says there is none"
         if spec.choices is not None:
@@ -121,6 +127,16 @@ class FieldType:
     def items(self, value: Any) -> list:
         """The items of a (type-checked) value that closed sets and grounding check, one by one."""
         return [value]
+
+    def pattern(self, spec: FieldSpec) -> str | None:
+        """The regular expression a non-empty value matches whole after the field's normalisers (None: any): the
+        field's `pattern`. A type whose values have a form of their own returns it here."""
+        return spec.pattern
+
+    def is_placeholder(self, item: str) -> bool:
+        """An item that stands in for a value the writer did not have (未知, n/a, "-"): never grounded, even where
+        the input holds it (无 in 无锡市)."""
+        return False
 
     def is_empty(self, spec: FieldSpec, value: Any) -> bool:
         """A value that says nothing; a label whose every field is empty is refused."""
@@ -214,6 +230,12 @@ class FieldSpec(BaseModel):
     max_chars: int | None = Field(default=None, gt=0, description=(
         "The longest sensible value: the schema's maxLength, so guided decoding ends a string a looping model "
         "would otherwise run on until max_new_tokens, leaving unparseable JSON."))
+    pattern: str | None = Field(default=None, description=(
+        "A regular expression a non-empty value must match whole, after the normalisers: `[0-9]{11}` with "
+        "normalise [digits] is a phone of 11 digits. A label that breaks it is refused, and it is the JSON "
+        "schema's pattern, so guided decoding writes no value the check refuses. Written for every engine: no ^ "
+        "or $ (it matches the whole value), no backslash ([0-9] for a digit, [.] for a dot), no (?...) group. "
+        "str fields."))
     max_items: int | None = Field(default=None, gt=0, description=(
         "A list's most items: the schema's maxItems, which ends a list a looping model would run on."))
     choices: list[str] | None = Field(default=None, description=(
@@ -236,6 +258,27 @@ class FieldSpec(BaseModel):
     def _registered(cls, value: str) -> str:
         if value not in TYPES:
             raise ValueError(" or ".join(", ".join(map(repr, TYPES)).rsplit(", ", 1)))
+        return value
+
+    @field_validator("pattern")
+    @classmethod
+    def _a_pattern_every_engine_compiles(cls, value: str | None) -> str | None:
+        """A pattern vLLM's xgrammar and llama.cpp's converter (the GGUF's grammar) both compile, as Python reads it:
+        llama.cpp's takes no backslash escape (\\d, \\.) and no (?...) group; the schema anchors it (`schema`)."""
+        if value is None:
+            return value
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"a regular expression ({exc})") from None
+        outside = re.sub(r"\[[^]]*\]", "", value)  # [^ ] and [$] are classes, not anchors
+        for bad, where, what in (("\\", value, "no backslash escape (llama.cpp's grammar takes none): a class instead, "
+                                                 "[0-9] for a digit, [.] for a dot"),
+                                 ("(?", outside, "no (?...) group (llama.cpp's grammar takes none): a plain group"),
+                                 ("^", outside, "no ^ or $: the pattern matches the whole value"),
+                                 ("$", outside, "no ^ or $: the pattern matches the whole value")):
+            if bad in where:
+                raise ValueError(what)
         return value
 
     @model_validator(mode="after")
@@ -274,11 +317,48 @@ def disallowed(spec: FieldSpec, value: Any, allowed: frozenset[str] | None) -> l
 
 
 def ungrounded(spec: FieldSpec, value: Any, text: str) -> list[str]:
-    """The non-empty items of a grounded field's value that do not occur in the input (after normalising)."""
+    """Why items of a grounded field's value are not grounded, one reason an item, each naming it ([]: every item
+    is, or the field is not grounded). A grounded item occurs in the input after the field's normalisers, is no
+    placeholder of its type (未知, n/a, "-": a label says "not given" with ""), and, under the digits normaliser,
+    is one whole number of the input, not part of a longer one (a phone one digit short)."""
     if not spec.grounded or value is None:
         return []
-    haystack = normalise(text, spec.normalise)
-    return [v for v in kind(spec).items(value) if (n := normalise(v, spec.normalise)) and n not in haystack]
+    field_type, haystack = kind(spec), normalise(text, spec.normalise)
+    numbers = number_groups(text) if "digits" in spec.normalise else None
+    out = []
+    for item in field_type.items(value):
+        n = normalise(item, spec.normalise)
+        if field_type.is_placeholder(item):
+            out.append(f"{item!r} is a placeholder, not a value from the input (\"\" says the input gives none)")
+        elif not n:
+            if item.strip():
+                out.append(f"{item!r} is nothing after the normalisers {spec.normalise}")
+        elif n not in haystack:
+            out.append(f"{item!r} does not occur in the input")
+        elif numbers is not None and not whole_number(n, numbers):
+            longer = next((joined for groups in numbers if n in (joined := "".join(groups))), None)
+            out.append(f"{item!r} is only part of the number {longer} in the input" if longer else
+                       f"{item!r} does not occur in the input as one number")
+    return out
+
+
+def number_groups(text: str) -> list[list[str]]:
+    """The numbers of a text (full-width digits folded), each as its groups of digits: "138 1234 5678" is one."""
+    return [re.findall(r"\d+", m.group()) for m in NUMBER.finditer(_width(text))]
+
+
+def whole_number(digits: str, numbers: list[list[str]]) -> bool:
+    """`digits` are whole consecutive groups of one number ("13812345678" of 138 1234 5678; not 1381234567)."""
+    for groups in numbers:
+        for i in range(len(groups)):
+            joined = ""
+            for group in groups[i:]:
+                joined += group
+                if len(joined) >= len(digits):
+                    break
+            if joined == digits:
+                return True
+    return False
 
 
 def is_empty(spec: FieldSpec, value: Any) -> bool:
