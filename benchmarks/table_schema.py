@@ -13,10 +13,12 @@ Three schemas: the recipe's own (no table: districts left out, cities and provin
 in the recipe's field order (district first) and the table's with province first. Each engine is checked token by
 token on the model's own tokenisation of each answer: it should accept every combination the table allows
 (xgrammar: all; llama.cpp: every 10th, it is slower) and refuse a city under another province; the recipe's own
-schema refuses none of those (not_taken and let_through quote the first answers an engine got wrong). The time one decoding step costs the grammar, on the steps of 5 answers spread over the table:
-xgrammar's bitmask of allowed tokens (ms_per_bitmask, what vLLM computes before every token); llama.cpp's check of
-one token (ms_per_token_check, what GreedyGrammar does first) and its pass over the whole vocabulary
-(ms_per_vocabulary_pass, when the model's best token is refused). Times are CPU seconds of this process (the
+schema refuses none of those (not_taken and let_through quote the first answers an engine got wrong).
+
+The time one decoding step costs the grammar, on the steps of 5 answers spread over the table: xgrammar's bitmask
+of allowed tokens (ms_per_bitmask, what vLLM computes before every token); llama.cpp's check of one token
+(ms_per_token_check, what GreedyGrammar does first) and its pass over the whole vocabulary (ms_per_vocabulary_pass,
+when the model's best token is refused). Times are CPU seconds of this process (the
 machine may be shared), one thread.
 
     .venv/bin/python benchmarks/table_schema.py [--model NAME|FOLDER ...]
