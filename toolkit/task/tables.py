@@ -39,8 +39,9 @@ class TableSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    file: Annotated[str, FILE] = Field(description="The table, recipe-relative: a CSV file with a header line naming the fields, or "
-                      "a JSONL file of objects with the fields as keys; one row a line.")
+    file: Annotated[str, FILE] = Field(description=(
+        "The table, recipe-relative: a CSV file with a header line naming the fields, or a JSONL file of objects with "
+        "the fields as keys; one row a line."))
     fields: list[str] = Field(min_length=2, description=(
         "The fields the table binds, from the most general level to the most specific (province, city, district)."))
     may_be_empty: list[str] = Field(default_factory=list, description=(
