@@ -17,6 +17,7 @@ from qwen3_fixture import qwen3_tiny_folder
 from toolkit.model.models import resolve_model
 from toolkit.task.recipe import load_recipe
 from toolkit.io.errors import RecipeError
+from toolkit.io.trust import Consent
 from toolkit.train.swift import sft_argv
 
 
@@ -214,7 +215,9 @@ def test_deepspeed_json_file_reaches_ms_swift_which_reads_it(qwen3_tiny, data, t
 
     config = tmp_path / "ds.json"
     config.write_text(json.dumps({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto"}))
-    argv = argv_for(gpu_recipe(qwen3_tiny, f"train.deepspeed={config}"), data)
+    recipe = load_recipe(RECIPE, "gpu", [f"student.model={qwen3_tiny}", f"train.deepspeed={config}"],
+                         Consent(paths=(str(tmp_path),)))  # a file outside the recipe's project, allowed
+    argv = argv_for(recipe, data)
     assert argv[argv.index("--deepspeed") + 1] == str(config)
     args = swift_parse(argv_for(gpu_recipe(qwen3_tiny), data), monkeypatch)
     monkeypatch.setattr(sft_args, "require_version", lambda *a, **k: None)  # DeepSpeed is not installed here
