@@ -106,18 +106,24 @@ def untabled(recipe: Recipe) -> Recipe:
 
 
 def test_json_schema_bounds_every_string_the_recipe_bounds():
+    from vllm.v1.structured_output.backend_xgrammar import has_xgrammar_unsupported_json_features  # loads vLLM
+
     recipe = untabled(load_recipe(RECIPE, "cpu"))
     schema = recipe.json_schema()
     assert schema["required"] == recipe.field_names and schema["additionalProperties"] is False
     assert {k: v.get("maxLength") for k, v in schema["properties"].items()} == {
-        f.name: f.max_chars for f in recipe.fields}
-    assert schema["properties"]["phone"]["maxLength"] == 11
+        f.name: None if f.pattern else f.max_chars for f in recipe.fields}
+    # a patterned string is bounded by its pattern alone: vLLM refuses xgrammar for pattern and maxLength together
+    assert schema["properties"]["phone"]["pattern"] == "^([0-9]{11})?$"
+    assert not has_xgrammar_unsupported_json_features(schema)
 
 
 def test_fields_bound_to_a_table_take_its_combinations_in_the_schema_whatever_their_number():
     """logistics_zh binds province, city and district to the MCA table: every branch of the schema is one
     province and city with their districts, the free fields by reference to their own bounded schemas, and the
     2,800 districts are all there (before, a closed set over MAX_ENUM values was dropped from the schema)."""
+    from vllm.v1.structured_output.backend_xgrammar import has_xgrammar_unsupported_json_features  # loads vLLM
+
     recipe = load_recipe(RECIPE, "cpu")
     table, schema = recipe.table_of("district"), recipe.json_schema()
     assert recipe.table_of("phone") is None and table.columns == ("province", "city", "district")
@@ -126,7 +132,8 @@ def test_fields_bound_to_a_table_take_its_combinations_in_the_schema_whatever_th
         b["properties"]["district"].get("const")])}
     assert len(districts) > MAX_ENUM and districts == table.values("district") and "" in districts
     assert {k: v.get("maxLength") for k, v in schema["$defs"].items()} == {
-        f.name: f.max_chars for f in recipe.fields if f.name not in table.columns}
+        f.name: None if f.pattern else f.max_chars for f in recipe.fields if f.name not in table.columns}
+    assert not has_xgrammar_unsupported_json_features(schema)  # vLLM decodes it with xgrammar, no fallback
 
 
 def with_fields(recipe: Recipe, **changes: dict) -> Recipe:

@@ -69,14 +69,15 @@ class Text(FieldType):
         return value.strip() if isinstance(value, str) else value
 
     def schema(self, spec, choices, max_enum):
-        """Strings bounded by max_chars (a looping model's string ends there under guided decoding) and by the
-        pattern, anchored, "" allowed: the value the input does not give. xgrammar then compiles the pattern alone
-        (it warns that it ignores maxLength beside it)."""
+        """Strings bounded by max_chars (a looping model's string ends there under guided decoding), or by the
+        pattern alone, anchored, "" allowed (the value the input does not give): vLLM refuses xgrammar for a string
+        with both (xgrammar#966) and would decode the whole answer with another backend, so a pattern bounds its
+        own length."""
         out: dict[str, Any] = {"type": "string", "description": spec.description}
-        if spec.max_chars:
-            out["maxLength"] = spec.max_chars
         if (pattern := self.pattern(spec)) is not None:
             out["pattern"] = f"^({pattern})?$"
+        elif spec.max_chars:
+            out["maxLength"] = spec.max_chars
         if choices is not None and (self.classes or len(choices) <= max_enum):
             out["enum"] = choices
         return out
