@@ -279,3 +279,43 @@ def test_an_interrupted_command_leaves_no_process_behind_even_one_deaf_to_sigter
         runner.run_logged([sys.executable, "-c", STUBBORN, str(pid_file)], tmp_path / "log", poll=interrupt)
     worker = int(pid_file.read_text())
     assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_second_signal_in_the_grace_period_still_leaves_no_process_behind(tmp_path, monkeypatch):
+    """Ctrl-C, then SIGTERM while xtk waits for its child to stop: the second signal cuts the grace period short
+    and the child and its workers are killed at once (before, the second signal's exception left stop() half-way
+    and torchrun's workers went on training with xtk gone). The second signal is SIGUSR1 raising KeyboardInterrupt,
+    as xtk's handler raises on SIGTERM, so pytest's own SIGINT handling plays no part."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    from toolkit.io import runner
+
+    monkeypatch.setattr(runner, "GRACE_S", 120.0)  # far longer than the test may take: only the signal ends it
+    pid_file = tmp_path / "worker.pid"
+
+    def second(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGUSR1, second)
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGUSR1))
+
+    def interrupt() -> None:
+        if pid_file.is_file() and pid_file.read_text():
+            timer.start()  # the first interrupt: stop() is then waiting out the grace period
+            raise KeyboardInterrupt
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_logged([sys.executable, "-c", STUBBORN, str(pid_file)], tmp_path / "log", poll=interrupt)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+    worker = int(pid_file.read_text())
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == psutil.STATUS_ZOMBIE
+    assert time.monotonic() - started < 100  # the grace period was cut short, not waited out

@@ -62,18 +62,23 @@ def stop(proc: subprocess.Popen) -> None:
     except psutil.NoSuchProcess:
         family = []
     deadline = time.monotonic() + GRACE_S
-    proc.terminate()
     try:
-        proc.wait(timeout=GRACE_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    left = psutil.wait_procs(family, timeout=max(0.0, deadline - time.monotonic()))[1]
-    for p in left:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
-    # SIGKILL is delivered, not done: return once they are gone (or zombies), not while they still hold memory
-    psutil.wait_procs(left, timeout=10)
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=GRACE_S)
+        psutil.wait_procs(family, timeout=max(0.0, deadline - time.monotonic()))
+    finally:
+        # Also when a second Ctrl-C or SIGTERM cuts the grace period short (seen: torchrun's workers kept
+        # training after xtk had gone): whatever still runs is killed now.
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        left = [p for p in family if p.is_running()]
+        for p in left:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        # SIGKILL is delivered, not done: return once they are gone (or zombies), not while they still hold memory
+        psutil.wait_procs(left, timeout=10)
 
 
 def run_logged(argv: list[str], log_path: Path, env: Mapping[str, str] | None = None,
