@@ -1,4 +1,5 @@
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -131,3 +132,15 @@ def start_server(*args: str, seconds: float) -> tuple[subprocess.Popen, str]:
         server.kill()
         server.wait()
         raise
+
+
+def kill_labelling_after(proc: subprocess.Popen, server, labelled: Path, rows: int) -> None:
+    """SIGKILL a labelling command once `labelled` holds `rows` rows, while the test teacher holds the answers
+    past its hold_after (a crash mid-run, however slowly the machine polls); then release the teacher."""
+    server.wait_until(lambda: server.hold_after is None, 600)  # held: the first answers are out, the rest waits
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and (not labelled.is_file() or labelled.read_text().count("\n") < rows):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()

@@ -2,14 +2,12 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import RECIPE, ROOT
+from conftest import RECIPE, ROOT, kill_labelling_after
 from teacher_server import TeacherServer
 from toolkit.io.errors import Unanswered
 from toolkit.io.jsonl import read_jsonl, write_jsonl
@@ -105,13 +103,7 @@ def test_sigkill_mid_run_then_rerun_loses_nothing_and_repeats_nothing(tmp_path, 
         env = {**os.environ, "DASHSCOPE_API_KEY": KEY}
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         labelled = out_dir / "labelled.jsonl"
-        server.wait_until(lambda: server.hold_after is None, 600)  # held: 60 answers out, the rest waits
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and (not labelled.is_file() or labelled.read_text().count("\n") < 40):
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
+        kill_labelling_after(proc, server, labelled, 40)  # held: 60 answers out, the rest waits
         first = {r["id"] for r in read_jsonl(labelled)}
         assert 40 <= len(first) < 200
         server.release()

@@ -5,7 +5,6 @@ exit 3 with the resume hint when the teacher stops answering."""
 import json
 import os
 import pty
-import signal
 import subprocess
 import sys
 import threading
@@ -13,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import RECIPE, ROOT
+from conftest import RECIPE, ROOT, kill_labelling_after
 from teacher_server import TeacherServer
 from toolkit.cli import main
 from toolkit.data.cost import count_prompts
@@ -46,7 +45,7 @@ def gold(rows):
 def test_a_teacher_that_answers_three_then_hangs_stops_with_exit_3_and_the_resume_hint(tmp_path, key, pool, capsys):
     """Before: the 27 others each waited out 7 time-outs and their back-off, then "gave up", and the run ended
     with exit 0. Now the first round of time-outs (16 in flight) is DOWN_AFTER requests in a row without a
-    response: exit 3, the 3 answers kept, and the same command, once the teacher is back, asks only the rest."""
+    response: exit 3, the answers kept, and the same command, once the teacher is back, asks only the rest."""
     rows = pool[:30]
     with TeacherServer(gold(rows), hold_after=3) as server:
         argv = label_argv(tmp_path, rows, server.base_url)
@@ -54,11 +53,13 @@ def test_a_teacher_that_answers_three_then_hangs_stops_with_exit_3_and_the_resum
         assert main(argv) == 3
         assert time.monotonic() - start < 300  # one round of 10 s time-outs; before: minutes, then exit 0
         err = capsys.readouterr().err
-        assert "stopped answering: after 3 answers" in err and "no answer within 10 s" in err
-        assert "3 of 30 records are answered and kept in" in err and "run the same command again to ask the 27 " \
-               "others" in err
-        assert len(read_jsonl(tmp_path / "out" / "labelled.jsonl")) == 3
-        assert json.loads((tmp_path / "out" / "label_summary.json").read_text())["accepted"] == 3
+        # "3 answers" is at least 3: requests already past the server's gate when it held still deliver (seen: 5)
+        done = len(read_jsonl(tmp_path / "out" / "labelled.jsonl"))
+        assert 3 <= done < 30
+        assert f"stopped answering: after {done} answers" in err and "no answer within 10 s" in err
+        assert f"{done} of 30 records are answered and kept in" in err and \
+               f"run the same command again to ask the {30 - done} others" in err
+        assert json.loads((tmp_path / "out" / "label_summary.json").read_text())["accepted"] == done
 
         server.release()
         assert main(argv) == 0
@@ -203,13 +204,7 @@ def test_max_cost_holds_at_concurrency_16_across_a_kill_and_a_resume(tmp_path, k
         command = [sys.executable, "-m", "toolkit", *argv]
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         labelled = tmp_path / "out" / "labelled.jsonl"
-        server.wait_until(lambda: server.hold_after is None, 600)  # held: 100 answers out, the rest waits
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and (not labelled.is_file() or labelled.read_text().count("\n") < 100):
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
+        kill_labelling_after(proc, server, labelled, 100)  # held: 100 answers out, the rest waits
         server.release()
 
         resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
