@@ -104,6 +104,18 @@ def test_the_gate_asks_the_teacher_with_the_settings_it_labels_with(tmp_path, ke
     assert sent.get("enable_thinking", "not sent") == ("not sent" if thinking is None else thinking)
 
 
+
+def test_a_served_model_other_than_the_teacher_is_asked_as_eval_asks(tmp_path, key, tests_rows):
+    """Only the recipe's teacher is asked with its labelling settings: a student behind `swift deploy`, evaluated
+    with --backend openai, is asked greedily with eval's length (with the teacher's 512 tokens, the served base
+    model rambled until the real-server test timed out)."""
+    with TeacherServer({r["text"]: r["label"] for r in tests_rows}) as server:
+        assert main(["eval", str(RECIPE), "--run", str(tmp_path / "run"), "--model", "served-student", "--backend",
+                     "openai", "--base-url", server.base_url, "--name", "served", "--test",
+                     str(load_recipe(RECIPE).path(load_recipe(RECIPE).data.test[0])), "eval.limit=3",
+                     "eval.max_new_tokens=24", "teacher.temperature=0.3", "teacher.max_tokens=512"]) == 0
+    assert server.bodies and {(b["max_tokens"], b["temperature"]) for b in server.bodies} == {(24, 0.0)}
+
 def test_xtk_label_runs_the_gate_before_it_asks_for_one_text(tmp_path, key, pool, tests_rows, capsys):
     """`xtk label` alone gates the teacher as `xtk run` does, the teacher named by --base-url: 10 made-up phones
     in the 20 gate records stop it (exit 2, ITERATE) before one of the texts is asked for; a second try asks

@@ -140,8 +140,7 @@ class OpenAIBackend(Backend):
                  concurrency: int = 16, timeout_s: float = 120, max_retries: int = 6, extra_body: dict | None = None,
                  max_tokens: int | None = None, temperature: float = 0.0):
         key = os.environ.get(api_key_env, "") if api_key_env else ""
-        # The teacher's own length and temperature, whoever asks: the gate scores it as labelling will ask it.
-        self.max_tokens, self.temperature = max_tokens, temperature
+        self.max_tokens, self.temperature = max_tokens, temperature  # max_tokens None: the caller's
         self.loop = asyncio.new_event_loop()  # the client's connections belong to the loop they were made on
         self.endpoint = Endpoint(base_url, model, key, api_key_env, timeout_s, max_retries, dict(extra_body or {}))
         self.concurrency, self.reused = concurrency, 0
@@ -235,9 +234,12 @@ def build_transformers(s: Served) -> Backend:
 
 def build_openai(s: Served) -> Backend:
     t = s.recipe.teacher
+    # The recipe's teacher is asked as labelling asks it, so that the gate scores what will label; any other
+    # served model (a student behind `swift deploy`) is asked as eval asks a model: greedy, eval's length.
+    teacher = (s.model, s.base_url) == (t.model, t.base_url)
     return OpenAIBackend(s.base_url, s.model, s.api_key_env, cache=s.cache, concurrency=t.concurrency,
                          timeout_s=t.timeout_s, max_retries=t.max_retries, extra_body=request_body(t),
-                         max_tokens=t.max_tokens, temperature=t.temperature)
+                         max_tokens=t.max_tokens if teacher else None, temperature=t.temperature if teacher else 0.0)
 
 
 def build_rules(s: Served) -> Backend:
