@@ -189,6 +189,9 @@ def test_the_table_names_every_candidate_and_ends_with_the_bakeoff(smollm2, caps
     assert f"{6.1 if cpu_has_bf16() else 6.0} does not fit" in out and "5.1 fits" in out and "Apache-2.0" in out
     assert out.rstrip().endswith("and run: xtk bakeoff bakeoffs/logistics_zh-cpu.yaml")
     assert "no candidate passed every check" in out
+    # an embedded student is named with what its weights are (toolkit/model/models.py: EmbeddedModel.weights)
+    assert "- smollm2-135m-instruct: dequantised from a Q4_1 GGUF (not the publisher's original weights)" in \
+        " ".join(out.split())
 
 
 def test_the_activation_count_is_what_autograd_saves_for_smollm2_with_lora(smollm2):

