@@ -3,6 +3,7 @@ before anything is written or sent."""
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -187,3 +188,47 @@ def test_prepare_refuses_an_empty_labelled_file(tmp_path):
     path.write_text("\n")
     with pytest.raises(DataError, match=r"labelled.jsonl: no records"):
         read_records(load_recipe(RECIPE, "cpu"), path)
+
+
+# --- every bad row at once -----------------------------------------------------------------------------------
+
+def test_every_bad_row_of_a_labelled_file_is_named_in_one_pass(tmp_path, capsys):
+    """25 bad rows among good ones (a broken JSON line, a missing key, a wrong type): one error lists the first 20,
+    each with its line, then how many more; the CLI exits 2 and init writes nothing."""
+    good = {"id": "g", "text": "天津市和平区南京路1号 欧阳丽 13812345678", "label": LABEL}
+    lines = []
+    for i in range(30):
+        row = {**good, "id": f"r{i}"}
+        if i % 6 == 1:
+            lines.append('{"id": "broken", "text": ')
+            continue
+        if i % 6 in (2, 3):
+            row["label"] = {k: v for k, v in LABEL.items() if k != "phone"}
+        elif i % 6 in (4, 5):
+            row["label"] = {**LABEL, "phone": 13812345678}
+        lines.append(json.dumps(row, ensure_ascii=False))
+    path = tmp_path / "labelled.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        read_records(load_recipe(RECIPE, "cpu"), path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: 25 bad rows:") and message.endswith("and 5 more")
+    shown = [int(n) for n in re.findall(rf"^  {path}:(\d+): ", message, flags=re.M)]
+    assert shown == [n + 1 for n in range(30) if n % 6][:20]  # every bad line in order, the good ones not
+    assert f"{path}:2: not valid JSON" in message and f"{path}:3: label fields must be exactly" in message
+    assert f"{path}:5: field 'phone' must be a string" in message
+
+    fields = "province, city, district, specific_location, name, phone"
+    err = failure(capsys, ["init", "t", "--fields", fields, "--from", str(path), "--out", str(tmp_path / "p")])
+    assert "25 bad rows" in err and f"{path}:24: field 'phone'" in err.replace("\n", "")
+    assert not (tmp_path / "p").exists()
+
+
+def test_every_bad_text_of_an_input_file_is_named_in_one_pass(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"id": "a", "text": "x"}\n{"id": "b"}\n{"id": "a", "text": "z"}\n[1]\n', encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        read_inputs(path, 100)
+    assert str(caught.value).splitlines() == [
+        f"{path}: 3 bad rows:", f"  {path}:2: expected a JSON object with a non-empty text field",
+        f"  {path}:3: duplicate id 'a' (first on line 1)", f"  {path}:4: expected a JSON object, got list"]

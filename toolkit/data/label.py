@@ -31,7 +31,7 @@ from toolkit.model.thinking import request_body
 from toolkit.io.errors import StageError, Unanswered
 from toolkit.task.fields import disallowed, is_empty, normalise, type_problem, ungrounded, vote_key, voted_value
 from toolkit.io.journal import load_journal
-from toolkit.io.jsonl import append_jsonl, iter_jsonl, iter_lines, open_append, read_jsonl, write_json, write_jsonl
+from toolkit.io.jsonl import BadRows, append_jsonl, iter_jsonl, iter_lines, open_append, read_jsonl, write_json, write_jsonl
 from toolkit.io.errors import DataError
 from toolkit.io.locks import folder_lock
 from toolkit.io.progress import Bar
@@ -55,11 +55,10 @@ def read_inputs(path: str | Path, max_chars: int) -> list[dict]:
     """Raw texts: .txt one per line (id = line number), or JSONL with a text field (and an optional id).
     A text over max_chars is refused: it would go to the teacher, and be paid for, as one request."""
     path = Path(path)
-    rows, first_line = [], {}
-    for n, item in iter_lines(path, "a text file") if path.suffix == ".txt" else iter_jsonl(path):
+    rows, first_line, bad = [], {}, BadRows(path)
+
+    def check(n: int, item: str | dict) -> dict:
         if isinstance(item, str):  # a .txt line
-            if not item.strip():
-                continue
             row = {"id": f"line-{n}", "text": item.strip()}
         elif not isinstance(item.get("text"), str) or not item["text"].strip():
             raise DataError(path, n, "expected a JSON object with a non-empty text field")
@@ -70,7 +69,16 @@ def read_inputs(path: str | Path, max_chars: int) -> list[dict]:
         if len(row["text"]) > max_chars:
             raise DataError(path, n, f"text is {len(row['text'])} characters, over data.max_input_chars={max_chars}")
         first_line[row["id"]] = n
-        rows.append(row)
+        return row
+
+    for n, item in iter_lines(path, "a text file") if path.suffix == ".txt" else iter_jsonl(path, bad):
+        if isinstance(item, str) and not item.strip():
+            continue
+        try:
+            rows.append(check(n, item))
+        except DataError as exc:
+            bad.add(exc)
+    bad.check()  # every bad row at once, each with its line
     if not rows:
         raise DataError(path, None, "no texts: the file is empty or has only blank lines")
     return rows

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from toolkit.task.fields import canonical, disallowed, type_problem
-from toolkit.io.jsonl import iter_jsonl, read_jsonl, write_json, write_jsonl
+from toolkit.io.jsonl import BadRows, iter_jsonl, read_jsonl, write_json, write_jsonl
 from toolkit.io.errors import DataError
 from toolkit.task.recipe import Recipe
 
@@ -91,8 +91,15 @@ def read_record(recipe: Recipe, row: dict, path: Path, line: int) -> dict:
 
 
 def read_records(recipe: Recipe, path: str | Path) -> list[dict]:
+    """Every row checked; the bad ones raised together, each with its line (io/jsonl.BadRows)."""
     path = Path(path)
-    records = [read_record(recipe, row, path, line) for line, row in iter_jsonl(path)]
+    records, bad = [], BadRows(path)
+    for line, row in iter_jsonl(path, bad):
+        try:
+            records.append(read_record(recipe, row, path, line))
+        except DataError as exc:
+            bad.add(exc)
+    bad.check()
     if not records:
         raise DataError(path, None, "no records: the file is empty or has only blank lines")
     return records
@@ -100,10 +107,11 @@ def read_records(recipe: Recipe, path: str | Path) -> list[dict]:
 
 def load_test(recipe: Recipe, path: str | Path, limit: int | None = None) -> list[dict]:
     """Test rows {id, text, label}; a row without gold fields, or whose id an earlier row has (it would be
-    counted twice), is an error naming its line."""
+    counted twice), is an error naming its line (all such rows together, io/jsonl.BadRows)."""
     path = Path(path)
-    rows, first = [], {}
-    for line, row in iter_jsonl(path):
+    rows, first, bad = [], {}, BadRows(path)
+
+    def check(line: int, row: dict) -> None:
         if not isinstance(row.get("text"), str) or "id" not in row:
             raise DataError(path, line, "expected a test row with id and text")
         if problem := text_problem(row["text"], recipe.data.max_input_chars):
@@ -116,9 +124,17 @@ def load_test(recipe: Recipe, path: str | Path, limit: int | None = None) -> lis
         if "label" not in row:
             raise DataError(path, line, f"no gold label: a test row needs label with fields {recipe.field_names}")
         check_label(recipe, row["label"], path, line)
+
+    for line, row in iter_jsonl(path, bad):
+        try:
+            check(line, row)
+        except DataError as exc:
+            bad.add(exc)
+            continue
         rows.append(row)
         if limit and len(rows) >= limit:
             break
+    bad.check()
     if not rows:
         raise DataError(path, None, "no test rows")
     return rows

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import toolkit.tasks
 from toolkit.infer.backends import backend_names
-from toolkit.io.jsonl import iter_jsonl
+from toolkit.io.jsonl import BadRows, iter_jsonl
 from toolkit.io.errors import DataError
 from toolkit.data.label import read_inputs
 from toolkit.data.prepare import check_label, load_test, read_records
@@ -60,15 +60,24 @@ def check_files(recipe: Recipe) -> dict[tuple, int]:
 
 
 def _gold_rows(recipe: Recipe, path: Path) -> list[int]:
-    """pool_gold's rows {id, label}: each label of the recipe's fields, each id once."""
+    """pool_gold's rows {id, label}: each label of the recipe's fields, each id once (the bad rows together)."""
     first: dict = {}
-    for line, row in iter_jsonl(path):
+    bad = BadRows(path)
+
+    def check(line: int, row: dict) -> None:
         if "id" not in row or "label" not in row:
             raise DataError(path, line, "expected a gold row {id, label}")
         if row["id"] in first:
             raise DataError(path, line, f"duplicate id {row['id']!r} (first on line {first[row['id']]})")
         first[row["id"]] = line
         check_label(recipe, row["label"], path, line)
+
+    for line, row in iter_jsonl(path, bad):
+        try:
+            check(line, row)
+        except DataError as exc:
+            bad.add(exc)
+    bad.check()
     return list(first.values())
 
 

@@ -72,22 +72,55 @@ def read_text(path: str | Path, expected: str) -> str:
     return "".join(line for _, line in iter_lines(path, expected))
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; a line that is not a JSON object raises DataError."""
+class BadRows:
+    """The bad rows of one file, gathered in one pass so that a user fixes them all at once: `add` keeps a row's
+    DataError, `check` raises one DataError naming the first SHOWN with their lines and how many more."""
+
+    SHOWN = 20
+
+    def __init__(self, path: str | Path):
+        self.path, self.errors = Path(path), []
+
+    def add(self, error: DataError) -> None:
+        self.errors.append(error)
+
+    def check(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            more = len(self.errors) - self.SHOWN
+            raise DataError(self.path, None, f"{len(self.errors)} bad rows:\n" + "\n".join(
+                f"  {e}" for e in self.errors[:self.SHOWN]) + (f"\n  and {more} more" if more > 0 else ""))
+
+
+def iter_jsonl(path: str | Path, bad: BadRows | None = None) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; a line that is not a JSON object raises DataError, or with
+    `bad` is kept there and skipped (the caller raises them all with bad.check())."""
     path = Path(path)
     for lineno, line in iter_lines(path, "a JSONL file"):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(path, lineno, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-        except RecursionError:
-            raise DataError(path, lineno, "JSON nested too deeply to read (arrays or objects inside each other "
-                            f"beyond Python's limit of {sys.getrecursionlimit()})") from None
-        if not isinstance(obj, dict):
-            raise DataError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+            obj = _json_object(path, lineno, line)
+        except DataError as exc:
+            if bad is None:
+                raise
+            bad.add(exc)
+            continue
         yield lineno, obj
+
+
+def _json_object(path: Path, lineno: int, line: str) -> dict:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(path, lineno, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise DataError(path, lineno, "JSON nested too deeply to read (arrays or objects inside each other "
+                        f"beyond Python's limit of {sys.getrecursionlimit()})") from None
+    if not isinstance(obj, dict):
+        raise DataError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
