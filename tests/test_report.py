@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -138,11 +139,13 @@ def test_compare_pairs_two_runs_records_by_id(recipe, tmp_path, capsys):
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).is_file() and not os.environ.get("CI"),
-                    reason="Debian's chromium is not installed (CI installs it: .ci/run)")
-def test_report_html_in_a_browser_filters_and_sorts_the_errors(run):
-    """Debian's chromium driven by playwright: the page loads with no console error, and the error browser's
-    filters and sort change which answers it shows, in the order worked out by hand above."""
+in_a_browser = pytest.mark.skipif(not Path(CHROMIUM).is_file() and not os.environ.get("CI"),
+                                  reason="Debian's chromium is not installed (CI installs it: .ci/run)")
+
+
+@contextmanager
+def browser_page(errors: list, **options):
+    """A page of Debian's chromium driven by playwright; console errors, page errors and dialogs go to `errors`."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -150,31 +153,71 @@ def test_report_html_in_a_browser_filters_and_sorts_the_errors(run):
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         try:
-            page = browser.new_page()
-            errors = []
+            page = browser.new_page(**options)
             page.on("console", lambda m: m.type == "error" and errors.append(m.text))
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.on("dialog", lambda d: errors.append(f"dialog: {d.message}"))  # an alert() from a record
-            page.goto((run / "report.html").as_uri())
-
-            def shown():
-                return page.eval_on_selector_all("#error-rows tr", "rows => rows.map(r => r.dataset.id)")
-
-            # wrong fields, then edit distance; ties by evaluation and id (b1 of rules-test before a1)
-            assert shown() == ["a4", "a2", "a3", "b1", "a1"]
-            page.select_option("#f-sort", "distance")
-            assert shown() == ["a4", "a3", "a2", "b1", "a1"]
-            page.select_option("#f-field", "name")  # name's own edit distance: 5, 2 (no JSON), 1
-            assert shown() == ["a3", "a4", "a2"]
-            page.select_option("#f-field", "")
-            page.select_option("#f-eval", "rules-test")
-            assert shown() == ["b1"] and page.inner_text("#count") == "1 wrong answers"
-            page.select_option("#f-eval", "student-test")
-            a3 = page.locator('#error-rows tr[data-id="a3"] td.text')
-            assert a3.inner_text() == f"{XSS} 王五"  # shown as text
-            assert errors == []
+            yield page
         finally:
             browser.close()
+
+
+@in_a_browser
+def test_report_html_in_a_browser_filters_and_sorts_the_errors(run):
+    """Debian's chromium driven by playwright: the page loads with no console error, and the error browser's
+    filters and sort change which answers it shows, in the order worked out by hand above."""
+    errors = []
+    with browser_page(errors) as page:
+        page.goto((run / "report.html").as_uri())
+
+        def shown():
+            return page.eval_on_selector_all("#error-rows tr", "rows => rows.map(r => r.dataset.id)")
+
+        # wrong fields, then edit distance; ties by evaluation and id (b1 of rules-test before a1)
+        assert shown() == ["a4", "a2", "a3", "b1", "a1"]
+        page.select_option("#f-sort", "distance")
+        assert shown() == ["a4", "a3", "a2", "b1", "a1"]
+        page.select_option("#f-field", "name")  # name's own edit distance: 5, 2 (no JSON), 1
+        assert shown() == ["a3", "a4", "a2"]
+        page.select_option("#f-field", "")
+        page.select_option("#f-eval", "rules-test")
+        assert shown() == ["b1"] and page.inner_text("#count") == "1 wrong answers"
+        page.select_option("#f-eval", "student-test")
+        a3 = page.locator('#error-rows tr[data-id="a3"] td.text')
+        assert a3.inner_text() == f"{XSS} 王五"  # shown as text
+    assert errors == []
+
+
+WIDE = "fields:\n" + "".join(f"  - {{name: recipient_detailed_field_{i}, type: \"str?\", description: d}}\n"
+                              for i in range(12))
+
+
+@in_a_browser
+def test_report_html_fits_a_1400_pixel_window_and_marks_null_and_the_empty_text(tmp_path):
+    """12 fields, a text of 600 characters with no space, five evaluations: the page does not scroll sideways in a
+    1400-pixel window (a screenshot is kept beside it); the error browser draws null, "" and a field left out
+    apart from any text."""
+    recipe = load_recipe(write_recipe(tmp_path, WIDE))
+    names = recipe.field_names
+    gold = {f: "x" for f in names}
+    answers = [("w1", "W" * 600, gold, {**gold, names[0]: None, names[1]: "", names[2]: "null"}),
+               ("w2", "短", {**gold, names[0]: ""}, {k: v for k, v in gold.items() if k != names[1]})]
+    run = tmp_path / "run"
+    for who in ("base", "likelihood", "student", "teacher", "rules"):
+        write_eval(recipe, run, f"{who}-test", who, answers)
+    run_report(recipe, run)
+    errors = []
+    with browser_page(errors, viewport={"width": 1400, "height": 900}) as page:
+        page.goto((run / "report.html").as_uri())
+        page.screenshot(path=str(tmp_path / "report-1400.png"), full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1400
+        page.select_option("#f-eval", "student-test")
+        w1 = page.locator('#error-rows tr[data-id="w1"] td').nth(6)  # the prediction
+        assert w1.locator(".null").inner_text() == "null" and w1.locator(".empty").inner_text() == '""'
+        assert w1.locator(".null").count() == 1  # the text "null" is text, not marked
+        w2 = page.locator('#error-rows tr[data-id="w2"] td')
+        assert w2.nth(5).locator(".empty").count() == 1 and w2.nth(6).locator(".missing").inner_text() == "(missing)"
+    assert errors == []
 
 
 def test_a_row_names_the_prompt_file_or_says_the_prompt_was_rendered_from_the_fields():
@@ -188,3 +231,77 @@ def test_a_row_names_the_prompt_file_or_says_the_prompt_was_rendered_from_the_fi
     assert row_label(rendered, "base-test", {"role": "base"}) == (
         "base-test (base student, prompt rendered from the fields)")
     assert row_label(rendered, "mine-test", {"role": "model"}) == "mine-test"
+
+
+# --- the headline: one sentence, its comparisons by a paired test ------------------------------------------------
+
+def twelve(right: int) -> list:
+    """12 records, the first `right` answered right, the others with a wrong district."""
+    rows = []
+    for i in range(12):
+        gold = {"district": "锦江区", "name": f"张{i}"}
+        rows.append((f"h{i}", f"锦江区 张{i}", gold, gold if i < right else {**gold, "district": "武侯区"}))
+    return rows
+
+
+def headline_of(run: Path) -> str:
+    report = (run / "report.md").read_text(encoding="utf-8").splitlines()
+    assert report[1] == "" and report[2].startswith("**") and report[2].endswith("**")  # right under the title
+    return report[2].strip("*")
+
+
+def test_the_headline_compares_the_student_with_the_teacher_by_mcnemar(recipe, tmp_path):
+    run = tmp_path / "run"
+    write_eval(recipe, run, "student-test", "student", twelve(2))
+    write_eval(recipe, run, "teacher-test", "teacher", twelve(12))
+    run_report(recipe, run)
+    # 10 records only the teacher got right: p = 2 / 2^10 = 0.00195, shown at 5%
+    assert headline_of(run) == ("The student gets 16.7% [5–45] of the 12 records of test.jsonl fully right; 83.3 "
+                                "points behind the teacher (McNemar p = 0.002, 12 records both answered); at 1.00 "
+                                "records/s.")
+    page = (run / "report.html").read_text(encoding="utf-8")
+    assert page.index('<p class="headline">The student gets 16.7% [5–45]') < page.index('id="summary"')
+
+    write_eval(recipe, run, "teacher-test", "teacher", twelve(5))  # 3 records apart: p = 0.25, not shown
+    run_report(recipe, run)
+    assert "; -25.0 points against the teacher, a difference not shown at 5% (McNemar p = 0.25, 12 records both " \
+           "answered);" in headline_of(run)
+
+
+def test_the_headline_says_the_teacher_was_not_evaluated_and_the_worst_errors_start_with_the_student(recipe,
+                                                                                                      tmp_path):
+    run = tmp_path / "run"
+    write_eval(recipe, run, "base-test", "base", twelve(0))
+    write_eval(recipe, run, "student-test", "student", twelve(11))
+    write_eval(recipe, run, "rules-test", "rules", twelve(11))
+    run_report(recipe, run, skipped={"eval_teacher": "$XTK_TEST_API_KEY is not set"})
+    assert headline_of(run) == (
+        "The student gets 91.7% [65–99] of the 12 records of test.jsonl fully right; the teacher was not evaluated "
+        "on it ($XTK_TEST_API_KEY is not set); +0.0 points against the rule baseline, a difference not shown at 5% "
+        "(McNemar p = 1, 12 records both answered); at 1.00 records/s.")
+    report = (run / "report.md").read_text(encoding="utf-8")
+    errors = report.split("## Worst errors")[1]
+    assert errors.index("**student-test**") < errors.index("**base-test**")  # the base model's misses after
+
+
+NULLS = """\
+fields:
+  - {name: district, description: district, choices: [锦江区, 武侯区]}
+  - {name: note, type: "str?", description: a note, choices: ["", "null", 加急]}
+"""
+
+
+def test_null_and_the_empty_text_are_told_apart(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path, NULLS))
+    run = tmp_path / "run"
+    write_eval(recipe, run, "student-test", "student", [
+        ("n1", "锦江区", {"district": "锦江区", "note": ""}, {"district": "锦江区", "note": None}),
+        ("n2", "武侯区", {"district": "武侯区", "note": None}, {"district": "锦江区", "note": "null"})])
+    run_report(recipe, run)
+    report = (run / "report.md").read_text(encoding="utf-8")
+    assert "note '' → `null`" in report and "note `null` → 'null'" in report
+    page = (run / "report.html").read_text(encoding="utf-8")
+    # note is a closed set: its confusions mark null and the empty text, and the text "null" stays text
+    confusions = page[page.index('id="confusions"'):page.index('id="errors"')]
+    assert '<td><span class="empty">""</span></td><td><span class="null">null</span></td><td>1</td>' in confusions
+    assert '<td><span class="null">null</span></td><td>null</td><td>1</td>' in confusions

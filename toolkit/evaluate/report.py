@@ -13,7 +13,7 @@ from toolkit.evaluate.report_html import write_html
 from toolkit.evaluate.teacher import report_lines as teacher_lines
 from toolkit.io.errors import StageError
 from toolkit.io.jsonl import read_jsonl, save_figure, write_text
-from toolkit.maths.ranking import Evaluation, mcnemar, paired_difference
+from toolkit.maths.ranking import Evaluation, discordant, mcnemar, paired_difference, verdict
 from toolkit.maths.stats import mean
 from toolkit.model.models import EMBEDDED
 from toolkit.run.roles import ROLES
@@ -238,6 +238,54 @@ def evaluations_table(recipe: Recipe, results: list[tuple[str, dict]],
     return head, rows
 
 
+def _spec(m: dict):
+    return ROLES.get(m.get("role"))
+
+
+def _exact_by_id(run_dir: Path, name: str) -> dict[str, bool]:
+    path = run_dir / "eval" / name / "predictions.jsonl"
+    return {json.dumps(p["id"]): bool(p["exact"]) for p in read_jsonl(path)} if path.is_file() else {}
+
+
+def _against(run_dir: Path, student: str, other: str, who: str) -> str:
+    """The student against another evaluation of the same test file, by McNemar's exact test on the records both
+    answered: ahead or behind only where the test shows it at 5%, else the difference and "not shown at 5%"."""
+    both, only_student, only_other = discordant(_exact_by_id(run_dir, student), _exact_by_id(run_dir, other))
+    if not both:
+        return f"no record in common with {who} to compare"
+    points = 100 * (only_student - only_other) / len(both)
+    p = mcnemar(only_student, only_other)
+    said = verdict(p < 0.05 and points > 0, p < 0.05 and points < 0)
+    test = f"McNemar p = {p:.2g}, {len(both)} records both answered"
+    if said == "not shown":
+        return f"{points:+.1f} points against {who}, a difference not shown at 5% ({test})"
+    return f"{abs(points):.1f} points {'ahead of' if said == 'beats' else 'behind'} {who} ({test})"
+
+
+def headline(results: list[tuple[str, dict]], run_dir: Path, skipped: dict[str, str] | None) -> str:
+    """One sentence for the top of the report: the fine-tuned student's (else the first evaluation's) whole-record
+    exact match with its interval, against the teacher (and the rule baseline) on the same test file by a paired
+    test, and its speed. A teacher that was not evaluated is said, with why where the run knows."""
+    name, m = next(((n, m) for n, m in results if (s := _spec(m)) and s.deployed), results[0])
+    who = "The student" if (s := _spec(m)) and s.deployed else f"`{name}`"
+    same_file = [(n, o) for n, o in results if n != name and o.get("test_file") == m.get("test_file")]
+    teacher = next((n for n, o in same_file if (s := _spec(o)) and s.endpoint), None)
+    rules = next((n for n, o in same_file if (s := _spec(o)) and s.baseline), None)
+    if teacher:
+        clauses = [_against(run_dir, name, teacher, "the teacher")]
+    else:
+        stage = next((s.stage for s in ROLES.values() if s.endpoint), None)
+        why = (skipped or {}).get(stage)
+        clauses = [f"the teacher was not evaluated on it{f' ({why})' if why else ''}"]
+    if rules:
+        clauses.append(_against(run_dir, name, rules, "the rule baseline"))
+    exact, rps = m["exact_match"], m.get("records_per_s")
+    lo, hi = exact["ci95"]
+    return (f"{who} gets {100 * exact['value']:.1f}% [{100 * lo:.0f}–{100 * hi:.0f}] of the {m['n']} records of "
+            f"{Path(m['test_file']).name} fully right; {'; '.join(clauses)}"
+            + (f"; at {rps:.2f} records/s." if rps else "."))
+
+
 def table_error_lines(results: list[tuple[str, dict]]) -> list[str]:
     """One line per evaluation of a recipe with tables: each bound field's wrong answers, how many name a value
     the table lacks and how many a value it has but not the right one."""
@@ -264,7 +312,8 @@ def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, lo
                          + "".join(f"\n  {name}: {why}" for name, why in left_out))
     fields = recipe.field_names
     run_facts = facts(recipe, manifest, train_minutes, data_source)
-    lines = [f"# {recipe.name}: distillation report", ""]
+    top = headline(results, run_dir, skipped)
+    lines = [f"# {recipe.name}: distillation report", "", f"**{top}**", ""]
     if recipe.description:
         lines += [recipe.description, ""]
     lines += [*(f"- {label}: {value}" for label, value in run_facts), "",
@@ -291,11 +340,14 @@ def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, lo
         lines += ["", "![loss of the classification head](loss-head.png)", "",
                   f"Fit of the classification head: {head_diagnosis or 'see the chart'}."]
     lines += ["", *teacher_lines(recipe, run_dir, results, hourly)]  # gate, cost, gap closed (toolkit/evaluate/teacher.py)
-    predictions = {name: read_jsonl(p) for name, _ in results
+    # the fine-tuned student's own failures first: what a reader acts on, not the base model's
+    ordered = sorted(results, key=lambda r: not ((s := _spec(r[1])) and s.deployed))
+    predictions = {name: read_jsonl(p) for name, _ in ordered
                    if (p := run_dir / "eval" / name / "predictions.jsonl").is_file()}
     lines += ["", "## Worst errors", "",
-              "Per evaluation, the answers with the most wrong fields, then the largest edit distance from gold "
-              "(unparseable answers last).", ""]
+              "Per evaluation, the fine-tuned student's first, the answers with the most wrong fields, then the "
+              "largest edit distance from gold (unparseable answers last). `null` is a null value, `''` an empty "
+              "text, (missing) a field the answer left out.", ""]
     for name, preds in predictions.items():
         worst = worst_errors(preds, fields)
         if not worst:
@@ -304,15 +356,22 @@ def run_report(recipe: Recipe, run_dir: Path, data_source: str | None = None, lo
         for p, distances in worst:
             got = p["parsed"]
             diff = "no JSON: " + _clip(p["raw"], 60) if got is None else "; ".join(
-                f"{f} {field_text(p['gold'].get(f))!r} → {field_text(got.get(f))!r}" for f in distances)
+                f"{f} {_shown(p['gold'], f)} → {_shown(got, f)}" for f in distances)
             lines.append(f"- `{p['id']}` {_clip(p['input'], 80)}  \n  {diff}")
         lines.append("")
     report = run_dir / "report.md"
     write_text(report, "\n".join(lines))
     plot_accuracy(results, fields, run_dir / "accuracy.png")
-    page = write_html(recipe, run_dir, results, run_facts, (head, rows), notes, sections, predictions,
+    page = write_html(recipe, run_dir, results, top, run_facts, (head, rows), notes, sections, predictions,
                       loss_diagnosis, head_diagnosis)
     return [report, page, run_dir / "accuracy.png", *charts]
+
+
+def _shown(answer: dict, field: str) -> str:
+    """A value in report.md's worst errors: null and a missing field told apart from an empty text."""
+    if field not in answer:
+        return "(missing)"
+    return "`null`" if answer[field] is None else repr(field_text(answer[field]))
 
 
 def _clip(text: str, n: int) -> str:

@@ -31,15 +31,15 @@ def closed_set_fields(recipe: Recipe) -> list[str]:
 
 
 def confusions(predictions: list[dict], field: str) -> list[tuple[str, str, int]]:
-    """(gold, answered, count) of a field's wrong answers, most frequent first; "(no JSON)" for an unparseable
-    answer, "(missing)" for a field left out."""
+    """(gold, answered, count) of a field's wrong answers, most frequent first, the values as HTML (value_html);
+    "(no JSON)" for an unparseable answer, "(missing)" for a field left out."""
     pairs: Counter = Counter()
     for p in predictions:
         if p["correct"][field]:
             continue
-        got = "(no JSON)" if p["parsed"] is None else \
-            field_text(p["parsed"][field]) if field in p["parsed"] else "(missing)"
-        pairs[(field_text(p["gold"].get(field)), got)] += 1
+        got = _e("(no JSON)") if p["parsed"] is None else \
+            value_html(p["parsed"][field]) if field in p["parsed"] else _e("(missing)")
+        pairs[(value_html(p["gold"].get(field)), got)] += 1
     return [(g, a, n) for (g, a), n in sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_CONFUSIONS]]
 
 
@@ -47,11 +47,22 @@ def _e(text) -> str:
     return html.escape(str(text), quote=True)
 
 
+def value_html(value) -> str:
+    """A field's value, escaped; null and the empty text drawn apart from any text (a value "null" included)."""
+    if value is None:
+        return '<span class="null">null</span>'
+    if value == "":
+        return '<span class="empty">""</span>'
+    return _e(field_text(value))
+
+
 def _table(head: list[str], rows: list[list[str]], raw: bool = False, cls: str = "") -> str:
     """An HTML table of texts (escaped here), or of cells already made safe (`raw`)."""
     cell = (lambda c: c) if raw else _e
-    return (f'<table class="{cls}"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"
-            + "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in r) + "</tr>" for r in rows) + "</tbody></table>")
+    # in a box of its own that scrolls sideways: a table of many fields never widens the page past the window
+    return (f'<div class="wide"><table class="{cls}"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head)
+            + "</tr></thead><tbody>" + "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in r) + "</tr>"
+                                               for r in rows) + "</tbody></table></div>")
 
 
 def _interval(stat: dict) -> str:
@@ -87,12 +98,12 @@ def error_rows(predictions: dict[str, list[dict]], fields: list[str]) -> list[di
     return rows
 
 
-def write_html(recipe: Recipe, run_dir: Path, results: list[tuple[str, dict]], facts: list[tuple[str, str]],
-               table: tuple[list[str], list[list[str]]], notes: list[str], sections: list,
-               predictions: dict[str, list[dict]],
+def write_html(recipe: Recipe, run_dir: Path, results: list[tuple[str, dict]], headline: str,
+               facts: list[tuple[str, str]], table: tuple[list[str], list[list[str]]], notes: list[str],
+               sections: list, predictions: dict[str, list[dict]],
                loss_diagnosis: str | None, head_diagnosis: str | None) -> Path:
     fields = recipe.field_names
-    parts = [f"<h1>{_e(recipe.name)}: distillation report</h1>"]
+    parts = [f"<h1>{_e(recipe.name)}: distillation report</h1>", f'<p class="headline">{_e(headline)}</p>']
     if recipe.description:
         parts.append(f"<p>{_e(recipe.description)}</p>")
     parts += ['<h2 id="summary">Summary</h2>', _table(["run", ""], [[k, v] for k, v in facts], cls="facts"),
@@ -115,8 +126,9 @@ def write_html(recipe: Recipe, run_dir: Path, results: list[tuple[str, dict]], f
                   f"<p>Per evaluation, the {TOP_CONFUSIONS} most frequent wrong answers of each field whose value "
                   "is one of a closed set: what the gold value was answered as.</p>"]
         for field in closed:
-            rows = [[name, g, a, str(n)] for name, preds in predictions.items() for g, a, n in confusions(preds, field)]
-            parts.append(f"<h3>{_e(field)}</h3>" + (_table(["evaluation", "gold", "answered", "count"], rows,
+            rows = [[_e(name), g, a, str(n)] for name, preds in predictions.items()
+                    for g, a, n in confusions(preds, field)]
+            parts.append(f"<h3>{_e(field)}</h3>" + (_table(["evaluation", "gold", "answered", "count"], rows, raw=True,
                                                            cls="confusion") if rows else "<p>No wrong answers.</p>"))
     for png, alt, verdict in (("loss.png", "training loss", loss_diagnosis),
                               ("loss-head.png", "loss of the classification head", head_diagnosis)):
@@ -131,9 +143,9 @@ def write_html(recipe: Recipe, run_dir: Path, results: list[tuple[str, dict]], f
               + "".join(f'<option value="{_e(f)}">{_e(f)}</option>' for f in fields) + "</select></label> "
               '<label>sort by <select id="f-sort"><option value="wrong">wrong fields</option>'
               '<option value="distance">edit distance</option></select></label> <span id="count"></span></div>',
-              '<table class="errors"><thead><tr><th>evaluation</th><th>id</th><th>wrong fields</th>'
-              "<th>edit distance</th><th>text</th><th>gold</th><th>prediction</th></tr></thead>"
-              '<tbody id="error-rows"></tbody></table>',
+              '<div class="wide"><table class="errors"><thead><tr><th>evaluation</th><th>id</th><th>wrong fields'
+              "</th><th>edit distance</th><th>text</th><th>gold</th><th>prediction</th></tr></thead>"
+              '<tbody id="error-rows"></tbody></table></div>',
               f'<script type="application/json" id="errors-data">'
               f'{_script_json({"fields": fields, "rows": error_rows(predictions, fields)})}</script>',
               f"<script>{SCRIPT}</script>"]
@@ -142,12 +154,17 @@ def write_html(recipe: Recipe, run_dir: Path, results: list[tuple[str, dict]], f
     return write_text(run_dir / "report.html", page)
 
 
+# Fits a 1400-pixel window: the error browser's texts and values wrap anywhere, an interval's number goes under its
+# bar when a column is narrow, and a table still too wide scrolls in its own box (div.wide), not the page.
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;max-width:1400px}
+.headline{font-size:1.15em;font-weight:600}
+.wide{max-width:100%;overflow-x:auto}
 table{border-collapse:collapse;margin:.5em 0 1em}th,td{border:1px solid #ddd;padding:3px 6px;vertical-align:top;
-text-align:left}th{background:#f3f3f3}.num{white-space:nowrap;font-variant-numeric:tabular-nums}
-table.accuracy td{white-space:nowrap}svg.ci{vertical-align:middle}img{max-width:100%}
+text-align:left;overflow-wrap:break-word}th{background:#f3f3f3}table.errors td{overflow-wrap:anywhere}.num{white-space:nowrap;font-variant-numeric:tabular-nums}
+svg.ci{vertical-align:middle}img{max-width:100%}
 table.errors td.text{max-width:28em}table.errors .bad{background:#fdd}table.errors .k{color:#666}
+.null,.empty,.missing{font-family:monospace;color:#8a4b00;background:#f6efe4;padding:0 2px;border-radius:2px}
 .controls{margin:.5em 0;display:flex;gap:1em;flex-wrap:wrap;align-items:center}
 """
 
@@ -159,7 +176,14 @@ SCRIPT = """
   const $ = id => document.getElementById(id);
   const total = r => Object.values(r.dist).reduce((a, b) => a + b, 0);
   const wrong = r => Object.keys(r.dist).length;
-  const text = v => v === undefined || v === null ? '' : typeof v === 'string' ? v : JSON.stringify(v);
+  // null, the empty text and a field left out each drawn apart from any text (as value_html does)
+  function value(v) {
+    const marked = (cls, t) => { const s = document.createElement('span'); s.className = cls; s.textContent = t; return s; };
+    if (v === undefined) return marked('missing', '(missing)');
+    if (v === null) return marked('null', 'null');
+    if (v === '') return marked('empty', '""');
+    return document.createTextNode(typeof v === 'string' ? v : JSON.stringify(v));
+  }
   function cell(content, cls) {
     const td = document.createElement('td');
     if (cls) td.className = cls;
@@ -175,7 +199,7 @@ SCRIPT = """
       const k = document.createElement('span');
       k.className = 'k';
       k.textContent = f + ': ';
-      line.append(k, text(values[f]));
+      line.append(k, value(values[f]));
       box.appendChild(line);
     }
     return box;
