@@ -123,6 +123,7 @@ LAZY = {
     "fastapi": "only xtk serve",
     "xgrammar": "only table-constrained decoding",
     "openai": "~1.5 s to load; only asking a teacher or a served endpoint needs it, not every command with an engine",
+    "scipy": "~0.7 s to load; only scoring list fields (their items' alignment) needs it",
 }
 
 

@@ -29,7 +29,8 @@ from toolkit.data.cost import Budget, Estimate, confirm, cost, count_prompts, fo
 from toolkit.model.endpoint import Answer, Endpoint, EndpointError, GaveUp, Usage, request_key
 from toolkit.model.thinking import request_body
 from toolkit.io.errors import StageError, Unanswered
-from toolkit.task.fields import disallowed, is_empty, normalise, type_problem, ungrounded, vote_key, voted_value
+from toolkit.task.fields import disallowed, is_empty, normalise, ungrounded, vote_key, voted_value
+from toolkit.task.nested import leaves, shape_problem
 from toolkit.io.journal import load_journal
 from toolkit.io.jsonl import BadRows, append_jsonl, iter_jsonl, iter_lines, open_append, read_jsonl, write_json, write_jsonl
 from toolkit.io.errors import DataError
@@ -99,7 +100,8 @@ def check_answer(recipe: Recipe, text: str, answer: Answer) -> tuple[dict | None
     if parsed is None:
         return None, "unparseable", "no complete JSON object in the answer"
     names = recipe.field_names
-    problems = [f"{f.name} {p}" for f in recipe.fields if f.name in parsed and (p := type_problem(f, parsed[f.name]))]
+    found = [shape_problem(f, parsed[f.name]) for f in recipe.fields if f.name in parsed]
+    problems = [f"{where} {problem}" for where, problem in filter(None, found)]
     if set(parsed) != set(names) or problems:
         return None, "schema", (f"expected fields {names}{': ' + '; '.join(problems) if problems else ''}, got "
                                 f"{json.dumps(parsed, ensure_ascii=False)[:200]}")
@@ -107,11 +109,13 @@ def check_answer(recipe: Recipe, text: str, answer: Answer) -> tuple[dict | None
     if all(is_empty(f, label[f.name]) for f in recipe.fields):
         return None, "empty", "every field is empty"
     for f in recipe.fields:
-        # a field bound to a table is checked against the table's rows after the votes, and repaired there
-        if recipe.table_of(f.name) is None and (outside := disallowed(f, label[f.name], recipe.allowed_values(f.name))):
-            return None, "not allowed", f"{f.name}={outside[0]!r} is not one of the recipe's allowed values"
-        if missing := ungrounded(f, label[f.name], text):
-            return None, "ungrounded", f"{f.name}={missing[0]}"
+        for leaf in leaves(f, label[f.name]):  # a flat field is its own one leaf
+            # a field bound to a table is checked against the table's rows after the votes, and repaired there
+            if recipe.table_of(f.name) is None and (
+                    outside := disallowed(leaf.spec, leaf.value, recipe.allowed_values(leaf.key))):
+                return None, "not allowed", f"{leaf.path}={outside[0]!r} is not one of the recipe's allowed values"
+            if missing := ungrounded(leaf.spec, leaf.value, text):
+                return None, "ungrounded", f"{leaf.path}={missing[0]}"
     return label, None, ""
 
 

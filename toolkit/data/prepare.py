@@ -14,7 +14,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from toolkit.task.fields import canonical, disallowed, type_problem
+from toolkit.task.fields import canonical, disallowed
+from toolkit.task.nested import leaves, shape_problem
 from toolkit.io.jsonl import BadRows, iter_jsonl, read_jsonl, write_json, write_jsonl
 from toolkit.io.errors import DataError
 from toolkit.task.recipe import Recipe
@@ -51,13 +52,12 @@ def check_label(recipe: Recipe, label, path: Path, line: int) -> dict:
         raise DataError(path, line, f"label fields must be exactly {recipe.field_names}; "
                         f"missing {missing}, unexpected {extra}")
     for f in recipe.fields:
-        problem = type_problem(f, label[f.name])
-        if problem:
-            raise DataError(path, line, f"field {f.name!r} {problem}")
-        outside = disallowed(f, label[f.name], recipe.allowed_values(f.name))
-        if outside:
-            raise DataError(path, line, f"{f.name} {outside[0]!r} is not one of the allowed values "
-                            f"({recipe.choices_source(f.name)})")
+        if found := shape_problem(f, label[f.name]):
+            raise DataError(path, line, f"field {found[0]!r} {found[1]}")
+        for leaf in leaves(f, label[f.name]):  # a flat field is its own one leaf
+            if outside := disallowed(leaf.spec, leaf.value, recipe.allowed_values(leaf.key)):
+                raise DataError(path, line, f"{leaf.path} {outside[0]!r} is not one of the allowed values "
+                                f"({recipe.choices_source(leaf.key)})")
     return label
 
 

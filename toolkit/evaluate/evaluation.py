@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from toolkit.io.errors import StageError
-from toolkit.task.fields import disallowed, type_problem, ungrounded
+from toolkit.task.fields import disallowed, ungrounded
+from toolkit.task.nested import leaves, shape_problem
 from toolkit.io.jsonl import write_json, write_jsonl
 from toolkit.data.prepare import load_test
 from toolkit.io.progress import Bar
@@ -37,12 +38,13 @@ def answer_problems(recipe: Recipe, text: str, parsed: dict | None) -> list[str]
     for f in recipe.fields:
         if f.name not in parsed:
             problems.append(f"{f.name}: missing")
-        elif problem := type_problem(f, parsed[f.name]):
-            problems.append(f"{f.name}: {problem}")
+        elif found := shape_problem(f, parsed[f.name]):
+            problems.append(f"{found[0]}: {found[1]}")
         else:
-            outside = disallowed(f, parsed[f.name], recipe.allowed_values(f.name))
-            problems += [f"{f.name}: {v!r} is not in the closed set" for v in outside]
-            problems += [f"{f.name}: {why}" for why in ungrounded(f, parsed[f.name], text)]
+            for leaf in leaves(f, parsed[f.name]):  # a flat field is its own one leaf
+                outside = disallowed(leaf.spec, leaf.value, recipe.allowed_values(leaf.key))
+                problems += [f"{leaf.path}: {v!r} is not in the closed set" for v in outside]
+                problems += [f"{leaf.path}: {why}" for why in ungrounded(leaf.spec, leaf.value, text)]
     return problems
 
 

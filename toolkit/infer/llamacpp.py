@@ -54,11 +54,13 @@ def json_grammar(schema: dict) -> str:
     whitespace rule: nothing, one space, or a newline and up to 20 indent characters. llama-cpp-python's Python
     converter allows one optional space only, which would forbid the indented JSON vLLM's guided decoding lets the
     student write here (measured: `{\\n    "district": ...`). A recipe with tables gives an `anyOf` of objects, one
-    per branch of its tables: each is an alternative of the root rule."""
+    per branch of its tables: each is an alternative of the root rule. No prop_order: the converter would put a
+    nested object's key that a top-level key shares first in that object; without it, every object keeps its own
+    order."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     objects = schema.get("anyOf", [schema])
-    gbnf = json_schema_to_gbnf(json.dumps(schema, ensure_ascii=False), prop_order=list(objects[0]["properties"]))
+    gbnf = json_schema_to_gbnf(json.dumps(schema, ensure_ascii=False))
     spaced, found = re.subn(r"^space ::= .*$", lambda _: SPACE_RULE, gbnf, flags=re.M)  # taken as written
     # The answer ends at its closing brace, as under vLLM (else the model writes a newline after it first).
     ends = r"root" if "anyOf" not in schema else r"alternative-\d+"

@@ -90,6 +90,10 @@ class FieldType:
     groundable: ClassVar[bool] = False  # `grounded: true` may ask its items to occur in the input
     patterned: ClassVar[bool] = False  # `pattern` applies: a value, normalised, matches it whole
     listed: ClassVar[bool] = False  # a value is a list of items: max_items applies
+    # The FieldSpec key holding a nested type's sub-fields (`fields` of an object, `items` of a list of objects);
+    # None: a leaf (toolkit/task/nested.py).
+    sub_fields: ClassVar[str | None] = None
+    takes_currency: ClassVar[bool] = False  # `currency` (the code of an amount written without one) applies
     classes: ClassVar[bool] = False  # a value is one of the field's choices, read as a class: classification
     # Where the headline of a task is chosen: the type of highest rank among the recipe's fields that offers one.
     headline_rank: ClassVar[int] = 0
@@ -108,6 +112,12 @@ class FieldType:
             return f"pattern applies to {_listing(t.name for t in TYPES.values() if t.patterned)} fields only"
         if spec.optional and self.listed:
             return f"a {self.name} field cannot be optional: an empty list already says there is none"
+        for key in ("fields", "items"):
+            if getattr(spec, key) is not None and self.sub_fields != key:
+                owners = _listing(t.name for t in TYPES.values() if t.sub_fields == key)
+                return f"{key} (sub-fields) applies to {owners} fields only, not to type {self.name}"
+        if spec.currency is not None and not self.takes_currency:
+            return f"currency applies to {_listing(t.name for t in TYPES.values() if t.takes_currency)} fields only"
         if spec.choices is not None:
             if not spec.choices:
                 return "at least one choice: a closed set with none refuses every label"
@@ -215,7 +225,9 @@ class FieldSpec(BaseModel):
     name: str = Field(description="The field's key in every answer and label.")
     type: str = Field(default="str", description="What the field holds: a registered field type (docs/field-types.md); "
                       "built in: str, enum (one of its choices: classification), list[str] (entities, compared "
-                      "order-free), int, float, bool and date (ISO 8601); a trailing ? (float?) makes it optional.")
+                      "order-free), int, float, bool, date (ISO 8601), money (\"1234.50 CNY\"), object (sub-fields "
+                      "under `fields`) and list (objects of the sub-fields under `items`); a trailing ? (float?) "
+                      "makes it optional.")
     description: str = Field(description="What the field holds, in words: the JSON schema's description, which "
                              "guided decoding and the teacher see.")
     optional: bool = Field(default=False, description=(
@@ -244,6 +256,13 @@ class FieldSpec(BaseModel):
     choices_file: Annotated[str | None, FILE] = Field(default=None, description=(
         "The closed set one value a line in a UTF-8 file (recipe-relative; an empty line allows \"\"), instead "
         "of choices."))
+    fields: list[FieldSpec] | None = Field(default=None, description=(
+        "An object field's sub-fields, each a field as any other (its own type, normalisers, grounded, choices), "
+        "nested at most 3 objects or lists deep."))
+    items: list[FieldSpec] | None = Field(default=None, description=(
+        "A list field's sub-fields: each item of the list is an object of them (max_items bounds the list)."))
+    currency: str | None = Field(default=None, description=(
+        "A money field's ISO 4217 code (CNY, EUR, USD) of an amount written without a currency."))
 
     @model_validator(mode="before")
     @classmethod
@@ -258,6 +277,13 @@ class FieldSpec(BaseModel):
     def _registered(cls, value: str) -> str:
         if value not in TYPES:
             raise ValueError(" or ".join(", ".join(map(repr, TYPES)).rsplit(", ", 1)))
+        return value
+
+    @field_validator("currency")
+    @classmethod
+    def _a_currency_code(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch("[A-Z]{3}", value):
+            raise ValueError("an ISO 4217 code: three capital letters (CNY, EUR, USD)")
         return value
 
     @field_validator("pattern")
@@ -384,7 +410,11 @@ def example(spec: FieldSpec, choices: list[str] | None) -> Any:
 
 def schema(spec: FieldSpec, choices: list[str] | None, max_enum: int) -> dict[str, Any]:
     """The field's JSON schema by its type; an optional field's also allows null."""
-    own = kind(spec).schema(spec, choices, max_enum)
+    return or_null(spec, kind(spec).schema(spec, choices, max_enum))
+
+
+def or_null(spec: FieldSpec, own: dict[str, Any]) -> dict[str, Any]:
+    """A field's schema `own`, allowing null too where the field is optional."""
     if not spec.optional:
         return own
     return {"anyOf": [{k: v for k, v in own.items() if k != "description"}, {"type": "null"}],

@@ -22,7 +22,8 @@ from toolkit.io.jsonl import file_problem, iter_lines, read_text
 from toolkit.io.trust import CODE_KEYS, RECIPE_CODE, Consent, NamesFiles, argv_problem, code_problem, import_module, \
     key_env_problem, name_problem, own, path_problem
 from toolkit.io.yamlfile import UniqueKeyLoader, describe, key_lines, read_yaml_mapping
-from toolkit.task.fields import FieldSpec, example, hidden_character, hint, kind, normalise, not_classes, schema
+from toolkit.task.fields import FieldSpec, hidden_character, kind, normalise, not_classes
+from toolkit.task.nested import MAX_DEPTH, example_of, hint_of, is_nested, schema_of, specs, too_deep
 from toolkit.task.schema import (SWIFT_FLAGS, AtKey, CodeRef, DataSpec, EvalSpec, ExportSpec, Prompts, Strict,
                                  StudentSpec, SynthSpec, TeacherSpec, TrainSpec)
 from toolkit.task.tables import Table, TableSpec, answer_schema, load_table
@@ -104,6 +105,14 @@ class Recipe(Strict):
         return fields
 
     @model_validator(mode="after")
+    def _nested_at_most_max_depth(self) -> Recipe:
+        for i, f in enumerate(self.fields):
+            if (loc := too_deep(f)) is not None:
+                raise AtKey(("fields", i, *loc), f"objects and lists nested at most {MAX_DEPTH} deep: this one is "
+                            f"{MAX_DEPTH + 1} deep")
+        return self
+
+    @model_validator(mode="after")
     def _spread_over_fields(self) -> Recipe:
         unknown = [f for f in self.data.spread_over if f not in self.field_names]
         if unknown:
@@ -127,6 +136,9 @@ class Recipe(Strict):
             for name in spec.fields:
                 if name not in self.field_names:
                     raise AtKey(("tables", i, "fields"), f"{name!r} is not a field of this recipe ({self.field_names})")
+                if is_nested(self.field(name)):
+                    raise AtKey(("tables", i, "fields"), f"{name!r} is a {self.field(name).type} field: a table binds "
+                                "fields of one value each")
                 if (first := seen.setdefault(name, i)) != i:
                     raise AtKey(("tables", i, "fields"), f"{name!r} is bound by tables[{first}] already: a field "
                                 "belongs to one table")
@@ -165,26 +177,29 @@ class Recipe(Strict):
         names = ", ".join(self.field_names)
         if which == "student":
             return f"Extract as JSON: {names}."
-        answer = {f.name: example(f, self.choices(f.name)) for f in self.fields}
+        answer = {f.name: example_of(f, self.choices) for f in self.fields}
         template = PROMPT_TEMPLATE if self.prompts.template is None else self.path(self.prompts.template).read_text(
             encoding="utf-8")
         try:
             return Template(template).substitute(
                 task=self.description or f"Extract {names} from the input.", keys=names,
-                fields="\n".join(f"- {hint(f, self.choices(f.name))}" for f in self.fields),
+                fields="\n".join(f"- {hint_of(f, self.choices)}" for f in self.fields),
                 example=json.dumps(answer, ensure_ascii=False)).strip()
         except (KeyError, ValueError) as exc:
             self.fail_at(("prompts", "template"), f"{self.prompts.template}: {exc.args[0]!r} is not one of $task, "
                          "$fields, $keys, $example ($$ for a dollar sign)")
 
     def field(self, name: str) -> FieldSpec:
+        """A field by its name, or a nested field's sub-field by its key (`seller.name`, `items[].unit_price`)."""
         for f in self.fields:
-            if f.name == name:
-                return f
+            for key, spec, _ in specs(f):
+                if key == name:
+                    return spec
         raise KeyError(f"no field {name!r}; the recipe has {self.field_names}")
 
     def choices(self, field_name: str) -> list[str] | None:
-        """A field's allowed values as written (inline or read from its choices_file, once), or None."""
+        """A field's allowed values as written (inline or read from its choices_file, once), or None; a sub-field's
+        by its key."""
         if field_name not in self._choices_cache:
             f = self.field(field_name)
             if f.choices_file is not None:
@@ -231,7 +246,7 @@ class Recipe(Strict):
     def json_schema(self) -> dict[str, Any]:
         """The JSON schema of one answer, for guided decoding (vLLM, llama.cpp, predict, serve, export): the
         fields' own schemas, with the tables' combinations where the recipe binds fields to tables."""
-        properties = {f.name: schema(f, self.choices(f.name), MAX_ENUM) for f in self.fields}
+        properties = {f.name: schema_of(f, self.choices, MAX_ENUM) for f in self.fields}
         return answer_schema(properties, self.loaded_tables())
 
     def public_dict(self) -> dict[str, Any]:
@@ -362,15 +377,16 @@ def _check_own_files(recipe: Recipe) -> None:
             fail(loc, f"{p}: the prompt file is empty: write the instructions the model is given")
     if recipe.prompts.template is not None:
         recipe.prompt("teacher")  # a placeholder it does not know, named now
-    for i, f in enumerate(recipe.fields):
-        if f.choices_file is not None:
-            p = recipe.path(f.choices_file)
-            if problem := file_problem(p, "a text file of allowed values"):
-                fail(("fields", i, "choices_file"), f"{p}: {problem}")
-            try:
-                recipe.choices(f.name)
-            except DataError as exc:
-                fail(("fields", i, "choices_file"), str(exc))
+    for i, field in enumerate(recipe.fields):
+        for key, f, loc in specs(field, loc=("fields", i)):
+            if f.choices_file is not None:
+                p = recipe.path(f.choices_file)
+                if problem := file_problem(p, "a text file of allowed values"):
+                    fail((*loc, "choices_file"), f"{p}: {problem}")
+                try:
+                    recipe.choices(key)
+                except DataError as exc:
+                    fail((*loc, "choices_file"), str(exc))
     for i, spec in enumerate(recipe.tables):
         try:
             load_table(recipe.path(spec.file), spec)

@@ -15,6 +15,7 @@ from rapidfuzz.distance import Levenshtein
 
 from toolkit.maths.stats import Counts, f1, mean, proportion, with_interval
 from toolkit.task.fields import NO_VALUE, TYPES, Choices, FieldSpec, Headline, Rows, kind
+from toolkit.task.nested import is_nested, leaf_accuracy
 from toolkit.task.recipe import Recipe
 from toolkit.task.tables import NOT_IN_TABLE, WRONG_IN_TABLE
 
@@ -87,7 +88,8 @@ def score_record(recipe: Recipe, parsed: dict | None, gold: dict) -> dict[str, b
 def compute_metrics(recipe: Recipe, rows: list[dict], bootstrap: int = 1000, seed: int = 0) -> dict:
     """Metrics of prediction rows (each with `parsed` and `gold`), recomputed from those two alone: for every
     recipe exact match, JSON validity, per-field accuracy and micro F1 over all slots (a list's entities are
-    its slots); then each field type's own (toolkit/task/fields.py): entity precision/recall/F1 for list fields,
+    its slots, a nested field's leaves too); for nested fields each leaf's accuracy (`leaves`, by its key:
+    `seller.name`, `items[].unit_price`, a list's items aligned by similarity); then each field type's own (toolkit/task/fields.py): entity precision/recall/F1 for list fields,
     macro-F1 and a confusion matrix for enum fields, similarity for long free text. Intervals: Wilson for
     proportions, else a seeded bootstrap."""
     n = len(rows)
@@ -102,6 +104,7 @@ def compute_metrics(recipe: Recipe, rows: list[dict], bootstrap: int = 1000, see
         "fields": {f: proportion(sum(s[f] for s in scored), n) for f in recipe.field_names},
         "micro_f1": with_interval(f1, [tuple(map(sum, zip(*record.values()))) for record in counts], samples),
         **({"table_errors": table_errors(recipe, rows, scored)} if recipe.tables else {}),
+        **({"leaves": leaf_accuracy(recipe.fields, rows)} if any(map(is_nested, recipe.fields)) else {}),
     }
     return metrics | type_metrics(recipe.fields, rows, recipe.choices, samples)
 
