@@ -165,7 +165,7 @@ def main() -> None:
     measured = round(sum(p["peak_rss_gib"] for p in procs if p["role"] != "fork of a worker"), 2)
     ratio = round(estimate.total / measured, 3)
     result = {
-        **provenance(),
+        **provenance(one_run=True),
         "what": f"xtk advise's LoRA-training memory for {recipe.student.model} under logistics_zh's cpu profile, "
                 "against the peak RSS of a real swift sft of that profile (sum over its processes of each one's VmHWM)",
         "settings": {"nproc_per_node": t.nproc_per_node, "omp_num_threads": t.omp_num_threads,

@@ -840,7 +840,7 @@ def main() -> int:
     parser.add_argument("--only", help="run only the cases whose name holds this (the results file is not written)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bad_input.json"))
     args = parser.parse_args()
-    started = provenance()  # the tree and machine as the run starts
+    started = provenance(one_run=True)  # the tree and machine as the run starts
     cases = [c for c in CASES if not args.only or args.only in c.name]
     rows = []
     with tempfile.TemporaryDirectory(prefix="xtk-bad-input-") as tmp:

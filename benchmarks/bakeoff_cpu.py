@@ -17,11 +17,12 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import ROOT, provenance  # noqa: E402
-from recipe_cpu import minutes  # noqa: E402
+from recipe_cpu import made_by, minutes  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results"
 SPEC = ROOT / "bakeoffs" / "cpu.yaml"
@@ -39,7 +40,7 @@ def pair_minutes(run_dir: Path) -> dict:
 
 
 def main() -> None:
-    start = time.monotonic()
+    start, began = time.monotonic(), datetime.now().strftime("%Y-%m-%dT%H:%M:%S")
     # paths relative to the checkout, so that the results name no folder of this machine
     subprocess.run([sys.executable, "-m", "toolkit", "bakeoff", str(SPEC.relative_to(ROOT)), "--out",
                     str(BAKEOFF.relative_to(ROOT))], cwd=ROOT, check=True)
@@ -48,8 +49,11 @@ def main() -> None:
     pairs = {task: {student: pair_minutes(BAKEOFF / run) for student, run in by_student.items()}
              for task, by_student in bakeoff["runs"].items()}
     total = round(sum(p["total"] for by_student in pairs.values() for p in by_student.values()), 1)
+    # one run only when this invocation made every stage of every pair (recipe_cpu.py's rule, pair by pair)
+    made = [made_by(json.loads((BAKEOFF / run / "manifest.json").read_text())["stages"], began)
+            for by_student in bakeoff["runs"].values() for run in by_student.values()]
     result = {
-        **provenance(),
+        **provenance(all(m["one_run"] for m in made)),
         "spec": str(SPEC.relative_to(ROOT)),
         # the stages' own minutes, every pair, whichever invocation ran them (process start-ups not counted)
         "total_minutes": total,

@@ -115,7 +115,7 @@ def main() -> None:
         r["ratio_vs_transformers_engine"] = round(r["records_per_s"] / batched, 2)
         r["outputs_identical_to_naive"] = sum(a.strip() == b.strip() for a, b in zip(outputs[name],
                                                                                     outputs["naive loop"]))
-    write_json(args.out, {**provenance(), "model": model.ref, "prompt": str(recipe.prompts.student),
+    write_json(args.out, {**provenance(one_run=True), "model": model.ref, "prompt": str(recipe.prompts.student),
                           "guided_json": recipe.eval.guided_json, "threads": threads, "records": len(chats),
                           "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "results": results})
     print(json.dumps(results, indent=2))

@@ -104,7 +104,7 @@ def main() -> None:
     from toolkit.model.models import resolve_model
     from toolkit.task.recipe import load_recipe
 
-    made = provenance()  # the tree as the run starts
+    made = provenance(one_run=True)  # the tree as the run starts
     recipe = load_recipe(RECIPE, "cpu")
     chats = [chat(recipe.prompt("student"), r["text"]) for r in read_jsonl(TEST)[:args.records]]
     models = {}

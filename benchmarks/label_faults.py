@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from teacher_server import FAULT_MIX, MADEUP, TRANSIENT_TRIES  # noqa: E402
-from provenance import git_state, machine  # noqa: E402
+from provenance import AT_START, git_state, machine  # noqa: E402
 from toolkit.io.jsonl import read_jsonl, write_json, write_jsonl  # noqa: E402
 from toolkit.run.manifest import versions  # noqa: E402
 
@@ -231,7 +231,7 @@ def main() -> int:
         ([f"API key found in {leaks}"] if leaks else [])
     result = {
         "benchmark": "label_faults", "date": started.isoformat(timespec="seconds"), "git": git_state(),
-        "machine": machine(), "versions": versions(),
+        "started": AT_START, "machine": machine(), "one_run": True, "versions": versions(),
         "settings": {"records": args.records, "faults": args.faults, "fault_modes": args.modes, "seed": args.seed,
                      "kills_at_fraction": args.kills, "concurrency": args.concurrency,
                      "timeout_s": args.timeout, "max_retries": args.max_retries, "server_latency_s": args.latency,

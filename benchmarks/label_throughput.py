@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "label_throughput.json"))
     args = parser.parse_args()
     os.environ["DASHSCOPE_API_KEY"] = "benchmark-key"
-    started = provenance()  # the commit and machine as the run starts
+    started = provenance(one_run=True)  # the commit and machine as the run starts
     recipe0 = load_recipe(ROOT / "recipes" / "logistics_zh.yaml")
     texts = read_jsonl(recipe0.path(recipe0.data.pool))
     results = {}

@@ -177,7 +177,8 @@ def main() -> None:
     if args.one:
         return train_variant(folder(args.one), [*BEFORE, *common, *VARIANTS[args.one][1]])
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as sft.sh sets it for the cpu profile
-    result = {**provenance(), "what": __doc__.split("\n\n")[0].replace("\n", " "), "recipe": "logistics_zh",
+    # resumable, and which invocation made each variant's stages is not recorded: not known to be one run
+    result = {**provenance(one_run=False), "what": __doc__.split("\n\n")[0].replace("\n", " "), "recipe": "logistics_zh",
               "profile": "cpu", "common_overrides": common, "variants": {}}
     for name in args.only or VARIANTS:
         entry = result["variants"][name] = measure(name, args, common)

@@ -63,7 +63,7 @@ def main() -> None:
         local, local_wall = job([*common, "--out", str(tmp / "local.jsonl")])
         ray, ray_wall = job([*common, "--out", str(tmp / "ray.jsonl"), "--engine", "ray"])
         a, b = read_jsonl(tmp / "local.jsonl"), read_jsonl(tmp / "ray.jsonl")
-    out = {**provenance(), "recipe": recipe.name, "profile": args.profile, "model": args.model,
+    out = {**provenance(one_run=True), "recipe": recipe.name, "profile": args.profile, "model": args.model,
            "overrides": overrides, "records": len(a), "batch_size": recipe.eval.batch_size,
            "max_new_tokens": recipe.eval.max_new_tokens, "guided_json": recipe.eval.guided_json,
            "single_process": {"records_per_s": local["records_per_s"], "seconds": local["seconds"],

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import ROOT, provenance  # noqa: E402
+from provenance import ROOT, git_state, provenance, trained_model  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -111,7 +111,7 @@ def versus(recipe, run_dir: Path, first: str, second: str, test: str) -> dict:
 def made_by(stages: dict, began: str) -> dict:
     """Which invocation and commit made each stage's figures: "one_run" only when every stage that ran (not
     skipped) finished during this invocation, at the commit this results file names."""
-    here = provenance()["git"]["commit"]
+    here = git_state()["commit"]
     made = {name: {"commit": s.get("commit"), "finished": s.get("finished"),
                    "this_invocation": s.get("finished", "") >= began}
             for name, s in stages.items() if s.get("status") == "done" and not s.get("skipped")}
@@ -141,8 +141,12 @@ def run(recipe: str, overrides: list[str], run_dir: Path, profile: str = "cpu") 
               if f"student-{test}" in metrics and f"rules-{test}" in metrics}
     goals = {f"student beats the baseline on {test}": None if test not in paired
              else paired[test]["verdict"] == "beats" for test in tests if f"rules-{test}" in metrics}
+    made = made_by(stages, began)
     return {
-        **provenance(),
+        **provenance(made["one_run"]),
+        "made_by": made["made_by"],
+        # the training behind the student it scores (its settings' digest and commit)
+        "models_scored": {"student": trained_model(run_dir / "merged")} if (run_dir / "merged").is_dir() else {},
         "recipe": recipe,
         "profile": profile,
         "overrides": overrides,
@@ -159,7 +163,6 @@ def run(recipe: str, overrides: list[str], run_dir: Path, profile: str = "cpu") 
         "goals": goals,
         "student_vs_baseline": paired,
         "versions": manifest.get("versions"),
-        **made_by(stages, began),
     }
 
 

@@ -127,7 +127,7 @@ def main() -> None:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=120)
 
-    out = {**provenance(), "recipe": recipe.name, "profile": args.profile, "model": r.model,
+    out = {**provenance(one_run=True), "recipe": recipe.name, "profile": args.profile, "model": r.model,
            "overrides": overrides, "records": len(texts), "batch_size": recipe.eval.batch_size,
            "max_new_tokens": recipe.eval.max_new_tokens, "guided_json": recipe.eval.guided_json,
            "offline_predict": {"records_per_s": summary["records_per_s"], "seconds": summary["seconds"],

@@ -179,7 +179,7 @@ def main() -> None:
     from toolkit.task.recipe import load_recipe
     from toolkit.task.tables import TableSpec, answer_schema, load_table
 
-    made = provenance()
+    made = provenance(one_run=True)
     recipe = load_recipe(RECIPE, "cpu")
     plain = recipe.json_schema()
     properties = plain["properties"]

@@ -5,13 +5,16 @@ typed by hand. A table stands between marker comments,
     ... (written by this script)
     <!-- /table -->
 
-and TABLES[NAME] renders it from its results file, with the file's provenance (commit, machine, date) above it.
+and TABLES[NAME] renders it from its results file, with the file's provenance (commit, machine, date) above it
+and, where the code it measured has changed since (benchmarks/provenance.py: stale), the word **stale**. Every
+verdict of a paired test is computed here from its p-value (or interval) and the sign of the difference, never
+read from the file.
 
     .venv/bin/python benchmarks/tables.py           # rewrite every table block in place
     .venv/bin/python benchmarks/tables.py --check   # exit 1 naming each block that differs from its file
 
 After a benchmark writes a new results file, run the first and read the prose around each table again: the
-words are not regenerated. tests/test_docs.py runs the check.
+words are not regenerated. tests/test_docs.py runs the check, and `python -m benchmarks.check` checks the files.
 """
 
 from __future__ import annotations
@@ -23,10 +26,19 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import provenance as origin  # noqa: E402  (benchmarks/provenance.py; run as a script, this folder is not a package)
+from toolkit.deploy.export import verdict as export_verdict  # noqa: E402
+from toolkit.model.models import EMBEDDED  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
 BLOCK = re.compile(r"(<!-- table:([\w-]+) -->\n)(.*?)(<!-- /table -->)", re.S)
+ALPHA = 0.05  # every verdict below is at the 5% level
+STALE = "**Stale**: its script or the code it runs changed after that commit (`python -m benchmarks.check` lists how)."
+STALE_KEY = "_stale"  # set by render(), from git: no results file has it
+LEGACY = "Legacy: not known to be one run (written before results files said so)."
 
 
 # --- formatting --------------------------------------------------------------------------------------------
@@ -65,13 +77,58 @@ def provenance(name: str, data: dict) -> str:
     tree = "with uncommitted changes" if git["dirty"] else "clean tree"
     line = (f"From `benchmarks/results/{name}.json`: commit {git['commit'][:7]} ({tree}), {machine['cpu_model']}, "
             f"{machine['cpus_usable']} cores, {data['date'][:10]}.")
+    start = (data.get("started") or {}).get("git")
+    if start and (start["commit"], start["dirty"]) != (git["commit"], git["dirty"]):
+        line += (f" The tree changed during the run: it started at {(start['commit'] or 'no commit')[:7]} "
+                 f"({'with uncommitted changes' if start['dirty'] else 'clean tree'}).")
+    if data[STALE_KEY]:
+        line += " " + STALE
+    if "one_run" not in data:
+        return line + " " + LEGACY
     if "made_by" not in data:  # a file that does not say which run made each stage
-        return line
+        return line + (" Written by one run." if data["one_run"] else " Not known to be one run.")
     if data["one_run"]:
         return line + " Every stage was made by this one run."
     reused = [f"{stage} ({m['commit'] or 'commit unknown'}, {m['finished'][:10]})" for stage, m in data["made_by"].items()
               if not (m["this_invocation"] and m["commit"] and git["commit"].startswith(m["commit"]))]
     return line + f" Not one run: reused {', '.join(reused)}."
+
+
+def verdict(p: float, difference: float) -> str:
+    """A paired test's reading, from its p-value and the sign of the difference (first minus second)."""
+    if p < ALPHA and difference:
+        return f"shown {'better' if difference > 0 else 'worse'} at 5%"
+    return "not shown at 5%"
+
+
+def interval_verdict(ci95) -> str:
+    """The same reading from a paired bootstrap's 95% interval of the difference: shown where it excludes 0."""
+    lo, hi = ci95
+    return "shown better at 5%" if lo > 0 else "shown worse at 5%" if hi < 0 else "not shown at 5%"
+
+
+def p_value(p: float) -> str:
+    """As the file rounds it (4 places): 0.0 is below 0.0001."""
+    return "< 0.0001" if p == 0 else f"{p:g}"
+
+
+def versus_baseline(d: dict) -> str:
+    """recipe_cpu.py's `student_vs_baseline`, one line a test file: the goal's own test and McNemar's on whole
+    answers, each with its verdict."""
+    lines = []
+    for test, v in d.get("student_vs_baseline", {}).items():
+        em, diff = v["exact_match"], v["difference"]
+        right = em["student_only_right"] - em["rules_only_right"]
+        mcnemar = (f"McNemar's exact test on whole answers ({em['student_only_right']} right only for the student, "
+                   f"{em['rules_only_right']} only for the baseline), p {p_value(em['p_mcnemar'])}: "
+                   f"**{verdict(em['p_mcnemar'], right)}**")
+        if v["metric"] == "whole-record exact match":  # McNemar is the headline's own test
+            lines.append(f"- `{test}.jsonl`, {v['records']} records: exact match {points(diff)} points; {mcnemar}.")
+        else:
+            lines.append(f"- `{test}.jsonl`, {v['records']} records: {v['metric']} {points(diff)} points, paired "
+                         f"bootstrap ({v['bootstrap']} resamples): **{interval_verdict(diff['ci95'])}**; {mcnemar}.")
+    return ("\n\nThe student against the baseline, paired on the same records (the goal \"the student beats the "
+            "baseline\" is the first test):\n" + "\n".join(lines)) if lines else ""
 
 
 # --- one renderer a table ----------------------------------------------------------------------------------
@@ -90,7 +147,8 @@ def distill_cpu(d: dict) -> str:
     minutes = ", ".join(f"{k} {v}" for k, v in d["stage_minutes"].items() if v >= 1)
     return (f"{provenance('distill_cpu', d)} {d['recipe']} `--profile {d['profile']}`, {num(d['train_records'], 0)} "
             f"training rows; whole flow {d['total_minutes']} min ({minutes}); fit: \"{d['fit']}\".\n\n"
-            + table(["model", "test file", "records", "exact match % [95% CI]", "JSON valid %", *fields], rows))
+            + table(["model", "test file", "records", "exact match % [95% CI]", "JSON valid %", *fields], rows)
+            + versus_baseline(d))
 
 
 def distill_cpu_by_place(d: dict) -> str:
@@ -223,7 +281,7 @@ def recipe_cpu(name: str) -> Callable[[dict], str]:
         minutes = ", ".join(f"{k} {v}" for k, v in d["stage_minutes"].items() if v >= 1)
         return (f"{provenance(name, d)} {d['recipe']} `--profile {d['profile']}`, {num(d['train_records'], 0)} "
                 f"training rows; whole run {d['total_minutes']} min ({minutes}); fit: \"{d['fit']}\".\n\n"
-                + table(["approach", "records", *header, "JSON valid %", "records/s"], rows))
+                + table(["approach", "records", *header, "JSON valid %", "records/s"], rows) + versus_baseline(d))
 
     return render
 
@@ -284,15 +342,17 @@ def serve_load(d: dict) -> str:
 
 def export_parity(d: dict) -> str:
     student = d["student"]["all"]
-    rows = [["merged student (vLLM)", pct(student["exact_match"]), "—", "—", "—", "—"]]
+    rows = [["merged student (vLLM)", pct(student["exact_match"]), "—", "—", "—", "—", "—"]]
     for quant, e in d["exports"].items():
-        a, v = e["all"], e["verdict"]
+        a = e["all"]
+        v = export_verdict(a, e["verdict"]["max_drop"])  # recounted from the file's figures, not its "ok"
         rows.append([f"GGUF {quant} (llama.cpp)", pct(a["exported"]["exact_match"]), points(a["exact_match_difference"]),
-                     f"{a['mcnemar_p']}", f"{a['identical_answers']} of {a['exported']['n']}",
+                     p_value(a["mcnemar_p"]), verdict(a["mcnemar_p"], a["only_exported_right"] - a["only_student_right"]),
+                     f"{a['identical_answers']} of {a['exported']['n']}",
                      f"{'yes' if v['ok'] else 'no'} (drop {100 * v['drop']:.1f}, allowed {100 * v['max_drop']:g})"])
     return (f"{provenance('export_parity', d)} logistics_zh `--profile {d['profile']}` student, "
             f"{student['n']} test records (both test files), each scored by the same scorer.\n\n"
-            + table(["model", "exact match %", "difference, points [95% paired CI]", "McNemar p",
+            + table(["model", "exact match %", "difference, points [95% paired CI]", "McNemar p", "export vs student",
                      "answers identical to the student's", "within export.max_drop"], rows))
 
 
@@ -322,7 +382,8 @@ def teacher_noise_cpu(d: dict) -> str:
     students = [[f"({k}) {s['trained_on']}", s["rows"], s["rows_equal_to_gold"], pct(s["exact_match"])]
                 for k, s in d["students"].items()]
     paired = [[pair, p["question"], points(p["difference"]), f"{p['first_only_right']} / {p['second_only_right']}",
-               p["p_mcnemar"], p["verdict"]] for pair, p in d["paired"].items()]
+               p_value(p["p_mcnemar"]), verdict(p["p_mcnemar"], p["difference"]["value"])]
+              for pair, p in d["paired"].items()]
     return (f"{provenance('teacher_noise_cpu', d)} Teacher: logistics_zh's cpu-profile student trained on "
             f"{t['trained_on_gold_records']:,} gold records, served by `{t['served_by']}`; exact match against the "
             f"generator's gold on the {d['pool']} fresh pool strings: {pct(vs['exact_match']['value'])}% (JSON parsed "
@@ -333,19 +394,23 @@ def teacher_noise_cpu(d: dict) -> str:
             f"{d['limit_per_test_file']} records of each test file.\n\n"
             + table(["student trained on", "rows", "rows equal to gold", "exact match %"], students) + "\n\n"
             + table(["pair", "question", "difference, points [95% paired CI]", "only first / only second right",
-                     "McNemar p", "verdict"], paired)
+                     "McNemar p", "first vs second"], paired)
             + f"\n\n`xtk synth` against the same server (its smoke batch, no `--yes`): {d['synth']['kept']} inputs kept, "
             f"{d['synth']['removed']} removed, exit {d['synth']['exit']}.")
 
 
 def teacher_noise_headline(d: dict) -> str:
     """README's two figures of it: what the teacher's noise costs the student, and what the gate buys back."""
-    rows = [[p["question"], f"({pair[0]}) vs ({pair[-1]})", points(p["difference"]), p["p_mcnemar"], p["verdict"]]
+    rows = [[p["question"], f"({pair[0]}) vs ({pair[-1]})", points(p["difference"]), p_value(p["p_mcnemar"]),
+             verdict(p["p_mcnemar"], p["difference"]["value"])]
             for pair, p in d["paired"].items() if pair in ("a vs b", "c vs b")]
-    teacher = pct(d["teacher_vs_gold"]["exact_match"]["value"])
+    teacher, gate = pct(d["teacher_vs_gold"]["exact_match"]["value"]), d["gate"]
     return (f"{provenance('teacher_noise_cpu', d)} A student taught by a real LLM teacher ({teacher}% exact on its "
-            f"{d['pool']} pool strings), scored on {d['students']['a']['records']} test records.\n\n"
-            + table(["", "students", "difference, points [95% paired CI]", "McNemar p", "verdict"], rows))
+            f"{d['pool']} pool strings), scored on {d['students']['a']['records']} test records. The teacher gate, "
+            f"before any pool was paid for: **{gate['verdict']}** ({pct(gate['exact_match']['value'])}% exact match on "
+            f"{gate['n']} test records). (a) gold labels, (b) every teacher answer that parses, (c) the labels the "
+            "gate accepts.\n\n"
+            + table(["", "students", "difference, points [95% paired CI]", "McNemar p", "first vs second"], rows))
 
 
 def headline(d: dict) -> str:
@@ -354,7 +419,7 @@ def headline(d: dict) -> str:
             for role, label in (("base", "base model (Gemma 3 270M), zero-shot"), ("rules", "rule baseline"),
                                 ("student", "**fine-tuned student**"), ("resolved", "student + resolver"))]
     return (f"{provenance('distill_cpu', d)} `xtk run recipes/logistics_zh.yaml --profile cpu`, "
-            f"{d['total_minutes']} min.\n\n" + table(["whole-record exact match %", "test.jsonl", "test_unseen.jsonl"], rows))
+            f"{d['total_minutes']} min. Gemma 3 270M: {EMBEDDED['gemma3-270m'].weights}.\n\n" + table(["whole-record exact match %", "test.jsonl", "test_unseen.jsonl"], rows))
 
 
 TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
@@ -380,19 +445,26 @@ TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
 }
 
 
-def render(name: str, results: Path = RESULTS) -> str:
+def render(name: str, results: Path = RESULTS, stale: bool | None = None) -> str:
+    """The block's text; `stale` None: ask git (benchmarks/provenance.py), where git cannot tell, not stale."""
     file, fn = TABLES[name]
-    return fn(json.loads((results / f"{file}.json").read_text(encoding="utf-8"))) + "\n"
+    data = json.loads((results / f"{file}.json").read_text(encoding="utf-8"))
+    if stale is None:
+        stale = bool(origin.stale(file, data))
+    return fn({**data, STALE_KEY: stale}) + "\n"
 
 
 def update(path: Path, results: Path = RESULTS) -> tuple[str, list[str]]:
-    """The file's text with every table block rendered afresh, and the names of the blocks that changed."""
+    """The file's text with every table block rendered afresh, and the names of the blocks that changed. Where git
+    cannot tell whether a block's file is stale (a copy without history), the block keeps the word it has."""
     text, changed = path.read_text(encoding="utf-8"), []
 
     def block(m: re.Match) -> str:
         if m.group(2) not in TABLES:
             raise SystemExit(f"{path}: <!-- table:{m.group(2)} --> names no table; tables: {', '.join(TABLES)}")
-        body = render(m.group(2), results)
+        file = TABLES[m.group(2)][0]
+        since = origin.stale(file, json.loads((results / f"{file}.json").read_text(encoding="utf-8")))
+        body = render(m.group(2), results, STALE in m.group(3) if since is None else bool(since))
         if body != m.group(3):
             changed.append(m.group(2))
         return m.group(1) + body + m.group(4)

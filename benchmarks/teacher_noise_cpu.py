@@ -39,7 +39,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import ROOT, provenance  # noqa: E402
+from provenance import ROOT, git_state, provenance, trained_model  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -282,11 +282,12 @@ def main() -> None:
     # the folder's labels by reason (the journal), not only those this invocation's `xtk label` asked for
     summaries = {k: json.loads((WORK / k / "label_summary.json").read_text(encoding="utf-8"))["journal"]
                  for k in ("label-1", "label-3")}
-    synth, here = WORK / "synth", provenance()
+    made = made_by(earlier, {"git": git_state()})
+    synth = WORK / "synth"
     result = {
-        **here, **made_by(earlier, here),
+        **provenance(made["one_run"]), "made_by": made["made_by"],
         "recipe": "logistics_zh", "profile": "cpu", "pool": args.pool, "limit_per_test_file": args.limit,
-        "seed": SEED, "teacher": {"model": str(model.relative_to(ROOT)),
+        "seed": SEED, "teacher": {"model": str(model.relative_to(ROOT)), "trained": trained_model(model),
                                   "served_by": "python -m vllm.entrypoints.openai.api_server",
                                   "trained_on_gold_records": args.teacher_records,
                                   "prompt": str(recipe.prompts.student)},

@@ -228,7 +228,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_speed.json"))
     args = parser.parse_args()
 
-    started = provenance()  # the commit and machine as the run starts
+    started = provenance(one_run=True)  # the commit and machine as the run starts
     run_start = time.perf_counter()
     os.environ.pop("OMP_NUM_THREADS", None)  # the defaults run gets torch's default threads; profiles set theirs
     work = Path(tempfile.mkdtemp(prefix="xtk-train-speed-"))

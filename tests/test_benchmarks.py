@@ -203,9 +203,9 @@ def test_the_teachers_pool_shares_no_text_with_the_shipped_files():
 def test_one_run_only_when_every_stage_ran_in_this_invocation_at_this_commit():
     """A results file says "one run" only of stages this invocation made at its commit: a stage finished before
     it began, or made by a tree with changes, makes it not one run; a skipped stage made nothing and counts not."""
-    from provenance import provenance
+    from provenance import git_state
 
-    short = provenance()["git"]["commit"][:12]
+    short = git_state()["commit"][:12]
     began = "2026-12-04T10:00:00"
     ran = {"status": "done", "commit": short, "finished": "2026-12-04T10:30:00"}
     skipped = {"status": "done", "commit": "0" * 12, "finished": "2026-01-01T00:00:00", "skipped": "no teacher"}

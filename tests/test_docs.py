@@ -85,3 +85,45 @@ def test_links_lead_somewhere(doc):
         if fragment:
             headings = re.findall(r"^#+ (.+)$", linked.read_text(encoding="utf-8"), re.M)
             assert fragment in {anchor(h) for h in headings}, f"{doc.name}: {target} names no heading"
+
+
+def test_a_verdict_is_computed_from_the_p_value_never_read_from_the_file(tmp_path):
+    """teacher_noise_cpu.json's (c) vs (b): McNemar p 0.0066 for a difference of -6.3 points, which the file's own
+    verdict string (written before the "below" fix) calls "not shown"."""
+    results = tmp_path / "results"
+    results.mkdir()
+    data = json.loads((ROOT / "benchmarks" / "results" / "teacher_noise_cpu.json").read_text(encoding="utf-8"))
+
+    def row(pair: str) -> str:
+        (results / "teacher_noise_cpu.json").write_text(json.dumps(data), encoding="utf-8")
+        text = tables.render("teacher_noise_cpu", results, stale=False)
+        return next(line for line in text.splitlines() if line.startswith(f"| {pair} |"))
+
+    assert row("c vs b").endswith("| 0.0066 | shown worse at 5% |")
+    data["paired"]["c vs b"]["verdict"] = "beats"  # a typed verdict is never shown
+    data["paired"]["c vs b"]["p_mcnemar"] = 0.2
+    assert row("c vs b").endswith("| 0.2 | not shown at 5% |")
+    data["paired"]["c vs b"]["p_mcnemar"], data["paired"]["c vs b"]["difference"]["value"] = 0.01, 0.05
+    assert row("c vs b").endswith("| 0.01 | shown better at 5% |")
+    assert row("a vs c").endswith("| < 0.0001 | shown better at 5% |")  # the file rounds p to 4 places: 0.0
+
+
+def test_a_bootstrap_verdict_is_read_from_its_interval(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    data = json.loads((ROOT / "benchmarks" / "results" / "review_sentiment_zh_cpu.json").read_text(encoding="utf-8"))
+    versus = data["student_vs_baseline"]["test"]
+    for ci, says in (([-0.0061, 0.0766], "not shown at 5%"), ([0.004, 0.0766], "shown better at 5%"),
+                     ([-0.07, -0.001], "shown worse at 5%")):
+        versus["difference"]["ci95"] = ci
+        (results / "review_sentiment_zh_cpu.json").write_text(json.dumps(data), encoding="utf-8")
+        text = tables.render("review_sentiment_zh_cpu", results, stale=False)
+        assert f"paired bootstrap (1000 resamples): **{says}**" in text
+
+
+def test_the_readme_says_what_each_embedded_students_weights_are():
+    from toolkit.model.models import EMBEDDED
+
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    for model in EMBEDDED.values():
+        assert f"dequantised from a {model.quantisation} GGUF" in readme
