@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import ROOT, provenance  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-from toolkit import advise  # noqa: E402
+from toolkit.choose import advise  # noqa: E402
 from toolkit.io.jsonl import read_jsonl, write_json, write_jsonl  # noqa: E402
 from toolkit.model.models import resolve_model  # noqa: E402
 from toolkit.data.prepare import gold_records, run_prepare, token_lengths  # noqa: E402

@@ -840,7 +840,6 @@ def main() -> int:
     parser.add_argument("--only", help="run only the cases whose name holds this (the results file is not written)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bad_input.json"))
     args = parser.parse_args()
-    started = provenance(one_run=True)  # the tree and machine as the run starts
     cases = [c for c in CASES if not args.only or args.only in c.name]
     rows = []
     with tempfile.TemporaryDirectory(prefix="xtk-bad-input-") as tmp:
@@ -867,7 +866,7 @@ def main() -> int:
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     if args.only:
         return 0 if summary["as_expected"] == len(rows) else 1
-    write_json(args.out, {**started, "benchmark": "bad_input", "what": __doc__.split("\n\n")[0].replace("\n", " "),
+    write_json(args.out, {**provenance(one_run=True), "benchmark": "bad_input", "what": __doc__.split("\n\n")[0].replace("\n", " "),
                           "python": sys.version.split()[0], "summary": summary, "results": rows})
     print(f"written: {args.out}")
     return 0 if summary["as_expected"] == len(rows) else 1

@@ -104,7 +104,6 @@ def main() -> None:
     from toolkit.model.models import resolve_model
     from toolkit.task.recipe import load_recipe
 
-    made = provenance(one_run=True)  # the tree as the run starts
     recipe = load_recipe(RECIPE, "cpu")
     chats = [chat(recipe.prompt("student"), r["text"]) for r in read_jsonl(TEST)[:args.records]]
     models = {}
@@ -116,7 +115,7 @@ def main() -> None:
             print(f"{ref}: measuring {len(chats)} records", file=sys.stderr)
             models[ref] = measure(recipe, gguf, chats)
             gguf.unlink()
-    out = {**made, "recipe": recipe.name, "profile": recipe.profile, "quant": args.quant,
+    out = {**provenance(one_run=True), "recipe": recipe.name, "profile": recipe.profile, "quant": args.quant,
            "max_new_tokens": recipe.eval.max_new_tokens, "models": models}
     path = ROOT / "benchmarks" / "results" / "guided_llamacpp.json"
     path.write_text(json.dumps(out, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

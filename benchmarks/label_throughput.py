@@ -31,7 +31,6 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "label_throughput.json"))
     args = parser.parse_args()
     os.environ["DASHSCOPE_API_KEY"] = "benchmark-key"
-    started = provenance(one_run=True)  # the commit and machine as the run starts
     recipe0 = load_recipe(ROOT / "recipes" / "logistics_zh.yaml")
     texts = read_jsonl(recipe0.path(recipe0.data.pool))
     results = {}
@@ -53,7 +52,7 @@ def main() -> None:
             print(concurrency, results[str(concurrency)], flush=True)
     finally:
         server.terminate()
-    write_json(args.out, {"benchmark": "label_throughput", **started, "latency_s": args.latency, "results": results})
+    write_json(args.out, {"benchmark": "label_throughput", **provenance(one_run=True), "latency_s": args.latency, "results": results})
     print(json.dumps(results, indent=2))
 
 

@@ -179,7 +179,6 @@ def main() -> None:
     from toolkit.task.recipe import load_recipe
     from toolkit.task.tables import TableSpec, answer_schema, load_table
 
-    made = provenance(one_run=True)
     recipe = load_recipe(RECIPE, "cpu")
     plain = recipe.json_schema()
     properties = plain["properties"]
@@ -207,7 +206,7 @@ def main() -> None:
                     "xgrammar": xgrammar_run(folder, json.dumps(schema, ensure_ascii=False), accept, refuse),
                     "llama_cpp": llama_run(gguf, schema, names, accept, refuse)}
             gguf.unlink()
-    out = {**made, "table": str(TABLE.relative_to(ROOT)), "rows": len(table.rows),
+    out = {**provenance(one_run=True), "table": str(TABLE.relative_to(ROOT)), "rows": len(table.rows),
            "combinations": len(table.combinations), "branches": len(built["anyOf"]),
            "schema_bytes": len(json.dumps(built, ensure_ascii=False).encode()),
            "load_and_build_seconds": round(build, 3), "models": models}

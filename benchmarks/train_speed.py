@@ -228,7 +228,6 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_speed.json"))
     args = parser.parse_args()
 
-    started = provenance(one_run=True)  # the commit and machine as the run starts
     run_start = time.perf_counter()
     os.environ.pop("OMP_NUM_THREADS", None)  # the defaults run gets torch's default threads; profiles set theirs
     work = Path(tempfile.mkdtemp(prefix="xtk-train-speed-"))
@@ -298,7 +297,7 @@ def main() -> None:
             r["ratio_vs_swift_defaults"] = round(r["tokens_per_s"] / baseline, 2)
 
     write_json(args.out, {
-        **started,
+        **provenance(one_run=True),
         "what": f"swift sft LoRA training speed of {base.student.model} (the cpu profile's student) on logistics_zh "
                 "records, each variant in this run; tokens = real (non-padding) tokens fed to the model",
         "cpu_flags": cpu_flags(),
