@@ -175,3 +175,21 @@ def test_a_hand_written_prompt_that_leaves_a_field_unnamed_is_warned_of(tmp_path
     assert main(["recipe", "check", recipe]) == 0
     assert "typed.yaml:4: key 'prompts.teacher': teacher.md never names amount: name every field" in \
         capsys.readouterr().err.replace("\n", "")
+
+
+def test_the_teachers_key_is_needed_only_where_the_teacher_alone_would_label(tmp_path, capsys, monkeypatch):
+    """data.pool with no labelled rows and no gold labels: labelling needs the teacher, so an unset key is an error
+    naming the key's line; the key set, or gold labels beside the pool, or labelled rows, and it passes."""
+    monkeypatch.delenv("XTK_TEST_API_KEY", raising=False)
+    write_rows(tmp_path / "data" / "pool.jsonl", [{"id": r["id"], "text": r["text"]} for r in ROWS[:4]])
+    recipe = invoice(tmp_path, "{pool: data/pool.jsonl, test: [data/test.jsonl], train_records: 4, "
+                               "val_fraction: 0.25}")
+    assert main(["recipe", "check", recipe]) == 2
+    assert re.search(r"typed.yaml:5: key 'teacher.api_key_env': \$XTK_TEST_API_KEY is not set, and the teacher "
+                     r"labels data.pool \(data/pool.jsonl\)", capsys.readouterr().err.replace("\n", ""))
+    monkeypatch.setenv("XTK_TEST_API_KEY", "sk-test")
+    assert main(["recipe", "check", recipe]) == 0
+    monkeypatch.delenv("XTK_TEST_API_KEY")
+    write_rows(tmp_path / "data" / "gold.jsonl", [{"id": r["id"], "label": r["label"]} for r in ROWS[:4]])
+    assert main(["recipe", "check", recipe, "data.pool_gold=data/gold.jsonl"]) == 0  # the gold labels, no teacher
+    assert main(["recipe", "check", invoice(tmp_path)]) == 0  # labelled rows

@@ -36,16 +36,19 @@ def write_examples(path, n):
 
 
 def test_fields_line_becomes_the_recipes_fields():
+    def todo(name):  # what init cannot know is marked, not made up from the field's name
+        return f"TODO: what {name} holds, in words"
+
     assert parse_fields(FIELDS) == [
-        {"name": "seller", "type": "str", "description": "seller", "grounded": True},
-        {"name": "amount", "type": "float?", "description": "amount"},
-        {"name": "date", "type": "date", "description": "date"},
-        {"name": "currency", "type": "enum", "description": "currency", "choices": ["CNY", "USD"]},
+        {"name": "seller", "type": "str", "description": todo("seller"), "grounded": True},
+        {"name": "amount", "type": "float?", "description": todo("amount")},
+        {"name": "date", "type": "date", "description": todo("date")},
+        {"name": "currency", "type": "enum", "description": todo("currency"), "choices": ["CNY", "USD"]},
     ]
     assert parse_fields("items:list[str]:grounded,note,tone:str(好|坏)?") == [
-        {"name": "items", "type": "list[str]", "description": "items", "grounded": True},
-        {"name": "note", "type": "str", "description": "note"},
-        {"name": "tone", "type": "str?", "description": "tone", "choices": ["好", "坏"]}]
+        {"name": "items", "type": "list[str]", "description": todo("items"), "grounded": True},
+        {"name": "note", "type": "str", "description": todo("note")},
+        {"name": "tone", "type": "str?", "description": todo("tone"), "choices": ["好", "坏"]}]
 
 
 @pytest.mark.parametrize("fields,problem", [
@@ -63,7 +66,8 @@ def test_a_bad_fields_line_names_the_item(tmp_path, fields, problem):
 
 def test_init_splits_the_examples_and_writes_nothing_when_a_row_is_bad(tmp_path, capsys):
     examples = write_examples(tmp_path / "examples.jsonl", 10)
-    assert main(["init", "invoice", "--fields", FIELDS, "--from", str(examples), "--out", str(tmp_path)]) == 0
+    assert main(["init", "invoice", "--fields", FIELDS, "--from", str(examples), "--out", str(tmp_path),
+                 "--describe", "currency=the currency of the total"]) == 0
     recipe = load_recipe(tmp_path / "recipes" / "invoice.yaml", "cpu")
     assert [f.name for f in recipe.fields] == ["seller", "amount", "date", "currency"]
     assert recipe.field("amount").optional and recipe.student.model == "gemma3-270m"
@@ -71,7 +75,10 @@ def test_init_splits_the_examples_and_writes_nothing_when_a_row_is_bad(tmp_path,
             for n in ("labelled", "test")}
     assert (len(rows["labelled"]), len(rows["test"])) == (8, 2)  # a fifth held out for the test file
     assert sorted(json.loads(r)["id"] for r in rows["labelled"] + rows["test"]) == sorted(f"inv{i}" for i in range(10))
-    assert "currency: currency (one of \"CNY\", \"USD\")" in recipe.prompt("teacher")
+    assert "currency: the currency of the total (one of \"CNY\", \"USD\")" in recipe.prompt("teacher")
+    # the example value: --from's first row's (inv0), for a field whose values are not a closed set
+    assert "- seller: TODO: what seller holds, in words; e.g. 华为技术有限公司 (text copied" in recipe.prompt("teacher")
+    assert "- amount: TODO: what amount holds, in words; e.g. 100.0 (a JSON number" in recipe.prompt("teacher")
     # again: the recipe is there, so nothing is overwritten
     assert main(["init", "invoice", "--fields", FIELDS, "--out", str(tmp_path)]) == 2
     assert "invoice.yaml: already there" in capsys.readouterr().err
@@ -88,6 +95,53 @@ def test_init_without_examples_names_the_files_to_write(tmp_path, capsys):
     assert "data/invoice/labelled.jsonl and test.jsonl" in capsys.readouterr().err
     assert main(["recipe", "check", str(tmp_path / "recipes" / "invoice.yaml")]) == 2
     assert "key 'data.labelled': " in capsys.readouterr().err
+
+
+def test_init_marks_what_it_cannot_know_and_check_lists_every_todo_with_its_line(tmp_path, capsys):
+    """A description and an example not given are TODOs, which `recipe check` refuses (exit 2) one line each; given
+    (or the example taken from --from's rows) the same recipe passes. The teacher has prices, a currency and a
+    cap: a labelling run of an init recipe is counted and bounded."""
+    examples = write_examples(tmp_path / "examples.jsonl", 10)
+    assert main(["init", "invoice", "--fields", FIELDS, "--from", str(examples), "--out", str(tmp_path),
+                 "--describe", "seller=the company that sells", "--example", "date=2024-03-05"]) == 0
+    assert "replace the TODOs on 3 lines of" in " ".join(capsys.readouterr().err.split())
+    path = tmp_path / "recipes" / "invoice.yaml"
+    teacher = load_recipe(path).teacher
+    assert (teacher.price_in_per_mtok, teacher.price_out_per_mtok, teacher.currency, teacher.max_cost) == (
+        0.29, 1.15, "USD", 5.0)
+    assert main(["recipe", "check", str(path)]) == 2
+    err = capsys.readouterr().err.replace("\n  ", "\n").splitlines()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    todo = [n for n, line in enumerate(lines, 1) if "TODO" in line]
+    assert [line.split(": key ")[0] for line in err if "TODO" in line] == [f"{path}:{n}" for n in todo]
+    assert [line.split("'")[1] for line in err if "TODO" in line] == [
+        "fields.1.description", "fields.2.description", "fields.3.description"]  # seller: described, example 华为…
+    assert "key 'fields.2.description': 'TODO: what date holds, in words; e.g. 2024-03-05'" in " ".join(err)
+
+    text = path.read_text(encoding="utf-8").replace("TODO: what amount holds, in words", "the total").replace(
+        "TODO: what date holds, in words", "the date of issue").replace("TODO: what currency holds, in words", "its "
+                                                                        "currency")
+    path.write_text(text, encoding="utf-8")
+    assert main(["recipe", "check", str(path)]) == 0
+
+
+def test_prompt_prints_what_the_teacher_and_the_student_are_given(tmp_path, capsys):
+    assert main(["init", "invoice", "--fields", "seller:str, currency:enum(CNY|USD)", "--out", str(tmp_path),
+                 "--describe", "seller=the company that sells", "--example", "seller=华为"]) == 0
+    capsys.readouterr()
+    path = str(tmp_path / "recipes" / "invoice.yaml")
+    assert main(["prompt", path]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("=== teacher (labelling, the teacher gate, the teacher's evaluation): system ===\n"
+                          "invoice: seller, currency from the input.\n\nRead the input and answer with one JSON object")
+    assert "- seller: the company that sells; e.g. 华为 (text)\n" in out
+    assert "=== teacher (labelling, the teacher gate, the teacher's evaluation): user ===\n<the input text>\n" in out
+    assert ("=== student (training, the student's evaluation, predict, serve): system ===\n"
+            "Extract as JSON: seller, currency.\n") in out
+    assert "JSON schema" not in out  # the recipe decodes freely (eval.guided_json false)
+    assert main(["prompt", path, "eval.guided_json=true"]) == 0
+    schema = capsys.readouterr().out.split("(eval.guided_json) ===\n")[1]
+    assert json.loads(schema)["properties"]["currency"]["enum"] == ["CNY", "USD"]
 
 
 @pytest.mark.parametrize("planted", ["recipes", "data"])
@@ -118,7 +172,8 @@ def test_init_then_check_then_run_with_no_edit(tmp_path, smollm2):
         assert res.returncode == 0, res.stderr[-4000:]
         return res
 
-    xtk("init", "invoice", "--fields", FIELDS, "--from", "examples.jsonl")
+    xtk("init", "invoice", "--fields", FIELDS, "--from", "examples.jsonl", "--describe", "seller=the seller",
+        "--describe", "amount=the total", "--describe", "date=the date of issue", "--describe", "currency=its currency")
     check = xtk("recipe", "check", "recipes/invoice.yaml", "--profile", "cpu")
     assert "data.labelled: data/invoice/labelled.jsonl: 16 rows" in check.stdout
     assert "is 2000, but data/invoice/labelled.jsonl has 16 rows" in check.stderr  # said, not silently cut

@@ -11,12 +11,14 @@ import yaml
 from rich.console import Console
 
 from toolkit.choose.advise import advise, render
-from toolkit.cli.resolve import checked, consent, console, recipe_of
+from toolkit.cli.resolve import checked, consent, console, load, recipe_of
 from toolkit.data.generators import generate
-from toolkit.data.init import init_recipe
+from toolkit.data.init import TODO, init_recipe
+from toolkit.evaluate.evaluation import chat
 from toolkit.io.errors import StageError
 from toolkit.io.markers import read_marker
 from toolkit.model.models import EMBEDDED, cache_dir, pull_embedded, pull_hub
+from toolkit.run.roles import ROLES
 from toolkit.task.keys import recipe_keys
 
 
@@ -41,10 +43,14 @@ def cmd_recipe_show(args) -> None:
 
 
 def cmd_init(args) -> None:
-    written = init_recipe(args.name, args.fields, args.out, args.examples, args.description)
+    written = init_recipe(args.name, args.fields, args.out, args.examples, args.description, args.describe,
+                          args.example)
     for path in written:
         print(path)
     recipe = written[0]
+    if todo := sum(TODO in line for line in recipe.read_text(encoding="utf-8").splitlines()):
+        console.print(f"next: replace the {TODO}s on {todo} lines of {recipe} (what each field holds, an example "
+                      "value); xtk recipe check lists them", highlight=False, soft_wrap=True)
     if args.examples is None:
         console.print(f"next: your labelled rows ({{id, text, label}} JSONL) in {args.out}/data/{args.name}/"
                       "labelled.jsonl and test.jsonl, then", highlight=False, soft_wrap=True)
@@ -60,6 +66,25 @@ def cmd_recipe_check(args) -> None:
         name = recipe.data.test[loc[2]] if loc[1] == "test" else getattr(recipe.data, loc[1])
         print(f"  {'.'.join(map(str, loc))}: {name}: {n} rows")
     print(f"ok{f' ({len(found.warnings)} warnings above)' if found.warnings else ''}")
+
+
+# What `xtk prompt` shows in place of a record's text: the user turn is the text itself, nothing around it.
+PLACEHOLDER = "<the input text>"
+SHOWN = (("teacher", "labelling, the teacher gate, the teacher's evaluation"),
+         ("student", "training, the student's evaluation, predict, serve"))
+
+
+def cmd_prompt(args) -> None:
+    """The chats the teacher and the student are given, rendered as labelling, training and evaluation render them
+    (recipe.prompt, evaluation.chat), and the JSON schema where a role's answers are decoded to it."""
+    recipe = load(args)
+    for who, used_by in SHOWN:
+        spec = ROLES[who]
+        for turn in chat(recipe.prompt(spec.prompt), PLACEHOLDER):
+            print(f"=== {who} ({used_by}): {turn['role']} ===\n{turn['content']}\n")
+        if recipe.eval.guided_json if spec.guided is None else spec.guided:
+            print(f"=== {who}: the JSON schema its answers are decoded to (eval.guided_json) ===\n"
+                  f"{json.dumps(recipe.json_schema(), ensure_ascii=False, indent=2)}\n")
 
 
 def cmd_recipe_keys(args) -> None:

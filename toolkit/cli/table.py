@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from toolkit.cli.authoring import cmd_advise, cmd_data_generate, cmd_init, cmd_models_list, cmd_models_pull, \
-    cmd_recipe_check, cmd_recipe_keys, cmd_recipe_show
+    cmd_prompt, cmd_recipe_check, cmd_recipe_keys, cmd_recipe_show
 from toolkit.cli.deploy import cmd_export, cmd_predict, cmd_serve
 from toolkit.cli.runs import cmd_bakeoff, cmd_eval, cmd_report, cmd_run, stage_command
 from toolkit.cli.teacher import cmd_label, cmd_synth
@@ -118,8 +118,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("models list", "list the embedded models: kind, licence, commercial use, parameters, size, package, "
             "whether pulled", cmd_models_list),
     Command("recipe show", "print a recipe as resolved (profile and overrides applied)", cmd_recipe_show, RECIPE),
-    Command("init", "write a new task's recipe from its fields, runnable as it is: prompts rendered from the "
-            "fields, your labelled rows split into its labelled and test files", cmd_init, (
+    Command("init", "write a new task's recipe from its fields: prompts rendered from the fields, what it cannot "
+            "know marked TODO, the teacher priced and capped, your labelled rows split into its labelled and test "
+            "files", cmd_init, (
                 A("name", help="the task's name: recipes/NAME.yaml, data/NAME/"),
                 A("--fields", required=True, metavar="FIELDS",
                   help="name:type[:flag] items, e.g. \"seller:str:grounded, amount:float?, date:date, "
@@ -128,11 +129,20 @@ COMMANDS: tuple[Command, ...] = (
                   "data/NAME/labelled.jsonl and a fifth as data/NAME/test.jsonl (default: none; write them "
                   "yourself)"),
                 A("--description", help="one line saying what the task is (default: NAME and its fields)"),
+                A("--describe", action="append", default=[], metavar="FIELD=TEXT",
+                  help="what a field holds, in words, repeatable (default: a TODO that xtk recipe check refuses)"),
+                A("--example", action="append", default=[], metavar="FIELD=VALUE",
+                  help="an example of a field's value, for the prompts, repeatable (default: the first in "
+                       "--from's rows, else a TODO)"),
                 A("--out", metavar="DIR", default=".", help="the project folder to write into"),
             )),
-    Command("recipe check", "check a recipe's data before a run: every file it names exists and reads row by row "
+    Command("recipe check", "check a recipe's data before a run: no TODO left (each named with its line), the "
+            "teacher's key set where only the teacher can label, every file it names exists and reads row by row "
             "(file:line), labels carry every field with a valid value, nothing left from another task's recipe, "
             "sizes that fit the rows there are (xtk run checks the same first)", cmd_recipe_check, RECIPE),
+    Command("prompt", "print exactly what the teacher and the student are given: each chat's system prompt and "
+            "user turn (a placeholder for the text), and the JSON schema where answers are decoded to it",
+            cmd_prompt, RECIPE),
     Command("recipe keys", "every recipe key (dotted path) with its type, default and description; given a recipe, "
             "its value there too", cmd_recipe_keys, (
                 A("recipe", nargs="?", help="recipe YAML whose values to show (profile applied), e.g. "

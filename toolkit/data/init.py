@@ -1,9 +1,12 @@
-"""`xtk init NAME --fields ...`: a new task's recipe, written from a line of fields, that runs as it is.
+"""`xtk init NAME --fields ...`: a new task's recipe, written from a line of fields, ready to run once its TODOs
+are written.
 
 The recipe names no prompt file (its prompts are rendered from the fields, docs/recipes.md#prompts), no data
 builder and no baseline; its data are the user's labelled rows: `--from FILE` splits them into
-data/NAME/labelled.jsonl and data/NAME/test.jsonl, checked row by row first. Nothing is written unless all of it
-can be.
+data/NAME/labelled.jsonl and data/NAME/test.jsonl, checked row by row first. Each field's description says what it
+holds and shows an example value: given (--describe, --example), the example taken from --from's rows, else a TODO
+that `xtk recipe check` refuses with its line. The teacher has prices, a currency and a cost cap. Nothing is
+written unless all of it can be.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ FLAGS = ("grounded", "optional")
 FIELD = re.compile(r"(?P<name>[A-Za-z_]\w*)(?::(?P<type>[^:(]+?)(?:\((?P<choices>[^)]*)\))?(?P<optional>\?)?)?"
                    r"(?P<flags>(?::\w+)*)")
 TEST_SHARE = 0.2  # of --from's rows held out as the test file (at least one)
+# What init cannot know is left marked: `xtk recipe check` lists every TODO with its line and refuses the recipe
+# until each is written (toolkit/flow/check.py).
+TODO = "TODO"
 
 RECIPE = """\
 # {name}: written by `xtk init`. The prompts are rendered from the fields (docs/recipes.md#prompts); to write
@@ -55,6 +61,10 @@ teacher:   # labels data.pool when it is set and $DASHSCOPE_API_KEY is
   api_key_env: DASHSCOPE_API_KEY
   max_tokens: 512
   enable_thinking: false
+  price_in_per_mtok: 0.29   # per million tokens, in teacher.currency: DashScope's list price; set your own
+  price_out_per_mtok: 1.15
+  currency: USD
+  max_cost: 5.0             # the most the label folder may spend, over all its runs (docs/trust.md)
 
 student:
   model: Qwen/Qwen3-0.6B
@@ -122,7 +132,7 @@ def parse_fields(text: str) -> list[dict]:
             raise RecipeError(f"--fields item {item!r}: expected name[:type[:flag...]], e.g. seller:str:grounded, "
                               "amount:float?, currency:enum(CNY|USD)")
         field: dict = {"name": m["name"], "type": (m["type"] or "str").strip() + (m["optional"] or ""),
-                       "description": m["name"].replace("_", " ")}
+                       "description": f"{TODO}: what {m['name']} holds, in words"}
         if m["choices"] is not None:
             field["choices"] = [c.strip() for c in m["choices"].split("|")]
         for flag in filter(None, m["flags"].split(":")):
@@ -138,10 +148,43 @@ def parse_fields(text: str) -> list[dict]:
     return out
 
 
+def given_per_field(items: list[str], flag: str, names: list[str]) -> dict[str, str]:
+    """`--describe amount="the total, tax included"` items as {field: text}; RecipeError for a field not in
+    --fields or an item without `=`."""
+    out = {}
+    for item in items:
+        field, eq, text = item.partition("=")
+        if not eq or not text.strip():
+            raise RecipeError(f"{flag} {item!r}: expected FIELD=TEXT, e.g. {flag} {names[0]}=...")
+        if field.strip() not in names:
+            raise RecipeError(f"{flag} {item!r}: no field {field.strip()!r} in --fields ({', '.join(names)})")
+        out[field.strip()] = text.strip()
+    return out
+
+
+def describe(field: dict, description: str | None, example: str | None) -> str:
+    """A field's description as the prompts show it: what it holds (given, else a TODO) and, beside a value not
+    from a closed set, an example value (given, taken from --from's rows, else a TODO)."""
+    text = description or field["description"]
+    if "choices" in field:
+        return text
+    return f"{text}; e.g. {example or f'{TODO}: an example value'}"
+
+
+def first_example(rows: list[dict], name: str) -> str | None:
+    """The first value a labelled row gives the field (not null, not empty), as the prompt would show it."""
+    for row in rows:
+        value = row["label"].get(name)
+        if value not in (None, "", []):
+            return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return None
+
+
 def init_recipe(name: str, fields: str, out: str | Path = ".", examples: str | Path | None = None,
-                description: str | None = None) -> list[Path]:
+                description: str | None = None, describes: list[str] = (), values: list[str] = ()) -> list[Path]:
     """Write recipes/NAME.yaml under `out` (the project folder), and with `examples` (labelled JSONL) its
-    data/NAME/labelled.jsonl and test.jsonl; the paths written."""
+    data/NAME/labelled.jsonl and test.jsonl; the paths written. `describes` and `values` are FIELD=TEXT items:
+    what a field holds and an example value (else taken from the examples' rows, else left as a TODO)."""
     if problem := name_problem(name):
         raise RecipeError(f"NAME: expected {problem}")
     out = Path(out)
@@ -149,11 +192,16 @@ def init_recipe(name: str, fields: str, out: str | Path = ".", examples: str | P
     if path.exists():
         raise RecipeError(f"{path}: already there: choose another NAME, or edit that recipe")
     specs = parse_fields(fields)
-    names = ", ".join(f["name"] for f in specs)
-    text = RECIPE.format(name=name, description=json.dumps(description or f"{name}: {names} from the input.",
-                                                           ensure_ascii=False),
-                         fields="\n".join(f"  - {json.dumps(f, ensure_ascii=False)}" for f in specs))
-    raw = yaml.safe_load(text)
+    names = [f["name"] for f in specs]
+    said, shown = given_per_field(list(describes), "--describe", names), given_per_field(list(values), "--example", names)
+
+    def render() -> str:
+        listed = ", ".join(names)
+        return RECIPE.format(name=name, description=json.dumps(description or f"{name}: {listed} from the input.",
+                                                               ensure_ascii=False),
+                             fields="\n".join(f"  - {json.dumps(f, ensure_ascii=False)}" for f in specs))
+
+    raw = yaml.safe_load(render())
     raw.pop("profiles")
     try:
         recipe = Recipe(**raw, root=out.resolve())  # what load_recipe reads, to check the examples against
@@ -164,11 +212,16 @@ def init_recipe(name: str, fields: str, out: str | Path = ".", examples: str | P
     for target in targets:  # a planted link (recipes/, data/) must not carry the files out of the project folder
         if not target.resolve().is_relative_to(out.resolve()):
             raise RecipeError(f"{target}: leads outside {out.resolve()} (a link on the way?): nothing written")
-    written = []
+    rows = []
     if examples is not None:
         rows = read_records(recipe, Path(examples))  # every row checked against the fields, with file and line
         if len(rows) < 2:
             raise RecipeError(f"{examples}: {len(rows)} labelled row: at least 2, one to train on and one to test")
+    for f in specs:
+        f["description"] = describe(f, said.get(f["name"]), shown.get(f["name"]) or first_example(rows, f["name"]))
+    text = render()
+    written = []
+    if rows:
         random.Random(recipe.data.seed).shuffle(rows)
         n_test = max(1, round(len(rows) * TEST_SHARE))
         written += [write_jsonl(recipe.path(recipe.data.labelled), rows[n_test:]),

@@ -6,14 +6,16 @@ loads, toolkit/task/recipe.py). Above toolkit/task/recipe.py: the readers it use
   (docs/trust.md); an error names the key, the file and its line.
 - `check_backend`, the part of it that predict and serve need (they read no data file): eval.backend is one
   registered.
-- `check_recipe`, for `xtk recipe check` and before `xtk run`'s first stage: also every file named must exist (or
-  be built by data.generator), nothing the recipe uses may be another task's (what a copied recipe leaves
+- `check_recipe`, for `xtk recipe check` and before `xtk run`'s first stage: also no value may still say TODO
+  (what `xtk init` could not know), the teacher's key must be set where only the teacher can supply the training
+  labels, every file named must exist (or be built by data.generator), nothing the recipe uses may be another task's (what a copied recipe leaves
   behind: a warning), a hand-written teacher or base prompt names every field (a warning), and the sizes must fit
   the rows there are (said, never cut silently).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,7 @@ import toolkit.tasks
 from toolkit.infer.backends import backend_names
 from toolkit.io.jsonl import BadRows, iter_jsonl
 from toolkit.io.errors import DataError
+from toolkit.data.init import TODO
 from toolkit.data.label import read_inputs
 from toolkit.data.prepare import check_label, load_test, read_records
 from toolkit.task.recipe import Recipe
@@ -105,8 +108,10 @@ def check_recipe(recipe: Recipe) -> Checked:
               + (f"data.generator writes only into {built}" if recipe.data.generator else "no data.generator builds it")
               for loc, name in missing if not (recipe.data.generator and recipe.path(name).resolve().is_relative_to(
                   built.resolve()))]
-    if absent:  # the leftovers said too: a copied recipe's missing files are usually its source's
-        raise RecipeError("\n  ".join(["missing files", *absent, *(f"warning: {w}" for w in leftovers)]))
+    unready = [*todos(recipe), *teacher_key_needed(recipe)]
+    if absent or unready:  # the leftovers said too: a copied recipe's missing files are usually its source's
+        raise RecipeError("\n  ".join(["not ready to run" if unready else "missing files", *unready, *absent,
+                                        *(f"warning: {w}" for w in leftovers)]))
     checked = Checked(check_files(recipe), leftovers)
     checked.notes += [f"{recipe.at(loc)}: {name} is missing: `xtk run` builds it first with data.generator "
                       f"{recipe.data.generator}" for loc, name in missing]
@@ -119,6 +124,35 @@ def check_recipe(recipe: Recipe) -> Checked:
                                     "name every field (or leave the key out: xtk renders the prompt from the fields)")
     _sizes(recipe, checked)
     return checked
+
+
+def todos(recipe: Recipe) -> list[str]:
+    """Every recipe value still marked TODO (xtk init leaves what it cannot know so), each with its line."""
+    found = []
+
+    def walk(loc: tuple, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk((*loc, k), v)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk((*loc, i), v)
+        elif isinstance(value, str) and TODO in value:
+            found.append(f"{recipe.at(loc)}: {value!r}: replace each {TODO} with what it asks for")
+
+    walk((), recipe.model_dump(exclude={"root", "profile"}))
+    return found
+
+
+def teacher_key_needed(recipe: Recipe) -> list[str]:
+    """The teacher's key, where the training labels can come from the teacher alone: data.pool with neither
+    data.labelled nor data.pool_gold (the order toolkit/flow/pipeline.stage_data takes them in)."""
+    d, t = recipe.data, recipe.teacher
+    if d.labelled or not d.pool or d.pool_gold or os.environ.get(t.api_key_env):
+        return []
+    return [f"{recipe.at(('teacher', 'api_key_env'))}: ${t.api_key_env} is not set, and the teacher labels "
+            f"data.pool ({d.pool}), the only source of training labels: set it (export {t.api_key_env}=...), or "
+            "name your labelled JSONL as data.labelled"]
 
 
 def _task_keys(recipe: Recipe) -> list[tuple[tuple, str]]:
