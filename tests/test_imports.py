@@ -119,6 +119,7 @@ LAZY = {
     "jieba": "optional extra: the NER baseline; loads a dictionary",
     "jionlp": "optional extra: the logistics rule baseline; loads dictionaries for seconds",
     "gguf": "only GGUF reading and export",
+    "sentencepiece": "only GGUF export of a SentencePiece-born tokenizer (protobuf with it)",
     "uvicorn": "only xtk serve",
     "fastapi": "only xtk serve",
     "xgrammar": "only table-constrained decoding",

@@ -36,6 +36,7 @@ from toolkit.io.jsonl import own_folder, read_jsonl, write_json, write_text
 from toolkit.io.keys import file_digest
 from toolkit.maths.ranking import Evaluation, mcnemar, paired_difference
 from toolkit.model.models import resolve_model
+from toolkit.model.spm import write_spm
 from toolkit.model.thinking import template_kwargs, thinking_off
 from toolkit.run.identity import evaluations_current, gguf_current, gguf_identity, identity, merged_current, \
     read_metrics
@@ -117,6 +118,7 @@ def staged(model_dir: Path, template: str, work: Path) -> Path:
     config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     config["chat_template"] = template
     write_text(folder / "tokenizer_config.json", json.dumps(config, ensure_ascii=False, indent=2) + "\n")
+    write_spm(model_dir, folder)  # Gemma's tokenizer as the SentencePiece vocabulary it is (toolkit/model/spm.py)
     return folder
 
 
