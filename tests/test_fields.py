@@ -397,6 +397,15 @@ def test_placeholders_and_short_numbers_are_not_grounded(tmp_path, changes, reas
     assert why == reason and detail in text
 
 
+@pytest.mark.parametrize("written", ["138—1234—5678", "138–1234–5678", "138 - 1234 - 5678"])
+def test_a_number_written_with_dashes_is_one_number(tmp_path, written):
+    """Em and en dashes between groups, as senders type them: the whole number is grounded, a part is not."""
+    recipe = load_recipe(write_recipe(tmp_path, CONTACT))
+    text = CONTACT_TEXT.replace("138 1234 5678", written)
+    assert check_answer(recipe, text, contact())[1] is None
+    assert "only part of the number" in check_answer(recipe, text, contact(phone="1381234567"))[2]
+
+
 def test_a_pattern_is_checked_in_labels_and_compiles_into_the_schema(tmp_path):
     recipe = load_recipe(write_recipe(tmp_path, CONTACT))
     props = recipe.json_schema()["properties"]

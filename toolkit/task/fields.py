@@ -42,8 +42,9 @@ NORMALISERS = {
 }
 Normaliser = Literal["strip", "width", "digits", "lower", "nospace"]
 
-# Digits written as one number: groups apart by a space, hyphen, dot or bracket ("138 1234 5678", "(021) 6234-5678").
-NUMBER = re.compile(r"\d+(?:[\s\-.()（）]{1,3}\d+)*")
+# Digits written as one number: groups apart by up to three spaces, hyphens or dashes, dots or brackets
+# ("138 1234 5678", "(021) 6234-5678", "138—1234—5678").
+NUMBER = re.compile(r"\d+(?:[\s\-\u2010-\u2015.()（）]{1,3}\d+)*")
 
 
 def normalise(value, steps: list[str]) -> str:
