@@ -54,7 +54,7 @@ def test_fields_line_becomes_the_recipes_fields():
 @pytest.mark.parametrize("fields,problem", [
     ("", "expected at least one field"),
     ("seller:str:loud", "unknown flag 'loud'; expected grounded or optional"),
-    ("amount:money", "'amount:money': .*expected 'str', 'enum'"),
+    ("amount:cash", "'amount:cash': .*expected 'str', 'enum'"),
     ("currency:enum(CNY|USD|CNY)", "each choice once: 'CNY' is 'CNY' again"),
     ("amount:float:grounded", "grounded applies to str and list"),
     ("1x:str", "expected name\\[:type\\[:flag...\\]\\]"),
