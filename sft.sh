@@ -9,7 +9,7 @@
 # says which). Re-running skips finished stages and resumes an interrupted one.
 set -euo pipefail
 cd "$(dirname "$0")"
-bash setup.sh
+bash setup.sh --flow  # llama.cpp's build (for xtk export) is left to a full `bash setup.sh`
 
 args=("$@")
 profile=""
