@@ -4,6 +4,7 @@ five-minute read whose test command is CI's, and every link between the docs lea
 import importlib.util
 import json
 import re
+import shlex
 import shutil
 
 import pytest
@@ -65,6 +66,33 @@ def test_readme_is_short_and_its_commands_are_the_ones_that_run():
     assert test == "bash setup.sh && .venv/bin/python -m pytest"
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert any(line.startswith(test) for line in ci.splitlines()), ".ci/run must run the README's test command"
+
+
+def test_readmes_command_table_names_every_command():
+    from toolkit.cli.table import COMMANDS
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## The commands", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `xtk ")]
+    missing = [c.name for c in COMMANDS if not any(f"`xtk {c.name}" in row for row in rows)]
+    assert not missing, f"README's command table lacks a row for: {missing}"
+
+
+def test_the_readmes_five_minute_path_runs_as_written(tmp_path, monkeypatch, capsys):
+    """Every command of the path but the last (`xtk run`, which trains) on the invoice rows test_init writes,
+    as README prints them: a path whose init leaves a TODO would stop at `xtk recipe check` (exit 2)."""
+    from test_init import write_examples
+    from toolkit.cli import main
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## Your own task in five minutes.*?```bash\n(.*?)```", readme, re.S).group(1)
+    commands = [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines()]
+    assert commands[-1][:4] == ["xtk", "run", "recipes/invoice.yaml", "--profile"]
+    monkeypatch.chdir(tmp_path)
+    write_examples(tmp_path / "invoices.jsonl", 20)
+    for argv in commands[:-1]:
+        assert argv[0] == "xtk" and main(argv[1:]) == 0, (argv, capsys.readouterr().err)
+    assert "=== student (training, the student's evaluation, predict, serve): system ===" in capsys.readouterr().out
 
 
 def anchor(heading: str) -> str:

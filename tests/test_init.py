@@ -1,5 +1,5 @@
 """`xtk init` (toolkit/data/init.py): a new task's recipe from a line of fields, then `xtk recipe check` and `xtk run`
-on it with no edit: "Adding a recipe" (README.md) in a test."""
+on it with no edit: "Your own task in five minutes" (README.md) in a test."""
 
 import json
 import os
