@@ -37,6 +37,10 @@ def currency(text: str) -> str:
     return "EUR" if re.search(r"EUR|€|欧元", text) else "CNY"
 
 
+def money(value: Decimal, code: str) -> str:
+    return f"{value:.2f} {code}"
+
+
 def party(text: str, role: str) -> dict[str, str]:
     name = re.search(rf"(?:{role})(?:单位名称|名称)?\s*[:：]?\s*(?!{TAX_WORDS})(?P<v>[^\s，,；;|/（(:：]+)", text)
     tax = re.search(rf"(?:{role})(?:{TAX_WORDS})\s*[:：]?\s*(?P<v>{CODE})(?![0-9A-Z])", text)
@@ -91,11 +95,10 @@ def triples(text: str) -> list[tuple]:
 def extract(text: str) -> dict:
     """Fields of one invoice text, by rules."""
     code = currency(text)
-    money = lambda value: f"{value:.2f} {code}"  # noqa: E731
     items, before = [], 0
     for q, p, a in triples(text):
-        items.append({"name": item_name(text, q[0], before), "quantity": int(q[2]), "unit_price": money(p[2]),
-                      "amount": money(a[2])})
+        items.append({"name": item_name(text, q[0], before), "quantity": int(q[2]), "unit_price": money(p[2], code),
+                      "amount": money(a[2], code)})
         before = a[1]
     total = None
     if m := TOTAL.search(text):
@@ -104,7 +107,7 @@ def extract(text: str) -> dict:
             read = read_money(capitals.group(), code)
             total = read if isinstance(read, str) else None  # NO_VALUE: capitals the reader refuses
         elif found := figures(rest):
-            total = money(found[0][2])
+            total = money(found[0][2], code)
     number, day = NUMBER.search(text), DATE.search(text)
     seller, buyer = parties(text)
     return {"invoice_number": number.group(1) if number else "", "date": day.group() if day else None,

@@ -27,7 +27,8 @@ from toolkit.tasks.invoice_zh.values import (BANKS, INDUSTRIES, PRODUCTS, REMARK
 
 LAYOUTS = {"normal": ("lines", "table", "email"), "unseen": ("english", "slip", "chat"),
            "train": ("lines", "table", "email", "inline")}
-CURRENCIES = {"CNY": 1, "USD": Decimal("7.1"), "EUR": Decimal("7.8")}  # CNY per unit: foreign prices from the list's
+# CNY a unit of each currency: a USD or EUR invoice's prices are the product list's CNY ones converted.
+CURRENCIES = {"CNY": 1, "USD": Decimal("7.1"), "EUR": Decimal("7.8")}
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December"]
 FIRST_DAY, DAYS = date(2023, 1, 1), 3 * 365
@@ -137,10 +138,12 @@ class InvoiceGenerator:
                 names.add(line.name)
                 lines.append(line)
         modern = r.random() < 0.6  # the 20-digit number of a fully digital invoice, else the older 8 digits
-        number = (f"{r.randint(23, 25)}{r.randint(11, 65)}" + "".join(r.choice("0123456789") for _ in range(16))
-                  if modern else "".join(r.choice("0123456789") for _ in range(8)))
+        number = f"{r.randint(23, 25)}{r.randint(11, 65)}{self.digits(16)}" if modern else self.digits(8)
         return Invoice(number, FIRST_DAY + timedelta(days=r.randrange(DAYS)), self.company(), self.buyer(),
                        tuple(lines), currency, r.choice(TAX_RATES))
+
+    def digits(self, n: int) -> str:
+        return "".join(self.rng.choice("0123456789") for _ in range(n))
 
     # ---- writing ------------------------------------------------------------------------------------------------
     def word(self, key: str) -> str:
@@ -156,7 +159,7 @@ class InvoiceGenerator:
         short = two.rstrip("0").rstrip(".")
         if plain:
             return r.choice([two, two, grouped])
-        european = f"{amount:,.2f}".replace(",", " ").replace(".", ",")
+        european = grouped.replace(",", " ").replace(".", ",")
         forms = {
             "CNY": [f"¥{grouped}", f"￥{two}", f"{short}元", f"{two}元", f"RMB {grouped}", f"人民币{two}元"],
             "USD": [f"${grouped}", f"USD {grouped}", f"{grouped} USD", f"US${two}", f"{short}美元"],
@@ -198,8 +201,7 @@ class InvoiceGenerator:
 
     def noise(self, inv: Invoice) -> list[str]:
         """Lines around the fields: codes and numbers that are none of them, people, a remark, the tax."""
-        r, out = self.rng, []
-        digits = lambda n: "".join(r.choice("0123456789") for _ in range(n))  # noqa: E731
+        r, digits = self.rng, self.digits
         sep = self.word("label_seps")
         if self.mode == "unseen":
             options = [f"经办人{sep}{self.faker.name()}", f"流水号{sep}LS{digits(10)}",
@@ -263,8 +265,8 @@ class InvoiceGenerator:
         rows = [col.join([self.item_name(ln), ln.unit, str(ln.quantity),
                           self.money(ln.unit_price, inv.currency, plain), self.money(ln.amount, inv.currency, plain),
                           f"{inv.tax_rate}%"]) for ln in inv.lines]
-        top = f"{self.labelled('number', inv.number)}{col}{self.labelled('date', self.day(inv.day))}"
-        top = [self.word("title"), top, *self.parties(inv, sep), *([self.currency_note(inv)] if plain else [])]
+        head = f"{self.labelled('number', inv.number)}{col}{self.labelled('date', self.day(inv.day))}"
+        top = [self.word("title"), head, *self.parties(inv, sep), *([self.currency_note(inv)] if plain else [])]
         return self.with_noise([*top, col.join(header), *rows, self.word("total") + sep + self.total_text(inv)], inv,
                                len(top))
 
@@ -272,18 +274,25 @@ class InvoiceGenerator:
         """One paragraph: who invoiced whom, when, the number, the items in a sentence, the total."""
         r = self.rng
         s, b = inv.seller, inv.buyer
-        tax = (lambda p: f"（{self.word('tax_id')}{p.tax_id}）" if p.tax_id else "")  # noqa: E731
-        items = "；".join(f"{ln.name}{ln.quantity}{ln.unit}，{self.word('unit_price')}{self.money(ln.unit_price, inv.currency)}"
-                         f"，{self.word('amount')}{self.money(ln.amount, inv.currency)}" for ln in inv.lines)
+        items = "；".join(f"{ln.name}{ln.quantity}{ln.unit}，{self.word('unit_price')}"
+                         f"{self.money(ln.unit_price, inv.currency)}，{self.word('amount')}"
+                         f"{self.money(ln.amount, inv.currency)}" for ln in inv.lines)
         when, number = self.day(inv.day), self.word("number") + inv.number
         total = f"{self.word('total')}{self.total_text(inv)}"
         if r.random() < 0.5:
-            text = (f"{r.choice(['您好', '王经理您好', '财务同事好', '李总好'])}，{s.name}{tax(s)}已于{when}向{b.name}"
-                    f"{tax(b)}开具发票，{number}。明细：{items}。{total}，请查收。")
+            text = (f"{r.choice(['您好', '王经理您好', '财务同事好', '李总好'])}，{s.name}{self.tax_note(s)}已于{when}向"
+                    f"{b.name}{self.tax_note(b)}开具发票，{number}。明细：{items}。{total}，请查收。")
         else:
-            text = (f"{r.choice(['麻烦', '请'])}核对：我司{b.name}{tax(b)}{when}收到{s.name}{tax(s)}开来的"
+            text = (f"{r.choice(['麻烦', '请'])}核对：我司{b.name}{self.tax_note(b)}{when}收到{s.name}{self.tax_note(s)}开来的"
                     f"{self.word('title')}，{number}，内容为{items}，{total}。{r.choice(['谢谢！', '', '如有问题请联系。'])}")
         return text
+
+    def tax_note(self, party: Party, labelled: bool = False) -> str:
+        """A party's tax id in brackets after its name, after a label word (and a separator, `labelled`); "" for
+        none."""
+        if not party.tax_id:
+            return ""
+        return f"（{self.labelled('tax_id', party.tax_id) if labelled else self.word('tax_id') + party.tax_id}）"
 
     def layout_inline(self, inv: Invoice) -> str:
         """One line of labelled values apart by a separator (the training pool's own layout)."""
@@ -317,13 +326,13 @@ class InvoiceGenerator:
     def layout_slip(self, inv: Invoice) -> str:
         """One line of labelled values; items written name x quantity @ price = amount."""
         sep = self.word("label_seps")
-        tax = (lambda p: f"（{self.labelled('tax_id', p.tax_id)}）" if p.tax_id else "")  # noqa: E731
         items = "；".join(f"{ln.name}×{ln.quantity}{ln.unit}@{self.money(ln.unit_price, inv.currency)}"
                          f"={self.money(ln.amount, inv.currency)}" for ln in inv.lines)
         parts = [f"【{self.word('title')}】", self.labelled("number", inv.number),
-                 self.labelled("date", self.day(inv.day)), self.labelled("seller", inv.seller.name + tax(inv.seller)),
-                 self.labelled("buyer", inv.buyer.name + tax(inv.buyer)), self.labelled("item", items),
-                 self.word("total") + sep + self.total_text(inv)]
+                 self.labelled("date", self.day(inv.day)),
+                 self.labelled("seller", inv.seller.name + self.tax_note(inv.seller, labelled=True)),
+                 self.labelled("buyer", inv.buyer.name + self.tax_note(inv.buyer, labelled=True)),
+                 self.labelled("item", items), self.word("total") + sep + self.total_text(inv)]
         return self.rng.choice([" ", " → ", "》"]).join(parts)
 
     def layout_chat(self, inv: Invoice) -> str:
