@@ -69,18 +69,13 @@ def xtk(*args: str, env: dict | None = None, check: bool = True) -> int:
 
 def fresh_pool(n: int) -> list[dict]:
     """n generated records ({id, text, label}) whose texts occur in no shipped logistics_zh file."""
-    from toolkit.tasks.logistics_zh.generate import LogisticsGenerator, normalise_text
+    from toolkit.data.generators import draw_unique, normalise_text
+    from toolkit.tasks.logistics_zh.generate import LogisticsGenerator
 
     data = ROOT / "datasets" / "logistics_zh"
     taken = {normalise_text(r["text"]) for f in ("pool.jsonl", "test.jsonl", "test_unseen.jsonl")
              for r in read_jsonl(data / f)}
-    gen, rows = LogisticsGenerator(SEED, "normal"), []
-    while len(rows) < n:
-        text, label = gen.record()
-        if (key := normalise_text(text)) not in taken:
-            taken.add(key)
-            rows.append({"id": f"noise-{len(rows) + 1:05d}", "text": text, "label": label})
-    return rows
+    return draw_unique(LogisticsGenerator(SEED, "normal").record, n, "noise", taken)
 
 
 def teacher_model(records: int) -> Path:

@@ -4,9 +4,9 @@ from collections import Counter
 import pytest
 
 from conftest import ROOT
-from toolkit.data.generators import generate
+from toolkit.data.generators import generate, normalise_text
 from toolkit.io.jsonl import read_jsonl
-from toolkit.tasks.logistics_zh.generate import (FORMATS, LogisticsGenerator, normalise_text, places,
+from toolkit.tasks.logistics_zh.generate import (FORMATS, LogisticsGenerator, places,
                                                  shared_district_names)
 
 DATA = ROOT / "datasets" / "logistics_zh"

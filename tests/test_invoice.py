@@ -19,7 +19,8 @@ from toolkit.task.money import read_money
 from toolkit.task.recipe import load_recipe
 from toolkit.task.scoring import compute_metrics, extract_json
 from toolkit.tasks.invoice_zh.baseline import answer
-from toolkit.tasks.invoice_zh.generate import LAYOUTS, InvoiceGenerator, normalise_text
+from toolkit.data.generators import normalise_text
+from toolkit.tasks.invoice_zh.generate import LAYOUTS, InvoiceGenerator
 from toolkit.tasks.invoice_zh.values import CREDIT_CHARS, CREDIT_WEIGHTS, ENGLISH, PRODUCTS, WORDS, capital
 
 RECIPE = ROOT / "recipes" / "invoice_zh.yaml"

