@@ -168,6 +168,8 @@ def distill_cpu_by_place(d: dict) -> str:
 
 
 def distill_cpu_curve(d: dict) -> str:
+    if "curve" not in d:  # the script was stopped after the flow's figures: they stand, the curve was not scored
+        return f"{provenance('distill_cpu', d)} This run scored no earlier checkpoints: no learning curve.\n"
     c = d["curve"]
     rows = []
     for a, b in zip(c["points"]["test"], c["points"]["test_unseen"]):
