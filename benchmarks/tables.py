@@ -417,9 +417,10 @@ def teacher_noise_headline(d: dict) -> str:
 
 def headline(d: dict) -> str:
     """README's one figure set: distill_cpu.json's whole-record exact match per model."""
+    roles = (("base", "base model (Gemma 3 270M), zero-shot"), ("rules", "rule baseline"),
+             ("student", "**fine-tuned student**"), ("resolved", "student + resolver"))
     rows = [[label, *(pct(d["headline"].get(f"{role}-{t}")) for t in ("test", "test_unseen"))]
-            for role, label in (("base", "base model (Gemma 3 270M), zero-shot"), ("rules", "rule baseline"),
-                                ("student", "**fine-tuned student**"), ("resolved", "student + resolver"))]
+            for role, label in roles if f"{role}-test" in d["headline"]]  # a file before tables had a resolver
     return (f"{provenance('distill_cpu', d)} `xtk run recipes/logistics_zh.yaml --profile cpu`, "
             f"{d['total_minutes']} min. Gemma 3 270M: {EMBEDDED['gemma3-270m'].weights}.\n\n" + table(["whole-record exact match %", "test.jsonl", "test_unseen.jsonl"], rows))
 
