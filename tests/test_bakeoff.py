@@ -146,8 +146,8 @@ def test_the_shipped_spec_loads_every_pair_with_the_students_own_type_and_templa
     b = load_spec(ROOT / "bakeoffs" / "cpu.yaml")
     assert b.out.as_posix() == "runs/bakeoff/cpu" and len(b.pairs) == 6
     assert b.tasks == ["logistics_zh", "msra_ner", "review_sentiment_zh"]
-    # review_sentiment_zh's cpu profile names SmolLM2 (llama/chatml), logistics_zh's Gemma: a pair of another
-    # student must not inherit the profile's type and template
+    # the cpu profiles name Gemma (gemma3_text): a pair of another student must not inherit the profile's type
+    # and template
     gemma = b.pair("review_sentiment_zh", "gemma3-270m").recipe.student
     smollm2 = b.pair("logistics_zh", "smollm2-135m-instruct").recipe.student
     assert (gemma.model, gemma.model_type, gemma.template) == ("gemma3-270m", "gemma3_text", "gemma3_text")
