@@ -136,6 +136,62 @@ def test_docs_state_the_scripts_estimate():
         assert f"**{BY_HAND[total]:.1f} min**" in doc
 
 
+# The range, each input at the end of its range that makes the stage shortest, then longest (gpu_flow.INPUTS):
+#   data          4,000 x 1 s / 16 = 250 s = 4.17 min;  4,000 x 6 s / 16 = 1,500 s = 25.0 min
+#   eval_base     34 s + 800 x 64 / 12,148 = 38.21 s = 0.64 min;  90 s + 800 x 256 / 8,588 = 113.85 s = 1.90 min
+#   train         1.3902e16 FLOP / (989.4e12 x 0.40) = 35.13 s, + 30 s = 65.13 s = 1.09 min;
+#                 / (989.4e12 x 0.10) = 140.51 s, + 180 s = 320.51 s = 5.34 min
+#   merge         15 s = 0.25 min;  90 s = 1.5 min
+#   eval_student  38.21 s = 0.64 min;  90 s + 800 x 64 / 8,588 = 95.96 s = 1.60 min
+#   eval_teacher  800 x 1 s / 16 = 50 s = 0.83 min;  800 x 6 s / 16 = 300 s = 5.0 min
+#   without the teacher 156.56 s = 2.6 min, 620.32 s = 10.3 min; with it 456.56 s = 7.6 min, 2,420.32 s = 40.3 min
+BY_HAND_RANGE = {"stages": {"data": [4.17, 25.0], "eval_base": [0.64, 1.9], "train": [1.09, 5.34],
+                            "merge": [0.25, 1.5], "eval_student": [0.64, 1.6], "eval_teacher": [0.83, 5.0]},
+                 "with_teacher": [7.6, 40.3], "without_teacher": [2.6, 10.3]}
+
+
+def test_the_range_is_the_hand_computation_and_every_input_is_sourced():
+    """Every input says where it comes from; an assumption always has a range around its value, a figure read
+    from this repository never has one; the estimate's range is the hand-worked one above."""
+    for name, i in gpu_flow.INPUTS.items():
+        low, high = i.range
+        assert i.source in gpu_flow.SOURCES and i.where, name
+        assert low <= i.value <= high, name
+        assert (low < high) if i.source == "assumption" else True, f"{name}: an assumption needs a range"
+        assert (low == high) if i.source == "repository" else True, f"{name}: read from a file, it has no range"
+    assert gpu_flow.expected_range() == BY_HAND_RANGE
+    assert gpu_flow.expected_minutes() == gpu_flow.expected_minutes(gpu_flow.PAPER)  # the ranges leave the centre
+
+
+def number(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+
+
+def test_docs_state_every_input_its_range_and_the_estimates_range():
+    """docs/gpu.md's inputs table has a row per input, with its value, range and kind, and its table of expected
+    minutes shows each stage's range and the totals' ranges."""
+    doc = (ROOT / "docs" / "gpu.md").read_text(encoding="utf-8")
+    for name, i in gpu_flow.INPUTS.items():
+        low, high = i.range
+        span = "—" if low == high else f"{number(low)}–{number(high)}"
+        assert f"| `{name}` | {number(i.value)} | {span} | {i.source} |" in doc, name
+    for stage, (low, high) in BY_HAND_RANGE["stages"].items():
+        row = next(line for line in doc.splitlines() if line.startswith(f"| `{stage}` |"))
+        assert f"| {low:.2f}–{high:.2f} |" in row, row
+    for total in ("with_teacher", "without_teacher"):
+        assert "range **{:.1f}–{:.1f} min**".format(*BY_HAND_RANGE[total]) in doc
+
+
+def test_the_gpu_install_path_is_marked_not_run_until_a_gpu_run_is_recorded():
+    """Until benchmarks/results/gpu_flow.json exists, nothing has run setup.sh's GPU branch or the gpu profile on a
+    GPU: the README, the set-up section and docs/gpu.md say so."""
+    if (ROOT / "benchmarks" / "results" / "gpu_flow.json").exists():
+        pytest.skip("measured on a GPU: the marks may go")
+    for doc in ("README.md", "docs/flow.md", "docs/gpu.md"):
+        text = " ".join((ROOT / doc).read_text(encoding="utf-8").split()).lower()
+        assert "not yet run on a gpu" in text, doc
+
+
 def test_gpu_flow_refuses_a_machine_without_a_gpu(tmp_path):
     """An empty PATH stands for a machine without nvidia-smi (so that the test says the same on a GPU runner): exit
     2, a message saying why, and the results file as it was (absent, or unchanged)."""
