@@ -79,6 +79,29 @@ def evaluated(recipe, run_dir: Path, model: Path, name: str) -> bool:
     return evaluations_current(ctx, named_model(ctx, str(model), name=name), recipe.data.test) is None
 
 
+def _predictions(run_dir: Path, names: tuple[str, str], test: str) -> dict[str, dict[str, dict]]:
+    from toolkit.io.jsonl import read_jsonl
+
+    return {name: {str(r["id"]): r for r in read_jsonl(run_dir / "eval" / f"{name}-{test}" / "predictions.jsonl")}
+            for name in names}
+
+
+def versus_field(run_dir: Path, first: str, second: str, test: str, field: str) -> dict:
+    """`first` against `second` on one field (invoice_zh's line items: the list right when every item is, items
+    aligned by similarity), on the records both were tested on: McNemar's exact test on the field right or wrong."""
+    from toolkit.maths.ranking import discordant, mcnemar, verdict
+
+    rows = _predictions(run_dir, (first, second), test)
+    right = [{k: bool(r["correct"][field]) for k, r in rows[name].items()} for name in (first, second)]
+    both, b, c = discordant(*right)
+    p = mcnemar(b, c)
+    return {"records": len(both), "field": field,
+            **{name: round(sum(r[k] for k in both) / max(len(both), 1), 4) for name, r in zip((first, second), right)},
+            "exact_match": {f"{first}_only_right": b, f"{second}_only_right": c, "p_mcnemar": round(p, 4)},
+            "decided_by": f"McNemar's exact test on {field} right or wrong", "verdict": verdict(
+                p < ALPHA and b > c, p < ALPHA and c > b)}
+
+
 def versus(recipe, run_dir: Path, first: str, second: str, test: str) -> dict:
     """`first` against `second` (evaluation names: eval/<name>-<test>/predictions.jsonl) on the records both were
     tested on, paired, with the bake-off's tests (toolkit/maths/ranking.py): McNemar's exact test on record exact match
@@ -87,11 +110,9 @@ def versus(recipe, run_dir: Path, first: str, second: str, test: str) -> dict:
     bootstrap interval of the difference above 0), "below" where it shows `first` behind, else "not shown"."""
     from toolkit.choose.bakeoff_scores import task_metric
     from toolkit.task.scoring import EXACT_MATCH
-    from toolkit.io.jsonl import read_jsonl
     from toolkit.maths.ranking import Evaluation, discordant, mcnemar, paired_difference, verdict
 
-    rows = {name: {str(r["id"]): r for r in read_jsonl(run_dir / "eval" / f"{name}-{test}" / "predictions.jsonl")}
-            for name in (first, second)}
+    rows = _predictions(run_dir, (first, second), test)
     both, b, c = discordant(*({k: bool(r["exact"]) for k, r in rows[name].items()} for name in (first, second)))
     metric = task_metric(recipe)
     a, z = (Evaluation([metric.unit(rows[name][k]) for k in both], metric.statistic) for name in (first, second))
@@ -122,6 +143,7 @@ def made_by(stages: dict, began: str) -> dict:
 
 def run(recipe: str, overrides: list[str], run_dir: Path, profile: str = "cpu") -> dict:
     """Run (or resume) one of the recipe's profiles and gather its figures."""
+    from toolkit.task.nested import is_nested
     from toolkit.task.recipe import load_recipe
 
     start, began = time.monotonic(), datetime.now().strftime("%Y-%m-%dT%H:%M:%S")
@@ -141,6 +163,11 @@ def run(recipe: str, overrides: list[str], run_dir: Path, profile: str = "cpu") 
               if f"student-{test}" in metrics and f"rules-{test}" in metrics}
     goals = {f"student beats the baseline on {test}": None if test not in paired
              else paired[test]["verdict"] == "beats" for test in tests if f"rules-{test}" in metrics}
+    # a list of objects (line items) is judged on its own too: whole records hide which part the student gets
+    lists = [f.name for f in loaded.fields if is_nested(f) and f.type == "list"]
+    by_field = {test: {f: versus_field(run_dir, "student", "rules", test, f) for f in lists} for test in paired}
+    goals |= {f"student beats the baseline on {f} on {test}": by_field[test][f]["verdict"] == "beats"
+              for test in by_field for f in lists}
     made = made_by(stages, began)
     return {
         **provenance(made["one_run"]),
@@ -162,6 +189,7 @@ def run(recipe: str, overrides: list[str], run_dir: Path, profile: str = "cpu") 
         "evaluations": metrics,
         "goals": goals,
         "student_vs_baseline": paired,
+        **({"student_vs_baseline_by_field": by_field} if lists else {}),
         "versions": manifest.get("versions"),
     }
 
