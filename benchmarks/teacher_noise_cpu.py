@@ -14,9 +14,13 @@ text after normalisation), one run measures:
   generator's gold over every answer, rejected ones too (an answer with no JSON counts as wrong);
 - the same student (the cpu profile) trained on the pool's (a) gold labels, (b) every teacher answer that parses
   into the recipe's fields, the gate's rejects included (trained under a copy of the recipe without its closed
-  sets, which prepare would enforce; scored like the others under the shipped one), (c) only the labels the gate accepts, (d) the labels
-  `--votes 3` at temperature 0.8 accepts; each scored on the first --limit records of every test file, compared in
-  pairs on the same records (McNemar's exact test and a paired bootstrap: toolkit/maths/ranking.py);
+  sets, which prepare would enforce; scored like the others under the shipped one), (c) only the labels the gate
+  accepts as answered (the gate without repair: a label the recipe's table repaired counts as rejected), (d)
+  the same of `--votes 3` at temperature 0.8, (e) (b) drawn at random down to (c)'s row count, so that what the
+  gate chose is told apart from how many rows it left, and (f) (b) with the table's repair applied as `xtk label`
+  applies it (an answer the table cannot repair uniquely dropped); each scored on the first --limit records of
+  every test file, compared in pairs on the same records (McNemar's exact test and a paired bootstrap:
+  toolkit/maths/ranking.py);
 - `xtk synth` against the same server: its smoke batch (64 inputs asked for, no --yes), written from 10 of the
   pool's strings.
 The teacher is asked with the prompt it was trained on (the profile's prompts.student), greedy, as xtk evaluated it.
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -55,11 +60,17 @@ SYNTH_N = 64
 ALPHA = 0.05
 SETS = {"a": "gold labels", "b": "every teacher answer that parses (the gate's rejects included; trained under the "
         "recipe without its closed sets)",
-        "c": "the labels the gate accepts", "d": "the labels --votes 3 at temperature 0.8 accepts"}
+        "c": "the labels the gate accepts (as answered: one the table repaired counts as rejected)",
+        "d": "the labels --votes 3 at temperature 0.8 accepts (as answered)",
+        "e": "every teacher answer that parses, drawn at random down to (c)'s row count",
+        "f": "every teacher answer that parses, repaired by the recipe's table (the unrepairable ones dropped)"}
+OPEN_SETS = ("b", "e")  # may hold a place outside a closed set: trained under the recipe without them
 # vLLM without torch.compile: minutes less a start here, and this file measures accuracy, not speed
 EAGER = ["eval.vllm.enforce_eager=true"]
 PAIRS = (("c", "b", "what the gate recovers"), ("a", "b", "what the teacher's noise costs"),
-         ("a", "c", "what the gate leaves"), ("d", "c", "what voting adds to the gate"))
+         ("a", "c", "what the gate leaves"), ("d", "c", "what voting adds to the gate"),
+         ("e", "b", "what fewer rows cost"), ("e", "c", "chance against the gate's choice, as many rows"),
+         ("f", "b", "what the table's repair does to every answer"), ("f", "c", "repairing against rejecting"))
 
 
 def xtk(*args: str, env: dict | None = None, check: bool = True) -> int:
@@ -128,18 +139,59 @@ def stop(server: subprocess.Popen) -> None:
 
 
 def every_answer(recipe, folder: Path) -> list[dict]:
-    """Set (b): the accepted labels, and each rejected answer that parses into the recipe's fields with their
-    types (what prepare takes), whatever the gate found wrong with it."""
+    """Set (b): the accepted labels as the teacher answered them (the table's repair undone), and each rejected
+    answer that parses into the recipe's fields with their types (what prepare takes), whatever the gate found
+    wrong with it."""
     from toolkit.task.fields import type_problem
     from toolkit.task.scoring import extract_json
 
-    rows = [{"id": r["id"], "text": r["text"], "label": r["label"]} for r in read_jsonl(folder / "labelled.jsonl")]
+    rows = [{"id": r["id"], "text": r["text"], "label": answered(r)} for r in read_jsonl(folder / "labelled.jsonl")]
     for r in load_journal(folder / "rejects.jsonl"):
         parsed = extract_json(r["raw"]) if r.get("raw") else None
         if parsed is not None and set(parsed) == set(recipe.field_names) and \
                 not any(type_problem(f, parsed[f.name]) for f in recipe.fields):
             rows.append({"id": r["id"], "text": r["text"], "label": {f: parsed[f] for f in recipe.field_names}})
     return sorted(rows, key=lambda r: r["id"])
+
+
+def answered(row: dict) -> dict:
+    """A labelled row's label as the teacher answered it: `xtk label` keeps, for each field the recipe's table
+    repaired, [as answered, as repaired]."""
+    return {**row["label"], **{f: was for f, (was, _) in row.get("repaired", {}).items()}}
+
+
+def gated(folder: Path) -> list[dict]:
+    """Sets (c) and (d): the labels the gate accepted as answered, the gate without repair (a label the table
+    repaired counts as rejected), so that (f) against (c) measures repairing against rejecting."""
+    return [{"id": r["id"], "text": r["text"], "label": r["label"]} for r in read_jsonl(folder / "labelled.jsonl")
+            if not r.get("repaired")]
+
+
+def size_matched(rows: list[dict], n: int, seed: int = SEED) -> list[dict]:
+    """Set (e): n of `rows` drawn at random (seeded), in id order: as many rows as the gate kept, none chosen by it."""
+    if n > len(rows):
+        raise ValueError(f"cannot draw {n} rows from {len(rows)}")
+    return sorted(random.Random(seed).sample(rows, n), key=lambda r: r["id"])
+
+
+def repaired(recipe, rows: list[dict]) -> list[dict]:
+    """Set (f): each row's label with the recipe's tables' repair applied, as `xtk label` applies it (a combination
+    the table makes unique is completed, values normalised); a row the table cannot repair is dropped."""
+    from toolkit.data.label import repair_label
+
+    out = []
+    for r in rows:
+        label, _, _ = repair_label(recipe, r["text"], r["label"])
+        if label is not None:
+            out.append({**r, "label": label})
+    return out
+
+
+def label_sets(recipe, gold_rows: list[dict]) -> dict[str, list[dict]]:
+    """The students' training sets, {"a": ..., "f": ...} as SETS names them, from the label folders under WORK."""
+    answers, accepted = every_answer(recipe, WORK / "label-1"), gated(WORK / "label-1")
+    return {"a": gold_rows, "b": answers, "c": accepted, "d": gated(WORK / "label-3"),
+            "e": size_matched(answers, len(accepted)), "f": repaired(recipe, answers)}
 
 
 def open_recipe() -> Path:
@@ -205,7 +257,8 @@ def earlier_parts() -> dict[str, str]:
     import datetime
 
     folders = {"teacher": "teacher", "gate": "gate", "labels, votes 1": "label-1", "labels, votes 3": "label-3",
-               "synth": "synth", **{f"student {k}": f"student-{k}" for k in SETS}, "student b scored": "student-b-scored"}
+               "synth": "synth", **{f"student {k}": f"student-{k}" for k in SETS},
+               **{f"student {k} scored": f"student-{k}-scored" for k in OPEN_SETS}}
     return {part: datetime.datetime.fromtimestamp((WORK / f).stat().st_mtime).isoformat(timespec="seconds")
             for part, f in folders.items() if (WORK / f).exists()}
 
@@ -259,16 +312,14 @@ def main() -> None:
         stop(server)
 
     gate = json.loads((gate_run / "manifest.json").read_text(encoding="utf-8"))["stages"]["teacher_gate"]
-    answers = every_answer(recipe, WORK / "label-1")
-    sets = {"a": gold_rows, "b": answers, "c": read_jsonl(WORK / "label-1" / "labelled.jsonl"),
-            "d": read_jsonl(WORK / "label-3" / "labelled.jsonl")}
-    by_answer = {r["id"]: r["label"] for r in answers}
+    sets = label_sets(recipe, gold_rows)
+    by_answer = {r["id"]: r["label"] for r in sets["b"]}
     teacher_vs_gold = compute_metrics(recipe, [{"parsed": by_answer.get(i), "gold": g} for i, g in gold.items()])
     students, exact = {}, {}
     for name, rows in sets.items():
         path = write_jsonl(WORK / f"set-{name}.jsonl", [{"id": r["id"], "text": r["text"], "label": r["label"]}
                                                          for r in rows])
-        run = trained(name, path, args.limit, open_recipe() if name == "b" else RECIPE)
+        run = trained(name, path, args.limit, open_recipe() if name in OPEN_SETS else RECIPE)
         exact[name] = scored(recipe, run)
         labels_right = sum(r["label"] == gold[r["id"]] for r in rows)
         students[name] = {"trained_on": SETS[name], "rows": len(rows), "rows_equal_to_gold": labels_right,

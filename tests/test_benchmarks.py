@@ -223,6 +223,60 @@ def test_every_teacher_answer_is_the_accepted_labels_and_the_rejects_that_parse(
                            {"id": r2["id"], "text": r2["text"], "label": r2["label"]}], key=lambda r: r["id"])
 
 
+def test_the_arms_are_built_from_the_label_folders(tmp_path, monkeypatch):
+    """Six test records as a label folder holds them: r1, r2 accepted as answered; r3 accepted after the table
+    repaired its province; r4 rejected (before labels were repaired) for a province that 阳泉市's 城区 does not lie
+    in; r5 for a district that does not exist; r6 ungrounded. (b) holds all six as answered; (c) the two accepted
+    as answered; (d) the one --votes 3 accepted as answered; (e) two of (b) (as many as (c)); (f) (b) repaired:
+    r3 and r4 take the province their county lies in, r5 is dropped, r6 stays (the table has nothing against it)."""
+    monkeypatch.setattr(teacher_noise, "WORK", tmp_path)
+    recipe = load_recipe(RECIPE, "cpu")
+    r1, r2, r3, r4, r5, r6 = list(read_jsonl(recipe.path(recipe.data.test[0])))[:6]
+    assert (r3["label"]["province"], r4["label"]["city"], r4["label"]["district"]) == ("陕西省", "阳泉市", "城区")
+
+    def row(r, **extra):
+        return {"id": r["id"], "text": r["text"], "label": r["label"], "key": "k", **extra}
+
+    def reject(r, reason, **label):
+        return {"id": r["id"], "text": r["text"], "reason": reason,
+                "raw": json.dumps({**r["label"], **label}, ensure_ascii=False)}
+
+    write_jsonl(tmp_path / "label-1" / "labelled.jsonl",
+                [row(r1), row(r2), row(r3, repaired={"province": ["湖北省", "陕西省"]})])
+    write_jsonl(tmp_path / "label-1" / "rejects.jsonl", [
+        reject(r4, "not allowed", province="河北省"), reject(r5, "not in the table", district="滨江西路区"),
+        reject(r6, "ungrounded", name="不在文中")])
+    write_jsonl(tmp_path / "label-3" / "labelled.jsonl", [row(r1), row(r2, repaired={"city": ["益阳", "益阳市"]})])
+    write_jsonl(tmp_path / "label-3" / "rejects.jsonl", [])
+    sets = teacher_noise.label_sets(recipe, [r1])
+
+    def ids(name):
+        return [r["id"] for r in sets[name]]
+
+    assert set(sets) == set(teacher_noise.SETS) and sets["a"] == [r1]
+    assert ids("b") == [r["id"] for r in (r1, r2, r3, r4, r5, r6)]
+    assert {r["id"]: r["label"] for r in sets["b"]}[r3["id"]] == {**r3["label"], "province": "湖北省"}
+    assert ids("c") == [r1["id"], r2["id"]] and ids("d") == [r1["id"]]
+    assert len(sets["e"]) == len(sets["c"]) and all(r in sets["b"] for r in sets["e"])
+    assert ids("f") == [r["id"] for r in (r1, r2, r3, r4, r6)]
+    fixed = {r["id"]: r["label"] for r in sets["f"]}
+    assert fixed[r3["id"]] == r3["label"] and fixed[r4["id"]] == r4["label"]
+    assert fixed[r6["id"]]["name"] == "不在文中"
+    assert teacher_noise.label_sets(recipe, [r1])["e"] == sets["e"]  # the same seed draws the same rows
+
+
+def test_the_size_matched_draw_is_seeded_exact_and_from_every_row():
+    """Ten rows drawn down to four: exactly four, in id order, the same for a seed; over 40 seeds every row is
+    drawn at least once (none is favoured by where it came from); more rows than there are is an error."""
+    rows = [{"id": f"r{i}", "text": str(i), "label": {}} for i in range(10)]
+    draws = [teacher_noise.size_matched(rows, 4, seed) for seed in range(40)]
+    assert all(len(d) == 4 and d == sorted(d, key=lambda r: r["id"]) for d in draws)
+    assert teacher_noise.size_matched(rows, 4, 7) == draws[7] and draws[7] != draws[8]
+    assert {r["id"] for d in draws for r in d} == {r["id"] for r in rows}
+    with pytest.raises(ValueError, match="cannot draw 11 rows from 10"):
+        teacher_noise.size_matched(rows, 11)
+
+
 def test_set_b_trains_under_a_recipe_with_no_closed_sets_and_only_that_differs(tmp_path, monkeypatch):
     """Most of a real teacher's rejected answers name a place outside a closed set (92 of 94 in the first run),
     and prepare refuses those under the shipped recipe: set (b) trains under a copy without the closed sets, which

@@ -138,6 +138,34 @@ def test_a_verdict_is_computed_from_the_p_value_never_read_from_the_file(tmp_pat
     assert row("a vs c").endswith("| < 0.0001 | shown better at 5% |")  # the file rounds p to 4 places: 0.0
 
 
+def test_an_arm_the_file_predates_is_not_yet_measured_until_the_file_has_it(tmp_path):
+    """teacher_noise_cpu.json was written before the size-matched (e) and repaired (f) arms: the tables show each as
+    not yet measured, never a figure. A copy of the file with (f) against (c) measured shows its figure and the
+    verdict its p-value gives."""
+    results = tmp_path / "results"
+    results.mkdir()
+    data = json.loads((ROOT / "benchmarks" / "results" / "teacher_noise_cpu.json").read_text(encoding="utf-8"))
+
+    def lines(name: str) -> list[str]:
+        (results / "teacher_noise_cpu.json").write_text(json.dumps(data), encoding="utf-8")
+        return tables.render(name, results, stale=False).splitlines()
+
+    assert "f vs c" not in data["paired"] and "f" not in data["students"]
+    full, headline = lines("teacher_noise_cpu"), lines("teacher_noise_headline")
+    for pair in ("e vs b", "e vs c", "f vs b", "f vs c"):
+        assert next(x for x in full if x.startswith(f"| {pair} |")).endswith("| not yet measured | — | — | — |")
+    assert any(x.startswith("| (e) ") and x.endswith("| — | — | not yet measured |") for x in full)
+    assert next(x for x in headline if "| (f) vs (c) |" in x).endswith("| (f) vs (c) | not yet measured | — | — |")
+    data["paired"]["f vs c"] = {"question": "repairing against rejecting", "records": 300, "first_only_right": 30,
+                                "second_only_right": 12, "p_mcnemar": 0.008,
+                                "difference": {"value": 0.06, "ci95": [0.02, 0.1]}}
+    row = next(x for x in lines("teacher_noise_headline") if "| (f) vs (c) |" in x)
+    assert row.endswith("| (f) vs (c) | +6.0 [+2.0, +10.0] | 0.008 | shown better at 5% |")
+    data["paired"]["f vs c"]["p_mcnemar"] = 0.3
+    assert next(x for x in lines("teacher_noise_cpu") if x.startswith("| f vs c |")).endswith(
+        "| 30 / 12 | 0.3 | not shown at 5% |")
+
+
 def test_a_bootstrap_verdict_is_read_from_its_interval(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
