@@ -4,12 +4,13 @@ file scored against the merged student)."""
 from __future__ import annotations
 
 import json
+from contextlib import suppress
 
 from toolkit.cli.resolve import console, open_to_use, run_recipe
 from toolkit.deploy.export import run_export
 from toolkit.deploy.predict import check_out, local_answerer, predict_role, ray_answerer, read_texts, run_predict, \
     student_backend
-from toolkit.deploy.serve import make_app
+from toolkit.deploy.serve import Limits, make_app, server
 from toolkit.io.errors import StageError
 from toolkit.run.identity import predict_key
 
@@ -34,14 +35,17 @@ def cmd_predict(args) -> None:
 
 
 def cmd_serve(args) -> None:
-    import uvicorn
-
     recipe, run = run_recipe(args)  # not its training data: predict_role checks what answering needs
     r = predict_role(recipe, args.model, run)
+    limits = Limits(max_records=args.max_records, read_seconds=args.read_timeout, queue_seconds=args.queue_timeout,
+                    drain_seconds=args.drain_timeout)
     backend = student_backend(recipe, r)
     try:
         console.print(f"serve: {r.model} on http://{args.host}:{args.port} (POST /extract, GET /health)")
-        uvicorn.run(make_app(recipe, backend, r), host=args.host, port=args.port, log_level="warning")
+        # uvicorn, stopped by SIGTERM or Ctrl-C after draining, raises that signal again: the server stopped as
+        # asked, so it ends here as uvicorn.run ends it, not as an interrupted command (exit 0, nothing to resume)
+        with suppress(KeyboardInterrupt):
+            server(make_app(recipe, backend, r, limits), args.host, args.port, limits).run()
     finally:
         backend.close()
 

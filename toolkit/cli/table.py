@@ -13,6 +13,7 @@ from toolkit.cli.authoring import cmd_advise, cmd_data_generate, cmd_init, cmd_m
 from toolkit.cli.deploy import cmd_export, cmd_predict, cmd_serve
 from toolkit.cli.runs import cmd_bakeoff, cmd_eval, cmd_report, cmd_run, stage_command
 from toolkit.cli.teacher import cmd_label, cmd_synth
+from toolkit.deploy.serve import Limits
 from toolkit.flow.pipeline import STAGE_NAMES
 from toolkit.infer.backends import BACKENDS, backend_names
 from toolkit.model.models import EMBEDDED
@@ -91,6 +92,7 @@ HOURLY = A("--hourly", type=positive(float), metavar="PRICE",
                 "(default: not priced)")
 YES_COST = A("--yes", action="store_true", help="label even when the printed estimate is over "
              "teacher.confirm_above, without asking (for scripts: without a terminal it is refused otherwise)")
+LIMITS = Limits()  # serve's flags' defaults
 STAGE_LIST = ", ".join(STAGE_NAMES)
 EMBEDDED_LIST = ", ".join(EMBEDDED)
 
@@ -205,6 +207,14 @@ COMMANDS: tuple[Command, ...] = (
                 A(*MODEL.flags, default="student", **MODEL.options),
                 A("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all) (default: 127.0.0.1)"),
                 A("--port", type=int, default=8000, help="port (default: 8000)"),
+                A("--max-records", type=positive(int), default=LIMITS.max_records, metavar="N",
+                  help="texts in one /extract request; more get 413 (the body's size limit follows from it)"),
+                A("--read-timeout", type=positive(float), default=LIMITS.read_seconds, metavar="SECONDS",
+                  help="to receive a request's body; a client sending slower gets 408 and is dropped"),
+                A("--queue-timeout", type=positive(float), default=LIMITS.queue_seconds, metavar="SECONDS",
+                  help="a request waiting this long for the engine gets 503 with Retry-After and leaves the queue"),
+                A("--drain-timeout", type=positive(float), default=LIMITS.drain_seconds, metavar="SECONDS",
+                  help="after SIGTERM, for the requests in flight to finish before the server exits"),
             )),
     Command("export", "the student as a GGUF file (llama.cpp's converter) with an Ollama Modelfile, scored by "
             "llama.cpp beside the merged student: exit 1 when it loses more than export.max_drop", cmd_export,

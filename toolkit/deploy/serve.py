@@ -7,15 +7,23 @@ One engine answers every request: a worker thread takes whatever requests are wa
 texts) and answers them as one batch, so concurrent clients share forward passes as an offline batch does.
 A request that is not JSON, whose text is not a string or a list of strings, is empty, or is longer than the
 model's context gets a 4xx with a JSON `error`; the server keeps serving.
+
+What a request may ask and how long it may take are its Limits: a body over its size or more texts than
+max_records gets 413, a body not received within read_seconds 408 (the connection closed), a request that waits
+queue_seconds without reaching the engine 503 with Retry-After (it leaves the queue), and a client that leaves
+takes its request out of the queue (an answer under way is discarded). After SIGTERM, uvicorn stops accepting,
+lets the requests in flight finish for up to drain_seconds, and returns.
 """
 
 import asyncio
 import json
+import math
 import queue
 import threading
 import time
 import uuid
 from concurrent.futures import Future
+from dataclasses import dataclass
 
 from toolkit.evaluate.evaluation import extract, refused
 from toolkit.task.recipe import Recipe
@@ -25,9 +33,24 @@ from toolkit.task.recipe import Recipe
 # only: `xtk serve` alone needs it) is not.
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server and how long it may take (xtk serve's flags)."""
+    max_records: int = 64  # texts in one /extract request
+    read_seconds: float = 30.0  # to receive a request's body: a client sending slower gets 408 and is dropped
+    queue_seconds: float = 60.0  # to reach the engine: past it, 503 with Retry-After and the request is dropped
+    drain_seconds: float = 5.0  # after SIGTERM, for the requests in flight (uvicorn's timeout_graceful_shutdown)
+
+    def max_body_bytes(self, max_chars: int) -> int:
+        """The largest body worth reading: max_records texts of `max_chars` characters, each character written
+        as the longest JSON escape (a surrogate pair, 12 bytes), and room for the rest of the object."""
+        return self.max_records * max_chars * 12 + 65536
+
+
 class Batcher:
     """The engine's one thread: requests queue up and are answered together, in arrival order. Texts for
-    /extract share a batch; a chat of /v1/chat/completions (its own messages) runs as a batch of one."""
+    /extract share a batch; a chat of /v1/chat/completions (its own messages) runs as a batch of one. A request
+    whose future was cancelled before the engine took it (its client gave up) is skipped."""
 
     def __init__(self, recipe: Recipe, backend, system: str):
         self.recipe, self.backend, self.system = recipe, backend, system
@@ -47,11 +70,27 @@ class Batcher:
         self.queue.put((None, (messages, max_tokens), future))
         return future
 
+    def queued(self) -> int:
+        """Requests waiting for the engine (not counting those whose client gave up)."""
+        with self.queue.mutex:
+            return sum(not future.cancelled() for *_, future in self.queue.queue)
+
+    def _take(self, block: bool):
+        """The next waiting request that is still wanted, now marked running (it can no longer be cancelled);
+        None where none waits and `block` is False."""
+        while True:
+            try:
+                item = self.queue.get(block)
+            except queue.Empty:
+                return None
+            if item[2].set_running_or_notify_cancel():
+                return item
+
     def _loop(self) -> None:
         size = self.recipe.eval.batch_size
         held = None  # a chat met while gathering texts: answered right after their batch
         while True:
-            first = held or self.queue.get()
+            first = held or self._take(block=True)
             held = None
             if first[1] is not None:
                 messages, max_tokens = first[1]
@@ -60,9 +99,8 @@ class Batcher:
             waiting = [first]
             n = len(first[0])
             while n < size:
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
+                item = self._take(block=False)
+                if item is None:
                     break
                 if item[1] is not None:
                     held = item
@@ -97,13 +135,25 @@ def answer_json(recipe: Recipe, x) -> dict:
             "problems": x.problems, "raw": x.raw}
 
 
-def request_problem(body, max_chars: int) -> tuple[int, str] | None:
+def unicode_problem(text: str) -> str | None:
+    """Why `text` cannot be answered as Unicode (a lone surrogate, which JSON's \\ud800 escape can carry but no
+    tokenizer or UTF-8 answer can), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"is not valid Unicode ({exc.reason} at character {exc.start})"
+    return None
+
+
+def request_problem(body, max_chars: int, max_records: int) -> tuple[int, str] | None:
     """(HTTP status, why) for a body /extract cannot answer, None for {"text": str} or {"text": [str, ...]}."""
     if not isinstance(body, dict) or "text" not in body:
         return 422, 'expected a JSON object {"text": "..."} or {"text": ["...", ...]}'
     texts = body["text"] if isinstance(body["text"], list) else [body["text"]]
     if not texts:
         return 422, "text is an empty list"
+    if len(texts) > max_records:
+        return 413, f"text has {len(texts)} texts, over this server's --max-records={max_records}: send them in parts"
     for i, t in enumerate(texts):
         where = f"text[{i}]" if isinstance(body["text"], list) else "text"
         if not isinstance(t, str):
@@ -112,6 +162,8 @@ def request_problem(body, max_chars: int) -> tuple[int, str] | None:
             return 422, f"{where} is empty"
         if len(t) > max_chars:
             return 413, f"{where} is {len(t)} characters, over data.max_input_chars={max_chars}"
+        if why := unicode_problem(t):
+            return 422, f"{where} {why}"
     return None
 
 
@@ -125,6 +177,8 @@ def chat_problem(body, max_chars: int, max_tokens: int) -> tuple[int, str] | Non
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
                 or not isinstance(m.get("content"), str):
             return 422, f"messages[{i}] must be {{\"role\": \"system\"|\"user\"|\"assistant\", \"content\": a string}}"
+        if why := unicode_problem(m["content"]):
+            return 422, f"messages[{i}].content {why}"
     if sum(len(m["content"]) for m in body["messages"]) > max_chars:
         return 413, f"the messages are over data.max_input_chars={max_chars} characters"
     if body.get("stream"):
@@ -139,37 +193,94 @@ def chat_problem(body, max_chars: int, max_tokens: int) -> tuple[int, str] | Non
     return None
 
 
-def make_app(recipe: Recipe, backend, r):
+def make_app(recipe: Recipe, backend, r, limits: Limits = Limits()):
     """The FastAPI app around one engine (`backend`, built for role `r` by toolkit.deploy.predict.student_backend)."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, Request, Response
     from fastapi.responses import JSONResponse
 
     batcher = Batcher(recipe, backend, recipe.prompt(r.prompt))
     app = FastAPI(title=f"xtk serve {recipe.name}")
+    max_chars, max_body = recipe.data.max_input_chars, limits.max_body_bytes(recipe.data.max_input_chars)
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+    def left() -> Response:
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it
 
-    async def checked(request: Request, problem) -> tuple[object, JSONResponse | None]:
-        """The request's JSON body, and the 4xx answer where it is not JSON or `problem(body)` refuses it."""
+    def error(status: int, message: str, **headers: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    async def body_of(request: Request) -> tuple[bytes, Response | None]:
+        """The request's body, or the answer for one that is too large (413) or too slow (408); both close the
+        connection, as the rest of the body is never read."""
+        def too_large() -> JSONResponse:
+            return error(413, f"the body is over this server's limit of {max_body} bytes", Connection="close")
+
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body:
+            return b"", too_large()
+        body = bytearray()
         try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as exc:
-            return None, error(400, f"the body is not JSON ({exc})")
+            async with asyncio.timeout(limits.read_seconds):
+                while True:  # the ASGI messages Request.stream() reads, with the size checked as they come
+                    message = await request.receive()
+                    if message["type"] == "http.disconnect":
+                        return b"", left()
+                    body += message.get("body", b"")
+                    if len(body) > max_body:
+                        return b"", too_large()
+                    if not message.get("more_body"):
+                        return bytes(body), None
+        except TimeoutError:
+            return b"", error(408, f"the body did not arrive within {limits.read_seconds:g} s", Connection="close")
+
+    async def checked(request: Request, problem) -> tuple[object, Response | None]:
+        """The request's JSON body, and the 4xx answer where it is not JSON or `problem(body)` refuses it."""
+        raw, refusal = await body_of(request)
+        if refusal:
+            return None, refusal
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: [[[[... nested too deep
+            return None, error(400, f"the body is not JSON ({str(exc)[:200]})")
         why = problem(body)
         return body, error(*why) if why else None
 
+    async def answered(request: Request, future: Future) -> tuple[object, Response | None]:
+        """The engine's answer to `future` (its error raised), or the answer for a request that got none: 503 with
+        Retry-After where it waited limits.queue_seconds without reaching the engine (it leaves the queue), 499
+        where the client left first (it leaves the queue; an answer already under way is discarded)."""
+        waiting = asyncio.wrap_future(future)
+        gone = asyncio.ensure_future(request.receive())  # after the body, the next message is http.disconnect
+        try:
+            done, _ = await asyncio.wait({waiting, gone}, timeout=limits.queue_seconds,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done and not future.cancel():  # the engine took it in time: its answer is worth waiting for
+                done, _ = await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also where this handler is cancelled (a drain past its deadline)
+            gone.cancel()
+            future.cancel()
+            if not waiting.done():
+                waiting.cancel()
+        if waiting in done:
+            return waiting.result(), None
+        if done:
+            return None, left()
+        return None, error(503, f"the engine is busy: this request waited {limits.queue_seconds:g} s without "
+                                "reaching it; retry later", **{"Retry-After": str(math.ceil(limits.queue_seconds))})
+
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "recipe": recipe.name, "model": r.model, "fields": recipe.field_names}
+        return {"status": "ok", "recipe": recipe.name, "model": r.model, "fields": recipe.field_names,
+                "queued": batcher.queued()}
 
     @app.post("/extract")
     async def extract(request: Request):
-        body, refusal = await checked(request, lambda b: request_problem(b, recipe.data.max_input_chars))
+        body, refusal = await checked(request, lambda b: request_problem(b, max_chars, limits.max_records))
         if refusal:
             return refusal
         texts = body["text"] if isinstance(body["text"], list) else [body["text"]]
-        answers = await asyncio.wrap_future(batcher.submit(texts))
+        answers, refusal = await answered(request, batcher.submit(texts))
+        if refusal:
+            return refusal
         too_long = [(i, x.refused) for i, x in enumerate(answers) if x.refused]
         if too_long:
             i, why = too_long[0]
@@ -190,18 +301,21 @@ def make_app(recipe: Recipe, backend, r):
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         cap = recipe.eval.max_new_tokens
-        body, refusal = await checked(request, lambda b: chat_problem(b, recipe.data.max_input_chars, cap))
+        body, refusal = await checked(request, lambda b: chat_problem(b, max_chars, cap))
         if refusal:
             return refusal
         if body.get("model") not in (None, served, r.model):
             return error(404, f"model {body['model']!r} is not served here; /v1/models lists {served!r}")
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens")) or cap
         try:
-            [g] = await asyncio.wrap_future(batcher.chat(body["messages"], max_tokens))
+            answers, refusal = await answered(request, batcher.chat(body["messages"], max_tokens))
         except Exception as exc:
             if refused(exc):
                 return error(413, f"the messages are longer than the model's context: {exc}")
             raise
+        if refusal:
+            return refusal
+        [g] = answers
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": served, "choices": [{"index": 0, "message": {"role": "assistant", "content": g.text},
                                               "finish_reason": "length" if g.completion_tokens >= max_tokens
@@ -209,3 +323,12 @@ def make_app(recipe: Recipe, backend, r):
                 "usage": {"completion_tokens": g.completion_tokens}}
 
     return app
+
+
+def server(app, host: str, port: int, limits: Limits = Limits()):
+    """The uvicorn server for `app`: SIGTERM (or Ctrl-C) stops accepting and drains the requests in flight for
+    limits.drain_seconds; an idle keep-alive connection is closed after 5 s. `.run()` serves until then."""
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_keep_alive=5,
+                                         timeout_graceful_shutdown=limits.drain_seconds))
