@@ -48,7 +48,7 @@ def timed(answer, chats: list) -> tuple[dict, list[str]]:
 def measure(recipe, gguf: Path, chats: list) -> dict:
     from llama_cpp import LlamaGrammar
 
-    from toolkit.infer.llamacpp import LlamaCppBackend, json_grammar, threads
+    from toolkit.infer.llamacpp import LlamaCppBackend, json_grammar
 
     max_tokens = recipe.eval.max_new_tokens
     t0 = time.perf_counter()
@@ -74,7 +74,7 @@ def measure(recipe, gguf: Path, chats: list) -> dict:
         vocabulary = backend.llm.n_vocab()
     finally:
         backend.close()
-    return {"gguf_bytes": gguf.stat().st_size, "vocabulary": vocabulary, "threads": threads(),
+    return {"gguf_bytes": gguf.stat().st_size, "vocabulary": vocabulary, "threads": backend.threads.count,
             "load_seconds": round(load, 1),
             "xtk_grammar_check": xtk, "llama_cpp_python_grammar_sampler": sampler, "free": free,
             "speedup_over_grammar_sampler": round(sampler["seconds_per_record"] / xtk["seconds_per_record"], 2),

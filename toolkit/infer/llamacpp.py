@@ -17,9 +17,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from toolkit.io.errors import StageError
 from toolkit.io.jsonl import open_own
@@ -43,10 +45,56 @@ def _llama_cpp():
     return llama_cpp
 
 
-def threads() -> int:
-    """OMP_NUM_THREADS where set (sft.sh and the tests set 1), else every usable core. llama.cpp's threads spin
-    while they wait: on 2 busy cores, 2 threads took 6x the CPU time of 1 for the same tokens."""
-    return int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
+@dataclass(frozen=True)
+class Threads:
+    """How many threads llama.cpp computes with (n_threads and n_threads_batch), and why."""
+
+    count: int
+    why: str
+
+
+def choose_threads(omp: str | None, usable: int, quota: float | None, idle: float) -> Threads:
+    """The one rule for llama.cpp's threads. OMP_NUM_THREADS where set (sft.sh and the tests set 1; its first
+    level where it lists several), else one thread per core this process may use (its CPU affinity, within its
+    cgroup's quota) that is idle now. llama.cpp's threads spin at a barrier after every operation, waiting for the
+    slowest: on 2 cores a training keeps busy, 2 threads answered a record in 30-60 s and 1 thread in 3-4 s."""
+    if omp:
+        first = omp.split(",")[0].strip()
+        if not first.isdigit() or int(first) < 1:
+            raise StageError(f"OMP_NUM_THREADS={omp!r}: expected a whole number of threads above 0")
+        return Threads(int(first), f"{int(first)} thread{'s' * (int(first) != 1)}, OMP_NUM_THREADS")
+    cores = usable if quota is None else max(1, min(usable, int(quota)))
+    count = max(1, min(cores, round(idle)))
+    return Threads(count, f"{count} thread{'s' * (count != 1)}: {min(idle, cores):.1f} of the {cores} cores this "
+                          "process may use idle")
+
+
+def cgroup_cores(cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU quota (cgroup v2 cpu.max: a container's --cpus) of this process's group or the tightest of its
+    parents', in cores; None where there is none or no cgroup v2. A container's affinity lists every core of its
+    host, its quota how many it may keep busy."""
+    try:
+        group = Path(cgroup.read_text(encoding="utf-8").split("::", 1)[1].strip().lstrip("/"))
+    except (OSError, IndexError):
+        return None
+    quotas = []
+    for folder in (group, *group.parents):
+        try:
+            quota, period = (root / folder / "cpu.max").read_text(encoding="utf-8").split()
+        except (OSError, ValueError):
+            continue
+        if quota != "max":
+            quotas.append(int(quota) / int(period))
+    return min(quotas, default=None)
+
+
+def threads() -> Threads:
+    """llama.cpp's threads on this machine now (choose_threads): how busy each usable core is, over half a second."""
+    cpus = os.sched_getaffinity(0)
+    omp = os.environ.get("OMP_NUM_THREADS")
+    use = [] if omp else psutil.cpu_percent(interval=0.5, percpu=True)
+    idle = sum(1 - use[c] / 100 for c in cpus if c < len(use))
+    return choose_threads(omp, len(cpus), cgroup_cores(), idle)
 
 
 def json_grammar(schema: dict) -> str:
@@ -87,8 +135,10 @@ class LlamaCppBackend(Backend):
         if not gguf.is_file():
             raise ModelError(f"{gguf}: no such GGUF file")
         # The evaluated context length; all layers on a GPU if the build has one (a CPU build ignores it).
-        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=recipe.eval.vllm.max_model_len, n_threads=threads(),
-                                   n_threads_batch=threads(), n_gpu_layers=-1, seed=0, verbose=False)
+        self.threads = threads()
+        self.llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=recipe.eval.vllm.max_model_len,
+                                   n_threads=self.threads.count, n_threads_batch=self.threads.count, n_gpu_layers=-1,
+                                   seed=0, verbose=False)
         template = self.llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise ModelError(f"{gguf}: the GGUF has no tokenizer.chat_template: export it with `xtk export`, "
@@ -249,7 +299,7 @@ def quantize(src: Path, out: Path, quant: str) -> None:
     llama_cpp = _llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}[quant]
-    params.nthread = threads()
+    params.nthread = threads().count
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
     if rc != 0 or not out.is_file():
         raise StageError(f"llama.cpp could not quantise {src} to {quant} (llama_model_quantize returned {rc})")
