@@ -3,6 +3,8 @@ wrong with an answer, and resuming from the journal. The model is the recipe's r
 real backend that answers in milliseconds; the student itself runs in test_predict_e2e.py."""
 
 import json
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -125,6 +127,27 @@ def test_bad_arguments_exit_2_before_any_work(tmp_path, capsys):
         main(["predict", str(RECIPE), "--out", str(tmp_path / "o.jsonl")])  # no --input
     assert exc.value.code == 2
 
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_out_dash_writes_only_json_lines_on_stdout(tmp_path, texts, verbose):
+    """`xtk predict ... --out - | jq .`: stdout carries the rows, one JSON object a line in input order, the same
+    rows as --out FILE, and nothing else; what the engine prints (the rule baseline's jionlp prints a banner on
+    stdout as it loads) goes to the run folder's predict.log, or with -v to stderr, beside the summary."""
+    write_jsonl(tmp_path / "in.jsonl", texts)
+    (tmp_path / "run").mkdir()
+    argv = [sys.executable, "-m", "toolkit", "predict", str(RECIPE), "--profile", "cpu", "--model", "rules",
+            "--run", str(tmp_path / "run"), "--input", str(tmp_path / "in.jsonl")]
+    res = subprocess.run([*argv, "--out", "-", *(["-v"] if verbose else [])], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(line) for line in res.stdout.splitlines()]  # every line is JSON, or this fails
+    assert main(["predict", str(RECIPE), "--profile", "cpu", "--model", "rules", "--run", str(tmp_path / "run"),
+                 "--input", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "out.jsonl")]) == 0
+    assert rows == read_jsonl(tmp_path / "out.jsonl")
+    assert '"records": 7' in res.stderr  # the summary, on stderr
+    log = tmp_path / "run" / "predict.log"
+    assert ("jionlp" in res.stderr) == verbose and (log.is_file() and "jionlp" in log.read_text()) != verbose
 
 def answering(recipe, backend, r, asked: list, stop_after: int | None = None):
     """local_answerer, noting the ids it is asked, killed after batch `stop_after`: the kill is a

@@ -65,6 +65,10 @@ RECIPE = (
 )
 # One flag for the run folder on every command that reads or writes one; --out names anything else a command
 # writes (predict's answers, label's labels, a project, a bake-off).
+# What engines print (vLLM's log, a library's banner) is kept off stdout: toolkit/cli/deploy.py:engine_log.
+VERBOSE = A("-v", "--verbose", action="store_true",
+            help="the engine's output on stderr (default: in the run folder's COMMAND.log where it exists, "
+                 "else stderr)")
 RUN = A("--run", metavar="DIR", help="the run folder (default: runs/<recipe>/<profile or default>/<student>)")
 MODEL = A("--model", help=" | ".join(ROLES) + " (a role of the run: "
           "student is its merged model) | an embedded name (xtk models list), a model folder, a hub id, or a served "
@@ -191,7 +195,10 @@ COMMANDS: tuple[Command, ...] = (
             RECIPE + (
                 RUN,
                 A("--input", required=True, help="texts: .jsonl ({id, text}), .csv, .tsv or .parquet"),
-                A("--out", metavar="FILE", required=True, help="answers: .jsonl or .parquet (by the suffix)"),
+                A("--out", metavar="FILE", required=True,
+                  help="answers: .jsonl or .parquet (by the suffix), or - for JSON lines on stdout (nothing else is "
+                       "printed there)"),
+                VERBOSE,
                 A(*MODEL.flags, default="student", **MODEL.options),
                 A("--text-column", default="text", help="the column (JSON key) holding the text (default: text)"),
                 A("--id-column", default="id", help="the column holding the id (default: id; without one, the line)"),
@@ -207,6 +214,7 @@ COMMANDS: tuple[Command, ...] = (
                 A(*MODEL.flags, default="student", **MODEL.options),
                 A("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all) (default: 127.0.0.1)"),
                 A("--port", type=int, default=8000, help="port (default: 8000)"),
+                VERBOSE,
                 A("--max-records", type=positive(int), default=LIMITS.max_records, metavar="N",
                   help="texts in one /extract request; more get 413 (the body's size limit follows from it)"),
                 A("--read-timeout", type=positive(float), default=LIMITS.read_seconds, metavar="SECONDS",
@@ -225,6 +233,8 @@ COMMANDS: tuple[Command, ...] = (
                 A(*MODEL.flags, default="student", **MODEL.options),
                 A("--accept-drop", action="store_true",
                   help="keep the export (exit 0) even when it loses more exact match than export.max_drop"),
+                A("--parity-full", action="store_true",
+                  help="score every test record for parity, not export.parity_records of them (a seeded sample)"),
             )),
     Command("label", "label raw texts with the teacher: labelled.jsonl + rejects.jsonl, never paying twice; the "
             "teacher gate first, as `xtk run` runs it (teacher.gate.records of the test file; 0: none)",

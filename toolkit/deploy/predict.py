@@ -6,7 +6,8 @@ column a row's id is its line, or for Parquet its row number). Output: one row p
 JSONL or Parquet (by the --out suffix): the id, each field (null where the answer has none), `problems` (what is
 wrong with the answer; [] when it is valid) and `raw` (what the model said). Every answer is appended to
 OUT.journal as it comes, so a killed run resumes where it stopped and never answers a record twice; the output
-file is written whole at the end, and the journal removed.
+file is written whole at the end, and the journal removed. `--out -` writes the rows to stdout as JSON lines,
+in input order as they are answered, with no journal (there is no file to resume).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import csv
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
+from typing import TextIO
 
 from toolkit.data.prepare import text_problem
 from toolkit.evaluate.evaluation import extract
@@ -32,6 +35,7 @@ from toolkit.task.recipe import Recipe
 
 INPUT_SUFFIXES = {".jsonl": "JSONL", ".csv": "CSV", ".tsv": "TSV", ".parquet": "Parquet"}
 OUTPUT_SUFFIXES = (".jsonl", ".parquet")
+STDOUT = "-"  # --out -: JSON lines on stdout
 RESERVED = ("id", "problems", "raw")  # output columns beside the recipe's fields
 
 
@@ -146,10 +150,14 @@ def output_row(recipe: Recipe, rid, x) -> dict:
 
 # --- the job -----------------------------------------------------------------------------------------------
 
-def check_out(out: str | Path) -> Path:
+def check_out(out: str | Path) -> Path | None:
+    """The output file, or None for `--out -` (stdout)."""
+    if str(out) == STDOUT:
+        return None
     out = Path(out)
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise StageError(f"--out {out}: name a .jsonl or a .parquet file (the suffix decides the format)")
+        raise StageError(f"--out {out}: name a .jsonl or a .parquet file (the suffix decides the format), or - "
+                         "for JSON lines on stdout")
     if out.is_dir():
         raise StageError(f"--out {out} is a directory: name a .jsonl or .parquet file")
     return out
@@ -201,34 +209,46 @@ def summary(recipe: Recipe, rows: list[dict]) -> dict:
 Answerer = Callable[[list[dict]], Iterator[list[dict]]]  # todo rows -> batches of output rows, as they finish
 
 
-def run_predict(recipe: Recipe, rows: list[dict], out: str | Path, key: str, answer: Answerer) -> dict:
+def run_predict(recipe: Recipe, rows: list[dict], out: str | Path, key: str, answer: Answerer,
+                results: TextIO | None = None) -> dict:
     """Answer every row not yet in the journal (`answer` yields output rows batch by batch), journal each batch
-    as it comes, then write the output in input order and remove the journal. Returns the summary."""
+    as it comes, then write the output in input order and remove the journal. For `out` "-", the rows go to
+    `results` (stdout) as JSON lines, in input order as soon as each is answered, and nothing is journalled.
+    Returns the summary."""
     out = check_out(out)
     clash = [f for f in RESERVED if f in recipe.field_names]
     if clash:
         raise StageError(f"recipe {recipe.name!r} has a field named {clash[0]!r}, which predict's output uses")
-    done = open_journal(recipe, out, key)
+    done = open_journal(recipe, out, key) if out else {}
     ids = {r["id"] for r in rows}
     todo = [r for r in rows if r["id"] not in done]
     start = time.perf_counter()
     note = f"{len(rows) - len(todo)} done before" if len(todo) < len(rows) else ""
-    with open_append(journal_path(out)) as journal, Bar("predict", total=len(todo), note=note) as bar:
+    shown = 0  # with --out -: the rows written, a prefix of `rows`
+    with open_append(journal_path(out)) if out else nullcontext() as journal, \
+            Bar("predict", total=len(todo), note=note) as bar:
         for batch in answer(todo):
             for row in batch:
                 if row["id"] in ids and row["id"] not in done:
-                    append_jsonl(journal, row)
+                    if out:
+                        append_jsonl(journal, row)
                     done[row["id"]] = row
+            if not out:
+                while shown < len(rows) and rows[shown]["id"] in done:
+                    results.write(dumps(done[rows[shown]["id"]]) + "\n")
+                    shown += 1
+                results.flush()
             bar.update(advance=len(batch))
     seconds = time.perf_counter() - start
     missing = [r["id"] for r in rows if r["id"] not in done]
     if missing:
         raise StageError(f"{len(missing)} records got no answer (e.g. id {missing[0]!r}): re-run to answer them")
     result = [done[r["id"]] for r in rows]
-    write_output(recipe, out, result)
-    journal_path(out).unlink()
+    if out:
+        write_output(recipe, out, result)
+        journal_path(out).unlink()
     s = summary(recipe, result)
-    s.update(out=str(out), answered_now=len(todo), seconds=round(seconds, 2),
+    s.update(out=str(out or STDOUT), answered_now=len(todo), seconds=round(seconds, 2),
              records_per_s=round(len(todo) / seconds, 3) if seconds and todo else None)
     return s
 
