@@ -80,6 +80,46 @@ def test_readmes_command_table_names_every_command():
     assert not missing, f"README's command table lacks a row for: {missing}"
 
 
+
+def doc_commands(text: str):
+    """Each command a doc gives: (line, command, the flags given it) for `xtk COMMAND ...` in code (a `span` or a
+    fenced block, pipes and continued lines read), and for prose that gives commands a flag ("`xtk predict` and
+    `xtk serve` with `--backend llamacpp`")."""
+    from toolkit.cli.table import COMMANDS
+
+    names = sorted((c.name for c in COMMANDS), key=len, reverse=True)
+
+    def named(words: str) -> str | None:
+        return next((n for n in names if words == n or words.startswith(n + " ")), None)
+
+    for m in re.finditer(r"```[a-z]*\n(.*?)```|`([^`\n]+)`", text, re.S):
+        code = (m.group(1) or m.group(2)).replace("\\\n", " ").replace("\\|", " ")
+        for segment in re.split(r"[|;&\n]|\$\(", code):
+            found = re.match(r"\s*(?:\S*/)?xtk\s+(.*)", segment)
+            if found and (name := named(found.group(1))):
+                yield (text.count("\n", 0, m.start()) + 1, name,
+                       re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", found.group(1)[len(name):]))
+    span = r"`xtk ([a-z]+(?: [a-z]+)?)`"
+    for m in re.finditer(rf"((?:{span}(?:,|\s+and|\s+or)?\s+)+)with\s+`(--[\w-]+)", text):
+        for words in re.findall(span, m.group(1)):
+            if name := named(words):
+                yield text.count("\n", 0, m.start()) + 1, name, [m.group(m.lastindex)]
+
+
+def test_every_flag_a_doc_gives_a_command_is_one_the_command_takes():
+    """docs/export.md told users to run predict and serve "with `--backend llamacpp`", which neither takes."""
+    from toolkit.cli.table import COMMANDS
+
+    takes = {c.name: {f for a in c.args for f in a.flags if f.startswith("-")} | {"-h", "--help"} for c in COMMANDS}
+    assert ("predict", ["--backend"]) in [(n, f) for _, n, f in doc_commands(
+        "`xtk export`'s parity, `xtk predict` and `xtk serve` with\n`--backend llamacpp`")]
+    found = [(doc, *c) for doc in DOCS for c in doc_commands(doc.read_text(encoding="utf-8"))]
+    assert len(found) > 100  # the docs' commands are read
+    bad = [f"{doc.relative_to(ROOT)}:{line}: xtk {name} has no {flag}"
+           for doc, line, name, flags in found for flag in flags if flag not in takes[name]]
+    assert not bad, "\n".join(bad)
+
+
 def test_the_readmes_five_minute_path_runs_as_written(tmp_path, monkeypatch, capsys):
     """Every command of the path but the last (`xtk run`, which trains) on the invoice rows test_init writes,
     as README prints them: a path whose init leaves a TODO would stop at `xtk recipe check` (exit 2)."""

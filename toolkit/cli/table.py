@@ -72,7 +72,8 @@ VERBOSE = A("-v", "--verbose", action="store_true",
 RUN = A("--run", metavar="DIR", help="the run folder (default: runs/<recipe>/<profile or default>/<student>)")
 MODEL = A("--model", help=" | ".join(ROLES) + " (a role of the run: "
           "student is its merged model) | an embedded name (xtk models list), a model folder, a hub id, or a served "
-          "model name with --backend openai, or a GGUF file with --backend llamacpp")
+          "model name with the openai backend, or a GGUF file with the llamacpp backend (eval's --backend NAME, or "
+          "on any command the override eval.backend=NAME)")
 
 
 def positive(kind: type):
