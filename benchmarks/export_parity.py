@@ -6,8 +6,8 @@ folder does not hold it yet; each GGUF's scoring, tens of minutes).
     .venv/bin/python benchmarks/export_parity.py [--limit N] [--quants f16,q8_0,q4_k_m] [key=value ...]
 
 Uses (and resumes) runs/logistics_zh/bench_cpu, the folder benchmarks/recipe_cpu.py runs the profile in: `xtk
-merge` there trains what is missing, then `xtk export --accept-drop` once per quantisation (the student's own
-evaluation is reused by every export after the first). Writes benchmarks/results/export_parity.json whole, with
+merge` there trains what is missing, then `xtk export --accept-drop --parity-full` once per quantisation (every
+test record, not export's default sample; the student's own evaluation is reused by every export after the first). Writes benchmarks/results/export_parity.json whole, with
 where its figures come from; a `--limit` run writes beside the run folder instead, never over the results file.
 The goal: f16 and q8_0 within 1 point of the student's exact match (export.max_drop), q4_k_m as it comes.
 """
@@ -54,7 +54,7 @@ def main() -> None:
     xtk("merge", *common)
     exports = {}
     for quant in args.quants.split(","):
-        xtk("export", *common, "--format", "gguf", "--quant", quant, "--accept-drop")
+        xtk("export", *common, "--format", "gguf", "--quant", quant, "--accept-drop", "--parity-full")
         record = json.loads((args.run_dir / "export" / f"student-{quant}" / "export.json").read_text(encoding="utf-8"))
         parity = record["parity"]
         exports[quant] = {"gguf_bytes": record["gguf"]["bytes"], "gguf_sha256": record["gguf"]["sha256"],

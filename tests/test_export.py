@@ -1,5 +1,5 @@
 """`xtk export`'s contracts without a conversion: its arguments, the Ollama template and Modelfile, the parity
-figures and the max_drop verdict on hand-made predictions, the exit codes."""
+sample and its estimate, the parity figures and the max_drop verdict on hand-made predictions, the exit codes."""
 
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -7,7 +7,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from conftest import RECIPE, ROOT
 from toolkit.cli import main, parse_args
 from toolkit.io.errors import StageError
-from toolkit.deploy.export import go_template, modelfile, paired, verdict
+from toolkit.deploy.export import estimate, go_template, modelfile, on_records, paired, parity_sample, verdict
 from toolkit.model.models import GEMMA3_TEXT_TEMPLATE
 from toolkit.task.recipe import load_recipe
 from toolkit.io.errors import RecipeError
@@ -42,10 +42,12 @@ def fill(go: str, system: str, prompt: str) -> str:
 
 def test_export_arguments():
     args = parse_args(["export", str(RECIPE), "--format", "gguf", "--profile", "cpu", "export.max_drop=0.02"])
-    assert (args.format, args.quant, args.model, args.accept_drop) == ("gguf", None, "student", False)
+    assert (args.format, args.quant, args.model, args.accept_drop, args.parity_full) == \
+        ("gguf", None, "student", False, False)
     assert args.overrides == ["export.max_drop=0.02"]
-    args = parse_args(["export", str(RECIPE), "--format", "gguf", "--quant", "q4_k_m", "--model", "/m", "--accept-drop"])
-    assert (args.quant, args.model, args.accept_drop) == ("q4_k_m", "/m", True)
+    args = parse_args(["export", str(RECIPE), "--format", "gguf", "--quant", "q4_k_m", "--model", "/m", "--accept-drop",
+                       "--parity-full"])
+    assert (args.quant, args.model, args.accept_drop, args.parity_full) == ("q4_k_m", "/m", True, True)
     for bad in (["--format", "onnx"], ["--format", "gguf", "--quant", "q5_0"], []):
         with pytest.raises(SystemExit) as exit_:
             parse_args(["export", str(RECIPE), *bad])
@@ -57,7 +59,10 @@ def test_export_recipe_keys():
     recipe = load_recipe(RECIPE)
     assert (recipe.export.quant, recipe.export.max_drop) == ("q8_0", 0.01)  # 1 point of exact match
     assert load_recipe(RECIPE, None, ["export.max_drop=0.05"]).export.max_drop == 0.05
-    for bad in ("export.max_drop=-0.01", "export.quant=q5_0", "export.max_dorp=1"):
+    assert (recipe.export.parity_records, recipe.export.parity_seed) == (200, 0)
+    assert load_recipe(RECIPE, None, ["export.parity_records=all"]).export.parity_records == "all"
+    for bad in ("export.max_drop=-0.01", "export.quant=q5_0", "export.max_dorp=1", "export.parity_records=0",
+                "export.parity_records=most", "export.parity_records=true"):
         with pytest.raises(RecipeError, match="export"):
             load_recipe(RECIPE, None, [bad])
 
@@ -111,6 +116,47 @@ class TwoFields:
     field_names = ["f0", "f1"]
 
 
+def test_parity_sample_is_seeded_and_keeps_each_files_order():
+    tests = {"test": [{"id": i} for i in range(400)], "test_hard": [{"id": f"h{i}"} for i in range(400)]}
+    sample = parity_sample(tests, 200, seed=0)
+    assert sum(map(len, sample.values())) == 200
+    assert sample == parity_sample(tests, 200, seed=0)  # the same records every time
+    assert sample != parity_sample(tests, 200, seed=1)
+    assert all(0 < len(rows) < 200 for rows in sample.values())  # drawn from both files together
+    order = {stem: [r["id"] for r in rows] for stem, rows in tests.items()}
+    for stem, rows in sample.items():
+        ids = [r["id"] for r in rows]
+        assert ids == sorted(ids, key=order[stem].index)
+    assert parity_sample(tests, None, seed=0) == tests  # --parity-full, export.parity_records=all
+    assert parity_sample(tests, 800, seed=0) == parity_sample(tests, 5000, seed=0) == tests
+    few = parity_sample(tests, 1, seed=0)
+    assert len(few) == 1 and len(next(iter(few.values()))) == 1  # a file none was drawn from is left out
+
+
+def test_both_sides_are_compared_on_the_sampled_records(tmp_path):
+    """The student's evaluation holds every test record, the GGUF's the sample (or more, from an earlier full
+    check): both are taken on the sampled ids, in the sample's order."""
+    rows = [{"id": i} for i in range(100)]
+    sample = parity_sample({"test": rows}, 30, seed=3)["test"]
+    student = predictions([i % 3 != 0 for i in range(100)])
+    exported = [p for p in predictions([i % 4 != 0 for i in range(100)]) if p["id"] in {r["id"] for r in sample}][::-1]
+    s, e = on_records(student, sample, tmp_path), on_records(exported, sample, tmp_path)
+    assert [p["id"] for p in s] == [p["id"] for p in e] == [r["id"] for r in sample]
+    assert paired(TwoFields, s, e)["student"]["n"] == 30
+    with pytest.raises(StageError, match=f"{tmp_path}.*no prediction of 1 .*id 100"):
+        on_records(student, sample + [{"id": 100}], tmp_path)
+
+
+def test_the_estimate_says_how_many_records_and_how_long():
+    line = estimate(200, 3.0, 3, "1 thread, OMP_NUM_THREADS", total=800, sampled=True)
+    assert line.startswith("export: llama.cpp scores 200 test records for parity, about 10 min at 3.0 s a record "
+                           "(the first 3 timed; 1 thread, OMP_NUM_THREADS)")
+    assert line.endswith("a seeded sample of the 800 (export.parity_records): --parity-full scores all, about 40 min")
+    full = estimate(800, 45.0, 3, "2 threads: 1.9 of the 2 cores this process may use idle", total=800, sampled=False)
+    assert "800 test records for parity, about 10.0 h at 45.0 s a record" in full and "--parity-full" not in full
+    assert "about 18 s at 6.0 s a record" in estimate(3, 6.0, 3, "1 thread", total=3, sampled=False)
+
+
 def test_parity_figures_and_the_max_drop_verdict():
     # 100 records: the student gets 90 right, the export 88; 3 only the student, 1 only the export.
     student = [True] * 90 + [False] * 10
@@ -154,14 +200,17 @@ def test_a_drop_beyond_max_drop_exits_1_unless_accepted(tmp_path, monkeypatch, c
     import toolkit.deploy.export as export
 
     overall = paired(TwoFields, predictions([True] * 10), predictions([True] * 8 + [False] * 2))
-    record = {"parity": {"all": overall, "verdict": verdict(overall, 0.01)}}
+    record = {"parity": {"all": overall, "verdict": verdict(overall, 0.01),
+                         "sample": {"records": 10, "of": 40, "seed": 0}}}
     monkeypatch.setattr(toolkit.cli.deploy, "run_export",  # where `xtk export` finds it
-                        lambda ctx, quant, model, accept_drop: export.ExportResult(tmp_path, tmp_path / "m.gguf", record))
+                        lambda ctx, quant, model, accept_drop, parity_full: export.ExportResult(
+                            tmp_path, tmp_path / "m.gguf", record))
     code = main(["export", str(RECIPE), "--format", "gguf", "--run", str(tmp_path / "run"),
                  *(["--accept-drop"] if accept else [])])
     err = capsys.readouterr().err
     assert code == (0 if accept else 1)
     assert "WARNING" in err and "20.0 points" in err and "-20.0 points" in err
+    assert "parity on 10 of 40 (a sample, seed 0; --parity-full for all) test records" in err
 
 
 def test_export_without_a_merged_student_exits_2(tmp_path, capsys):

@@ -44,9 +44,11 @@ def test_export_smollm2_to_f16_answers_as_the_transformers_path(tmp_path, smollm
     assert json.loads((folder / "schema.json").read_text(encoding="utf-8")) == recipe.json_schema()
 
     record = json.loads((folder / "export.json").read_text(encoding="utf-8"))
-    assert record["prompt_tokens"]["checked"] == record["prompt_tokens"]["identical"] == 3  # vLLM's tokens exactly
+    assert record["prompt_tokens"]["checked"] == record["prompt_tokens"]["identical"] == 6  # vLLM's tokens exactly
     parity = record["parity"]
     assert parity["all"]["student"]["n"] == parity["all"]["exported"]["n"] == 6
+    assert parity["sample"] == {"records": 6, "of": 6, "seed": None}  # fewer than export.parity_records: all
+    assert "llama.cpp scores 6 test records for parity, about " in res.stderr  # said before scoring
     assert parity["verdict"]["ok"]
     answers = {}
     for side, folder_name in (("transformers", f"{name}-test"), ("llamacpp", f"gguf-{name}-f16-test")):
@@ -64,3 +66,12 @@ def test_export_smollm2_to_f16_answers_as_the_transformers_path(tmp_path, smollm
     assert again.returncode == 0, again.stderr[-3000:]
     assert "is current, kept" in again.stderr  # nothing done twice: neither converted nor scored again
     assert "evaluating" not in again.stderr and "eval gguf-" not in again.stderr
+
+    # A sample of 4: both sides on the same 4 records, the GGUF's answers taken from its evaluation of all 6.
+    sampled = subprocess.run([*args, "export.parity_records=4"], cwd=ROOT, capture_output=True, text=True)
+    assert sampled.returncode in (0, 1), sampled.stderr[-3000:]
+    assert "eval gguf-" not in sampled.stderr
+    parity = json.loads((folder / "export.json").read_text(encoding="utf-8"))["parity"]
+    assert parity["sample"] == {"records": 4, "of": 6, "seed": 0}
+    assert parity["all"]["student"]["n"] == parity["all"]["exported"]["n"] == 4
+    assert "parity on 4 of 6 (a sample, seed 0" in sampled.stderr

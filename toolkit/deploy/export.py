@@ -8,9 +8,11 @@ evaluated student does.
 - An Ollama Modelfile: the same template as a Go template (rendered from the chat template itself), the
   student's prompt as SYSTEM, greedy, the turn-end tokens as stops; schema.json for Ollama's `format`.
 - Parity: the GGUF scored by the llamacpp backend through toolkit/evaluate.run_eval (the same chats, scorer and,
-  where the recipe decodes guided, schema) on the recipe's test files, beside the merged student's evaluation
-  (reused when current, else run), record by record: exact match and per-field accuracy of both, the paired
-  difference with its interval and McNemar's exact test. A drop of exact match beyond export.max_drop fails.
+  where the recipe decodes guided, schema) on a seeded sample of the recipe's test records (export.parity_records;
+  all with --parity-full), beside the merged student's evaluation (reused when current, else run) on the same
+  records: exact match and per-field accuracy of both, the paired difference with its interval and McNemar's
+  exact test. A drop of exact match beyond export.max_drop fails. How many records and about how long is said
+  before scoring starts, from the time the first few take.
 
     <run>/export/<source>-<quant>/  <recipe>-<source>-<quant>.gguf  Modelfile  schema.json  export.json  convert.log
     <run>/eval/gguf-<source>-<quant>-<test>/  predictions.jsonl  metrics.json  (shown by the report)
@@ -20,14 +22,16 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
 from toolkit.data.prepare import load_test
-from toolkit.evaluate.evaluation import run_eval
+from toolkit.evaluate.evaluation import extract, run_eval
 from toolkit.flow.pipeline import evaluate_model
 from toolkit.infer.llamacpp import (CONVERTER_TYPES, LLAMA_CPP_PYTHON, LlamaCppBackend, convert, gguf_metadata,
                                     quantize)
@@ -45,6 +49,10 @@ from toolkit.run.roles import ROLES, named_model, role
 from toolkit.task.recipe import Recipe
 
 console = Console(stderr=True)
+
+# Records timed before the parity check says how long it will take (each ~3 s on one thread here); the
+# evaluation answers them again, so the estimate costs their time once more.
+TIMED_RECORDS = 3
 
 # Marks where the system prompt and the user's text go when a chat template is rendered into an Ollama template.
 _SYSTEM, _USER = "\u2063xtk-system\u2063", "\u2063xtk-user\u2063"
@@ -155,8 +163,49 @@ def paired(recipe: Recipe, student: list[dict], exported: list[dict]) -> dict:
             "identical_answers": sum(s["raw"] == e["raw"] for s, e in zip(student, exported))}
 
 
+def parity_sample(tests: dict[str, list[dict]], size: int | None, seed: int) -> dict[str, list[dict]]:
+    """The test records parity scores: `size` drawn at random with `seed` from all test files together (each
+    file's kept in its own order, a file none was drawn from left out), or all of them when size is None or not
+    below their number."""
+    pool = [(stem, i) for stem, rows in tests.items() for i in range(len(rows))]
+    if size is None or size >= len(pool):
+        return tests
+    chosen = set(random.Random(seed).sample(pool, size))
+    return {stem: kept for stem, rows in tests.items() if (kept := [row for i, row in enumerate(rows)
+                                                                    if (stem, i) in chosen])}
+
+
+def on_records(predictions: list[dict], rows: list[dict], where: Path) -> list[dict]:
+    """The predictions of these test rows, in the rows' order (an evaluation may hold more records than the
+    sample); StageError naming `where` when one is missing."""
+    by_id = {json.dumps(p["id"]): p for p in predictions}
+    missing = [row["id"] for row in rows if json.dumps(row["id"]) not in by_id]
+    if missing:
+        raise StageError(f"{where}: no prediction of {len(missing)} of the records parity compares (e.g. id "
+                         f"{missing[0]!r}): evaluate it again")
+    return [by_id[json.dumps(row["id"])] for row in rows]
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else \
+        f"{seconds / 3600:.1f} h"
+
+
+def estimate(records: int, seconds_per_record: float, timed: int, threads: str, total: int,
+             sampled: bool) -> str:
+    """What the parity check is about to cost: the records llama.cpp scores and about how long, at the speed
+    the first `timed` took; for a sample, what the full set would take."""
+    line = (f"export: llama.cpp scores {records} test record{'s' * (records != 1)} for parity, about "
+            f"{_duration(records * seconds_per_record)} at {seconds_per_record:.1f} s a record (the first {timed} "
+            f"timed; {threads})")
+    if sampled:
+        line += (f"; a seeded sample of the {total} (export.parity_records): --parity-full scores all, about "
+                 f"{_duration(total * seconds_per_record)}")
+    return line
+
+
 def verdict(overall: dict, max_drop: float) -> dict:
-    """Whether the exported model kept the student's exact match within max_drop (a fraction), all test
+    """Whether the exported model kept the student's exact match within max_drop (a fraction), all the compared
     records together. The drop is counted from the records only one of them gets right, not from the two rounded
     rates: 579 and 571 of 800 round to 0.7238 and 0.7137, a drop of 0.0101 where it is exactly one point."""
     drop = (overall["only_student_right"] - overall["only_exported_right"]) / overall["exported"]["n"]
@@ -237,8 +286,19 @@ def prompt_check(backend, tokenizer, chats: list[list[dict]], thinking_off: bool
     return {"checked": len(chats), "identical": same, "first_difference": differ}
 
 
-def run_export(ctx, quant: str, model: str = "student", accept_drop: bool = False) -> ExportResult:
-    """`xtk export RECIPE --format gguf`: convert, write the Modelfile, score for parity, write export.json."""
+def _scored(folder: Path, evaluated: dict, rows: list[dict]) -> bool:
+    """Whether llama.cpp's evaluation in `folder` is of this GGUF under the settings now and holds every row."""
+    m = read_metrics(folder)
+    if not m or m.get("identity") != evaluated:
+        return False
+    have = {json.dumps(p["id"]) for p in read_jsonl(folder / "predictions.jsonl")}
+    return all(json.dumps(row["id"]) in have for row in rows)
+
+
+def run_export(ctx, quant: str, model: str = "student", accept_drop: bool = False,
+               parity_full: bool = False) -> ExportResult:
+    """`xtk export RECIPE --format gguf`: convert, write the Modelfile, score for parity (a sample of the test
+    records, or all with parity_full), write export.json."""
     recipe = ctx.recipe
     model_dir, name, source_role, model_type = _source(ctx, model)
     from transformers import AutoTokenizer  # after the checks above: a missing student is said at once
@@ -269,40 +329,53 @@ def run_export(ctx, quant: str, model: str = "student", accept_drop: bool = Fals
     write_text(folder / "schema.json", json.dumps(recipe.json_schema(), ensure_ascii=False, indent=2) + "\n")
 
     # The student's evaluation (reused when it is of the current student, settings and records).
-    tests = [(Path(t).stem, load_test(recipe, recipe.path(t), recipe.eval.limit)) for t in recipe.data.test]
+    paths = {Path(t).stem: t for t in recipe.data.test}
+    tests = {stem: load_test(recipe, recipe.path(t), recipe.eval.limit) for stem, t in paths.items()}
     if evaluations_current(ctx, source_role, recipe.data.test):
         console.print(f"export: evaluating {source_role.folder} for the comparison")
         evaluate_model(ctx, source_role)
 
+    # The records both sides are compared on: the student's answers to them come from its whole evaluation.
+    size = None if parity_full or recipe.export.parity_records == "all" else recipe.export.parity_records
+    seed = recipe.export.parity_seed
+    sample = parity_sample(tests, size, seed)
+    total, compared = sum(map(len, tests.values())), sum(map(len, sample.values()))
     guided = recipe.eval.guided_json
     evaluated = gguf_identity(ctx, source_role, made["sha256"], quant, LLAMA_CPP_PYTHON, guided)
-    evals = {stem: ctx.run_dir / "eval" / f"gguf-{name}-{quant}-{stem}" for stem, _ in tests}
-    backend = None
-    try:
-        for (stem, rows), test in zip(tests, recipe.data.test):
-            m = read_metrics(evals[stem])
-            if m and m.get("identity") == evaluated:  # this file, under the settings now
-                continue
-            if backend is None:
-                backend = LlamaCppBackend(recipe, gguf, guided)
-                record["prompt_tokens"] = prompt_check(
-                    backend, tokenizer, [[{"role": "system", "content": system}, {"role": "user", "content": r["text"]}]
-                                         for r in rows[:20]], thinking_off(model_type, None))
-            m = run_eval(recipe, backend, recipe.path(test), source_role.prompt, evals[stem], str(gguf),
-                         recipe.eval.limit, extra={"role": "gguf", "identity": evaluated})
-            console.print(f"eval {evals[stem].name}: exact match {100 * m['exact_match']['value']:.1f}% "
-                          f"(n={m['n']}, {m['records_per_s']} rec/s, llamacpp)")
-    finally:
-        if backend is not None:
+    evals = {stem: ctx.run_dir / "eval" / f"gguf-{name}-{quant}-{stem}" for stem in sample}
+    todo = [stem for stem in sample if not _scored(evals[stem], evaluated, sample[stem])]
+    if todo:
+        backend = LlamaCppBackend(recipe, gguf, guided)
+        try:
+            texts = [row["text"] for stem in todo for row in sample[stem]]
+            record["prompt_tokens"] = prompt_check(
+                backend, tokenizer, [[{"role": "system", "content": system}, {"role": "user", "content": text}]
+                                     for text in texts[:20]], thinking_off(model_type, None))
+            start = time.perf_counter()
+            timed = len(extract(recipe, backend, system, texts[:TIMED_RECORDS], recipe.eval.max_new_tokens))
+            console.print(estimate(len(texts), (time.perf_counter() - start) / timed, timed, backend.threads.why,
+                                   total, compared < total), highlight=False)
+            for stem in todo:
+                m = run_eval(recipe, backend, recipe.path(paths[stem]), source_role.prompt, evals[stem], str(gguf),
+                             extra={"role": "gguf", "identity": evaluated,
+                                    "sample": {"records": len(sample[stem]), "of": len(tests[stem])}},
+                             rows=sample[stem])
+                console.print(f"eval {evals[stem].name}: exact match {100 * m['exact_match']['value']:.1f}% "
+                              f"(n={m['n']}, {m['records_per_s']} rec/s, llamacpp)")
+        finally:
             backend.close()
 
-    student = {stem: read_jsonl(ctx.run_dir / "eval" / f"{source_role.folder}-{stem}" / "predictions.jsonl")
-               for stem, _ in tests}
-    exported = {stem: read_jsonl(evals[stem] / "predictions.jsonl") for stem, _ in tests}
-    per_test = {stem: paired(recipe, student[stem], exported[stem]) for stem, _ in tests}
-    overall = paired(recipe, [r for stem, _ in tests for r in student[stem]],
-                     [r for stem, _ in tests for r in exported[stem]])
-    record["parity"] = {"backend": "llamacpp", "guided_json": guided, "tests": per_test, "all": overall,
+    theirs = {stem: ctx.run_dir / "eval" / f"{source_role.folder}-{stem}" for stem in sample}
+    student = {stem: on_records(read_jsonl(theirs[stem] / "predictions.jsonl"), rows, theirs[stem])
+               for stem, rows in sample.items()}
+    exported = {stem: on_records(read_jsonl(evals[stem] / "predictions.jsonl"), rows, evals[stem])
+                for stem, rows in sample.items()}
+    per_test = {stem: paired(recipe, student[stem], exported[stem]) for stem in sample}
+    overall = paired(recipe, [r for stem in sample for r in student[stem]],
+                     [r for stem in sample for r in exported[stem]])
+    record["parity"] = {"backend": "llamacpp", "guided_json": guided,
+                        "sample": {"records": compared, "of": total, "seed": seed if compared < total else None},
+                        "tests": per_test, "all": overall,
                         "verdict": verdict(overall, recipe.export.max_drop), "accept_drop": accept_drop}
     record.setdefault("prompt_tokens", previous.get("prompt_tokens"))
     write_json(record_path, record)

@@ -91,11 +91,13 @@ def prediction(recipe: Recipe, rid, text: str, gold: dict, raw: str, parsed: dic
 
 
 def run_eval(recipe: Recipe, backend, test_path: str | Path, prompt: str, out_dir: str | Path,
-             model_label: str, limit: int | None = None, load_seconds: float = 0.0, extra: dict | None = None) -> dict:
+             model_label: str, limit: int | None = None, load_seconds: float = 0.0, extra: dict | None = None,
+             rows: list[dict] | None = None) -> dict:
     """Generate for every test row in batches, score, and write predictions.jsonl and metrics.json (with
-    `extra`: what was evaluated, for the report)."""
+    `extra`: what was evaluated, for the report). `rows`: only these of the file's rows (a sample of them, already
+    read with load_test), else the file's first `limit`."""
     out = Path(out_dir)
-    rows = load_test(recipe, test_path, limit)
+    rows = load_test(recipe, test_path, limit) if rows is None else rows
     system = recipe.prompt(prompt)
     size = getattr(backend, "batch", None) or recipe.eval.batch_size
     answers: list[Extraction] = []

@@ -350,6 +350,21 @@ class ExportSpec(Strict):
         "The most whole-record exact match (a fraction: 0.01 is 1 point) the exported file may lose against the "
         "merged student on the recipe's test files, all records together; more fails the export unless "
         "--accept-drop."))
+    parity_records: int | Literal["all"] = Field(default=200, description=(
+        "How many test records (all test files together, a seeded random sample) `xtk export` scores the GGUF on "
+        "beside the merged student; `all` (or --parity-full): every one. 200 because llama.cpp answers about one "
+        "record in 3 s on one thread of a 2-core CPU: ~10 minutes, where logistics_zh's 800 take ~40 (hours when "
+        "the cores are busy). It catches a broken export (a wrong template or quantisation costs tens of points); "
+        "its interval is about twice as wide as the full set's, so judge a drop near max_drop on all records."))
+    parity_seed: int = Field(default=0, description=(
+        "Seed of export's parity sample: the same seed and test files give the same records."))
+
+    @field_validator("parity_records", mode="before")
+    @classmethod
+    def _records_or_all(cls, value):
+        if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        raise ValueError("a number of records above 0, or all")
 
 
 class SynthSpec(Strict):
