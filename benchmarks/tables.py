@@ -362,7 +362,7 @@ def export_parity(d: dict) -> str:
         rows.append([f"GGUF {quant} (llama.cpp)", pct(a["exported"]["exact_match"]), points(a["exact_match_difference"]),
                      p_value(a["mcnemar_p"]), verdict(a["mcnemar_p"], a["only_exported_right"] - a["only_student_right"]),
                      f"{a['identical_answers']} of {a['exported']['n']}",
-                     f"{'yes' if v['ok'] else 'no'} (drop {100 * v['drop']:.1f}, allowed {100 * v['max_drop']:g})"])
+                     f"{'yes' if v['within'] else 'no'} (drop {100 * v['drop']:.1f}, allowed {100 * v['max_drop']:g})"])
     return (f"{provenance('export_parity', d)} logistics_zh `--profile {d['profile']}` student, "
             f"{student['n']} test records (both test files), each scored by the same scorer.\n\n"
             + table(["model", "exact match %", "difference, points [95% paired CI]", "McNemar p", "export vs student",

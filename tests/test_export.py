@@ -171,9 +171,24 @@ def test_parity_figures_and_the_max_drop_verdict():
     assert p["mcnemar_p"] == 0.625  # 2 * P(X <= 1) for X ~ Bin(4, 1/2) = 2 * 5/16
     assert p["fields_difference"] == {"f0": 0.0, "f1": -0.02}
     assert p["identical_answers"] == 96
-    assert verdict(p, 0.01) == {"max_drop": 0.01, "drop": 0.02, "ok": False}
-    assert verdict(p, 0.02)["ok"]  # exactly max_drop is kept
+    # 2 points beyond the 1 allowed, but 3 against 1 is what chance gives (p 0.625): said, not failed
+    assert verdict(p, 0.01) == {"max_drop": 0.01, "drop": 0.02, "within": False, "shown": False, "ok": True}
+    assert verdict(p, 0.02)["within"]  # exactly max_drop is within
     assert verdict(paired(TwoFields, predictions(exported), predictions(student)), 0.0)["ok"]  # a gain passes
+
+
+@pytest.mark.parametrize("records, lost, ok", [
+    (10, 1, True),   # one answer of 10 is 10 points: McNemar p 1.0
+    (10, 5, True),   # 5 against 0: p 0.0625, still what chance gives one time in 16
+    (10, 6, False),  # 6 against 0: p 0.031, shown
+    (200, 2, True),  # the default sample: 1 point beyond max_drop, p 0.5
+    (200, 12, False),
+])
+def test_a_drop_fails_only_where_mcnemars_test_shows_it(records, lost, ok):
+    student = predictions([True] * records)
+    exported = predictions([False] * lost + [True] * (records - lost))
+    v = verdict(paired(TwoFields, student, exported), 0.0)
+    assert (v["within"], v["shown"], v["ok"]) == (False, not ok, ok)
 
 
 def test_a_drop_of_exactly_max_drop_is_kept_whatever_the_rates_round_to():
@@ -183,8 +198,8 @@ def test_a_drop_of_exactly_max_drop_is_kept_whatever_the_rates_round_to():
     exported = [True] * 570 + [False] * 9 + [True] + [False] * 220
     p = paired(TwoFields, predictions(student), predictions(exported))
     assert (p["student"]["exact_match"], p["exported"]["exact_match"]) == (0.7238, 0.7137)
-    assert verdict(p, 0.01) == {"max_drop": 0.01, "drop": 0.01, "ok": True}
-    assert not verdict(p, 0.0099)["ok"]
+    assert verdict(p, 0.01) == {"max_drop": 0.01, "drop": 0.01, "within": True, "shown": True, "ok": True}
+    assert not verdict(p, 0.0099)["ok"]  # 9 against 1 is shown (p 0.021)
 
 
 def test_parity_needs_the_same_records():
@@ -199,9 +214,10 @@ def test_a_drop_beyond_max_drop_exits_1_unless_accepted(tmp_path, monkeypatch, c
     import toolkit.cli.deploy
     import toolkit.deploy.export as export
 
-    overall = paired(TwoFields, predictions([True] * 10), predictions([True] * 8 + [False] * 2))
+    # 8 of 40 lost, none gained: 20 points, McNemar p 0.0078
+    overall = paired(TwoFields, predictions([True] * 40), predictions([True] * 32 + [False] * 8))
     record = {"parity": {"all": overall, "verdict": verdict(overall, 0.01),
-                         "sample": {"records": 10, "of": 40, "seed": 0}}}
+                         "sample": {"records": 40, "of": 160, "seed": 0}}}
     monkeypatch.setattr(toolkit.cli.deploy, "run_export",  # where `xtk export` finds it
                         lambda ctx, quant, model, accept_drop, parity_full: export.ExportResult(
                             tmp_path, tmp_path / "m.gguf", record))
@@ -209,8 +225,26 @@ def test_a_drop_beyond_max_drop_exits_1_unless_accepted(tmp_path, monkeypatch, c
                  *(["--accept-drop"] if accept else [])])
     err = capsys.readouterr().err
     assert code == (0 if accept else 1)
-    assert "WARNING" in err and "20.0 points" in err and "-20.0 points" in err
-    assert "parity on 10 of 40 (a sample, seed 0; --parity-full for all) test records" in err
+    assert "WARNING" in err and "20.0 points" in err and "-20.0 points" in err and "McNemar's test shows" in err
+    assert "parity on 40 of 160 (a sample, seed 0; --parity-full for all) test records" in err
+
+
+def test_a_drop_the_paired_test_does_not_show_exits_0_and_says_so(tmp_path, monkeypatch, capsys):
+    """2 of 10 sampled records lost: 20 points beyond max_drop, but McNemar p 0.5: noise on a small set."""
+    import toolkit.cli.deploy
+    import toolkit.deploy.export as export
+
+    overall = paired(TwoFields, predictions([True] * 10), predictions([True] * 8 + [False] * 2))
+    record = {"parity": {"all": overall, "verdict": verdict(overall, 0.01),
+                         "sample": {"records": 10, "of": 40, "seed": 0}}}
+    monkeypatch.setattr(toolkit.cli.deploy, "run_export",
+                        lambda ctx, quant, model, accept_drop, parity_full: export.ExportResult(
+                            tmp_path, tmp_path / "m.gguf", record))
+    assert main(["export", str(RECIPE), "--format", "gguf", "--run", str(tmp_path / "run")]) == 0
+    err = " ".join(capsys.readouterr().err.split())  # the console folds long lines
+    assert "WARNING" not in err
+    assert ("loses 20.0 points of exact match on these records, more than export.max_drop (1.0), but McNemar's test "
+            "does not show a drop (p=0.5)") in err and "--parity-full or more test records" in err
 
 
 def test_export_without_a_merged_student_exits_2(tmp_path, capsys):

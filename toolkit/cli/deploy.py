@@ -79,9 +79,17 @@ def cmd_export(args) -> int:
                   f"{100 * overall['student']['exact_match']:.1f}% student, difference "
                   f"{100 * diff['value']:+.1f} points [{100 * diff['ci95'][0]:+.1f}, {100 * diff['ci95'][1]:+.1f}], "
                   f"McNemar p={overall['mcnemar_p']}", highlight=False)
+    if verdict["within"]:
+        return 0
     if verdict["ok"]:
+        more = "--parity-full or more test records" if sample["records"] < sample["of"] else "more test records"
+        console.print(f"the exported model loses {100 * verdict['drop']:.1f} points of exact match on these records, "
+                      f"more than export.max_drop ({100 * verdict['max_drop']:.1f}), but McNemar's test does not show "
+                      f"a drop (p={overall['mcnemar_p']}): too few records disagree to tell it from chance (judge it "
+                      f"on {more}); kept", highlight=False)
         return 0
     console.print(f"[bold red]WARNING: the exported model loses {100 * verdict['drop']:.1f} points of exact match, "
-                  f"more than export.max_drop ({100 * verdict['max_drop']:.1f}); see {result.folder / 'export.json'}[/]"
+                  f"more than export.max_drop ({100 * verdict['max_drop']:.1f}), a drop McNemar's test shows; see "
+                  f"{result.folder / 'export.json'}[/]"
                   + ("" if args.accept_drop else " (exit 1; --accept-drop keeps it anyway)"), highlight=False)
     return 0 if args.accept_drop else 1

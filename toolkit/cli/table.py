@@ -226,7 +226,8 @@ COMMANDS: tuple[Command, ...] = (
                   help="after SIGTERM, for the requests in flight to finish before the server exits"),
             )),
     Command("export", "the student as a GGUF file (llama.cpp's converter) with an Ollama Modelfile, scored by "
-            "llama.cpp beside the merged student: exit 1 when it loses more than export.max_drop", cmd_export,
+            "llama.cpp beside the merged student: exit 1 when it loses more than export.max_drop and McNemar's test "
+            "shows it", cmd_export,
             RECIPE + (
                 RUN,
                 A("--format", required=True, choices=["gguf"], help="the file format (gguf: llama.cpp, Ollama)"),

@@ -13,7 +13,7 @@ from toolkit.evaluate.report_html import write_html
 from toolkit.evaluate.teacher import report_lines as teacher_lines
 from toolkit.io.errors import StageError
 from toolkit.io.jsonl import read_jsonl, save_figure, write_text
-from toolkit.maths.ranking import Evaluation, discordant, mcnemar, paired_difference, verdict
+from toolkit.maths.ranking import ALPHA, Evaluation, discordant, mcnemar, paired_difference, verdict
 from toolkit.maths.stats import mean
 from toolkit.model.models import EMBEDDED
 from toolkit.run.roles import ROLES
@@ -255,7 +255,7 @@ def _against(run_dir: Path, student: str, other: str, who: str) -> str:
         return f"no record in common with {who} to compare"
     points = 100 * (only_student - only_other) / len(both)
     p = mcnemar(only_student, only_other)
-    said = verdict(p < 0.05 and points > 0, p < 0.05 and points < 0)
+    said = verdict(p < ALPHA and points > 0, p < ALPHA and points < 0)
     test = f"McNemar p = {p:.2g}, {len(both)} records both answered"
     if said == "not shown":
         return f"{points:+.1f} points against {who}, a difference not shown at 5% ({test})"

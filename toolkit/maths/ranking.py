@@ -10,6 +10,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+# The level every paired verdict is read at: a difference is "shown" where its test's p-value is below it.
+ALPHA = 0.05
+
 
 def ranks(scores: dict[str, float]) -> dict[str, float]:
     """Rank 1 for the highest score; tied scores share the mean of the ranks they span ([0.9, 0.9] -> 1.5)."""

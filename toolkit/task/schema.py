@@ -348,8 +348,9 @@ class ExportSpec(Strict):
         "`xtk export`'s quantisation when --quant is not given: f16, q8_0 (both by llama.cpp's converter), q4_k_m."))
     max_drop: float = Field(default=0.01, ge=0, le=1, description=(
         "The most whole-record exact match (a fraction: 0.01 is 1 point) the exported file may lose against the "
-        "merged student on the recipe's test files, all records together; more fails the export unless "
-        "--accept-drop."))
+        "merged student on the compared test records, all together; more fails the export (unless --accept-drop) "
+        "where McNemar's test on those records shows the drop (p < 0.05), and is only said where it does not: on "
+        "a few records one answer is several points."))
     parity_records: int | Literal["all"] = Field(default=200, description=(
         "How many test records (all test files together, a seeded random sample) `xtk export` scores the GGUF on "
         "beside the merged student; `all` (or --parity-full): every one. 200 because llama.cpp answers about one "
