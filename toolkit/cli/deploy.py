@@ -4,6 +4,7 @@ file scored against the merged student)."""
 from __future__ import annotations
 
 import json
+import time
 from contextlib import suppress
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from toolkit.cli.resolve import console, open_to_use, run_recipe
 from toolkit.deploy.export import run_export
 from toolkit.deploy.predict import check_out, local_answerer, predict_role, ray_answerer, read_texts, run_predict, \
     student_backend
+from toolkit.deploy.replicas import ray_serving
 from toolkit.deploy.serve import Limits, make_app, server
 from toolkit.io.errors import StageError
 from toolkit.io.streams import stdout_for_results
@@ -48,11 +50,21 @@ def cmd_predict(args) -> None:
 
 
 def cmd_serve(args) -> None:
+    if args.engine != "ray" and (args.address or args.replicas):
+        raise StageError("--address and --replicas go with --engine ray")
     recipe, run = run_recipe(args)  # not its training data: predict_role checks what answering needs
     r = predict_role(recipe, args.model, run)
     limits = Limits(max_records=args.max_records, read_seconds=args.read_timeout, queue_seconds=args.queue_timeout,
                     drain_seconds=args.drain_timeout)
     with stdout_for_results(engine_log(args, run, "serve")):
+        if args.engine == "ray":
+            with suppress(KeyboardInterrupt), \
+                    ray_serving(recipe, r, limits, args.host, args.port, args.address, args.replicas) as n:
+                console.print(f"serve: {r.model}, {n} replicas on Ray Serve, on http://{args.host}:{args.port} "
+                              "(POST /extract, GET /health)")
+                while True:  # until SIGTERM or Ctrl-C (toolkit.io.signals raises them here)
+                    time.sleep(3600)
+            return
         backend = student_backend(recipe, r)
         try:
             console.print(f"serve: {r.model} on http://{args.host}:{args.port} (POST /extract, GET /health)")

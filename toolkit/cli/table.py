@@ -224,6 +224,12 @@ COMMANDS: tuple[Command, ...] = (
                   help="a request waiting this long for the engine gets 503 with Retry-After and leaves the queue"),
                 A("--drain-timeout", type=positive(float), default=LIMITS.drain_seconds, metavar="SECONDS",
                   help="after SIGTERM, for the requests in flight to finish before the server exits"),
+                A("--engine", choices=["local", "ray"], default="local",
+                  help="local: one engine in this process; ray: replicas on Ray Serve behind one address "
+                       "(default: local)"),
+                A("--address", help="with --engine ray: a running cluster's address (default: start a local one)"),
+                A("--replicas", type=positive(int),
+                  help="with --engine ray: engines to run (default: one per GPU, else 1)"),
             )),
     Command("export", "the student as a GGUF file (llama.cpp's converter) with an Ollama Modelfile, scored by "
             "llama.cpp beside the merged student: exit 1 when it loses more than export.max_drop and McNemar's test "

@@ -18,7 +18,9 @@ lets the requests in flight finish for up to drain_seconds, and returns.
 import asyncio
 import json
 import math
+import os
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -267,10 +269,12 @@ def make_app(recipe: Recipe, backend, r, limits: Limits = Limits()):
         return None, error(503, f"the engine is busy: this request waited {limits.queue_seconds:g} s without "
                                 "reaching it; retry later", **{"Retry-After": str(math.ceil(limits.queue_seconds))})
 
+    replica = f"{socket.gethostname()}:{os.getpid()}"  # which server answered, where several share an address
+
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "recipe": recipe.name, "model": r.model, "fields": recipe.field_names,
-                "queued": batcher.queued()}
+                "queued": batcher.queued(), "replica": replica}
 
     @app.post("/extract")
     async def extract(request: Request):
