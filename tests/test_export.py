@@ -247,6 +247,30 @@ def test_a_drop_the_paired_test_does_not_show_exits_0_and_says_so(tmp_path, monk
             "does not show a drop (p=0.5)") in err and "--parity-full or more test records" in err
 
 
+def test_export_on_a_run_folder_uses_the_settings_the_run_was_made_with(tmp_path, monkeypatch):
+    """`xtk export RECIPE --run DIR` after `xtk run RECIPE --profile cpu train.max_steps=5 ... --run DIR` (issue 47:
+    export used other settings): the profile and overrides kept in the folder are the recipe export works under."""
+    import toolkit.cli.deploy
+    from toolkit.cli.resolve import load, open_to_make
+
+    run = tmp_path / "run"
+    made = parse_args(["run", str(RECIPE), "--profile", "cpu", "train.max_steps=5", "export.max_drop=0.05",
+                       "--run", str(run)])
+    with open_to_make(made, load(made)):  # as `xtk run` opens its folder, before its first stage
+        pass
+    seen = []
+
+    def run_export(ctx, quant, model, accept_drop, parity_full):  # where export has resolved everything
+        seen.append((ctx.recipe, ctx.run_dir, quant))
+        raise StageError("no conversion here")
+
+    monkeypatch.setattr(toolkit.cli.deploy, "run_export", run_export)
+    assert main(["export", str(RECIPE), "--format", "gguf", "--run", str(run)]) == 2
+    recipe, where, quant = seen[0]
+    assert (recipe.profile, recipe.train.max_steps, recipe.export.max_drop, where) == ("cpu", 5, 0.05, run)
+    assert quant == recipe.export.quant
+
+
 def test_export_without_a_merged_student_exits_2(tmp_path, capsys):
     assert main(["export", str(RECIPE), "--format", "gguf", "--run", str(tmp_path)]) == 2
     assert "no merged student" in capsys.readouterr().err
