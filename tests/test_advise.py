@@ -6,8 +6,8 @@ import json
 import pytest
 
 from conftest import RECIPE, write_recipe
-from toolkit.choose.advise import (Shape, assess, makes_bf16_output_copy, model_shape, rows_favour, rows_verdict,
-                            sample_rows, training_memory)
+from toolkit.choose.advise import (Candidate, Shape, assess, makes_bf16_output_copy, model_shape, rows_favour,
+                                   rows_verdict, sample_rows, training_memory)
 from toolkit.task.recipe import load_recipe
 from toolkit.train.cpu import cpu_has_bf16
 
@@ -225,3 +225,25 @@ def test_the_activation_count_is_what_autograd_saves_for_smollm2_with_lora(smoll
     assert m.activations == round(132_710_400 / 2 ** 30, 2)
     small = sum(saved.values()) - 132_710_400 - 12_582_912
     assert 0 <= small < 0.01 * 132_710_400
+
+
+def test_advise_keeps_the_default_student_xtk_init_writes(tmp_path, gemma):
+    """`xtk init` and `xtk advise` read one default per profile (toolkit/model/models.py: DEFAULT_STUDENTS): the
+    cpu profile's Gemma 3 270M, a base model, stays on the short-list at 8 labelled rows where the rows rule of
+    thumb says "too few rows" (the bake-off chose it at 95); another profile's advice drops it by that rule."""
+    from test_init import FIELDS, write_examples
+    from toolkit.cli import main
+    from toolkit.model.models import default_student
+
+    assert main(["init", "invoice", "--fields", FIELDS, "--from", str(write_examples(tmp_path / "ex.jsonl", 10)),
+                 "--out", str(tmp_path)]) == 0
+    path = tmp_path / "recipes" / "invoice.yaml"
+    for profile in (None, "gpu", "cpu"):
+        assert load_recipe(path, profile).student.model == default_student(profile).model
+    recipe = load_recipe(path, "cpu")
+    sample, _ = sample_rows(recipe)
+    kept = assess("gemma3-270m", recipe, 8, 64, None, sample)
+    assert (kept.kind, kept.rows, kept.default, kept.shortlisted) == ("base", "too few rows", True, True)
+    assert any("xtk's default student for the cpu profile (xtk init writes it)" in n for n in kept.notes)
+    # what the rule does to a base model that is not the profile's default (the gpu profile's is Qwen3-0.6B)
+    assert not Candidate("gemma3-270m", "embedded", kind="base", rows="too few rows", found=True).shortlisted

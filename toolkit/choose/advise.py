@@ -7,7 +7,8 @@ memory of LoRA training at the recipe's batch, max_length and dtype, and of vLLM
 given (fits or not); base or instruct, and which of the two the labelled row count favours; whether it has a chat
 template; and tokens per record on the recipe's own data with its tokenizer. No weights are loaded: the shapes come
 from the config (a model built on torch's meta device), the tokens from the tokenizer. It ends with the
-`xtk bakeoff` spec that tests the short-list, since rules of thumb are no substitute for a measurement.
+`xtk bakeoff` spec that tests the short-list, since rules of thumb are no substitute for a measurement; the
+profile's default student (the one `xtk init` writes, chosen by one) is never left off it by the rows rule.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from rich.table import Table
 from toolkit.data.prepare import gold_records, read_record, to_messages, token_lengths
 from toolkit.io.jsonl import iter_jsonl
 from toolkit.io.progress import Bar
-from toolkit.model.models import EMBEDDED, ModelError, check_custom_code, pull_embedded
+from toolkit.model.models import EMBEDDED, ModelError, check_custom_code, default_student, pull_embedded
 from toolkit.task.recipe import Recipe
 from toolkit.train.cpu import cpu_has_bf16
 
@@ -208,14 +209,15 @@ class Candidate:
     inference: InferenceMemory | None = None
     inference_fits: bool | None = None
     found: bool = False  # its config and tokenizer were read here
+    default: bool = False  # the profile's default student (toolkit/model/models.py: DEFAULT_STUDENTS)
     notes: list[str] = field(default_factory=list)
 
     @property
     def shortlisted(self) -> bool:
         """Not ruled out: it exists (a hub id may, where the hub is reachable), it fits or we could not tell, and its
-        rows verdict is not 'too few rows'."""
+        rows verdict is not 'too few rows' (the default student's choice was measured, not a rule of thumb)."""
         return ((self.found or self.source == "hub") and self.training_fits is not False
-                and self.inference_fits is not False and self.rows != "too few rows")
+                and self.inference_fits is not False and (self.rows != "too few rows" or self.default))
 
 
 def _front_matter_licence(folder: Path) -> str | None:
@@ -336,6 +338,12 @@ def assess(name: str, recipe: Recipe, rows: int, ram_gib: float, gpu_gib: float 
     candidate = Candidate(name, "")
     folder = locate(name, candidate, recipe.student.trust_remote_code)
     candidate.rows = rows_verdict(candidate.kind, rows)
+    default = default_student(recipe.profile)
+    if name == default.model:
+        candidate.default = True
+        profile = f"the {recipe.profile} profile" if recipe.profile else "a recipe without a profile"
+        candidate.notes.append(f"{name}: xtk's default student for {profile} (xtk init writes it), kept on the "
+                               f"short-list whatever its rows say: {default.why}")
     if folder is None:
         return candidate
     candidate.found = True

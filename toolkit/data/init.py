@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from toolkit.data.prepare import read_records
 from toolkit.task.fields import FieldSpec
 from toolkit.io.jsonl import write_jsonl, write_text
+from toolkit.model.models import default_student
 from toolkit.task.recipe import Recipe
 from toolkit.io.errors import RecipeError
 from toolkit.io.trust import name_problem
@@ -66,10 +67,10 @@ teacher:   # labels data.pool when it is set and $DASHSCOPE_API_KEY is
   currency: USD
   max_cost: 5.0             # the most the label folder may spend, over all its runs (docs/trust.md)
 
-student:
-  model: Qwen/Qwen3-0.6B
-  model_type: qwen3
-  template: qwen3
+student:   # {gpu.why}
+  model: {gpu.model}
+  model_type: {gpu.model_type}
+  template: {gpu.template}
 
 train:
   tuner_type: lora
@@ -95,8 +96,9 @@ eval:
 
 profiles:
   gpu: {{}}
-  cpu:   # the embedded Gemma 3 270M on 2 cores, as msra_ner's cpu profile (docs/choosing.md)
-    student: {{model: gemma3-270m, model_type: gemma3_text, template: gemma3_text}}
+  cpu:   # on 2 cores
+    # the student: {cpu.why}
+    student: {{model: {cpu.model}, model_type: {cpu.model_type}, template: {cpu.template}}}
     train:
       num_train_epochs: 1
       nproc_per_node: 2
@@ -199,7 +201,8 @@ def init_recipe(name: str, fields: str, out: str | Path = ".", examples: str | P
         listed = ", ".join(names)
         return RECIPE.format(name=name, description=json.dumps(description or f"{name}: {listed} from the input.",
                                                                ensure_ascii=False),
-                             fields="\n".join(f"  - {json.dumps(f, ensure_ascii=False)}" for f in specs))
+                             fields="\n".join(f"  - {json.dumps(f, ensure_ascii=False)}" for f in specs),
+                             gpu=default_student("gpu"), cpu=default_student("cpu"))
 
     raw = yaml.safe_load(render())
     raw.pop("profiles")

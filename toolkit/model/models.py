@@ -129,6 +129,32 @@ EMBEDDED = {
 }
 
 
+@dataclass(frozen=True)
+class DefaultStudent:
+    """The student a new recipe trains unless its author picks another: `xtk init` writes it, and `xtk advise` keeps
+    it on its short-list whatever its rows rule of thumb says, since `why` is a measurement or a source."""
+
+    model: str
+    model_type: str
+    template: str
+    why: str
+
+
+# Per profile: `xtk init` writes "gpu"'s as the recipe's student and "cpu"'s under profiles.cpu.
+DEFAULT_STUDENTS = {
+    "gpu": DefaultStudent("Qwen/Qwen3-0.6B", "qwen3", "qwen3",
+                          "the Alibaba Cloud tutorial's student, with its settings (docs/gpu.md)"),
+    "cpu": DefaultStudent("gemma3-270m", "gemma3_text", "gemma3_text",
+                          "the cpu bake-off's pick for extraction, far ahead of smollm2-135m-instruct on "
+                          "logistics_zh after the same 95 rows (docs/choosing.md)"),
+}
+
+
+def default_student(profile: str | None) -> DefaultStudent:
+    """The default student of a recipe profile: the cpu one for `cpu`, the gpu one for the rest (and none)."""
+    return DEFAULT_STUDENTS["cpu" if profile == "cpu" else "gpu"]
+
+
 def cache_dir() -> Path:
     """Where pulled models live: $XTK_CACHE, else the user's cache folder."""
     if os.environ.get("XTK_CACHE"):
