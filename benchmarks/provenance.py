@@ -14,9 +14,11 @@ import sys
 from functools import cache
 from pathlib import Path
 
-from toolkit.io.markers import read_marker
-
 ROOT = Path(__file__).resolve().parent.parent
+# This checkout's toolkit, not the one the venv's editable install points at (a clone sharing another's venv
+# would score its own run with the other tree's code).
+sys.path.insert(0, str(ROOT))
+from toolkit.io.markers import read_marker  # noqa: E402
 
 # What every results file must say of itself (dotted: a key inside a key).
 REQUIRED = ("date", "git.commit", "git.dirty", "machine.cpu_model", "machine.cpu_count", "one_run")
