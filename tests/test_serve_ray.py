@@ -117,6 +117,8 @@ def test_two_ray_serve_replicas_answer_as_predict_behind_one_address(tmp_path, r
         out = output.read_text()
         assert proc.returncode == 0, out[-3000:]
         assert "2 replicas on Ray Serve" in out and "terminated" not in out
+        # Ray's crash handler did not take the signal: it aborts the process 3 s later, mid-drain (seen in CI)
+        assert "SIGTERM received" not in out, out[-3000:]
         deadline = time.monotonic() + 60
         while group_alive(proc.pid):  # ray.shutdown stops the cluster it started, replicas included
             assert time.monotonic() < deadline, subprocess.run(["ps", "-o", "pid,args", "-g", str(proc.pid)],

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from toolkit.data.prepare import text_problem
+from toolkit.deploy.cluster import ray_cluster
 from toolkit.evaluate.evaluation import extract
 from toolkit.flow.check import check_backend
 from toolkit.io.errors import DataError, StageError
@@ -292,11 +293,8 @@ def ray_answerer(recipe: Recipe, r, address: str | None, replicas: int | None) -
 
         if not todo:
             return
-        started = not ray.is_initialized()
-        if started:
-            ray.init(address=address, log_to_driver=False, include_dashboard=False, logging_level="WARNING")
-        ray.data.DataContext.get_current().enable_progress_bars = False  # xtk's own bar counts the answers
-        try:
+        with ray_cluster(address):
+            ray.data.DataContext.get_current().enable_progress_bars = False  # xtk's own bar counts the answers
             gpus = int(ray.cluster_resources().get("GPU", 0))
             n = replicas or gpus or 1
             ds = ray.data.from_items([{"id": dumps(t["id"]), "text": t["text"]} for t in todo])
@@ -305,8 +303,5 @@ def ray_answerer(recipe: Recipe, r, address: str | None, replicas: int | None) -
                                 num_cpus=0 if gpus else 1)
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 yield [json.loads(row) for row in batch["row"]]
-        finally:
-            if started:
-                ray.shutdown()
 
     return answer

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from toolkit.deploy.cluster import ray_cluster
 from toolkit.deploy.predict import student_backend
 from toolkit.deploy.serve import Limits, make_app
 from toolkit.io.errors import StageError
@@ -59,10 +60,7 @@ def ray_serving(recipe: Recipe, r, limits: Limits, host: str, port: int, address
     import ray
     from ray import serve
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, log_to_driver=False, include_dashboard=False, logging_level="WARNING")
-    try:
+    with ray_cluster(address):
         have = ray.cluster_resources()
         gpus = int(have.get("GPU", 0))
         n = replicas or gpus or 1
@@ -76,6 +74,3 @@ def ray_serving(recipe: Recipe, r, limits: Limits, host: str, port: int, address
             yield n
         finally:
             serve.delete(APP)
-    finally:
-        if started:
-            ray.shutdown()
