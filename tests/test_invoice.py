@@ -21,7 +21,8 @@ from toolkit.task.scoring import compute_metrics, extract_json
 from toolkit.tasks.invoice_zh.baseline import answer
 from toolkit.data.generators import normalise_text
 from toolkit.tasks.invoice_zh.generate import LAYOUTS, InvoiceGenerator
-from toolkit.tasks.invoice_zh.values import CREDIT_CHARS, CREDIT_WEIGHTS, ENGLISH, PRODUCTS, WORDS, capital
+from toolkit.tasks.invoice_zh.values import CREDIT_CHARS, CREDIT_WEIGHTS, ENGLISH, PRODUCTS, SPOKEN, WORDS, \
+    capital
 
 RECIPE = ROOT / "recipes" / "invoice_zh.yaml"
 DATA = ROOT / "datasets" / "invoice_zh"
@@ -180,6 +181,21 @@ def test_the_rule_baseline_scores_something_not_everything(recipe):
     assert all(0.8 < test["leaves"][leaf]["value"] for leaf in ("items[].name", "items[].amount", "seller.tax_id"))
     # its label words are normal's: on the unseen set it finds the items (three figures that multiply), little else
     assert unseen["exact_match"]["value"] < 0.1 < unseen["leaves"]["items[].amount"]["value"]
+
+
+@pytest.mark.parametrize("name", ["test.jsonl", "test_unseen.jsonl", "pool.jsonl"])
+def test_services_billed_once_print_their_amount_alone_and_sentences_spell_counts(name):
+    """Two ways real invoices write items that three multiplying figures do not find: a service with its amount
+    alone (quantity and unit price blank; labelled quantity 1, unit price = amount) and a count in words (两箱)."""
+    alone = spelled = 0
+    for text, label in labelled(name):
+        found = {item["name"] for item in extract_json(answer(text))["items"]}
+        alone += any(it["quantity"] == 1 and it["unit_price"] == it["amount"] and it["name"] not in found
+                     for it in label["items"])
+        spelled += any(re.search(f"{re.escape(it['name'])} ?{SPOKEN.get(it['quantity'], '-')}", text)
+                       for it in label["items"] if it["quantity"] > 1)
+    assert alone > 0.1 * len(labelled(name)), alone
+    assert spelled > 0.03 * len(labelled(name)), spelled
 
 
 def test_recipe_check_passes_for_every_profile(capsys):

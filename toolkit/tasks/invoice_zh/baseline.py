@@ -2,7 +2,8 @@
 
 The number, date, parties and total by regexes after the label words of the common Chinese layouts (it knows no
 others); a company named in an e-mail with its tax id in brackets after it; the line items as the runs of three
-figures where quantity x unit price = amount, each named by the text before it. Money is read with the recipe's own
+figures where quantity x unit price = amount, each named by the text before it (so not a service printed with its
+amount alone, nor a count written in words: 两箱). Money is read with the recipe's own
 reader (toolkit/task/money.py), in the one currency the document's signs name.
 """
 

@@ -22,8 +22,8 @@ from faker import Faker
 
 from toolkit.data.generators import draw_unique
 from toolkit.io.trust import recipe_code
-from toolkit.tasks.invoice_zh.values import (BANKS, INDUSTRIES, PRODUCTS, REMARKS, SUFFIXES, TAX_RATES, WORDS,
-                                             capital, credit_code)
+from toolkit.tasks.invoice_zh.values import (BANKS, INDUSTRIES, PRODUCTS, REMARKS, SPOKEN, SUFFIXES, TAX_RATES,
+                                             WORDS, capital, credit_code)
 
 LAYOUTS = {"normal": ("lines", "table", "email"), "unseen": ("english", "slip", "chat"),
            "train": ("lines", "table", "email", "inline")}
@@ -183,6 +183,16 @@ class InvoiceGenerator:
         """As printed: *类别*名称 on most invoices (the label is the name alone)."""
         return f"*{line.category}*{line.name}" if self.rng.random() < 0.55 else line.name
 
+    def amount_only(self, line: Line) -> bool:
+        """A service billed once is printed with its amount alone, quantity and unit price left blank, as VAT
+        invoices print 技术服务费 (the label: quantity 1, unit price = amount)."""
+        return line.unit in ("项", "次") and line.quantity == 1 and self.rng.random() < 0.7
+
+    def count(self, line: Line) -> str:
+        """The quantity and unit in a sentence: 两箱 as often as 2箱 (never 八月, which reads as August)."""
+        spoken = SPOKEN.get(line.quantity) if line.unit != "月" else None
+        return f"{spoken if spoken and self.rng.random() < 0.5 else line.quantity}{line.unit}"
+
     def total_text(self, inv: Invoice) -> str:
         """The total in figures, in capital numerals (CNY only) or both."""
         r, figures = self.rng, self.money(inv.total, inv.currency)
@@ -247,10 +257,10 @@ class InvoiceGenerator:
         head = [self.labelled("number", inv.number), self.labelled("date", self.day(inv.day))]
         r.shuffle(head)
         joint = r.choice(["，", " ", "；", "  "])
-        items = [f"{i}. {self.item_name(ln)}{joint}{self.labelled('quantity', str(ln.quantity))}{ln.unit}{joint}"
-                 f"{self.labelled('unit_price', self.money(ln.unit_price, inv.currency))}{joint}"
-                 f"{self.labelled('amount', self.money(ln.amount, inv.currency))}"
-                 for i, ln in enumerate(inv.lines, 1)]
+        items = [f"{i}. {self.item_name(ln)}{joint}" + ("" if self.amount_only(ln) else
+                 f"{self.labelled('quantity', str(ln.quantity))}{ln.unit}{joint}"
+                 f"{self.labelled('unit_price', self.money(ln.unit_price, inv.currency))}{joint}")
+                 + self.labelled('amount', self.money(ln.amount, inv.currency)) for i, ln in enumerate(inv.lines, 1)]
         top = [self.word("title"), *head, *self.parties(inv, sep)]
         return self.with_noise([*top, *items, self.word("total") + sep + self.total_text(inv)], inv, len(top))
 
@@ -262,9 +272,10 @@ class InvoiceGenerator:
         plain = r.random() < 0.7
         header = [self.word("item"), self.word("unit"), self.word("quantity"), self.word("unit_price"),
                   self.word("amount"), "税率"]
-        rows = [col.join([self.item_name(ln), ln.unit, str(ln.quantity),
-                          self.money(ln.unit_price, inv.currency, plain), self.money(ln.amount, inv.currency, plain),
-                          f"{inv.tax_rate}%"]) for ln in inv.lines]
+        rows = [col.join([self.item_name(ln), *(["", "", ""] if self.amount_only(ln) else
+                                                  [ln.unit, str(ln.quantity),
+                                                   self.money(ln.unit_price, inv.currency, plain)]),
+                          self.money(ln.amount, inv.currency, plain), f"{inv.tax_rate}%"]) for ln in inv.lines]
         head = f"{self.labelled('number', inv.number)}{col}{self.labelled('date', self.day(inv.day))}"
         top = [self.word("title"), head, *self.parties(inv, sep), *([self.currency_note(inv)] if plain else [])]
         return self.with_noise([*top, col.join(header), *rows, self.word("total") + sep + self.total_text(inv)], inv,
@@ -274,9 +285,9 @@ class InvoiceGenerator:
         """One paragraph: who invoiced whom, when, the number, the items in a sentence, the total."""
         r = self.rng
         s, b = inv.seller, inv.buyer
-        items = "；".join(f"{ln.name}{ln.quantity}{ln.unit}，{self.word('unit_price')}"
-                         f"{self.money(ln.unit_price, inv.currency)}，{self.word('amount')}"
-                         f"{self.money(ln.amount, inv.currency)}" for ln in inv.lines)
+        items = "；".join(f"{ln.name}" + ("" if self.amount_only(ln) else f"{self.count(ln)}，{self.word('unit_price')}"
+                                                                      f"{self.money(ln.unit_price, inv.currency)}")
+                         + f"，{self.word('amount')}{self.money(ln.amount, inv.currency)}" for ln in inv.lines)
         when, number = self.day(inv.day), self.word("number") + inv.number
         total = f"{self.word('total')}{self.total_text(inv)}"
         if r.random() < 0.5:
@@ -298,8 +309,9 @@ class InvoiceGenerator:
         """One line of labelled values apart by a separator (the training pool's own layout)."""
         r = self.rng
         sep = r.choice([" | ", "；", " / ", "，"])
-        items = "、".join(f"{self.item_name(ln)} {ln.quantity}{ln.unit}×{self.money(ln.unit_price, inv.currency)}"
-                         f"={self.money(ln.amount, inv.currency)}" for ln in inv.lines)
+        items = "、".join(f"{self.item_name(ln)} " + ("" if self.amount_only(ln) else
+                                                     f"{ln.quantity}{ln.unit}×{self.money(ln.unit_price, inv.currency)}=")
+                         + self.money(ln.amount, inv.currency) for ln in inv.lines)
         parts = [self.labelled("number", inv.number), self.labelled("date", self.day(inv.day)),
                  *self.parties(inv, self.word("label_seps")), self.labelled("item", items),
                  self.labelled("total", self.total_text(inv))]
@@ -318,7 +330,8 @@ class InvoiceGenerator:
                 lines.append(f"Tax ID{sep}{party.tax_id}")
         if plain:
             lines.append(f"Currency{sep}{inv.currency}")
-        rows = [col.join([ln.name, str(ln.quantity), ln.unit, self.money(ln.unit_price, inv.currency, plain),
+        rows = [col.join([ln.name, *(["", "", ""] if self.amount_only(ln) else
+                                     [str(ln.quantity), ln.unit, self.money(ln.unit_price, inv.currency, plain)]),
                           self.money(ln.amount, inv.currency, plain)]) for ln in inv.lines]
         return self.with_noise([*lines, col.join(["Description", "Qty", "UoM", "Unit price", "Amount"]), *rows,
                                 f"Total due{sep}{self.money(inv.total, inv.currency)}"], inv, len(lines))
@@ -326,8 +339,9 @@ class InvoiceGenerator:
     def layout_slip(self, inv: Invoice) -> str:
         """One line of labelled values; items written name x quantity @ price = amount."""
         sep = self.word("label_seps")
-        items = "；".join(f"{ln.name}×{ln.quantity}{ln.unit}@{self.money(ln.unit_price, inv.currency)}"
-                         f"={self.money(ln.amount, inv.currency)}" for ln in inv.lines)
+        items = "；".join(ln.name + ("" if self.amount_only(ln) else
+                                    f"×{ln.quantity}{ln.unit}@{self.money(ln.unit_price, inv.currency)}")
+                         + f"={self.money(ln.amount, inv.currency)}" for ln in inv.lines)
         parts = [f"【{self.word('title')}】", self.labelled("number", inv.number),
                  self.labelled("date", self.day(inv.day)),
                  self.labelled("seller", inv.seller.name + self.tax_note(inv.seller, labelled=True)),
@@ -339,8 +353,9 @@ class InvoiceGenerator:
         """A chat message: who, the number and date in a sentence, an item a line."""
         r = self.rng
         s, b = inv.seller, inv.buyer
-        items = [f"{ln.name} {ln.quantity}{ln.unit}，{self.word('unit_price')}{self.money(ln.unit_price, inv.currency)}"
-                 f"，{self.word('amount')}{self.money(ln.amount, inv.currency)}" for ln in inv.lines]
+        items = [f"{ln.name} " + ("" if self.amount_only(ln) else
+                                  f"{self.count(ln)}，{self.word('unit_price')}{self.money(ln.unit_price, inv.currency)}，")
+                 + f"{self.word('amount')}{self.money(ln.amount, inv.currency)}" for ln in inv.lines]
         who = [f"{self.word(role)}是{p.name}" + (f"，{self.word('tax_id')}{p.tax_id}" if p.tax_id else "")
                for role, p in (("seller", s), ("buyer", b))]
         r.shuffle(who)

@@ -130,6 +130,9 @@ def credit_code(rng: random.Random, division: str) -> str:
 
 
 CAPITAL_DIGITS = "零壹贰叁肆伍陆柒捌玖"
+# Quantities as a sentence writes them (两箱, 十二个): the counts people spell out.
+SPOKEN = {1: "一", 2: "两", 3: "三", 4: "四", 5: "五", 6: "六", 7: "七", 8: "八", 9: "九", 10: "十", 12: "十二",
+          20: "二十", 50: "五十", 100: "一百"}
 
 
 def capital(amount: Decimal) -> str:
