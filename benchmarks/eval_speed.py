@@ -9,8 +9,9 @@ it) unless --model names another; the prompt is the profile's student prompt; ne
 the profile's eval.max_new_tokens and eval.batch_size. Every engine gets every core of the machine (vLLM takes
 them itself; torch is told). Records per second exclude model loading (reported apart). Ratios are against the
 naive loop and against batched transformers of this run; "identical" compares each engine's free greedy answers
-with the naive loop's (guided decoding may answer otherwise by design). Goal on this CPU: vLLM at least 5x the
-naive loop.
+with the naive loop's (guided decoding may answer otherwise by design), and with `xtk eval`'s. vLLM guided runs
+twice: compiled (the default) and eager (`eval.vllm.enforce_eager`), whose model load is its whole start. Goal on
+this CPU: vLLM at least 5x the naive loop.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from provenance import ROOT, provenance  # noqa: E402
 sys.path.insert(0, str(ROOT))
 
 RECIPE = ROOT / "recipes" / "logistics_zh.yaml"
+AS_SHIPPED = "vllm, guided (as xtk eval runs it)"
 
 
 def naive_loop(model_dir: str, chats: list, max_new_tokens: int) -> tuple[float, float, list[str]]:
@@ -98,7 +100,14 @@ def main() -> None:
         engine.close()  # vLLM's worker would otherwise poll on a core during the next measurement
 
     if recipe.eval.guided_json:
-        timed("vllm, guided (as xtk eval runs it)", lambda: VllmBackend(recipe, model.ref, guided_json=True),
+        timed(AS_SHIPPED, lambda: VllmBackend(recipe, model.ref, guided_json=True),
+              lambda e, batch: e.generate(batch, args.max_new_tokens))
+        # The same without torch.compile: on this CPU inductor is off and the compile cache does not load, so
+        # compiling may cost each start a minute for nothing (issue 44)
+        eager = load_recipe(RECIPE, "cpu", [f"eval.max_new_tokens={args.max_new_tokens}",
+                                            f"eval.batch_size={args.batch_size}", "eval.vllm.enforce_eager=true"])
+        timed("vllm, guided, eager (eval.vllm.enforce_eager=true)",
+              lambda: VllmBackend(eager, model.ref, guided_json=True),
               lambda e, batch: e.generate(batch, args.max_new_tokens))
     timed("vllm", lambda: VllmBackend(recipe, model.ref),
           lambda e, batch: e.generate(batch, args.max_new_tokens))
@@ -115,6 +124,9 @@ def main() -> None:
         r["ratio_vs_transformers_engine"] = round(r["records_per_s"] / batched, 2)
         r["outputs_identical_to_naive"] = sum(a.strip() == b.strip() for a, b in zip(outputs[name],
                                                                                     outputs["naive loop"]))
+        if AS_SHIPPED in outputs:
+            r["outputs_identical_to_xtk_eval"] = sum(a.strip() == b.strip() for a, b in zip(outputs[name],
+                                                                                           outputs[AS_SHIPPED]))
     write_json(args.out, {**provenance(one_run=True), "model": model.ref, "prompt": str(recipe.prompts.student),
                           "guided_json": recipe.eval.guided_json, "threads": threads, "records": len(chats),
                           "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "results": results})

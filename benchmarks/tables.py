@@ -247,15 +247,18 @@ def label_throughput(d: dict) -> str:
 
 
 def eval_speed(d: dict) -> str:
+    same = any("outputs_identical_to_xtk_eval" in r for r in d["results"].values())  # files before it have none
     rows = [[name, rate(r["records_per_s"]), f"{r['ratio_vs_naive_loop']}x", f"{r['ratio_vs_transformers_engine']}x",
-             f"{r['load_s']} s", f"{r['generate_s']} s", f"{r['outputs_identical_to_naive']} of {d['records']}"]
+             f"{r['load_s']} s", f"{r['generate_s']} s", f"{r['outputs_identical_to_naive']} of {d['records']}",
+             *([f"{r['outputs_identical_to_xtk_eval']} of {d['records']}"] if same else [])]
             for name, r in d["results"].items()]
     model = d["model"][d["model"].index("runs/"):] if "runs/" in d["model"] else d["model"]  # not this machine's path
     return (f"{provenance('eval_speed', d)} {d['records']} records, greedy, at most {d['max_new_tokens']} new tokens, "
             f"batch {d['batch_size']}. `{model}` with `{d['prompt']}`, {d['threads']} threads for "
             "every engine.\n\n"
             + table(["backend", "records/s", "vs naive loop", "vs batched transformers", "model load", "generation",
-                     "greedy outputs identical to the naive loop's"], rows))
+                     "greedy outputs identical to the naive loop's",
+                     *(["identical to xtk eval's"] if same else [])], rows))
 
 
 ROLE_NAMES = {"base": "base, zero-shot, detailed prompt (generated)", "likelihood": "base, zero-shot, option likelihood",
