@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,11 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
         time.sleep(1)
     os.killpg(proc.pid, signal.SIGKILL)  # xtk and swift, as a crash or `kill -9` of the job would
     proc.wait()
+    # Freeze the orphans where they are: on a busy machine they finished all 20 steps before the re-run began,
+    # leaving nothing to resume (CI). Frozen, they still hold the folder, and the re-run must still stop them.
+    for pid in stale_trainers(run / "train"):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
     done = checkpoints(run / "train")
     assert done, "no checkpoint was written before the deadline"
     first = int(done[-1].name.split("-")[1])
