@@ -27,7 +27,7 @@ def ray_cluster(address: str | None) -> Iterator[None]:
     before = signal.getsignal(signal.SIGTERM) if main else None
     ray.init(address=address, log_to_driver=False, include_dashboard=False, logging_level="WARNING")
     try:
-        if main:
+        if before is not None:  # None: a handler set outside Python, which Python cannot put back
             signal.signal(signal.SIGTERM, before)
         yield
     finally:
