@@ -23,5 +23,5 @@ fi
 # On CPU one torch thread per process is ~10x faster than two on 2 cores for generation (measured here).
 [ "$profile" = cpu ] && export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
-# xtk run ends by printing where report.md, accuracy.png and loss.png are.
-.venv/bin/xtk run recipes/logistics_zh.yaml "${args[@]}"
+# xtk run ends by printing where report.md, accuracy.png and loss.png are; the venv is setup.sh's (XTK_VENV too).
+"${XTK_VENV:-.venv}/bin/xtk" run recipes/logistics_zh.yaml "${args[@]}"
