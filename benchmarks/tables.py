@@ -272,9 +272,11 @@ def recipe_cpu(name: str) -> Callable[[dict], str]:
     def render(d: dict) -> str:
         rows = []
         order = list(ROLE_NAMES)
+        tests = list(dict.fromkeys(key.rsplit("-", 1)[1] for key in d["evaluations"]))
         for key, e in sorted(d["evaluations"].items(), key=lambda kv: order.index(kv[0].rsplit("-", 1)[0])):
-            role = key.rsplit("-", 1)[0]
-            cells = [ROLE_NAMES.get(role, role), e["n"]]
+            role, test = key.rsplit("-", 1)
+            # a recipe with several test files: which one each row scored
+            cells = [ROLE_NAMES.get(role, role), *([f"`{test}.jsonl`"] if len(tests) > 1 else []), e["n"]]
             if "entities" in e:
                 ent = e["entities"]
                 cells += [f"{pct(ent['overall']['f1'][0])} {ci(ent['overall']['f1'][1])}",
@@ -297,7 +299,8 @@ def recipe_cpu(name: str) -> Callable[[dict], str]:
         minutes = ", ".join(f"{k} {v}" for k, v in d["stage_minutes"].items() if v >= 1)
         return (f"{provenance(name, d)} {d['recipe']} `--profile {d['profile']}`, {num(d['train_records'], 0)} "
                 f"training rows; whole run {d['total_minutes']} min ({minutes}); fit: \"{d['fit']}\".\n\n"
-                + table(["approach", "records", *header, "JSON valid %", "records/s"], rows) + versus_baseline(d))
+                + table(["approach", *(["test file"] if len(tests) > 1 else []), "records", *header, "JSON valid %",
+                         "records/s"], rows) + versus_baseline(d))
 
     return render
 
@@ -468,6 +471,7 @@ TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "eval_speed": ("eval_speed", eval_speed),
     "review_sentiment_zh_cpu": ("review_sentiment_zh_cpu", recipe_cpu("review_sentiment_zh_cpu")),
     "msra_ner_cpu": ("msra_ner_cpu", recipe_cpu("msra_ner_cpu")),
+    "invoice_zh_cpu": ("invoice_zh_cpu", recipe_cpu("invoice_zh_cpu")),
     "bakeoff_cpu": ("bakeoff_cpu", bakeoff_cpu),
     "advise_memory": ("advise_memory", advise_memory),
     "predict_cpu": ("predict_cpu", predict_cpu),
