@@ -31,6 +31,7 @@ def districts(table, text: str) -> set[str]:
     ("山东省东营东营黄河路街道工业大街650号", {"东营区"}),  # the city, then its county of the same short name
     ("辽宁朝阳市朝阳 长安西路768号", {"朝阳县"}),
     ("湖南省益阳资阳区沙头镇", {"资阳区"}),  # 资阳 also names 四川's 资阳市: the city written beside it decides
+    ("邳州市 新华镇和平村3组", {"邳州市"}),  # a place written whole implies its city: not 石家庄's 新华区
 ])
 def test_a_county_the_text_writes_is_the_only_one_offered(admin, text, expected):
     assert districts(admin, text) == expected

@@ -7,8 +7,8 @@ an occurrence inside a longer one is not counted (高县 in 临高县). A combin
 its most specific value:
 - by the value itself (西充县): always;
 - by an alias (西充), which a street or a town can share (长安大街, 黄河东路): only where the rest of the text agrees.
-  The most specific parent level another occurrence names decides (浙江金华…长安大街 names 金华市, not 长安区's
-  西安市); an alias that also spells the place's own parent, written once, names the parent (邵阳 幸福街: 邵阳市,
+  The most specific parent level another occurrence names, or implies by a place written whole, decides
+  (浙江金华…长安大街 names 金华市, not 长安区's 西安市); an alias that also spells the place's own parent, written once, names the parent (邵阳 幸福街: 邵阳市,
   not 邵阳县); with no parent named elsewhere, an alias that spells some parent is read as that parent.
 Where the text writes none, the answers allowed are the table's combinations with the most specific level "".
 """
@@ -63,7 +63,9 @@ def _agrees(sp: _Spellings, c: tuple[str, ...], spelling: str, others: list[str]
     """Whether an alias of c's most specific value, at one occurrence, is c's (others: the text's other
     occurrences)."""
     parents = range(len(c) - 1)
-    names = [{v for o in others for v in sp.by_level[i].get(o, ())} for i in parents]
+    # the parents the rest of the text names: spelt, or implied by a place it writes whole (五大连池市: 黑河市)
+    implied = [p for o in others for p in sp.by_leaf.get(o, ())]
+    names = [{v for o in others for v in sp.by_level[i].get(o, ())} | {p[i] for p in implied} for i in parents]
     if any(c[i] in sp.by_level[i].get(spelling, ()) and c[i] not in names[i] for i in parents):
         return False  # the spelling of its own parent, which nothing else names: it names the parent
     for i in reversed(parents):  # the most specific parent level the rest of the text names decides
