@@ -48,13 +48,14 @@ def timed(answer, chats: list) -> tuple[dict, list[str]]:
 def measure(recipe, gguf: Path, chats: list) -> dict:
     from llama_cpp import LlamaGrammar
 
+    from toolkit.infer.backends import user_text
     from toolkit.infer.llamacpp import LlamaCppBackend, json_grammar
 
     max_tokens = recipe.eval.max_new_tokens
     t0 = time.perf_counter()
     backend = LlamaCppBackend(recipe, gguf, guided_json=True)
     load = time.perf_counter() - t0
-    grammar = LlamaGrammar.from_string(json_grammar(recipe.json_schema()), verbose=False)
+    counts = {"checked": 0, "searched": 0}
 
     def completion(c: list, **kwargs) -> tuple[str, int]:
         kwargs = {"max_tokens": max_tokens, **kwargs}
@@ -63,14 +64,21 @@ def measure(recipe, gguf: Path, chats: list) -> dict:
 
     def xtk_check(c: list) -> tuple[str, int]:
         [g] = backend.generate([c], max_tokens)
+        used = next(reversed(backend.grammars.values()))  # the grammar that answered, counting this answer alone
+        counts["checked"] += used.checked
+        counts["searched"] += used.searched
         return g.text, g.completion_tokens
+
+    # each chat's schema (its text's), as llama-cpp-python's own sampler takes it, made before the clock starts
+    sampler_grammars = {id(c): LlamaGrammar.from_string(json_grammar(recipe.json_schema(user_text(c))), verbose=False)
+                        for c in chats}
 
     try:
         completion(chats[0], max_tokens=8)  # warm-up, so that no variant pays for the first decode
         xtk, xtk_answers = timed(xtk_check, chats)
-        sampler, sampler_answers = timed(lambda c: completion(c, grammar=grammar), chats)
+        sampler, sampler_answers = timed(lambda c: completion(c, grammar=sampler_grammars[id(c)]), chats)
         free, free_answers = timed(completion, chats)
-        searched, checked = backend.grammar.searched, backend.grammar.checked
+        searched, checked = counts["searched"], counts["checked"]
         vocabulary = backend.llm.n_vocab()
     finally:
         backend.close()

@@ -93,3 +93,15 @@ def test_a_table_binds_only_the_recipes_own_fields(tmp_path, capsys):
     recipe = write_recipe(tmp_path, FIELDS, extra="tables: [{file: catalogue.csv, fields: [category, item, unit]}]\n")
     assert main(["recipe", "check", str(recipe)]) == 2
     assert "key 'tables.0.fields'" in (err := capsys.readouterr().err) and "'item' is not a field" in err
+
+
+def test_a_bad_aliases_file_stops_the_recipe_check_with_its_file_and_line(tmp_path, capsys):
+    shutil.copy(ROOT / "tests" / "tables" / "catalogue.csv", tmp_path / "catalogue.csv")
+    (tmp_path / "aliases.csv").write_text("value,alias\nmilk,moo juice\nchocolate,choc\n", encoding="utf-8")
+    recipe = write_recipe(tmp_path, FIELDS, extra="tables: [{file: catalogue.csv, fields: [category, product, unit], "
+                                                  "aliases: aliases.csv}]\n")
+    for command in (["recipe", "check", str(recipe)], ["run", str(recipe), "--run", str(tmp_path / "run")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert "key 'tables.0.aliases'" in err and "aliases.csv:3: 'chocolate' is not a value" in err, err
+    assert not (tmp_path / "run").exists()

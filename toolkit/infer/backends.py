@@ -29,6 +29,12 @@ class Generation:
     completion_tokens: int = 0
 
 
+def user_text(messages: Messages) -> str | None:
+    """The text a chat asks about, as the answer's schema reads it: its last user turn (toolkit/evaluate/evaluation.chat
+    puts the text there as it is)."""
+    return next((m["content"] for m in reversed(messages) if m.get("role") == "user"), None)
+
+
 class Backend:
     """One inference engine: `generate` answers a batch of chats; `close` frees what would outlive the object."""
 

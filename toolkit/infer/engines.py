@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from toolkit.infer.backends import Backend, Generation, Messages, Served, vllm_available
+from toolkit.infer.backends import Backend, Generation, Messages, Served, user_text, vllm_available
 from toolkit.io.errors import StageError
 from toolkit.io.journal import load_journal
 from toolkit.io.jsonl import append_jsonl, open_append, read_jsonl
@@ -87,14 +87,15 @@ class VllmBackend(Backend):
     def generate(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
         from vllm import SamplingParams
 
-        params = {"max_tokens": max_tokens, "temperature": 0.0}
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
         if self.guided_json:
             from vllm.sampling_params import StructuredOutputsParams
 
-            # No free whitespace between JSON tokens: a small model can loop on newlines as on any string.
-            params["structured_outputs"] = StructuredOutputsParams(json=self.recipe.json_schema(),
-                                                                   disable_any_whitespace=True)
-        outs = self.llm.chat(batch, SamplingParams(**params), use_tqdm=False,
+            # Each chat its text's schema (a table declared `written` narrows it); no free whitespace between
+            # JSON tokens: a small model can loop on newlines as on any string.
+            params = [SamplingParams(max_tokens=max_tokens, temperature=0.0, structured_outputs=StructuredOutputsParams(
+                json=self.recipe.json_schema(user_text(m)), disable_any_whitespace=True)) for m in batch]
+        outs = self.llm.chat(batch, params, use_tqdm=False,
                              chat_template_kwargs=template_kwargs(self.thinking_off) or None)
         return [Generation(o.outputs[0].text, len(o.outputs[0].token_ids)) for o in outs]
 

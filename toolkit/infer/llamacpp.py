@@ -25,7 +25,7 @@ import psutil
 
 from toolkit.io.errors import StageError
 from toolkit.io.jsonl import open_own
-from toolkit.infer.backends import Backend, Generation, Messages, Served
+from toolkit.infer.backends import Backend, Generation, Messages, Served, user_text
 from toolkit.model.models import ModelError, cache_dir
 from toolkit.model.thinking import template_kwargs, thinking_off
 from toolkit.task.recipe import Recipe
@@ -119,6 +119,7 @@ def json_grammar(schema: dict) -> str:
 
 
 SPACE_RULE = 'space ::= | " " | "\\n" [ \\t]{0,20}'
+GRAMMARS_KEPT = 8  # a table's "none written" grammar is reused; each place's own is small and cheap to make
 
 
 class LlamaCppBackend(Backend):
@@ -152,7 +153,8 @@ class LlamaCppBackend(Backend):
                                              bos_token=text(self.llm.token_bos()))
         # thinking off as vLLM serves the same template: the GGUF's architecture stands for ms-swift's model type
         self.template_kwargs = template_kwargs(thinking_off(self.llm.metadata.get("general.architecture"), None))
-        self.grammar = GreedyGrammar(self.llm, json_grammar(recipe.json_schema())) if guided_json else None
+        self.recipe, self.guided_json = recipe, guided_json
+        self.grammars: dict[str, GreedyGrammar] = {}  # by schema, the most recently used last
 
     def prompt_tokens(self, messages: Messages) -> list[int]:
         """The chat rendered by the GGUF's template and tokenised as llama-cpp-python's chat completion does:
@@ -163,17 +165,26 @@ class LlamaCppBackend(Backend):
     def generate(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
         out = []
         for messages in batch:
-            if self.grammar is not None:
-                self.grammar.reset()
+            grammar = self.grammar(messages) if self.guided_json else None
             done = self.llm.create_completion(self.prompt_tokens(messages), max_tokens=max_tokens, temperature=0.0,
-                                              repeat_penalty=1.0,
-                                              logits_processor=[self.grammar] if self.grammar else None)
+                                              repeat_penalty=1.0, logits_processor=[grammar] if grammar else None)
             out.append(Generation(done["choices"][0]["text"], done["usage"]["completion_tokens"]))
         return out
 
+    def grammar(self, messages: Messages) -> GreedyGrammar:
+        """The grammar of the schema this chat's text is answered under (the same for every text but where a table
+        is declared `written`), at its start; kept for the next texts under the same schema (a few at a time)."""
+        key = json.dumps(self.recipe.json_schema(user_text(messages)), ensure_ascii=False)
+        grammar = self.grammars.pop(key, None) or GreedyGrammar(self.llm, json_grammar(json.loads(key)))
+        self.grammars[key] = grammar
+        while len(self.grammars) > GRAMMARS_KEPT:
+            self.grammars.pop(next(iter(self.grammars))).close()
+        grammar.reset()
+        return grammar
+
     def close(self) -> None:
-        if self.grammar is not None:
-            self.grammar.close()
+        for grammar in self.grammars.values():
+            grammar.close()
         self.llm.close()
 
 
@@ -196,12 +207,13 @@ class GreedyGrammar:
         if not self.sampler:
             raise StageError("llama.cpp could not parse the recipe's JSON grammar")
         self.one = (llama_cpp.llama_token_data * 1)()
-        self.checked = 0  # tokens chosen, and of those how many the grammar had to choose over the vocabulary
+        self.checked = 0  # this answer's tokens, and of those how many the grammar chose over the vocabulary
         self.searched = 0
 
     def reset(self) -> None:
         """Back to the grammar's start, for the next answer."""
         self.llama_cpp.llama_sampler_reset(self.sampler)
+        self.checked = self.searched = 0
 
     def _apply(self, data, size: int) -> None:
         cur = self.llama_cpp.llama_token_data_array(data=data, size=size, selected=-1, sorted=False)

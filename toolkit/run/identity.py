@@ -46,6 +46,8 @@ def config_digest(recipe: Recipe, sections: tuple[str, ...]) -> str:
         if dotted.split(".")[0] == "prompts":
             roles = PROMPT_ROLES if dotted == "prompts" else (dotted.split(".")[1],)
             picked[f"{dotted} text"] = {r: digest(recipe.prompt(r).encode()) for r in roles if r in PROMPT_ROLES}
+        if dotted == "tables" and recipe.tables:  # by their files' bytes too (rows and aliases), as prompts
+            picked["tables content"] = [t.digest for t in recipe.loaded_tables()]
     return digest(picked)
 
 
@@ -194,5 +196,6 @@ def predict_key(recipe: Recipe, r: Role) -> str:
     journal written under another key is not resumed."""
     e = recipe.eval
     guided = e.guided_json if r.guided_json is None else r.guided_json
-    return digest([r.model, r.backend, recipe.prompt(r.prompt), recipe.json_schema(), guided, e.max_new_tokens,
+    return digest([r.model, r.backend, recipe.prompt(r.prompt), recipe.json_schema(),
+                   [t.digest for t in recipe.loaded_tables()], guided, e.max_new_tokens,
                    e.vllm.model_dump(), trained_key(r.model)])

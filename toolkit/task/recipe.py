@@ -27,6 +27,7 @@ from toolkit.task.nested import MAX_DEPTH, example_of, hint_of, is_nested, schem
 from toolkit.task.schema import (SWIFT_FLAGS, AtKey, CodeRef, DataSpec, EvalSpec, ExportSpec, Prompts, Strict,
                                  StudentSpec, SynthSpec, TeacherSpec, TrainSpec)
 from toolkit.task.tables import Table, TableSpec, answer_schema, load_table
+from toolkit.task.written import written_combinations
 
 
 # The teacher's and base prompts where a recipe gives no file and no prompts.template.
@@ -236,18 +237,23 @@ class Recipe(Strict):
     def loaded_tables(self) -> list[Table]:
         """The recipe's tables, read once (DataError naming the table file's line where one is bad)."""
         if self._tables is None:
-            self._tables = [load_table(self.path(spec.file), spec) for spec in self.tables]
+            self._tables = [load_table(self.path(spec.file), spec, spec.aliases and self.path(spec.aliases))
+                            for spec in self.tables]
         return self._tables
 
     def table_of(self, field_name: str) -> Table | None:
         """The table a field is bound to, or None."""
         return next((t for t in self.loaded_tables() if field_name in t.columns), None)
 
-    def json_schema(self) -> dict[str, Any]:
+    def json_schema(self, text: str | None = None) -> dict[str, Any]:
         """The JSON schema of one answer, for guided decoding (vLLM, llama.cpp, predict, serve, export): the
-        fields' own schemas, with the tables' combinations where the recipe binds fields to tables."""
+        fields' own schemas, with the tables' combinations where the recipe binds fields to tables. Given the
+        answer's `text`, a table declared `written` allows only the combinations that text writes
+        (toolkit/task/written.py); without it, every combination (export's schema.json, an OpenAI chat)."""
         properties = {f.name: schema_of(f, self.choices, MAX_ENUM) for f in self.fields}
-        return answer_schema(properties, self.loaded_tables())
+        tables = self.loaded_tables()
+        allowed = [written_combinations(t, text) if t.written and text is not None else None for t in tables]
+        return answer_schema(properties, tables, allowed)
 
     def public_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"root"})
@@ -390,8 +396,11 @@ def _check_own_files(recipe: Recipe) -> None:
     for i, spec in enumerate(recipe.tables):
         try:
             load_table(recipe.path(spec.file), spec)
+            if spec.aliases:
+                load_table(recipe.path(spec.file), spec, recipe.path(spec.aliases))
         except DataError as exc:
-            fail(("tables", i, "file"), str(exc))
+            fail(("tables", i, "aliases" if spec.aliases and Path(exc.path) == recipe.path(spec.aliases) else "file"),
+                 str(exc))
 
 
 def named_files(model: BaseModel, loc: tuple = ()) -> Iterator[tuple[tuple, str]]:

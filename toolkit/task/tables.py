@@ -19,7 +19,7 @@ import io
 import itertools
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -47,6 +47,13 @@ class TableSpec(BaseModel):
     may_be_empty: list[str] = Field(default_factory=list, description=(
         "Levels that may be \"\" in any row (the text does not name them); every more specific level then may be "
         "empty too. Guided decoding allows \"\" there under every parent."))
+    aliases: Annotated[str | None, FILE] = Field(default=None, description=(
+        "Other spellings of the table's values, recipe-relative: a CSV file with the header `value,alias`, one "
+        "spelling a line (浙江 for 浙江省, 西充 for 西充县). Read where `written` is set."))
+    written: bool = Field(default=False, description=(
+        "The most specific level an answer names is written in its text, by its value or an alias, and is \"\" "
+        "only where the text writes none: guided decoding lets each text's answer take only the combinations "
+        "the text writes (toolkit/task/written.py decides which), \"\" where it writes none."))
 
     @model_validator(mode="after")
     def _levels(self) -> TableSpec:
@@ -55,6 +62,9 @@ class TableSpec(BaseModel):
         unknown = [f for f in self.may_be_empty if f not in self.fields]
         if unknown:
             raise ValueError(f"may_be_empty names {unknown}, not among the table's fields {self.fields}")
+        if self.written and self.fields[-1] not in self.may_be_empty:
+            raise ValueError(f"written needs may_be_empty to hold {self.fields[-1]!r}: a text that writes no "
+                             f"{self.fields[-1]} must be answered \"\"")
         if self.may_be_empty:
             first = min(self.fields.index(f) for f in self.may_be_empty)
             if set(self.may_be_empty) != set(self.fields[first:]):
@@ -87,6 +97,8 @@ class Table:
     may_be_empty: frozenset[str]
     rows: tuple[tuple[str, ...], ...]
     digest: str
+    aliases: tuple[tuple[str, str], ...] = ()  # (value, another spelling of it)
+    written: bool = False  # guided decoding narrows each answer to what its text writes
 
     @cached_property
     def combinations(self) -> tuple[tuple[str, ...], ...]:
@@ -108,11 +120,12 @@ class Table:
         """The values a column takes in some combination ("" where the level may be empty)."""
         return self._values[self.columns.index(column)]
 
-    def branches(self) -> list[dict[str, dict]]:
-        """One schema per parent path, field -> schema: the parents as const, the most specific level as the
-        enum of its values under them ("" included where it may be empty)."""
+    def branches(self, combinations: Sequence[tuple[str, ...]] | None = None) -> list[dict[str, dict]]:
+        """One schema per parent path of `combinations` (default: every one), field -> schema: the parents as
+        const, the most specific level as the enum of its values under them ("" included where it may be
+        empty)."""
         groups: dict[tuple[str, ...], list[str]] = {}
-        for c in self.combinations:
+        for c in self.combinations if combinations is None else combinations:
             groups.setdefault(c[:-1], []).append(c[-1])
         return [{**{col: {"const": v} for col, v in zip(self.columns, parents)},
                  self.columns[-1]: {"const": leaves[0]} if len(leaves) == 1 else {"enum": leaves}}
@@ -163,20 +176,67 @@ class Table:
         return Repair({**answer, **dict(zip(cols, found[0]))}, changed)
 
 
-def load_table(path: str | Path, spec: TableSpec) -> Table:
-    """The table `spec` binds, read from `path` (a .csv or .jsonl file) with every row checked: a bad file raises
-    DataError naming its line and what was expected. Loaded once per file content."""
+def load_table(path: str | Path, spec: TableSpec, aliases: str | Path | None = None) -> Table:
+    """The table `spec` binds, read from `path` (a .csv or .jsonl file) with every row checked, with the
+    spellings of its aliases file (`aliases`, the path of `spec.aliases`): a bad file raises DataError naming its
+    line and what was expected. Loaded once per file content."""
     path = Path(path)
-    problem = file_problem(path, "a table file (.csv or .jsonl)")
+    data = _read(path, "a table file (.csv or .jsonl)")
+    aliases_path = Path(aliases) if aliases is not None else None
+    declaration = json.dumps([spec.fields, sorted(spec.may_be_empty), spec.written]).encode()
+    alias_bytes = _read(aliases_path, "an aliases file (.csv)") if aliases_path else b""
+    digest = hashlib.sha256(declaration + b"\0" + data + b"\0" + alias_bytes).hexdigest()
+    table = _load(path, tuple(spec.fields), frozenset(spec.may_be_empty), digest)
+    if aliases_path is None and not spec.written:
+        return table
+    return _spelt(table, aliases_path, spec.written, digest)
+
+
+@lru_cache(maxsize=16)
+def _spelt(table: Table, aliases: Path | None, written: bool, digest: str) -> Table:
+    return replace(table, aliases=_aliases(aliases, table) if aliases else (), written=written, digest=digest)
+
+
+def _read(path: Path, expected: str) -> bytes:
+    problem = file_problem(path, expected)
     if problem:
         raise DataError(path, None, problem)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise DataError(path, None, f"cannot read: {exc.strerror}") from None
-    declaration = json.dumps([spec.fields, sorted(spec.may_be_empty)]).encode()
-    digest = hashlib.sha256(declaration + b"\0" + data).hexdigest()
-    return _load(path, tuple(spec.fields), frozenset(spec.may_be_empty), digest)
+
+
+def _aliases(path: Path, table: Table) -> tuple[tuple[str, str], ...]:
+    """(value, alias) pairs of an aliases file, every line checked against the table it spells."""
+    if path.suffix != ".csv":
+        raise DataError(path, None, "an aliases file is a .csv file with the header value,alias")
+    values = {v for c in table.rows for v in c if v}
+    reader = csv.reader((line for _, line in _lines(path, "a CSV file")), strict=True)
+    out: dict[tuple[str, str], int] = {}
+    try:
+        header = next((cells for cells in reader if cells), None)
+        if header != ["value", "alias"]:
+            raise DataError(path, reader.line_num or 1, "expected the header line value,alias" +
+                            ("" if header else " (the file is empty)"))
+        for cells in reader:
+            if not cells:
+                continue
+            lineno = reader.line_num
+            if len(cells) != 2:
+                raise DataError(path, lineno, f"{len(cells)} values, expected 2 (value, alias)")
+            value, alias = cells
+            if value not in values:
+                raise DataError(path, lineno, f"{value!r} is not a value of the table {table.source.name}")
+            if not alias or alias != alias.strip() or alias == value:
+                raise DataError(path, lineno, f"alias {alias!r}: expected another spelling of {value!r}, without "
+                                "whitespace around it")
+            if (value, alias) in out:
+                raise DataError(path, lineno, f"duplicated line: the same as line {out[value, alias]}")
+            out[value, alias] = lineno
+    except csv.Error as exc:
+        raise DataError(path, reader.line_num, f"not valid CSV ({exc})") from None
+    return tuple(out)
 
 
 @lru_cache(maxsize=16)
@@ -287,17 +347,19 @@ def table_csv(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return buf.getvalue()
 
 
-def answer_schema(properties: dict[str, dict], tables: Sequence[Table]) -> dict[str, Any]:
+def answer_schema(properties: dict[str, dict], tables: Sequence[Table],
+                  allowed: Sequence[tuple[tuple[str, ...], ...] | None] | None = None) -> dict[str, Any]:
     """One answer's JSON schema for guided decoding with the tables' constraint: an `anyOf` of objects, one per
     combination of the tables' branches, each with every field in `properties`' order (the recipe's), the bound
     fields as the branch's const or enum and the others by reference to their own schema (`properties`). With no
-    table, the plain object schema. Compiled once per table content and field schemas."""
+    table, the plain object schema. `allowed`, one entry a table: the combinations that table lets this answer
+    take (None: all of them). Compiled once per table content, field schemas and combinations allowed."""
     key = json.dumps([[t.digest for t in tables], properties], ensure_ascii=False)
-    return json.loads(_compiled(key, tuple(tables)))
+    return json.loads(_compiled(key, tuple(tables), tuple(allowed or (None,) * len(tables))))
 
 
-@lru_cache(maxsize=8)
-def _compiled(key: str, tables: tuple[Table, ...]) -> str:
+@lru_cache(maxsize=256)
+def _compiled(key: str, tables: tuple[Table, ...], allowed: tuple[tuple[tuple[str, ...], ...] | None, ...]) -> str:
     properties: dict[str, dict] = json.loads(key)[1]
     names = list(properties)
     bound = [c for t in tables for c in t.columns]
@@ -310,7 +372,7 @@ def _compiled(key: str, tables: tuple[Table, ...]) -> str:
     free = {n: properties[n] for n in names if n not in bound}
     refs = {n: {"$ref": "#/$defs/" + n.replace("~", "~0").replace("/", "~1")} for n in free}
     branches = []
-    for parts in itertools.product(*(t.branches() for t in tables)):
+    for parts in itertools.product(*(t.branches(a) for t, a in zip(tables, allowed))):
         chosen = {k: v for part in parts for k, v in part.items()}
         branches.append({"type": "object", "properties": {n: chosen.get(n) or refs[n] for n in names},
                          "required": names, "additionalProperties": False})

@@ -145,7 +145,9 @@ def places() -> tuple[Place, ...]:
     shorts, roads = _jionlp_index()
 
     def short(d) -> str:
-        return shorts.get(d.code) or _short(d.name)
+        # jionlp names a prefecture without counties (东莞市, 嘉峪关市) "市直辖", a placeholder, not a name
+        found = shorts.get(d.code, "")
+        return found if found and "直辖" not in found else _short(d.name)
 
     def county_short(d) -> str:
         """鲅鱼圈区 -> 鲅鱼圈, as people write it after the city; only 区/县/旗 of three characters or more, so
@@ -372,6 +374,16 @@ def admin_table() -> str:
     return table_csv(("province", "city", "district"), [(p.province, p.city, p.district) for p in places()])
 
 
+def admin_aliases() -> str:
+    """admin_aliases.csv: the table's values as people also write them (浙江 for 浙江省, 金华 for 金华市, 西充 for
+    西充县): jionlp's short names of provinces and prefectures and the county short form this generator writes,
+    value,alias, one a line; none of one character, which would be found in any text."""
+    pairs = dict.fromkeys((value, alias) for p in places() for value, alias in (
+        (p.province, p.province_short), (p.city, p.city_short), (p.district, p.district_short))
+        if value and len(alias) >= 2 and alias != value)
+    return table_csv(("value", "alias"), list(pairs))
+
+
 @recipe_code("generator")
 def build(seed: int = 20260101, pool_size: int = 4000, test_size: int = 400) -> dict[str, list[dict] | str]:
     """The shipped files: test (normal format), test_unseen, the training pool (train format) with gold kept apart, the
@@ -391,4 +403,5 @@ def build(seed: int = 20260101, pool_size: int = 4000, test_size: int = 400) -> 
         "pool_gold.jsonl": [{"id": r["id"], "label": r["label"]} for r in pool],
         **allowed_value_files(),
         "admin.csv": admin_table(),
+        "admin_aliases.csv": admin_aliases(),
     }
