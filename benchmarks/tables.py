@@ -390,6 +390,24 @@ def guided_llamacpp(d: dict) -> str:
             + table(["model (vocabulary)", "llama-cpp-python's grammar sampler", "xtk's grammar check", "speed-up",
                      "free decoding", "guided answers identical", "tokens whose best the grammar rejected"], rows))
 
+def written_table(d: dict) -> str:
+    """written_table.py: one student under the whole table and under each text's own schema, paired."""
+    rows = []
+    for test, t in d["tests"].items():
+        v = t["written_vs_whole"]
+        em = v["exact_match"]
+        rows.append([f"`{test}.jsonl`", v["records"], f"{pct(t['whole']['exact_match'])} {ci(t['whole']['ci95'])}",
+                     f"{pct(t['written']['exact_match'])} {ci(t['written']['ci95'])}", points(v["difference"]),
+                     f"{em['written_only_right']} / {em['whole_only_right']}", p_value(em["p_mcnemar"]),
+                     f"**{verdict(em['p_mcnemar'], em['written_only_right'] - em['whole_only_right'])}**"])
+    student = d["models_scored"]["student"]
+    return (f"{provenance('written_table', d)} The cpu student trained at commit {(student['train_commit'] or '?')[:7]}"
+            f" (training key {(student['train_key'] or '?')[:8]}), not retrained, scored twice by `xtk eval` in this "
+            "run.\n\n" + table(["test file", "records", "whole table: exact % [95% CI]",
+                                 "each text's own: exact % [95% CI]", "difference, points", "right only per text / "
+                                 "only whole", "McNemar p", "verdict"], rows))
+
+
 def labels(journal: dict) -> str:
     """A label folder's counts: accepted, and the rejected by reason."""
     rejected = ", ".join(f"{n} {reason}" for reason, n in sorted(journal["rejected"].items(), key=lambda kv: -kv[1]))
@@ -479,6 +497,7 @@ TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "export_parity": ("export_parity", export_parity),
     "guided_llamacpp": ("guided_llamacpp", guided_llamacpp),
     "teacher_noise_cpu": ("teacher_noise_cpu", teacher_noise_cpu),
+    "written_table": ("written_table", written_table),
     "teacher_noise_headline": ("teacher_noise_cpu", teacher_noise_headline),
 }
 
