@@ -118,3 +118,10 @@ def test_an_edited_aliases_file_is_another_table(tmp_path, admin):
     other = load_table(ADMIN / "admin.csv", ADMIN_SPEC, edited)
     assert other.digest != admin.digest and other.aliases[-1] == ("西充县", "XC县")
     assert districts(admin, "南充XC县车龙乡") == {""} and districts(other, "南充XC县车龙乡") == {"西充县"}
+
+
+def test_no_placeholder_is_written_as_a_place():
+    """jionlp names a prefecture without counties 市直辖 (a placeholder): the generator wrote it into texts, and it
+    would be an alias of four cities."""
+    for name in ("admin_aliases.csv", "test.jsonl", "test_unseen.jsonl", "pool.jsonl"):
+        assert "直辖" not in (ADMIN / name).read_text(encoding="utf-8"), name
