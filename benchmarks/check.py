@@ -35,9 +35,9 @@ def check(results: Path, docs: tuple[Path, ...], root: Path = origin.ROOT) -> tu
             continue
         lacking = origin.missing(data)
         if name in origin.LEGACY_WITHOUT_ONE_RUN:
-            if "one_run" not in lacking:
-                failures.append(f"{shown}: says `one_run` now: take {name} off LEGACY_WITHOUT_ONE_RUN in "
-                                "benchmarks/provenance.py")
+            if "one_run" not in lacking:  # a note, not a failure: editing provenance.py stales every file
+                notes.append(f"{shown}: says `one_run` now: take {name} off LEGACY_WITHOUT_ONE_RUN in "
+                             "benchmarks/provenance.py when it next changes")
             lacking = [k for k in lacking if k != "one_run"]
         if lacking:
             failures.append(f"{shown}: no provenance: lacks {', '.join(lacking)}")

@@ -34,8 +34,9 @@ def test_a_file_without_provenance_fails_naming_what_it_lacks(tmp_path, monkeypa
     out = capsys.readouterr().out
     assert "FAIL results/distill_cpu.json: no provenance: lacks git.dirty, machine.cpu_model, machine.cpu_count, " \
            "one_run" in out.replace(str(tmp_path) + "/", "")
-    # a legacy file that says one_run now must leave the legacy list
+    # a legacy file that says one_run now is named for leaving the legacy list, and does not fail on its own
     assert "levers_cpu.json: says `one_run` now: take levers_cpu off LEGACY_WITHOUT_ONE_RUN" in out
+    assert "FAIL results/levers_cpu.json" not in out.replace(str(tmp_path) + "/", "")
 
 
 def git(root, *args):
