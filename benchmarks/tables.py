@@ -39,6 +39,7 @@ BLOCK = re.compile(r"(<!-- table:([\w-]+) -->\n)(.*?)(<!-- /table -->)", re.S)
 ALPHA = 0.05  # every verdict below is at the 5% level
 STALE = "**Stale**: its script or the code it runs changed after that commit (`python -m benchmarks.check` lists how)."
 STALE_KEY = "_stale"  # set by render(), from git: no results file has it
+FLOW_MINUTES = 60  # `bash sft.sh` on the cpu profile within the hour (#43)
 LEGACY = "Legacy: not known to be one run (written before results files said so)."
 
 
@@ -474,7 +475,24 @@ def headline(d: dict) -> str:
     rows = [[label, *(pct(d["headline"].get(f"{role}-{t}")) for t in ("test", "test_unseen"))]
             for role, label in roles if f"{role}-test" in d["headline"]]  # a file before tables had a resolver
     return (f"{provenance('distill_cpu', d)} `xtk run recipes/logistics_zh.yaml --profile cpu`, "
-            f"{d['total_minutes']} min. Gemma 3 270M: {EMBEDDED['gemma3-270m'].weights}.\n\n" + table(["whole-record exact match %", "test.jsonl", "test_unseen.jsonl"], rows))
+            f"{d['total_minutes']} min. Gemma 3 270M: {EMBEDDED['gemma3-270m'].weights}.\n\n"
+            + table(["whole-record exact match %", "test.jsonl", "test_unseen.jsonl"], rows) + "\n\n" + goals(d))
+
+
+def goals(d: dict) -> str:
+    """The tutorial's goals, each verdict computed here from the figure: the student's exact match against each
+    threshold the script set (its `goals` keys, "student >= 95% exact match on test"), and the flow's minutes
+    against the hour (#43)."""
+    said = []
+    for key in d["goals"]:
+        m = re.fullmatch(r"student >= (\d+)% exact match on (\w+)", key)
+        got = d["headline"].get(f"student-{m.group(2)}") if m else None
+        if got is not None:
+            met = got >= int(m.group(1)) / 100
+            said.append(f"the student ≥ {m.group(1)}% exact match on `{m.group(2)}.jsonl`: **{'met' if met else 'not met'}**")
+    hour = d["total_minutes"] <= FLOW_MINUTES
+    return (f"Goals: {'; '.join(said)}; the flow within {FLOW_MINUTES} minutes on this machine (set-up not counted): "
+            f"**{'met' if hour else 'not met'}** ({d['total_minutes']} min).")
 
 
 TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
