@@ -156,7 +156,7 @@ def distill_cpu(d: dict) -> str:
     return (f"{provenance('distill_cpu', d)} {d['recipe']} `--profile {d['profile']}`, {num(d['train_records'], 0)} "
             f"training rows; whole flow {d['total_minutes']} min ({minutes}); fit: \"{d['fit']}\".\n\n"
             + table(["model", "test file", "records", "exact match % [95% CI]", "JSON valid %", *fields], rows)
-            + versus_baseline(d))
+            + versus_baseline(d) + "\n\n" + goals(d))
 
 
 def distill_cpu_by_place(d: dict) -> str:
