@@ -130,7 +130,8 @@ def main() -> int:
     out, logs = work / "out", work / "logs"
     logs.mkdir(exist_ok=True)
     raw = write_jsonl(work / "raw.jsonl", [{"id": r["id"], "text": r["text"]} for r in pool])
-    cli = [sys.executable, "-m", "toolkit", "label", str(RECIPE), "--input", str(raw), "--out", str(out)]
+    # --yes: the list-price estimate of 1,000 records passes teacher.confirm_above, and this teacher is local
+    cli = [sys.executable, "-m", "toolkit", "label", str(RECIPE), "--input", str(raw), "--out", str(out), "--yes"]
     overrides = [f"teacher.timeout_s={args.timeout:g}", f"teacher.max_retries={args.max_retries}",
                  f"teacher.concurrency={args.concurrency}", "teacher.gate.records=0"]  # labelling alone, no gate
 
