@@ -244,7 +244,9 @@ def label_throughput(d: dict) -> str:
     rows = [[c, rate(r["records_per_s"]), num(r["ideal_records_per_s"], 0), f"{r['fraction_of_ideal']:.2f}"]
             for c, r in d["results"].items()]
     return (f"{provenance('label_throughput', d)} Test teacher latency {d['latency_s'] * 1000:.0f} ms.\n\n"
-            + table(["concurrency", "records/s", "ideal (concurrency / latency)", "fraction of ideal"], rows))
+            + table(["concurrency", "records/s", "ideal (concurrency / latency)", "fraction of ideal"], rows)
+            + (f"\n\nGoal, 80% of ideal at concurrency 32: **{'met' if at32['fraction_of_ideal'] >= 0.8 else 'not met'}**."
+               if (at32 := d["results"].get("32")) else ""))
 
 
 def eval_speed(d: dict) -> str:
