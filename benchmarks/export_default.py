@@ -37,8 +37,10 @@ def main() -> None:
         run = Path(tmp) / "run"
         shutil.copytree(args.run, run, symlinks=True,
                         ignore=lambda folder, names: [n for n in names if n == "export" or n.startswith("gguf-")])
+        # the recipe's overrides the flow ran with (its settings.json), so that its merged student is the recipe's
+        overrides = json.loads((args.run / "settings.json").read_text(encoding="utf-8")).get("overrides", [])
         argv = [sys.executable, "-m", "toolkit", "export", str(RECIPE), "--profile", args.profile, "--run", str(run),
-                "--format", "gguf"]
+                "--format", "gguf", *overrides]
         t0 = time.perf_counter()
         done = subprocess.run(argv, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, check=False)
         minutes = (time.perf_counter() - t0) / 60
@@ -46,7 +48,7 @@ def main() -> None:
         student = trained_model(run / "merged")
     parity = record["parity"]
     out = {**provenance(one_run=True), "recipe": record["recipe"], "profile": args.profile, "run": str(args.run),
-           "student": student, "exit_code": done.returncode, "minutes": round(minutes, 1),
+           "overrides": overrides, "student": student, "exit_code": done.returncode, "minutes": round(minutes, 1),
            "quant": record["gguf"]["quant"], "sample": parity["sample"],
            "exact_match": {"student": parity["all"]["student"]["exact_match"],
                            "exported": parity["all"]["exported"]["exact_match"]},
