@@ -76,7 +76,9 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 def provenance(name: str, data: dict) -> str:
     git, machine = data["git"], data["machine"]
-    tree = "with uncommitted changes" if git["dirty"] else "clean tree"
+    changed = git.get("dirty_files") or []
+    tree = "clean tree" if not git["dirty"] else "with uncommitted changes" + (
+        f": {', '.join(changed)}" if 0 < len(changed) <= 3 else "")  # a few named, so a stray log reads as one
     line = (f"From `benchmarks/results/{name}.json`: commit {git['commit'][:7]} ({tree}), {machine['cpu_model']}, "
             f"{machine['cpus_usable']} cores, {data['date'][:10]}.")
     start = (data.get("started") or {}).get("git")
@@ -351,15 +353,57 @@ def predict_cpu(d: dict) -> str:
             + table(["engine", "records/s", "job seconds", "command wall seconds", "valid %"], rows))
 
 
+ENGINE_NAMES = {"vllm": "vLLM, merged student", "llamacpp": "llama.cpp, GGUF"}
+SERVE_P50_S, SERVE_P95_S = 1.5, 15.0  # at 1 and at 32 clients (#44)
+
+
 def serve_load(d: dict) -> str:
-    rows = [[str(r["clients"]), rate(r["records_per_s"]), f"{r['latency_p50_s']:.1f} s", f"{r['latency_p95_s']:.1f} s",
-             f"{r['answers_equal_predict']} of {r['records']}"] for r in d["serve"].values()]
-    off = d["offline_predict"]
-    return (f"{provenance('serve_load', d)} {d['recipe']} `--profile {d['profile']}` student, {d['records']} "
-            f"records, one text a request to `POST /extract`; offline `xtk predict` of the same records in the same "
-            f"run: **{rate(off['records_per_s'])} records/s**.\n\n"
-            + table(["concurrent clients", "records/s", "latency p50", "latency p95", "answers equal to predict's"],
-                    rows))
+    rows = []
+    for name, e in d["engines"].items():
+        off = e["offline_predict"]["records_per_s"]
+        label = " ".join(filter(None, (ENGINE_NAMES[name], e["quant"])))
+        for r in e["serve"].values():
+            rows.append([label, str(r["clients"]),
+                         rate(r["records_per_s"]), f"{r['records_per_s'] / off:.2f}×", f"{r['latency_p50_s']:.1f} s",
+                         f"{r['latency_p95_s']:.1f} s", f"{r['answers_equal_predict']} of {r['records']}"])
+    starts = "; ".join(f"{ENGINE_NAMES[n]}: load {e['offline_predict']['load_seconds']:.0f} s in predict, "
+                       f"{e['start_to_first_answer_s']:.0f} s from `xtk serve`'s start to its first answer, offline "
+                       f"predict **{rate(e['offline_predict']['records_per_s'])} records/s**"
+                       for n, e in d["engines"].items())
+    out = (f"{provenance('serve_load', d)} {d['recipe']} `--profile {d['profile']}` student, {d['records']} "
+           f"records, one text a request to `POST /extract`, beside each engine's offline `xtk predict` of the same "
+           f"records in the same run ({starts}).\n\n"
+           + table(["engine", "concurrent clients", "records/s", "× offline predict", "latency p50", "latency p95",
+                    "answers equal to predict's"], rows))
+    for name, e in d["engines"].items():
+        if p := e.get("profile"):
+            out += (f"\n\nWhere a record's {p['ms_per_record']:.0f} ms go on {ENGINE_NAMES[name]} (offline, its "
+                    f"own counters): prompt evaluation {p['prompt_eval_ms_per_record']:.0f} ms "
+                    f"({p['prompt_tokens_per_record']:.0f} tokens; the system prompt's are reused from the record "
+                    f"before), decoding {p['decode_ms_per_record']:.0f} ms ({p['decoded_tokens_per_record']:.0f} tokens "
+                    f"at {p['decode_ms_per_token']} ms; the LM head is {pct(p['lm_head_share_of_weights_read_per_token'])}% "
+                    f"of the weights each token reads), xtk's grammar check {p['grammar_check_ms_per_record']:.0f} ms, "
+                    f"the rest (template, tokenising, parsing, Python) {p['rest_ms_per_record']:.0f} ms.")
+    return out + "\n\n" + serve_goals(d)
+
+
+def serve_goals(d: dict) -> str:
+    """#44's goals, each verdict computed here from the figures."""
+    said = []
+    one = {n: e["serve"]["1"]["latency_p50_s"] for n, e in d["engines"].items() if "1" in e["serve"]}
+    if one:
+        best = min(one, key=one.get)
+        said.append(f"p50 ≤ {SERVE_P50_S:g} s at 1 client ({ENGINE_NAMES[best]}, the faster there: {one[best]:.2f} s): "
+                    f"**{'met' if one[best] <= SERVE_P50_S else 'not met'}**")
+    for n, e in d["engines"].items():
+        if r := e["serve"].get("32"):
+            ratio = r["records_per_s"] / e["offline_predict"]["records_per_s"]
+            said.append(f"{ENGINE_NAMES[n]} at 32 clients, ≥ 1.0× its offline predict: **{'met' if ratio >= 1 else 'not met'}** "
+                        f"({ratio:.2f}×), p95 ≤ {SERVE_P95_S:g} s: **{'met' if r['latency_p95_s'] <= SERVE_P95_S else 'not met'}**"
+                        f" ({r['latency_p95_s']:.1f} s)")
+    differ = sum(r["records"] - r["answers_equal_predict"] for e in d["engines"].values() for r in e["serve"].values())
+    said.append(f"every served answer equal to predict's: **{'met' if not differ else 'not met'}** ({differ} differ)")
+    return "Goals: " + "; ".join(said) + "."
 
 
 def export_parity(d: dict) -> str:
@@ -377,6 +421,21 @@ def export_parity(d: dict) -> str:
             + table(["model", "exact match %", "difference, points [95% paired CI]", "McNemar p", "export vs student",
                      "answers identical to the student's", "within export.max_drop"], rows))
 
+
+
+EXPORT_MINUTES = 15  # `xtk export` with its default parity check, start to verdict (#44)
+
+
+def export_default(d: dict) -> str:
+    sample, v = d["sample"], d["verdict"]
+    return (f"{provenance('export_default', d)} `xtk export recipes/{d['recipe']}.yaml --profile {d['profile']} --format gguf` with "
+            f"the recipe's defaults, after the flow: {d['quant']}, llama.cpp scoring a seeded sample of "
+            f"{sample['records']} of the {sample['of']} test records beside the merged student: **{d['minutes']} min** "
+            f"from start to verdict (exit {d['exit_code']}); exact match {pct(d['exact_match']['student'])} merged vs "
+            f"{pct(d['exact_match']['exported'])} GGUF, {points(d['exact_match_difference'])} points, McNemar p "
+            f"{p_value(d['mcnemar_p'])}: {'within' if v['within'] else 'over'} the allowed drop of "
+            f"{100 * v['max_drop']:g} point{'' if v['max_drop'] == 0.01 else 's'}. Goal: the default check within {EXPORT_MINUTES} minutes: "
+            f"**{'met' if d['minutes'] <= EXPORT_MINUTES else 'not met'}**.")
 
 
 def guided_llamacpp(d: dict) -> str:
@@ -516,6 +575,7 @@ TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "serve_load": ("serve_load", serve_load),
     "export_parity": ("export_parity", export_parity),
     "guided_llamacpp": ("guided_llamacpp", guided_llamacpp),
+    "export_default": ("export_default", export_default),
     "teacher_noise_cpu": ("teacher_noise_cpu", teacher_noise_cpu),
     "written_table": ("written_table", written_table),
     "teacher_noise_headline": ("teacher_noise_cpu", teacher_noise_headline),

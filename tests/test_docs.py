@@ -246,3 +246,43 @@ def test_the_headlines_goals_are_computed_from_its_figures(tmp_path):
                        "counted): **not met** (60.1 min).")
     data["headline"]["student-test"], data["total_minutes"] = 0.95, 59.9
     assert "`test.jsonl`: **met**" in goals() and goals().endswith("**met** (59.9 min).")
+
+
+def test_the_serving_goals_are_computed_from_its_figures(tmp_path):
+    """docs/predict.md's serving goals are read off serve_load.json's figures at render time: the faster engine at
+    one client against 1.5 s, each engine at 32 clients against its own offline predict and 15 s, and every served
+    answer against predict's; a copy of the file with figures changed says otherwise."""
+    results = tmp_path / "results"
+    results.mkdir()
+    data = json.loads((ROOT / "benchmarks" / "results" / "serve_load.json").read_text(encoding="utf-8"))
+
+    def goals() -> str:
+        (results / "serve_load.json").write_text(json.dumps(data), encoding="utf-8")
+        return next(line for line in tables.render("serve_load", results, stale=False).splitlines()
+                    if line.startswith("Goals:"))
+
+    vllm, llama = data["engines"]["vllm"], data["engines"]["llamacpp"]
+    vllm["serve"]["1"]["latency_p50_s"], llama["serve"]["1"]["latency_p50_s"] = 1.4, 1.6
+    vllm["offline_predict"]["records_per_s"] = 2 * vllm["serve"]["32"]["records_per_s"]
+    llama["offline_predict"]["records_per_s"] = llama["serve"]["32"]["records_per_s"]
+    vllm["serve"]["32"]["latency_p95_s"], llama["serve"]["32"]["latency_p95_s"] = 15.0, 15.1
+    llama["serve"]["8"]["answers_equal_predict"] = llama["serve"]["8"]["records"] - 2
+    line = goals()
+    assert "(vLLM, merged student, the faster there: 1.40 s): **met**" in line
+    assert "vLLM, merged student at 32 clients, ≥ 1.0× its offline predict: **not met** (0.50×), p95 ≤ 15 s: **met**" in line
+    assert "llama.cpp, GGUF at 32 clients, ≥ 1.0× its offline predict: **met** (1.00×), p95 ≤ 15 s: **not met**" in line
+    assert line.endswith("every served answer equal to predict's: **not met** (2 differ).")
+    vllm["serve"]["1"]["latency_p50_s"] = 1.7
+    assert "(llama.cpp, GGUF, the faster there: 1.60 s): **not met**" in goals()
+
+
+def test_the_export_time_goal_is_computed_from_its_minutes(tmp_path):
+    """docs/export.md's "within 15 minutes" verdict is read off export_default.json's minutes, not a stored flag."""
+    results = tmp_path / "results"
+    results.mkdir()
+    data = json.loads((ROOT / "benchmarks" / "results" / "export_default.json").read_text(encoding="utf-8"))
+    for minutes, said in ((15.0, "**met**"), (15.1, "**not met**")):
+        data["minutes"] = minutes
+        (results / "export_default.json").write_text(json.dumps(data), encoding="utf-8")
+        assert tables.render("export_default", results, stale=False).rstrip().endswith(
+            f"Goal: the default check within 15 minutes: {said}.")
