@@ -227,17 +227,26 @@ def test_the_readme_says_what_each_embedded_students_weights_are():
         assert f"dequantised from a {model.quantisation} GGUF" in readme
 
 
+def shipped(name: str) -> dict:
+    return json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def goals_line(tmp_path, name: str, table_name: str, data: dict) -> str:
+    """The "Goals:" line of table `table_name` rendered from `data` written as results file `name` in a copy."""
+    results = tmp_path / "results"
+    results.mkdir(exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps(data), encoding="utf-8")
+    return next(line for line in tables.render(table_name, results, stale=False).splitlines()
+                if line.startswith("Goals:"))
+
+
 def test_the_headlines_goals_are_computed_from_its_figures(tmp_path):
     """The README's goals line is read off distill_cpu.json's figures at render time: a copy of the file with the
     student's test.jsonl figure and the flow's minutes changed says otherwise, whatever the file's own booleans."""
-    results = tmp_path / "results"
-    results.mkdir()
-    data = json.loads((ROOT / "benchmarks" / "results" / "distill_cpu.json").read_text(encoding="utf-8"))
+    data = shipped("distill_cpu")
 
     def goals() -> str:
-        (results / "distill_cpu.json").write_text(json.dumps(data), encoding="utf-8")
-        return next(line for line in tables.render("headline", results, stale=False).splitlines()
-                    if line.startswith("Goals:"))
+        return goals_line(tmp_path, "distill_cpu", "headline", data)
 
     data["headline"]["student-test"], data["headline"]["student-test_unseen"], data["total_minutes"] = 0.949, 0.93, 60.1
     data["goals"] = {k: True for k in data["goals"]}  # the script's booleans are not what the line reads
@@ -252,14 +261,10 @@ def test_the_serving_goals_are_computed_from_its_figures(tmp_path):
     """docs/predict.md's serving goals are read off serve_load.json's figures at render time: the faster engine at
     one client against 1.5 s, each engine at 32 clients against its own offline predict and 15 s, and every served
     answer against predict's; a copy of the file with figures changed says otherwise."""
-    results = tmp_path / "results"
-    results.mkdir()
-    data = json.loads((ROOT / "benchmarks" / "results" / "serve_load.json").read_text(encoding="utf-8"))
+    data = shipped("serve_load")
 
     def goals() -> str:
-        (results / "serve_load.json").write_text(json.dumps(data), encoding="utf-8")
-        return next(line for line in tables.render("serve_load", results, stale=False).splitlines()
-                    if line.startswith("Goals:"))
+        return goals_line(tmp_path, "serve_load", "serve_load", data)
 
     vllm, llama = data["engines"]["vllm"], data["engines"]["llamacpp"]
     vllm["serve"]["1"]["latency_p50_s"], llama["serve"]["1"]["latency_p50_s"] = 1.4, 1.6
@@ -280,7 +285,7 @@ def test_the_export_time_goal_is_computed_from_its_minutes(tmp_path):
     """docs/export.md's "within 15 minutes" verdict is read off export_default.json's minutes, not a stored flag."""
     results = tmp_path / "results"
     results.mkdir()
-    data = json.loads((ROOT / "benchmarks" / "results" / "export_default.json").read_text(encoding="utf-8"))
+    data = shipped("export_default")
     for minutes, said in ((15.0, "**met**"), (15.1, "**not met**")):
         data["minutes"] = minutes
         (results / "export_default.json").write_text(json.dumps(data), encoding="utf-8")
