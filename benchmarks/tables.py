@@ -45,6 +45,11 @@ LEGACY = "Legacy: not known to be one run (written before results files said so)
 
 # --- formatting --------------------------------------------------------------------------------------------
 
+def met(ok: bool) -> str:
+    """A goal's verdict, as every goals line writes it."""
+    return f"**{'met' if ok else 'not met'}**"
+
+
 def pct(x: float | None, digits: int = 1) -> str:
     return "—" if x is None else f"{100 * x:.{digits}f}"
 
@@ -247,7 +252,7 @@ def label_throughput(d: dict) -> str:
             for c, r in d["results"].items()]
     return (f"{provenance('label_throughput', d)} Test teacher latency {d['latency_s'] * 1000:.0f} ms.\n\n"
             + table(["concurrency", "records/s", "ideal (concurrency / latency)", "fraction of ideal"], rows)
-            + (f"\n\nGoal, 80% of ideal at concurrency 32: **{'met' if at32['fraction_of_ideal'] >= 0.8 else 'not met'}**."
+            + (f"\n\nGoal, 80% of ideal at concurrency 32: {met(at32['fraction_of_ideal'] >= 0.8)}."
                if (at32 := d["results"].get("32")) else ""))
 
 
@@ -268,7 +273,7 @@ def eval_speed(d: dict) -> str:
                      "greedy outputs identical to the naive loop's",
                      *(["identical to xtk eval's"] if same else [])], rows)
             + "".join(f"\n\nGoal: {name} ≥ {EVAL_SPEEDUP:g}x the naive loop: "
-                      f"**{'met' if r['ratio_vs_naive_loop'] >= EVAL_SPEEDUP else 'not met'}** ({r['ratio_vs_naive_loop']}x)."
+                      f"{met(r['ratio_vs_naive_loop'] >= EVAL_SPEEDUP)} ({r['ratio_vs_naive_loop']}x)."
                       for name, r in d["results"].items() if "as xtk eval runs it" in name))
 
 
@@ -400,15 +405,15 @@ def serve_goals(d: dict) -> str:
     if one:
         best = min(one, key=one.get)
         said.append(f"p50 ≤ {SERVE_P50_S:g} s at 1 client ({ENGINE_NAMES[best]}, the faster there: {one[best]:.2f} s): "
-                    f"**{'met' if one[best] <= SERVE_P50_S else 'not met'}**")
+                    f"{met(one[best] <= SERVE_P50_S)}")
     for n, e in d["engines"].items():
         if r := e["serve"].get("32"):
             ratio = r["records_per_s"] / e["offline_predict"]["records_per_s"]
-            said.append(f"{ENGINE_NAMES[n]} at 32 clients, ≥ 1.0× its offline predict: **{'met' if ratio >= 1 else 'not met'}** "
-                        f"({ratio:.2f}×), p95 ≤ {SERVE_P95_S:g} s: **{'met' if r['latency_p95_s'] <= SERVE_P95_S else 'not met'}**"
+            said.append(f"{ENGINE_NAMES[n]} at 32 clients, ≥ 1.0× its offline predict: {met(ratio >= 1)} "
+                        f"({ratio:.2f}×), p95 ≤ {SERVE_P95_S:g} s: {met(r['latency_p95_s'] <= SERVE_P95_S)}"
                         f" ({r['latency_p95_s']:.1f} s)")
     differ = sum(r["records"] - r["answers_equal_predict"] for e in d["engines"].values() for r in e["serve"].values())
-    said.append(f"every served answer equal to predict's: **{'met' if not differ else 'not met'}** ({differ} differ)")
+    said.append(f"every served answer equal to predict's: {met(not differ)} ({differ} differ)")
     return "Goals: " + "; ".join(said) + "."
 
 
@@ -441,7 +446,7 @@ def export_default(d: dict) -> str:
             f"{pct(d['exact_match']['exported'])} GGUF, {points(d['exact_match_difference'])} points, McNemar p "
             f"{p_value(d['mcnemar_p'])}: {'within' if v['within'] else 'over'} the allowed drop of "
             f"{100 * v['max_drop']:g} point{'' if v['max_drop'] == 0.01 else 's'}. Goal: the default check within {EXPORT_MINUTES} minutes: "
-            f"**{'met' if d['minutes'] <= EXPORT_MINUTES else 'not met'}**.")
+            f"{met(d['minutes'] <= EXPORT_MINUTES)}.")
 
 
 def guided_llamacpp(d: dict) -> str:
@@ -555,11 +560,11 @@ def goals(d: dict) -> str:
         m = re.fullmatch(r"student >= (\d+)% exact match on (\w+)", key)
         got = d["headline"].get(f"student-{m.group(2)}") if m else None
         if got is not None:
-            met = got >= int(m.group(1)) / 100
-            said.append(f"the student ≥ {m.group(1)}% exact match on `{m.group(2)}.jsonl`: **{'met' if met else 'not met'}**")
+            said.append(f"the student ≥ {m.group(1)}% exact match on `{m.group(2)}.jsonl`: "
+                        f"{met(got >= int(m.group(1)) / 100)}")
     hour = d["total_minutes"] <= FLOW_MINUTES
     return (f"Goals: {'; '.join(said)}; the flow within {FLOW_MINUTES} minutes on this machine (set-up not counted): "
-            f"**{'met' if hour else 'not met'}** ({d['total_minutes']} min).")
+            f"{met(hour)} ({d['total_minutes']} min).")
 
 
 TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
