@@ -65,7 +65,7 @@ def cmd_serve(args) -> None:
                 while True:  # until SIGTERM or Ctrl-C (toolkit.io.signals raises them here)
                     time.sleep(3600)
             return
-        backend = student_backend(recipe, r)
+        backend = student_backend(recipe, r, online=True)
         try:
             console.print(f"serve: {r.model} on http://{args.host}:{args.port} (POST /extract, GET /health)")
             # uvicorn, stopped by SIGTERM or Ctrl-C after draining, raises that signal again: the server stopped

@@ -138,9 +138,10 @@ def predict_role(recipe: Recipe, model: str, run_dir: str | Path):
     return r
 
 
-def student_backend(recipe: Recipe, r):
-    """The engine for role `r`, built as its evaluation builds it (toolkit/run/roles.py:engine)."""
-    return engine(recipe, r)
+def student_backend(recipe: Recipe, r, online: bool = False):
+    """The engine for role `r`, built as its evaluation builds it (toolkit/run/roles.py:engine); `online`: for
+    xtk serve (vLLM's AsyncLLM where the role runs on vLLM)."""
+    return engine(recipe, r, online=online)
 
 
 def output_row(recipe: Recipe, rid, x) -> dict:

@@ -28,7 +28,7 @@ class Replica:
 
     def __init__(self, recipe: Recipe, r, limits: Limits):
         self.recipe, self.r, self.limits = recipe, r, limits
-        self.backend = student_backend(recipe, r)
+        self.backend = student_backend(recipe, r, online=True)
 
     def __serve_build_asgi_app__(self):
         return make_app(self.recipe, self.backend, self.r, self.limits)

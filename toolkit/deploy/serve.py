@@ -1,17 +1,18 @@
 """serve: the student behind HTTP, answering as it was evaluated. `POST /extract` runs the texts through
 toolkit.evaluate.evaluation.extract (the recipe's prompt, the model's chat template, guided decoding where the recipe
-decodes guided, parsing and checks), the same function and the same engine `xtk predict` uses; `GET /health`;
+decodes guided, parsing and checks), the same prompt, parsing and model `xtk predict` uses; `GET /health`;
 and OpenAI-compatible `GET /v1/models` and `POST /v1/chat/completions` over that engine (docs/predict.md).
 
-One engine answers every request: a worker thread takes whatever requests are waiting (up to eval.batch_size
-texts) and answers them as one batch, so concurrent clients share forward passes as an offline batch does.
+One engine answers every request. On vLLM it is vLLM's AsyncLLM: each text is a request to its scheduler, which
+batches whatever is running at each step, so concurrent clients share forward passes with no batcher of ours.
+Another engine (llama.cpp, ms-swift's transformers) answers one request at a time in a worker thread.
 A request that is not JSON, whose text is not a string or a list of strings, is empty, or is longer than the
 model's context gets a 4xx with a JSON `error`; the server keeps serving.
 
 What a request may ask and how long it may take are its Limits: a body over its size or more texts than
 max_records gets 413, a body not received within read_seconds 408 (the connection closed), a request that waits
 queue_seconds without reaching the engine 503 with Retry-After (it leaves the queue), and a client that leaves
-takes its request out of the queue (an answer under way is discarded). After SIGTERM, uvicorn stops accepting,
+takes its request out of the queue (an answer under way is aborted in vLLM, discarded elsewhere). After SIGTERM, uvicorn stops accepting,
 lets the requests in flight finish for up to drain_seconds, and returns.
 """
 
@@ -27,7 +28,7 @@ import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from toolkit.evaluate.evaluation import extract, refused
+from toolkit.evaluate.evaluation import extract, extract_async, refused
 from toolkit.task.recipe import Recipe
 
 # No `from __future__ import annotations` here: FastAPI reads a route's annotations to inject the Request, and
@@ -49,85 +50,62 @@ class Limits:
         return self.max_records * max_chars * 12 + 65536
 
 
-class Batcher:
-    """The engine's one thread: requests queue up and are answered together, in arrival order. Texts for
-    /extract share a batch; a chat of /v1/chat/completions (its own messages) runs as a batch of one. A request
-    whose future was cancelled before the engine took it (its client gave up) is skipped."""
+class Worker:
+    """One daemon thread running calls in order: an engine without a way to take requests as they come answers
+    one at a time, off the event loop. A call whose future was cancelled before it began (its client gave up, or
+    it waited too long) never runs. Daemon: a call still running when the server has drained past its deadline
+    does not keep the process alive."""
+
+    def __init__(self):
+        self.calls: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name="xtk-serve-engine", daemon=True).start()
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        self.calls.put((future, fn, args))
+        return future
+
+    def _loop(self) -> None:
+        while True:
+            future, fn, args = self.calls.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # the request gets the engine's error; the thread goes on
+                    future.set_exception(exc)
+
+
+class Engine:
+    """How the server asks its engine. An engine that takes requests as they come (`agenerate`: vLLM's AsyncLLM,
+    toolkit/infer/engines.py) gets each as it arrives, and its own scheduler batches whatever is running; any other
+    engine answers one request at a time (a request's texts as one batch) in a Worker. Either way `started` is set
+    once a request has reached the engine: until then it is waiting, and cancelling it takes it out."""
 
     def __init__(self, recipe: Recipe, backend, system: str):
         self.recipe, self.backend, self.system = recipe, backend, system
-        self.queue: queue.Queue = queue.Queue()
-        self.thread = threading.Thread(target=self._loop, name="xtk-serve-engine", daemon=True)
-        self.thread.start()
+        self.worker = None if hasattr(backend, "agenerate") else Worker()
 
-    def submit(self, texts: list[str]) -> Future:
+    async def extract(self, texts: list[str], started: asyncio.Event) -> list:
         """The texts' Extractions (toolkit.evaluate.evaluation.extract), in order."""
-        future: Future = Future()
-        self.queue.put((texts, None, future))
-        return future
+        cap = self.recipe.eval.max_new_tokens
+        if self.worker is None:
+            return await extract_async(self.recipe, self.backend, self.system, texts, cap, started)
+        return await self._in_worker(started, extract, self.recipe, self.backend, self.system, texts, cap)
 
-    def chat(self, messages: list[dict], max_tokens: int) -> Future:
-        """The engine's Generation for one chat, as the backend answers it (template, guided decoding)."""
-        future: Future = Future()
-        self.queue.put((None, (messages, max_tokens), future))
-        return future
+    async def chat(self, messages: list[dict], max_tokens: int, started: asyncio.Event) -> list:
+        """The engine's Generation for one chat, as the backend answers it (template, guided decoding), in a list."""
+        if self.worker is None:
+            return await self.backend.agenerate([messages], max_tokens, started)
+        return await self._in_worker(started, self.backend.generate, [messages], max_tokens)
 
-    def queued(self) -> int:
-        """Requests waiting for the engine (not counting those whose client gave up)."""
-        with self.queue.mutex:
-            return sum(not future.cancelled() for *_, future in self.queue.queue)
+    async def _in_worker(self, started: asyncio.Event, fn, *args):
+        loop = asyncio.get_running_loop()
 
-    def _take(self, block: bool):
-        """The next waiting request that is still wanted, now marked running (it can no longer be cancelled);
-        None where none waits and `block` is False."""
-        while True:
-            try:
-                item = self.queue.get(block)
-            except queue.Empty:
-                return None
-            if item[2].set_running_or_notify_cancel():
-                return item
+        def run():
+            loop.call_soon_threadsafe(started.set)
+            return fn(*args)
 
-    def _loop(self) -> None:
-        size = self.recipe.eval.batch_size
-        held = None  # a chat met while gathering texts: answered right after their batch
-        while True:
-            first = held or self._take(block=True)
-            held = None
-            if first[1] is not None:
-                messages, max_tokens = first[1]
-                self._answer([first], lambda: self.backend.generate([messages], max_tokens), 1)
-                continue
-            waiting = [first]
-            n = len(first[0])
-            while n < size:
-                item = self._take(block=False)
-                if item is None:
-                    break
-                if item[1] is not None:
-                    held = item
-                    break
-                waiting.append(item)
-                n += len(item[0])
-            texts = [t for ts, _, _ in waiting for t in ts]
-            self._answer(waiting, lambda: extract(self.recipe, self.backend, self.system, texts,
-                                                  self.recipe.eval.max_new_tokens), None)
-
-    @staticmethod
-    def _answer(waiting: list, run, each: int | None) -> None:
-        """Run the batch; each waiting request gets its share of the answers (`each`, or as many as its texts),
-        or, where the engine failed, the error (the thread goes on)."""
-        try:
-            answers = run()
-        except Exception as exc:
-            for *_, future in waiting:
-                future.set_exception(exc)
-            return
-        i = 0
-        for texts, _, future in waiting:
-            k = each or len(texts)
-            future.set_result(answers[i:i + k])
-            i += k
+        return await asyncio.wrap_future(self.worker.submit(run))  # cancelled: the Worker's future is too
 
 
 def answer_json(recipe: Recipe, x) -> dict:
@@ -200,7 +178,8 @@ def make_app(recipe: Recipe, backend, r, limits: Limits = Limits()):
     from fastapi import FastAPI, Request, Response
     from fastapi.responses import JSONResponse
 
-    batcher = Batcher(recipe, backend, recipe.prompt(r.prompt))
+    engine = Engine(recipe, backend, recipe.prompt(r.prompt))
+    waiting: set[asyncio.Event] = set()  # each request's `started`, while it is answered
     app = FastAPI(title=f"xtk serve {recipe.name}")
     max_chars, max_body = recipe.data.max_input_chars, limits.max_body_bytes(recipe.data.max_input_chars)
 
@@ -246,24 +225,27 @@ def make_app(recipe: Recipe, backend, r, limits: Limits = Limits()):
         why = problem(body)
         return body, error(*why) if why else None
 
-    async def answered(request: Request, future: Future) -> tuple[object, Response | None]:
-        """The engine's answer to `future` (its error raised), or the answer for a request that got none: 503 with
-        Retry-After where it waited limits.queue_seconds without reaching the engine (it leaves the queue), 499
-        where the client left first (it leaves the queue; an answer already under way is discarded)."""
-        waiting = asyncio.wrap_future(future)
+    async def answered(request: Request, ask) -> tuple[object, Response | None]:
+        """The engine's answer to `ask(started)` (its error raised), or the answer for a request that got none:
+        503 with Retry-After where it waited limits.queue_seconds without reaching the engine, 499 where the
+        client left first; either way the request is cancelled (it leaves the queue; an answer under way is
+        aborted in vLLM, discarded elsewhere)."""
+        started = asyncio.Event()
+        waiting.add(started)
+        work = asyncio.ensure_future(ask(started))
         gone = asyncio.ensure_future(request.receive())  # after the body, the next message is http.disconnect
         try:
-            done, _ = await asyncio.wait({waiting, gone}, timeout=limits.queue_seconds,
+            done, _ = await asyncio.wait({work, gone}, timeout=limits.queue_seconds,
                                          return_when=asyncio.FIRST_COMPLETED)
-            if not done and not future.cancel():  # the engine took it in time: its answer is worth waiting for
-                done, _ = await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not done and started.is_set():  # the engine took it in time: its answer is worth waiting for
+                done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:  # also where this handler is cancelled (a drain past its deadline)
+            waiting.discard(started)
             gone.cancel()
-            future.cancel()
-            if not waiting.done():
-                waiting.cancel()
-        if waiting in done:
-            return waiting.result(), None
+            if not work.done():
+                work.cancel()
+        if work in done:
+            return work.result(), None
         if done:
             return None, left()
         return None, error(503, f"the engine is busy: this request waited {limits.queue_seconds:g} s without "
@@ -274,7 +256,7 @@ def make_app(recipe: Recipe, backend, r, limits: Limits = Limits()):
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "recipe": recipe.name, "model": r.model, "fields": recipe.field_names,
-                "queued": batcher.queued(), "replica": replica}
+                "queued": sum(not started.is_set() for started in waiting), "replica": replica}
 
     @app.post("/extract")
     async def extract(request: Request):
@@ -282,7 +264,7 @@ def make_app(recipe: Recipe, backend, r, limits: Limits = Limits()):
         if refusal:
             return refusal
         texts = body["text"] if isinstance(body["text"], list) else [body["text"]]
-        answers, refusal = await answered(request, batcher.submit(texts))
+        answers, refusal = await answered(request, lambda started: engine.extract(texts, started))
         if refusal:
             return refusal
         too_long = [(i, x.refused) for i, x in enumerate(answers) if x.refused]
@@ -312,7 +294,8 @@ def make_app(recipe: Recipe, backend, r, limits: Limits = Limits()):
             return error(404, f"model {body['model']!r} is not served here; /v1/models lists {served!r}")
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens")) or cap
         try:
-            answers, refusal = await answered(request, batcher.chat(body["messages"], max_tokens))
+            answers, refusal = await answered(request, lambda started: engine.chat(body["messages"], max_tokens,
+                                                                                   started))
         except Exception as exc:
             if refused(exc):
                 return error(413, f"the messages are longer than the model's context: {exc}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import time
@@ -71,15 +72,38 @@ def extract(recipe: Recipe, backend, system: str, texts: list[str], max_tokens: 
         if not refused(exc):
             raise
         if len(texts) == 1:
-            return [Extraction("", None, [f"refused: {exc}"], refused=str(exc))]
+            return [refusal(exc)]
         return [x for t in texts for x in extract(recipe, backend, system, [t], max_tokens)]
     if len(generations) != len(texts):
         raise StageError(f"{backend.name} returned {len(generations)} answers for {len(texts)} texts")
-    out = []
-    for text, g in zip(texts, generations):
-        parsed = extract_json(g.text)
-        out.append(Extraction(g.text, parsed, answer_problems(recipe, text, parsed), g.completion_tokens))
-    return out
+    return [extraction(recipe, text, g) for text, g in zip(texts, generations)]
+
+
+async def extract_async(recipe: Recipe, backend, system: str, texts: list[str], max_tokens: int,
+                        started: asyncio.Event | None = None) -> list[Extraction]:
+    """extract() on an engine that takes requests as they come (its `agenerate`, xtk serve's vLLM): each text its
+    own request, so a text the engine refuses leaves the others running; `started` as agenerate sets it."""
+    async def one(text: str) -> Extraction:
+        try:
+            [g] = await backend.agenerate([chat(system, text)], max_tokens, started)
+        except Exception as exc:
+            if not refused(exc):
+                raise
+            return refusal(exc)
+        return extraction(recipe, text, g)
+
+    return list(await asyncio.gather(*(one(t) for t in texts)))
+
+
+def extraction(recipe: Recipe, text: str, g) -> Extraction:
+    """The engine's Generation `g` for `text`, parsed and checked."""
+    parsed = extract_json(g.text)
+    return Extraction(g.text, parsed, answer_problems(recipe, text, parsed), g.completion_tokens)
+
+
+def refusal(exc: Exception) -> Extraction:
+    """The answer to a text the engine refused (refused(exc))."""
+    return Extraction("", None, [f"refused: {exc}"], refused=str(exc))
 
 
 def prediction(recipe: Recipe, rid, text: str, gold: dict, raw: str, parsed: dict | None) -> dict:

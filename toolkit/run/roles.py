@@ -132,14 +132,15 @@ def role(ctx: Context, who: str) -> Role:
                 e.guided_json if spec.guided is None else spec.guided, limit)
 
 
-def engine(recipe, r: Role, run_dir: Path | None = None):
+def engine(recipe, r: Role, run_dir: Path | None = None, online: bool = False):
     """The engine that runs evaluation `r`: built this one way wherever a model answers (evaluation, predict,
     serve, the Ray workers), so each gets the same backend, guided decoding and thinking setting. With the run
-    folder, an endpoint's answers are journalled there and a baseline that learns reads its training split."""
+    folder, an endpoint's answers are journalled there and a baseline that learns reads its training split;
+    `online`: the same model's engine for requests as they come (xtk serve)."""
     run = Path(run_dir) if run_dir is not None else None
     return make_backend(recipe, r.backend, r.model, base_url=r.base_url, api_key_env=r.api_key_env,
                         guided_json=r.guided_json, cache=run / "cache" / "endpoint-answers.jsonl" if run else None,
-                        train=run / "data" / "train.jsonl" if run else None)
+                        train=run / "data" / "train.jsonl" if run else None, online=online)
 
 
 def named_model(ctx: Context, model: str, backend: str | None = None, name: str = "") -> Role:
