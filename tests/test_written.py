@@ -32,6 +32,10 @@ def districts(table, text: str) -> set[str]:
     ("辽宁朝阳市朝阳 长安西路768号", {"朝阳县"}),
     ("湖南省益阳资阳区沙头镇", {"资阳区"}),  # 资阳 also names 四川's 资阳市: the city written beside it decides
     ("邳州市 新华镇和平村3组", {"邳州市"}),  # a place written whole implies its city: not 石家庄's 新华区
+    # an autonomous county and a 新区 as people write them, not as the generator's short form cuts them
+    ("河北秦皇岛青龙 燕山路12号 王五 13900000000", {"青龙满族自治县"}),
+    ("上海浦东 世纪大道100号", {"浦东新区"}),
+    ("湖北宜昌长阳龙舟坪镇", {"长阳土家族自治县"}),
 ])
 def test_a_county_the_text_writes_is_the_only_one_offered(admin, text, expected):
     assert districts(admin, text) == expected

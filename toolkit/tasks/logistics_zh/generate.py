@@ -374,13 +374,33 @@ def admin_table() -> str:
     return table_csv(("province", "city", "district"), [(p.province, p.city, p.district) for p in places()])
 
 
+# The peoples an autonomous county is named for (青龙满族自治县: 满族), as its name writes them: what is before them
+# is the county's own name, the one people write (青龙).
+PEOPLES = ("土家", "哈尼", "普米", "布依", "蒙古", "仡佬", "拉祜", "布朗", "塔吉克", "撒拉", "锡伯", "哈萨克", "达斡尔",
+           "朝鲜", "纳西", "毛南", "保安", "东乡", "傈僳", "仫佬", "裕固", "独龙", "侗", "水", "满", "瑶", "土", "彝",
+           "傣", "白", "苗", "回", "羌", "佤", "藏", "畲", "怒", "壮", "各")
+AUTONOMOUS = re.compile(rf"(.{{2,}}?)(?:(?:{'|'.join(PEOPLES)})族?)+自治[县旗]")
+
+
+def common_short(district: str) -> str:
+    """The short form people write for a county whose generator short form is not a name (青龙满族自治 for
+    青龙满族自治县, 滨海新 for 滨海新区): 青龙, 滨海; "" for any other county."""
+    if m := AUTONOMOUS.fullmatch(district):
+        return m.group(1)
+    return district[:-2] if district.endswith("新区") and len(district) >= 4 else ""
+
+
 def admin_aliases() -> str:
     """admin_aliases.csv: the table's values as people also write them (浙江 for 浙江省, 金华 for 金华市, 西充 for
-    西充县): jionlp's short names of provinces and prefectures and the county short form this generator writes,
-    value,alias, one a line; none of one character, which would be found in any text."""
+    西充县, 青龙 for 青龙满族自治县): jionlp's short names of provinces and prefectures, the county short form this
+    generator writes, and common_short's, value,alias, one a line; none of one character, which would be found in
+    any text, and no common short form that already spells another value (河南, 本溪)."""
     pairs = dict.fromkeys((value, alias) for p in places() for value, alias in (
         (p.province, p.province_short), (p.city, p.city_short), (p.district, p.district_short))
         if value and len(alias) >= 2 and alias != value)
+    spelt = {s for pair in pairs for s in pair}
+    pairs.update(dict.fromkeys((p.district, short) for p in places()
+                               if (short := common_short(p.district)) and short not in spelt))
     return table_csv(("value", "alias"), list(pairs))
 
 
