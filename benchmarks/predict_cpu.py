@@ -39,17 +39,17 @@ def job(argv: list[str]) -> tuple[dict, float]:
     return json.loads(res.stdout[res.stdout.index("{\n"):]), wall
 
 
-def arguments(doc: str, records: int) -> tuple[argparse.Namespace, list[str]]:
-    """--model, --records, --profile, and the recipe overrides (key=value) after them."""
+def arguments(doc: str, records: int) -> argparse.ArgumentParser:
+    """--model, --records, --profile; parse_known_args() gives the recipe overrides (key=value) after them."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--model", default="student")
     parser.add_argument("--records", type=int, default=records)
     parser.add_argument("--profile", default="cpu")
-    return parser.parse_known_args()
+    return parser
 
 
 def main() -> None:
-    args, overrides = arguments(__doc__, 400)
+    args, overrides = arguments(__doc__, 400).parse_known_args()
 
     from toolkit.io.jsonl import read_jsonl, write_jsonl
     from toolkit.task.recipe import load_recipe

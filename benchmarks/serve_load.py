@@ -16,7 +16,6 @@ Writes benchmarks/results/serve_load.json, with provenance.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import signal
@@ -26,9 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import suppress
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from predict_cpu import arguments  # noqa: E402
 from provenance import ROOT, provenance  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
@@ -156,11 +157,10 @@ def serve(argv: list[str], texts: list[str], expected: list[dict]) -> tuple[floa
         while True:
             if server.poll() is not None:
                 raise SystemExit(f"xtk serve exited with {server.returncode}")
-            try:
+            with suppress(httpx.TransportError):  # not listening yet
                 if httpx.post(f"{url}/extract", json={"text": texts[0]}, timeout=3600).status_code == 200:
                     break
-            except httpx.TransportError:
-                time.sleep(1)
+            time.sleep(1)
         first = time.perf_counter() - t0
         for clients in CLIENTS:
             latencies, answers, wall = asyncio.run(load_test(url, texts, clients))
@@ -178,11 +178,8 @@ def serve(argv: list[str], texts: list[str], expected: list[dict]) -> tuple[floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="student")
+    parser = arguments(__doc__, 64)
     parser.add_argument("--run", type=Path, help="the run folder (default: the profile's)")
-    parser.add_argument("--records", type=int, default=64)
-    parser.add_argument("--profile", default="cpu")
     parser.add_argument("--engine", action="append", choices=ENGINES, help="one engine only (default: both)")
     args, overrides = parser.parse_known_args()
 
