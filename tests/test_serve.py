@@ -4,6 +4,7 @@ a client too slow or gone, a request that waits too long and SIGTERM each end as
 engine is the recipe's rule baseline (a real backend answering in milliseconds); a model longer than its context
 needs vLLM, in test_predict_e2e.py."""
 
+import asyncio
 import json
 import signal
 import socket
@@ -79,6 +80,29 @@ class HeldEngine:
 
     def __getattr__(self, name):
         return getattr(self.backend, name)
+
+
+class HeldAsyncEngine(HeldEngine):
+    """The same double as an engine that takes requests as they come (`agenerate`, as vLLM's AsyncLLM): it runs one
+    request at a time and holds it until the test releases it, so the next one waits in its queue, not started
+    (a real AsyncLLM on 2 cores starts every request within a step)."""
+
+    def __init__(self, backend):
+        super().__init__(backend)
+        self.running = threading.Lock()
+
+    async def agenerate(self, batch, max_tokens, started):
+        while not self.running.acquire(blocking=False):  # polled: a cancelled waiter leaves the loop at once
+            await asyncio.sleep(0.05)
+        try:
+            self.asked += [chat[-1]["content"] for chat in batch]
+            started.set()
+            self.started.set()
+            while not self.release.is_set():
+                await asyncio.sleep(0.05)
+            return self.backend.generate(batch, max_tokens)
+        finally:
+            self.running.release()
 
 
 def raw_request(client: httpx.Client, head: str, body: bytes = b"") -> socket.socket:
@@ -204,10 +228,10 @@ def test_a_chat_the_student_cannot_answer_as_asked_gets_a_4xx_and_the_server_goe
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"]
 
 
-@pytest.fixture
-def held(rules):
+@pytest.fixture(params=[HeldEngine, HeldAsyncEngine], ids=["worker", "async"])
+def held(rules, request):
     recipe, backend, r = rules
-    engine = HeldEngine(backend)
+    engine = request.param(backend)
     yield recipe, engine, r
     engine.release.set()
 
